@@ -1,0 +1,77 @@
+"""The sans-IO SIP core: bytes in, messages out, and back (no sockets, no clock).
+
+See docs/internal/sip-api.md for the contract of the message layer exported here.
+"""
+
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._framing import StreamFramer
+from ._headers import CSeq, NameAddr, Via, canonical_name, split_list_untrusted
+from ._message import (
+    REASON_PHRASES,
+    Headers,
+    Message,
+    Request,
+    Response,
+    make_error_response,
+    make_response,
+    parse_message_untrusted,
+    serialize,
+)
+from ._proxy import (
+    Listener,
+    ProxyConfig,
+    ProxyCore,
+    ProxyStatistics,
+    ResolveTarget,
+    Target,
+)
+from ._transaction import (
+    Peer,
+    TimerConfig,
+    Transaction,
+    TransactionLayer,
+    TransactionStatistics,
+    TransactionTerminated,
+    TransactionTimeout,
+)
+from ._uri import AbsoluteUri, Address, SipUri, TelUri, host_bare, parse_uri_untrusted
+
+__all__ = [
+    "REASON_PHRASES",
+    "AbsoluteUri",
+    "Address",
+    "CSeq",
+    "Headers",
+    "Listener",
+    "LocalProtocolError",
+    "Message",
+    "NameAddr",
+    "Peer",
+    "ProtocolError",
+    "ProxyConfig",
+    "ProxyCore",
+    "ProxyStatistics",
+    "RemoteProtocolError",
+    "Request",
+    "ResolveTarget",
+    "Response",
+    "SipUri",
+    "StreamFramer",
+    "Target",
+    "TelUri",
+    "TimerConfig",
+    "Transaction",
+    "TransactionLayer",
+    "TransactionStatistics",
+    "TransactionTerminated",
+    "TransactionTimeout",
+    "Via",
+    "canonical_name",
+    "host_bare",
+    "make_error_response",
+    "make_response",
+    "parse_message_untrusted",
+    "parse_uri_untrusted",
+    "serialize",
+    "split_list_untrusted",
+]

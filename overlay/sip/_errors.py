@@ -8,6 +8,11 @@ message has no usable Via, or it is itself a response): the caller then drops an
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._message import Headers
+
 
 class ProtocolError(Exception):
     """Base of the SIP core's errors.
@@ -28,4 +33,16 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that are not acceptable SIP."""
+    """The peer sent bytes that are not acceptable SIP.
+
+    Attributes:
+        headers: for a request that ``parse_message_untrusted`` rejected, the header fields it
+            managed to split before giving up, so that ``make_error_response`` can answer;
+            ``None`` otherwise.
+    """
+
+    def __init__(
+        self, reason: str, *, status_hint: int | None = 400, headers: Headers | None = None
+    ) -> None:
+        super().__init__(reason, status_hint=status_hint)
+        self.headers = headers

@@ -1,0 +1,5 @@
+"""``python -m overlay``: the same as the ``overlay`` command."""
+
+from overlay.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The node configuration as frozen dataclasses (the schema is docs/internal/config.md).
+
+Every value here has already been validated by ``_schema``: code that receives a ``NodeConfig``
+never re-checks it. Hosts are stored as written in the file, lower case for names, IP literals
+without brackets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+Transport: TypeAlias = Literal["udp", "tcp"]
+Scheme: TypeAlias = Literal["sip", "sips"]
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """``[node]``: who this node is in the overlay."""
+
+    node_id: str
+    region: str
+    az: str = ""
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One ``sip.listen`` entry; ``host`` is an IP literal without brackets, port 0 = any."""
+
+    transport: Transport
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TimerConfig:
+    """``[sip.timers]``: RFC 3261 §17 timers in seconds, read by the transaction layer."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_c: float = 180.0
+
+
+@dataclass(frozen=True)
+class SipSection:
+    """``[sip]``: sockets and message limits."""
+
+    listen: tuple[ListenAddress, ...]
+    max_message_size: int = 65535
+    tcp_idle_timeout: float = 60.0
+    record_route: bool = True
+    user_agent: str = "overlay"
+    timers: TimerConfig = field(default_factory=TimerConfig)
+
+
+@dataclass(frozen=True)
+class DnsSection:
+    """``[dns]``: ``nameservers`` empty means "use the system resolv.conf"."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class StaticTarget:
+    """A fixed egress address; ``host`` may be a name, then only its A/AAAA records are used.
+
+    ``transport`` ``None`` means UDP (RFC 3263 §4.1 default for a port given explicitly).
+    """
+
+    host: str
+    port: int
+    transport: Transport | None = None
+
+
+@dataclass(frozen=True)
+class DnsTarget:
+    """An egress domain located per RFC 3263 (NAPTR -> SRV -> A/AAAA).
+
+    ``transport`` set skips NAPTR and asks only for that transport's SRV records (§4.1).
+    """
+
+    scheme: Scheme
+    domain: str
+    transport: Transport | None = None
+
+
+@dataclass(frozen=True)
+class DialplanRule:
+    """One ``[[dialplan]]`` entry; ``domain`` is lower case, ``None`` matches any host."""
+
+    target: StaticTarget | DnsTarget
+    user_prefix: str = ""
+    domain: str | None = None
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A whole node configuration file."""
+
+    node: NodeSection
+    sip: SipSection
+    dns: DnsSection = field(default_factory=DnsSection)
+    dialplan: tuple[DialplanRule, ...] = ()

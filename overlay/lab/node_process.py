@@ -1,0 +1,146 @@
+"""Run an overlay node as its own OS process, for the demo, the lab, tests and benchmarks.
+
+The node is started as ``python -m overlay node --config FILE`` and is ready once it answers a
+SIP OPTIONS sent to its own address (the same probe a SIP peer would use), so nothing waits on a
+fixed sleep. It is stopped by PID: SIGTERM, then SIGKILL after a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class NodeProcess:
+    """A running node: its SIP address, its process and where its log goes."""
+
+    host: str
+    port: int
+    process: trio.Process
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def options_probe(host: str, port: int, *, call_id: str = "overlay-probe") -> bytes:
+    """An OPTIONS request addressed to the SIP element at host:port itself."""
+    lines = [
+        f"OPTIONS sip:{host}:{port} SIP/2.0",
+        f"Via: SIP/2.0/UDP {host}:9;branch=z9hG4bK-{call_id}-{os.getpid()};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:probe@{host}>;tag=probe",
+        f"To: <sip:{host}:{port}>",
+        f"Call-ID: {call_id}-{os.getpid()}",
+        "CSeq: 1 OPTIONS",
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+async def wait_answers_options(host: str, port: int, *, timeout: float) -> None:
+    """Return once a SIP element on UDP host:port answers OPTIONS; raise TimeoutError after
+    ``timeout`` seconds."""
+    sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    with sock, trio.fail_after(timeout):
+        await sock.bind((host, 0))
+        attempt = 0
+        while True:
+            attempt += 1
+            await sock.sendto(options_probe(host, port, call_id=f"probe{attempt}"), (host, port))
+            with trio.move_on_after(0.2):
+                data = await sock.recv(65535)
+                if data.startswith(b"SIP/2.0 "):
+                    return
+
+
+@asynccontextmanager
+async def open_node(config_text: str, *, host: str, port: int) -> AsyncIterator[NodeProcess]:
+    """Start a node from ``config_text`` (TOML) whose UDP listener is host:port.
+
+    Raises:
+        RuntimeError: the node exited or did not answer within READY_TIMEOUT_S; the message
+            carries its log.
+    """
+    with tempfile.TemporaryDirectory(prefix="overlay-node-") as tmp:
+        config = Path(tmp) / "node.toml"
+        config.write_text(config_text)
+        log_path = Path(tmp) / "node.log"
+        with log_path.open("wb") as log_file:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "overlay", "node", "--config", str(config)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        node = NodeProcess(host, port, process, log_path)
+        try:
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def exited() -> None:
+                        await process.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(exited)
+                    await wait_answers_options(host, port, timeout=READY_TIMEOUT_S)
+                    nursery.cancel_scope.cancel()
+            except TimeoutError:
+                raise RuntimeError(f"node did not answer OPTIONS; log:\n{node.log()}") from None
+            if process.returncode is not None:
+                raise RuntimeError(f"node exited with {process.returncode}; log:\n{node.log()}")
+            yield node
+        finally:
+            await stop_process(process)
+
+
+async def stop_process(process: trio.Process) -> None:
+    """SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL; always reaps."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S), trio.CancelScope(shield=True):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+def node_config(
+    *,
+    host: str,
+    port: int,
+    target: str,
+    transports: tuple[str, ...] = ("udp", "tcp"),
+    t1: float = 0.5,
+    extra: str = "",
+    dialplan_transport: str | None = None,
+) -> str:
+    """A one-node TOML config that sends every call to ``target``."""
+    listen = ", ".join(f'"{t}:{host}:{port}"' for t in transports)
+    transport = f'transport = "{dialplan_transport}"\n' if dialplan_transport else ""
+    return (
+        f'[node]\nnode_id = "lab-{host.replace(".", "-")}"\nregion = "lab"\n\n'
+        f"[sip]\nlisten = [{listen}]\n\n[sip.timers]\nt1 = {t1}\n\n"
+        f'{extra}\n[[dialplan]]\ntarget = "{target}"\n{transport}'
+    )

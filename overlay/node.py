@@ -1,0 +1,168 @@
+"""One overlay node: the trio shell around the sans-IO proxy core.
+
+``Node.serve`` opens one nursery holding the SIP transport, the timer task and one task per
+pending DNS lookup. Everything runs on one thread: the transport calls ``_deliver`` for each
+message, the core computes, and ``_flush`` sends what the core produced before the next message
+is read. The timer task sleeps until the core's next deadline; ``_flush`` wakes it early when a
+new deadline comes before the one it sleeps on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from overlay.config import DnsTarget, NodeConfig, StaticTarget
+from overlay.routing import Dialplan
+from overlay.sip import (
+    Listener,
+    Peer,
+    ProxyConfig,
+    ProxyCore,
+    ProxyStatistics,
+    Request,
+    ResolveTarget,
+    SipUri,
+    Target,
+    TelUri,
+    TimerConfig,
+)
+from overlay.transport import ResolutionError, SipResolver, SipTransport, TransportStatistics
+
+log = structlog.get_logger("overlay.node")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    proxy: ProxyStatistics
+    transport: TransportStatistics
+
+
+class Node:
+    """A SIP proxy node built from a validated ``NodeConfig``."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.listeners: list[Listener] = []
+        self._dialplan = Dialplan(config.dialplan)
+        self._resolver = SipResolver(config.dns)
+        sip = config.sip
+        self._transport = SipTransport(
+            deliver=self._deliver,
+            transport_error=self._transport_error,
+            max_message_size=sip.max_message_size,
+            tcp_idle_timeout=sip.tcp_idle_timeout,
+        )
+        self._core: ProxyCore | None = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind the configured addresses and serve until cancelled.
+
+        Reports the bound listeners (real ports where 0 was configured) via ``task_status``.
+        """
+        sip = self.config.sip
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.listeners = await nursery.start(
+                self._transport.serve, [(a.transport, a.host, a.port) for a in sip.listen]
+            )
+            timers = sip.timers
+            self._core = ProxyCore(
+                ProxyConfig(
+                    listeners=tuple(self.listeners),
+                    timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
+                    timer_c=timers.timer_c,
+                    record_route=sip.record_route,
+                    user_agent=sip.user_agent,
+                    max_message_size=sip.max_message_size,
+                ),
+                self._locate,
+            )
+            nursery.start_soon(self._timer_loop)
+            log.info("node started", node_id=self.config.node.node_id, listeners=len(self.listeners))
+            task_status.started(self.listeners)
+
+    def statistics(self) -> NodeStatistics:
+        assert self._core is not None
+        return NodeStatistics(self._core.statistics(), self._transport.statistics())
+
+    # -- glue --------------------------------------------------------------------------------
+
+    def _locate(self, request: Request, uri: SipUri | TelUri) -> Target | None:
+        """The dialplan as the proxy core sees it."""
+        if isinstance(uri, SipUri):
+            user, host = uri.user, uri.host
+        else:
+            user, host = uri.number, ""
+        match = self._dialplan.match(user, host)
+        if match is None:
+            return None
+        request_uri = None
+        if match.user != user and isinstance(uri, SipUri):
+            request_uri = str(dataclasses.replace(uri, user=match.user))
+        target = match.target
+        if isinstance(target, StaticTarget):
+            return Target(target.host, target.port, target.transport, "sip", request_uri)
+        assert isinstance(target, DnsTarget)
+        return Target(target.domain, None, target.transport, target.scheme, request_uri)
+
+    def _deliver(self, data: bytes, peer: Peer) -> None:
+        assert self._core is not None
+        self._core.receive_data(data, peer, trio.current_time())
+        self._flush()
+
+    def _transport_error(self, peer: Peer) -> None:
+        assert self._core is not None
+        self._core.transport_error(peer, trio.current_time())
+        self._flush()
+
+    def _flush(self) -> None:
+        core = self._core
+        assert core is not None and self._nursery is not None
+        outbox = core.outbox
+        if outbox:
+            send = self._transport.send
+            for data, peer in outbox:
+                send(data, peer)
+            outbox.clear()
+        while (event := core.next_event()) is not None:
+            self._nursery.start_soon(self._resolve, event)
+        deadline = core.get_timer()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wake.set()
+
+    async def _resolve(self, event: ResolveTarget) -> None:
+        core = self._core
+        assert core is not None
+        target = event.target
+        try:
+            resolved = await self._resolver.resolve(
+                (target.scheme, target.host, target.port, target.transport)
+            )
+        except ResolutionError as exc:
+            log.info("resolution failed", host=target.host, reason=str(exc))
+            core.resolution_failed(event.token, str(exc), trio.current_time())
+        else:
+            peers = [Peer(r.transport, r.host, r.port) for r in resolved]
+            core.resolved(event.token, peers, trio.current_time())
+        self._flush()
+
+    async def _timer_loop(self) -> None:
+        core = self._core
+        assert core is not None
+        while True:
+            deadline = core.get_timer()
+            self._sleeping_until = math.inf if deadline is None else deadline
+            self._wake = trio.Event()
+            with trio.move_on_at(self._sleeping_until):
+                await self._wake.wait()
+            self._sleeping_until = math.inf
+            core.handle_timer(trio.current_time())
+            self._flush()

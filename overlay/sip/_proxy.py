@@ -1,0 +1,752 @@
+"""RFC 3261 §16 stateful proxy core, sans-IO.
+
+Theory of operation
+-------------------
+``ProxyCore`` is the whole signalling node minus sockets and clocks. The shell calls
+``receive_data(data, source, now)`` for each datagram or framed stream message, and after every
+call drains ``outbox`` (``(bytes, Peer)`` pairs to send) and ``next_event()`` (requests for the
+shell: ``ResolveTarget``, a DNS lookup per RFC 3263), answers lookups with ``resolved`` /
+``resolution_failed``, and sleeps until ``get_timer()``, then calls ``handle_timer(now)``.
+
+A request goes through the steps of §16 in order:
+
+1. §16.3 validation: Max-Forwards (483), Request-URI scheme (416), Proxy-Require (420), loops
+   (482, from the loop hash carried in our own branch parameters, §16.6 step 8).
+2. §16.4 route preprocessing: a Request-URI that is one of our Record-Route URIs (a strict router
+   upstream) is replaced by the last Route; Route entries naming this node are removed.
+3. §16.5 target: the top remaining Route; else, in a dialog (To tag), the Request-URI; else the
+   dialplan (``locate``); a request addressed to the node itself is answered here (OPTIONS 200,
+   unknown methods 501, others 404).
+4. §16.6 forwarding: Max-Forwards decremented, Record-Route added by dialog-creating requests
+   (two entries when the transport changes, RFC 5658), strict-route conversion, a fresh Via.
+
+A forwarded request owns a ``_Context`` (the §16 "response context"): the server transaction, the
+ordered next-hop list (RFC 3263 §4.3: on a transport error, a timeout or a 503 the next one is
+tried), the current client transaction and Timer C. Provisional responses other than 100 and every
+2xx are forwarded at once; a final error is forwarded when no next hop is left. 503 becomes 500
+(§16.7 step 6), a timeout becomes 408 for INVITE; for non-INVITE nothing is sent (RFC 4320 §4.2).
+CANCEL (§16.10) is answered 200 at once and forwarded on the branch once it has a provisional
+response. ACKs for 2xx and stray 2xx retransmissions are forwarded statelessly; responses that
+match no transaction are dropped (RFC 6026 §8.5).
+
+Messages that fail to parse are answered (400/413/505/513 from the error's hint) when they carry
+a usable Via and dropped otherwise; every drop is counted by reason in ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import secrets
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ._errors import RemoteProtocolError
+from ._headers import NameAddr, Via
+from ._message import (
+    Request,
+    Response,
+    make_error_response,
+    make_response,
+    parse_message_untrusted,
+    serialize,
+)
+from ._transaction import (
+    MAGIC_COOKIE,
+    Kind,
+    Peer,
+    State,
+    TimerConfig,
+    Transaction,
+    TransactionLayer,
+    TransactionTimeout,
+)
+from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
+
+#: Methods this proxy knows; a request for another method addressed to the node itself gets 501.
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE "
+    "UPDATE".split()
+)
+#: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A local SIP address of this node."""
+
+    transport: str
+    host: str
+    port: int
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def record_route(self) -> str:
+        transport = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"<sip:{self.hostport}{transport};lr>"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the dialplan sends a request, located per RFC 3263 unless ``host`` is an IP."""
+
+    host: str
+    port: int | None = None
+    transport: str | None = None
+    scheme: str = "sip"
+    request_uri: str | None = None  # a rewritten Request-URI, or None to keep it
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listeners: tuple[Listener, ...]
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    timer_c: float = 180.0
+    record_route: bool = True
+    user_agent: str = "overlay"
+    max_message_size: int = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveTarget:
+    """Ask the shell to locate ``target`` (RFC 3263) and call ``resolved(token, ...)``."""
+
+    token: int
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyStatistics:
+    requests: dict[str, int]
+    responses: dict[str, int]
+    drops: dict[str, int]
+    generated: dict[int, int]
+    contexts: int
+    pending_resolutions: int
+    retransmissions_sent: int
+    retransmissions_absorbed: int
+    transactions_client: int
+    transactions_server: int
+
+
+Locate = Callable[[Request, "SipUri | TelUri"], Target | None]
+
+
+class _Context:
+    """The response context of one forwarded request (§16)."""
+
+    __slots__ = (
+        "branch",
+        "cancel_pending",
+        "cancelled",
+        "forward",
+        "next_hops",
+        "provisional",
+        "replied",
+        "server",
+        "timed_out",
+        "timer_c_gen",
+    )
+
+    def __init__(self, server: Transaction, forward: Request) -> None:
+        self.server = server
+        self.forward = forward  # the request to send, without our Via
+        self.next_hops: deque[Peer] = deque()
+        self.branch: Transaction | None = None
+        self.provisional = False
+        self.cancelled = False
+        self.cancel_pending = False
+        self.timed_out = False
+        self.replied = False
+        self.timer_c_gen = 0
+
+
+class ProxyCore:
+    """A stateful SIP proxy; see the module docstring."""
+
+    def __init__(self, config: ProxyConfig, locate: Locate) -> None:
+        if not config.listeners:
+            raise ValueError("a proxy needs at least one listener")
+        self.config = config
+        self._locate = locate
+        self.transactions = TransactionLayer(config.timers)
+        self.outbox = self.transactions.outbox
+        self._events: deque[ResolveTarget] = deque()
+        self._pending: dict[int, tuple[_Context | None, Request]] = {}
+        self._tokens = itertools.count(1)
+        self._branches = itertools.count(1)
+        self._nonce = secrets.token_hex(4)
+        self._timer_heap: list[tuple[float, int, _Context]] = []
+        self._timer_seq = itertools.count(1)
+        self._ours = {(listener.host, listener.port) for listener in config.listeners}
+        self._by_transport = {}
+        for listener in config.listeners:
+            self._by_transport.setdefault(listener.transport, listener)
+        self._requests: Counter[str] = Counter()
+        self._responses: Counter[str] = Counter()
+        self._drops: Counter[str] = Counter()
+        self._generated: Counter[int] = Counter()
+        self._contexts = 0
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, source: Peer, now: float) -> None:
+        """Process one datagram, or one message framed from a stream."""
+        try:
+            message = parse_message_untrusted(
+                data, stream=source.transport != "udp", max_size=self.config.max_message_size
+            )
+        except RemoteProtocolError as error:
+            self._reject_unparseable(error, source)
+            return
+        try:
+            if isinstance(message, Request):
+                self._receive_request(message, source, now)
+            else:
+                self._receive_response(message, now)
+        except RemoteProtocolError as error:
+            # A header needed for routing was bad although the message parsed.
+            self._drops[f"bad {error.reason}"] += 1
+        self._drain_transaction_events(now)
+
+    def next_event(self) -> ResolveTarget | None:
+        return self._events.popleft() if self._events else None
+
+    def resolved(self, token: int, peers: list[Peer], now: float) -> None:
+        """Deliver the result of a ``ResolveTarget``: next hops in RFC 3263 order."""
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            return
+        context, request = entry
+        if context is None:  # a stateless ACK
+            if peers:
+                self._send_stateless_request(request, peers[0])
+            return
+        if context.replied:
+            return
+        if not peers:
+            self._reply(context, 404, "Destination Not Found", now)
+            return
+        context.next_hops.extend(peers)
+        self._try_next_hop(context, now)
+        self._drain_transaction_events(now)
+
+    def resolution_failed(self, token: int, reason: str, now: float) -> None:
+        entry = self._pending.pop(token, None)
+        if entry is None:
+            return
+        context, _ = entry
+        self._drops["resolution failed"] += 1
+        if context is not None and not context.replied:
+            self._reply(context, 404, _safe_reason(f"Not Found ({reason})"), now)
+        self._drain_transaction_events(now)
+
+    def transport_error(self, peer: Peer, now: float) -> None:
+        """The shell could not send to ``peer`` (connection refused or reset)."""
+        self.transactions.transport_error(peer, now)
+        self._drain_transaction_events(now)
+
+    def get_timer(self) -> float | None:
+        deadline = self.transactions.get_timer()
+        heap = self._timer_heap
+        while heap and heap[0][2].timer_c_gen != heap[0][1]:
+            heapq.heappop(heap)
+        if heap and (deadline is None or heap[0][0] < deadline):
+            return heap[0][0]
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        self.transactions.handle_timer(now)
+        heap = self._timer_heap
+        while heap and heap[0][0] <= now:
+            _, gen, context = heapq.heappop(heap)
+            if context.timer_c_gen == gen:
+                context.timer_c_gen = 0
+                self._timer_c_fired(context, now)
+        self._drain_transaction_events(now)
+
+    def statistics(self) -> ProxyStatistics:
+        txn = self.transactions.statistics()
+        return ProxyStatistics(
+            requests=dict(self._requests),
+            responses=dict(self._responses),
+            drops=dict(self._drops),
+            generated=dict(self._generated),
+            contexts=self._contexts,
+            pending_resolutions=len(self._pending),
+            retransmissions_sent=txn.retransmissions_sent,
+            retransmissions_absorbed=txn.retransmissions_absorbed,
+            transactions_client=txn.client,
+            transactions_server=txn.server,
+        )
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _receive_request(self, request: Request, source: Peer, now: float) -> None:
+        self._requests[request.method] += 1
+        _stamp_received(request, source)
+        method = request.method
+        if method == "ACK":
+            if not self.transactions.receive_ack(request, now):
+                self._forward_ack(request)
+            return
+        if method == "CANCEL":
+            invite = self.transactions.find_server(request, "INVITE")
+            if invite is not None:
+                self._receive_cancel(request, source, invite, now)
+                return
+        server = self.transactions.receive_request(
+            request, _response_peer(request.top_via, source), now
+        )
+        if server is None:
+            return  # a retransmission, answered by the transaction layer
+        if method == "INVITE":
+            self._send_response(server, make_response(request, 100), now)
+        problem = self._validate(request)
+        if problem is not None:
+            status, reason = problem
+            self._respond(server, status, reason, now)
+            return
+        self._route(server, request, now)
+
+    def _validate(self, request: Request) -> tuple[int, str] | None:
+        """§16.3 steps 2-6; returns the error response to send, if any."""
+        max_forwards = request.max_forwards
+        if max_forwards == 0:
+            return 483, "Too Many Hops"
+        try:
+            uri = parse_uri_untrusted(request.uri)
+        except RemoteProtocolError:
+            return 400, "Bad Request-URI"
+        if not isinstance(uri, (SipUri, TelUri)):
+            return 416, "Unsupported URI Scheme"
+        if self._is_loop(request):
+            return 482, "Loop Detected"
+        if "Proxy-Require" in request.headers:
+            return 420, "Bad Extension"
+        return None
+
+    def _route(self, server: Transaction, request: Request, now: float) -> None:
+        forward = request.copy()
+        headers = forward.headers
+        # §16.4: a strict router upstream put our Record-Route URI in the Request-URI.
+        if "Route" in headers and self._is_our_uri(forward.uri, record_route=True):
+            routes = headers.values("Route")
+            forward.uri = NameAddr.parse_untrusted(routes[-1]).uri
+            headers.remove("Route")
+            for value in routes[:-1]:
+                headers.add("Route", value)
+        self._pop_own_routes(forward)
+        target = self._next_hop_target(server, forward, now)
+        if target is None:
+            return
+        if target.request_uri is not None:
+            forward.uri = target.request_uri
+        # §16.6 step 3: Max-Forwards.
+        max_forwards = request.max_forwards
+        headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        context = _Context(server, forward)
+        server.owner = context
+        self._contexts += 1
+        self._locate_hops(context, forward, target, now)
+
+    def _next_hop_target(
+        self, server: Transaction, forward: Request, now: float
+    ) -> Target | None:
+        """§16.5: where the request goes next, or None after answering it here."""
+        request = server.request
+        route = forward.headers.first_value("Route")
+        if route is not None:
+            uri = parse_uri_untrusted(NameAddr.parse_untrusted(route).uri)
+            if not isinstance(uri, SipUri):
+                self._respond(server, 416, "Unsupported URI Scheme in Route", now)
+                return None
+            if not uri.lr:  # §16.6 step 6: strict-route conversion
+                routes = forward.headers.values("Route")
+                forward.headers.remove("Route")
+                for value in [*routes[1:], f"<{forward.uri}>"]:
+                    forward.headers.add("Route", value)
+                forward.uri = str(uri)
+            return _uri_target(uri)
+        uri = parse_uri_untrusted(forward.uri)
+        assert isinstance(uri, (SipUri, TelUri))  # checked by _validate
+        if isinstance(uri, SipUri) and uri.user is None and self._is_our_uri(forward.uri):
+            self._answer_locally(server, request, now)
+            return None
+        if request.to_tag is not None and isinstance(uri, SipUri):
+            return _uri_target(uri)  # in-dialog: the remote target
+        target = self._locate(forward, uri)
+        if target is None:
+            self._respond(server, 404, "Not Found", now)
+        return target
+
+    def _answer_locally(self, server: Transaction, request: Request, now: float) -> None:
+        if request.method == "OPTIONS":
+            response = make_response(request, 200, to_tag=self._nonce)
+            response.headers.add("Allow", ", ".join(sorted(KNOWN_METHODS)))
+            response.headers.add("Accept", "application/sdp")
+            response.headers.add("Server", self.config.user_agent)
+            self._send_response(server, response, now)
+        elif request.method not in KNOWN_METHODS:
+            response = make_response(request, 501, to_tag=self._nonce)
+            response.headers.add("Allow", ", ".join(sorted(KNOWN_METHODS)))
+            self._send_response(server, response, now)
+        else:
+            self._respond(server, 404, "Not Found", now)
+
+    def _locate_hops(self, context: _Context, forward: Request, target: Target, now: float) -> None:
+        peer = _literal_peer(target)
+        if peer is not None:
+            context.next_hops.append(peer)
+            self._try_next_hop(context, now)
+            return
+        token = next(self._tokens)
+        self._pending[token] = (context, forward)
+        self._events.append(ResolveTarget(token, target))
+
+    def _try_next_hop(self, context: _Context, now: float) -> None:
+        """Send on a new client transaction to the next hop in the list."""
+        peer = context.next_hops.popleft()
+        request = self._prepare(context.forward, context.server.request, peer)
+        context.provisional = False
+        branch = self.transactions.send_request(request, peer, now)
+        branch.owner = context
+        context.branch = branch
+        if request.method == "INVITE":
+            self._arm_timer_c(context, now)
+
+    def _prepare(self, forward: Request, received: Request, peer: Peer) -> Request:
+        """A copy of ``forward`` with Record-Route and our Via for sending to ``peer``."""
+        out = forward.copy()
+        headers = out.headers
+        listener = self._listener_for(peer.transport)
+        if (
+            self.config.record_route
+            and out.method in DIALOG_CREATING
+            and received.to_tag is None
+        ):
+            inbound = self._listener_for(received.top_via.transport.lower())
+            if inbound != listener:  # RFC 5658 double Record-Route
+                headers.insert_first("Record-Route", inbound.record_route())
+            headers.insert_first("Record-Route", listener.record_route())
+        branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._nonce}{next(self._branches):x}"
+        headers.insert_first(
+            "Via", f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}"
+        )
+        return out
+
+    def _receive_cancel(
+        self, cancel: Request, source: Peer, invite: Transaction, now: float
+    ) -> None:
+        """§16.10: answer the CANCEL, then cancel the pending branch."""
+        server = self.transactions.receive_request(
+            cancel, _response_peer(cancel.top_via, source), now
+        )
+        if server is None:
+            return
+        self._send_response(server, make_response(cancel, 200), now)
+        context = invite.owner
+        if not isinstance(context, _Context) or context.replied:
+            return
+        context.cancelled = True
+        if context.branch is None:  # still resolving
+            self._reply(context, 487, "Request Terminated", now)
+        elif context.provisional:
+            self._send_cancel(context, now)
+        else:
+            context.cancel_pending = True  # §9.1: wait for a provisional response
+
+    def _send_cancel(self, context: _Context, now: float) -> None:
+        branch = context.branch
+        assert branch is not None
+        invite = branch.request
+        cancel = Request("CANCEL", invite.uri, invite.headers.copy())
+        headers = cancel.headers
+        for name in ("Record-Route", "Contact", "Content-Type", "Content-Length"):
+            headers.remove(name)
+        via = headers.values("Via")[0]
+        headers.remove("Via")
+        headers.insert_first("Via", via)
+        headers.set("CSeq", f"{invite.cseq.number} CANCEL")
+        txn = self.transactions.send_request(cancel, branch.peer, now)
+        txn.owner = None
+        context.cancel_pending = False
+
+    def _forward_ack(self, ack: Request) -> None:
+        """An ACK for a 2xx: routed like any in-dialog request, without a transaction."""
+        forward = ack.copy()
+        self._pop_own_routes(forward)
+        route = forward.headers.first_value("Route")
+        try:
+            text = NameAddr.parse_untrusted(route).uri if route is not None else forward.uri
+            uri = parse_uri_untrusted(text)
+        except RemoteProtocolError:
+            self._drops["ACK with bad route"] += 1
+            return
+        if not isinstance(uri, SipUri):
+            self._drops["ACK with bad route"] += 1
+            return
+        max_forwards = ack.max_forwards
+        if max_forwards == 0:
+            self._drops["ACK with Max-Forwards 0"] += 1
+            return
+        forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        target = _uri_target(uri)
+        peer = _literal_peer(target)
+        if peer is not None:
+            self._send_stateless_request(forward, peer)
+            return
+        token = next(self._tokens)
+        self._pending[token] = (None, forward)
+        self._events.append(ResolveTarget(token, target))
+
+    def _send_stateless_request(self, request: Request, peer: Peer) -> None:
+        listener = self._listener_for(peer.transport)
+        # Stateless branch (§16.11): derived from the incoming one so retransmissions match.
+        incoming = request.top_via.branch or ""
+        branch = f"{MAGIC_COOKIE}{self._loop_hash(request)}.s{zlib.crc32(incoming.encode()):x}"
+        out = request.copy()
+        out.headers.insert_first(
+            "Via", f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}"
+        )
+        self.outbox.append((serialize(out), peer))
+
+    # -- responses ---------------------------------------------------------------------------
+
+    def _receive_response(self, response: Response, now: float) -> None:
+        self._responses[f"{response.status // 100}xx"] += 1
+        branch = self.transactions.receive_response(response, now)
+        if branch is None:
+            # Absorbed retransmission or stray. A stray 2xx retransmission for an INVITE whose
+            # transactions ended is still owed to the caller (RFC 6026 covers the rest).
+            return
+        context = branch.owner
+        if not isinstance(context, _Context) or context.branch is not branch:
+            return  # a response to our CANCEL, or to a branch we gave up on
+        status = response.status
+        upstream = response.copy()
+        upstream.headers.pop_first_value("Via")
+        if "Via" not in upstream.headers:
+            self._drops["response addressed to this node"] += 1
+            return
+        if status < 200:
+            context.provisional = True
+            if branch.kind is Kind.INVITE_CLIENT:
+                self._arm_timer_c(context, now)
+            if context.cancel_pending:
+                self._send_cancel(context, now)
+            if status != 100 and not context.replied:
+                self._send_response(context.server, upstream, now)
+            return
+        context.timer_c_gen = 0
+        if status < 300:
+            self._forward_success(context, upstream, now)
+            return
+        if status == 503 and context.next_hops and not context.cancelled:
+            self._try_next_hop(context, now)
+            return
+        if context.replied:
+            return
+        if context.timed_out and status == 487:
+            self._reply(context, 408, "Request Timeout", now)
+        elif status == 503:
+            self._reply(context, 500, "Next Hop Unavailable", now)
+        else:
+            context.replied = True
+            self._send_response(context.server, upstream, now)
+
+    def _forward_success(self, context: _Context, upstream: Response, now: float) -> None:
+        """Every 2xx goes upstream, even after another final response (§16.7 step 5)."""
+        server = context.server
+        context.replied = True
+        if server.state in (State.PROCEEDING, State.TRYING, State.ACCEPTED):
+            self._send_response(server, upstream, now)
+            return
+        via = upstream.top_via
+        self.outbox.append((serialize(upstream), _response_peer(via, server.peer)))
+
+    def _drain_transaction_events(self, now: float) -> None:
+        events = self.transactions.events
+        while events:
+            batch = events[:]
+            events.clear()
+            for event in batch:
+                if isinstance(event, TransactionTimeout):
+                    self._on_timeout(event, now)
+                else:
+                    owner = event.transaction.owner
+                    if isinstance(owner, _Context) and event.transaction is owner.server:
+                        self._contexts -= 1
+
+    def _on_timeout(self, event: TransactionTimeout, now: float) -> None:
+        txn = event.transaction
+        context = txn.owner
+        if not isinstance(context, _Context) or context.branch is not txn:
+            return  # a server transaction without ACK, or a CANCEL that got no answer
+        context.timer_c_gen = 0
+        if context.replied:
+            return
+        if context.cancelled:
+            self._reply(context, 487, "Request Terminated", now)
+        elif context.next_hops:
+            self._drops["next hop timeout" if not event.transport_error else "next hop down"] += 1
+            self._try_next_hop(context, now)
+        elif txn.request.method != "INVITE":
+            # RFC 4320 §4.2: no 408 for non-INVITE; the upstream times out on its own.
+            context.replied = True
+            self.transactions.abandon(context.server, now)
+        elif event.transport_error:
+            self._reply(context, 503, "Next Hop Unreachable", now)
+        else:
+            self._reply(context, 408, "Request Timeout", now)
+
+    # -- Timer C (§16.6 step 11, §16.8) ------------------------------------------------------
+
+    def _arm_timer_c(self, context: _Context, now: float) -> None:
+        gen = next(self._timer_seq)
+        context.timer_c_gen = gen
+        heapq.heappush(self._timer_heap, (now + self.config.timer_c, gen, context))
+
+    def _timer_c_fired(self, context: _Context, now: float) -> None:
+        if context.replied or context.branch is None:
+            return
+        context.timed_out = True
+        if context.provisional:
+            self._send_cancel(context, now)
+        else:
+            self._reply(context, 408, "Request Timeout", now)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _respond(self, server: Transaction, status: int, reason: str, now: float) -> None:
+        response = make_response(server.request, status, reason, to_tag=self._nonce)
+        self._generated[status] += 1
+        self._send_response(server, response, now)
+
+    def _reply(self, context: _Context, status: int, reason: str, now: float) -> None:
+        context.replied = True
+        self._respond(context.server, status, reason, now)
+
+    def _send_response(self, server: Transaction, response: Response, now: float) -> None:
+        self.transactions.send_response(server, response, now)
+
+    def _reject_unparseable(self, error: RemoteProtocolError, source: Peer) -> None:
+        self._drops[error.reason] += 1
+        response = make_error_response(error)
+        if response is None:
+            return
+        self._generated[response.status] += 1
+        self.outbox.append((serialize(response), source))
+
+    def _listener_for(self, transport: str) -> Listener:
+        listener = self._by_transport.get(transport)
+        return listener if listener is not None else self.config.listeners[0]
+
+    def _is_our_uri(self, text: str, *, record_route: bool = False) -> bool:
+        """Whether ``text`` names this node (with ``record_route``: in our Record-Route form)."""
+        try:
+            uri = parse_uri_untrusted(text)
+        except RemoteProtocolError:
+            return False
+        if not isinstance(uri, SipUri):
+            return False
+        if record_route and (uri.user is not None or not uri.lr):
+            return False
+        port = uri.port if uri.port is not None else DEFAULT_PORTS["tls" if uri.scheme == "sips" else "udp"]
+        return (host_bare(uri.host), port) in self._ours
+
+    def _pop_own_routes(self, request: Request) -> None:
+        headers = request.headers
+        while True:
+            route = headers.first_value("Route")
+            if route is None or not self._is_our_uri(NameAddr.parse_untrusted(route).uri):
+                return
+            headers.pop_first_value("Route")
+
+    def _loop_hash(self, request: Request) -> str:
+        """§16.6 step 8: the fields whose change makes a returning request a spiral."""
+        key = "\0".join(
+            (
+                request.uri,
+                request.from_tag or "",
+                request.to_tag or "",
+                request.call_id,
+                str(request.cseq.number),
+                request.headers.get("Route") or "",
+                request.headers.get("Proxy-Require") or "",
+            )
+        )
+        return f"{zlib.crc32(key.encode('utf-8', 'surrogateescape')):08x}"
+
+    def _is_loop(self, request: Request) -> bool:
+        """§16.3 step 4: a Via of ours with the loop hash this request would get again."""
+        loop = None
+        for value in request.headers.values("Via"):
+            via = Via.parse_untrusted(value)
+            if (host_bare(via.host), via.port or 5060) not in self._ours:
+                continue
+            branch = via.branch or ""
+            if loop is None:
+                loop = self._loop_hash(request)
+            if branch.startswith(MAGIC_COOKIE + loop):
+                return True
+        return False
+
+
+def _stamp_received(request: Request, source: Peer) -> None:
+    """RFC 3261 §18.2.1 and RFC 3581: note where the request really came from."""
+    via = request.top_via
+    updated = via
+    if host_bare(via.host) != source.host:
+        updated = updated.with_param("received", source.host)
+    if via.has_param("rport") and not via.param("rport"):
+        updated = updated.with_param("rport", str(source.port))
+    if updated is not via:
+        request.headers.replace_first_value("Via", str(updated))
+
+
+def _response_peer(via: Via, fallback: Peer) -> Peer:
+    """§18.2.2 and RFC 3581: where a response to ``via`` goes."""
+    transport = via.transport.lower()
+    host = via.param("received") or host_bare(via.host)
+    rport = via.param("rport")
+    if rport:
+        port = int(rport)
+    else:
+        port = via.port or DEFAULT_PORTS.get(transport, 5060)
+    if transport != "udp":
+        return fallback
+    return Peer("udp", host, port)
+
+
+def _uri_target(uri: SipUri) -> Target:
+    """The next hop a SIP URI names (RFC 3263 §4: maddr, transport, port)."""
+    transport = uri.transport.lower() if uri.transport else None
+    if transport is None and uri.scheme == "sips":
+        transport = "tcp"
+    return Target(
+        host=uri.maddr or host_bare(uri.host), port=uri.port, transport=transport, scheme=uri.scheme
+    )
+
+
+def _literal_peer(target: Target) -> Peer | None:
+    """The peer of a target whose host is an IP literal (RFC 3263 §4.2 needs no DNS)."""
+    try:
+        ipaddress.ip_address(target.host)
+    except ValueError:
+        return None
+    transport = target.transport or "udp"
+    port = target.port or DEFAULT_PORTS.get(transport, 5060)
+    return Peer(transport, target.host, port)
+
+
+def _safe_reason(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)[:120]

@@ -1,0 +1,266 @@
+"""SIP over UDP and TCP with trio (RFC 3261 §18).
+
+One task per socket. The UDP task waits until its socket is readable and then drains it with
+non-blocking ``recvfrom`` calls before awaiting again, so a burst costs one wake-up. Each message
+goes to the ``deliver(data, peer)`` callback synchronously: the sans-IO core runs on the receive
+task and its output is sent before the next datagram is read. Sending is synchronous too
+(``send``): UDP writes go straight to the non-blocking socket; TCP writes go into the
+connection's bounded queue, drained by its writer task.
+
+TCP connections, accepted or opened, are kept in one table keyed by the remote (host, port), so a
+response or a later request to the same peer reuses the connection (§18.2.2, §18.1.1). A
+connection idle for ``tcp_idle_timeout`` seconds is closed. A connection that cannot be opened, or
+breaks while messages are queued for it, is reported through ``transport_error(peer)``, which the
+transaction layer turns into failed transactions (§17.1.4, RFC 3263 §4.3 fail-over).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer
+
+log = structlog.get_logger("overlay.transport")
+
+#: errnos a UDP send or receive may return without anything being wrong with the socket
+#: (ICMP errors surfacing on the socket, a full send buffer).
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOBUFS}
+)
+UDP_RECEIVE_SIZE = 65535
+UDP_BATCH = 64
+TCP_QUEUE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    tcp_connections: int
+    counters: dict[str, int]
+
+
+class _Connection:
+    """One TCP connection and its queue of outgoing messages."""
+
+    __slots__ = ("framer", "last_activity", "peer", "receive", "send", "stream")
+
+    def __init__(self, peer: Peer, max_size: int) -> None:
+        self.peer = peer
+        self.stream: trio.SocketStream | None = None
+        self.send, self.receive = trio.open_memory_channel[bytes](TCP_QUEUE_SIZE)
+        self.framer = StreamFramer(max_size=max_size)
+        self.last_activity = trio.current_time()
+
+
+class SipTransport:
+    """The SIP sockets of one node.
+
+    Args:
+        deliver: called with ``(data, peer)`` for every datagram and every framed TCP message.
+        transport_error: called with the peer whose TCP connection failed.
+        max_message_size: largest message accepted on a TCP stream.
+        tcp_idle_timeout: seconds after which an unused TCP connection is closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        deliver: Callable[[bytes, Peer], None],
+        transport_error: Callable[[Peer], None],
+        max_message_size: int = 65535,
+        tcp_idle_timeout: float = 60.0,
+    ) -> None:
+        self._deliver = deliver
+        self._transport_error = transport_error
+        self._max_size = max_message_size
+        self._idle = tcp_idle_timeout
+        self._udp: dict[int, socket.socket] = {}  # address family -> socket
+        self._tcp_bind: dict[int, str] = {}  # address family -> local host for outgoing TCP
+        self._connections: dict[tuple[str, int], _Connection] = {}
+        self._nursery: trio.Nursery | None = None
+        self.counters: Counter[str] = Counter()
+
+    async def serve(
+        self,
+        listeners: list[tuple[str, str, int]],
+        *,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bind every ``(transport, host, port)`` and serve until cancelled.
+
+        Reports the bound listeners (with real ports where 0 was asked) through
+        ``task_status.started``. Raises OSError when an address cannot be bound.
+        """
+        bound: list[Listener] = []
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for transport, host, port in listeners:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                if transport == "udp":
+                    sock = socket.socket(family, socket.SOCK_DGRAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+                    sock.bind((host, port))
+                    sock.setblocking(False)
+                    self._udp.setdefault(family, sock)
+                    port = sock.getsockname()[1]
+                    nursery.start_soon(self._udp_loop, sock)
+                else:
+                    tcp = trio.socket.socket(family, socket.SOCK_STREAM)
+                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    await tcp.bind((host, port))
+                    tcp.listen(1024)
+                    port = tcp.getsockname()[1]
+                    self._tcp_bind.setdefault(family, host)
+                    nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(tcp))
+                bound.append(Listener(transport, host, port))
+                log.info("listening", transport=transport, host=host, port=port)
+            task_status.started(bound)
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Queue ``data`` for ``peer``; never blocks. Failures are counted (and, for TCP,
+        reported through ``transport_error``)."""
+        if peer.transport == "udp":
+            family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
+            sock = self._udp.get(family)
+            if sock is None:
+                self.counters["udp no socket for family"] += 1
+                return
+            try:
+                sock.sendto(data, (peer.host, peer.port))
+            except OSError as exc:
+                if exc.errno not in TRANSIENT_ERRNOS:
+                    raise
+                self.counters[f"udp send {errno.errorcode.get(exc.errno, exc.errno)}"] += 1
+            return
+        connection = self._connections.get((peer.host, peer.port))
+        if connection is None:
+            connection = self._open_connection(peer)
+        try:
+            connection.send.send_nowait(data)
+        except trio.WouldBlock:
+            self.counters["tcp queue full"] += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.counters["tcp send on closed connection"] += 1
+
+    def statistics(self) -> TransportStatistics:
+        return TransportStatistics(len(self._connections), dict(self.counters))
+
+    # -- UDP ---------------------------------------------------------------------------------
+
+    async def _udp_loop(self, sock: socket.socket) -> None:
+        deliver = self._deliver
+        recvfrom = sock.recvfrom
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            # A bounded batch per wake-up: a flood on one socket must not starve the timers.
+            for _ in range(UDP_BATCH):
+                try:
+                    data, address = recvfrom(UDP_RECEIVE_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno not in TRANSIENT_ERRNOS:
+                        raise
+                    self.counters["udp receive error"] += 1
+                    continue
+                deliver(data, Peer("udp", address[0], address[1]))
+
+    # -- TCP ---------------------------------------------------------------------------------
+
+    async def _tcp_accept_loop(self, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                stream = await listener.accept()
+                host, port = stream.socket.getpeername()[:2]
+                peer = Peer("tcp", host, port)
+                connection = _Connection(peer, self._max_size)
+                connection.stream = stream
+                old = self._connections.get((host, port))
+                if old is not None:
+                    await old.send.aclose()
+                self._connections[(host, port)] = connection
+                self.counters["tcp accepted"] += 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_connection, connection)
+
+    def _open_connection(self, peer: Peer) -> _Connection:
+        connection = _Connection(peer, self._max_size)
+        self._connections[(peer.host, peer.port)] = connection
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_connection, connection)
+        return connection
+
+    async def _run_connection(self, connection: _Connection) -> None:
+        peer = connection.peer
+        failed = False
+        try:
+            if connection.stream is None:
+                connection.stream = await self._connect(peer)
+            async with connection.stream, trio.open_nursery() as nursery:
+                nursery.start_soon(self._tcp_writer, connection, nursery.cancel_scope)
+                await self._tcp_reader(connection)
+                nursery.cancel_scope.cancel()
+        except (OSError, trio.BrokenResourceError) as exc:
+            failed = True
+            self.counters["tcp connection failed"] += 1
+            log.info("tcp connection failed", host=peer.host, port=peer.port, error=str(exc))
+        finally:
+            if self._connections.get((peer.host, peer.port)) is connection:
+                del self._connections[(peer.host, peer.port)]
+            connection.send.close()
+        if failed:
+            self._transport_error(peer)
+
+    async def _connect(self, peer: Peer) -> trio.SocketStream:
+        family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            local = self._tcp_bind.get(family)
+            if local is not None:
+                await sock.bind((local, 0))
+            await sock.connect((peer.host, peer.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.counters["tcp connected"] += 1
+        return trio.SocketStream(sock)
+
+    async def _tcp_reader(self, connection: _Connection) -> None:
+        stream = connection.stream
+        assert stream is not None
+        framer = connection.framer
+        peer = connection.peer
+        while True:
+            with trio.move_on_at(connection.last_activity + self._idle) as idle:
+                data = await stream.receive_some(65536)
+            if idle.cancelled_caught:
+                if trio.current_time() >= connection.last_activity + self._idle:
+                    self.counters["tcp idle closed"] += 1
+                    return
+                continue
+            connection.last_activity = trio.current_time()
+            framer.receive_data(data)
+            try:
+                while (message := framer.next_message()) is not None:
+                    self._deliver(message, peer)
+            except RemoteProtocolError as exc:
+                self.counters[f"tcp framing: {exc.reason}"] += 1
+                log.info("tcp framing error", host=peer.host, port=peer.port, reason=exc.reason)
+                return
+            if not data:
+                return
+
+    async def _tcp_writer(self, connection: _Connection, scope: trio.CancelScope) -> None:
+        stream = connection.stream
+        assert stream is not None
+        async for data in connection.receive:
+            connection.last_activity = trio.current_time()
+            await stream.send_all(data)
+        scope.cancel()

@@ -1,0 +1,373 @@
+"""overlay.config: the schema of docs/internal/config.md; errors name file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.config import (
+    ConfigError,
+    DialplanRule,
+    DnsSection,
+    DnsTarget,
+    ListenAddress,
+    NodeConfig,
+    NodeSection,
+    SipSection,
+    StaticTarget,
+    TimerConfig,
+    load_config,
+    parse_config,
+)
+
+# Line numbers matter: the cases below point at them.
+GOOD = """\
+[node]
+node_id = "usw2-a"
+region = "us-west-2"
+az = "us-west-2a"
+
+[sip]
+listen = ["udp:127.0.0.1:5060", "tcp:[::1]:0"]
+max_message_size = 4096
+tcp_idle_timeout = 30
+record_route = false
+user_agent = "overlay/1.0"
+
+[sip.timers]
+t1 = 0.25
+t2 = 2.0
+t4 = 2.5
+timer_c = 90
+
+[dns]
+nameservers = ["127.0.0.1:5353", "[::1]:53", "127.0.0.2"]
+timeout = 1.5
+
+[[dialplan]]
+user_prefix = "+1"
+domain = "Example.COM"
+target = "sip:Carrier.Example"
+transport = "tcp"
+strip_prefix = true
+
+[[dialplan]]
+target = "10.0.0.5:5070"
+"""
+
+MINIMAL = """\
+[node]
+node_id = "a"
+region = "r"
+[sip]
+listen = ["udp:127.0.0.1:0"]
+"""
+
+
+def _with_line(number: int, text: str) -> str:
+    lines = GOOD.splitlines()
+    lines[number - 1] = text
+    return "\n".join(lines) + "\n"
+
+
+def _error(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="node.toml")
+    return caught.value
+
+
+def test_good_file() -> None:
+    assert parse_config(GOOD, source="node.toml") == NodeConfig(
+        node=NodeSection("usw2-a", "us-west-2", "us-west-2a"),
+        sip=SipSection(
+            listen=(ListenAddress("udp", "127.0.0.1", 5060), ListenAddress("tcp", "::1", 0)),
+            max_message_size=4096,
+            tcp_idle_timeout=30.0,
+            record_route=False,
+            user_agent="overlay/1.0",
+            timers=TimerConfig(t1=0.25, t2=2.0, t4=2.5, timer_c=90.0),
+        ),
+        dns=DnsSection(
+            nameservers=(("127.0.0.1", 5353), ("::1", 53), ("127.0.0.2", 53)), timeout=1.5
+        ),
+        dialplan=(
+            DialplanRule(
+                DnsTarget("sip", "carrier.example", "tcp"),
+                user_prefix="+1",
+                domain="example.com",
+                strip_prefix=True,
+            ),
+            DialplanRule(StaticTarget("10.0.0.5", 5070)),
+        ),
+    )
+
+
+def test_defaults() -> None:
+    config = parse_config(MINIMAL, source="node.toml")
+    assert config.node.az == ""
+    assert config.sip == SipSection(listen=(ListenAddress("udp", "127.0.0.1", 0),))
+    assert config.sip.max_message_size == 65535
+    assert config.sip.tcp_idle_timeout == 60.0
+    assert config.sip.record_route is True
+    assert config.sip.user_agent == "overlay"
+    assert config.sip.timers == TimerConfig(t1=0.5, t2=4.0, t4=5.0, timer_c=180.0)
+    assert config.dns == DnsSection(nameservers=(), timeout=2.0)
+    assert config.dialplan == ()
+
+
+def test_partial_timers_keep_other_defaults() -> None:
+    config = parse_config(MINIMAL + "[sip.timers]\nt2 = 8\n", source="node.toml")
+    assert config.sip.timers == TimerConfig(t2=8.0)
+
+
+def test_t1_above_default_t2() -> None:
+    error = _error(MINIMAL + "[sip.timers]\nt1 = 5\n")
+    assert str(error) == "node.toml:7: sip.timers.t1: must be <= t2 (4.0 s, the default), got 5.0 s"
+
+
+def test_timer_floats_from_integers() -> None:
+    timers = parse_config(GOOD, source="node.toml").sip.timers
+    assert isinstance(timers.timer_c, float)
+
+
+def test_static_targets() -> None:
+    text = MINIMAL + '[[dialplan]]\ntarget = "[2001:db8::5]:5070"\ntransport = "udp"\n'
+    text += '[[dialplan]]\ntarget = "PBX.example.com:5080"\n'
+    rules = parse_config(text, source="node.toml").dialplan
+    assert [rule.target for rule in rules] == [
+        StaticTarget("2001:db8::5", 5070, "udp"),
+        StaticTarget("pbx.example.com", 5080, None),
+    ]
+
+
+# (line to replace, its new text, dotted key, reason fragment)
+BAD_VALUES = [
+    (2, 'node_id = "USW2"', "node.node_id", "must match [a-z0-9-]{1,63}"),
+    (2, "node_id = 7", "node.node_id", "must be a string, not an integer"),
+    (2, 'node_id = ""', "node.node_id", "must match"),
+    (2, f'node_id = "{"a" * 64}"', "node.node_id", "must match"),
+    (3, 'region = ""', "node.region", "non-empty string"),
+    (3, "region = [1]", "node.region", "not an array"),
+    (4, "az = 1", "node.az", "must be a string"),
+    (7, "listen = []", "sip.listen", "at least one"),
+    (7, 'listen = "udp:127.0.0.1:5060"', "sip.listen", "must be an array of strings"),
+    (7, 'listen = ["sctp:127.0.0.1:5060"]', "sip.listen[0]", '"udp:" or "tcp:"'),
+    (7, 'listen = ["udp:127.0.0.1"]', "sip.listen[0]", "needs a port"),
+    (7, 'listen = ["udp:localhost:5060"]', "sip.listen[0]", "bad IPv4 address 'localhost'"),
+    (7, 'listen = ["udp:127.0.0.1:65536"]', "sip.listen[0]", "port must be 0..65535"),
+    (7, 'listen = ["udp:127.0.0.1:-1"]', "sip.listen[0]", "port must be"),
+    (7, 'listen = ["udp:::1:5060"]', "sip.listen[0]", "in brackets"),
+    (7, 'listen = ["udp:[::1:5060"]', "sip.listen[0]", "bad IPv6 address"),
+    (7, 'listen = ["udp:[127.0.0.1]:5060"]', "sip.listen[0]", "bad IPv6 address"),
+    (7, 'listen = ["udp:[::1]5060"]', "sip.listen[0]", "expected ':port'"),
+    (7, 'listen = ["udp:127.0.0.1:5060", 5]', "sip.listen[1]", "must be a string"),
+    (7, 'listen = ["udp:127.0.0.1:1", "udp:127.0.0.1:1"]', "sip.listen[1]", "duplicate"),
+    (8, "max_message_size = 1499", "sip.max_message_size", "between 1500 and 65535"),
+    (8, "max_message_size = 65536", "sip.max_message_size", "between 1500 and 65535"),
+    (8, "max_message_size = 4096.0", "sip.max_message_size", "must be an integer, not a float"),
+    (8, "max_message_size = true", "sip.max_message_size", "not a boolean"),
+    (9, "tcp_idle_timeout = 0", "sip.tcp_idle_timeout", "> 0"),
+    (9, "tcp_idle_timeout = -1.5", "sip.tcp_idle_timeout", "> 0"),
+    (9, "tcp_idle_timeout = inf", "sip.tcp_idle_timeout", "finite"),
+    (9, "tcp_idle_timeout = nan", "sip.tcp_idle_timeout", "finite"),
+    (9, 'tcp_idle_timeout = "60"', "sip.tcp_idle_timeout", "number of seconds, not a string"),
+    (9, "tcp_idle_timeout = true", "sip.tcp_idle_timeout", "not a boolean"),
+    (9, "tcp_idle_timeout = 1979-05-27", "sip.tcp_idle_timeout", "not a date/time"),
+    (10, 'record_route = "yes"', "sip.record_route", "true or false"),
+    (10, "record_route = 1", "sip.record_route", "true or false"),
+    (11, 'user_agent = ""', "sip.user_agent", "non-empty printable"),
+    (11, 'user_agent = "x\\r\\nVia: evil"', "sip.user_agent", "printable"),
+    (14, "t1 = 0", "sip.timers.t1", "> 0"),
+    (15, "t2 = 0.1", "sip.timers.t2", "must be >= t1 (0.25 s)"),
+    (16, "t4 = false", "sip.timers.t4", "not a boolean"),
+    (17, "timer_c = -180", "sip.timers.timer_c", "> 0"),
+    (20, "nameservers = []", "dns.nameservers", "system resolv.conf"),
+    (20, 'nameservers = "127.0.0.1"', "dns.nameservers", "array"),
+    (20, 'nameservers = ["dns.example:53"]', "dns.nameservers[0]", "bad IPv4 address"),
+    (20, 'nameservers = ["127.0.0.1:0"]', "dns.nameservers[0]", "port must be 1..65535"),
+    (20, "nameservers = [53]", "dns.nameservers[0]", "must be a string"),
+    (21, "timeout = 0", "dns.timeout", "> 0"),
+    (24, "user_prefix = 1", "dialplan[0].user_prefix", "must be a string"),
+    (24, 'user_prefix = "+1 "', "dialplan[0].user_prefix", "spaces"),
+    (25, 'domain = "exa mple.com"', "dialplan[0].domain", "host name"),
+    (25, 'domain = ""', "dialplan[0].domain", "host name"),
+    (26, "target = 5070", "dialplan[0].target", "must be a string"),
+    (26, 'target = "carrier.example"', "dialplan[0].target", '"host:port", "sip:domain"'),
+    (26, 'target = "sip:carrier.example:5060"', "dialplan[0].target", "without port"),
+    (26, 'target = "sip:10.0.0.1"', "dialplan[0].target", "use host:port"),
+    (26, 'target = "sip:"', "dialplan[0].target", "domain name"),
+    (26, 'target = "10.0.0.1:0"', "dialplan[0].target", "port must be 1..65535"),
+    (26, 'target = "bad_host!:5060"', "dialplan[0].target", "bad host"),
+    (27, 'transport = "tls"', "dialplan[0].transport", 'must be "udp" or "tcp"'),
+    (27, 'transport = "UDP"', "dialplan[0].transport", 'must be "udp" or "tcp"'),
+    (28, 'strip_prefix = "yes"', "dialplan[0].strip_prefix", "true or false"),
+    (31, 'target = "sips:x.example"\ntransport = "udp"', "dialplan[1].transport", "TLS over TCP"),
+]
+
+
+@pytest.mark.parametrize(("number", "text", "key", "reason"), BAD_VALUES)
+def test_bad_value(number: int, text: str, key: str, reason: str) -> None:
+    error = _error(_with_line(number, text))
+    assert (error.source, error.key) == ("node.toml", key)
+    assert reason in error.reason
+    expected_line = number + text.count("\n")  # the sips case adds a line before its key
+    assert error.line == expected_line
+    assert str(error) == f"node.toml:{expected_line}: {key}: {error.reason}"
+
+
+@pytest.mark.parametrize(
+    ("number", "text", "key"),
+    [
+        (2, 'nodeid = "usw2-a"', "node.nodeid"),
+        (5, "zone = 1", "node.zone"),
+        (12, 'listen_address = "x"', "sip.listen_address"),
+        (18, "t3 = 1.0", "sip.timers.t3"),
+        (22, "retries = 2", "dns.retries"),
+        (29, 'prefix = "+1"', "dialplan[0].prefix"),
+        (32, "[sipp]", "sipp"),
+        (32, "[sip.extra]", "sip.extra"),
+    ],
+)
+def test_unknown_key(number: int, text: str, key: str) -> None:
+    lines = [*GOOD.splitlines(), ""]
+    lines[number - 1] = text
+    error = _error("\n".join(lines))
+    assert (error.key, error.line) == (key, number)
+    assert error.reason.startswith("unknown key (expected one of: ")
+
+
+def test_unknown_top_level_key() -> None:
+    error = _error("version = 2\n" + GOOD)
+    assert str(error) == (
+        "node.toml:1: version: unknown key (expected one of: node, sip, dns, dialplan)"
+    )
+
+
+def test_unknown_key_reported_before_missing_one() -> None:
+    # A typo is reported as itself, not as the required key it was meant to be.
+    error = _error(_with_line(3, 'regoin = "us-west-2"'))
+    assert (error.key, error.line) == ("node.regoin", 3)
+
+
+def test_missing_required_key_points_at_its_table() -> None:
+    error = _error(_with_line(3, ""))
+    assert str(error) == "node.toml:1: node.region: required key is missing"
+    error = _error(_with_line(31, ""))
+    assert str(error) == "node.toml:30: dialplan[1].target: required key is missing"
+
+
+def test_missing_required_table_has_no_line() -> None:
+    error = _error(MINIMAL.split("[sip]")[0])
+    assert str(error) == "node.toml: sip: required key is missing"
+    assert error.line is None
+
+
+def test_strip_prefix_needs_prefix() -> None:
+    error = _error(_with_line(24, ""))
+    assert (error.key, error.line) == ("dialplan[0].strip_prefix", 28)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("sip = 5\n" + MINIMAL.split("[sip]")[0], "sip", "must be a table, not an integer"),
+        (MINIMAL + "timers = 3\n", "sip.timers", "must be a table"),
+        ("dialplan = 1\n" + MINIMAL, "dialplan", "array of tables ([[dialplan]])"),
+        (MINIMAL + '[dialplan]\ntarget = "sip:x.example"\n', "dialplan", "array of tables"),
+        ("dialplan = [1]\n" + MINIMAL, "dialplan[0]", "must be a table, not an integer"),
+    ],
+)
+def test_wrong_structure(text: str, key: str, reason: str) -> None:
+    error = _error(text)
+    assert error.key == key
+    assert reason in error.reason
+
+
+def test_line_of_dotted_and_inline_keys() -> None:
+    dotted = _error(MINIMAL + "timers.t2 = 0.1\n")
+    assert (dotted.key, dotted.line) == ("sip.timers.t2", 6)
+    inline = _error(MINIMAL + "timers = { t1 = 1.0, t2 = 0.5 }\n")
+    assert (inline.key, inline.line) == ("sip.timers.t2", 6)
+
+
+def test_line_of_quoted_keys() -> None:
+    error = _error(MINIMAL + '"user_agent" = ""\n')
+    assert (error.key, error.line) == ("sip.user_agent", 6)
+
+
+def test_multiline_string_does_not_fool_line_search() -> None:
+    text = MINIMAL + 'user_agent = """\nrecord_route = true\n"""\nrecord_route = "no"\n'
+    error = _error(text)
+    assert (error.key, error.line) == ("sip.record_route", 9)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        (_with_line(14, "t1 = 0.5.5"), 14, "sip.timers.t1"),
+        (_with_line(3, 'node_id = "again"'), 3, "node.node_id"),
+        (_with_line(6, "[sip"), 6, ""),
+        (_with_line(7, 'listen = ["udp:127.0.0.1:5060"'), 8, ""),  # not max_message_size
+        (_with_line(25, 'domain = "example.com" "x"'), 25, "dialplan[0].domain"),
+        (_with_line(25, '"d\\q" = 1'), 25, ""),
+    ],
+)
+def test_toml_syntax_error(text: str, line: int, key: str) -> None:
+    error = _error(text)
+    assert (error.line, error.key) == (line, key)
+    assert error.reason.startswith("invalid TOML: ")
+    assert "(column " in error.reason
+    assert str(error).startswith(f"node.toml:{line}: ")
+
+
+def test_load_config(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(GOOD)
+    assert load_config(path) == parse_config(GOOD, source=str(path))
+    assert load_config(str(path)) == load_config(path)
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(_with_line(9, "tcp_idle_timeout = 0"))
+    with pytest.raises(ConfigError, match=rf"^{path}:9: sip.tcp_idle_timeout: "):
+        load_config(path)
+
+
+def test_load_config_unreadable(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read: No such file"):
+        load_config(missing)
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_bytes(b'[node]\nnode_id = "\xff"\n')
+    with pytest.raises(ConfigError, match=rf"^{path}: not UTF-8 text"):
+        load_config(path)
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(GOOD, source="node.toml")
+    with pytest.raises(AttributeError):
+        config.sip.timers.t1 = 1.0  # type: ignore[misc]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    number=st.integers(min_value=1, max_value=GOOD.count("\n")),
+    text=st.text(alphabet=st.sampled_from(list("[]{}\"'=.,:#\\ \nabt1_+-0123456789"))),
+)
+def test_any_edit_loads_or_is_refused_cleanly(number: int, text: str) -> None:
+    # Fuzz invariant (STYLE.md §9): a config either loads or raises ConfigError, nothing else.
+    error: ConfigError | None = None
+    try:
+        parse_config(_with_line(number, text), source="node.toml")
+    except ConfigError as refused:
+        error = refused
+    if error is not None:
+        assert str(error).startswith("node.toml")
+        assert error.line is None or 1 <= error.line <= GOOD.count("\n") + text.count("\n") + 1

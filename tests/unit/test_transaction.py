@@ -1,0 +1,345 @@
+"""RFC 3261 §17 transaction state machines, every path and timer, on a hand-set clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from overlay.sip import (
+    LocalProtocolError,
+    Peer,
+    Request,
+    Response,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+    make_response,
+)
+from overlay.sip._transaction import INITIAL_STATE, TRANSITIONS, State
+
+from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
+
+T1, T2, T4 = 0.5, 4.0, 5.0
+TCP_UAS = Peer("tcp", "127.0.0.3", 5062)
+
+
+def req(method: str = "INVITE", **kwargs: object) -> Request:
+    message = parse(request(method, **kwargs))  # type: ignore[arg-type]
+    assert isinstance(message, Request)
+    return message
+
+
+def resp(request_obj: Request, status: int) -> Response:
+    from overlay.sip import serialize
+
+    message = parse(response_to(serialize(request_obj), status))
+    assert isinstance(message, Response)
+    return message
+
+
+def run_until(layer: TransactionLayer, end: float) -> list[float]:
+    """Fire timers up to ``end``; returns the times at which something was sent."""
+    sent_at = []
+    while (deadline := layer.get_timer()) is not None and deadline <= end:
+        layer.handle_timer(deadline)
+        if layer.outbox:
+            sent_at.extend([deadline] * len(layer.outbox))
+            layer.outbox.clear()
+    return sent_at
+
+
+def timeouts(layer: TransactionLayer) -> list[TransactionTimeout]:
+    return [e for e in layer.events if isinstance(e, TransactionTimeout)]
+
+
+def terminated(layer: TransactionLayer) -> list[TransactionTerminated]:
+    return [e for e in layer.events if isinstance(e, TransactionTerminated)]
+
+
+# -- INVITE client (§17.1.1) --------------------------------------------------------------------
+
+
+def test_invite_client_timer_a_doubles_and_timer_b_times_out() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    txn = layer.send_request(req(), UAS, 0.0)
+    assert len(layer.outbox) == 1
+    layer.outbox.clear()
+    sent = run_until(layer, 64 * T1)
+    assert sent == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]  # A: T1, 2T1, 4T1, ... (no cap at T2)
+    assert [e.transaction for e in timeouts(layer)] == [txn]
+    assert not timeouts(layer)[0].transport_error
+    assert txn.state is State.TERMINATED
+    assert layer.get_timer() is None
+    assert layer.statistics().client == 0
+
+
+def test_invite_client_over_tcp_does_not_retransmit() -> None:
+    layer = TransactionLayer()
+    layer.send_request(req(), TCP_UAS, 0.0)
+    layer.outbox.clear()
+    assert run_until(layer, 64 * T1) == []
+    assert len(timeouts(layer)) == 1
+
+
+def test_invite_client_provisional_stops_timers_a_and_b() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.send_request(invite, UAS, 0.0)
+    assert layer.receive_response(resp(invite, 180), 0.1) is txn
+    assert txn.state is State.PROCEEDING
+    layer.outbox.clear()
+    assert run_until(layer, 100.0) == []
+    assert timeouts(layer) == []
+    assert txn.state is State.PROCEEDING
+
+
+def test_invite_client_2xx_accepted_retransmissions_pass_until_timer_m() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.send_request(invite, UAS, 0.0)
+    ok = resp(invite, 200)
+    assert layer.receive_response(ok, 0.1) is txn
+    assert txn.state is State.ACCEPTED
+    # RFC 6026: retransmitted 2xx go to the user (the proxy forwards them).
+    assert layer.receive_response(ok, 0.6) is txn
+    layer.outbox.clear()
+    assert run_until(layer, 0.1 + 64 * T1 - 0.01) == []
+    assert txn.state is State.ACCEPTED
+    run_until(layer, 0.1 + 64 * T1)
+    assert txn.state is State.TERMINATED
+    assert layer.receive_response(ok, 40.0) is None  # stray now
+
+
+def test_invite_client_failure_sends_ack_and_absorbs_retransmissions() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.send_request(invite, UAS, 0.0)
+    layer.outbox.clear()
+    busy = resp(invite, 486)
+    assert layer.receive_response(busy, 0.2) is txn
+    assert txn.state is State.COMPLETED
+    [(ack_bytes, peer)] = layer.outbox
+    assert peer == UAS
+    ack = parse(ack_bytes)
+    assert isinstance(ack, Request)
+    assert ack.method == "ACK"
+    assert ack.uri == invite.uri
+    assert ack.top_via.branch == invite.top_via.branch  # hop-by-hop ACK, §17.1.1.3
+    assert len(ack.vias) == 1
+    assert ack.to_tag == "callee-tag"
+    assert (ack.cseq.number, ack.cseq.method) == (1, "ACK")
+    layer.outbox.clear()
+    assert layer.receive_response(busy, 0.3) is None  # absorbed ...
+    assert [d for d, _ in layer.outbox] == [ack_bytes]  # ... and ACKed again
+    layer.outbox.clear()
+    run_until(layer, 0.2 + 32.0)  # Timer D: 32 s over UDP
+    assert txn.state is State.TERMINATED
+    assert timeouts(layer) == []
+
+
+def test_invite_client_timer_d_is_zero_over_tcp() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.send_request(invite, TCP_UAS, 0.0)
+    layer.receive_response(resp(invite, 404), 0.2)
+    assert layer.get_timer() == 0.2
+    layer.handle_timer(0.2)
+    assert txn.state is State.TERMINATED
+
+
+def test_invite_client_transport_error() -> None:
+    layer = TransactionLayer()
+    txn = layer.send_request(req(), TCP_UAS, 0.0)
+    layer.transport_error(TCP_UAS, 0.1)
+    [event] = timeouts(layer)
+    assert event.transaction is txn
+    assert event.transport_error
+    assert txn.state is State.TERMINATED
+
+
+# -- non-INVITE client (§17.1.2) ----------------------------------------------------------------
+
+
+def test_non_invite_client_timer_e_caps_at_t2_and_timer_f_times_out() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    txn = layer.send_request(req("OPTIONS"), UAS, 0.0)
+    layer.outbox.clear()
+    sent = run_until(layer, 64 * T1)
+    # E: 0.5, then +1, +2, +4 (capped at T2), +4, ...
+    assert sent == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert [e.transaction for e in timeouts(layer)] == [txn]
+
+
+def test_non_invite_client_proceeding_retransmits_every_t2() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    options = req("OPTIONS")
+    txn = layer.send_request(options, UAS, 0.0)
+    layer.outbox.clear()
+    assert layer.receive_response(resp(options, 100), 0.1) is txn
+    assert txn.state is State.PROCEEDING
+    sent = run_until(layer, 10.0)
+    assert sent[:2] == [0.5, 4.5]  # the armed E fires, then every T2
+    assert sent[2] == 8.5
+
+
+def test_non_invite_client_final_then_timer_k() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    options = req("OPTIONS")
+    txn = layer.send_request(options, UAS, 0.0)
+    ok = resp(options, 200)
+    assert layer.receive_response(ok, 0.1) is txn
+    assert txn.state is State.COMPLETED
+    assert layer.receive_response(ok, 0.2) is None  # retransmission absorbed
+    layer.outbox.clear()
+    assert run_until(layer, 0.1 + T4) == []
+    assert txn.state is State.TERMINATED
+    assert timeouts(layer) == []
+
+
+# -- INVITE server (§17.2.1) --------------------------------------------------------------------
+
+
+def test_invite_server_failure_retransmits_on_timer_g_until_ack() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    invite = req()
+    txn = layer.receive_request(invite, UAC, 0.0)
+    assert txn is not None
+    layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.0)
+    assert txn.state is State.COMPLETED
+    layer.outbox.clear()
+    sent = run_until(layer, 8.0)
+    assert sent == [0.5, 1.5, 3.5, 7.5]  # G: T1, 2T1, 4T1, then min(8T1, T2)
+    ack = req("ACK", to_tag="x", cseq_method="ACK")
+    assert layer.receive_ack(ack, 8.0)
+    assert txn.state is State.CONFIRMED
+    assert layer.receive_ack(ack, 8.1)  # retransmitted ACK absorbed
+    assert layer.receive_request(invite, UAC, 8.2) is None
+    assert layer.outbox == []  # nothing resent in Confirmed
+    run_until(layer, 8.0 + T4)
+    assert txn.state is State.TERMINATED
+
+
+def test_invite_server_timer_h_without_ack() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    invite = req()
+    txn = layer.receive_request(invite, UAC, 0.0)
+    assert txn is not None
+    layer.send_response(txn, make_response(invite, 404, to_tag="x"), 0.0)
+    run_until(layer, 64 * T1)
+    assert txn.state is State.TERMINATED
+    assert [e.transaction for e in timeouts(layer)] == [txn]
+
+
+def test_invite_server_absorbs_retransmissions_and_resends_provisional() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.receive_request(invite, UAC, 0.0)
+    assert txn is not None
+    layer.send_response(txn, make_response(invite, 100), 0.0)
+    [(trying, _)] = layer.outbox
+    layer.outbox.clear()
+    assert layer.receive_request(invite, UAC, 0.5) is None
+    assert layer.outbox == [(trying, UAC)]
+    assert layer.statistics().retransmissions_absorbed == 1
+
+
+def test_invite_server_2xx_accepted_until_timer_l() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    txn = layer.receive_request(invite, UAC, 0.0)
+    assert txn is not None
+    ok = make_response(invite, 200, to_tag="x")
+    layer.send_response(txn, ok, 0.0)
+    assert txn.state is State.ACCEPTED
+    layer.send_response(txn, ok, 1.0)  # a forwarded 2xx retransmission
+    assert len(layer.outbox) == 2
+    layer.outbox.clear()
+    assert layer.receive_request(invite, UAC, 2.0) is None
+    assert layer.outbox == []  # Accepted absorbs INVITE retransmissions
+    run_until(layer, 64 * 0.5)
+    assert txn.state is State.TERMINATED
+
+
+def test_invite_server_over_tcp_timer_i_is_zero() -> None:
+    layer = TransactionLayer()
+    invite = req()
+    source = Peer("tcp", "127.0.0.2", 40000)
+    txn = layer.receive_request(invite, source, 0.0)
+    assert txn is not None
+    layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.0)
+    layer.outbox.clear()
+    layer.receive_ack(req("ACK", to_tag="x", cseq_method="ACK"), 1.0)
+    assert layer.get_timer() == 1.0
+    layer.handle_timer(1.0)
+    assert txn.state is State.TERMINATED
+    assert layer.outbox == []  # no Timer G over TCP
+
+
+# -- non-INVITE server (§17.2.2) ----------------------------------------------------------------
+
+
+def test_non_invite_server_paths_and_timer_j() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    bye = req("BYE", to_tag="x")
+    txn = layer.receive_request(bye, UAC, 0.0)
+    assert txn is not None and txn.state is State.TRYING
+    assert layer.receive_request(bye, UAC, 0.1) is None
+    assert layer.outbox == []  # Trying: retransmission discarded
+    layer.send_response(txn, make_response(bye, 100), 0.2)
+    assert txn.state is State.PROCEEDING
+    layer.outbox.clear()
+    layer.receive_request(bye, UAC, 0.3)
+    assert len(layer.outbox) == 1  # Proceeding: provisional resent
+    layer.send_response(txn, make_response(bye, 200), 0.4)
+    assert txn.state is State.COMPLETED
+    layer.outbox.clear()
+    layer.receive_request(bye, UAC, 0.5)
+    assert len(layer.outbox) == 1 and b"200" in layer.outbox[0][0][:20]
+    run_until(layer, 0.4 + 64 * T1)
+    assert txn.state is State.TERMINATED
+    assert layer.statistics().server == 0
+
+
+def test_non_invite_server_abandon_for_rfc4320() -> None:
+    layer = TransactionLayer()
+    txn = layer.receive_request(req("OPTIONS"), UAC, 0.0)
+    assert txn is not None
+    layer.abandon(txn, 1.0)
+    assert txn.state is State.TERMINATED
+    assert layer.statistics().server == 0
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def test_input_outside_the_table_is_a_local_error() -> None:
+    layer = TransactionLayer()
+    bye = req("BYE", to_tag="x")
+    txn = layer.receive_request(bye, UAC, 0.0)
+    assert txn is not None
+    layer.send_response(txn, make_response(bye, 200), 0.0)
+    with pytest.raises(LocalProtocolError, match="non-INVITE server transaction in state Completed"):
+        layer.send_response(txn, make_response(bye, 180), 0.1)
+
+
+def test_every_state_is_reachable_and_terminates() -> None:
+    for kind, states in TRANSITIONS.items():
+        targets = {new for row in states.values() for new, _ in row.values()}
+        assert State.TERMINATED in targets, kind
+        assert set(states) <= targets | {INITIAL_STATE[kind]}, kind
+
+
+def test_ack_with_unknown_branch_is_left_to_the_user() -> None:
+    layer = TransactionLayer()
+    assert not layer.receive_ack(req("ACK", to_tag="x", branch="z9hG4bK-other"), 0.0)
+
+
+def test_rfc2543_requests_match_without_magic_cookie() -> None:
+    layer = TransactionLayer()
+    invite = req(branch="old-style-1")
+    txn = layer.receive_request(invite, UAC, 0.0)
+    assert txn is not None
+    assert layer.receive_request(req(branch="old-style-1"), UAC, 0.5) is None
+    layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.6)
+    assert layer.receive_ack(req("ACK", branch="old-style-1", to_tag="x", cseq_method="ACK"), 0.7)
+    assert txn.state is State.CONFIRMED
