@@ -62,7 +62,9 @@ class Node:
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Bind the configured addresses and serve until cancelled.
 
         Reports the bound listeners (real ports where 0 was configured) via ``task_status``.
@@ -86,7 +88,9 @@ class Node:
                 self._locate,
             )
             nursery.start_soon(self._timer_loop)
-            log.info("node started", node_id=self.config.node.node_id, listeners=len(self.listeners))
+            log.info(
+                "node started", node_id=self.config.node.node_id, listeners=len(self.listeners)
+            )
             task_status.started(self.listeners)
 
     def statistics(self) -> NodeStatistics:
@@ -125,7 +129,8 @@ class Node:
 
     def _flush(self) -> None:
         core = self._core
-        assert core is not None and self._nursery is not None
+        assert core is not None
+        assert self._nursery is not None
         outbox = core.outbox
         if outbox:
             send = self._transport.send

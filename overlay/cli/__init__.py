@@ -58,7 +58,8 @@ def node(
             await nursery.start(Node(loaded).serve)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    structlog.get_logger("overlay").info("stopping", signal=signum.name)
+                    name = signal.Signals(signum).name
+                    structlog.get_logger("overlay").info("stopping", signal=name)
                     nursery.cancel_scope.cancel()
                     break
 

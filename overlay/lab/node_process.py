@@ -58,11 +58,11 @@ def options_probe(host: str, port: int, *, call_id: str = "overlay-probe") -> by
     return "\r\n".join(lines).encode()
 
 
-async def wait_answers_options(host: str, port: int, *, timeout: float) -> None:
+async def wait_answers_options(host: str, port: int, *, within: float) -> None:
     """Return once a SIP element on UDP host:port answers OPTIONS; raise TimeoutError after
-    ``timeout`` seconds."""
+    ``within`` seconds."""
     sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    with sock, trio.fail_after(timeout):
+    with sock, trio.fail_after(within):
         await sock.bind((host, 0))
         attempt = 0
         while True:
@@ -103,7 +103,7 @@ async def open_node(config_text: str, *, host: str, port: int) -> AsyncIterator[
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(exited)
-                    await wait_answers_options(host, port, timeout=READY_TIMEOUT_S)
+                    await wait_answers_options(host, port, within=READY_TIMEOUT_S)
                     nursery.cancel_scope.cancel()
             except TimeoutError:
                 raise RuntimeError(f"node did not answer OPTIONS; log:\n{node.log()}") from None

@@ -68,8 +68,7 @@ from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 
 #: Methods this proxy knows; a request for another method addressed to the node itself gets 501.
 KNOWN_METHODS = frozenset(
-    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE "
-    "UPDATE".split()
+    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"]
 )
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
@@ -187,7 +186,7 @@ class ProxyCore:
         self._timer_heap: list[tuple[float, int, _Context]] = []
         self._timer_seq = itertools.count(1)
         self._ours = {(listener.host, listener.port) for listener in config.listeners}
-        self._by_transport = {}
+        self._by_transport: dict[str, Listener] = {}
         for listener in config.listeners:
             self._by_transport.setdefault(listener.transport, listener)
         self._requests: Counter[str] = Counter()
@@ -358,9 +357,7 @@ class ProxyCore:
         self._contexts += 1
         self._locate_hops(context, forward, target, now)
 
-    def _next_hop_target(
-        self, server: Transaction, forward: Request, now: float
-    ) -> Target | None:
+    def _next_hop_target(self, server: Transaction, forward: Request, now: float) -> Target | None:
         """§16.5: where the request goes next, or None after answering it here."""
         request = server.request
         route = forward.headers.first_value("Route")
@@ -428,11 +425,7 @@ class ProxyCore:
         out = forward.copy()
         headers = out.headers
         listener = self._listener_for(peer.transport)
-        if (
-            self.config.record_route
-            and out.method in DIALOG_CREATING
-            and received.to_tag is None
-        ):
+        if self.config.record_route and out.method in DIALOG_CREATING and received.to_tag is None:
             inbound = self._listener_for(received.top_via.transport.lower())
             if inbound != listener:  # RFC 5658 double Record-Route
                 headers.insert_first("Record-Route", inbound.record_route())
@@ -660,7 +653,11 @@ class ProxyCore:
             return False
         if record_route and (uri.user is not None or not uri.lr):
             return False
-        port = uri.port if uri.port is not None else DEFAULT_PORTS["tls" if uri.scheme == "sips" else "udp"]
+        port = (
+            uri.port
+            if uri.port is not None
+            else DEFAULT_PORTS["tls" if uri.scheme == "sips" else "udp"]
+        )
         return (host_bare(uri.host), port) in self._ours
 
     def _pop_own_routes(self, request: Request) -> None:
@@ -718,10 +715,7 @@ def _response_peer(via: Via, fallback: Peer) -> Peer:
     transport = via.transport.lower()
     host = via.param("received") or host_bare(via.host)
     rport = via.param("rport")
-    if rport:
-        port = int(rport)
-    else:
-        port = via.port or DEFAULT_PORTS.get(transport, 5060)
+    port = int(rport) if rport else via.port or DEFAULT_PORTS.get(transport, 5060)
     if transport != "udp":
         return fallback
     return Peer("udp", host, port)

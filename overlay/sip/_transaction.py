@@ -98,7 +98,7 @@ class Input(enum.Enum):
     TIMER_M = "Timer M"
 
 
-S, I = State, Input
+S, I = State, Input  # noqa: E741 - short names keep the table readable
 _Row = dict[Input, tuple[State, str | None]]
 
 # For client transactions, PROVISIONAL/SUCCESS/FAILURE are responses received from the peer; for
@@ -492,7 +492,8 @@ class TransactionLayer:
             new_state, action = TRANSITIONS[txn.kind][txn.state][event]
         except KeyError:
             raise LocalProtocolError(
-                f"{txn.kind.value} transaction in state {txn.state.value} cannot take {event.value}",
+                f"{txn.kind.value} transaction in state {txn.state.value} "
+                f"cannot take {event.value}",
                 status_hint=None,
             ) from None
         txn.state = new_state
@@ -624,10 +625,10 @@ def _ack_for(invite: Request, response: Response) -> Request:
             headers.add(name, value)
     headers.add("Max-Forwards", "70")
     for name in ("From", "Call-ID"):
-        value = src.get(name)
-        if value is None:  # pragma: no cover - parse guarantees these
+        field_value = src.get(name)
+        if field_value is None:  # pragma: no cover - parse guarantees these
             raise RemoteProtocolError(f"Missing {name} header", status_hint=None)
-        headers.add(name, value)
+        headers.add(name, field_value)
     to = response.headers.get("To")
     headers.add("To", to if to is not None else src.get("To") or "")
     headers.add("CSeq", f"{invite.cseq.number} ACK")

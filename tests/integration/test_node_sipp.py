@@ -80,9 +80,7 @@ async def test_silent_callee_gives_408_within_timer_b(loopback_host: Callable[[]
     t1 = 0.05  # Timer B = 64 * T1 = 3.2 s
     node_host, uas_host, uac_host = loopback_host(), loopback_host(), loopback_host()
     async with open_uas(uas_host, scenario="uas_silent") as uas:
-        config = node_config(
-            host=node_host, port=NODE_PORT, target=f"{uas.host}:{uas.port}", t1=t1
-        )
+        config = node_config(host=node_host, port=NODE_PORT, target=f"{uas.host}:{uas.port}", t1=t1)
         async with open_node(config, host=node_host, port=NODE_PORT):
             start = trio.current_time()
             result = await run_uac(

@@ -16,8 +16,8 @@ from overlay.sip import (
     ProxyConfig,
     ProxyCore,
     Request,
-    Response,
     ResolveTarget,
+    Response,
     SipUri,
     Target,
     TelUri,
@@ -67,7 +67,12 @@ def request(
 
 
 def response_to(
-    data: bytes, status: int, reason: str = "", *, to_tag: str | None = "callee-tag", extra: tuple[str, ...] = ()
+    data: bytes,
+    status: int,
+    reason: str = "",
+    *,
+    to_tag: str | None = "callee-tag",
+    extra: tuple[str, ...] = (),
 ) -> bytes:
     """The response a callee sends to ``data`` (a request as it received it)."""
     req = parse_message_untrusted(data)
@@ -106,7 +111,9 @@ class ProxyHarness:
 
     def __post_init__(self) -> None:
         self.proxy = ProxyCore(
-            ProxyConfig(listeners=self.listeners, timers=TimerConfig(t1=self.t1), timer_c=self.timer_c),
+            ProxyConfig(
+                listeners=self.listeners, timers=TimerConfig(t1=self.t1), timer_c=self.timer_c
+            ),
             self._locate,
         )
 

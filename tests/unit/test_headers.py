@@ -167,7 +167,10 @@ def test_via_accessors_and_str() -> None:
         ("sip:a@b;tag=1", NameAddr(None, "sip:a@b", (("tag", "1"),))),
         ('"Alice" <sip:a@b>;tag=x', NameAddr('"Alice"', "sip:a@b", (("tag", "x"),))),
         ("Bob <sips:b@c;lr>", NameAddr("Bob", "sips:b@c;lr", ())),
-        ("caller<sip:caller@example.com>;tag=323", NameAddr("caller", "sip:caller@example.com", (("tag", "323"),))),
+        (
+            "caller<sip:caller@example.com>;tag=323",
+            NameAddr("caller", "sip:caller@example.com", (("tag", "323"),)),
+        ),
         # RFC 4475 §3.1.1.1
         (
             "sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n",
@@ -187,7 +190,10 @@ def test_via_accessors_and_str() -> None:
             ),
         ),
         # RFC 4475 §3.1.1.2: a quoted NUL, and an unquoted display name of odd tokens.
-        ('"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:x@example.com>', NameAddr('"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f"', "sip:x@example.com", ())),
+        (
+            '"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f" <sip:x@example.com>',
+            NameAddr('"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f"', "sip:x@example.com", ()),
+        ),
         (
             "token1~` token2'+_ token3*%!.- <sip:mundane@example.com>;tag=_token~1'+`*%!-.",
             NameAddr(
@@ -198,11 +204,23 @@ def test_via_accessors_and_str() -> None:
         ),
         # RFC 4475 §3.3.4: other schemes.
         ("isbn:2983792873", NameAddr(None, "isbn:2983792873", ())),
-        ("<http://www.example.com>;tag=3234233", NameAddr(None, "http://www.example.com", (("tag", "3234233"),))),
+        (
+            "<http://www.example.com>;tag=3234233",
+            NameAddr(None, "http://www.example.com", (("tag", "3234233"),)),
+        ),
         # RFC 4475 §3.3.12 / §3.3.13: contact-param vs uri-parameter.
-        ("sip:+19725552222@gw1.example.net;unknownparam", NameAddr(None, "sip:+19725552222@gw1.example.net", (("unknownparam", None),))),
-        ("<sip:+19725552222@gw1.example.net;unknownparam>", NameAddr(None, "sip:+19725552222@gw1.example.net;unknownparam", ())),
-        ('<sip:a@b>;Tag=X;fromParam="quoted;value"', NameAddr(None, "sip:a@b", (("tag", "X"), ("fromparam", '"quoted;value"')))),
+        (
+            "sip:+19725552222@gw1.example.net;unknownparam",
+            NameAddr(None, "sip:+19725552222@gw1.example.net", (("unknownparam", None),)),
+        ),
+        (
+            "<sip:+19725552222@gw1.example.net;unknownparam>",
+            NameAddr(None, "sip:+19725552222@gw1.example.net;unknownparam", ()),
+        ),
+        (
+            '<sip:a@b>;Tag=X;fromParam="quoted;value"',
+            NameAddr(None, "sip:a@b", (("tag", "X"), ("fromparam", '"quoted;value"'))),
+        ),
     ],
 )
 def test_name_addr_parse(text: str, expected: NameAddr) -> None:
@@ -221,7 +239,10 @@ def test_name_addr_parse(text: str, expected: NameAddr) -> None:
         ("<sip:a@b> junk", "Unexpected text after <URI> in To"),
         ("<>", "Malformed URI in To"),
         ("nocolon", "Malformed URI in To"),
-        ("sip:user@example.com?Route=%3Csip:sip.example.com%3E", "URI with ? or , must be enclosed in <> in To"),
+        (
+            "sip:user@example.com?Route=%3Csip:sip.example.com%3E",
+            "URI with ? or , must be enclosed in <> in To",
+        ),
         ("<sip:a@b>;;tag=1", "Bad parameter in To"),
         ("<sip:a@b>;tag=", "Bad parameter value in To"),
         ("<sip:a@b>;tag=a b", "Bad parameter value in To"),
@@ -256,7 +277,10 @@ def test_name_addr_accessors_and_str() -> None:
         ("0009 INVITE", CSeq(9, "INVITE")),  # RFC 4475 §3.1.1.1
         ("0009  \t INVITE", CSeq(9, "INVITE")),
         ("4294967295 ACK", CSeq(2**32 - 1, "ACK")),
-        ("139122385 !interesting-Method0123456789_*+`.%indeed'~", CSeq(139122385, "!interesting-Method0123456789_*+`.%indeed'~")),
+        (
+            "139122385 !interesting-Method0123456789_*+`.%indeed'~",
+            CSeq(139122385, "!interesting-Method0123456789_*+`.%indeed'~"),
+        ),
         ("00000000000000000001 BYE", CSeq(1, "BYE")),
     ],
 )
@@ -375,7 +399,10 @@ def test_headers_lookup_is_canonical() -> None:
 def test_headers_pop_and_replace_first_value() -> None:
     headers = _headers()
     assert headers.pop_first_value("Via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
-    assert headers.get_all("Via") == ["SIP/2.0/UDP b;branch=z9hG4bK2", "SIP/2.0/UDP c;branch=z9hG4bK3"]
+    assert headers.get_all("Via") == [
+        "SIP/2.0/UDP b;branch=z9hG4bK2",
+        "SIP/2.0/UDP c;branch=z9hG4bK3",
+    ]
     assert headers.pop_first_value("Via") == "SIP/2.0/UDP b;branch=z9hG4bK2"
     assert headers.get_all("Via") == ["SIP/2.0/UDP c;branch=z9hG4bK3"]
     assert headers.pop_first_value("Via") == "SIP/2.0/UDP c;branch=z9hG4bK3"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from overlay.sip import Peer, Request, Response, Target
-
 from tests.unit.sip_helpers import (
     PROXY,
     PROXY_TCP,
@@ -46,15 +45,18 @@ def test_invite_call_flow_with_record_route() -> None:
     assert invite.uri == "sip:alice@example.com"
     assert invite.max_forwards == 69
     assert len(invite.vias) == 2
-    assert invite.top_via.host == "127.0.0.1" and invite.top_via.port == 5060
-    assert invite.top_via.branch is not None and invite.top_via.branch.startswith("z9hG4bK")
+    assert invite.top_via.host == "127.0.0.1"
+    assert invite.top_via.port == 5060
+    assert invite.top_via.branch is not None
+    assert invite.top_via.branch.startswith("z9hG4bK")
     assert invite.vias[1].param("rport") == "5061"
     assert invite.headers.values("Record-Route") == ["<sip:127.0.0.1:5060;lr>"]
 
     out = h.send(UAS, response_to(out[UAS][0], 180))
     assert statuses(out) == [180]
     ringing = parse(out[UAC][0])
-    assert isinstance(ringing, Response) and len(ringing.vias) == 1
+    assert isinstance(ringing, Response)
+    assert len(ringing.vias) == 1
 
     out = h.send(UAS, response_to(h_last_invite(h, invite), 200))
     assert statuses(out) == [200]
@@ -146,7 +148,8 @@ def test_options_to_the_node_itself() -> None:
     out = h.send(UAC, request("OPTIONS", uri="sip:127.0.0.1:5060"))
     [data] = out[UAC]
     response = parse(data)
-    assert isinstance(response, Response) and response.status == 200
+    assert isinstance(response, Response)
+    assert response.status == 200
     assert "INVITE" in (response.headers.get("Allow") or "")
 
 

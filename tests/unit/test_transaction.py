@@ -16,7 +16,6 @@ from overlay.sip import (
     make_response,
 )
 from overlay.sip._transaction import INITIAL_STATE, TRANSITIONS, State
-
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 T1, T2, T4 = 0.5, 4.0, 5.0
@@ -282,7 +281,8 @@ def test_non_invite_server_paths_and_timer_j() -> None:
     layer = TransactionLayer(TimerConfig(T1, T2, T4))
     bye = req("BYE", to_tag="x")
     txn = layer.receive_request(bye, UAC, 0.0)
-    assert txn is not None and txn.state is State.TRYING
+    assert txn is not None
+    assert txn.state is State.TRYING
     assert layer.receive_request(bye, UAC, 0.1) is None
     assert layer.outbox == []  # Trying: retransmission discarded
     layer.send_response(txn, make_response(bye, 100), 0.2)
@@ -294,7 +294,8 @@ def test_non_invite_server_paths_and_timer_j() -> None:
     assert txn.state is State.COMPLETED
     layer.outbox.clear()
     layer.receive_request(bye, UAC, 0.5)
-    assert len(layer.outbox) == 1 and b"200" in layer.outbox[0][0][:20]
+    assert len(layer.outbox) == 1
+    assert b"200" in layer.outbox[0][0][:20]
     run_until(layer, 0.4 + 64 * T1)
     assert txn.state is State.TERMINATED
     assert layer.statistics().server == 0
@@ -318,7 +319,9 @@ def test_input_outside_the_table_is_a_local_error() -> None:
     txn = layer.receive_request(bye, UAC, 0.0)
     assert txn is not None
     layer.send_response(txn, make_response(bye, 200), 0.0)
-    with pytest.raises(LocalProtocolError, match="non-INVITE server transaction in state Completed"):
+    with pytest.raises(
+        LocalProtocolError, match="non-INVITE server transaction in state Completed"
+    ):
         layer.send_response(txn, make_response(bye, 180), 0.1)
 
 

@@ -24,7 +24,9 @@ GOOD_URIS: list[tuple[str, SipUri | TelUri | AbsoluteUri]] = [
     ),
     (
         "sips:alice:secret@192.0.2.4;transport=tcp;lr",
-        SipUri("sips", "alice", "secret", "192.0.2.4", None, (("transport", "tcp"), ("lr", None)), None),
+        SipUri(
+            "sips", "alice", "secret", "192.0.2.4", None, (("transport", "tcp"), ("lr", None)), None
+        ),
     ),
     ("sip:[2001:db8::10]", SipUri("sip", None, None, "[2001:db8::10]", None, (), None)),
     ("sip:[2001:db8::10]:5070", SipUri("sip", None, None, "[2001:db8::10]", 5070, (), None)),
@@ -65,7 +67,10 @@ GOOD_URIS: list[tuple[str, SipUri | TelUri | AbsoluteUri]] = [
     ("tel:7042;phone-context=example.com", TelUri("7042", (("phone-context", "example.com"),))),
     ("isbn:2983792873", AbsoluteUri("isbn", "2983792873")),
     ("soap.beep://192.0.2.103:3002", AbsoluteUri("soap.beep", "//192.0.2.103:3002")),
-    ("nobodyknowsthisscheme:totallyopaquecontent", AbsoluteUri("nobodyknowsthisscheme", "totallyopaquecontent")),
+    (
+        "nobodyknowsthisscheme:totallyopaquecontent",
+        AbsoluteUri("nobodyknowsthisscheme", "totallyopaquecontent"),
+    ),
 ]
 
 
@@ -78,7 +83,13 @@ def test_parse_and_str(text: str, expected: SipUri | TelUri | AbsoluteUri) -> No
 def test_case_is_normalised_where_insensitive() -> None:
     uri = parse_uri_untrusted("SIP:Alice@Atlanta.Example.COM;Transport=UDP;LR")
     assert uri == SipUri(
-        "sip", "Alice", None, "atlanta.example.com", None, (("transport", "UDP"), ("lr", None)), None
+        "sip",
+        "Alice",
+        None,
+        "atlanta.example.com",
+        None,
+        (("transport", "UDP"), ("lr", None)),
+        None,
     )
     assert str(uri) == "sip:Alice@atlanta.example.com;transport=UDP;lr"
 
@@ -176,7 +187,9 @@ _ipv6 = st.ip_addresses(v=6).map(lambda a: f"[{a}]")
 _host = st.one_of(_hostname, _ipv4, _ipv6)
 _escaped = st.sampled_from(["%41", "%00", "%3a", "%40"])
 _user = st.lists(
-    st.one_of(st.sampled_from(list(_ALNUM + "-_.!~*'()&=+$,;?/")), _escaped), min_size=1, max_size=12
+    st.one_of(st.sampled_from(list(_ALNUM + "-_.!~*'()&=+$,;?/")), _escaped),
+    min_size=1,
+    max_size=12,
 ).map("".join)
 _password = st.lists(
     st.one_of(st.sampled_from(list(_ALNUM + "-_.!~*'()&=+$,")), _escaped), max_size=8
@@ -184,9 +197,9 @@ _password = st.lists(
 _pchar = st.lists(
     st.one_of(st.sampled_from(list(_ALNUM + "-_.!~*'()[]/:&+$")), _escaped), min_size=1, max_size=8
 ).map("".join)
-_params = st.lists(
-    st.tuples(_pchar.map(str.lower), st.one_of(st.none(), _pchar)), max_size=4
-).map(tuple)
+_params = st.lists(st.tuples(_pchar.map(str.lower), st.one_of(st.none(), _pchar)), max_size=4).map(
+    tuple
+)
 _hchar = st.lists(
     st.one_of(st.sampled_from(list(_ALNUM + "-_.!~*'()[]/?:+$")), _escaped), min_size=1, max_size=6
 ).map("".join)
