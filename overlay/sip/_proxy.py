@@ -68,7 +68,22 @@ from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 
 #: Methods this proxy knows; a request for another method addressed to the node itself gets 501.
 KNOWN_METHODS = frozenset(
-    ["INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"]
+    [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    ]
 )
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
@@ -375,15 +390,26 @@ class ProxyCore:
             return _uri_target(uri)
         uri = parse_uri_untrusted(forward.uri)
         assert isinstance(uri, (SipUri, TelUri))  # checked by _validate
-        if isinstance(uri, SipUri) and uri.user is None and self._is_our_uri(forward.uri):
+        ours = isinstance(uri, SipUri) and self._is_our_uri(forward.uri)
+        if ours and isinstance(uri, SipUri) and uri.user is None:
             self._answer_locally(server, request, now)
             return None
-        if request.to_tag is not None and isinstance(uri, SipUri):
-            return _uri_target(uri)  # in-dialog: the remote target
-        target = self._locate(forward, uri)
+        target = self._request_uri_target(forward, uri, ours=ours)
         if target is None:
             self._respond(server, 404, "Not Found", now)
         return target
+
+    def _request_uri_target(
+        self, forward: Request, uri: SipUri | TelUri, *, ours: bool
+    ) -> Target | None:
+        """§16.5 without a Route: the remote target of a dialog, else the dialplan.
+
+        A Request-URI naming this node (with a user part) goes to the dialplan even inside a
+        dialog: peers that ignore Record-Route send their ACK and BYE to the proxy's address.
+        """
+        if forward.to_tag is not None and isinstance(uri, SipUri) and not ours:
+            return _uri_target(uri)
+        return self._locate(forward, uri)
 
     def _answer_locally(self, server: Transaction, request: Request, now: float) -> None:
         if request.method == "OPTIONS":
@@ -478,21 +504,28 @@ class ProxyCore:
         forward = ack.copy()
         self._pop_own_routes(forward)
         route = forward.headers.first_value("Route")
-        try:
-            text = NameAddr.parse_untrusted(route).uri if route is not None else forward.uri
-            uri = parse_uri_untrusted(text)
-        except RemoteProtocolError:
-            self._drops["ACK with bad route"] += 1
-            return
-        if not isinstance(uri, SipUri):
-            self._drops["ACK with bad route"] += 1
-            return
         max_forwards = ack.max_forwards
         if max_forwards == 0:
             self._drops["ACK with Max-Forwards 0"] += 1
             return
+        try:
+            if route is not None:
+                uri = parse_uri_untrusted(NameAddr.parse_untrusted(route).uri)
+                target = _uri_target(uri) if isinstance(uri, SipUri) else None
+            else:
+                uri = parse_uri_untrusted(forward.uri)
+                target = None
+                if isinstance(uri, (SipUri, TelUri)):
+                    ours = isinstance(uri, SipUri) and self._is_our_uri(forward.uri)
+                    target = self._request_uri_target(forward, uri, ours=ours)
+        except RemoteProtocolError:
+            target = None
+        if target is None:
+            self._drops["ACK without a route"] += 1
+            return
+        if target.request_uri is not None:
+            forward.uri = target.request_uri
         forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
-        target = _uri_target(uri)
         peer = _literal_peer(target)
         if peer is not None:
             self._send_stateless_request(forward, peer)

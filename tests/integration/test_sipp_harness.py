@@ -208,28 +208,15 @@ async def _kamailio(
     assert KAMAILIO is not None
     port = free_port(PROXY_HOST)
     with tempfile.TemporaryDirectory(prefix="kamailio-test-") as tmp:
+        args = [
+            KAMAILIO, "-f", str(KAMAILIO_CFG), "-DD", "-E",
+            "-P", f"{tmp}/kamailio.pid", "-Y", tmp, "-w", tmp,
+            "-A", f"LISTEN=udp:{PROXY_HOST}:{port}",
+            "-A", f'DST_URI="sip:{destination[0]}:{destination[1]}"',
+            "-A", f"FR_TIMER={fr_timer_ms}", "-A", f"FR_INV_TIMER={fr_timer_ms}",
+        ]  # fmt: skip
         proc = await trio.lowlevel.open_process(
-            [
-                KAMAILIO,
-                "-f",
-                str(KAMAILIO_CFG),
-                "-DD",
-                "-E",
-                "-P",
-                f"{tmp}/kamailio.pid",
-                "-Y",
-                tmp,
-                "-w",
-                tmp,
-                "-A",
-                f"LISTEN=udp:{PROXY_HOST}:{port}",
-                "-A",
-                f'DST_URI="sip:{destination[0]}:{destination[1]}"',
-                "-A",
-                f"FR_TIMER={fr_timer_ms}",
-                "-A",
-                f"FR_INV_TIMER={fr_timer_ms}",
-            ],  # fmt: skip
+            args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -352,3 +352,20 @@ def test_late_2xx_after_final_is_still_forwarded() -> None:
     h.advance(181.0)  # Timer C: CANCEL sent
     out = h.send(UAS, response_to(invite_to_uas, 200))  # the callee answered anyway
     assert statuses(out) == [200]
+
+
+def test_in_dialog_requests_to_the_node_address_use_the_dialplan() -> None:
+    # Callers that ignore Record-Route send ACK and BYE to the proxy's own address.
+    h = ProxyHarness()
+    out = h.send(UAC, request(uri="sip:alice@127.0.0.1:5060"))
+    out = h.send(UAS, response_to(out[UAS][0], 200))
+    assert statuses(out) == [200]
+    ack = request("ACK", uri="sip:alice@127.0.0.1:5060", branch="z9hG4bK-ack", to_tag="callee-tag")
+    assert forwarded(h.send(UAC, ack)).method == "ACK"
+    bye = request(
+        "BYE", uri="sip:alice@127.0.0.1:5060", branch="z9hG4bK-bye", cseq=2, to_tag="callee-tag"
+    )
+    out = h.send(UAC, bye)
+    assert forwarded(out).method == "BYE"
+    assert statuses(h.send(UAS, response_to(out[UAS][0], 200))) == [200]
+    settle(h)
