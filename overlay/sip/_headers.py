@@ -171,9 +171,8 @@ def _quoted_error(text: str, what: str) -> RemoteProtocolError:
 
 
 def _split_outside_quotes(text: str, sep: str, what: str) -> list[str]:
-    """Split at ``sep`` where it is not inside a quoted string (RFC 3261 §25.1 quoted-string)."""
-    if '"' not in text:
-        return text.split(sep)
+    """Split at ``sep`` where it is not inside a quoted string (RFC 3261 §25.1 quoted-string);
+    the slow path of parameter parsing, for text that contains a DQUOTE."""
     items: list[str] = []
     start = 0
     pos = 0
@@ -198,7 +197,8 @@ def parse_params_untrusted(text: str, what: str) -> Params:
     """Parse ``param *( SEMI param )`` (the text after the first ";"), LWS allowed around ";"
     and "=" (RFC 3261 §25.1 SEMI, EQUAL)."""
     params: list[tuple[str, str | None]] = []
-    for item in _split_outside_quotes(text, ";", what):
+    items = text.split(";") if '"' not in text else _split_outside_quotes(text, ";", what)
+    for item in items:
         name, eq, value = item.partition("=")
         name = name.strip(" \t")
         if name not in _COMMON_PARAM_NAMES and not _abnf.TOKEN.fullmatch(name):
@@ -409,10 +409,12 @@ class CSeq:
             raise _bad("Bad CSeq")
         if method not in KNOWN_METHODS and not _abnf.METHOD.fullmatch(method):
             raise _bad("Bad CSeq")
-        # Length first: int() of a huge digit string is slow (and refused beyond 4300 digits).
-        if len(number) > 10 and len(number.lstrip("0")) > 10:
+        # Leading zeros are legal (RFC 4475 §3.1.1.1); strip them before int(), which refuses
+        # strings of more than 4300 digits.
+        digits = number.lstrip("0")
+        if len(digits) > 10:
             raise _bad("CSeq number too large")
-        seq = int(number)
+        seq = int(digits or "0")
         if seq > _MAX_CSEQ:
             raise _bad("CSeq number too large")
         return cls(seq, method)

@@ -439,9 +439,12 @@ _REASON_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def _parse_max_forwards(value: str) -> int:
     if not (value.isascii() and value.isdigit()):
         raise RemoteProtocolError("Bad Max-Forwards")
-    if len(value) > 3 and len(value.lstrip("0")) > 3:
+    # Leading zeros are legal (RFC 4475 §3.1.1.1); strip them before int(), which refuses
+    # strings of more than 4300 digits.
+    digits = value.lstrip("0")
+    if len(digits) > 3:
         raise RemoteProtocolError("Max-Forwards out of range")
-    number = int(value)
+    number = int(digits or "0")
     if number > 255:
         raise RemoteProtocolError("Max-Forwards out of range")
     return number
@@ -450,9 +453,6 @@ def _parse_max_forwards(value: str) -> int:
 def _canonical_untrusted(name: str) -> str | None:
     """The slow path of header-name lookup: LWS before the colon, odd case, unknown names."""
     name = name.rstrip(" \t")
-    known = CANONICAL.get(name)
-    if known is not None:
-        return known
     known = canonical_name(name)
     if known in KNOWN_NAMES:
         return known
@@ -667,9 +667,10 @@ def _parse(data: bytes, stream: bool, max_size: int, progress: _Progress) -> Mes
         if not (length_text.isascii() and length_text.isdigit()):
             raise RemoteProtocolError("Bad Content-Length")
         available = len(data) - body_start
-        if len(length_text.lstrip("0")) > 10 or int(length_text) > available:
+        digits = length_text.lstrip("0")
+        if len(digits) > 10 or int(digits or "0") > available:
             raise RemoteProtocolError("Content-Length larger than message")
-        length = int(length_text)
+        length = int(digits or "0")
         if stream and length != available:
             raise RemoteProtocolError("Content-Length does not match the framed message")
         body = data[body_start : body_start + length]

@@ -718,15 +718,13 @@ class ProxyCore:
 
     def _is_loop(self, request: Request) -> bool:
         """§16.3 step 4: a Via of ours with the loop hash this request would get again."""
-        loop = None
+        marker = MAGIC_COOKIE + self._loop_hash(request)
         for value in request.headers.values("Via"):
-            via = Via.parse_untrusted(value)
-            if (host_bare(via.host), via.port or 5060) not in self._ours:
+            if marker not in value:  # cheap text test first: most Vias are not ours
                 continue
-            branch = via.branch or ""
-            if loop is None:
-                loop = self._loop_hash(request)
-            if branch.startswith(MAGIC_COOKIE + loop):
+            via = Via.parse_untrusted(value)
+            ours = (host_bare(via.host), via.port or 5060) in self._ours
+            if ours and (via.branch or "").startswith(marker):
                 return True
         return False
 

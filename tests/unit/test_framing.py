@@ -13,7 +13,9 @@ from overlay.sip import (
 )
 
 
-def _message(body: bytes = b"", *, length: str | None = None, name: str = "Content-Length") -> bytes:
+def _message(
+    body: bytes = b"", *, length: str | None = None, name: str = "Content-Length"
+) -> bytes:
     head = (
         "INVITE sip:bob@example.com SIP/2.0\r\n"
         "Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bK1\r\n"
@@ -49,6 +51,8 @@ STREAM_CASES: list[tuple[bytes, list[bytes]]] = [
     (_message(b"abc", name="l"), [_message(b"abc", name="l")]),
     (_message(b"abc", name="CONTENT-LENGTH"), [_message(b"abc", name="CONTENT-LENGTH")]),
     (_message(b"abc", length="0003"), [_message(b"abc", length="0003")]),
+    (_message(b"abc", length="0" * 5000 + "3"), [_message(b"abc", length="0" * 5000 + "3")]),
+    (_message(length="0" * 5000), [_message(length="0" * 5000)]),
     (_RESPONSE, [_RESPONSE]),
     (b"\r\n\r\n\r\n", []),
 ]
@@ -66,10 +70,10 @@ def test_stream_whole(data: bytes, expected: list[bytes]) -> None:
     framer = StreamFramer()
     framer.receive_data(data)
     assert _drain(framer) == expected
-    assert not framer.closed
+    open_before_eof = framer.closed
     framer.receive_data(b"")
     assert framer.next_message() is None
-    assert framer.closed
+    assert (open_before_eof, framer.closed) == (False, True)
     for message in expected:
         parse_message_untrusted(message, stream=True)
 
@@ -121,7 +125,11 @@ def test_linear_time_on_slow_head() -> None:
         (_message(length="99999999999999999999"), "Message Too Large", 513),
         (_message(length="70000"), "Message Too Large", 513),
         # RFC 4475 §3.3.9
-        (_message(b"abc").replace(b"Content-Length: 3", b"Content-Length: 3\r\nl: 5"), "Multiple Content-Length headers", 400),
+        (
+            _message(b"abc").replace(b"Content-Length: 3", b"Content-Length: 3\r\nl: 5"),
+            "Multiple Content-Length headers",
+            400,
+        ),
         # Framing errors on a response: nobody to answer.
         (_RESPONSE.replace(b"l  :\r\n 0\r\n", b""), "Missing Content-Length", None),
     ],

@@ -282,6 +282,8 @@ def test_name_addr_accessors_and_str() -> None:
             CSeq(139122385, "!interesting-Method0123456789_*+`.%indeed'~"),
         ),
         ("00000000000000000001 BYE", CSeq(1, "BYE")),
+        ("0" * 5000 + "7 BYE", CSeq(7, "BYE")),
+        ("0 BYE", CSeq(0, "BYE")),
     ],
 )
 def test_cseq_parse(text: str, expected: CSeq) -> None:

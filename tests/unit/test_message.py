@@ -205,7 +205,7 @@ def test_accessors() -> None:
     assert request.to_tag is None
     assert request.max_forwards == 68
     request.headers.remove("Max-Forwards")
-    assert request.max_forwards is None
+    assert request.copy().max_forwards is None
 
     copy = request.copy()
     copy.headers.set("Call-ID", "other")
@@ -289,6 +289,7 @@ BAD_REQUESTS: list[tuple[bytes, str, int | None]] = [
     (_request(Max_Forwards="256"), "Max-Forwards out of range", 400),
     (_request(Max_Forwards="0" * 30 + "300"), "Max-Forwards out of range", 400),
     (_request(Max_Forwards="seventy"), "Bad Max-Forwards", 400),
+    (_request(Max_Forwards="0" * 5000 + "256"), "Max-Forwards out of range", 400),
     (_request(Via="SIP/2.0/UDP"), "Malformed Via", 400),
     (_request(Via="SIP/2.0/UDP h;;,;,,"), "Bad parameter in Via", 400),
     (_request(To='"Mr. J. User <sip:j.user@example.com>'), "Unterminated quoted string in To", 400),
@@ -408,6 +409,25 @@ def test_response_without_reason_separator_is_accepted() -> None:
     assert (response.status, response.reason) == (200, "")
 
 
+def test_huge_leading_zeros_are_fine() -> None:
+    """int() refuses strings of more than 4300 digits, leading zeros included."""
+    zeros = "0" * 5000
+    data = _wire(
+        "INVITE sip:a@b SIP/2.0",
+        [
+            *_INVITE_FIELDS[:-1],
+            ("Content-Length", zeros + str(len(_SDP))),
+        ],
+        _SDP,
+    ).replace(b"Max-Forwards: 70", f"Max-Forwards: {zeros}70".encode())
+    request = parse_message_untrusted(
+        data.replace(b"CSeq: 314159", f"CSeq: {zeros}314159".encode())
+    )
+    assert isinstance(request, Request)
+    assert (request.max_forwards, request.cseq.number, request.body) == (70, 314159, _SDP)
+    assert parse_message_untrusted(data, stream=True).body == _SDP
+
+
 def test_lower_case_version_is_accepted() -> None:
     request = parse_message_untrusted(_request("INVITE sip:a@b sip/2.0"))
     assert isinstance(request, Request)
@@ -465,12 +485,14 @@ def test_serialize_refuses_bad_start_line(message: Message) -> None:
 # --- make_response / make_error_response (RFC 3261 §8.2.6) ------------------------------------
 
 
+_TWO_VIAS = (
+    "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp1, SIP/2.0/UDP a.example.com;branch=z9hG4bKa"
+)
+
+
 def _invite_with_extras() -> Request:
     fields = [
-        (
-            "Via",
-            "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp1, SIP/2.0/UDP a.example.com;branch=z9hG4bKa",
-        ),
+        ("Via", _TWO_VIAS),
         ("Record-Route", "<sip:proxy.example.com;lr>"),
         ("Via", "SIP/2.0/TCP b.example.com;branch=z9hG4bKb"),
         ("Max-Forwards", "69"),
@@ -492,10 +514,7 @@ def test_make_response_copies_the_right_headers() -> None:
     response = make_response(request, 180, to_tag="t42")
     assert (response.status, response.reason, response.body) == (180, "Ringing", b"")
     assert list(response.headers) == [
-        (
-            "Via",
-            "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKp1, SIP/2.0/UDP a.example.com;branch=z9hG4bKa",
-        ),
+        ("Via", _TWO_VIAS),
         ("Via", "SIP/2.0/TCP b.example.com;branch=z9hG4bKb"),
         ("From", "Alice <sip:alice@example.com>;tag=f1"),
         ("To", "Bob <sip:bob@example.com>;tag=t42"),

@@ -7,6 +7,7 @@ failure reproduces on every run.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 
@@ -29,7 +30,8 @@ from overlay.sip import (
 
 SEEDS: list[bytes] = [
     b"INVITE sip:bob@biloxi.example.com;user=phone SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK74bf9;rport, SIP/2.0/TCP h;branch=z9hG4bK2\r\n"
+    b"Via: SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK74bf9;rport,"
+    b" SIP/2.0/TCP h;branch=z9hG4bK2\r\n"
     b"Max-Forwards: 70\r\n"
     b'From: "Alice \\"A\\"" <sip:alice@atlanta.example.com>;tag=9fxced76sl\r\n'
     b"To: Bob <sip:bob@biloxi.example.com>\r\n"
@@ -61,24 +63,28 @@ SEEDS: list[bytes] = [
 
 # Bytes that matter to the grammar: inserting them reaches the interesting branches faster.
 _INTERESTING = [
-    b'"', b"\\", b"<", b">", b";", b",", b":", b"=", b"@", b"?", b"%", b"[", b"]", b" ", b"\t",
-    b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\r\n", b"\x00", b"\xff", b"\xc3", b"0", b"9" * 30,
-    b"-1", b"SIP/2.0", b"sip:", b"Content-Length: 5\r\n", b"Via: x\r\n", b"To: <\r\n",
+    *(bytes([char]) for char in b'"\\<>;,:=@?%[] \t\r\n\x00\xff\xc30'),
+    *(b"\r\n", b"\r\n ", b"\r\n\r\n", b"9" * 30, b"-1", b"0" * 4400, b"SIP/2.0", b"sip:"),
+    *(b"Content-Length: 5\r\n", b"Via: x\r\n", b"To: <\r\n"),
 ]
 
 
+def _check_error(exc: RemoteProtocolError) -> None:
+    """A refusal has a reason fit for a status line and, if answered, an answer that serialises.
+    (That answer need not parse: it carries the request's Via, From and To as they were.)"""
+    assert "\r" not in exc.reason
+    assert "\n" not in exc.reason
+    response = make_error_response(exc)
+    if response is not None:
+        serialize(response)
+
+
 def _check_message(data: bytes) -> None:
-    """The invariant, plus: what parses re-serialises into something that parses again, and a
-    rejected request either gets no answer or an answer that serialises. (That answer need not
-    parse: it carries the request's Via, From and To as they were, malformed or not.)"""
+    """The invariant, plus: what parses re-serialises into something that parses again."""
     try:
         message = parse_message_untrusted(data)
     except RemoteProtocolError as exc:
-        assert "\r" not in exc.reason
-        assert "\n" not in exc.reason
-        response = make_error_response(exc)
-        if response is not None:
-            serialize(response)
+        _check_error(exc)
         return
     again = parse_message_untrusted(serialize(message))
     assert serialize(again) == serialize(message)
@@ -92,22 +98,18 @@ def _check_framer(data: bytes, cuts: list[int]) -> None:
             if piece:
                 framer.receive_data(piece)
             while (message := framer.next_message()) is not None:
-                try:
+                with contextlib.suppress(RemoteProtocolError):
                     parse_message_untrusted(message, stream=True)
-                except RemoteProtocolError:
-                    pass
         framer.receive_data(b"")
         framer.next_message()
     except RemoteProtocolError as exc:
-        assert "\r" not in exc.reason
-        response = make_error_response(exc)
-        if response is not None:
-            serialize(response)
+        _check_error(exc)
 
 
 def _mutate(data: bytes, rng: random.Random) -> bytes:
-    """One to four random edits: bit flips, truncation, insertion, line duplication/deletion."""
-    for _ in range(rng.randint(1, 4)):
+    """One to four random edits (mostly one): bit flips, truncation, insertion, and
+    duplicated or deleted lines."""
+    for _ in range(rng.choice((1, 1, 1, 2, 4))):
         kind = rng.randrange(6)
         if not data:
             data = rng.choice(SEEDS)
@@ -135,7 +137,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 @pytest.mark.parametrize("seed", range(4))
 def test_mutated_messages(seed: int) -> None:
     rng = random.Random(seed)
-    for _ in range(1500):
+    for _ in range(6000):
         data = _mutate(rng.choice(SEEDS), rng)
         _check_message(data)
         cuts = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randrange(4)))
@@ -143,7 +145,7 @@ def test_mutated_messages(seed: int) -> None:
 
 
 @settings(
-    max_examples=400,
+    max_examples=1500,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -155,7 +157,7 @@ def test_random_bytes(data: bytes) -> None:
     _check_framer(data, [len(data) // 2])
 
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=1500, derandomize=True, deadline=None)
 @given(
     st.sampled_from(SEEDS),
     st.lists(st.tuples(st.integers(0, 2000), st.sampled_from(_INTERESTING)), max_size=5),
@@ -170,7 +172,7 @@ def test_structured_insertions(seed: bytes, edits: list[tuple[int, bytes]]) -> N
 
 
 _GRAMMAR_TEXT = st.text(
-    st.sampled_from(list('sipSIP:/2.0UDPtcp @[]<>;,="\\%3a9-_.!~*\'()+$&?\t \x00\xe9')),
+    st.sampled_from(list("sipSIP:/2.0UDPtcp @[]<>;,=\"\\%3a9-_.!~*'()+$&?\t \x00\xe9")),
     max_size=60,
 )
 
@@ -179,11 +181,10 @@ def _only_remote_errors(parse: Callable[[str], object], text: str) -> None:
     try:
         parse(text)
     except RemoteProtocolError as exc:
-        assert "\r" not in exc.reason
-        assert "\n" not in exc.reason
+        _check_error(exc)
 
 
-@settings(max_examples=500, derandomize=True, deadline=None)
+@settings(max_examples=2000, derandomize=True, deadline=None)
 @given(st.one_of(st.text(max_size=80), _GRAMMAR_TEXT))
 def test_value_parsers(text: str) -> None:
     _only_remote_errors(parse_uri_untrusted, text)
