@@ -12,11 +12,16 @@ that re-serialising a value does not change what the peer sent.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import _abnf
 from ._errors import RemoteProtocolError
 from ._uri import Params, parse_host_port_untrusted
+
+#: Parsed header values are memoised: within one call the same Via, From and To strings are read
+#: by every step of the proxy. Results are immutable, so sharing them is safe.
+PARSE_CACHE_SIZE = 8192
 
 __all__ = [
     "CSeq",
@@ -249,16 +254,7 @@ class Via:
         Raises:
             RemoteProtocolError: status_hint 400, reason naming the problem.
         """
-        match = _abnf.VIA_SENT_PROTOCOL.match(value)
-        if match is None:
-            raise _bad("Malformed Via")
-        sent_by, semi, param_text = value[match.end() :].partition(";")
-        sent_by = sent_by.rstrip(" \t")
-        if " " in sent_by or "\t" in sent_by:
-            sent_by = _abnf.SWS_COLON.sub(":", sent_by)
-        host, port = parse_host_port_untrusted(sent_by, "Via")
-        params = parse_params_untrusted(param_text, "Via") if semi else ()
-        return cls(match.group(1).upper(), host, port, params)
+        return _parse_via(value)
 
     def param(self, name: str) -> str | None:
         """The value of a via-param; ``""`` for a flag such as ``;rport``, ``None`` if absent."""
@@ -278,6 +274,20 @@ class Via:
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
         return f"SIP/2.0/{self.transport} {self.host}{port}{_format_params(self.params)}"
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_via(value: str) -> Via:
+    match = _abnf.VIA_SENT_PROTOCOL.match(value)
+    if match is None:
+        raise _bad("Malformed Via")
+    sent_by, semi, param_text = value[match.end() :].partition(";")
+    sent_by = sent_by.rstrip(" \t")
+    if " " in sent_by or "\t" in sent_by:
+        sent_by = _abnf.SWS_COLON.sub(":", sent_by)
+    host, port = parse_host_port_untrusted(sent_by, "Via")
+    params = parse_params_untrusted(param_text, "Via") if semi else ()
+    return Via(match.group(1).upper(), host, port, params)
 
 
 def _check_uri_text(uri: str, what: str) -> None:
@@ -308,44 +318,7 @@ class NameAddr:
         Raises:
             RemoteProtocolError: status_hint 400, reason naming the problem and ``field``.
         """
-        text = value.strip(" \t")
-        if not text:
-            raise _bad(f"Empty {field}")
-        display: str | None
-        if text[0] == '"':
-            match = _abnf.QUOTED_STRING.match(text)
-            if match is None:
-                raise _quoted_error(text, field)
-            display = match.group()
-            rest = text[match.end() :].lstrip(" \t")
-            if not rest.startswith("<"):
-                raise _bad(f"Missing <URI> after display name in {field}")
-        else:
-            angle = text.find("<")
-            if angle < 0:
-                # addr-spec form: RFC 3261 §20.10, every ";" here starts a header parameter.
-                uri, semi, param_text = text.partition(";")
-                uri = uri.rstrip(" \t")
-                if "?" in uri or "," in uri:
-                    raise _bad(f"URI with ? or , must be enclosed in <> in {field}")
-                _check_uri_text(uri, field)
-                params = parse_params_untrusted(param_text, field) if semi else ()
-                return cls(None, uri, params)
-            display = text[:angle].rstrip(" \t") or None
-            if display is not None and not _abnf.DISPLAY_TOKENS.fullmatch(display):
-                raise _bad(f"Bad display name in {field}")
-            rest = text[angle:]
-        close = rest.find(">")
-        if close < 0:
-            raise _bad(f"Unterminated <URI> in {field}")
-        uri = rest[1:close]
-        _check_uri_text(uri, field)
-        after = rest[close + 1 :].lstrip(" \t")
-        if not after:
-            return cls(display, uri, ())
-        if after[0] != ";":
-            raise _bad(f"Unexpected text after <URI> in {field}")
-        return cls(display, uri, parse_params_untrusted(after[1:], field))
+        return _parse_name_addr(value, field)
 
     @property
     def tag(self) -> str | None:
@@ -385,6 +358,48 @@ KNOWN_METHODS = frozenset(
         "UPDATE",
     )
 )
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_name_addr(value: str, field: str) -> NameAddr:
+    text = value.strip(" \t")
+    if not text:
+        raise _bad(f"Empty {field}")
+    display: str | None
+    if text[0] == '"':
+        match = _abnf.QUOTED_STRING.match(text)
+        if match is None:
+            raise _quoted_error(text, field)
+        display = match.group()
+        rest = text[match.end() :].lstrip(" \t")
+        if not rest.startswith("<"):
+            raise _bad(f"Missing <URI> after display name in {field}")
+    else:
+        angle = text.find("<")
+        if angle < 0:
+            # addr-spec form: RFC 3261 §20.10, every ";" here starts a header parameter.
+            uri, semi, param_text = text.partition(";")
+            uri = uri.rstrip(" \t")
+            if "?" in uri or "," in uri:
+                raise _bad(f"URI with ? or , must be enclosed in <> in {field}")
+            _check_uri_text(uri, field)
+            params = parse_params_untrusted(param_text, field) if semi else ()
+            return NameAddr(None, uri, params)
+        display = text[:angle].rstrip(" \t") or None
+        if display is not None and not _abnf.DISPLAY_TOKENS.fullmatch(display):
+            raise _bad(f"Bad display name in {field}")
+        rest = text[angle:]
+    close = rest.find(">")
+    if close < 0:
+        raise _bad(f"Unterminated <URI> in {field}")
+    uri = rest[1:close]
+    _check_uri_text(uri, field)
+    after = rest[close + 1 :].lstrip(" \t")
+    if not after:
+        return NameAddr(display, uri, ())
+    if after[0] != ";":
+        raise _bad(f"Unexpected text after <URI> in {field}")
+    return NameAddr(display, uri, parse_params_untrusted(after[1:], field))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ that the proxy can answer 416 rather than 400 (RFC 4475 §3.3.2).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import _abnf
@@ -226,6 +227,11 @@ def parse_uri_untrusted(text: str) -> SipUri | TelUri | AbsoluteUri:
         RemoteProtocolError: (status_hint 400) the text is not a URI; embedded whitespace is an
             error (RFC 4475 §3.1.2.8), and so is an IPv6 address without brackets (RFC 5118 §4.2).
     """
+    return _parse_uri(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_uri(text: str) -> SipUri | TelUri | AbsoluteUri:
     if " " in text or "\t" in text:
         raise _bad("URI contains whitespace")
     scheme, colon, rest = text.partition(":")
