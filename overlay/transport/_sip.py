@@ -98,12 +98,27 @@ class SipTransport:
         ``task_status.started``. Raises OSError when an address cannot be bound.
         """
         bound: list[Listener] = []
+        udp_sockets: list[socket.socket] = []
+        try:
+            await self._serve(listeners, bound, udp_sockets, task_status)
+        finally:
+            for sock in udp_sockets:
+                sock.close()
+
+    async def _serve(
+        self,
+        listeners: list[tuple[str, str, int]],
+        bound: list[Listener],
+        udp_sockets: list[socket.socket],
+        task_status: trio.TaskStatus[list[Listener]],
+    ) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for transport, host, port in listeners:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 if transport == "udp":
                     sock = socket.socket(family, socket.SOCK_DGRAM)
+                    udp_sockets.append(sock)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
                     sock.bind((host, port))

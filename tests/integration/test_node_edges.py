@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,44 +14,9 @@ import trio.lowlevel
 from overlay.lab.node_process import node_config, open_node, options_probe
 from overlay.lab.sipp import open_uas, run_uac
 from tests.dnsserver import Zone, serve_zone
+from tests.integration.raw_sip import NODE_PORT, hostile_messages, invite, receive_all, udp_socket
 
 pytestmark = pytest.mark.integration
-
-NODE_PORT = 5060
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-
-
-def invite(host: str, port: int, *, branch: str = "z9hG4bK-raw-1", call_id: str = "raw-1") -> bytes:
-    lines = [
-        f"INVITE sip:service@{host}:{NODE_PORT} SIP/2.0",
-        f"Via: SIP/2.0/UDP {host}:{port};branch={branch};rport",
-        "Max-Forwards: 70",
-        f"From: <sip:caller@{host}>;tag=raw",
-        f"To: <sip:service@{host}>",
-        f"Call-ID: {call_id}",
-        "CSeq: 1 INVITE",
-        f"Contact: <sip:caller@{host}:{port}>",
-        "Content-Length: 0",
-        "",
-        "",
-    ]
-    return "\r\n".join(lines).encode()
-
-
-async def udp_socket(host: str) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    await sock.bind((host, 0))
-    return sock
-
-
-async def receive_all(sock: trio.socket.SocketType, quiet: float = 0.3) -> list[bytes]:
-    """Every datagram until ``quiet`` seconds pass without one."""
-    received = []
-    while True:
-        with trio.move_on_after(quiet) as scope:
-            received.append(await sock.recv(65535))
-        if scope.cancelled_caught:
-            return received
 
 
 @pytest.mark.trio
@@ -71,39 +34,6 @@ async def test_retransmitted_invite_is_forwarded_once(loopback_host: Callable[[]
     assert [m.split(b" ", 1)[0] for m in at_uas] == [b"INVITE"]
     assert at_uac
     assert all(m.startswith(b"SIP/2.0 100 ") for m in at_uac)
-
-
-def hostile_messages(uac_host: str) -> list[bytes]:
-    """At least 500 malformed or mutated messages: the corpora plus seeded mutations."""
-    messages: list[bytes] = []
-    if CORPUS.exists():
-        messages += [p.read_bytes() for p in sorted((CORPUS / "rfc4475").glob("*.dat"))]
-        messages += [
-            p.read_bytes()
-            for p in sorted((CORPUS / "rfc5118").iterdir())
-            if p.is_file() and p.suffix not in (".md",) and p.name != "SHA256SUMS"
-        ]
-        protos = sorted((CORPUS / "protos-c07-sip" / "rendered").glob("*[0-9]-*.sip"))
-        messages += [p.read_bytes() for p in protos if ".teardown" not in p.name]
-    rng = random.Random(0)
-    base = invite(uac_host, 5999, branch="z9hG4bK-mut", call_id="mut")
-    while len(messages) < 900:
-        data = bytearray(base)
-        for _ in range(rng.randint(1, 8)):
-            if not data:
-                break
-            op = rng.randrange(4)
-            pos = rng.randrange(len(data))
-            if op == 0:
-                data[pos] = rng.randrange(256)
-            elif op == 1:
-                del data[pos : pos + rng.randint(1, 20)]
-            elif op == 2:
-                data[pos:pos] = rng.choice([b"\r\n", b":", b";", b",", b"<", b'"', b"\x00", b" "])
-            else:
-                data = data[:pos]
-        messages.append(bytes(data) or b"x")
-    return messages
 
 
 @pytest.mark.trio

@@ -1,0 +1,28 @@
+"""bench/sip_cps at a tiny size: both proxies start, carry calls and the ratio is printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.slow]
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "sip_cps"
+
+
+def test_sip_cps_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "2", "--runs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert "overlay 50 calls/s" in last, done.stdout
+    assert "kamailio 50 calls/s" in last, done.stdout
+    assert "ratio overlay/kamailio = 1.00" in last, done.stdout
