@@ -416,23 +416,7 @@ class CSeq:
         Raises:
             RemoteProtocolError: status_hint 400, "Bad CSeq" or "CSeq number too large".
         """
-        if "\t" in value:
-            value = value.replace("\t", " ")
-        number, _, method = value.strip(" ").partition(" ")
-        method = method.lstrip(" ")
-        if not (number.isascii() and number.isdigit()):
-            raise _bad("Bad CSeq")
-        if method not in KNOWN_METHODS and not _abnf.METHOD.fullmatch(method):
-            raise _bad("Bad CSeq")
-        # Leading zeros are legal (RFC 4475 §3.1.1.1); strip them before int(), which refuses
-        # strings of more than 4300 digits.
-        digits = number.lstrip("0")
-        if len(digits) > 10:
-            raise _bad("CSeq number too large")
-        seq = int(digits or "0")
-        if seq > _MAX_CSEQ:
-            raise _bad("CSeq number too large")
-        return cls(seq, method)
+        return _parse_cseq(value)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -489,3 +473,24 @@ def split_list_untrusted(value: str, *, field: str = "header") -> list[str]:
     if "" in items:
         raise _bad(f"Empty element in {field}")
     return items
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_cseq(value: str) -> CSeq:
+    if "\t" in value:
+        value = value.replace("\t", " ")
+    number, _, method = value.strip(" ").partition(" ")
+    method = method.lstrip(" ")
+    if not (number.isascii() and number.isdigit()):
+        raise _bad("Bad CSeq")
+    if method not in KNOWN_METHODS and not _abnf.METHOD.fullmatch(method):
+        raise _bad("Bad CSeq")
+    # Leading zeros are legal (RFC 4475 §3.1.1.1); strip them before int(), which refuses
+    # strings of more than 4300 digits.
+    digits = number.lstrip("0")
+    if len(digits) > 10:
+        raise _bad("CSeq number too large")
+    seq = int(digits or "0")
+    if seq > _MAX_CSEQ:
+        raise _bad("CSeq number too large")
+    return CSeq(seq, method)

@@ -112,6 +112,17 @@ class Headers:
         key = key.lower()
         return [index for index, (field, _) in enumerate(self._fields) if field.lower() == key]
 
+    def _first_index(self, name: str) -> int:
+        """Index of the first field of that name, or -1; stops at the first match."""
+        key = CANONICAL.get(name)
+        if key is not None:
+            for index, (field, _) in enumerate(self._fields):
+                if field == key:
+                    return index
+            return -1
+        positions = self._positions(name)
+        return positions[0] if positions else -1
+
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._fields)
 
@@ -119,7 +130,7 @@ class Headers:
         return len(self._fields)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(self._positions(name))
+        return isinstance(name, str) and self._first_index(name) >= 0
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
@@ -182,10 +193,8 @@ class Headers:
     def insert_first(self, name: str, value: str) -> None:
         """Put a new field before the first field of that name, or at the very top if none
         (RFC 3261 §16.6 step 8: a proxy's Via goes above the others)."""
-        positions = self._positions(name)
-        self._fields.insert(
-            positions[0] if positions else 0, (_checked_name(name), _checked_value(value))
-        )
+        index = self._first_index(name)
+        self._fields.insert(max(index, 0), (_checked_name(name), _checked_value(value)))
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first element; a comma-joined field keeps its other elements.
@@ -193,10 +202,9 @@ class Headers:
         Raises:
             RemoteProtocolError: that field's value is not a well-formed list.
         """
-        positions = self._positions(name)
-        if not positions:
+        index = self._first_index(name)
+        if index < 0:
             return None
-        index = positions[0]
         field, value = self._fields[index]
         items = split_list_untrusted(value, field=field)
         if len(items) == 1:
@@ -213,10 +221,9 @@ class Headers:
             RemoteProtocolError: that field's value is not a well-formed list.
         """
         value = _checked_value(value)
-        positions = self._positions(name)
-        if not positions:
+        index = self._first_index(name)
+        if index < 0:
             raise LocalProtocolError(f"No {canonical_name(name)} header to replace")
-        index = positions[0]
         field, old = self._fields[index]
         if "," not in old and '"' not in old:
             self._fields[index] = (field, value)

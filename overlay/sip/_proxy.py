@@ -35,6 +35,7 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -762,11 +763,18 @@ def _uri_target(uri: SipUri) -> Target:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _literal_peer(target: Target) -> Peer | None:
     """The peer of a target whose host is an IP literal (RFC 3263 §4.2 needs no DNS)."""
-    try:
-        ipaddress.ip_address(target.host)
-    except ValueError:
+    if not _is_ip_literal(target.host):
         return None
     transport = target.transport or "udp"
     port = target.port or DEFAULT_PORTS.get(transport, 5060)
