@@ -31,7 +31,15 @@ from overlay.sip import (
     TelUri,
     TimerConfig,
 )
-from overlay.transport import ResolutionError, SipResolver, SipTransport, TransportStatistics
+from overlay.transport import (
+    BoundSocket,
+    ResolutionError,
+    SipResolver,
+    SipTransport,
+    Steering,
+    TransportStatistics,
+    bind_listeners,
+)
 
 log = structlog.get_logger("overlay.node")
 
@@ -45,8 +53,9 @@ class NodeStatistics:
 class Node:
     """A SIP proxy node built from a validated ``NodeConfig``."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, steering: Steering | None = None) -> None:
         self.config = config
+        self._worker = 0 if steering is None else steering.index
         self.listeners: list[Listener] = []
         self._dialplan = Dialplan(config.dialplan)
         self._resolver = SipResolver(config.dns)
@@ -56,25 +65,38 @@ class Node:
             transport_error=self._transport_error,
             max_message_size=sip.max_message_size,
             tcp_idle_timeout=sip.tcp_idle_timeout,
+            steering=steering,
         )
         self._core: ProxyCore | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._sleeping_until = math.inf
 
-    async def serve(
-        self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Bind the configured addresses and serve until cancelled.
+    def bind(self) -> list[BoundSocket]:
+        """Bind the configured addresses (before forking workers, when there are several).
 
-        Reports the bound listeners (real ports where 0 was configured) via ``task_status``.
+        Raises:
+            OSError: an address cannot be bound.
+        """
+        return bind_listeners([(a.transport, a.host, a.port) for a in self.config.sip.listen])
+
+    async def serve(
+        self,
+        bound: list[BoundSocket] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled, on ``bound`` sockets or, by default, on freshly bound ones.
+
+        Reports the listeners (real ports where 0 was configured) via ``task_status``.
         """
         sip = self.config.sip
+        if bound is None:
+            bound = self.bind()
+        self.listeners = [item.listener for item in bound]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.listeners = await nursery.start(
-                self._transport.serve, [(a.transport, a.host, a.port) for a in sip.listen]
-            )
+            await nursery.start(self._transport.serve, bound)
             timers = sip.timers
             self._core = ProxyCore(
                 ProxyConfig(
@@ -89,7 +111,10 @@ class Node:
             )
             nursery.start_soon(self._timer_loop)
             log.info(
-                "node started", node_id=self.config.node.node_id, listeners=len(self.listeners)
+                "node started",
+                node_id=self.config.node.node_id,
+                worker=self._worker,
+                listeners=len(self.listeners),
             )
             task_status.started(self.listeners)
 

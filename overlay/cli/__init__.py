@@ -42,9 +42,9 @@ def node(
     log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines")] = False,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
-    """Run one node until SIGINT or SIGTERM."""
+    """Run one node (``sip.workers`` processes) until SIGINT or SIGTERM."""
     from overlay.config import ConfigError, load_config
-    from overlay.node import Node
+    from overlay.workers import run_node
 
     configure_logging(json=log_json, level=log_level.upper())
     try:
@@ -52,22 +52,12 @@ def node(
     except ConfigError as exc:
         typer.echo(f"overlay: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(Node(loaded).serve)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    structlog.get_logger("overlay").info("stopping", signal=name)
-                    nursery.cancel_scope.cancel()
-                    break
-
     try:
-        trio.run(main)
+        code = run_node(loaded)
     except OSError as exc:
         typer.echo(f"overlay: cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -47,6 +47,7 @@ class SipSection:
     """``[sip]``: sockets and message limits."""
 
     listen: tuple[ListenAddress, ...]
+    workers: int = 1  # processes sharing the sockets; UDP calls are steered by Call-ID
     max_message_size: int = 65535
     tcp_idle_timeout: float = 60.0
     record_route: bool = True

@@ -142,10 +142,19 @@ def _sip(value: object, path: Path) -> SipSection:
     table = _Table(
         value,
         path,
-        ("listen", "max_message_size", "tcp_idle_timeout", "record_route", "user_agent", "timers"),
+        (
+            "listen",
+            "workers",
+            "max_message_size",
+            "tcp_idle_timeout",
+            "record_route",
+            "user_agent",
+            "timers",
+        ),
     )
     return SipSection(
         listen=table.require("listen", _listen),
+        workers=table.get("workers", _workers, 1),
         max_message_size=table.get("max_message_size", _message_size, 65535),
         tcp_idle_timeout=table.get("tcp_idle_timeout", _seconds, 60.0),
         record_route=table.get("record_route", _bool, True),
@@ -237,6 +246,14 @@ def _header_value(value: object, path: Path) -> str:
 def _bool(value: object, path: Path) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(path, f"must be true or false, not {_kind(value)}")
+    return value
+
+
+def _workers(value: object, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(path, f"must be an integer, not {_kind(value)}")
+    if not 1 <= value <= 64:
+        raise _Invalid(path, f"must be between 1 and 64, got {value}")
     return value
 
 

@@ -135,12 +135,13 @@ def node_config(
     t1: float = 0.5,
     extra: str = "",
     dialplan_transport: str | None = None,
+    workers: int = 1,
 ) -> str:
     """A one-node TOML config that sends every call to ``target``."""
     listen = ", ".join(f'"{t}:{host}:{port}"' for t in transports)
     transport = f'transport = "{dialplan_transport}"\n' if dialplan_transport else ""
     return (
         f'[node]\nnode_id = "lab-{host.replace(".", "-")}"\nregion = "lab"\n\n'
-        f"[sip]\nlisten = [{listen}]\n\n[sip.timers]\nt1 = {t1}\n\n"
+        f"[sip]\nlisten = [{listen}]\nworkers = {workers}\n\n[sip.timers]\nt1 = {t1}\n\n"
         f'{extra}\n[[dialplan]]\ntarget = "{target}"\n{transport}'
     )

@@ -25,6 +25,7 @@ from ._proxy import (
     ResolveTarget,
     Target,
 )
+from ._steering import call_id_untrusted, steering_owner
 from ._transaction import (
     Peer,
     TimerConfig,
@@ -66,6 +67,7 @@ __all__ = [
     "TransactionTerminated",
     "TransactionTimeout",
     "Via",
+    "call_id_untrusted",
     "canonical_name",
     "host_bare",
     "make_error_response",
@@ -74,4 +76,5 @@ __all__ = [
     "parse_uri_untrusted",
     "serialize",
     "split_list_untrusted",
+    "steering_owner",
 ]

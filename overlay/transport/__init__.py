@@ -1,12 +1,15 @@
 """The node's I/O: SIP sockets (UDP, TCP) and RFC 3263 DNS resolution, on trio."""
 
 from ._resolver import ResolutionError, ResolvedTarget, SipResolver
-from ._sip import SipTransport, TransportStatistics
+from ._sip import BoundSocket, SipTransport, Steering, TransportStatistics, bind_listeners
 
 __all__ = [
+    "BoundSocket",
     "ResolutionError",
     "ResolvedTarget",
     "SipResolver",
     "SipTransport",
+    "Steering",
     "TransportStatistics",
+    "bind_listeners",
 ]

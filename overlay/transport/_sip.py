@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
-from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer
+from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer, steering_owner
 
 log = structlog.get_logger("overlay.transport")
 
@@ -36,6 +36,7 @@ TRANSIENT_ERRNOS = frozenset(
 )
 UDP_RECEIVE_SIZE = 65535
 UDP_BATCH = 64
+SOCKET_BUFFER = 4 * 1024 * 1024
 TCP_QUEUE_SIZE = 1024
 
 
@@ -58,14 +59,93 @@ class _Connection:
         self.last_activity = trio.current_time()
 
 
+@dataclass(frozen=True, slots=True)
+class BoundSocket:
+    """A listening socket bound before serving (and before forking workers)."""
+
+    listener: Listener
+    sock: socket.socket
+
+
+def bind_listeners(specs: list[tuple[str, str, int]]) -> list[BoundSocket]:
+    """Bind every ``(transport, host, port)``; port 0 gets a free port.
+
+    Binding happens before the workers fork, so every worker shares the same sockets.
+
+    Raises:
+        OSError: an address cannot be bound (the sockets bound so far are closed).
+    """
+    bound: list[BoundSocket] = []
+    try:
+        for transport, host, port in specs:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            if transport == "udp":
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                bound.append(BoundSocket(Listener(transport, host, port), sock))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                sock.bind((host, port))
+            else:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                bound.append(BoundSocket(Listener(transport, host, port), sock))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+                sock.listen(1024)
+            sock.setblocking(False)
+            bound[-1] = BoundSocket(Listener(transport, host, sock.getsockname()[1]), sock)
+    except BaseException:
+        for item in bound:
+            item.sock.close()
+        raise
+    return bound
+
+
+class Steering:
+    """Which worker owns a UDP datagram, and the pipes that hand it over.
+
+    Every message of a call carries its Call-ID, so steering datagrams by a hash of it keeps a
+    call's transactions, retransmissions, CANCEL and ACK in the worker that holds its state,
+    whichever worker's ``recvfrom`` picked them off the shared socket.
+
+    Args:
+        index: this worker's number, 0-based.
+        inbound: this worker's end of its own datagram pipe.
+        outbound: the writing ends of every worker's pipe, by worker number.
+    """
+
+    def __init__(
+        self, index: int, inbound: socket.socket, outbound: tuple[socket.socket, ...]
+    ) -> None:
+        self.index = index
+        self.inbound = inbound
+        self.outbound = outbound
+
+    @staticmethod
+    def open_pipes(workers: int) -> list[tuple[socket.socket, socket.socket]]:
+        """One (read end, write end) datagram pipe per worker, made before forking."""
+        pipes = []
+        for _ in range(workers):
+            read, write = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            for end in (read, write):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+                end.setblocking(False)
+            pipes.append((read, write))
+        return pipes
+
+    def owner(self, data: bytes) -> int:
+        return steering_owner(data, len(self.outbound))
+
+
 class SipTransport:
-    """The SIP sockets of one node.
+    """The SIP sockets of one node (or of one worker of a node).
 
     Args:
         deliver: called with ``(data, peer)`` for every datagram and every framed TCP message.
         transport_error: called with the peer whose TCP connection failed.
         max_message_size: largest message accepted on a TCP stream.
         tcp_idle_timeout: seconds after which an unused TCP connection is closed.
+        steering: set when several workers share the sockets.
     """
 
     def __init__(
@@ -75,11 +155,13 @@ class SipTransport:
         transport_error: Callable[[Peer], None],
         max_message_size: int = 65535,
         tcp_idle_timeout: float = 60.0,
+        steering: Steering | None = None,
     ) -> None:
         self._deliver = deliver
         self._transport_error = transport_error
         self._max_size = max_message_size
         self._idle = tcp_idle_timeout
+        self._steering = steering
         self._udp: dict[int, socket.socket] = {}  # address family -> socket
         self._tcp_bind: dict[int, str] = {}  # address family -> local host for outgoing TCP
         self._connections: dict[tuple[str, int], _Connection] = {}
@@ -88,55 +170,35 @@ class SipTransport:
 
     async def serve(
         self,
-        listeners: list[tuple[str, str, int]],
+        bound: list[BoundSocket],
         *,
-        task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Bind every ``(transport, host, port)`` and serve until cancelled.
-
-        Reports the bound listeners (with real ports where 0 was asked) through
-        ``task_status.started``. Raises OSError when an address cannot be bound.
-        """
-        bound: list[Listener] = []
-        udp_sockets: list[socket.socket] = []
+        """Serve the sockets from ``bind_listeners`` until cancelled, then close them."""
         try:
-            await self._serve(listeners, bound, udp_sockets, task_status)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for item in bound:
+                    listener, sock = item.listener, item.sock
+                    if listener.transport == "udp":
+                        self._udp.setdefault(sock.family, sock)
+                        nursery.start_soon(self._udp_loop, sock)
+                    else:
+                        self._tcp_bind.setdefault(sock.family, listener.host)
+                        tcp = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                        nursery.start_soon(self._tcp_accept_loop, tcp)
+                    log.info(
+                        "listening",
+                        transport=listener.transport,
+                        host=listener.host,
+                        port=listener.port,
+                    )
+                if self._steering is not None:
+                    nursery.start_soon(self._steered_loop, self._steering.inbound)
+                task_status.started()
         finally:
-            for sock in udp_sockets:
-                sock.close()
-
-    async def _serve(
-        self,
-        listeners: list[tuple[str, str, int]],
-        bound: list[Listener],
-        udp_sockets: list[socket.socket],
-        task_status: trio.TaskStatus[list[Listener]],
-    ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for transport, host, port in listeners:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                if transport == "udp":
-                    sock = socket.socket(family, socket.SOCK_DGRAM)
-                    udp_sockets.append(sock)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-                    sock.bind((host, port))
-                    sock.setblocking(False)
-                    self._udp.setdefault(family, sock)
-                    port = sock.getsockname()[1]
-                    nursery.start_soon(self._udp_loop, sock)
-                else:
-                    tcp = trio.socket.socket(family, socket.SOCK_STREAM)
-                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    await tcp.bind((host, port))
-                    tcp.listen(1024)
-                    port = tcp.getsockname()[1]
-                    self._tcp_bind.setdefault(family, host)
-                    nursery.start_soon(self._tcp_accept_loop, trio.SocketListener(tcp))
-                bound.append(Listener(transport, host, port))
-                log.info("listening", transport=transport, host=host, port=port)
-            task_status.started(bound)
+            for item in bound:
+                item.sock.close()
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Queue ``data`` for ``peer``; never blocks. Failures are counted (and, for TCP,
@@ -172,6 +234,7 @@ class SipTransport:
     async def _udp_loop(self, sock: socket.socket) -> None:
         deliver = self._deliver
         recvfrom = sock.recvfrom
+        steering = self._steering
         while True:
             await trio.lowlevel.wait_readable(sock)
             # A bounded batch per wake-up: a flood on one socket must not starve the timers.
@@ -185,7 +248,32 @@ class SipTransport:
                         raise
                     self.counters["udp receive error"] += 1
                     continue
+                if steering is not None and (owner := steering.owner(data)) != steering.index:
+                    self._hand_over(steering.outbound[owner], data, address)
+                    continue
                 deliver(data, Peer("udp", address[0], address[1]))
+
+    def _hand_over(self, pipe: socket.socket, data: bytes, address: tuple[str, int]) -> None:
+        host = address[0].encode()
+        try:
+            pipe.send(b"%c%s%s%s" % (len(host), host, address[1].to_bytes(2, "big"), data))
+        except BlockingIOError:
+            self.counters["steering pipe full"] += 1
+
+    async def _steered_loop(self, pipe: socket.socket) -> None:
+        """Datagrams another worker read off the shared socket but this worker owns."""
+        deliver = self._deliver
+        while True:
+            await trio.lowlevel.wait_readable(pipe)
+            for _ in range(UDP_BATCH):
+                try:
+                    frame = pipe.recv(UDP_RECEIVE_SIZE + 64)
+                except BlockingIOError:
+                    break
+                end = 1 + frame[0]
+                host = frame[1:end].decode()
+                port = int.from_bytes(frame[end : end + 2], "big")
+                deliver(frame[end + 2 :], Peer("udp", host, port))
 
     # -- TCP ---------------------------------------------------------------------------------
 
