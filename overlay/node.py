@@ -43,6 +43,8 @@ from overlay.transport import (
 
 log = structlog.get_logger("overlay.node")
 
+STATISTICS_INTERVAL = 60.0  # seconds between statistics log lines
+
 
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
@@ -56,6 +58,7 @@ class Node:
     def __init__(self, config: NodeConfig, *, steering: Steering | None = None) -> None:
         self.config = config
         self._worker = 0 if steering is None else steering.index
+        self.internal_errors = 0
         self.listeners: list[Listener] = []
         self._dialplan = Dialplan(config.dialplan)
         self._resolver = SipResolver(config.dns)
@@ -110,6 +113,7 @@ class Node:
                 self._locate,
             )
             nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._log_statistics)
             log.info(
                 "node started",
                 node_id=self.config.node.node_id,
@@ -144,7 +148,12 @@ class Node:
 
     def _deliver(self, data: bytes, peer: Peer) -> None:
         assert self._core is not None
-        self._core.receive_data(data, peer, trio.current_time())
+        try:
+            self._core.receive_data(data, peer, trio.current_time())
+        except Exception:
+            # A bug must cost one message, not the node and every call on it.
+            self.internal_errors += 1
+            log.exception("internal error handling a message", host=peer.host, port=peer.port)
         self._flush()
 
     def _transport_error(self, peer: Peer) -> None:
@@ -196,3 +205,25 @@ class Node:
             self._sleeping_until = math.inf
             core.handle_timer(trio.current_time())
             self._flush()
+
+    async def _log_statistics(self) -> None:
+        """A periodic summary line, until the Control service exposes the counters."""
+        while True:
+            await trio.sleep(STATISTICS_INTERVAL)
+            stats = self.statistics()
+            proxy = stats.proxy
+            log.info(
+                "statistics",
+                worker=self._worker,
+                requests=proxy.requests,
+                responses=proxy.responses,
+                generated=proxy.generated,
+                drops=proxy.drops,
+                transactions_client=proxy.transactions_client,
+                transactions_server=proxy.transactions_server,
+                retransmissions_sent=proxy.retransmissions_sent,
+                retransmissions_absorbed=proxy.retransmissions_absorbed,
+                transport=stats.transport.counters,
+                tcp_connections=stats.transport.tcp_connections,
+                internal_errors=self.internal_errors,
+            )

@@ -325,12 +325,16 @@ class ProxyCore:
             return  # a retransmission, answered by the transaction layer
         if method == "INVITE":
             self._send_response(server, make_response(request, 100), now)
-        problem = self._validate(request)
-        if problem is not None:
+        try:
+            problem = self._validate(request)
+            if problem is None:
+                self._route(server, request, now)
+                return
             status, reason = problem
-            self._respond(server, status, reason, now)
-            return
-        self._route(server, request, now)
+        except RemoteProtocolError as error:
+            # A header the routing needs (Route, Via, Proxy-Require) is malformed.
+            status, reason = 400, error.reason
+        self._respond(server, status, reason, now)
 
     def _validate(self, request: Request) -> tuple[int, str] | None:
         """§16.3 steps 2-6; returns the error response to send, if any."""

@@ -369,3 +369,10 @@ def test_in_dialog_requests_to_the_node_address_use_the_dialplan() -> None:
     assert forwarded(out).method == "BYE"
     assert statuses(h.send(UAS, response_to(out[UAS][0], 200))) == [200]
     settle(h)
+
+
+def test_malformed_route_is_answered_not_leaked() -> None:
+    h = ProxyHarness()
+    out = h.send(UAC, request("MESSAGE", extra=('Route: <sip:127.0.0.3;lr>, "unterminated',)))
+    assert statuses(out) == [400]
+    settle(h)
