@@ -10,31 +10,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from overlay.lab.node_process import node_config, open_node
-from overlay.lab.sipp import SippResult, open_uas, run_uac
+from overlay.lab.node_process import NODE_PORT, place_calls_through_node
 
 NODE_HOST, UAS_HOST, UAC_HOST = "127.0.10.1", "127.0.10.2", "127.0.10.3"
-NODE_PORT = 5060
-
-
-async def _run_transport(transport: str, calls: int, rate: float) -> SippResult:
-    async with open_uas(UAS_HOST, scenario="uas", transport=transport) as uas:
-        config = node_config(
-            host=NODE_HOST,
-            port=NODE_PORT,
-            target=f"{uas.host}:{uas.port}",
-            dialplan_transport=transport,
-        )
-        async with open_node(config, host=NODE_HOST, port=NODE_PORT):
-            return await run_uac(
-                (NODE_HOST, NODE_PORT),
-                local_host=UAC_HOST,
-                scenario="uac_rr",
-                calls=calls,
-                rate=rate,
-                transport=transport,
-                max_seconds=calls / rate + 30,
-            )
 
 
 async def run_demo(calls: int, rate: float) -> int:
@@ -50,8 +28,15 @@ async def run_demo(calls: int, rate: float) -> int:
     failed = 0
     for transport in ("udp", "tcp"):
         with console.status(f"placing {calls} calls over {transport.upper()}…"):
-            result = await _run_transport(transport, calls, rate)
-        failed += result.calls_failed + (result.calls_attempted - result.calls_successful)
+            result = await place_calls_through_node(
+                node_host=NODE_HOST,
+                uas_host=UAS_HOST,
+                uac_host=UAC_HOST,
+                calls=calls,
+                rate=rate,
+                transport=transport,
+            )
+        failed += calls - result.calls_successful
         table.add_row(
             transport.upper(),
             str(result.calls_attempted),

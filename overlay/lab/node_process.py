@@ -20,7 +20,10 @@ from pathlib import Path
 
 import trio
 
+from overlay.lab.sipp import SippResult, open_uas, run_uac
+
 READY_TIMEOUT_S = 20.0
+NODE_PORT = 5060  # the lab gives every node its own address, so the standard port is free
 STOP_TIMEOUT_S = 5.0
 
 
@@ -145,3 +148,39 @@ def node_config(
         f"[sip]\nlisten = [{listen}]\nworkers = {workers}\n\n[sip.timers]\nt1 = {t1}\n\n"
         f'{extra}\n[[dialplan]]\ntarget = "{target}"\n{transport}'
     )
+
+
+async def place_calls_through_node(
+    *,
+    node_host: str,
+    uas_host: str,
+    uac_host: str,
+    calls: int,
+    rate: float,
+    uas_scenario: str = "uas",
+    uac_scenario: str = "uac_rr",
+    transport: str = "udp",
+    t1: float = 0.5,
+    workers: int = 1,
+    max_seconds: float | None = None,
+) -> SippResult:
+    """SIPp caller → a fresh node process → SIPp callee; returns the caller's statistics."""
+    async with open_uas(uas_host, scenario=uas_scenario, transport=transport) as uas:
+        config = node_config(
+            host=node_host,
+            port=NODE_PORT,
+            target=f"{uas.host}:{uas.port}",
+            dialplan_transport=transport,
+            t1=t1,
+            workers=workers,
+        )
+        async with open_node(config, host=node_host, port=NODE_PORT):
+            return await run_uac(
+                (node_host, NODE_PORT),
+                local_host=uac_host,
+                scenario=uac_scenario,
+                calls=calls,
+                rate=rate,
+                transport=transport,
+                max_seconds=max_seconds if max_seconds is not None else calls / rate + 30,
+            )

@@ -339,7 +339,9 @@ class NameAddr:
 
 _MAX_CSEQ = 2**32 - 1
 
-# Methods that need no token check on the hot path (RFC 3261 plus the common extensions).
+# The methods this implementation knows (RFC 3261 plus the common extensions): they need no
+# token check on the hot path, and a request for another method addressed to the node itself
+# gets 501 Not Implemented.
 KNOWN_METHODS = frozenset(
     (
         "INVITE",

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._errors import RemoteProtocolError
-from ._headers import NameAddr, Via
+from ._headers import KNOWN_METHODS, NameAddr, Via
 from ._message import (
     Request,
     Response,
@@ -67,25 +67,6 @@ from ._transaction import (
 )
 from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 
-#: Methods this proxy knows; a request for another method addressed to the node itself gets 501.
-KNOWN_METHODS = frozenset(
-    [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "PUBLISH",
-        "INFO",
-        "REFER",
-        "MESSAGE",
-        "UPDATE",
-    ]
-)
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
