@@ -106,13 +106,17 @@ class ProxyHarness:
     targets: dict[str, Target] = field(default_factory=lambda: {"": Target("127.0.0.3", 5062)})
     t1: float = 0.5
     timer_c: float = 180.0
+    max_message_size: int = 65535
     listeners: tuple[Listener, ...] = (PROXY,)
     now: float = 0.0
 
     def __post_init__(self) -> None:
         self.proxy = ProxyCore(
             ProxyConfig(
-                listeners=self.listeners, timers=TimerConfig(t1=self.t1), timer_c=self.timer_c
+                listeners=self.listeners,
+                timers=TimerConfig(t1=self.t1),
+                timer_c=self.timer_c,
+                max_message_size=self.max_message_size,
             ),
             self._locate,
         )

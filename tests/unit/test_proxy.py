@@ -376,3 +376,12 @@ def test_malformed_route_is_answered_not_leaked() -> None:
     out = h.send(UAC, request("MESSAGE", extra=('Route: <sip:127.0.0.3;lr>, "unterminated',)))
     assert statuses(out) == [400]
     settle(h)
+
+
+def test_oversized_message_gets_513() -> None:
+    h = ProxyHarness(max_message_size=1500)
+    big = request("MESSAGE", body=b"x" * 2000, extra=("Content-Type: text/plain",))
+    out = h.send(UAC, big)
+    [data] = out[UAC]
+    assert data.startswith(b"SIP/2.0 513 ")
+    assert h.proxy.statistics().transactions_server == 0
