@@ -11,6 +11,7 @@ error, for the service manager to restart it whole.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 
@@ -23,6 +24,9 @@ from overlay.transport import BoundSocket, Steering
 
 log = structlog.get_logger("overlay")
 
+#: Middle-generation passes between full passes: about 7e9 allocations with the defaults.
+FULL_COLLECTION_THRESHOLD = 1_000_000
+
 
 async def _serve_until_signal(node: Node, bound: list[BoundSocket]) -> None:
     async with trio.open_nursery() as nursery:
@@ -34,12 +38,28 @@ async def _serve_until_signal(node: Node, bound: list[BoundSocket]) -> None:
                 break
 
 
+def tune_garbage_collector() -> None:
+    """Keep the cyclic collector's full passes off the signalling path.
+
+    A node holds every transaction for up to 32 s (Timers D, J, L, M): hundreds of thousands
+    of live objects at a few thousand calls/s. A full collection walks all of them and stops
+    the node for a large fraction of a second, long enough for callers to retransmit and tip a
+    busy node into collapse (measured: 3,000 calls/s failed with the defaults, passed without
+    full passes). The SIP core frees its state by reference counting (it breaks its own
+    cycles), so young-generation passes stay on and full passes are made practically never.
+    """
+    gc.freeze()  # what start-up allocated is never garbage
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
+
+
 def run_node(config: NodeConfig) -> int:
     """Serve ``config`` until SIGINT/SIGTERM; returns the process exit code.
 
     Raises:
         OSError: a listen address cannot be bound.
     """
+    tune_garbage_collector()
     workers = config.sip.workers
     bound = Node(config).bind()
     if workers == 1:

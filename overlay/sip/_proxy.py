@@ -594,9 +594,12 @@ class ProxyCore:
                 if isinstance(event, TransactionTimeout):
                     self._on_timeout(event, now)
                 else:
-                    owner = event.transaction.owner
-                    if isinstance(owner, _Context) and event.transaction is owner.server:
+                    txn = event.transaction
+                    if isinstance(txn.owner, _Context) and txn is txn.owner.server:
                         self._contexts -= 1
+                    # Break the transaction <-> context cycle so reference counting frees
+                    # both: the node runs with the cyclic collector's full passes off.
+                    txn.owner = None
 
     def _on_timeout(self, event: TransactionTimeout, now: float) -> None:
         txn = event.transaction

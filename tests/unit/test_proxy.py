@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from overlay.sip import Peer, Request, Response, Target
 from tests.unit.sip_helpers import (
     PROXY,
@@ -385,3 +387,26 @@ def test_oversized_message_gets_513() -> None:
     [data] = out[UAC]
     assert data.startswith(b"SIP/2.0 513 ")
     assert h.proxy.statistics().transactions_server == 0
+
+
+def test_call_state_is_freed_without_the_cyclic_collector() -> None:
+    # The node runs with full GC passes off (overlay.workers): a reference cycle left behind by
+    # a call would be a leak there.
+    from overlay.sip import Transaction
+    from overlay.sip._proxy import _Context
+
+    def alive() -> int:
+        return sum(isinstance(o, (Transaction, _Context)) for o in gc.get_objects())
+
+    gc.collect()
+    before = alive()
+    gc.disable()
+    try:
+        test_invite_call_flow_with_record_route()
+        test_cancel_before_answer()
+        test_busy_here_is_acked_hop_by_hop_and_forwarded()
+        test_503_fails_over_to_the_next_resolved_target_then_becomes_500()
+        test_timer_c_cancels_a_ringing_branch_and_answers_408()
+        assert alive() == before
+    finally:
+        gc.enable()
