@@ -188,6 +188,11 @@ class Node:
         except ResolutionError as exc:
             log.info("resolution failed", host=target.host, reason=str(exc))
             core.resolution_failed(event.token, str(exc), trio.current_time())
+        except Exception:
+            # As in _deliver: a bug costs this request (answered 404), never the node.
+            self.internal_errors += 1
+            log.exception("internal error resolving a target", host=target.host)
+            core.resolution_failed(event.token, "internal error", trio.current_time())
         else:
             peers = [Peer(r.transport, r.host, r.port) for r in resolved]
             core.resolved(event.token, peers, trio.current_time())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import _abnf
 from ._errors import RemoteProtocolError
-from ._uri import Params, parse_host_port_untrusted
+from ._uri import Params, WithParams, find_param, parse_host_port_untrusted
 
 #: Parsed header values are memoised: within one call the same Via, From and To strings are read
 #: by every step of the proxy. Results are immutable, so sharing them is safe.
@@ -218,14 +218,6 @@ def parse_params_untrusted(text: str, what: str) -> Params:
     return tuple(params)
 
 
-def _find_param(params: Params, name: str) -> str | None:
-    name = name.lower()
-    for key, value in params:
-        if key == name:
-            return "" if value is None else value
-    return None
-
-
 def _with_param(params: Params, name: str, value: str | None) -> Params:
     name = name.lower()
     for index, (key, _) in enumerate(params):
@@ -239,7 +231,7 @@ def _format_params(params: Params) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Via:
+class Via(WithParams):
     """One via-parm (RFC 3261 §20.42). Only SIP/2.0 is accepted as the protocol."""
 
     transport: str
@@ -256,16 +248,9 @@ class Via:
         """
         return _parse_via(value)
 
-    def param(self, name: str) -> str | None:
-        """The value of a via-param; ``""`` for a flag such as ``;rport``, ``None`` if absent."""
-        return _find_param(self.params, name)
-
-    def has_param(self, name: str) -> bool:
-        return _find_param(self.params, name) is not None
-
     @property
     def branch(self) -> str | None:
-        return _find_param(self.params, "branch")
+        return find_param(self.params, "branch")
 
     def with_param(self, name: str, value: str | None) -> Via:
         """A copy with the parameter set (replaced in place, or appended); ``None`` is a flag."""
@@ -296,7 +281,7 @@ def _check_uri_text(uri: str, what: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class NameAddr:
+class NameAddr(WithParams):
     """A From, To, Contact, Route or Record-Route value (RFC 3261 §20.10, §20.20, §20.39).
 
     The URI is checked only shallowly (a scheme, no whitespace): the proxy parses the URIs it
@@ -322,11 +307,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _find_param(self.params, "tag")
-
-    def param(self, name: str) -> str | None:
-        """The value of a header parameter; ``""`` for a flag, ``None`` if absent."""
-        return _find_param(self.params, name)
+        return find_param(self.params, "tag")
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
         """A copy with the parameter set (replaced in place, or appended); ``None`` is a flag."""

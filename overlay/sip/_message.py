@@ -437,6 +437,8 @@ _FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
 
 # Headers that must appear at most once (RFC 4475 §3.3.8, §3.3.9).
 _SINGLE = frozenset(("From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length"))
+# RFC 3261 §8.1.1: besides Via, every message carries these (checked in this order).
+_MANDATORY = ("From", "To", "Call-ID", "CSeq")
 
 _BARE_CR_LF = re.compile(r"\r(?!\n)|(?<!\r)\n")
 
@@ -636,18 +638,10 @@ def _parse(data: bytes, stream: bool, max_size: int, progress: _Progress) -> Mes
             top_via = value
     if top_via is None:
         raise RemoteProtocolError("Missing Via header")
-    from_value = seen.get("From")
-    if from_value is None:
-        raise RemoteProtocolError("Missing From header")
-    to_value = seen.get("To")
-    if to_value is None:
-        raise RemoteProtocolError("Missing To header")
-    call_id = seen.get("Call-ID")
-    if call_id is None:
-        raise RemoteProtocolError("Missing Call-ID header")
-    cseq_value = seen.get("CSeq")
-    if cseq_value is None:
-        raise RemoteProtocolError("Missing CSeq header")
+    for name in _MANDATORY:
+        if name not in seen:
+            raise RemoteProtocolError(f"Missing {name} header")
+    from_value, to_value, call_id, cseq_value = (seen[name] for name in _MANDATORY)
     if '"' in top_via:
         Via.parse_untrusted(split_list_untrusted(top_via, field="Via")[0])
     else:

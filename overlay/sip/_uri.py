@@ -30,7 +30,8 @@ Address = tuple[str, int]
 Params = tuple[tuple[str, str | None], ...]
 
 
-def _find_param(params: Params, name: str) -> str | None:
+def find_param(params: Params, name: str) -> str | None:
+    """A parameter's value; ``""`` for a flag such as ``;lr``, ``None`` if absent."""
     name = name.lower()
     for key, value in params:
         if key == name:
@@ -38,12 +39,26 @@ def _find_param(params: Params, name: str) -> str | None:
     return None
 
 
+class WithParams:
+    """``param`` and ``has_param`` for values that carry a ``params`` tuple."""
+
+    __slots__ = ()
+    params: Params
+
+    def param(self, name: str) -> str | None:
+        """The value of a parameter; ``""`` for a flag such as ``;lr``, ``None`` if absent."""
+        return find_param(self.params, name)
+
+    def has_param(self, name: str) -> bool:
+        return find_param(self.params, name) is not None
+
+
 def _format_params(params: Params) -> str:
     return "".join(f";{key}" if value is None else f";{key}={value}" for key, value in params)
 
 
 @dataclass(frozen=True, slots=True)
-class SipUri:
+class SipUri(WithParams):
     """A ``sip:`` or ``sips:`` URI.
 
     ``user`` and ``password`` keep their %-escapes: RFC 3261 §19.1.4 compares URIs after
@@ -58,26 +73,19 @@ class SipUri:
     params: Params
     headers: str | None
 
-    def param(self, name: str) -> str | None:
-        """The value of a uri-parameter; ``""`` for a flag such as ``;lr``, ``None`` if absent."""
-        return _find_param(self.params, name)
-
-    def has_param(self, name: str) -> bool:
-        return _find_param(self.params, name) is not None
-
     @property
     def transport(self) -> str | None:
-        value = _find_param(self.params, "transport")
+        value = find_param(self.params, "transport")
         return None if value is None else value.upper()
 
     @property
     def lr(self) -> bool:
         """Loose routing flag (RFC 3261 §16.12): decides how a Route entry is processed."""
-        return _find_param(self.params, "lr") is not None
+        return find_param(self.params, "lr") is not None
 
     @property
     def maddr(self) -> str | None:
-        return _find_param(self.params, "maddr")
+        return find_param(self.params, "maddr")
 
     def __str__(self) -> str:
         out = self.scheme + ":"
@@ -97,14 +105,11 @@ class SipUri:
 
 
 @dataclass(frozen=True, slots=True)
-class TelUri:
+class TelUri(WithParams):
     """A ``tel:`` URI (RFC 3966); the number is kept as written, visual separators included."""
 
     number: str
     params: Params
-
-    def param(self, name: str) -> str | None:
-        return _find_param(self.params, name)
 
     def __str__(self) -> str:
         return "tel:" + self.number + _format_params(self.params)

@@ -21,12 +21,6 @@ from tests.integration.raw_sip import hostile_messages, invite, receive_all
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    # Real sockets: a small threshold, so time never jumps while a datagram is in flight.
-    return trio.testing.MockClock(autojump_threshold=0.01)
-
-
 @pytest.mark.trio
 async def test_hostile_traffic_leaves_nothing_behind(
     loopback_host: Callable[[], str], clock: trio.testing.MockClock

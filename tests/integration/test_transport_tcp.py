@@ -19,11 +19,6 @@ MESSAGE = (
 )
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.01)
-
-
 @pytest.mark.trio
 async def test_framing_reuse_and_idle_timeout(
     loopback_host: Callable[[], str], clock: trio.testing.MockClock
