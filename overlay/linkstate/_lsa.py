@@ -1,0 +1,55 @@
+"""Link-state advertisements: what one node says about its links to its peers.
+
+An LSA is the unit of flooding (RFC 2328's idea, much simplified): its ``origin`` node owns it and
+is the only node that creates new instances of it, each with a higher ``seq``. Every other node
+stores the newest instance it has seen and passes it on. ``age`` is how old the instance was when
+it was sent; a receiver adds the time it has held it (see ``LinkStateDb``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMetrics:
+    """The origin's view of its link to one peer, as measured by its probes and SIP traffic.
+
+    ``rtt_ms`` and ``jitter_ms`` are smoothed round-trip time and its variation; ``loss_ratio``
+    is the fraction of recent probes lost (0..1); ``retrans_ratio`` is SIP retransmissions sent
+    to that peer per request sent on real traffic (0..1, capped); ``admin_cost`` is the operator's
+    extra cost in milliseconds (config, later an override with expiry). A link that is not ``up``
+    carries no meaningful metrics.
+    """
+
+    neighbor: str
+    up: bool
+    rtt_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_ratio: float = 0.0
+    retrans_ratio: float = 0.0
+    admin_cost: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Lsa:
+    """One instance of a node's advertisement.
+
+    ``links`` is sorted by neighbor id, so that equal states compare (and serialise) equal.
+    ``draining`` marks a node that takes no new calls as transit or edge (NOC Drain, later).
+    """
+
+    origin: str
+    seq: int
+    age: float
+    region: str
+    az: str
+    links: tuple[LinkMetrics, ...]
+    draining: bool = False
+
+    def link(self, neighbor: str) -> LinkMetrics | None:
+        """The origin's link to ``neighbor``, or ``None`` when it does not report one."""
+        for link in self.links:
+            if link.neighbor == neighbor:
+                return link
+        return None
