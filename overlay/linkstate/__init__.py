@@ -1,0 +1,36 @@
+"""Link state: probes and per-link metrics, the LSDB and reliable flooding (all sans-IO)."""
+
+from ._flood import FloodConfig, Flooder, FloodStatistics, LsaAck, significant_change
+from ._lsa import LinkMetrics, Lsa
+from ._lsdb import InstallResult, LinkStateDb
+from ._monitor import LinkMonitor, LinkState, LinkStatistics, ProbeConfig
+from ._probe import (
+    PROBE_MARK,
+    ProbeAnswer,
+    ProbeRequest,
+    answer_probe,
+    probe_request,
+    read_probe_untrusted,
+)
+
+__all__ = [
+    "PROBE_MARK",
+    "FloodConfig",
+    "FloodStatistics",
+    "Flooder",
+    "InstallResult",
+    "LinkMetrics",
+    "LinkMonitor",
+    "LinkState",
+    "LinkStateDb",
+    "LinkStatistics",
+    "Lsa",
+    "LsaAck",
+    "ProbeAnswer",
+    "ProbeConfig",
+    "ProbeRequest",
+    "answer_probe",
+    "probe_request",
+    "read_probe_untrusted",
+    "significant_change",
+]

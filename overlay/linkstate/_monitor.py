@@ -1,0 +1,228 @@
+"""Per-peer link monitoring from probes: smoothed RTT, jitter, loss and a BFD-like up/down state.
+
+Theory of operation
+-------------------
+Each node sends a probe (a SIP OPTIONS, built by ``_probe``) to every peer every ``interval``
+seconds and keeps one ``LinkMonitor`` per peer. Probes are numbered; an answer carries the number
+back, so answers that arrive late, out of order or after later probes still give an RTT sample.
+
+* **RTT and jitter.** ``rtt_ms`` is an exponentially weighted mean of the samples (gain
+  ``rtt_gain``, 1/8 as TCP's SRTT in RFC 6298). ``jitter_ms`` is the smoothed absolute difference
+  between consecutive samples (gain 1/16, RFC 3550 §6.4.1's interarrival jitter estimator).
+* **Loss.** A probe not answered within ``probe_timeout`` counts as lost. ``loss_ratio`` is the
+  fraction lost among the last ``loss_window`` probes whose fate is known.
+* **Down.** As in BFD (RFC 5880 §6.8.4), the link goes DOWN when nothing has been heard for the
+  detection time, ``multiplier * interval``: a dead peer or a blackholed path is noticed within
+  a fixed, sub-second bound, independent of SIP transaction timers.
+* **Up.** A new link (INIT) comes UP on its first ``multiplier`` consecutive answers. A link that
+  went DOWN comes UP again only after it has been healthy (no gap longer than the detection time)
+  for ``hold_down`` seconds, so a flapping path stays out of the routing graph.
+* **SIP retransmissions.** The proxy reports, per peer, how many requests it sent and how many of
+  them it had to retransmit on real traffic; ``retrans_ratio`` is the ratio over a sliding
+  window of ``retrans_window`` seconds.
+
+Everything is driven by ``now`` arguments: no clock is read here.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass
+
+from ._lsa import LinkMetrics
+
+_JITTER_GAIN = 1.0 / 16.0
+
+
+class LinkState(enum.Enum):
+    INIT = "INIT"
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """Probe timing (config ``[linkstate]``); detection time is ``multiplier * interval``."""
+
+    interval: float = 0.1
+    multiplier: int = 3
+    hold_down: float = 2.0
+    probe_timeout: float = 1.0
+    loss_window: int = 30
+    rtt_gain: float = 1.0 / 8.0
+    retrans_window: float = 10.0
+
+    @property
+    def detection_time(self) -> float:
+        return self.multiplier * self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """A read-only snapshot for the admin service and logs."""
+
+    neighbor: str
+    state: LinkState
+    since: float
+    metrics: LinkMetrics
+    probes_sent: int
+    probes_answered: int
+    probes_lost: int
+
+
+class LinkMonitor:
+    """The measured state of the link from this node to one peer."""
+
+    def __init__(
+        self, neighbor: str, config: ProbeConfig, now: float, *, admin_cost: float = 0.0
+    ) -> None:
+        self.neighbor = neighbor
+        self.admin_cost = admin_cost
+        self._config = config
+        self.state = LinkState.INIT
+        self.since = now
+        self._next_seq = 1
+        self._outstanding: dict[int, float] = {}  # probe number -> time sent
+        self._fates: collections.deque[bool] = collections.deque(maxlen=config.loss_window)
+        self._rtt_ms: float | None = None
+        self._last_sample_ms: float | None = None
+        self._jitter_ms = 0.0
+        self._last_heard: float | None = None
+        self._healthy_since: float | None = None  # start of the current run without a gap
+        self._streak = 0  # consecutive answers (INIT -> UP)
+        self._traffic: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.probes_sent = 0
+        self.probes_answered = 0
+        self.probes_lost = 0
+
+    # -- probes -------------------------------------------------------------------------------
+
+    def next_probe(self, now: float) -> int:
+        """Number the next probe and remember when it left; the caller sends it."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._outstanding[seq] = now
+        self.probes_sent += 1
+        return seq
+
+    def probe_answered(self, seq: int, now: float) -> LinkState | None:
+        """Record an answer to probe ``seq``; returns the new state when it changed.
+
+        Answers to unknown numbers (duplicates, or answers after ``probe_timeout``) still prove
+        the peer alive but give no RTT sample.
+        """
+        before = self.state
+        self._evaluate(now)  # a gap longer than the detection time ends an UP link first
+        sent = self._outstanding.pop(seq, None)
+        if sent is not None:
+            self.probes_answered += 1
+            self._fates.append(True)
+            self._sample((now - sent) * 1000.0)
+        if self._last_heard is None or now - self._last_heard > self._config.detection_time:
+            self._healthy_since = now
+            self._streak = 0
+        self._last_heard = now
+        self._streak += 1
+        self._evaluate(now)
+        return None if self.state is before else self.state
+
+    def _sample(self, rtt_ms: float) -> None:
+        if self._rtt_ms is None:
+            self._rtt_ms = rtt_ms
+        else:
+            self._rtt_ms += self._config.rtt_gain * (rtt_ms - self._rtt_ms)
+        if self._last_sample_ms is not None:
+            delta = abs(rtt_ms - self._last_sample_ms)
+            self._jitter_ms += _JITTER_GAIN * (delta - self._jitter_ms)
+        self._last_sample_ms = rtt_ms
+
+    # -- real SIP traffic ---------------------------------------------------------------------
+
+    def record_traffic(self, requests: int, retransmissions: int, now: float) -> None:
+        """Add requests sent to this peer and retransmissions of them since the last report."""
+        if requests or retransmissions:
+            self._traffic.append((now, requests, retransmissions))
+
+    def _retrans_ratio(self, now: float) -> float:
+        horizon = now - self._config.retrans_window
+        traffic = self._traffic
+        while traffic and traffic[0][0] < horizon:
+            traffic.popleft()
+        requests = sum(item[1] for item in traffic)
+        retransmissions = sum(item[2] for item in traffic)
+        if requests == 0:
+            return 0.0
+        return min(1.0, retransmissions / requests)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> LinkState | None:
+        """Expire unanswered probes and apply the detection time; returns a new state if any."""
+        expired_before = now - self._config.probe_timeout
+        for seq, sent in list(self._outstanding.items()):
+            if sent <= expired_before:
+                del self._outstanding[seq]
+                self.probes_lost += 1
+                self._fates.append(False)
+        return self._evaluate(now)
+
+    def get_timer(self) -> float | None:
+        """The next time ``handle_timer`` may change something (excluding the probe schedule)."""
+        deadlines = []
+        if self._outstanding:
+            deadlines.append(min(self._outstanding.values()) + self._config.probe_timeout)
+        if self._last_heard is not None and self.state is LinkState.UP:
+            deadlines.append(self._last_heard + self._config.detection_time)
+        if self.state is LinkState.DOWN and self._healthy_since is not None:
+            deadlines.append(self._healthy_since + self._config.hold_down)
+        return min(deadlines) if deadlines else None
+
+    def _evaluate(self, now: float) -> LinkState | None:
+        config = self._config
+        silent = self._last_heard is None or now - self._last_heard > config.detection_time
+        new: LinkState
+        if silent:
+            self._healthy_since = None
+            self._streak = 0
+            new = LinkState.DOWN if self.state is LinkState.UP else self.state
+        elif self.state is LinkState.INIT:
+            new = LinkState.UP if self._streak >= config.multiplier else LinkState.INIT
+        elif self.state is LinkState.DOWN:
+            assert self._healthy_since is not None
+            healthy_for = now - self._healthy_since
+            new = LinkState.UP if healthy_for >= config.hold_down else LinkState.DOWN
+        else:
+            new = LinkState.UP
+        if new is self.state:
+            return None
+        self.state = new
+        self.since = now
+        return new
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def metrics(self, now: float) -> LinkMetrics:
+        """What this node advertises about the link in its LSA."""
+        fates = self._fates
+        loss = fates.count(False) / len(fates) if fates else 0.0
+        return LinkMetrics(
+            neighbor=self.neighbor,
+            up=self.state is LinkState.UP,
+            rtt_ms=round(self._rtt_ms or 0.0, 3),
+            jitter_ms=round(self._jitter_ms, 3),
+            loss_ratio=round(loss, 4),
+            retrans_ratio=round(self._retrans_ratio(now), 4),
+            admin_cost=self.admin_cost,
+        )
+
+    def statistics(self, now: float) -> LinkStatistics:
+        return LinkStatistics(
+            neighbor=self.neighbor,
+            state=self.state,
+            since=self.since,
+            metrics=self.metrics(now),
+            probes_sent=self.probes_sent,
+            probes_answered=self.probes_answered,
+            probes_lost=self.probes_lost,
+        )

@@ -1,0 +1,153 @@
+"""LinkMonitor: RTT/jitter/loss estimation and BFD-like up/down, driven by hand-set `now`."""
+
+from __future__ import annotations
+
+import pytest
+
+from overlay.linkstate import LinkMonitor, LinkState, ProbeConfig
+
+CONFIG = ProbeConfig(interval=0.1, multiplier=3, hold_down=2.0, probe_timeout=1.0, loss_window=10)
+
+
+def run_probes(
+    monitor: LinkMonitor, start: float, count: int, *, rtt: float = 0.05, lost: set[int] = frozenset()
+) -> tuple[float, list[LinkState]]:
+    """Send `count` probes every interval from `start`; answer all but the indexes in `lost`.
+
+    Returns the time after the last step and the state changes seen, in order.
+    """
+    changes: list[LinkState] = []
+    now = start
+    for i in range(count):
+        seq = monitor.next_probe(now)
+        if i not in lost:
+            change = monitor.probe_answered(seq, now + rtt)
+            if change is not None:
+                changes.append(change)
+        now += CONFIG.interval
+        change = monitor.handle_timer(now)
+        if change is not None:
+            changes.append(change)
+    return now, changes
+
+
+def test_new_link_comes_up_after_multiplier_answers():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    assert monitor.state is LinkState.INIT
+    _, changes = run_probes(monitor, 0.0, 3)
+    assert changes == [LinkState.UP]
+    assert monitor.metrics(1.0).up
+
+
+def test_rtt_is_smoothed_and_jitter_follows_variation():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    run_probes(monitor, 0.0, 50, rtt=0.068)
+    metrics = monitor.metrics(10.0)
+    assert metrics.rtt_ms == pytest.approx(68.0, abs=0.01)
+    assert metrics.jitter_ms == pytest.approx(0.0, abs=0.01)
+    # A step to 168 ms moves the smoothed RTT most of the way within a second (10 probes).
+    now, _ = run_probes(monitor, 5.0, 10, rtt=0.168)
+    assert 130.0 < monitor.metrics(now).rtt_ms < 168.0
+    # Alternating samples make jitter grow towards their difference.
+    now = 10.0
+    for i in range(100):
+        seq = monitor.next_probe(now)
+        monitor.probe_answered(seq, now + (0.05 if i % 2 else 0.07))
+        now += 0.1
+    assert monitor.metrics(now).jitter_ms == pytest.approx(20.0, rel=0.1)
+
+
+def test_loss_counts_probes_unanswered_within_timeout():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 10, lost={2, 5})
+    # The last losses are known only after probe_timeout.
+    monitor.handle_timer(now + CONFIG.probe_timeout)
+    assert monitor.metrics(now).loss_ratio == pytest.approx(0.2)
+    assert monitor.probes_lost == 2
+    assert monitor.probes_answered == 8
+
+
+def test_late_answer_still_counts_when_within_timeout():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    seq = monitor.next_probe(0.0)
+    monitor.probe_answered(seq, 0.9)
+    assert monitor.metrics(1.0).loss_ratio == 0.0
+    assert monitor.metrics(1.0).rtt_ms == pytest.approx(900.0)
+
+
+def test_link_goes_down_after_detection_time_of_silence():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    last_heard = now - CONFIG.interval + 0.05
+    assert monitor.state is LinkState.UP
+    deadline = monitor.get_timer()
+    assert deadline == pytest.approx(last_heard + CONFIG.detection_time)
+    assert monitor.handle_timer(deadline - 0.001) is None
+    assert monitor.handle_timer(deadline + 0.001) is LinkState.DOWN
+    assert not monitor.metrics(deadline).up
+
+
+def test_two_misses_do_not_bring_the_link_down():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    _, changes = run_probes(monitor, 0.0, 20, lost={10, 11})
+    assert changes == [LinkState.UP]
+
+
+def test_down_link_needs_hold_down_of_health_to_come_back():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    now, changes = run_probes(monitor, now, 10, lost=set(range(10)))
+    assert changes == [LinkState.DOWN]
+    # Answers again: stays DOWN for hold_down, then UP.
+    start = now
+    now, changes = run_probes(monitor, now, 19)
+    assert changes == []
+    assert monitor.state is LinkState.DOWN
+    now, changes = run_probes(monitor, now, 3)
+    assert changes == [LinkState.UP]
+    assert now - start >= CONFIG.hold_down
+
+
+def test_flapping_link_stays_down():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    # 4 answered, 4 lost, repeatedly: never healthy for the 2 s hold-down.
+    lost = {i for i in range(80) if i % 8 >= 4}
+    _, changes = run_probes(monitor, now, 80, lost=lost)
+    assert changes == [LinkState.DOWN]
+
+
+def test_answer_after_long_silence_reports_down_first():
+    """If the timer did not run during the silence, the answer itself ends the UP period."""
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    seq = monitor.next_probe(now + 5.0)
+    assert monitor.probe_answered(seq, now + 5.05) is LinkState.DOWN
+
+
+def test_unknown_answer_proves_liveness_without_rtt_sample():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    assert monitor.probe_answered(999, 0.1) is None
+    assert monitor.probes_answered == 0
+    assert monitor.metrics(0.1).rtt_ms == 0.0
+
+
+def test_retransmission_ratio_over_window():
+    monitor = LinkMonitor("b", CONFIG, 0.0, admin_cost=7.0)
+    monitor.record_traffic(100, 5, 1.0)
+    monitor.record_traffic(100, 15, 5.0)
+    assert monitor.metrics(5.0).retrans_ratio == pytest.approx(0.1)
+    # The first report leaves the 10 s window.
+    assert monitor.metrics(11.5).retrans_ratio == pytest.approx(0.15)
+    assert monitor.metrics(20.0).retrans_ratio == 0.0
+    assert monitor.metrics(20.0).admin_cost == 7.0
+
+
+def test_statistics_snapshot():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    run_probes(monitor, 0.0, 4)
+    stats = monitor.statistics(1.0)
+    assert stats.neighbor == "b"
+    assert stats.state is LinkState.UP
+    assert stats.probes_sent == 4
+    assert stats.probes_answered == 4
