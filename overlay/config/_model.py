@@ -89,12 +89,57 @@ class DnsTarget:
 
 @dataclass(frozen=True)
 class DialplanRule:
-    """One ``[[dialplan]]`` entry; ``domain`` is lower case, ``None`` matches any host."""
+    """One ``[[dialplan]]`` entry; ``domain`` is lower case, ``None`` matches any host.
+
+    ``egress`` names the node where the call leaves the overlay (``None``: this node); every node
+    of an overlay carries the same dialplan, and only the egress node sends to ``target``.
+    """
 
     target: StaticTarget | DnsTarget
     user_prefix: str = ""
     domain: str | None = None
     strip_prefix: bool = False
+    egress: str | None = None
+
+
+@dataclass(frozen=True)
+class GrpcSection:
+    """``[grpc]``: the node's gRPC server (link-state flooding and the admin service)."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class LinkstateSection:
+    """``[linkstate]``: probe and flooding timers in seconds (see overlay.linkstate)."""
+
+    probe_interval: float = 0.1
+    probe_multiplier: int = 3
+    hold_down: float = 2.0
+    probe_timeout: float = 1.0
+    refresh_interval: float = 10.0
+    max_age: float = 40.0
+    retransmit_interval: float = 1.0
+    route_debounce: float = 0.02
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One ``[[peers]]`` entry: another node of the overlay.
+
+    ``sip`` is the peer's UDP SIP address (probes and calls), ``grpc`` its gRPC server.
+    ``base_delay_ms`` is a one-way delay this node adds to everything it sends to the peer: the
+    lab uses it to emulate inter-region latency on loopback (0 in production).
+    """
+
+    node_id: str
+    region: str
+    sip: tuple[str, int]
+    grpc: tuple[str, int]
+    az: str = ""
+    admin_cost: float = 0.0
+    base_delay_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,3 +150,6 @@ class NodeConfig:
     sip: SipSection
     dns: DnsSection = field(default_factory=DnsSection)
     dialplan: tuple[DialplanRule, ...] = ()
+    grpc: GrpcSection | None = None
+    linkstate: LinkstateSection = field(default_factory=LinkstateSection)
+    peers: tuple[PeerConfig, ...] = ()

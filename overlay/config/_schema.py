@@ -22,9 +22,12 @@ from ._model import (
     DialplanRule,
     DnsSection,
     DnsTarget,
+    GrpcSection,
+    LinkstateSection,
     ListenAddress,
     NodeConfig,
     NodeSection,
+    PeerConfig,
     SipSection,
     StaticTarget,
     TimerConfig,
@@ -120,12 +123,98 @@ def _syntax_error(message: str, text: str, source: str) -> ConfigError:
 
 
 def _node_config(data: dict[str, object]) -> NodeConfig:
-    root = _Table(data, (), ("node", "sip", "dns", "dialplan"))
+    root = _Table(data, (), ("node", "sip", "dns", "dialplan", "grpc", "linkstate", "peers"))
+    node = root.require("node", _node)
+    sip = root.require("sip", _sip)
+    peers: tuple[PeerConfig, ...] = root.get("peers", _peers, ())
+    grpc = root.get("grpc", _grpc, None)
+    if peers and grpc is None:
+        raise _Invalid(("grpc",), "required when [[peers]] are configured (link-state flooding)")
+    if peers and sip.workers > 1:
+        # Probes, flooding and the route table live in one process for now.
+        raise _Invalid(("sip", "workers"), "must be 1 when [[peers]] are configured")
+    if peers and not any(a.transport == "udp" for a in sip.listen):
+        raise _Invalid(("sip", "listen"), "needs a udp: address when [[peers]] are configured")
+    known = {node.node_id}
+    for index, peer in enumerate(peers):
+        if peer.node_id in known:
+            raise _Invalid(("peers", index, "node_id"), f"duplicate node id {peer.node_id!r}")
+        known.add(peer.node_id)
+    dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
+    for index, rule in enumerate(dialplan):
+        if rule.egress is not None and rule.egress not in known:
+            raise _Invalid(
+                ("dialplan", index, "egress"),
+                f"names no known node ({rule.egress!r} is neither node.node_id nor a peer)",
+            )
     return NodeConfig(
-        node=root.require("node", _node),
-        sip=root.require("sip", _sip),
+        node=node,
+        sip=sip,
         dns=root.get("dns", _dns, DnsSection()),
-        dialplan=root.get("dialplan", _dialplan, ()),
+        dialplan=dialplan,
+        grpc=grpc,
+        linkstate=root.get("linkstate", _linkstate, LinkstateSection()),
+        peers=peers,
+    )
+
+
+def _grpc(value: object, path: Path) -> GrpcSection:
+    table = _Table(value, path, ("listen",))
+    host, port = table.require("listen", _ip_port_any)
+    return GrpcSection(host, port)
+
+
+def _linkstate(value: object, path: Path) -> LinkstateSection:
+    table = _Table(
+        value,
+        path,
+        (
+            "probe_interval",
+            "probe_multiplier",
+            "hold_down",
+            "probe_timeout",
+            "refresh_interval",
+            "max_age",
+            "retransmit_interval",
+            "route_debounce",
+        ),
+    )
+    d = LinkstateSection()
+    section = LinkstateSection(
+        probe_interval=table.get("probe_interval", _seconds, d.probe_interval),
+        probe_multiplier=table.get("probe_multiplier", _multiplier, d.probe_multiplier),
+        hold_down=table.get("hold_down", _seconds, d.hold_down),
+        probe_timeout=table.get("probe_timeout", _seconds, d.probe_timeout),
+        refresh_interval=table.get("refresh_interval", _seconds, d.refresh_interval),
+        max_age=table.get("max_age", _seconds, d.max_age),
+        retransmit_interval=table.get("retransmit_interval", _seconds, d.retransmit_interval),
+        route_debounce=table.get("route_debounce", _seconds, d.route_debounce),
+    )
+    if section.probe_timeout < section.probe_interval:
+        raise _Invalid((*path, "probe_timeout"), "must be >= probe_interval")
+    if section.max_age <= section.refresh_interval:
+        raise _Invalid((*path, "max_age"), "must be > refresh_interval (live LSAs would age out)")
+    return section
+
+
+def _peers(value: object, path: Path) -> tuple[PeerConfig, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(path, f"must be an array of tables ([[peers]]), not {_kind(value)}")
+    return tuple(_peer(entry, (*path, index)) for index, entry in enumerate(value))
+
+
+def _peer(value: object, path: Path) -> PeerConfig:
+    table = _Table(
+        value, path, ("node_id", "region", "az", "sip", "grpc", "admin_cost", "base_delay_ms")
+    )
+    return PeerConfig(
+        node_id=table.require("node_id", _node_id),
+        region=table.require("region", _word),
+        az=table.get("az", _string, ""),
+        sip=table.require("sip", _ip_port),
+        grpc=table.require("grpc", _ip_port),
+        admin_cost=table.get("admin_cost", _milliseconds, 0.0),
+        base_delay_ms=table.get("base_delay_ms", _milliseconds, 0.0),
     )
 
 
@@ -195,7 +284,9 @@ def _dialplan(value: object, path: Path) -> tuple[DialplanRule, ...]:
 
 
 def _rule(value: object, path: Path) -> DialplanRule:
-    table = _Table(value, path, ("user_prefix", "domain", "target", "transport", "strip_prefix"))
+    table = _Table(
+        value, path, ("user_prefix", "domain", "target", "transport", "strip_prefix", "egress")
+    )
     user_prefix = table.get("user_prefix", _user_prefix, "")
     domain = table.get("domain", _domain, None)
     transport = table.get("transport", _transport, None)
@@ -209,7 +300,8 @@ def _rule(value: object, path: Path) -> DialplanRule:
     strip_prefix = table.get("strip_prefix", _bool, False)
     if strip_prefix and not user_prefix:
         raise _Invalid((*path, "strip_prefix"), "there is no user_prefix to strip")
-    return DialplanRule(target, user_prefix, domain, strip_prefix)
+    egress = table.get("egress", _node_id, None)
+    return DialplanRule(target, user_prefix, domain, strip_prefix, egress)
 
 
 # Leaf validators: (value, path) -> typed value, or _Invalid naming the path.
@@ -273,6 +365,36 @@ def _seconds(value: object, path: Path) -> float:
     if not math.isfinite(value) or value <= 0:
         raise _Invalid(path, f"must be a finite number of seconds > 0, got {value}")
     return float(value)
+
+
+def _multiplier(value: object, path: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(path, f"must be an integer, not {_kind(value)}")
+    if not 1 <= value <= 20:
+        raise _Invalid(path, f"must be between 1 and 20, got {value}")
+    return value
+
+
+def _milliseconds(value: object, path: Path) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Invalid(path, f"must be a number of milliseconds, not {_kind(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise _Invalid(path, f"must be a finite number of milliseconds >= 0, got {value}")
+    return float(value)
+
+
+def _ip_port(value: object, path: Path) -> tuple[str, int]:
+    host, port = _host_port(_string(value, path), path, ip_only=True, min_port=1)
+    if port is None:
+        raise _Invalid(path, f"needs a port, got {value!r}")
+    return host, port
+
+
+def _ip_port_any(value: object, path: Path) -> tuple[str, int]:
+    host, port = _host_port(_string(value, path), path, ip_only=True, min_port=0)
+    if port is None:
+        raise _Invalid(path, f"needs a port (0 = any), got {value!r}")
+    return host, port
 
 
 def _transport(value: object, path: Path) -> Transport:

@@ -244,7 +244,8 @@ def test_unknown_key(number: int, text: str, key: str) -> None:
 def test_unknown_top_level_key() -> None:
     error = _error("version = 2\n" + GOOD)
     assert str(error) == (
-        "node.toml:1: version: unknown key (expected one of: node, sip, dns, dialplan)"
+        "node.toml:1: version: unknown key"
+        " (expected one of: node, sip, dns, dialplan, grpc, linkstate, peers)"
     )
 
 
@@ -373,3 +374,81 @@ def test_any_edit_loads_or_is_refused_cleanly(number: int, text: str) -> None:
     if error is not None:
         assert str(error).startswith("node.toml")
         assert error.line is None or 1 <= error.line <= GOOD.count("\n") + text.count("\n") + 1
+
+
+OVERLAY = """\
+[node]
+node_id = "usw2"
+region = "us-west-2"
+
+[sip]
+listen = ["udp:127.0.0.11:5060"]
+
+[grpc]
+listen = "127.0.0.11:7000"
+
+[linkstate]
+probe_interval = 0.15
+probe_multiplier = 4
+
+[[peers]]
+node_id = "use1"
+region = "us-east-1"
+sip = "127.0.0.14:5060"
+grpc = "127.0.0.14:7000"
+base_delay_ms = 34
+
+[[dialplan]]
+target = "127.0.0.20:5070"
+egress = "use1"
+"""
+
+
+def test_overlay_sections() -> None:
+    config = parse_config(OVERLAY, source="node.toml")
+    assert config.grpc is not None
+    assert (config.grpc.host, config.grpc.port) == ("127.0.0.11", 7000)
+    assert config.linkstate.probe_interval == 0.15
+    assert config.linkstate.probe_multiplier == 4
+    assert config.linkstate.hold_down == 2.0
+    (peer,) = config.peers
+    assert peer.node_id == "use1"
+    assert peer.sip == ("127.0.0.14", 5060)
+    assert peer.base_delay_ms == 34.0
+    assert config.dialplan[0].egress == "use1"
+
+
+def test_no_peers_means_no_overlay() -> None:
+    config = parse_config(MINIMAL, source="node.toml")
+    assert config.peers == ()
+    assert config.grpc is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "reason"),
+    [
+        ('egress = "use1"', 'egress = "nowhere"', "dialplan[0].egress", "names no known node"),
+        ('node_id = "use1"', 'node_id = "usw2"', "peers[0].node_id", "duplicate node id"),
+        ('[grpc]\nlisten = "127.0.0.11:7000"', "", "grpc", "required when [[peers]]"),
+        ("udp:127.0.0.11:5060", "tcp:127.0.0.11:5060", "sip.listen", "needs a udp:"),
+        ("probe_multiplier = 4", "probe_multiplier = 0", "linkstate.probe_multiplier", "1 and 20"),
+        ("probe_interval = 0.15", "probe_timeout = 0.05", "linkstate.probe_timeout", ">= probe"),
+        ("probe_interval = 0.15", "max_age = 5", "linkstate.max_age", "> refresh_interval"),
+        ("base_delay_ms = 34", "base_delay_ms = -1", "peers[0].base_delay_ms", ">= 0"),
+        ('sip = "127.0.0.14:5060"', 'sip = "127.0.0.14"', "peers[0].sip", "needs a port"),
+        ('region = "us-east-1"', "", "peers[0].region", "required key is missing"),
+    ],
+)
+def test_bad_overlay_config(old: str, new: str, key: str, reason: str) -> None:
+    assert old in OVERLAY
+    error = _error(OVERLAY.replace(old, new, 1))
+    assert error.key == key
+    assert reason in error.reason
+
+
+def test_overlay_needs_a_single_worker() -> None:
+    text = OVERLAY.replace(
+        'listen = ["udp:127.0.0.11:5060"]', 'listen = ["udp:127.0.0.11:5060"]\nworkers = 2'
+    )
+    error = _error(text)
+    assert (error.key, error.line) == ("sip.workers", 7)
