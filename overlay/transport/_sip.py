@@ -17,6 +17,7 @@ transaction layer turns into failed transactions (§17.1.4, RFC 3263 §4.3 fail-
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import structlog
 import trio
 
 from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer, steering_owner
+
+from ._impairment import DelayLine, Impairments
 
 log = structlog.get_logger("overlay.transport")
 
@@ -146,6 +149,7 @@ class SipTransport:
         max_message_size: largest message accepted on a TCP stream.
         tcp_idle_timeout: seconds after which an unused TCP connection is closed.
         steering: set when several workers share the sockets.
+        impairments: faults applied to what is sent to overlay peers (fault injection).
     """
 
     def __init__(
@@ -156,8 +160,11 @@ class SipTransport:
         max_message_size: int = 65535,
         tcp_idle_timeout: float = 60.0,
         steering: Steering | None = None,
+        impairments: Impairments | None = None,
     ) -> None:
         self._deliver = deliver
+        self._impairments = impairments
+        self._delay_line = DelayLine()
         self._transport_error = transport_error
         self._max_size = max_message_size
         self._idle = tcp_idle_timeout
@@ -195,6 +202,8 @@ class SipTransport:
                     )
                 if self._steering is not None:
                     nursery.start_soon(self._steered_loop, self._steering.inbound)
+                if self._impairments is not None:
+                    nursery.start_soon(self._delay_line.run)
                 task_status.started()
         finally:
             for item in bound:
@@ -202,7 +211,23 @@ class SipTransport:
 
     def send(self, data: bytes, peer: Peer) -> None:
         """Queue ``data`` for ``peer``; never blocks. Failures are counted (and, for TCP,
-        reported through ``transport_error``)."""
+        reported through ``transport_error``). Impairments of an overlay peer apply first."""
+        impairments = self._impairments
+        if impairments is not None:
+            peer_id = impairments.peer_at(peer.host, peer.port)
+            if peer_id is not None:
+                delay = impairments.verdict(peer_id)
+                if delay is None:
+                    self.counters["impairment drop"] += 1
+                    return
+                if delay > 0:
+                    ordered = None if peer.transport == "udp" else peer
+                    send_later = functools.partial(self._send_now, data, peer)
+                    self._delay_line.schedule(delay, send_later, ordered_key=ordered)
+                    return
+        self._send_now(data, peer)
+
+    def _send_now(self, data: bytes, peer: Peer) -> None:
         if peer.transport == "udp":
             family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
             sock = self._udp.get(family)
