@@ -1,5 +1,6 @@
 """Link state: probes and per-link metrics, the LSDB and reliable flooding (all sans-IO)."""
 
+from ._codec import BadLsa, lsa_from_message_untrusted, lsa_to_message
 from ._flood import FloodConfig, Flooder, FloodStatistics, LsaAck, significant_change
 from ._lsa import LinkMetrics, Lsa
 from ._lsdb import InstallResult, LinkStateDb
@@ -15,6 +16,7 @@ from ._probe import (
 
 __all__ = [
     "PROBE_MARK",
+    "BadLsa",
     "FloodConfig",
     "FloodStatistics",
     "Flooder",
@@ -30,6 +32,8 @@ __all__ = [
     "ProbeConfig",
     "ProbeRequest",
     "answer_probe",
+    "lsa_from_message_untrusted",
+    "lsa_to_message",
     "probe_request",
     "read_probe_untrusted",
     "significant_change",
