@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -342,6 +343,10 @@ class TransactionLayer:
         self._seq = 0
         self._retransmissions_sent = 0
         self._retransmissions_absorbed = 0
+        # Per next hop, since the last take_peer_traffic(): requests sent, and retransmissions
+        # of them. Link state turns these into each overlay link's retransmission ratio.
+        self._requests_to: Counter[Peer] = Counter()
+        self._retransmissions_to: Counter[Peer] = Counter()
         self._timeouts = 0
         self._actions: dict[str, Callable[[Transaction, Response | None, float], None]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_do_")
@@ -415,6 +420,7 @@ class TransactionLayer:
         txn.request_bytes = serialize(request)
         self._client[key] = txn
         self.outbox.append((txn.request_bytes, peer))
+        self._requests_to[peer] += 1
         t1 = self.timers.t1
         if kind is Kind.INVITE_CLIENT:
             if not txn.reliable:
@@ -474,6 +480,18 @@ class TransactionLayer:
             del txn._timer_gen[which]
             self._fire(txn, which, None, now)
 
+    def take_peer_traffic(self) -> dict[Peer, tuple[int, int]]:
+        """``{next hop: (requests sent, retransmissions sent)}`` since the last call."""
+        traffic = {
+            peer: (count, self._retransmissions_to.get(peer, 0))
+            for peer, count in self._requests_to.items()
+        }
+        for peer, count in self._retransmissions_to.items():
+            traffic.setdefault(peer, (0, count))
+        self._requests_to.clear()
+        self._retransmissions_to.clear()
+        return traffic
+
     def statistics(self) -> TransactionStatistics:
         return TransactionStatistics(
             client=len(self._client),
@@ -526,6 +544,7 @@ class TransactionLayer:
     def _do_retransmit_request(self, txn: Transaction, _r: Response | None, now: float) -> None:
         self.outbox.append((txn.request_bytes, txn.peer))
         self._retransmissions_sent += 1
+        self._retransmissions_to[txn.peer] += 1
         if txn.kind is Kind.INVITE_CLIENT:
             txn.interval *= 2
             self._arm(txn, Input.TIMER_A, now + txn.interval)

@@ -346,3 +346,16 @@ def test_rfc2543_requests_match_without_magic_cookie() -> None:
     layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.6)
     assert layer.receive_ack(req("ACK", branch="old-style-1", to_tag="x", cseq_method="ACK"), 0.7)
     assert txn.state is State.CONFIRMED
+
+
+def test_peer_traffic_counts_requests_and_retransmissions_per_next_hop() -> None:
+    layer = TransactionLayer(TimerConfig(T1, T2, T4))
+    layer.send_request(req(), UAS, 0.0)
+    layer.send_request(req("OPTIONS", branch="z9hG4bK-other"), UAS, 0.0)
+    layer.send_request(req(branch="z9hG4bK-tcp"), TCP_UAS, 0.0)
+    run_until(layer, 1.6)  # A and E both fire at 0.5 and 1.5; nothing is resent over TCP
+    traffic = layer.take_peer_traffic()
+    assert traffic == {UAS: (2, 4), TCP_UAS: (1, 0)}
+    assert layer.take_peer_traffic() == {}
+    run_until(layer, 3.6)  # A and E again at 3.5
+    assert layer.take_peer_traffic() == {UAS: (0, 2)}
