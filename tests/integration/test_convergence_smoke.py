@@ -1,0 +1,48 @@
+"""bench/convergence at a tiny size: the dispatcher half kills a destination and reports it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.slow]
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "convergence"
+
+_SECONDS = r"\d+\.\d{3} s"
+
+
+def _kamailio_installed() -> bool:
+    return shutil.which("kamailio") is not None or Path("/usr/sbin/kamailio").is_file()
+
+
+def test_convergence_dispatcher_smoke() -> None:
+    if not _kamailio_installed():
+        pytest.skip("kamailio is not installed (apt-get install kamailio)")
+    args = [
+        "--only", "dispatcher",
+        "--kills", "1",
+        "--rate", "20",
+        "--warmup", "1",
+        "--after", "2",
+        "--degrade-seconds", "2",
+        "--window", "1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    kill_line = rf"^dispatcher kill  1: last new INVITE to it {_SECONDS} after the kill"
+    assert re.search(kill_line, out, re.M), out + done.stderr
+    assert re.search(rf"^kill: to last call, max +n/a +{_SECONDS} +n/a$", out, re.M), out
+    assert re.search(r"^dispatcher degrade: \d+% of the new INVITEs", out, re.M), out
