@@ -1,0 +1,1034 @@
+"""gRPC for trio: grpcio's asyncio API on one thread of its own, driven from trio.
+
+This is the only module of the project that imports asyncio (STYLE.md §6, the import-linter
+contract ``asyncio-bridge``). Everything else uses :func:`open_grpc_bridge` and the objects it
+hands out; they take and return trio-friendly values and raise :class:`RpcError` /
+:class:`StreamBroken`, never grpc's or asyncio's exceptions.
+"""
+
+# Theory of operation
+# -------------------
+#
+# Two threads, two event loops. The trio thread runs the node. The bridge thread (started by
+# open_grpc_bridge and joined before it returns) runs an asyncio loop that owns every grpc.aio
+# object: servers, channels, calls, the health servicer. Rule 1: a grpc.aio or asyncio object is
+# used only on the loop thread, a trio object only on the trio thread; an object may be built on
+# either thread, but once it has been handed over, only its own side touches it. Nothing is shared
+# under a lock: the two sides talk only by posting callbacks to each other, and each side's
+# callbacks run in the order they were posted.
+#
+#   trio -> loop: `_to_loop(fn, *args)` = loop.call_soon_threadsafe; to wait for a result,
+#       `_run_in_loop(coro)` = asyncio.run_coroutine_threadsafe plus a trio.Event that the
+#       future's done-callback sets through the trio token. The trio thread never blocks;
+#       cancelling the trio caller cancels the asyncio task (concurrent Future.cancel()).
+#   loop -> trio: `_to_trio(fn, *args)` = TrioToken.run_sync_soon. The loop thread never waits
+#       for trio: results come back as further `_to_loop` posts (call_soon_threadsafe setting an
+#       asyncio future or feeding an asyncio queue).
+#
+# Messages cross as bytes. Senders serialize on the trio thread (so a message that does not
+# serialize raises at the caller); receivers deserialize on the loop thread (so a malformed peer
+# message ends the RPC: INTERNAL at a client, INVALID_ARGUMENT at a server). grpc itself only
+# ever sees bytes, which keeps its "log and pass None" serializer behaviour out of the way.
+#
+# A stream (BridgedStream, the same class at a client and at a server) has a trio half (the
+# object itself: a memory channel of received messages, a count of unwritten messages) and a loop
+# half (_LoopSide: a queue of outgoing items, a semaphore of read credit). On the loop thread two
+# pumps move messages: pump-in reads one message per read credit and posts it to trio; pump-out
+# takes bytes from the queue, writes them, and posts "one more written" to trio. The trio half
+# learns that the RPC is over through `_end_rpc(status)`, posted exactly when the loop half knows
+# it; the first end wins and later posts are dropped, as are any messages that arrive after the
+# trio side stopped listening. Callbacks posted to trio never raise (they would crash trio.run):
+# `_guarded` logs instead.
+#
+# Flow control: at most STREAM_BUFFER_SIZE messages per direction per stream sit between the two
+# threads. Sending: `send_nowait` raises trio.WouldBlock when that many are queued and not yet
+# accepted by grpc (grpc's `write` returns once HTTP/2 flow control lets the message out), and
+# `send` waits for room; so a peer that stops reading pushes back on the trio sender. Receiving:
+# pump-in reads only while it holds credit, and every `receive` returns one credit; so a trio
+# receiver that stops reading stops grpc reading, and HTTP/2 flow control pushes back on the peer.
+#
+# Server handlers run on trio. Unary: a sync function is called inside the run_sync_soon callback
+# (no task); an async one runs as a task in the bridge's nursery under its own cancel scope,
+# cancelled if the RPC is. Stream: the handler runs as a task in the bridge's nursery; when the
+# RPC ends first (client gone, deadline, server stopping), its receive/send raise StreamBroken and
+# its cancel scope gets a deadline HANDLER_GRACE seconds away.
+#
+# Shutdown (open_grpc_bridge's exit, also on error or cancellation): refuse new work; cancel the
+# stream handlers (their RPCs end with UNAVAILABLE); health says NOT_SERVING; servers stop with
+# SERVER_GRACE seconds for unary RPCs in flight; channels close (cancelling client calls); the
+# bridge's nursery is cancelled and joined; the loop is stopped, its leftover tasks cancelled and
+# run to completion, the loop closed; the thread tells trio it is done and is joined. Every wait
+# is shielded and bounded by SHUTDOWN_TIMEOUT.
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import math
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, TypeVar, overload
+
+import grpc
+import grpc.aio
+import structlog
+import trio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+__all__ = [
+    "BridgedStream",
+    "GrpcBridge",
+    "MethodHandler",
+    "RpcError",
+    "Service",
+    "StreamBroken",
+    "open_grpc_bridge",
+    "stream_handler",
+    "unary_handler",
+]
+
+log = structlog.get_logger("overlay.control")
+
+#: Messages per direction per stream that may wait between trio and grpc (see "Flow control").
+STREAM_BUFFER_SIZE: Final = 64
+#: Seconds a server stream handler may keep running after its RPC ended.
+HANDLER_GRACE: Final = 0.5
+#: Seconds in-flight unary RPCs get to finish when the bridge stops its servers.
+SERVER_GRACE: Final = 0.5
+#: Bound on each step of the bridge's shutdown.
+SHUTDOWN_TIMEOUT: Final = 5.0
+
+# Seconds a server waits after read() said EOF before telling the handler the client half-closed
+# (see _pump_in). Only delays the end of a stream, once per RPC.
+_EOF_SETTLE: Final = 0.1
+
+# HTTP/2 keepalive, so that a peer that vanished without closing its connection (host down, cable
+# cut) breaks the streams to it within about 15 s instead of at the next TCP timeout. Servers must
+# accept pings that often, or they answer the client's pings with GOAWAY "too_many_pings".
+_KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle stream
+)
+_SERVER_OPTIONS = (
+    # grpc binds with SO_REUSEPORT by default: two servers could share a port without an error.
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    *_KEEPALIVE_OPTIONS,
+)
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+T = TypeVar("T")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class RpcError(Exception):
+    """A gRPC status other than OK.
+
+    Raised by a server handler to answer with this status (any other exception becomes INTERNAL
+    with a generic message, and is logged); raised by :meth:`GrpcBridge.unary` when the call
+    fails.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class StreamBroken(trio.BrokenResourceError):
+    """The RPC of a :class:`BridgedStream` ended with an error, was cancelled, or is over.
+
+    ``code`` and ``details`` are the RPC's final gRPC status (at a server, the status the RPC
+    ended with; CANCELLED when the client went away).
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+
+
+_OK = _Status(grpc.StatusCode.OK, "the RPC has ended")
+
+
+def _status_for(exc: BaseException, method: str) -> _Status:
+    """The status a failed handler answers with. Call only in an ``except`` block."""
+    if isinstance(exc, RpcError):
+        return _Status(exc.code, exc.message)
+    if isinstance(exc, BaseExceptionGroup):
+        rpc_errors, rest = exc.split(RpcError)
+        if rest is None and rpc_errors is not None:
+            first: BaseException = rpc_errors
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return _status_for(first, method)
+    log.exception("gRPC handler failed", method=method)
+    return _Status(grpc.StatusCode.INTERNAL, "internal error")
+
+
+# --- services --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _UnaryHandler:
+    fn: Callable[[Any], Any]
+    request_deserializer: Callable[[bytes], Any]
+    response_serializer: Callable[[Any], bytes]
+    is_async: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamHandler:
+    fn: Callable[[BridgedStream], Awaitable[None]]
+    request_deserializer: Callable[[bytes], Any]
+    response_serializer: Callable[[Any], bytes]
+
+
+#: One method of a :class:`Service`, built by :func:`unary_handler` or :func:`stream_handler`.
+MethodHandler = _UnaryHandler | _StreamHandler
+
+
+@overload
+def unary_handler(
+    fn: Callable[[RequestT], Awaitable[ResponseT]],
+    request_deserializer: Callable[[bytes], RequestT],
+    response_serializer: Callable[[ResponseT], bytes],
+) -> MethodHandler: ...
+@overload
+def unary_handler(
+    fn: Callable[[RequestT], ResponseT],
+    request_deserializer: Callable[[bytes], RequestT],
+    response_serializer: Callable[[ResponseT], bytes],
+) -> MethodHandler: ...
+def unary_handler(
+    fn: Callable[[Any], Any],
+    request_deserializer: Callable[[bytes], Any],
+    response_serializer: Callable[[Any], bytes],
+) -> MethodHandler:
+    """A unary method implemented on trio: ``fn(request) -> response``.
+
+    A plain function runs on the trio thread in a ``run_sync_soon`` callback, so it must not
+    block. An ``async def`` function runs as a task of the bridge's nursery and is cancelled if
+    the RPC is (client gone, deadline). Either may raise :class:`RpcError` to answer with that
+    status; any other exception is logged and answered with INTERNAL. A request that does not
+    decode is answered with INVALID_ARGUMENT without calling ``fn``.
+    """
+    return _UnaryHandler(
+        fn, request_deserializer, response_serializer, inspect.iscoroutinefunction(fn)
+    )
+
+
+def stream_handler(
+    fn: Callable[[BridgedStream], Awaitable[None]],
+    request_deserializer: Callable[[bytes], RequestT],
+    response_serializer: Callable[[ResponseT], bytes],
+) -> MethodHandler:
+    """A bidirectional-streaming method implemented on trio: ``async def fn(stream) -> None``.
+
+    ``fn`` runs as a task of the bridge's nursery for the life of the RPC. When it returns, the
+    response stream ends with OK; :class:`RpcError` ends it with that status; any other exception
+    is logged and ends it with INTERNAL. When the RPC ends first, ``stream.receive()`` raises
+    StreamBroken (``trio.EndOfChannel`` after a clean half-close by the client), and ``fn`` is
+    cancelled if it has not returned HANDLER_GRACE seconds later.
+    """
+    return _StreamHandler(fn, request_deserializer, response_serializer)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One gRPC service implemented on the trio side.
+
+    Example::
+
+        Service("overlay.v1.Admin", {
+            "GetLinks": unary_handler(
+                get_links,
+                admin_pb2.GetLinksRequest.FromString,
+                admin_pb2.GetLinksResponse.SerializeToString,
+            ),
+        })
+    """
+
+    #: Fully qualified service name, ``package.Service``.
+    name: str
+    #: Method name (without the service) -> handler.
+    methods: Mapping[str, MethodHandler]
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+_CLOSE: Final = object()  # queued by close(): half-close (client) / end the RPC with OK (server)
+
+
+class _LoopSide:
+    """The loop-thread half of a stream. Touched only on the loop thread once created."""
+
+    __slots__ = ("credit", "outgoing")
+
+    def __init__(self) -> None:
+        # Neither binds to a loop until first awaited, so the trio thread may create them.
+        # Items: bytes to write, _CLOSE, or (server) the _Status the handler finished with.
+        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
+        self.credit = asyncio.Semaphore(STREAM_BUFFER_SIZE)
+
+
+class BridgedStream:
+    """One bidirectional gRPC stream, seen from trio.
+
+    The same class serves both ends: :meth:`GrpcBridge.open_stream` yields one at a client, and a
+    :func:`stream_handler` receives one at a server. Its methods must be called on the trio
+    thread that opened the bridge. It sends what its serializer accepts and receives what its
+    deserializer returns (protobuf messages, which are untyped: hence ``Any``).
+
+    Buffering: up to STREAM_BUFFER_SIZE (64) sent messages may wait for grpc to accept them;
+    :meth:`send_nowait` raises ``trio.WouldBlock`` beyond that and :meth:`send` waits. Up to as
+    many received messages are read ahead of :meth:`receive`.
+
+    Error handling: once the RPC is over, :meth:`receive` first returns the messages that had
+    already arrived and then raises :class:`StreamBroken` with the final status (or
+    ``trio.EndOfChannel`` if the peer had half-closed cleanly before); :meth:`send` and
+    :meth:`send_nowait` raise :class:`StreamBroken` at once.
+    """
+
+    def __init__(self, bridge: GrpcBridge, peer: str, serializer: Callable[[Any], bytes]) -> None:
+        #: The other end: grpc's peer string at a server (``"ipv4:127.0.0.1:40112"``), the
+        #: target at a client (``"127.0.0.2:7000"``).
+        self.peer = peer
+        self._bridge = bridge
+        self._serializer = serializer
+        self._loop_side = _LoopSide()
+        # Trio thread only from here on.
+        self._incoming_send, self._incoming = trio.open_memory_channel[Any](math.inf)
+        self._receive_end: _Status | None = None  # why receive() stops: None = still open
+        self._rpc_end: _Status | None = None  # set once the RPC is over
+        self._closed = False  # close() was called
+        self._unwritten = 0  # sent but not yet accepted by grpc
+        self._room = trio.lowlevel.ParkingLot()  # senders waiting for _unwritten to drop
+        self._handler_scope: trio.CancelScope | None = None  # server: the handler's task
+
+    async def receive(self) -> Any:  # noqa: ANN401 - a protobuf message
+        """The next message from the peer.
+
+        Raises:
+            trio.EndOfChannel: the peer finished sending cleanly (at a server: the client
+                half-closed; at a client: the server ended the RPC with OK) and every message
+                has been received.
+            StreamBroken: the RPC failed, was cancelled, or the peer went away.
+        """
+        try:
+            message = await self._incoming.receive()
+        except trio.EndOfChannel:
+            end = self._receive_end
+            if end is not None and end.code is not grpc.StatusCode.OK:
+                raise StreamBroken(*end) from None
+            raise
+        self._bridge._to_loop(self._loop_side.credit.release)
+        return message
+
+    def send_nowait(self, message: object) -> None:
+        """Queue ``message`` for the peer without waiting.
+
+        Raises:
+            trio.WouldBlock: STREAM_BUFFER_SIZE messages are already waiting to be written.
+            StreamBroken: the RPC is over.
+            trio.ClosedResourceError: :meth:`close` was called.
+            Exception: whatever the serializer raises for a message it cannot encode.
+        """
+        if self._rpc_end is not None:
+            raise StreamBroken(*self._rpc_end)
+        if self._closed:
+            raise trio.ClosedResourceError("send after close()")
+        if self._unwritten >= STREAM_BUFFER_SIZE:
+            raise trio.WouldBlock
+        data = self._serializer(message)
+        if not self._bridge._to_loop(self._loop_side.outgoing.put_nowait, data):
+            raise StreamBroken(grpc.StatusCode.UNAVAILABLE, "the gRPC bridge is closed")
+        self._unwritten += 1
+
+    async def send(self, message: object) -> None:
+        """Queue ``message`` for the peer, waiting while the buffer is full.
+
+        Raises:
+            StreamBroken, trio.ClosedResourceError: as :meth:`send_nowait`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._unwritten >= STREAM_BUFFER_SIZE and self._rpc_end is None:
+            if self._closed:
+                break  # send_nowait raises
+            await self._room.park()
+        self.send_nowait(message)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def close(self) -> None:
+        """Say that nothing more will be sent. Idempotent; messages already sent still go.
+
+        Client: half-close (the server's receive then raises ``trio.EndOfChannel``); responses
+        can still be received. Server: the RPC ends with OK once the messages already sent are
+        written; the handler should return.
+        """
+        if not self._closed:
+            self._closed = True
+            self._room.unpark_all()
+            self._bridge._to_loop(self._loop_side.outgoing.put_nowait, _CLOSE)
+
+    # Callbacks posted by the loop thread (run on the trio thread).
+
+    def _deliver(self, message: object) -> None:
+        if self._receive_end is None:
+            self._incoming_send.send_nowait(message)
+        # else: the trio side stopped listening; drop it.
+
+    def _end_receive(self, status: _Status) -> None:
+        if self._receive_end is None:
+            self._receive_end = status
+            self._incoming_send.close()
+
+    def _end_rpc(self, status: _Status) -> None:
+        self._end_receive(status)
+        self._end_sending(status)
+
+    def _end_sending(self, status: _Status) -> None:
+        if self._rpc_end is not None:
+            return
+        self._rpc_end = status
+        self._room.unpark_all()
+        if self._handler_scope is not None:
+            grace = trio.current_time() + HANDLER_GRACE
+            self._handler_scope.deadline = min(self._handler_scope.deadline, grace)
+
+    def _written(self) -> None:
+        self._unwritten -= 1
+        self._room.unpark()
+
+
+# --- the bridge ------------------------------------------------------------------------------
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class GrpcBridge:
+    """grpcio's asyncio servers and channels, run on the bridge thread and used from trio.
+
+    Made by :func:`open_grpc_bridge`; use it only on the trio thread that opened it. After the
+    bridge has started to close, its methods raise ``trio.ClosedResourceError``.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken, nursery: trio.Nursery) -> None:
+        self._token = token
+        self._nursery = nursery
+        self._closing = False  # trio thread
+        self._thread_done = trio.Event()  # trio thread
+        self._stream_scopes: set[trio.CancelScope] = set()  # trio thread: server stream handlers
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._thread_main, name="overlay-grpc-bridge", daemon=True
+        )
+        # Loop thread only:
+        self._servers: list[grpc.aio.Server] = []
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._health: Any = None  # grpc_health's asyncio HealthServicer, made on the loop thread
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- public API (trio thread) -----------------------------------------------------------
+
+    async def start_server(
+        self,
+        host: str,
+        port: int,
+        services: Sequence[Service],
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> int:
+        """Serve ``services`` on ``host:port``, plus health checking and reflection.
+
+        The standard ``grpc.health.v1.Health`` service reports SERVING for the server as a whole
+        (``""``) and for each of ``services`` until :meth:`set_serving` says otherwise; server
+        reflection (``grpc.reflection.v1alpha``) lists them (the messages' modules must have been
+        imported: reflection reads protobuf's default descriptor pool).
+
+        Args:
+            host: address to bind, e.g. ``"127.0.0.1"`` or ``"::1"``.
+            port: port to bind; 0 picks a free one.
+            services: what to serve.
+            credentials: ``grpc.ssl_server_credentials(...)`` for TLS/mTLS; None = plaintext.
+
+        Returns:
+            The bound port.
+
+        Raises:
+            OSError: the address cannot be bound (in use, or not an address of this host).
+        """
+        self._check_open()
+        return await self._run_in_loop(
+            self._start_server_in_loop(_address(host, port), services, credentials)
+        )
+
+    def set_serving(self, service: str, serving: bool) -> None:
+        """Set the health status of ``service`` (``""`` = the whole server) on every server."""
+        self._check_open()
+        self._to_loop(self._set_health_in_loop, service, serving)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        target: str,
+        method: str,
+        request_serializer: Callable[[RequestT], bytes],
+        response_deserializer: Callable[[bytes], ResponseT],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, known to the server
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> AsyncIterator[BridgedStream]:
+        """Open a bidirectional stream to ``method`` of ``target``.
+
+        Args:
+            target: ``"host:port"`` of the server (``"127.0.0.2:7000"``). Calls to one target
+                share one channel, opened on first use and closed with the bridge.
+            method: ``"/package.Service/Method"`` (``"/overlay.v1.LinkState/Flood"``).
+            request_serializer: turns a message to send into bytes (on the trio thread).
+            response_deserializer: turns received bytes into a message (on the bridge thread).
+            timeout: seconds the whole RPC may last (a gRPC deadline); None = no limit.
+            metadata: (key, value) pairs sent with the call.
+
+        Yields:
+            The stream. Opening does not wait for the connection: a target that cannot be
+            reached shows up as StreamBroken (UNAVAILABLE) from ``receive``.
+
+        Resource handling: leaving the block cancels the RPC if it is still running (call
+        ``close()`` and receive until ``EndOfChannel`` first to end it cleanly).
+        """
+        self._check_open()
+        stream = BridgedStream(self, target, request_serializer)
+        future = asyncio.run_coroutine_threadsafe(
+            self._client_stream_in_loop(
+                stream, target, method, response_deserializer, timeout, tuple(metadata)
+            ),
+            self._loop,
+        )
+        try:
+            yield stream
+        finally:
+            stream._end_rpc(_Status(grpc.StatusCode.CANCELLED, "the stream was closed locally"))
+            # Cancels the asyncio task, which cancels the call. Nothing to wait for: whatever it
+            # still posts to the stream is dropped, and the bridge's exit reaps the task.
+            future.cancel()
+
+    async def unary(
+        self,
+        target: str,
+        method: str,
+        request: RequestT,
+        request_serializer: Callable[[RequestT], bytes],
+        response_deserializer: Callable[[bytes], ResponseT],
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - a gRPC deadline, known to the server
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> ResponseT:
+        """Call the unary ``method`` (``"/overlay.v1.Admin/GetLinks"``) on ``target``.
+
+        Args and channels are as for :meth:`open_stream`; ``timeout`` is required, so that a
+        caller states how long it is prepared to wait (None = no limit). Cancelling the caller
+        cancels the RPC.
+
+        Returns:
+            The deserialized response.
+
+        Raises:
+            RpcError: the call ended with a status other than OK (DEADLINE_EXCEEDED after
+                ``timeout`` seconds, UNAVAILABLE if the target cannot be reached, ...).
+        """
+        self._check_open()
+        data = request_serializer(request)
+        return await self._run_in_loop(
+            self._unary_in_loop(target, method, data, response_deserializer, timeout, metadata)
+        )
+
+    # -- crossing threads -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise trio.ClosedResourceError("the gRPC bridge is closed")
+
+    def _to_loop(self, fn: Callable[..., object], *args: object) -> bool:
+        """From the trio thread: run ``fn(*args)`` soon on the loop thread. False if it is gone."""
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nothing over there listens any more
+            return False
+        return True
+
+    def _to_trio(self, fn: Callable[..., object], *args: object) -> bool:
+        """From the loop thread: run ``fn(*args)`` soon on the trio thread. False if it is gone."""
+        try:
+            self._token.run_sync_soon(self._guarded, fn, args)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    @staticmethod
+    def _guarded(fn: Callable[..., object], args: tuple[object, ...]) -> None:
+        # An exception escaping a run_sync_soon callback would crash trio.run.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("gRPC bridge callback failed", callback=getattr(fn, "__qualname__", fn))
+
+    async def _run_in_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop thread and wait for its result without blocking trio."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        done = trio.Event()
+        future.add_done_callback(lambda _: self._to_trio(done.set))
+        try:
+            await done.wait()
+        finally:
+            future.cancel()  # no-op once done; else cancels the asyncio task
+        try:
+            return future.result()
+        except (RpcError, OSError) as exc:
+            # Outcomes, not bugs: drop the loop thread's frames. They hold grpc objects (a
+            # channel, an unstarted server), which would outlive the bridge, and keep grpc's
+            # poller thread running, for as long as the caller keeps the exception.
+            exc.__context__ = None
+            raise exc.with_traceback(None) from None
+
+    # -- loop thread ------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            self._health = health.aio.HealthServicer()
+            loop.run_forever()
+        finally:
+            try:
+                leftover = asyncio.all_tasks(loop)
+                for task in leftover:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                # Drop the last references to grpc.aio objects here, on this thread: when the
+                # last one goes, grpc stops its completion-queue poller thread. Calls and
+                # their exceptions sit in reference cycles (exception -> traceback -> frame ->
+                # call), which only the cycle collector frees; without it the poller thread
+                # would outlive the bridge until some later collection.
+                self._servers.clear()
+                self._channels.clear()
+                self._health = None
+                gc.collect()
+                asyncio.set_event_loop(None)
+                loop.close()
+                self._to_trio(self._thread_done.set)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_health_in_loop(self, service: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self._spawn(self._health.set(service, status))
+
+    async def _start_server_in_loop(
+        self, address: str, services: Sequence[Service], credentials: grpc.ServerCredentials | None
+    ) -> int:
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    service.name,
+                    {
+                        name: self._grpc_method_handler(f"/{service.name}/{name}", handler)
+                        for name, handler in service.methods.items()
+                    },
+                )
+                for service in services
+            ]
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [s.name for s in services]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        try:
+            if credentials is None:
+                port: int = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # grpc >= 1.60 raises; older ones returned 0
+            raise OSError(f"cannot bind the gRPC server to {address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot bind the gRPC server to {address}")
+        await server.start()
+        self._servers.append(server)
+        for name in names:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    def _grpc_method_handler(self, method: str, handler: MethodHandler) -> grpc.RpcMethodHandler:
+        # grpc gets no (de)serializers: bytes cross the bridge (see the theory of operation).
+        if isinstance(handler, _UnaryHandler):
+            unary = handler
+
+            async def serve_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return await self._serve_unary(method, unary, request, context)
+
+            return grpc.unary_unary_rpc_method_handler(serve_unary)
+        stream = handler
+
+        async def serve_stream(_requests: object, context: grpc.aio.ServicerContext) -> None:
+            await self._serve_stream(method, stream, context)
+
+        return grpc.stream_stream_rpc_method_handler(serve_stream)
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(target, options=_KEEPALIVE_OPTIONS)
+            self._channels[target] = channel
+        return channel
+
+    async def _unary_in_loop(
+        self,
+        target: str,
+        method: str,
+        data: bytes,
+        response_deserializer: Callable[[bytes], ResponseT],
+        deadline_s: float | None,
+        metadata: Sequence[tuple[str, str | bytes]],
+    ) -> ResponseT:
+        call = self._channel(target).unary_unary(method)
+        try:
+            raw: bytes = await call(data, timeout=deadline_s, metadata=tuple(metadata))
+        except grpc.aio.AioRpcError as exc:
+            raise RpcError(exc.code(), exc.details() or "") from None
+        try:
+            return response_deserializer(raw)
+        except Exception as exc:
+            raise RpcError(grpc.StatusCode.INTERNAL, f"cannot decode the response: {exc}") from None
+
+    async def _serve_unary(
+        self,
+        method: str,
+        handler: _UnaryHandler,
+        data: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> bytes:
+        try:
+            request = handler.request_deserializer(data)
+        except Exception as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the request: {exc}"
+            )
+            raise  # not reached: abort() raises
+        reply: asyncio.Future[bytes | _Status] = self._loop.create_future()
+        call = _UnaryCall(self, reply)
+        if not self._to_trio(self._start_unary, method, handler, request, call):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        try:
+            outcome = await reply
+        except asyncio.CancelledError:  # client gone, deadline or server stopping
+            self._to_trio(call.cancel)
+            raise
+        if isinstance(outcome, _Status):
+            await context.abort(outcome.code, outcome.details)
+        assert isinstance(outcome, bytes)
+        return outcome
+
+    async def _serve_stream(
+        self, method: str, handler: _StreamHandler, context: grpc.aio.ServicerContext
+    ) -> None:
+        stream = BridgedStream(self, context.peer(), handler.response_serializer)
+        side = stream._loop_side
+        reader = self._loop.create_task(
+            self._pump_in(stream, context.read, handler.request_deserializer, client=False)
+        )
+        end = _Status(grpc.StatusCode.CANCELLED, "the RPC was cancelled")
+        try:
+            if not self._to_trio(self._start_stream, method, handler, stream):
+                end = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            else:
+                while True:
+                    item = await side.outgoing.get()
+                    if isinstance(item, _Status):
+                        end = item
+                        break
+                    if item is _CLOSE:
+                        end = _OK
+                        break
+                    assert isinstance(item, bytes)
+                    try:
+                        await context.write(item)
+                    except Exception as exc:  # the RPC ended under us (the client went away)
+                        end = _Status(grpc.StatusCode.CANCELLED, f"the RPC has ended: {exc}")
+                        break
+                    self._to_trio(stream._written)
+        finally:
+            reader.cancel()
+            self._to_trio(stream._end_rpc, end)
+        if end.code is not grpc.StatusCode.OK:
+            await context.abort(end.code, end.details)
+
+    async def _client_stream_in_loop(
+        self,
+        stream: BridgedStream,
+        target: str,
+        method: str,
+        response_deserializer: Callable[[bytes], object],
+        deadline_s: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        call = self._channel(target).stream_stream(method)(timeout=deadline_s, metadata=metadata)
+        reader = self._loop.create_task(
+            self._pump_in(stream, call.read, response_deserializer, client=True, call=call)
+        )
+        writer = self._loop.create_task(self._client_writer(stream, call))
+        try:
+            await reader
+        finally:
+            call.cancel()
+            reader.cancel()
+            writer.cancel()
+
+    async def _client_writer(self, stream: BridgedStream, call: grpc.aio.StreamStreamCall) -> None:
+        side = stream._loop_side
+        try:
+            while True:
+                item = await side.outgoing.get()
+                if item is _CLOSE:
+                    await call.done_writing()
+                    return
+                await call.write(item)
+                self._to_trio(stream._written)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The RPC is over: fail the sends now. The reader reports the end to receive() in
+            # order, after the messages that arrived before it (it may be waiting for credit).
+            status = _Status(await call.code(), await call.details() or "")
+            self._to_trio(stream._end_sending, status)
+
+    async def _pump_in(
+        self,
+        stream: BridgedStream,
+        read: Callable[[], Awaitable[object]],
+        deserializer: Callable[[bytes], object],
+        *,
+        client: bool,
+        call: grpc.aio.StreamStreamCall | None = None,
+    ) -> None:
+        side = stream._loop_side
+        try:
+            while True:
+                await side.credit.acquire()
+                data = await read()
+                if data is grpc.aio.EOF:
+                    if client:
+                        # grpc raises for a status other than OK, so this is the end, with OK.
+                        self._to_trio(stream._end_rpc, _OK)
+                        return
+                    # A server's read() says EOF both for a clean half-close and for a client
+                    # that cancelled or vanished; grpc cancels this RPC (and so this task) a
+                    # moment later in the second case. Wait that moment before calling it clean.
+                    await asyncio.sleep(_EOF_SETTLE)
+                    self._to_trio(stream._end_receive, _OK)
+                    return
+                try:
+                    assert isinstance(data, bytes)
+                    message = deserializer(data)
+                except Exception as exc:
+                    bad = _Status(
+                        grpc.StatusCode.INTERNAL if client else grpc.StatusCode.INVALID_ARGUMENT,
+                        f"cannot decode a message from the peer: {exc}",
+                    )
+                    if call is not None:
+                        call.cancel()
+                        self._to_trio(stream._end_rpc, bad)
+                    else:
+                        side.outgoing.put_nowait(bad)  # ends the RPC with that status
+                    return
+                self._to_trio(stream._deliver, message)
+        except grpc.aio.AioRpcError as exc:  # client: the RPC ended with an error
+            self._to_trio(stream._end_rpc, _Status(exc.code(), exc.details() or ""))
+        except Exception as exc:  # server: read() after the RPC ended
+            self._to_trio(
+                stream._end_rpc, _Status(grpc.StatusCode.CANCELLED, f"the RPC has ended: {exc}")
+            )
+
+    # -- trio thread: running handlers --------------------------------------------------------
+
+    def _start_unary(
+        self, method: str, handler: _UnaryHandler, request: object, call: _UnaryCall
+    ) -> None:
+        if self._closing and handler.is_async:
+            call.finish(_Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
+        elif handler.is_async:
+            call.scope = trio.CancelScope()
+            self._nursery.start_soon(self._run_async_unary, method, handler, request, call)
+        else:
+            try:
+                reply: bytes | _Status = handler.response_serializer(handler.fn(request))
+            except Exception as exc:
+                reply = _status_for(exc, method)
+            call.finish(reply)
+
+    async def _run_async_unary(
+        self, method: str, handler: _UnaryHandler, request: object, call: _UnaryCall
+    ) -> None:
+        reply: bytes | _Status = _Status(grpc.StatusCode.CANCELLED, "the handler was cancelled")
+        assert call.scope is not None
+        try:
+            with call.scope:
+                try:
+                    reply = handler.response_serializer(await handler.fn(request))
+                except Exception as exc:
+                    reply = _status_for(exc, method)
+        finally:
+            call.finish(reply)
+
+    def _start_stream(self, method: str, handler: _StreamHandler, stream: BridgedStream) -> None:
+        if self._closing:
+            self._to_loop(
+                stream._loop_side.outgoing.put_nowait,
+                _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"),
+            )
+            return
+        stream._handler_scope = trio.CancelScope()
+        self._nursery.start_soon(self._run_stream, method, handler, stream)
+
+    async def _run_stream(
+        self, method: str, handler: _StreamHandler, stream: BridgedStream
+    ) -> None:
+        scope = stream._handler_scope
+        assert scope is not None
+        self._stream_scopes.add(scope)
+        end = _Status(grpc.StatusCode.CANCELLED, "the handler was cancelled")
+        try:
+            with scope:
+                try:
+                    await handler.fn(stream)
+                    end = _OK
+                except Exception as exc:
+                    end = _status_for(exc, method)
+        finally:
+            self._stream_scopes.discard(scope)
+            if self._closing and end.code is grpc.StatusCode.CANCELLED:
+                end = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            self._to_loop(stream._loop_side.outgoing.put_nowait, end)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def _stop_serving(self) -> None:
+        """Stop the servers and close the channels. Trio side; shielded and bounded."""
+        self._closing = True
+        for scope in self._stream_scopes:
+            scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT) as bounded:
+            await self._run_in_loop(self._stop_serving_in_loop())
+        if bounded.cancelled_caught:
+            log.error("gRPC servers did not stop in time", timeout=SHUTDOWN_TIMEOUT)
+
+    async def _stop_serving_in_loop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        results = await asyncio.gather(
+            *(server.stop(SERVER_GRACE) for server in self._servers),
+            *(channel.close() for channel in self._channels.values()),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("stopping a gRPC server or channel failed", error=repr(result))
+
+    async def _stop_thread(self) -> None:
+        """Stop the loop and join the thread. Trio side; shielded and bounded."""
+        self._closing = True
+        self._to_loop(self._loop.stop)
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_TIMEOUT):
+            await self._thread_done.wait()
+        if self._thread_done.is_set():
+            self._thread.join()  # it has nothing left to do but return
+        else:
+            log.error("the gRPC bridge thread did not stop", timeout=SHUTDOWN_TIMEOUT)
+
+
+class _UnaryCall:
+    """One unary RPC being served: the asyncio future for the reply, the trio cancel scope."""
+
+    __slots__ = ("_bridge", "_reply", "scope")
+
+    def __init__(self, bridge: GrpcBridge, reply: asyncio.Future[bytes | _Status]) -> None:
+        self._bridge = bridge
+        self._reply = reply  # loop thread only
+        self.scope: trio.CancelScope | None = None  # trio thread only: an async handler's task
+
+    def finish(self, reply: bytes | _Status) -> None:
+        """Trio thread: hand the reply over to the loop thread."""
+        self._bridge._to_loop(_resolve, self._reply, reply)
+
+    def cancel(self) -> None:
+        """Trio thread: the RPC was cancelled; stop an async handler."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():  # cancelled meanwhile: nobody waits for the value
+        future.set_result(value)
+
+
+@asynccontextmanager
+async def open_grpc_bridge() -> AsyncIterator[GrpcBridge]:
+    """Start the gRPC bridge thread; stop everything it runs on exit.
+
+    Resource handling: on exit (normal, error or cancellation) the stream handlers are cancelled,
+    the servers stop (SERVER_GRACE seconds for unary RPCs in flight), client channels close, the
+    handler tasks are cancelled, the asyncio loop stops and the thread is joined, so no thread
+    outlives the block.
+    """
+    token = trio.lowlevel.current_trio_token()
+    bridge: GrpcBridge | None = None
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            bridge = GrpcBridge(token, nursery)
+            bridge._thread.start()
+            try:
+                yield bridge
+            except BaseException as exc:
+                body_error = exc
+                raise
+            finally:
+                await bridge._stop_serving()
+                nursery.cancel_scope.cancel()
+        # The nursery is closed: no handler task is left to post to the loop.
+    except BaseExceptionGroup as group:
+        # The body's own exception went through the handlers' nursery, which wrapped it: give
+        # the caller the exception it raised, not a group of one.
+        if body_error is None or list(group.exceptions) != [body_error]:
+            raise
+        cause, context = body_error.__cause__, body_error.__context__
+        try:
+            raise body_error
+        finally:
+            body_error.__cause__, body_error.__context__ = cause, context
+    finally:
+        if bridge is not None:
+            await bridge._stop_thread()
