@@ -114,6 +114,14 @@ _KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle stream
 )
+# grpc backs off reconnecting to a dead target up to 120 s by default; an overlay peer that comes
+# back (a restarted region) must get its flooding session again within a second.
+_CHANNEL_OPTIONS = (
+    *_KEEPALIVE_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+)
 _SERVER_OPTIONS = (
     # grpc binds with SO_REUSEPORT by default: two servers could share a port without an error.
     ("grpc.so_reuseport", 0),
@@ -704,7 +712,7 @@ class GrpcBridge:
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=_KEEPALIVE_OPTIONS)
+            channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
             self._channels[target] = channel
         return channel
 

@@ -10,7 +10,12 @@ CONFIG = ProbeConfig(interval=0.1, multiplier=3, hold_down=2.0, probe_timeout=1.
 
 
 def run_probes(
-    monitor: LinkMonitor, start: float, count: int, *, rtt: float = 0.05, lost: set[int] = frozenset()
+    monitor: LinkMonitor,
+    start: float,
+    count: int,
+    *,
+    rtt: float = 0.05,
+    lost: set[int] = frozenset(),
 ) -> tuple[float, list[LinkState]]:
     """Send `count` probes every interval from `start`; answer all but the indexes in `lost`.
 
