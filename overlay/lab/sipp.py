@@ -195,7 +195,12 @@ def sipp_binary() -> str:
     return path
 
 
-def _scenario_args(scenario: str) -> list[str]:
+def _scenario_args(scenario: str | Path) -> list[str]:
+    """SIPp's arguments for a built-in name, a name in overlay/lab/scenarios, or an XML path."""
+    if isinstance(scenario, Path):
+        if not scenario.is_file():
+            raise FileNotFoundError(f"no SIPp scenario file {scenario}")
+        return ["-sf", str(scenario)]
     if scenario in _BUILTIN_SCENARIOS:
         return ["-sn", scenario]
     return ["-sf", str(scenario_path(scenario))]
@@ -361,7 +366,7 @@ async def run_uac(
     target: tuple[str, int],
     *,
     local_host: str,
-    scenario: str = "uac",
+    scenario: str | Path = "uac",
     calls: int,
     rate: float,
     transport: str = "udp",
@@ -374,7 +379,8 @@ async def run_uac(
     Args:
         target: where SIPp sends every request (a proxy, or a UAS directly).
         local_host: SIPp's own address (127.0.0.x); its port is picked free.
-        scenario: "uac" (SIPp's built-in) or the name of an XML in overlay/lab/scenarios.
+        scenario: "uac" (SIPp's built-in), the name of an XML in overlay/lab/scenarios, or a
+            Path to any scenario file.
         calls: ``-m``: SIPp exits after this many calls.
         rate: ``-r`` calls per second (``-rp 1000``); at most ``max(16, 4*rate)`` at once.
         service: user part of the Request-URI (``-s``).
@@ -461,7 +467,7 @@ async def open_uas(
     local_host: str,
     *,
     port: int = 0,
-    scenario: str = "uas",
+    scenario: str | Path = "uas",
     transport: str = "udp",
     extra_args: Sequence[str] = (),
     max_seconds: float = 900.0,
@@ -474,7 +480,8 @@ async def open_uas(
     Args:
         local_host: address to listen on (127.0.0.x).
         port: SIP port; 0 picks one free for both UDP and TCP.
-        scenario: "uas" (SIPp's built-in: 180 then 200) or an XML in overlay/lab/scenarios.
+        scenario: "uas" (SIPp's built-in: 180 then 200), an XML name in overlay/lab/scenarios,
+            or a Path to any scenario file.
         extra_args: appended last (e.g. ``-m 50`` to stop after 50 calls).
         max_seconds: SIPp's ``-timeout``: an upper bound on its life if the block never ends.
 
