@@ -1,7 +1,45 @@
-"""Routing: the dialplan now; route tables computed from the link-state DB later."""
+"""Routing: the dialplan, and route tables computed from the link-state DB."""
 
 from overlay.config import DialplanRule, DnsTarget, StaticTarget
 
+from ._cost import (
+    CostBreakdown,
+    RoutingPolicy,
+    WeightFunction,
+    cost_breakdown,
+    link_cost,
+    path_cost,
+    weight_function,
+)
 from ._dialplan import Dialplan, DialplanMatch
+from ._routes import (
+    NoRoute,
+    Path,
+    Route,
+    RouteChange,
+    RouteTable,
+    build_graph,
+    compute_routes,
+)
 
-__all__ = ["Dialplan", "DialplanMatch", "DialplanRule", "DnsTarget", "StaticTarget"]
+__all__ = [
+    "CostBreakdown",
+    "Dialplan",
+    "DialplanMatch",
+    "DialplanRule",
+    "DnsTarget",
+    "NoRoute",
+    "Path",
+    "Route",
+    "RouteChange",
+    "RouteTable",
+    "RoutingPolicy",
+    "StaticTarget",
+    "WeightFunction",
+    "build_graph",
+    "compute_routes",
+    "cost_breakdown",
+    "link_cost",
+    "path_cost",
+    "weight_function",
+]
