@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
+import time
 from dataclasses import dataclass
 
 import structlog
 import trio
 
 from overlay.config import DnsTarget, NodeConfig, StaticTarget
+from overlay.control import open_grpc_bridge
+from overlay.linkstate import PROBE_MARK
+from overlay.mesh import Mesh
 from overlay.routing import Dialplan
 from overlay.sip import (
     Listener,
@@ -33,6 +38,7 @@ from overlay.sip import (
 )
 from overlay.transport import (
     BoundSocket,
+    Impairments,
     ResolutionError,
     SipResolver,
     SipTransport,
@@ -63,14 +69,24 @@ class Node:
         self._dialplan = Dialplan(config.dialplan)
         self._resolver = SipResolver(config.dns)
         sip = config.sip
+        self.impairments: Impairments | None = None
+        if config.peers:
+            self.impairments = Impairments(
+                # Seeded per node: a lab run's losses are reproducible.
+                rng=random.Random(config.node.node_id),
+                base_delay_ms={peer.node_id: peer.base_delay_ms for peer in config.peers},
+                addresses={peer.node_id: [peer.sip] for peer in config.peers},
+            )
         self._transport = SipTransport(
             deliver=self._deliver,
             transport_error=self._transport_error,
             max_message_size=sip.max_message_size,
             tcp_idle_timeout=sip.tcp_idle_timeout,
             steering=steering,
+            impairments=self.impairments,
         )
         self._core: ProxyCore | None = None
+        self.mesh: Mesh | None = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -114,6 +130,8 @@ class Node:
             )
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
+            if self.config.peers:
+                await nursery.start(self._run_mesh, self._core)
             log.info(
                 "node started",
                 node_id=self.config.node.node_id,
@@ -121,6 +139,32 @@ class Node:
                 listeners=len(self.listeners),
             )
             task_status.started(self.listeners)
+
+    async def _run_mesh(
+        self, core: ProxyCore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Link state, flooding and routes; reported started once the gRPC server listens."""
+        grpc_section = self.config.grpc
+        assert grpc_section is not None
+        assert self.impairments is not None
+        local = next(item for item in self.listeners if item.transport == "udp")
+        self.mesh = Mesh(
+            self.config,
+            local_sip=Peer("udp", local.host, local.port),
+            send_sip=self._transport.send,
+            take_traffic=core.transactions.take_peer_traffic,
+            impairments=self.impairments,
+            # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
+            initial_seq=time.time_ns() // 1_000_000,
+            now=trio.current_time(),
+        )
+        async with open_grpc_bridge() as bridge:
+            port = await bridge.start_server(
+                grpc_section.host, grpc_section.port, self.mesh.services()
+            )
+            log.info("grpc listening", host=grpc_section.host, port=port)
+            task_status.started()
+            await self.mesh.run(bridge)
 
     def statistics(self) -> NodeStatistics:
         assert self._core is not None
@@ -148,6 +192,9 @@ class Node:
 
     def _deliver(self, data: bytes, peer: Peer) -> None:
         assert self._core is not None
+        mesh = self.mesh
+        if mesh is not None and PROBE_MARK in data and mesh.handle_probe(data, peer):
+            return
         try:
             self._core.receive_data(data, peer, trio.current_time())
         except Exception:

@@ -1,0 +1,480 @@
+"""The overlay's trio shell: probes, link-state flooding over gRPC, route computation, admin.
+
+``Mesh`` drives the sans-IO pieces of ``overlay.linkstate`` and ``overlay.routing`` for one node:
+
+* **Probes.** Every ``probe_interval`` an OPTIONS probe goes to every peer through the node's
+  SIP transport (so it crosses the same impairment layer as calls). The node hands datagrams that
+  carry the probe mark to ``handle_probe``: a peer's probe is answered at once, an answer to ours
+  feeds that peer's ``LinkMonitor``.
+* **Flooding.** For every peer one task keeps a gRPC ``LinkState.Flood`` stream open to it (the
+  *client* stream: our LSAs go out on it, the peer's acks come back); the peer's own stream to us
+  arrives at ``_serve_flood`` (the *server* stream: its LSAs come in, our acks go out). A session
+  is up while our client stream is. Everything sent to a peer passes ``Impairments`` first.
+* **Routes.** When the LSDB changes, a route computation is scheduled ``route_debounce`` seconds
+  later (a burst of LSAs costs one computation); the new ``RouteTable`` replaces ``routes`` in one
+  assignment, so readers always see a whole table, and every change is logged with its reason.
+
+One timer task sleeps until the earliest deadline of all of these (next probe round, a monitor's
+detection time, the flooder's retransmissions, refresh and aging, the debounced computation).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import grpc
+import structlog
+import trio
+
+from overlay.config import NodeConfig, PeerConfig
+from overlay.control import (
+    BridgedStream,
+    GrpcBridge,
+    RpcError,
+    Service,
+    StreamBroken,
+    stream_handler,
+    unary_handler,
+)
+from overlay.linkstate import (
+    BadLsa,
+    FloodConfig,
+    Flooder,
+    LinkMonitor,
+    Lsa,
+    LsaAck,
+    ProbeAnswer,
+    ProbeConfig,
+    ProbeRequest,
+    answer_probe,
+    lsa_from_message_untrusted,
+    lsa_to_message,
+    probe_request,
+    read_probe_untrusted,
+)
+from overlay.routing import RoutingPolicy, compute_routes
+from overlay.sip import Peer
+from overlay.transport import ALL_PEERS, DelayLine, Fault, Impairments
+from overlay.v1 import admin_pb2, linkstate_pb2
+
+log = structlog.get_logger("overlay.mesh")
+
+FLOOD_METHOD = "/overlay.v1.LinkState/Flood"
+HELLO_TIMEOUT = 2.0
+RECONNECT_DELAY = 0.2
+
+
+class Mesh:
+    """Link state and routing of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        local_sip: Peer,
+        send_sip: Callable[[bytes, Peer], None],
+        take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
+        impairments: Impairments,
+        initial_seq: int,
+        now: float,
+    ) -> None:
+        node = config.node
+        linkstate = config.linkstate
+        self.node_id = node.node_id
+        self._config = config
+        self._local_sip = local_sip
+        self._send_sip = send_sip
+        self._take_traffic = take_traffic
+        self.impairments = impairments
+        self._peers = {peer.node_id: peer for peer in config.peers}
+        self._probe = ProbeConfig(
+            interval=linkstate.probe_interval,
+            multiplier=linkstate.probe_multiplier,
+            hold_down=linkstate.hold_down,
+            probe_timeout=linkstate.probe_timeout,
+        )
+        self._debounce = linkstate.route_debounce
+        self.monitors = {
+            peer.node_id: LinkMonitor(peer.node_id, self._probe, now, admin_cost=peer.admin_cost)
+            for peer in config.peers
+        }
+        self._peer_sip = {
+            peer.node_id: Peer("udp", peer.sip[0], peer.sip[1]) for peer in config.peers
+        }
+        self.flooder = Flooder(
+            node.node_id,
+            node.region,
+            node.az,
+            FloodConfig(
+                refresh_interval=linkstate.refresh_interval,
+                max_age=linkstate.max_age,
+                retransmit_interval=linkstate.retransmit_interval,
+            ),
+            initial_seq=initial_seq,
+            now=now,
+        )
+        self.policy = RoutingPolicy()
+        self.routes, _ = compute_routes(
+            self.flooder.lsdb.snapshot(), self.node_id, self.policy, None, now
+        )
+        self._routes_due: float | None = None
+        self._lsdb_version = self.flooder.lsdb.version
+        self._next_probe = now
+        self._client_streams: dict[str, BridgedStream] = {}
+        self._server_streams: dict[str, BridgedStream] = {}
+        self._delay_line = DelayLine()
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+        self.bad_messages = 0
+        self.flood_send_drops = 0
+
+    # -- services -----------------------------------------------------------------------------
+
+    def services(self) -> list[Service]:
+        """The gRPC services this node serves: link-state flooding and the admin service."""
+        return [
+            Service(
+                "overlay.v1.LinkState",
+                {
+                    "Flood": stream_handler(
+                        self._serve_flood,
+                        linkstate_pb2.FloodMessage.FromString,
+                        linkstate_pb2.FloodReply.SerializeToString,
+                    )
+                },
+            ),
+            Service(
+                "overlay.v1.Admin",
+                {
+                    "GetLinks": unary_handler(
+                        self._get_links,
+                        admin_pb2.GetLinksRequest.FromString,
+                        admin_pb2.GetLinksResponse.SerializeToString,
+                    ),
+                    "GetRoutes": unary_handler(
+                        self._get_routes,
+                        admin_pb2.GetRoutesRequest.FromString,
+                        admin_pb2.GetRoutesResponse.SerializeToString,
+                    ),
+                    "InjectFault": unary_handler(
+                        self._inject_fault,
+                        admin_pb2.InjectFaultRequest.FromString,
+                        admin_pb2.InjectFaultResponse.SerializeToString,
+                    ),
+                    "ClearFaults": unary_handler(
+                        self._clear_faults,
+                        admin_pb2.ClearFaultsRequest.FromString,
+                        admin_pb2.ClearFaultsResponse.SerializeToString,
+                    ),
+                },
+            ),
+        ]
+
+    async def run(self, bridge: GrpcBridge) -> None:
+        """Probe, flood and compute routes until cancelled (the gRPC server runs elsewhere)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._delay_line.run)
+            nursery.start_soon(self._timer_loop)
+            for peer in self._peers.values():
+                nursery.start_soon(self._dial, bridge, peer)
+
+    # -- probes -------------------------------------------------------------------------------
+
+    def handle_probe(self, data: bytes, source: Peer) -> bool:
+        """Consume a datagram if it is a probe or a probe answer; ``False`` hands it to SIP."""
+        probe = read_probe_untrusted(data)
+        if probe is None:
+            return False
+        now = trio.current_time()
+        if isinstance(probe, ProbeRequest):
+            user_agent = self._config.sip.user_agent
+            self._send_sip(answer_probe(probe, user_agent=user_agent), source)
+            return True
+        self._probe_answered(probe, source, now)
+        return True
+
+    def _probe_answered(self, answer: ProbeAnswer, source: Peer, now: float) -> None:
+        monitor = self.monitors.get(answer.responder)
+        expected = self._peer_sip.get(answer.responder)
+        if answer.sender != self.node_id or monitor is None or expected != source:
+            self.bad_messages += 1
+            return
+        change = monitor.probe_answered(answer.seq, now)
+        if change is not None:
+            self._link_changed(monitor, now)
+        self._after_input(now)
+
+    def _send_probes(self, now: float) -> None:
+        for node_id, monitor in self.monitors.items():
+            seq = monitor.next_probe(now)
+            peer = self._peer_sip[node_id]
+            self._send_sip(probe_request(self.node_id, self._local_sip, node_id, peer, seq), peer)
+
+    def _link_changed(self, monitor: LinkMonitor, now: float) -> None:
+        metrics = monitor.metrics(now)
+        log.info(
+            "link " + monitor.state.value.lower(),
+            neighbor=monitor.neighbor,
+            rtt_ms=metrics.rtt_ms,
+            loss_ratio=metrics.loss_ratio,
+        )
+        self._update_links(now)
+
+    def _update_links(self, now: float) -> None:
+        self.flooder.set_links([m.metrics(now) for m in self.monitors.values()], now)
+
+    def record_traffic(self, traffic: dict[Peer, tuple[int, int]], now: float) -> None:
+        """Requests and retransmissions the proxy sent per next hop, for the retrans ratio."""
+        by_address = {peer: node_id for node_id, peer in self._peer_sip.items()}
+        for peer, (requests, retransmissions) in traffic.items():
+            node_id = by_address.get(peer)
+            if node_id is not None:
+                self.monitors[node_id].record_traffic(requests, retransmissions, now)
+
+    # -- flooding -----------------------------------------------------------------------------
+
+    async def _dial(self, bridge: GrpcBridge, peer: PeerConfig) -> None:
+        """Keep our Flood stream to ``peer`` open; the session is up while it is."""
+        target = f"{peer.grpc[0]}:{peer.grpc[1]}"
+        hello = linkstate_pb2.FloodMessage(
+            hello=linkstate_pb2.Hello(node_id=self.node_id, region=self._config.node.region)
+        )
+        while True:
+            try:
+                async with bridge.open_stream(
+                    target,
+                    FLOOD_METHOD,
+                    linkstate_pb2.FloodMessage.SerializeToString,
+                    linkstate_pb2.FloodReply.FromString,
+                ) as stream:
+                    self._impaired_send(peer.node_id, stream, hello)
+                    with trio.move_on_after(HELLO_TIMEOUT) as scope:
+                        reply = await stream.receive()
+                    if scope.cancelled_caught or reply.hello.node_id != peer.node_id:
+                        raise StreamBroken(grpc.StatusCode.UNAVAILABLE, "no hello")
+                    await self._client_session(peer.node_id, stream)
+            except (StreamBroken, trio.EndOfChannel):
+                pass
+            await trio.sleep(RECONNECT_DELAY)
+
+    async def _client_session(self, neighbor: str, stream: BridgedStream) -> None:
+        self._client_streams[neighbor] = stream
+        log.info("flooding session up", neighbor=neighbor)
+        try:
+            self.flooder.session_up(neighbor, trio.current_time())
+            self._after_input(trio.current_time())
+            while True:
+                reply = await stream.receive()
+                if reply.HasField("ack"):
+                    ack = LsaAck(reply.ack.origin, reply.ack.seq)
+                    self.flooder.receive_ack(neighbor, ack)
+        finally:
+            del self._client_streams[neighbor]
+            self.flooder.session_down(neighbor)
+            log.info("flooding session down", neighbor=neighbor)
+
+    async def _serve_flood(self, stream: BridgedStream) -> None:
+        """A peer's Flood stream to us: its LSAs in, our acks out."""
+        first = await stream.receive()
+        neighbor = first.hello.node_id
+        if neighbor not in self._peers:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"unknown node {neighbor!r}")
+        hello = linkstate_pb2.Hello(node_id=self.node_id, region=self._config.node.region)
+        self._impaired_send(neighbor, stream, linkstate_pb2.FloodReply(hello=hello))
+        self._server_streams[neighbor] = stream
+        try:
+            while True:
+                message = await stream.receive()
+                if not message.HasField("lsa"):
+                    continue
+                try:
+                    lsa = lsa_from_message_untrusted(message.lsa)
+                except BadLsa as error:
+                    self.bad_messages += 1
+                    log.warning("bad LSA dropped", neighbor=neighbor, reason=str(error))
+                    continue
+                now = trio.current_time()
+                self.flooder.receive_lsa(neighbor, lsa, now)
+                self._after_input(now)
+        except trio.EndOfChannel:
+            pass
+        finally:
+            if self._server_streams.get(neighbor) is stream:
+                del self._server_streams[neighbor]
+
+    def _flush_flooding(self) -> None:
+        for neighbor, message in self.flooder.messages_to_send():
+            if isinstance(message, Lsa):
+                client = self._client_streams.get(neighbor)
+                if client is not None:
+                    wire = linkstate_pb2.FloodMessage(lsa=lsa_to_message(message))
+                    self._impaired_send(neighbor, client, wire)
+            else:
+                server = self._server_streams.get(neighbor)
+                if server is not None:
+                    ack = linkstate_pb2.LsaAck(origin=message.origin, seq=message.seq)
+                    self._impaired_send(neighbor, server, linkstate_pb2.FloodReply(ack=ack))
+
+    def _impaired_send(self, neighbor: str, stream: BridgedStream, message: object) -> None:
+        delay = self.impairments.verdict(neighbor)
+        if delay is None:
+            return
+        send = functools.partial(self._send_quietly, stream, message)
+        if delay > 0:
+            self._delay_line.schedule(delay, send, ordered_key=stream)
+        else:
+            send()
+
+    def _send_quietly(self, stream: BridgedStream, message: object) -> None:
+        """Send on a stream that may have broken or filled meanwhile: what is lost here is
+        retransmitted by the flooder (LSAs) or by the peer (unacknowledged LSAs)."""
+        try:
+            stream.send_nowait(message)
+        except (StreamBroken, trio.WouldBlock, trio.ClosedResourceError):
+            self.flood_send_drops += 1
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def _after_input(self, now: float) -> None:
+        """After anything changed: send what is owed, schedule routes, re-arm the timer."""
+        self._flush_flooding()
+        version = self.flooder.lsdb.version
+        if version != self._lsdb_version and self._routes_due is None:
+            self._routes_due = now + self._debounce
+        self._lsdb_version = version
+        deadline = self._next_deadline()
+        if deadline < self._sleeping_until:
+            self._wake.set()
+
+    def _next_deadline(self) -> float:
+        deadlines = [self._next_probe]
+        for monitor in self.monitors.values():
+            timer = monitor.get_timer()
+            if timer is not None:
+                deadlines.append(timer)
+        timer = self.flooder.get_timer()
+        if timer is not None:
+            deadlines.append(timer)
+        if self._routes_due is not None:
+            deadlines.append(self._routes_due)
+        return min(deadlines)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._sleeping_until = self._next_deadline()
+            self._wake = trio.Event()
+            with trio.move_on_at(self._sleeping_until):
+                await self._wake.wait()
+            self._sleeping_until = math.inf
+            self._handle_timer(trio.current_time())
+
+    def _handle_timer(self, now: float) -> None:
+        changed = False
+        for monitor in self.monitors.values():
+            if monitor.handle_timer(now) is not None:
+                changed = True
+                self._link_changed(monitor, now)
+        if now >= self._next_probe:
+            self._send_probes(now)
+            self._next_probe = now + self._probe.interval
+            self.record_traffic(self._take_traffic(), now)
+            if not changed:
+                self._update_links(now)  # metrics drift: the flooder decides if it matters
+        self.flooder.handle_timer(now)
+        if self._routes_due is not None and now >= self._routes_due:
+            self._routes_due = None
+            self._compute_routes(now)
+        self._after_input(now)
+
+    def _compute_routes(self, now: float) -> None:
+        table, changes = compute_routes(
+            self.flooder.lsdb.snapshot(), self.node_id, self.policy, self.routes, now
+        )
+        self.routes = table
+        for change in changes:
+            log.info(
+                "route changed",
+                destination=change.destination,
+                old=None if change.old_path is None else "→".join(change.old_path),
+                new=None if change.new_path is None else "→".join(change.new_path),
+                reason=change.reason,
+                version=table.version,
+            )
+
+    # -- admin service ------------------------------------------------------------------------
+
+    def _get_links(self, request: admin_pb2.GetLinksRequest) -> admin_pb2.GetLinksResponse:
+        now = trio.current_time()
+        links = []
+        for monitor in self.monitors.values():
+            stats = monitor.statistics(now)
+            metrics = stats.metrics
+            links.append(
+                admin_pb2.LinkStatus(
+                    neighbor=stats.neighbor,
+                    state=stats.state.value,
+                    rtt_ms=metrics.rtt_ms,
+                    jitter_ms=metrics.jitter_ms,
+                    loss_ratio=metrics.loss_ratio,
+                    retrans_ratio=metrics.retrans_ratio,
+                    admin_cost=metrics.admin_cost,
+                    since=now - stats.since,
+                    probes_sent=stats.probes_sent,
+                    probes_answered=stats.probes_answered,
+                )
+            )
+        return admin_pb2.GetLinksResponse(node_id=self.node_id, links=links)
+
+    def _get_routes(self, request: admin_pb2.GetRoutesRequest) -> admin_pb2.GetRoutesResponse:
+        table = self.routes
+        routes = []
+        for destination in sorted(table.routes):
+            route = table.routes[destination]
+            routes.append(
+                admin_pb2.Route(
+                    destination=destination,
+                    path=list(route.path),
+                    cost=route.cost,
+                    alternates=[
+                        admin_pb2.Path(nodes=list(path.nodes), cost=path.cost)
+                        for path in table.alternates(destination)
+                    ],
+                )
+            )
+        return admin_pb2.GetRoutesResponse(
+            node_id=self.node_id, version=table.version, routes=routes
+        )
+
+    def _inject_fault(self, request: admin_pb2.InjectFaultRequest) -> admin_pb2.InjectFaultResponse:
+        wire = request.fault
+        self._check_peer(wire.peer, allow_all=True)
+        try:
+            fault = Fault(
+                delay_ms=wire.delay_ms,
+                jitter_ms=wire.jitter_ms,
+                loss_ratio=wire.loss_ratio,
+                blackhole=wire.blackhole,
+            )
+        except ValueError as error:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        self.impairments.inject(wire.peer, fault)
+        log.warning("fault injected", peer=wire.peer, fault=str(fault))
+        return admin_pb2.InjectFaultResponse()
+
+    def _clear_faults(self, request: admin_pb2.ClearFaultsRequest) -> admin_pb2.ClearFaultsResponse:
+        if request.peer:
+            self._check_peer(request.peer, allow_all=True)
+        cleared = self.impairments.clear(request.peer or None)
+        log.warning("faults cleared", peer=request.peer or "every peer", cleared=cleared)
+        return admin_pb2.ClearFaultsResponse(cleared=cleared)
+
+    def _check_peer(self, peer: str, *, allow_all: bool) -> None:
+        if peer in self._peers or (allow_all and peer == ALL_PEERS):
+            return
+        known = ", ".join(sorted(self._peers)) or "none"
+        raise RpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"peer {peer!r} is not a peer of {self.node_id} (known: {known}; '*' = all)",
+        )
