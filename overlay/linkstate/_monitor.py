@@ -10,7 +10,8 @@ back, so answers that arrive late, out of order or after later probes still give
   ``rtt_gain``, 1/8 as TCP's SRTT in RFC 6298). ``jitter_ms`` is the smoothed absolute difference
   between consecutive samples (gain 1/16, RFC 3550 §6.4.1's interarrival jitter estimator).
 * **Loss.** A probe not answered within ``probe_timeout`` counts as lost. ``loss_ratio`` is the
-  fraction lost among the last ``loss_window`` probes whose fate is known.
+  fraction lost among the last ``loss_window`` probes whose fate is known since the link last
+  came UP (a peer that is still starting does not make its link look lossy for seconds).
 * **Down.** As in BFD (RFC 5880 §6.8.4), the link goes DOWN when nothing has been heard for the
   detection time, ``multiplier * interval``: a dead peer or a blackholed path is noticed within
   a fixed, sub-second bound, independent of SIP transaction timers.
@@ -85,6 +86,7 @@ class LinkMonitor:
         self._next_seq = 1
         self._outstanding: dict[int, float] = {}  # probe number -> time sent
         self._fates: collections.deque[bool] = collections.deque(maxlen=config.loss_window)
+        self._loss_epoch = now  # only probes sent since then count towards loss
         self._rtt_ms: float | None = None
         self._last_sample_ms: float | None = None
         self._jitter_ms = 0.0
@@ -117,7 +119,8 @@ class LinkMonitor:
         sent = self._outstanding.pop(seq, None)
         if sent is not None:
             self.probes_answered += 1
-            self._fates.append(True)
+            if sent >= self._loss_epoch:
+                self._fates.append(True)
             self._sample((now - sent) * 1000.0)
         if self._last_heard is None or now - self._last_heard > self._config.detection_time:
             self._healthy_since = now
@@ -164,7 +167,8 @@ class LinkMonitor:
             if sent <= expired_before:
                 del self._outstanding[seq]
                 self.probes_lost += 1
-                self._fates.append(False)
+                if sent >= self._loss_epoch:
+                    self._fates.append(False)
         return self._evaluate(now)
 
     def get_timer(self) -> float | None:
@@ -196,6 +200,11 @@ class LinkMonitor:
             new = LinkState.UP
         if new is self.state:
             return None
+        if new is LinkState.UP:
+            # Loss is measured on a live link: the probes nobody answered while the peer was
+            # still starting, or while the link was down, say nothing about the path now.
+            self._fates.clear()
+            self._loss_epoch = now
         self.state = new
         self.since = now
         return new

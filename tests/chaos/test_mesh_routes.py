@@ -118,9 +118,12 @@ async def test_routes_follow_degradation_kill_and_heal(loopback_host: Callable[[
             await trio.sleep(0.05)
 
         # kill -9 the transit region in use: routes avoid it within a second.
-        processes["use2"].process.kill()
+        processes[use2.node_id].process.kill()
         path, took = await wait_path(bridge, usw2, "use1", lambda p: "use2" not in p, within=2)
         assert path == ["usw2", "usw1", "use1"]
+        # Every survivor drops the dead node from its table.
+        for node in (usw2, usw1, use1):
+            await wait_path(bridge, node, "use2", lambda p: p == [], within=2)
         print(f"kill -> routes avoid it: {took * 1000:.0f} ms")
         assert took < 1.0
 

@@ -64,12 +64,13 @@ def test_rtt_is_smoothed_and_jitter_follows_variation():
 
 def test_loss_counts_probes_unanswered_within_timeout():
     monitor = LinkMonitor("b", CONFIG, 0.0)
-    now, _ = run_probes(monitor, 0.0, 10, lost={2, 5})
+    now, _ = run_probes(monitor, 0.0, 3)
+    now, _ = run_probes(monitor, now, 10, lost={2, 5})
     # The last losses are known only after probe_timeout.
     monitor.handle_timer(now + CONFIG.probe_timeout)
     assert monitor.metrics(now).loss_ratio == pytest.approx(0.2)
     assert monitor.probes_lost == 2
-    assert monitor.probes_answered == 8
+    assert monitor.probes_answered == 11
 
 
 def test_late_answer_still_counts_when_within_timeout():
@@ -156,3 +157,12 @@ def test_statistics_snapshot():
     assert stats.state is LinkState.UP
     assert stats.probes_sent == 4
     assert stats.probes_answered == 4
+
+
+def test_probes_lost_before_the_link_came_up_do_not_count_as_loss():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 10, lost=set(range(7)))  # the peer was still starting
+    now, _ = run_probes(monitor, now, 10)  # the early probes expire meanwhile
+    assert monitor.state is LinkState.UP
+    assert monitor.probes_lost == 7
+    assert monitor.metrics(now).loss_ratio == 0.0
