@@ -103,6 +103,7 @@ class Mesh:
         self._peer_sip = {
             peer.node_id: Peer("udp", peer.sip[0], peer.sip[1]) for peer in config.peers
         }
+        self._node_at_sip = {address: node_id for node_id, address in self._peer_sip.items()}
         self.flooder = Flooder(
             node.node_id,
             node.region,
@@ -227,9 +228,8 @@ class Mesh:
 
     def record_traffic(self, traffic: dict[Peer, tuple[int, int]], now: float) -> None:
         """Requests and retransmissions the proxy sent per next hop, for the retrans ratio."""
-        by_address = {peer: node_id for node_id, peer in self._peer_sip.items()}
         for peer, (requests, retransmissions) in traffic.items():
-            node_id = by_address.get(peer)
+            node_id = self._node_at_sip.get(peer)
             if node_id is not None:
                 self.monitors[node_id].record_traffic(requests, retransmissions, now)
 
@@ -449,7 +449,7 @@ class Mesh:
 
     def _inject_fault(self, request: admin_pb2.InjectFaultRequest) -> admin_pb2.InjectFaultResponse:
         wire = request.fault
-        self._check_peer(wire.peer, allow_all=True)
+        self._check_peer(wire.peer)
         try:
             fault = Fault(
                 delay_ms=wire.delay_ms,
@@ -465,13 +465,14 @@ class Mesh:
 
     def _clear_faults(self, request: admin_pb2.ClearFaultsRequest) -> admin_pb2.ClearFaultsResponse:
         if request.peer:
-            self._check_peer(request.peer, allow_all=True)
+            self._check_peer(request.peer)
         cleared = self.impairments.clear(request.peer or None)
         log.warning("faults cleared", peer=request.peer or "every peer", cleared=cleared)
         return admin_pb2.ClearFaultsResponse(cleared=cleared)
 
-    def _check_peer(self, peer: str, *, allow_all: bool) -> None:
-        if peer in self._peers or (allow_all and peer == ALL_PEERS):
+    def _check_peer(self, peer: str) -> None:
+        """A fault names one of our peers, or every peer."""
+        if peer in self._peers or peer == ALL_PEERS:
             return
         known = ", ".join(sorted(self._peers)) or "none"
         raise RpcError(

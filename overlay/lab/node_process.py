@@ -8,7 +8,6 @@ fixed sleep. It is stopped by PID: SIGTERM, then SIGKILL after a bound.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import trio
 
+from overlay.lab._process import stop_process
 from overlay.lab.sipp import SippResult, open_uas, run_uac
 
 READY_TIMEOUT_S = 20.0
 NODE_PORT = 5060  # the lab gives every node its own address, so the standard port is free
-STOP_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -115,18 +114,6 @@ async def open_node(config_text: str, *, host: str, port: int) -> AsyncIterator[
             yield node
         finally:
             await stop_process(process)
-
-
-async def stop_process(process: trio.Process) -> None:
-    """SIGTERM, wait up to STOP_TIMEOUT_S, then SIGKILL; always reaps."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_TIMEOUT_S), trio.CancelScope(shield=True):
-            await process.wait()
-    if process.returncode is None:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
 
 
 def node_config(

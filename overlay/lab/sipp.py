@@ -30,7 +30,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import IO, Final
 
 import trio
+
+from overlay.lab._process import stop_process
 
 __all__ = [
     "SCENARIO_DIR",
@@ -63,7 +64,6 @@ _BUFF_SIZE: Final = 4_194_304
 # After SIPp's own -timeout, how long before the harness kills it.
 _KILL_GRACE_S: Final = 10.0
 # Between SIGTERM and SIGKILL.  SIPp writes its final CSV row on SIGTERM.
-_TERM_GRACE_S: Final = 5.0
 _READY_TIMEOUT_S: Final = 10.0
 _READY_POLL_S: Final = 0.01
 _STDERR_TAIL: Final = 4000
@@ -324,20 +324,6 @@ def _common_args(local_host: str, port: int, transport: str, run: _Run) -> list[
     ]  # fmt: skip
 
 
-async def _stop(proc: trio.Process) -> None:
-    """SIGTERM, then SIGKILL after a bound; always reaps.  Shielded: runs during cancellation."""
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(_TERM_GRACE_S):
-                await proc.wait()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
-
-
 def _result(run: _Run, returncode: int, elapsed_s: float) -> SippResult:
     stats = run.stats()
     stderr = run.stderr_tail()
@@ -421,7 +407,7 @@ async def run_uac(
             with trio.move_on_after(max_seconds + _KILL_GRACE_S):
                 await proc.wait()
         finally:
-            await _stop(proc)
+            await stop_process(proc)
         assert proc.returncode is not None
         return _result(run, proc.returncode, trio.current_time() - started)
     finally:
@@ -506,7 +492,7 @@ async def open_uas(
             await _wait_bound(proc, local_host, port, transport, run)
             yield uas
         finally:
-            await _stop(proc)
+            await stop_process(proc)
         assert proc.returncode is not None
         uas._result = _result(run, proc.returncode, trio.current_time() - started)
     finally:

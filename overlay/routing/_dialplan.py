@@ -40,13 +40,13 @@ class Dialplan:
         >>> from overlay.config import DialplanRule, DnsTarget, StaticTarget
         >>> plan = Dialplan([
         ...     DialplanRule(DnsTarget("sip", "carrier.example"), user_prefix="+1"),
-        ...     DialplanRule(StaticTarget("10.0.0.7", 5060), user_prefix="+1",
+        ...     DialplanRule(StaticTarget("127.0.10.7", 5060), user_prefix="+1",
         ...                  domain="pbx.example"),
-        ...     DialplanRule(StaticTarget("10.0.0.8", 5060), user_prefix="+1415",
+        ...     DialplanRule(StaticTarget("127.0.10.8", 5060), user_prefix="+1415",
         ...                  strip_prefix=True),
         ... ])
         >>> plan.match("+12125550100", "pbx.example").target
-        StaticTarget(host='10.0.0.7', port=5060, transport=None)
+        StaticTarget(host='127.0.10.7', port=5060, transport=None)
         >>> plan.match("+12125550100", "other.example").target
         DnsTarget(scheme='sip', domain='carrier.example', transport=None)
         >>> plan.match("+14155550100", "pbx.example").user

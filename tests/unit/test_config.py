@@ -55,7 +55,7 @@ transport = "tcp"
 strip_prefix = true
 
 [[dialplan]]
-target = "10.0.0.5:5070"
+target = "127.0.10.5:5070"
 """
 
 MINIMAL = """\
@@ -100,7 +100,7 @@ def test_good_file() -> None:
                 domain="example.com",
                 strip_prefix=True,
             ),
-            DialplanRule(StaticTarget("10.0.0.5", 5070)),
+            DialplanRule(StaticTarget("127.0.10.5", 5070)),
         ),
     )
 
@@ -199,9 +199,9 @@ BAD_VALUES = [
     (26, "target = 5070", "dialplan[0].target", "must be a string"),
     (26, 'target = "carrier.example"', "dialplan[0].target", '"host:port", "sip:domain"'),
     (26, 'target = "sip:carrier.example:5060"', "dialplan[0].target", "without port"),
-    (26, 'target = "sip:10.0.0.1"', "dialplan[0].target", "use host:port"),
+    (26, 'target = "sip:127.0.10.1"', "dialplan[0].target", "use host:port"),
     (26, 'target = "sip:"', "dialplan[0].target", "domain name"),
-    (26, 'target = "10.0.0.1:0"', "dialplan[0].target", "port must be 1..65535"),
+    (26, 'target = "127.0.10.1:0"', "dialplan[0].target", "port must be 1..65535"),
     (26, 'target = "bad_host!:5060"', "dialplan[0].target", "bad host"),
     (27, 'transport = "tls"', "dialplan[0].transport", 'must be "udp" or "tcp"'),
     (27, 'transport = "UDP"', "dialplan[0].transport", 'must be "udp" or "tcp"'),

@@ -8,8 +8,8 @@ import overlay.routing._dialplan
 from overlay.config import parse_config
 from overlay.routing import Dialplan, DialplanMatch, DialplanRule, DnsTarget, StaticTarget
 
-A = StaticTarget("10.0.0.1", 5060)
-B = StaticTarget("10.0.0.2", 5060, "tcp")
+A = StaticTarget("127.0.10.1", 5060)
+B = StaticTarget("127.0.10.2", 5060, "tcp")
 C = DnsTarget("sip", "carrier.example")
 D = DnsTarget("sips", "secure.example", "tcp")
 
@@ -110,7 +110,7 @@ def test_from_config() -> None:
         [[dialplan]]
         user_prefix = "+1"
         domain = "PBX.example"
-        target = "10.0.0.2:5060"
+        target = "127.0.10.2:5060"
         transport = "tcp"
         strip_prefix = true
         """,
