@@ -13,6 +13,9 @@
 * **Routes.** When the LSDB changes, a route computation is scheduled ``route_debounce`` seconds
   later (a burst of LSAs costs one computation); the new ``RouteTable`` replaces ``routes`` in one
   assignment, so readers always see a whole table, and every change is logged with its reason.
+* **Forwarding.** The proxy addresses every SIP message for another node to that node's own
+  address; ``forward_address`` turns it into the current next hop's address, and when the next
+  hop toward some nodes changes, ``on_reroute`` tells the proxy so it resends what is pending.
 
 One timer task sleeps until the earliest deadline of all of these (next probe round, a monitor's
 detection time, the flooder's retransmissions, refresh and aging, the debounced computation).
@@ -54,7 +57,7 @@ from overlay.linkstate import (
     probe_request,
     read_probe_untrusted,
 )
-from overlay.routing import RoutingPolicy, compute_routes
+from overlay.routing import NoRoute, RoutingPolicy, compute_routes
 from overlay.sip import Peer
 from overlay.transport import ALL_PEERS, DelayLine, Fault, Impairments
 from overlay.v1 import admin_pb2, linkstate_pb2
@@ -76,6 +79,7 @@ class Mesh:
         local_sip: Peer,
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
+        on_reroute: Callable[[list[Peer]], None],
         impairments: Impairments,
         initial_seq: int,
         now: float,
@@ -87,6 +91,7 @@ class Mesh:
         self._local_sip = local_sip
         self._send_sip = send_sip
         self._take_traffic = take_traffic
+        self._on_reroute = on_reroute
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
         self._probe = ProbeConfig(
@@ -130,6 +135,7 @@ class Mesh:
         self._sleeping_until = math.inf
         self.bad_messages = 0
         self.flood_send_drops = 0
+        self.unroutable = 0  # SIP messages for a node we have no route to
 
     # -- services -----------------------------------------------------------------------------
 
@@ -227,11 +233,35 @@ class Mesh:
         self.flooder.set_links([m.metrics(now) for m in self.monitors.values()], now)
 
     def record_traffic(self, traffic: dict[Peer, tuple[int, int]], now: float) -> None:
-        """Requests and retransmissions the proxy sent per next hop, for the retrans ratio."""
+        """Requests and retransmissions the proxy sent per destination node, for the retrans
+        ratio of the link they left on (the first hop toward that node)."""
+        next_hops = self.routes.next_hops()
         for peer, (requests, retransmissions) in traffic.items():
-            node_id = self._node_at_sip.get(peer)
-            if node_id is not None:
-                self.monitors[node_id].record_traffic(requests, retransmissions, now)
+            hop = next_hops.get(self._node_at_sip.get(peer, ""))
+            if hop is not None:
+                self.monitors[hop].record_traffic(requests, retransmissions, now)
+
+    # -- forwarding ---------------------------------------------------------------------------
+
+    def forward_address(self, peer: Peer) -> Peer | None:
+        """Where a SIP message for ``peer`` goes: unchanged unless ``peer`` is an overlay
+        node, then the current next hop toward it; ``None`` (counted) when there is none."""
+        node_id = self._node_at_sip.get(peer)
+        if node_id is None:
+            return peer
+        try:
+            hop = self.routes.next_hop(node_id)
+        except NoRoute:
+            self.unroutable += 1
+            return None
+        return self._peer_sip[hop]
+
+    def reachable(self, node_id: str) -> bool:
+        return node_id in self.routes.paths
+
+    def sip_address(self, node_id: str) -> Peer:
+        """A peer node's configured SIP address."""
+        return self._peer_sip[node_id]
 
     # -- flooding -----------------------------------------------------------------------------
 
@@ -392,7 +422,15 @@ class Mesh:
         table, changes = compute_routes(
             self.flooder.lsdb.snapshot(), self.node_id, self.policy, self.routes, now
         )
+        before = self.routes.next_hops()
         self.routes = table
+        moved = [
+            self._peer_sip[destination]
+            for destination, hop in table.next_hops().items()
+            if before.get(destination) != hop and destination in self._peer_sip
+        ]
+        if moved:
+            self._on_reroute(moved)
         for change in changes:
             log.info(
                 "route changed",

@@ -25,10 +25,12 @@ from overlay.mesh import Mesh
 from overlay.routing import Dialplan
 from overlay.sip import (
     Listener,
+    OverlayNodes,
     Peer,
     ProxyConfig,
     ProxyCore,
     ProxyStatistics,
+    Refusal,
     Request,
     ResolveTarget,
     SipUri,
@@ -125,6 +127,7 @@ class Node:
                     record_route=sip.record_route,
                     user_agent=sip.user_agent,
                     max_message_size=sip.max_message_size,
+                    overlay=self._overlay_nodes(),
                 ),
                 self._locate,
             )
@@ -153,6 +156,7 @@ class Node:
             local_sip=Peer("udp", local.host, local.port),
             send_sip=self._transport.send,
             take_traffic=core.transactions.take_peer_traffic,
+            on_reroute=self._rerouted,
             impairments=self.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=time.time_ns() // 1_000_000,
@@ -172,7 +176,15 @@ class Node:
 
     # -- glue --------------------------------------------------------------------------------
 
-    def _locate(self, request: Request, uri: SipUri | TelUri) -> Target | None:
+    def _overlay_nodes(self) -> OverlayNodes | None:
+        if not self.config.peers:
+            return None
+        return OverlayNodes(
+            self.config.node.node_id,
+            {peer.node_id: Peer("udp", *peer.sip) for peer in self.config.peers},
+        )
+
+    def _locate(self, request: Request, uri: SipUri | TelUri) -> Target | Refusal | None:
         """The dialplan as the proxy core sees it."""
         if isinstance(uri, SipUri):
             user, host = uri.user, uri.host
@@ -181,6 +193,9 @@ class Node:
         match = self._dialplan.match(user, host)
         if match is None:
             return None
+        egress = match.rule.egress
+        if egress is not None and egress != self.config.node.node_id:
+            return self._toward_egress(egress)
         request_uri = None
         if match.user != user and isinstance(uri, SipUri):
             request_uri = str(dataclasses.replace(uri, user=match.user))
@@ -189,6 +204,23 @@ class Node:
             return Target(target.host, target.port, target.transport, "sip", request_uri)
         assert isinstance(target, DnsTarget)
         return Target(target.domain, None, target.transport, target.scheme, request_uri)
+
+    def _toward_egress(self, egress: str) -> Target | Refusal:
+        """An overlay call: to the egress node, which applies the dialplan's target itself."""
+        mesh = self.mesh
+        if mesh is None or not mesh.reachable(egress):
+            return Refusal(503, "No Route to Egress")
+        address = mesh.sip_address(egress)
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        route = f"<sip:{host}:{address.port};lr;ovl={egress}>"
+        return Target(address.host, address.port, "udp", route=route)
+
+    def _rerouted(self, peers: list[Peer]) -> None:
+        assert self._core is not None
+        resent = self._core.retransmit_toward(peers)
+        if resent:
+            log.info("resent pending requests over new paths", requests=resent)
+        self._flush()
 
     def _deliver(self, data: bytes, peer: Peer) -> None:
         assert self._core is not None
@@ -215,7 +247,13 @@ class Node:
         outbox = core.outbox
         if outbox:
             send = self._transport.send
+            mesh = self.mesh
             for data, peer in outbox:
+                if mesh is not None:
+                    hop = mesh.forward_address(peer)
+                    if hop is None:
+                        continue
+                    peer = hop
                 send(data, peer)
             outbox.clear()
         while (event := core.next_event()) is not None:

@@ -19,9 +19,11 @@ from ._message import (
 )
 from ._proxy import (
     Listener,
+    OverlayNodes,
     ProxyConfig,
     ProxyCore,
     ProxyStatistics,
+    Refusal,
     ResolveTarget,
     Target,
 )
@@ -47,11 +49,13 @@ __all__ = [
     "LocalProtocolError",
     "Message",
     "NameAddr",
+    "OverlayNodes",
     "Peer",
     "ProtocolError",
     "ProxyConfig",
     "ProxyCore",
     "ProxyStatistics",
+    "Refusal",
     "RemoteProtocolError",
     "Request",
     "ResolveTarget",

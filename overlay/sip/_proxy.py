@@ -29,6 +29,21 @@ CANCEL (§16.10) is answered 200 at once and forwarded on the branch once it has
 response. ACKs for 2xx and stray 2xx retransmissions are forwarded statelessly; responses that
 match no transaction are dropped (RFC 6026 §8.5).
 
+Overlay
+-------
+With ``ProxyConfig.overlay`` the core is one node of the overlay fabric, which acts as a single
+logical SIP hop between the ingress and the egress node: only those two add a Via and a
+Record-Route (marked ``ovl=<node id>``), and the ingress pushes a Route naming the egress node
+(``Target.route``). Every message to another node is addressed to that node's own SIP address;
+the shell sends it to the current next hop toward it, so every retransmission follows the
+current best path. A node the message only crosses (a transit) relays it without state: a
+request from another node's Via whose top Route names a third node goes on to that node with
+Max-Forwards decremented; a response whose top Via is another node's goes back to that node,
+counting relays in a Via ``ovh`` parameter so a transient routing loop cannot keep it alive. The
+egress's server transaction therefore sees the ingress's branch whatever path a copy took, and
+retransmissions over a new path match it. ``retransmit_toward`` resends unanswered requests at
+once when the path toward their destination changed.
+
 Messages that fail to parse are answered (400/413/505/513 from the error's hint) when they carry
 a usable Via and dropped otherwise; every drop is counted by reason in ``statistics()``.
 """
@@ -42,7 +57,7 @@ import itertools
 import secrets
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from ._errors import RemoteProtocolError
@@ -70,6 +85,8 @@ from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+#: Relays a response may cross inside the overlay (a path is a few hops; more is a loop).
+MAX_OVERLAY_RELAYS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +102,9 @@ class Listener:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def record_route(self) -> str:
+    def record_route(self, params: str = "") -> str:
         transport = "" if self.transport == "udp" else f";transport={self.transport}"
-        return f"<sip:{self.hostport}{transport};lr>"
+        return f"<sip:{self.hostport}{transport};lr{params}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,28 @@ class Target:
     transport: str | None = None
     scheme: str = "sip"
     request_uri: str | None = None  # a rewritten Request-URI, or None to keep it
+    route: str | None = None  # a Route to push first (the egress node of an overlay call)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The dialplan matched, but the request cannot be sent now (its egress is unreachable)."""
+
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayNodes:
+    """This node's place in the overlay: its node id and every other node's SIP address.
+
+    With it the core marks its Vias and Record-Routes with ``ovl=<node id>``, relays requests
+    and responses that only cross this node (see ``ProxyCore``), and answers overlay Vias at
+    the sending node's configured address.
+    """
+
+    node_id: str
+    peers: Mapping[str, Peer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +148,7 @@ class ProxyConfig:
     record_route: bool = True
     user_agent: str = "overlay"
     max_message_size: int = 65535
+    overlay: OverlayNodes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +165,7 @@ class ProxyStatistics:
     responses: dict[str, int]
     drops: dict[str, int]
     generated: dict[int, int]
+    relayed: dict[str, int]  # overlay messages this node only crossed, by kind
     contexts: int
     pending_resolutions: int
     retransmissions_sent: int
@@ -133,7 +174,7 @@ class ProxyStatistics:
     transactions_server: int
 
 
-Locate = Callable[[Request, "SipUri | TelUri"], Target | None]
+Locate = Callable[[Request, "SipUri | TelUri"], Target | Refusal | None]
 
 
 class _Context:
@@ -190,7 +231,12 @@ class ProxyCore:
         self._responses: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
         self._generated: Counter[int] = Counter()
+        self._relayed: Counter[str] = Counter()
         self._contexts = 0
+        overlay = config.overlay
+        self._overlay_peers: Mapping[str, Peer] = {} if overlay is None else overlay.peers
+        # The parameter that marks this node's Vias and Record-Routes as an overlay node's.
+        self._mark = "" if overlay is None else f";ovl={overlay.node_id}"
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -250,6 +296,11 @@ class ProxyCore:
         self.transactions.transport_error(peer, now)
         self._drain_transaction_events(now)
 
+    def retransmit_toward(self, peers: Collection[Peer]) -> int:
+        """The path toward ``peers`` changed: resend their unanswered requests now, over the
+        new path, instead of waiting for the retransmission timer. Returns how many."""
+        return self.transactions.retransmit_to(peers)
+
     def get_timer(self) -> float | None:
         deadline = self.transactions.get_timer()
         heap = self._timer_heap
@@ -276,6 +327,7 @@ class ProxyCore:
             responses=dict(self._responses),
             drops=dict(self._drops),
             generated=dict(self._generated),
+            relayed=dict(self._relayed),
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
             retransmissions_sent=txn.retransmissions_sent,
@@ -288,7 +340,10 @@ class ProxyCore:
 
     def _receive_request(self, request: Request, source: Peer, now: float) -> None:
         self._requests[request.method] += 1
-        _stamp_received(request, source)
+        if self._overlay_sender(request.top_via) is None:
+            _stamp_received(request, source)
+        elif self._relay_request(request):
+            return
         method = request.method
         if method == "ACK":
             if not self.transactions.receive_ack(request, now):
@@ -300,7 +355,7 @@ class ProxyCore:
                 self._receive_cancel(request, source, invite, now)
                 return
         server = self.transactions.receive_request(
-            request, _response_peer(request.top_via, source), now
+            request, self._response_peer(request.top_via, source), now
         )
         if server is None:
             return  # a retransmission, answered by the transaction layer
@@ -348,8 +403,7 @@ class ProxyCore:
         target = self._next_hop_target(server, forward, now)
         if target is None:
             return
-        if target.request_uri is not None:
-            forward.uri = target.request_uri
+        _apply_target(forward, target)
         # §16.6 step 3: Max-Forwards.
         max_forwards = request.max_forwards
         headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
@@ -383,11 +437,14 @@ class ProxyCore:
         target = self._request_uri_target(forward, uri, ours=ours)
         if target is None:
             self._respond(server, 404, "Not Found", now)
+        elif isinstance(target, Refusal):
+            self._respond(server, target.status, target.reason, now)
+            return None
         return target
 
     def _request_uri_target(
         self, forward: Request, uri: SipUri | TelUri, *, ours: bool
-    ) -> Target | None:
+    ) -> Target | Refusal | None:
         """§16.5 without a Route: the remote target of a dialog, else the dialplan.
 
         A Request-URI naming this node (with a user part) goes to the dialplan even inside a
@@ -440,11 +497,12 @@ class ProxyCore:
         if self.config.record_route and out.method in DIALOG_CREATING and received.to_tag is None:
             inbound = self._listener_for(received.top_via.transport.lower())
             if inbound != listener:  # RFC 5658 double Record-Route
-                headers.insert_first("Record-Route", inbound.record_route())
-            headers.insert_first("Record-Route", listener.record_route())
+                headers.insert_first("Record-Route", inbound.record_route(self._mark))
+            headers.insert_first("Record-Route", listener.record_route(self._mark))
         branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._nonce}{next(self._branches):x}"
         headers.insert_first(
-            "Via", f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}"
+            "Via",
+            f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}{self._mark}",
         )
         return out
 
@@ -453,7 +511,7 @@ class ProxyCore:
     ) -> None:
         """§16.10: answer the CANCEL, then cancel the pending branch."""
         server = self.transactions.receive_request(
-            cancel, _response_peer(cancel.top_via, source), now
+            cancel, self._response_peer(cancel.top_via, source), now
         )
         if server is None:
             return
@@ -494,6 +552,7 @@ class ProxyCore:
         if max_forwards == 0:
             self._drops["ACK with Max-Forwards 0"] += 1
             return
+        target: Target | Refusal | None
         try:
             if route is not None:
                 uri = parse_uri_untrusted(NameAddr.parse_untrusted(route).uri)
@@ -506,11 +565,10 @@ class ProxyCore:
                     target = self._request_uri_target(forward, uri, ours=ours)
         except RemoteProtocolError:
             target = None
-        if target is None:
+        if not isinstance(target, Target):
             self._drops["ACK without a route"] += 1
             return
-        if target.request_uri is not None:
-            forward.uri = target.request_uri
+        _apply_target(forward, target)
         forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
         peer = _literal_peer(target)
         if peer is not None:
@@ -527,7 +585,8 @@ class ProxyCore:
         branch = f"{MAGIC_COOKIE}{self._loop_hash(request)}.s{zlib.crc32(incoming.encode()):x}"
         out = request.copy()
         out.headers.insert_first(
-            "Via", f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}"
+            "Via",
+            f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}{self._mark}",
         )
         self.outbox.append((serialize(out), peer))
 
@@ -535,6 +594,10 @@ class ProxyCore:
 
     def _receive_response(self, response: Response, now: float) -> None:
         self._responses[f"{response.status // 100}xx"] += 1
+        sender = self._overlay_sender(response.top_via)
+        if sender is not None:
+            self._relay_response(response, sender)
+            return
         branch = self.transactions.receive_response(response, now)
         if branch is None:
             # Absorbed retransmission or stray. A stray 2xx retransmission for an INVITE whose
@@ -583,7 +646,7 @@ class ProxyCore:
             self._send_response(server, upstream, now)
             return
         via = upstream.top_via
-        self.outbox.append((serialize(upstream), _response_peer(via, server.peer)))
+        self.outbox.append((serialize(upstream), self._response_peer(via, server.peer)))
 
     def _drain_transaction_events(self, now: float) -> None:
         events = self.transactions.events
@@ -638,6 +701,63 @@ class ProxyCore:
             self._send_cancel(context, now)
         else:
             self._reply(context, 408, "Request Timeout", now)
+
+    # -- overlay relaying ---------------------------------------------------------------------
+
+    def _overlay_sender(self, via: Via) -> str | None:
+        """The node that added ``via`` when it is another overlay node's Via."""
+        if not self._overlay_peers:
+            return None
+        node = via.param("ovl")
+        return node if node in self._overlay_peers else None
+
+    def _overlay_route(self, request: Request) -> str | None:
+        """The other overlay node the top Route names once this node's own are skipped."""
+        for value in request.headers.values("Route"):
+            text = NameAddr.parse_untrusted(value).uri
+            if self._is_our_uri(text):
+                continue
+            uri = parse_uri_untrusted(text)
+            node = uri.param("ovl") if isinstance(uri, SipUri) else None
+            return node if node in self._overlay_peers else None
+        return None
+
+    def _relay_request(self, request: Request) -> bool:
+        """Relay a request from another node that is on its way to a third one (a transit).
+
+        Returns ``False`` when this node is where the request leaves the overlay.
+        """
+        egress = self._overlay_route(request)
+        if egress is None:
+            return False
+        max_forwards = request.max_forwards
+        if max_forwards == 0:
+            self._drops["overlay relay: Max-Forwards 0"] += 1
+            return True
+        self._pop_own_routes(request)
+        request.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        self._relayed["requests"] += 1
+        self.outbox.append((serialize(request), self._overlay_peers[egress]))
+        return True
+
+    def _relay_response(self, response: Response, sender: str) -> None:
+        """Send a response back toward the node whose Via is on top (a transit)."""
+        via = response.top_via
+        relays = via.param("ovh") or "0"
+        count = int(relays) if relays.isdigit() else MAX_OVERLAY_RELAYS
+        if count >= MAX_OVERLAY_RELAYS:
+            self._drops["overlay relay: too many relays"] += 1
+            return
+        response.headers.replace_first_value("Via", str(via.with_param("ovh", str(count + 1))))
+        self._relayed["responses"] += 1
+        self.outbox.append((serialize(response), self._overlay_peers[sender]))
+
+    def _response_peer(self, via: Via, fallback: Peer) -> Peer:
+        """Where a response to ``via`` goes: an overlay node at its configured address."""
+        sender = self._overlay_sender(via)
+        if sender is not None:
+            return self._overlay_peers[sender]
+        return _via_response_peer(via, fallback)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -730,7 +850,7 @@ def _stamp_received(request: Request, source: Peer) -> None:
         request.headers.replace_first_value("Via", str(updated))
 
 
-def _response_peer(via: Via, fallback: Peer) -> Peer:
+def _via_response_peer(via: Via, fallback: Peer) -> Peer:
     """§18.2.2 and RFC 3581: where a response to ``via`` goes."""
     transport = via.transport.lower()
     host = via.param("received") or host_bare(via.host)
@@ -739,6 +859,13 @@ def _response_peer(via: Via, fallback: Peer) -> Peer:
     if transport != "udp":
         return fallback
     return Peer("udp", host, port)
+
+
+def _apply_target(request: Request, target: Target) -> None:
+    if target.route is not None:
+        request.headers.insert_first("Route", target.route)
+    if target.request_uri is not None:
+        request.uri = target.request_uri
 
 
 def _uri_target(uri: SipUri) -> Target:

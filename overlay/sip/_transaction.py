@@ -33,7 +33,7 @@ from __future__ import annotations
 import enum
 import heapq
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -457,6 +457,26 @@ class TransactionLayer:
         for table in (self._client, self._server):
             for txn in [t for t in table.values() if t.peer == peer]:
                 self._fire(txn, Input.TRANSPORT_ERROR, None, now)
+
+    def retransmit_to(self, peers: Collection[Peer]) -> int:
+        """Resend now every request to ``peers`` that no response has reached yet (its path
+        changed, so the copy in flight may be lost on the old one); timers are unchanged.
+
+        Returns how many were resent.
+        """
+        count = 0
+        for txn in self._client.values():
+            if txn.peer not in peers or txn.reliable:
+                continue
+            waiting = txn.state in (State.CALLING, State.TRYING) or (
+                txn.state is State.PROCEEDING and txn.kind is Kind.NON_INVITE_CLIENT
+            )
+            if waiting:
+                # Not counted in the peer's traffic: the new path did not lose anything.
+                self.outbox.append((txn.request_bytes, txn.peer))
+                count += 1
+        self._retransmissions_sent += count
+        return count
 
     # -- time --------------------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from overlay.sip import (
     Listener,
+    OverlayNodes,
     Peer,
     ProxyConfig,
     ProxyCore,
+    Refusal,
     Request,
     ResolveTarget,
     Response,
@@ -103,11 +105,14 @@ def parse(data: bytes) -> Request | Response:
 class ProxyHarness:
     """A proxy core with a hand-set clock and a static or DNS dialplan."""
 
-    targets: dict[str, Target] = field(default_factory=lambda: {"": Target("127.0.0.3", 5062)})
+    targets: dict[str, Target | Refusal] = field(
+        default_factory=lambda: {"": Target("127.0.0.3", 5062)}
+    )
     t1: float = 0.5
     timer_c: float = 180.0
     max_message_size: int = 65535
     listeners: tuple[Listener, ...] = (PROXY,)
+    overlay: OverlayNodes | None = None
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -117,11 +122,12 @@ class ProxyHarness:
                 timers=TimerConfig(t1=self.t1),
                 timer_c=self.timer_c,
                 max_message_size=self.max_message_size,
+                overlay=self.overlay,
             ),
             self._locate,
         )
 
-    def _locate(self, req: Request, uri: SipUri | TelUri) -> Target | None:
+    def _locate(self, req: Request, uri: SipUri | TelUri) -> Target | Refusal | None:
         user = uri.user if isinstance(uri, SipUri) else uri.number
         return self.targets.get(user or "", self.targets.get(""))
 

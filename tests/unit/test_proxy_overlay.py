@@ -1,0 +1,261 @@
+"""Hop-by-hop SIP across overlay nodes: three proxy cores wired by a hand-driven fabric.
+
+``Fabric`` plays the part of the node shells and the backbone: a message a core addresses to
+another node goes to the current next hop toward it (``next_hop``), exactly as ``Mesh.
+forward_address`` does; a message to any other address leaves the fabric and is returned to the
+test. Nodes listed in ``dead`` swallow whatever is sent to them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from overlay.sip import Listener, OverlayNodes, Peer, Refusal, Request, Response, Target, serialize
+from tests.unit.sip_helpers import UAC, UAS, ProxyHarness, parse, request, response_to
+
+ADDRESSES = {
+    "ing": Peer("udp", "127.0.1.1", 5060),
+    "mid": Peer("udp", "127.0.1.2", 5060),
+    "egr": Peer("udp", "127.0.1.3", 5060),
+}
+NODE_AT = {address: node for node, address in ADDRESSES.items()}
+EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
+TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE)
+
+
+def core(node: str, target: Target | Refusal) -> ProxyHarness:
+    address = ADDRESSES[node]
+    return ProxyHarness(
+        targets={"": target},
+        listeners=(Listener("udp", address.host, address.port),),
+        overlay=OverlayNodes(node, {n: a for n, a in ADDRESSES.items() if n != node}),
+    )
+
+
+class Fabric:
+    def __init__(self, ingress_target: Target | Refusal = TO_EGRESS) -> None:
+        self.cores = {
+            "ing": core("ing", ingress_target),
+            "mid": core("mid", Target("127.0.0.99", 5060)),  # never used: mid only relays
+            "egr": core("egr", Target(UAS.host, UAS.port)),
+        }
+        self.next_hop: dict[tuple[str, str], str] = {}
+        self.dead: set[str] = set()
+        self.via("mid")
+
+    def via(self, transit: str | None) -> None:
+        """Route ing <-> egr through ``transit``, or directly."""
+        for a, b in (("ing", "egr"), ("egr", "ing")):
+            self.next_hop[a, b] = transit or b
+
+    def inject(self, node: str, source: Peer, data: bytes) -> dict[Peer, list[bytes]]:
+        """Deliver ``data`` from outside to ``node``; what reaches non-node addresses."""
+        self.cores[node].proxy.receive_data(data, source, self.cores[node].now)
+        return self._run()
+
+    def advance(self, node: str, seconds: float) -> dict[Peer, list[bytes]]:
+        h = self.cores[node]
+        end = h.now + seconds
+        while (deadline := h.proxy.get_timer()) is not None and deadline <= end:
+            h.now = max(h.now, deadline)
+            h.proxy.handle_timer(h.now)
+        h.now = end
+        return self._run()
+
+    def retransmit_toward(self, node: str, destination: str) -> int:
+        resent = self.cores[node].proxy.retransmit_toward([ADDRESSES[destination]])
+        self.outside = self._run()
+        return resent
+
+    def _run(self) -> dict[Peer, list[bytes]]:
+        outside: dict[Peer, list[bytes]] = defaultdict(list)
+        busy = True
+        while busy:
+            busy = False
+            for node, h in self.cores.items():
+                outbox = list(h.proxy.outbox)
+                h.proxy.outbox.clear()
+                for data, peer in outbox:
+                    destination = NODE_AT.get(peer)
+                    if destination is None:
+                        outside[peer].append(data)
+                        continue
+                    hop = self.next_hop.get((node, destination), destination)
+                    if hop in self.dead:
+                        continue
+                    busy = True
+                    receiver = self.cores[hop]
+                    receiver.proxy.receive_data(data, ADDRESSES[node], receiver.now)
+        return outside
+
+
+def only_request(out: dict[Peer, list[bytes]], peer: Peer) -> Request:
+    [data] = out[peer]
+    message = parse(data)
+    assert isinstance(message, Request)
+    return message
+
+
+def statuses(out: dict[Peer, list[bytes]], peer: Peer = UAC) -> list[int]:
+    result = []
+    for data in out.get(peer, []):
+        message = parse(data)
+        assert isinstance(message, Response)
+        result.append(message.status)
+    return result
+
+
+def relayed(fabric: Fabric, node: str) -> dict[str, int]:
+    return fabric.cores[node].proxy.statistics().relayed
+
+
+def in_dialog(method: str, cseq: int, branch: str, routes: list[str]) -> bytes:
+    return request(
+        method,
+        uri="sip:alice@127.0.0.3:5062",
+        branch=branch,
+        cseq=cseq,
+        to_tag="callee-tag",
+        extra=tuple(f"Route: {route}" for route in routes),
+    )
+
+
+def test_call_crosses_a_transit_that_keeps_no_state() -> None:
+    fabric = Fabric()
+    out = fabric.inject("ing", UAC, request())
+    assert statuses(out) == [100]
+    invite = only_request(out, UAS)
+    # Only the ingress and the egress add a Via and a Record-Route; the transit is invisible.
+    assert [via.host for via in invite.vias] == ["127.0.1.3", "127.0.1.1", "127.0.0.2"]
+    assert [via.param("ovl") for via in invite.vias] == ["egr", "ing", None]
+    assert invite.headers.values("Record-Route") == [
+        "<sip:127.0.1.3:5060;lr;ovl=egr>",
+        "<sip:127.0.1.1:5060;lr;ovl=ing>",
+    ]
+    assert "Route" not in invite.headers
+    assert invite.uri == "sip:alice@example.com"
+    assert invite.max_forwards == 67  # ingress, transit and egress each take one
+    # The egress answered the ingress's Via at its configured address, not the transit's.
+    assert "received" not in str(invite.vias[1])
+    mid = fabric.cores["mid"].proxy.statistics()
+    assert (mid.transactions_client, mid.transactions_server, mid.contexts) == (0, 0, 0)
+    assert relayed(fabric, "mid") == {"requests": 1, "responses": 1}  # INVITE, 100 Trying
+
+    out = fabric.inject("egr", UAS, response_to(serialize(invite), 180))
+    assert statuses(out) == [180]
+    out = fabric.inject("egr", UAS, response_to(serialize(invite), 200))
+    assert statuses(out) == [200]
+    ok = parse(out[UAC][0])
+    assert isinstance(ok, Response)
+    assert len(ok.vias) == 1
+
+    # The caller's route set is the Record-Route: ACK and BYE follow it through the fabric.
+    routes = ["<sip:127.0.1.1:5060;lr;ovl=ing>", "<sip:127.0.1.3:5060;lr;ovl=egr>"]
+    ack = only_request(fabric.inject("ing", UAC, in_dialog("ACK", 1, "z9hG4bK-ack", routes)), UAS)
+    assert ack.method == "ACK"
+    assert "Route" not in ack.headers
+    assert relayed(fabric, "mid")["requests"] == 2
+
+    # The path changed: the BYE takes the direct link, the transit sees nothing more.
+    fabric.via(None)
+    out = fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye", routes))
+    bye = only_request(out, UAS)
+    assert [via.param("ovl") for via in bye.vias] == ["egr", "ing", None]
+    out = fabric.inject("egr", UAS, response_to(serialize(bye), 200))
+    assert statuses(out) == [200]
+    assert relayed(fabric, "mid") == {"requests": 2, "responses": 3}
+
+
+def test_callee_side_bye_goes_back_through_the_ingress() -> None:
+    fabric = Fabric()
+    invite = only_request(fabric.inject("ing", UAC, request()), UAS)
+    fabric.inject("egr", UAS, response_to(serialize(invite), 200))
+    # The callee's route set is the Record-Route in order; its BYE targets the caller's Contact.
+    bye = request(
+        "BYE",
+        uri="sip:bob@127.0.0.2:5061",
+        via_host="127.0.0.3:5062",
+        branch="z9hG4bK-callee-bye",
+        from_tag="callee-tag",
+        to_tag="caller-tag",
+        cseq=1,
+        extra=(
+            "Route: <sip:127.0.1.3:5060;lr;ovl=egr>",
+            "Route: <sip:127.0.1.1:5060;lr;ovl=ing>",
+        ),
+    )
+    out = fabric.inject("egr", UAS, bye)
+    forwarded = only_request(out, UAC)
+    assert forwarded.uri == "sip:bob@127.0.0.2:5061"
+    assert [via.param("ovl") for via in forwarded.vias] == ["ing", "egr", None]
+    assert relayed(fabric, "mid")["requests"] == 2
+    out = fabric.inject("ing", UAC, response_to(serialize(forwarded), 200))
+    assert statuses(out, UAS) == [200]
+
+
+def test_pending_invite_is_resent_over_the_new_path_at_once() -> None:
+    fabric = Fabric()
+    fabric.dead.add("mid")
+    assert UAS not in fabric.inject("ing", UAC, request())  # lost with the transit
+    assert UAS not in fabric.advance("ing", 0.5)  # and so is Timer A's first copy
+
+    # Link state moved the forward route; the ingress resends without waiting for Timer A.
+    fabric.next_hop["ing", "egr"] = "egr"
+    assert fabric.retransmit_toward("ing", "egr") == 1
+    invite = only_request(fabric.outside, UAS)
+    assert invite.top_via.param("ovl") == "egr"
+
+    # The egress's 100 Trying is lost on the way back (the return route still uses the dead
+    # transit), so Timer A sends another copy: the egress takes it as a retransmission.
+    out = fabric.advance("ing", 1.0)
+    assert UAS not in out
+    assert fabric.cores["egr"].proxy.statistics().retransmissions_absorbed == 1
+
+    # Once a response reached the ingress, a route change resends nothing.
+    fabric.next_hop["egr", "ing"] = "ing"
+    fabric.advance("ing", 2.0)
+    assert fabric.retransmit_toward("ing", "egr") == 0
+
+
+def test_unreachable_egress_is_refused_with_503() -> None:
+    fabric = Fabric(Refusal(503, "No Route to Egress"))
+    out = fabric.inject("ing", UAC, request())
+    [_trying, refused] = [parse(data) for data in out[UAC]]
+    assert isinstance(refused, Response)
+    assert (refused.status, refused.reason) == (503, "No Route to Egress")
+
+
+def test_relayed_request_with_max_forwards_zero_is_dropped_and_counted() -> None:
+    fabric = Fabric()
+    data = request(
+        via_host="127.0.1.1:5060",
+        branch="z9hG4bK-from-ing;ovl=ing",
+        max_forwards=0,
+        extra=(f"Route: {EGRESS_ROUTE}",),
+    )
+    out = fabric.inject("mid", ADDRESSES["ing"], data)
+    assert not out
+    assert fabric.cores["mid"].proxy.statistics().drops == {"overlay relay: Max-Forwards 0": 1}
+
+
+def test_response_caught_in_a_routing_loop_dies_out() -> None:
+    fabric = Fabric()
+    invite = only_request(fabric.inject("ing", UAC, request()), UAS)
+    # A transient loop: mid and egr each think the other is the way to ing.
+    fabric.next_hop["mid", "ing"] = "egr"
+    fabric.next_hop["egr", "ing"] = "mid"
+    out = fabric.inject("egr", UAS, response_to(serialize(invite), 180))
+    assert UAC not in out
+    drops = fabric.cores["mid"].proxy.statistics().drops
+    drops.update(fabric.cores["egr"].proxy.statistics().drops)
+    assert "overlay relay: too many relays" in drops
+
+
+def test_request_from_outside_naming_a_node_is_proxied_statefully() -> None:
+    """Only requests from another node's Via are relayed; anyone else gets a full proxy hop."""
+    fabric = Fabric()
+    out = fabric.inject("mid", UAC, request(extra=(f"Route: {EGRESS_ROUTE}",)))
+    assert statuses(out) == [100]
+    invite = only_request(out, UAS)
+    assert [via.param("ovl") for via in invite.vias] == ["egr", "mid", None]
+    assert fabric.cores["mid"].proxy.statistics().transactions_server == 1
