@@ -80,6 +80,7 @@ class Mesh:
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
         on_reroute: Callable[[list[Peer]], None],
+        counters: Callable[[], dict[str, int]],
         impairments: Impairments,
         initial_seq: int,
         now: float,
@@ -92,6 +93,7 @@ class Mesh:
         self._send_sip = send_sip
         self._take_traffic = take_traffic
         self._on_reroute = on_reroute
+        self._counters = counters
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
         self._probe = ProbeConfig(
@@ -174,6 +176,11 @@ class Mesh:
                         self._clear_faults,
                         admin_pb2.ClearFaultsRequest.FromString,
                         admin_pb2.ClearFaultsResponse.SerializeToString,
+                    ),
+                    "GetCounters": unary_handler(
+                        self._get_counters,
+                        admin_pb2.GetCountersRequest.FromString,
+                        admin_pb2.GetCountersResponse.SerializeToString,
                     ),
                 },
             ),
@@ -507,6 +514,17 @@ class Mesh:
         cleared = self.impairments.clear(request.peer or None)
         log.warning("faults cleared", peer=request.peer or "every peer", cleared=cleared)
         return admin_pb2.ClearFaultsResponse(cleared=cleared)
+
+    def _get_counters(self, request: admin_pb2.GetCountersRequest) -> admin_pb2.GetCountersResponse:
+        counters = self._counters()
+        counters.update(
+            {
+                "overlay.unroutable": self.unroutable,
+                "overlay.bad_messages": self.bad_messages,
+                "overlay.flood_send_drops": self.flood_send_drops,
+            }
+        )
+        return admin_pb2.GetCountersResponse(node_id=self.node_id, counters=counters)
 
     def _check_peer(self, peer: str) -> None:
         """A fault names one of our peers, or every peer."""

@@ -157,6 +157,7 @@ class Node:
             send_sip=self._transport.send,
             take_traffic=core.transactions.take_peer_traffic,
             on_reroute=self._rerouted,
+            counters=self.counters,
             impairments=self.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=time.time_ns() // 1_000_000,
@@ -173,6 +174,31 @@ class Node:
     def statistics(self) -> NodeStatistics:
         assert self._core is not None
         return NodeStatistics(self._core.statistics(), self._transport.statistics())
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of the proxy and the transport, by dotted name (see admin.proto)."""
+        stats = self.statistics()
+        proxy = stats.proxy
+        counters = {
+            "sip.retransmissions_sent": proxy.retransmissions_sent,
+            "sip.retransmissions_absorbed": proxy.retransmissions_absorbed,
+            "sip.transactions_client": proxy.transactions_client,
+            "sip.transactions_server": proxy.transactions_server,
+            "sip.contexts": proxy.contexts,
+            "node.internal_errors": self.internal_errors,
+            "transport.tcp_connections": stats.transport.tcp_connections,
+        }
+        groups: dict[str, dict[str, int]] = {
+            "sip.requests": proxy.requests,
+            "sip.responses": proxy.responses,
+            "sip.relayed": proxy.relayed,
+            "sip.drops": proxy.drops,
+            "sip.generated": {str(status): n for status, n in proxy.generated.items()},
+            "transport": stats.transport.counters,
+        }
+        for prefix, group in groups.items():
+            counters.update({f"{prefix}.{name}": n for name, n in group.items()})
+        return counters
 
     # -- glue --------------------------------------------------------------------------------
 

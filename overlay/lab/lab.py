@@ -1,0 +1,171 @@
+"""The four-region lab: node processes, a SIPp callee behind the egress, and the admin calls
+a NOC tool would make, for ``overlay lab``, ``overlay demo``, the chaos tests and benchmarks.
+
+``open_lab`` starts the reference topology (``topology.REGIONS``), every node its own OS
+process on its own loopback address, with a dialplan that sends every call to a SIPp UAS behind
+``EGRESS``; calls enter at ``INGRESS`` (``Lab.place_calls``). Everything the lab does to the
+nodes goes through their gRPC admin service, as it would in the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import trio
+from google.protobuf.message import Message
+
+from overlay.control import GrpcBridge, open_grpc_bridge
+from overlay.lab.node_process import NodeProcess, open_node
+from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
+from overlay.lab.topology import REGIONS, SIP_PORT, LabNode, lab_nodes, node_config
+from overlay.v1 import admin_pb2
+
+INGRESS = "usw2"
+EGRESS = "use1"
+ADMIN_TIMEOUT_S = 2.0
+POLL_S = 0.02
+
+_RESPONSES: dict[str, type[Message]] = {
+    "GetRoutes": admin_pb2.GetRoutesResponse,
+    "GetLinks": admin_pb2.GetLinksResponse,
+    "InjectFault": admin_pb2.InjectFaultResponse,
+    "ClearFaults": admin_pb2.ClearFaultsResponse,
+    "GetCounters": admin_pb2.GetCountersResponse,
+}
+
+
+@dataclass
+class Lab:
+    """A running lab; see ``open_lab``."""
+
+    nodes: dict[str, LabNode]
+    processes: dict[str, NodeProcess]
+    bridge: GrpcBridge
+    uas: SippUas
+    uac_host: str
+    dead: set[str] = field(default_factory=set)
+
+    def live(self) -> list[str]:
+        return [node_id for node_id in self.nodes if node_id not in self.dead]
+
+    async def admin(self, node_id: str, method: str, request: Message) -> Message:
+        """One unary call of ``node_id``'s admin service."""
+        response_type = _RESPONSES[method]
+        return await self.bridge.unary(
+            self.nodes[node_id].grpc_target,
+            f"/overlay.v1.Admin/{method}",
+            request,
+            lambda message: message.SerializeToString(),
+            response_type.FromString,
+            timeout=ADMIN_TIMEOUT_S,
+        )
+
+    async def path(self, node_id: str, destination: str) -> list[str]:
+        """``node_id``'s current path to ``destination`` ([] when it has none)."""
+        response = await self.admin(node_id, "GetRoutes", admin_pb2.GetRoutesRequest())
+        assert isinstance(response, admin_pb2.GetRoutesResponse)
+        for route in response.routes:
+            if route.destination == destination:
+                return list(route.path)
+        return []
+
+    async def wait_path(
+        self,
+        node_id: str,
+        destination: str,
+        accept: Callable[[list[str]], bool],
+        *,
+        within: float,
+    ) -> tuple[list[str], float]:
+        """Poll until the path is accepted; returns it and how long that took.
+
+        Raises:
+            TimeoutError: not within ``within`` seconds.
+        """
+        start = trio.current_time()
+        with trio.fail_after(within):
+            while True:
+                path = await self.path(node_id, destination)
+                if accept(path):
+                    return path, trio.current_time() - start
+                await trio.sleep(POLL_S)
+
+    async def wait_all_links_up(self, *, within: float) -> None:
+        """Until every live node sees every link to a live node up."""
+        with trio.fail_after(within):
+            for node_id in self.live():
+                while True:
+                    response = await self.admin(node_id, "GetLinks", admin_pb2.GetLinksRequest())
+                    assert isinstance(response, admin_pb2.GetLinksResponse)
+                    links = [link for link in response.links if link.neighbor not in self.dead]
+                    if all(link.state == "UP" for link in links):
+                        break
+                    await trio.sleep(POLL_S)
+
+    async def degrade(self, a: str, b: str, *, delay_ms: float, loss_ratio: float) -> None:
+        """Add delay and loss both ways on the link a–b."""
+        for node_id, peer in ((a, b), (b, a)):
+            fault = admin_pb2.Fault(peer=peer, delay_ms=delay_ms, loss_ratio=loss_ratio)
+            await self.admin(node_id, "InjectFault", admin_pb2.InjectFaultRequest(fault=fault))
+
+    async def heal(self) -> None:
+        """Clear every injected fault on every live node."""
+        for node_id in self.live():
+            await self.admin(node_id, "ClearFaults", admin_pb2.ClearFaultsRequest())
+
+    def kill(self, node_id: str) -> None:
+        """kill -9 the node's process (a region dying)."""
+        self.processes[node_id].process.kill()
+        self.dead.add(node_id)
+
+    async def counters(self, node_id: str) -> dict[str, int]:
+        response = await self.admin(node_id, "GetCounters", admin_pb2.GetCountersRequest())
+        assert isinstance(response, admin_pb2.GetCountersResponse)
+        return dict(response.counters)
+
+    async def place_calls(
+        self, *, calls: int, rate: float, duration_ms: int = 0, max_seconds: float | None = None
+    ) -> SippResult:
+        """SIPp calls from ``uac_host`` into INGRESS, each held ``duration_ms`` then hung up."""
+        ingress = self.nodes[INGRESS]
+        return await run_uac(
+            (ingress.host, SIP_PORT),
+            local_host=self.uac_host,
+            scenario="uac_rr",
+            calls=calls,
+            rate=rate,
+            max_seconds=max_seconds or calls / rate + duration_ms / 1000 + 30,
+            extra_args=["-d", str(duration_ms)],
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_lab(
+    hosts: dict[str, str], *, uas_host: str, uac_host: str, probe_interval: float = 0.1
+) -> AsyncIterator[Lab]:
+    """Start the reference topology on ``hosts`` (node id → loopback address) with a SIPp UAS
+    on ``uas_host``; everything is stopped, by PID, when the block exits."""
+    missing = {node_id for node_id, _ in REGIONS} - hosts.keys()
+    if missing:
+        raise ValueError(f"no address for {', '.join(sorted(missing))}")
+    nodes = lab_nodes(hosts)
+    async with contextlib.AsyncExitStack() as stack:
+        uas = await stack.enter_async_context(open_uas(uas_host, scenario="uas_rr"))
+        target = f"{uas.host}:{uas.port}"
+        processes: dict[str, NodeProcess] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def start(node: LabNode) -> None:
+                config = node_config(
+                    node, nodes, egress=EGRESS, target=target, probe_interval=probe_interval
+                )
+                processes[node.node_id] = await stack.enter_async_context(
+                    open_node(config, host=node.host, port=SIP_PORT)
+                )
+
+            for node in nodes:
+                nursery.start_soon(start, node)
+        bridge = await stack.enter_async_context(open_grpc_bridge())
+        yield Lab({node.node_id: node for node in nodes}, processes, bridge, uas, uac_host)

@@ -1,0 +1,128 @@
+"""The four-region lab as real processes carrying real SIPp calls: degradation, kill -9, heal.
+
+Every node is its own OS process on its own loopback address; latency between regions is the
+impairment layer's emulation of the reference RTTs; link state floods over real gRPC; a SIPp
+caller enters at us-west-2 and a SIPp callee sits behind us-east-1. Routes, links and counters
+are read through each node's admin service, as a NOC tool would.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import trio
+
+from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
+from overlay.lab.sipp import SippResult
+from overlay.lab.topology import REGIONS
+from overlay.v1 import admin_pb2
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow, pytest.mark.sipp]
+
+DIRECT = [INGRESS, EGRESS]
+RELAYED = "sip.relayed.requests"
+
+
+@pytest.fixture
+async def lab(loopback_host: Callable[[], str]) -> AsyncIterator[Lab]:
+    hosts = {node_id: loopback_host() for node_id, _ in REGIONS}
+    async with open_lab(hosts, uas_host=loopback_host(), uac_host=loopback_host()) as lab:
+        await lab.wait_all_links_up(within=15)
+        await lab.wait_path(INGRESS, EGRESS, lambda path: path == DIRECT, within=15)
+        yield lab
+
+
+async def relayed(lab: Lab, node_id: str) -> int:
+    return (await lab.counters(node_id)).get(RELAYED, 0)
+
+
+async def calls_while(
+    lab: Lab, chaos: Callable[[], object], *, calls: int, rate: float, hold_ms: int
+) -> SippResult:
+    """Place calls; once some are up, run ``chaos`` (async) while the rest are placed."""
+    result: list[SippResult] = []
+    async with trio.open_nursery() as nursery:
+
+        async def place() -> None:
+            result.append(await lab.place_calls(calls=calls, rate=rate, duration_ms=hold_ms))
+
+        nursery.start_soon(place)
+        # Calls are in every state when the fault strikes: wait until a fifth went through.
+        with trio.fail_after(calls / rate + 10):
+            while (await lab.counters(EGRESS)).get("sip.requests.INVITE", 0) < calls // 5:
+                await trio.sleep(0.05)
+        await chaos()  # type: ignore[misc]
+    return result[0]
+
+
+def assert_no_failed_call(result: SippResult, calls: int) -> None:
+    assert (result.calls_successful, result.calls_failed) == (calls, 0), result.stats
+
+
+@pytest.mark.trio
+async def test_calls_follow_degradation_survive_kill_and_return_after_heal(lab: Lab) -> None:
+    links = await lab.admin(INGRESS, "GetLinks", admin_pb2.GetLinksRequest())
+    assert isinstance(links, admin_pb2.GetLinksResponse)
+    rtt = {link.neighbor: link.rtt_ms for link in links.links}
+    assert 60.0 < rtt[EGRESS] < 100.0  # the emulated 68 ms backbone RTT
+
+    # Degraded direct link: new calls take a detour within 3 s and stay on it.
+    await lab.degrade(INGRESS, EGRESS, delay_ms=150.0, loss_ratio=0.05)
+    detour, took = await lab.wait_path(INGRESS, EGRESS, lambda p: p != DIRECT, within=3)
+    assert detour == [INGRESS, "use2", EGRESS]
+    transit = detour[1]
+    before = await relayed(lab, transit)
+    paths: set[tuple[str, ...]] = set()
+
+    async def watch_paths(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            paths.add(tuple(await lab.path(INGRESS, EGRESS)))
+            await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_paths)
+        result = await lab.place_calls(calls=20, rate=10, duration_ms=200)
+        nursery.cancel_scope.cancel()
+    assert_no_failed_call(result, 20)
+    assert paths == {tuple(detour)}  # no flapping while degraded
+    # INVITE, ACK and BYE of every call crossed the transit.
+    assert await relayed(lab, transit) - before >= 3 * 20
+
+    # kill -9 the transit region in use while calls are set up and torn down through it.
+    killed_at: list[float] = []
+
+    async def kill_transit() -> None:
+        lab.kill(transit)
+        killed_at.append(trio.current_time())
+
+    result = await calls_while(lab, kill_transit, calls=60, rate=15, hold_ms=1000)
+    assert_no_failed_call(result, 60)
+    path = await lab.path(INGRESS, EGRESS)
+    assert transit not in path and path, path
+    for node_id in lab.live():
+        assert await lab.path(node_id, transit) == []  # every survivor dropped the dead node
+
+    # Healed: new calls go back to the direct link; the remaining transit sees none of them.
+    await lab.heal()
+    await lab.wait_path(INGRESS, EGRESS, lambda p: p == DIRECT, within=10)
+    others = [node_id for node_id in lab.live() if node_id not in DIRECT]
+    before_heal = {node_id: await relayed(lab, node_id) for node_id in others}
+    result = await lab.place_calls(calls=20, rate=10)
+    assert_no_failed_call(result, 20)
+    assert {node_id: await relayed(lab, node_id) for node_id in others} == before_heal
+
+
+@pytest.mark.trio
+async def test_killing_a_random_non_edge_region_fails_no_call(lab: Lab) -> None:
+    victim = random.choice([node_id for node_id, _ in REGIONS if node_id not in DIRECT])
+
+    async def kill_victim() -> None:
+        lab.kill(victim)
+
+    result = await calls_while(lab, kill_victim, calls=45, rate=15, hold_ms=500)
+    assert_no_failed_call(result, 45)
+    await lab.wait_path(INGRESS, victim, lambda p: p == [], within=2)
+    assert await lab.path(INGRESS, EGRESS) == DIRECT
