@@ -335,8 +335,8 @@ class Mesh:
                 now = trio.current_time()
                 self.flooder.receive_lsa(neighbor, lsa, now)
                 self._after_input(now)
-        except trio.EndOfChannel:
-            pass
+        except (trio.EndOfChannel, StreamBroken):
+            pass  # the peer closed its stream, or died: its dial loop reconnects when it can
         finally:
             if self._server_streams.get(neighbor) is stream:
                 del self._server_streams[neighbor]

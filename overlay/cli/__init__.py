@@ -1,7 +1,8 @@
-"""The ``overlay`` command: run a node, run the demo."""
+"""The ``overlay`` command: run a node, the four-region lab, the demo."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -21,14 +22,22 @@ app = typer.Typer(
 
 def configure_logging(*, json: bool, level: str) -> None:
     """structlog to stderr: JSON lines for machines, key=value for people."""
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    # Plain tracebacks: rendering one with rich (the default) takes a node's CPU for long
+    # enough to miss probes and be declared down by its peers.
+    renderers: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if json
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     )
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
@@ -62,13 +71,43 @@ def node(
 
 @app.command()
 def demo(
-    calls: Annotated[int, typer.Option(help="calls to place")] = 2000,
-    rate: Annotated[float, typer.Option(help="calls per second")] = 200.0,
+    calls: Annotated[int, typer.Option(help="calls to place in each phase")] = 60,
+    rate: Annotated[float, typer.Option(help="calls per second")] = 15.0,
+    hold_ms: Annotated[int, typer.Option(help="how long each call stays up, ms")] = 1000,
+    net: Annotated[str, typer.Option(help="first three octets of the lab's loopback /24")] = (
+        "127.0.10"
+    ),
 ) -> None:
-    """Start a node with SIPp as caller and callee through it and print a summary."""
+    """Four regions carrying SIPp calls through degradation, kill -9 and healing."""
     from overlay.lab.demo import run_demo
 
-    raise typer.Exit(trio.run(run_demo, calls, rate))
+    _check_loopback_net(net)
+    configure_logging(json=False, level="WARNING")
+    raise typer.Exit(trio.run(run_demo, calls, rate, hold_ms, net))
+
+
+@app.command()
+def lab(
+    net: Annotated[str, typer.Option(help="first three octets of the lab's loopback /24")] = (
+        "127.0.10"
+    ),
+) -> None:
+    """Start the four-region reference topology (one process per region) until Ctrl-C."""
+    from overlay.lab.demo import run_lab
+
+    _check_loopback_net(net)
+    configure_logging(json=False, level="WARNING")
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run_lab, net)
+
+
+def _check_loopback_net(net: str) -> None:
+    """The lab only ever uses loopback addresses."""
+    octets = net.split(".")
+    valid = len(octets) == 3 and all(o.isdigit() and int(o) < 256 for o in octets)
+    if not valid or octets[0] != "127":
+        typer.echo(f"overlay: --net must be three octets inside 127.0.0.0/8, got {net!r}", err=True)
+        raise typer.Exit(2)
 
 
 def main() -> None:

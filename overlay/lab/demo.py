@@ -1,53 +1,151 @@
-"""``overlay demo``: one node with SIPp as caller and callee through it, over UDP and TCP.
+"""``overlay demo``: the four-region lab carrying SIPp calls through degradation, a dead region
+and healing.
 
-Until the four-region overlay exists, the demo shows the foundation it is built on: a node
-process proxying real SIP calls. It prints one row per transport and exits non-zero when any
-call failed.
+SIPp places calls from us-west-2 to a SIPp UAS behind us-east-1 in every phase: healthy (the
+direct link), the direct link degraded (delay and loss), the transit region then in use killed
+with kill -9, and every fault cleared. Each fault strikes while calls are being set up and torn
+down. The table shows, per phase, the calls, the path us-west-2 uses to us-east-1 at its end and
+how long after the fault that path changed; the exit status is non-zero when any call failed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
 from rich.console import Console
 from rich.table import Table
 
-from overlay.lab.node_process import NODE_PORT, place_calls_through_node
+from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
+from overlay.lab.sipp import SippResult
+from overlay.lab.topology import REGIONS
 
-NODE_HOST, UAS_HOST, UAC_HOST = "127.0.10.1", "127.0.10.2", "127.0.10.3"
+NET = "127.0.10"
+DIRECT = [INGRESS, EGRESS]
+DEGRADE_DELAY_MS = 150.0
+DEGRADE_LOSS = 0.05
+REROUTE_WITHIN_S = 15.0
 
 
-async def run_demo(calls: int, rate: float) -> int:
+def lab_hosts(net: str = NET) -> tuple[dict[str, str], str, str]:
+    """Node id → address (net.1 …), and the UAS's and the UAC's addresses (net.11, net.12)."""
+    nodes = {node_id: f"{net}.{index}" for index, (node_id, _) in enumerate(REGIONS, start=1)}
+    return nodes, f"{net}.11", f"{net}.12"
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    calls: SippResult
+    path: list[str]
+    reroute_s: float | None
+
+
+async def run_demo(calls: int, rate: float, hold_ms: int, net: str = NET) -> int:
     """Run the demo; returns the process exit code (0 when every call completed)."""
     console = Console()
+    nodes, uas_host, uac_host = lab_hosts(net)
     console.print(
-        f"[bold]overlay demo[/]: SIPp UAC {UAC_HOST} → node {NODE_HOST}:{NODE_PORT} → "
-        f"SIPp UAS {UAS_HOST}, {calls} calls at {rate:g} calls/s per transport"
+        f"[bold]overlay demo[/]: {len(nodes)} regions, SIPp caller {uac_host} → {INGRESS} … "
+        f"{EGRESS} → SIPp callee {uas_host}; {calls} calls at {rate:g}/s per phase"
     )
-    table = Table(title="calls through one overlay node")
-    for column in ("transport", "attempted", "completed", "failed", "retransmissions", "calls/s"):
-        table.add_column(column, justify="right")
-    failed = 0
-    for transport in ("udp", "tcp"):
-        with console.status(f"placing {calls} calls over {transport.upper()}…"):
-            result = await place_calls_through_node(
-                node_host=NODE_HOST,
-                uas_host=UAS_HOST,
-                uac_host=UAC_HOST,
-                calls=calls,
-                rate=rate,
-                transport=transport,
-            )
-        failed += calls - result.calls_successful
-        table.add_row(
-            transport.upper(),
-            str(result.calls_attempted),
-            str(result.calls_successful),
-            str(result.calls_failed),
-            str(result.retransmissions),
-            f"{result.rate:.0f}",
-        )
-    console.print(table)
+    with console.status("starting the lab (one process per region)…"):
+        async with open_lab(nodes, uas_host=uas_host, uac_host=uac_host) as lab:
+            await lab.wait_all_links_up(within=REROUTE_WITHIN_S)
+            await lab.wait_path(INGRESS, EGRESS, lambda p: p == DIRECT, within=REROUTE_WITHIN_S)
+            results = await _phases(lab, console, calls=calls, rate=rate, hold_ms=hold_ms)
+    console.print(_table(results))
+    failed = sum(result.calls.calls_attempted - result.calls.calls_successful for result in results)
+    failed += sum(calls - result.calls.calls_attempted for result in results)
     if failed:
         console.print(f"[red]{failed} calls did not complete[/]")
         return 1
     console.print("[green]every call completed[/]")
     return 0
+
+
+async def _phases(
+    lab: Lab, console: Console, *, calls: int, rate: float, hold_ms: int
+) -> list[PhaseResult]:
+    results: list[PhaseResult] = []
+
+    async def phase(name: str, event: Callable[[], Awaitable[float | None]]) -> None:
+        console.log(f"phase: {name}")
+        placed, reroute = await lab.calls_during(event, calls=calls, rate=rate, hold_ms=hold_ms)
+        results.append(PhaseResult(name, placed, await lab.path(INGRESS, EGRESS), reroute))
+
+    async def nothing() -> None:
+        return None
+
+    async def degrade() -> float:
+        await lab.degrade(INGRESS, EGRESS, delay_ms=DEGRADE_DELAY_MS, loss_ratio=DEGRADE_LOSS)
+        return await _reroute(lab, lambda p: p != DIRECT)
+
+    async def kill_transit() -> float:
+        transit = (await lab.path(INGRESS, EGRESS))[1:-1]
+        for node_id in transit:
+            lab.kill(node_id)
+        return await _reroute(lab, lambda p: bool(p) and not set(transit) & set(p))
+
+    async def heal() -> float:
+        await lab.heal()
+        return await _reroute(lab, lambda p: p == DIRECT)
+
+    await phase("healthy", nothing)
+    await phase(
+        f"degrade {INGRESS}-{EGRESS} (+{DEGRADE_DELAY_MS:g} ms, {DEGRADE_LOSS:.0%} loss)", degrade
+    )
+    await phase("kill -9 the transit region in use", kill_transit)
+    await phase("heal (clear every fault)", heal)
+    return results
+
+
+async def _reroute(lab: Lab, accept: Callable[[list[str]], bool]) -> float:
+    _, took = await lab.wait_path(INGRESS, EGRESS, accept, within=REROUTE_WITHIN_S)
+    return took
+
+
+def _table(results: list[PhaseResult]) -> Table:
+    table = Table(title=f"calls {INGRESS} → {EGRESS} through the overlay")
+    table.add_column("phase")
+    for column in ("attempted", "completed", "failed"):
+        table.add_column(column, justify="right")
+    table.add_column("path in use")
+    table.add_column("time to reroute", justify="right")
+    for result in results:
+        calls = result.calls
+        table.add_row(
+            result.name,
+            str(calls.calls_attempted),
+            str(calls.calls_successful),
+            str(calls.calls_failed),
+            " → ".join(result.path) or "none",
+            "-" if result.reroute_s is None else f"{result.reroute_s * 1000:.0f} ms",
+        )
+    return table
+
+
+async def run_lab(net: str = NET) -> None:
+    """Start the lab and keep it running until cancelled (Ctrl-C)."""
+    console = Console()
+    nodes, uas_host, uac_host = lab_hosts(net)
+    async with open_lab(nodes, uas_host=uas_host, uac_host=uac_host) as lab:
+        await lab.wait_all_links_up(within=REROUTE_WITHIN_S)
+        table = Table(title="overlay lab: the reference topology")
+        for column in ("node", "region", "SIP", "gRPC admin", "pid"):
+            table.add_column(column)
+        for node in lab.nodes.values():
+            table.add_row(
+                node.node_id,
+                node.region,
+                f"udp:{node.host}:5060",
+                node.grpc_target,
+                str(lab.processes[node.node_id].pid),
+            )
+        console.print(table)
+        console.print(
+            f"SIPp callee: udp:{lab.uas.host}:{lab.uas.port} behind {EGRESS}; calls enter at "
+            f"{INGRESS} (e.g. sipp -sf uac_rr.xml {nodes[INGRESS]}:5060). Ctrl-C stops the lab."
+        )
+        await trio.sleep_forever()

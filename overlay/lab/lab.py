@@ -10,8 +10,9 @@ nodes goes through their gRPC admin service, as it would in the field.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 from google.protobuf.message import Message
@@ -26,6 +27,8 @@ INGRESS = "usw2"
 EGRESS = "use1"
 ADMIN_TIMEOUT_S = 2.0
 POLL_S = 0.02
+
+T = TypeVar("T")
 
 _RESPONSES: dict[str, type[Message]] = {
     "GetRoutes": admin_pb2.GetRoutesResponse,
@@ -105,7 +108,7 @@ class Lab:
                     await trio.sleep(POLL_S)
 
     async def degrade(self, a: str, b: str, *, delay_ms: float, loss_ratio: float) -> None:
-        """Add delay and loss both ways on the link a–b."""
+        """Add delay and loss both ways on the link a-b."""
         for node_id, peer in ((a, b), (b, a)):
             fault = admin_pb2.Fault(peer=peer, delay_ms=delay_ms, loss_ratio=loss_ratio)
             await self.admin(node_id, "InjectFault", admin_pb2.InjectFaultRequest(fault=fault))
@@ -124,6 +127,31 @@ class Lab:
         response = await self.admin(node_id, "GetCounters", admin_pb2.GetCountersRequest())
         assert isinstance(response, admin_pb2.GetCountersResponse)
         return dict(response.counters)
+
+    async def calls_during(
+        self, event: Callable[[], Awaitable[T]], *, calls: int, rate: float, hold_ms: int
+    ) -> tuple[SippResult, T]:
+        """Place calls and, once a fifth of them reached the egress (so calls are in every
+        state), run ``event`` while the rest are placed; returns both results."""
+        placed: list[SippResult] = []
+        before = await self._invites_at_egress()
+        async with trio.open_nursery() as nursery:
+
+            async def place() -> None:
+                placed.append(await self.place_calls(calls=calls, rate=rate, duration_ms=hold_ms))
+
+            nursery.start_soon(place)
+            # Polls another process: there is no event to wait on.
+            with trio.fail_after(calls / rate + 10):
+                while True:
+                    if await self._invites_at_egress() - before >= calls // 5:
+                        break
+                    await trio.sleep(POLL_S)
+            outcome = await event()
+        return placed[0], outcome
+
+    async def _invites_at_egress(self) -> int:
+        return (await self.counters(EGRESS)).get("sip.requests.INVITE", 0)
 
     async def place_calls(
         self, *, calls: int, rate: float, duration_ms: int = 0, max_seconds: float | None = None
