@@ -56,6 +56,11 @@ async def run_demo(calls: int, rate: float, hold_ms: int, net: str = NET) -> int
             await lab.wait_path(INGRESS, EGRESS, lambda p: p == DIRECT, within=REROUTE_WITHIN_S)
             results = await _phases(lab, console, calls=calls, rate=rate, hold_ms=hold_ms)
     console.print(_table(results))
+    console.print(
+        f"degraded: +{DEGRADE_DELAY_MS:g} ms and {DEGRADE_LOSS:.0%} loss each way on "
+        f"{INGRESS}-{EGRESS}; killed: kill -9 of the node then carrying the calls; time to "
+        f"reroute: from the fault to {INGRESS}'s new path (healing waits out the link hold-down)"
+    )
     failed = sum(result.calls.calls_attempted - result.calls.calls_successful for result in results)
     failed += sum(calls - result.calls.calls_attempted for result in results)
     if failed:
@@ -93,11 +98,9 @@ async def _phases(
         return await _reroute(lab, lambda p: p == DIRECT)
 
     await phase("healthy", nothing)
-    await phase(
-        f"degrade {INGRESS}-{EGRESS} (+{DEGRADE_DELAY_MS:g} ms, {DEGRADE_LOSS:.0%} loss)", degrade
-    )
-    await phase("kill -9 the transit region in use", kill_transit)
-    await phase("heal (clear every fault)", heal)
+    await phase("direct link degraded", degrade)
+    await phase("transit region killed", kill_transit)
+    await phase("faults cleared", heal)
     return results
 
 
