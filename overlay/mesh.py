@@ -67,6 +67,8 @@ log = structlog.get_logger("overlay.mesh")
 FLOOD_METHOD = "/overlay.v1.LinkState/Flood"
 HELLO_TIMEOUT = 2.0
 RECONNECT_DELAY = 0.2
+#: Paths a request's retransmissions rotate through: the best one and two alternates.
+MAX_PATHS = 3
 
 
 class Mesh:
@@ -262,6 +264,15 @@ class Mesh:
             self.unroutable += 1
             return None
         return self._peer_sip[hop]
+
+    def paths(self, node_id: str) -> list[tuple[str, ...]]:
+        """The best path to ``node_id`` and its ranked alternates, at most MAX_PATHS."""
+        try:
+            route = self.routes.route(node_id)
+        except NoRoute:
+            return []
+        alternates = route.alternates[: MAX_PATHS - 1]
+        return [tuple(route.path), *(tuple(path.nodes) for path in alternates)]
 
     def reachable(self, node_id: str) -> bool:
         return node_id in self.routes.paths

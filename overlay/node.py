@@ -37,6 +37,7 @@ from overlay.sip import (
     Target,
     TelUri,
     TimerConfig,
+    overlay_route,
 )
 from overlay.transport import (
     BoundSocket,
@@ -130,6 +131,7 @@ class Node:
                     overlay=self._overlay_nodes(),
                 ),
                 self._locate,
+                self._overlay_paths,
             )
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
@@ -182,6 +184,7 @@ class Node:
         counters = {
             "sip.retransmissions_sent": proxy.retransmissions_sent,
             "sip.retransmissions_absorbed": proxy.retransmissions_absorbed,
+            "sip.detoured_retransmissions": proxy.detoured,
             "sip.transactions_client": proxy.transactions_client,
             "sip.transactions_server": proxy.transactions_server,
             "sip.contexts": proxy.contexts,
@@ -237,9 +240,10 @@ class Node:
         if mesh is None or not mesh.reachable(egress):
             return Refusal(503, "No Route to Egress")
         address = mesh.sip_address(egress)
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        route = f"<sip:{host}:{address.port};lr;ovl={egress}>"
-        return Target(address.host, address.port, "udp", route=route)
+        return Target(address.host, address.port, "udp", route=overlay_route(egress, address))
+
+    def _overlay_paths(self, node_id: str) -> list[tuple[str, ...]]:
+        return [] if self.mesh is None else self.mesh.paths(node_id)
 
     def _rerouted(self, peers: list[Peer]) -> None:
         assert self._core is not None

@@ -20,12 +20,14 @@ from ._message import (
 from ._proxy import (
     Listener,
     OverlayNodes,
+    OverlayPaths,
     ProxyConfig,
     ProxyCore,
     ProxyStatistics,
     Refusal,
     ResolveTarget,
     Target,
+    overlay_route,
 )
 from ._steering import call_id_untrusted, steering_owner
 from ._transaction import (
@@ -50,6 +52,7 @@ __all__ = [
     "Message",
     "NameAddr",
     "OverlayNodes",
+    "OverlayPaths",
     "Peer",
     "ProtocolError",
     "ProxyConfig",
@@ -76,6 +79,7 @@ __all__ = [
     "host_bare",
     "make_error_response",
     "make_response",
+    "overlay_route",
     "parse_message_untrusted",
     "parse_uri_untrusted",
     "serialize",

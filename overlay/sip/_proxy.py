@@ -57,7 +57,7 @@ import itertools
 import secrets
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ._errors import RemoteProtocolError
@@ -166,6 +166,7 @@ class ProxyStatistics:
     drops: dict[str, int]
     generated: dict[int, int]
     relayed: dict[str, int]  # overlay messages this node only crossed, by kind
+    detoured: int  # retransmissions sent over an alternate overlay path
     contexts: int
     pending_resolutions: int
     retransmissions_sent: int
@@ -175,6 +176,9 @@ class ProxyStatistics:
 
 
 Locate = Callable[[Request, "SipUri | TelUri"], Target | Refusal | None]
+#: The overlay's current paths from this node to a node: the best first, then ranked
+#: alternates; each path lists node ids from this node to that one.
+OverlayPaths = Callable[[str], Sequence[Sequence[str]]]
 
 
 class _Context:
@@ -209,12 +213,17 @@ class _Context:
 class ProxyCore:
     """A stateful SIP proxy; see the module docstring."""
 
-    def __init__(self, config: ProxyConfig, locate: Locate) -> None:
+    def __init__(
+        self, config: ProxyConfig, locate: Locate, overlay_paths: OverlayPaths | None = None
+    ) -> None:
         if not config.listeners:
             raise ValueError("a proxy needs at least one listener")
         self.config = config
         self._locate = locate
-        self.transactions = TransactionLayer(config.timers)
+        self._overlay_paths = overlay_paths
+        self.transactions = TransactionLayer(
+            config.timers, detour=self._detour if config.overlay is not None else None
+        )
         self.outbox = self.transactions.outbox
         self._events: deque[ResolveTarget] = deque()
         self._pending: dict[int, tuple[_Context | None, Request]] = {}
@@ -232,9 +241,11 @@ class ProxyCore:
         self._drops: Counter[str] = Counter()
         self._generated: Counter[int] = Counter()
         self._relayed: Counter[str] = Counter()
+        self._detoured = 0
         self._contexts = 0
         overlay = config.overlay
         self._overlay_peers: Mapping[str, Peer] = {} if overlay is None else overlay.peers
+        self._overlay_node_at = {address: node for node, address in self._overlay_peers.items()}
         # The parameter that marks this node's Vias and Record-Routes as an overlay node's.
         self._mark = "" if overlay is None else f";ovl={overlay.node_id}"
 
@@ -328,6 +339,7 @@ class ProxyCore:
             drops=dict(self._drops),
             generated=dict(self._generated),
             relayed=dict(self._relayed),
+            detoured=self._detoured,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
             retransmissions_sent=txn.retransmissions_sent,
@@ -752,6 +764,29 @@ class ProxyCore:
         self._relayed["responses"] += 1
         self.outbox.append((serialize(response), self._overlay_peers[sender]))
 
+    def _detour(self, txn: Transaction) -> tuple[bytes, Peer]:
+        """What a timer-driven retransmission to an overlay node sends: each copy takes the
+        next of the best path and its ranked alternates, source-routed through that path's
+        intermediate nodes, so a path that silently loses requests is bypassed at once."""
+        plain = (txn.request_bytes, txn.peer)
+        node = self._overlay_node_at.get(txn.peer)
+        if node is None or self._overlay_paths is None:
+            return plain
+        paths = self._overlay_paths(node)
+        if len(paths) < 2:
+            return plain
+        index = txn.retransmissions % len(paths)
+        waypoints = [n for n in paths[index][1:-1] if n in self._overlay_peers]
+        if index == 0 or not waypoints:
+            return plain  # the best path: the shell's route table takes it
+        request = txn.request.copy()
+        for waypoint in reversed(waypoints):
+            request.headers.insert_first(
+                "Route", overlay_route(waypoint, self._overlay_peers[waypoint])
+            )
+        self._detoured += 1
+        return serialize(request), self._overlay_peers[waypoints[0]]
+
     def _response_peer(self, via: Via, fallback: Peer) -> Peer:
         """Where a response to ``via`` goes: an overlay node at its configured address."""
         sender = self._overlay_sender(via)
@@ -859,6 +894,12 @@ def _via_response_peer(via: Via, fallback: Peer) -> Peer:
     if transport != "udp":
         return fallback
     return Peer("udp", host, port)
+
+
+def overlay_route(node_id: str, address: Peer) -> str:
+    """The Route entry that names an overlay node (a waypoint, or the egress of a call)."""
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"<sip:{host}:{address.port};lr;ovl={node_id}>"
 
 
 def _apply_target(request: Request, target: Target) -> None:

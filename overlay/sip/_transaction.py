@@ -250,6 +250,7 @@ class Transaction:
         "peer",
         "request",
         "request_bytes",
+        "retransmissions",
         "state",
     )
 
@@ -260,6 +261,7 @@ class Transaction:
         self.request = request
         self.peer = peer
         self.request_bytes = b""
+        self.retransmissions = 0  # timer-driven copies of the request sent so far
         self.last_response: bytes | None = None
         self.last_status = 0
         self.ack: bytes | None = None
@@ -333,8 +335,17 @@ def server_key(request: Request) -> tuple[str, ...]:
 class TransactionLayer:
     """Every transaction of one SIP element. See the module docstring."""
 
-    def __init__(self, timers: TimerConfig | None = None) -> None:
+    def __init__(
+        self,
+        timers: TimerConfig | None = None,
+        *,
+        detour: Callable[[Transaction], tuple[bytes, Peer]] | None = None,
+    ) -> None:
+        """``detour``, when given, chooses what a timer-driven retransmission of a request
+        sends and where (the overlay sends some over alternate paths); by default it is the
+        same bytes to the same peer."""
         self.timers = timers or TimerConfig()
+        self._detour = detour
         self.outbox: list[tuple[bytes, Peer]] = []
         self.events: list[TransactionEvent] = []
         self._client: dict[tuple[str, ...], Transaction] = {}
@@ -562,7 +573,9 @@ class TransactionLayer:
     # Actions, named in TRANSITIONS. Each takes (txn, response or None, now).
 
     def _do_retransmit_request(self, txn: Transaction, _r: Response | None, now: float) -> None:
-        self.outbox.append((txn.request_bytes, txn.peer))
+        txn.retransmissions += 1
+        detour = self._detour
+        self.outbox.append((txn.request_bytes, txn.peer) if detour is None else detour(txn))
         self._retransmissions_sent += 1
         self._retransmissions_to[txn.peer] += 1
         if txn.kind is Kind.INVITE_CLIENT:

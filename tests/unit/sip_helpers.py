@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from overlay.sip import (
     Listener,
     OverlayNodes,
+    OverlayPaths,
     Peer,
     ProxyConfig,
     ProxyCore,
@@ -113,6 +114,7 @@ class ProxyHarness:
     max_message_size: int = 65535
     listeners: tuple[Listener, ...] = (PROXY,)
     overlay: OverlayNodes | None = None
+    overlay_paths: OverlayPaths | None = None
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -125,6 +127,7 @@ class ProxyHarness:
                 overlay=self.overlay,
             ),
             self._locate,
+            self.overlay_paths,
         )
 
     def _locate(self, req: Request, uri: SipUri | TelUri) -> Target | Refusal | None:

@@ -17,27 +17,33 @@ ADDRESSES = {
     "ing": Peer("udp", "127.0.1.1", 5060),
     "mid": Peer("udp", "127.0.1.2", 5060),
     "egr": Peer("udp", "127.0.1.3", 5060),
+    "alt": Peer("udp", "127.0.1.4", 5060),
 }
 NODE_AT = {address: node for node, address in ADDRESSES.items()}
 EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
 TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE)
 
 
-def core(node: str, target: Target | Refusal) -> ProxyHarness:
+def core(node: str, target: Target | Refusal, paths: dict[str, list[list[str]]]) -> ProxyHarness:
     address = ADDRESSES[node]
     return ProxyHarness(
         targets={"": target},
         listeners=(Listener("udp", address.host, address.port),),
         overlay=OverlayNodes(node, {n: a for n, a in ADDRESSES.items() if n != node}),
+        overlay_paths=lambda destination: paths.get(destination, []),
     )
 
 
 class Fabric:
     def __init__(self, ingress_target: Target | Refusal = TO_EGRESS) -> None:
+        # The ingress's paths to the egress, best first (what Mesh.paths returns).
+        self.paths: dict[str, list[list[str]]] = {}
+        unused = Target("127.0.0.99", 5060)  # transits only relay
         self.cores = {
-            "ing": core("ing", ingress_target),
-            "mid": core("mid", Target("127.0.0.99", 5060)),  # never used: mid only relays
-            "egr": core("egr", Target(UAS.host, UAS.port)),
+            "ing": core("ing", ingress_target, self.paths),
+            "mid": core("mid", unused, {}),
+            "alt": core("alt", unused, {}),
+            "egr": core("egr", Target(UAS.host, UAS.port), {}),
         }
         self.next_hop: dict[tuple[str, str], str] = {}
         self.dead: set[str] = set()
@@ -215,6 +221,31 @@ def test_pending_invite_is_resent_over_the_new_path_at_once() -> None:
     fabric.next_hop["egr", "ing"] = "ing"
     fabric.advance("ing", 2.0)
     assert fabric.retransmit_toward("ing", "egr") == 0
+
+
+def test_retransmissions_rotate_through_the_alternate_paths() -> None:
+    """A path that silently loses requests is bypassed by the first retransmission, before
+    link state notices anything."""
+    fabric = Fabric()
+    fabric.paths["egr"] = [["ing", "mid", "egr"], ["ing", "alt", "egr"]]
+    fabric.dead.add("mid")
+    assert UAS not in fabric.inject("ing", UAC, request())
+
+    out = fabric.advance("ing", 0.5)  # Timer A: the copy goes ing -> alt -> egr
+    invite = only_request(out, UAS)
+    assert [via.param("ovl") for via in invite.vias] == ["egr", "ing", None]
+    assert "Route" not in invite.headers  # the waypoint took its own entry off
+    assert relayed(fabric, "alt") == {"requests": 1}
+    assert fabric.cores["ing"].proxy.statistics().detoured == 1
+
+    # The egress's answers come back by the egress's own routes (through "mid": lost), so the
+    # next copy takes the best path again, then the alternate: one INVITE reached the callee.
+    out = fabric.advance("ing", 1.0)
+    assert UAS not in out
+    out = fabric.advance("ing", 2.0)
+    assert UAS not in out
+    assert fabric.cores["egr"].proxy.statistics().retransmissions_absorbed == 1
+    assert fabric.cores["ing"].proxy.statistics().detoured == 2
 
 
 def test_unreachable_egress_is_refused_with_503() -> None:
