@@ -57,8 +57,9 @@ async def test_calls_follow_degradation_survive_kill_and_return_after_heal(lab: 
     rtt = {link.neighbor: link.rtt_ms for link in links.links}
     assert 60.0 < rtt[EGRESS] < 100.0  # the emulated 68 ms backbone RTT
 
-    # Degraded direct link: new calls take a detour within 3 s and stay on it.
-    await lab.degrade(INGRESS, EGRESS, delay_ms=150.0, loss_ratio=0.05)
+    # Degraded direct link (delay and loss, but answering well within the detection time, so
+    # the cost function must move the calls): a detour within 3 s, kept while degraded.
+    await lab.degrade(INGRESS, EGRESS, delay_ms=60.0, loss_ratio=0.05)
     detour, _ = await lab.wait_path(INGRESS, EGRESS, lambda p: p != DIRECT, within=3)
     assert detour == [INGRESS, "use2", EGRESS]
     transit = detour[1]

@@ -1,4 +1,4 @@
-"""bench/convergence at a tiny size: the dispatcher half kills a destination and reports it."""
+"""bench/convergence at a tiny size: each half kills a destination and reports it."""
 
 from __future__ import annotations
 
@@ -46,3 +46,31 @@ def test_convergence_dispatcher_smoke() -> None:
     assert re.search(kill_line, out, re.M), out + done.stderr
     assert re.search(rf"^kill: to last call, max +n/a +{_SECONDS} +n/a$", out, re.M), out
     assert re.search(r"^dispatcher degrade: \d+% of the new INVITEs", out, re.M), out
+
+
+def test_convergence_overlay_smoke() -> None:
+    args = [
+        "--only", "overlay",
+        "--kills", "1",
+        "--rate", "20",
+        "--warmup", "1.5",
+        "--after", "2",
+        "--degrade-seconds", "3",
+        "--window", "1",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    kill_line = (
+        rf"^overlay kill  1: every survivor's routes avoid it {_SECONDS} after the kill, "
+        rf"last new INVITE toward it {_SECONDS}; 0/\d+ calls failed"
+    )
+    assert re.search(kill_line, out, re.M), out + done.stderr
+    assert re.search(rf"^kill: to avoid, max +{_SECONDS} +n/a +n/a$", out, re.M), out
+    assert re.search(rf"^overlay degrade: 0% of the last 1 s .* rerouted: {_SECONDS}", out, re.M)
