@@ -264,7 +264,7 @@ class ProxyCore:
             if isinstance(message, Request):
                 self._receive_request(message, source, now)
             else:
-                self._receive_response(message, now)
+                self._receive_response(message, source, now)
         except RemoteProtocolError as error:
             # A header needed for routing was bad although the message parsed.
             self._drops[f"bad {error.reason}"] += 1
@@ -352,7 +352,7 @@ class ProxyCore:
 
     def _receive_request(self, request: Request, source: Peer, now: float) -> None:
         self._requests[request.method] += 1
-        if self._overlay_sender(request.top_via) is None:
+        if self._overlay_sender(request.top_via, source) is None:
             _stamp_received(request, source)
         elif self._relay_request(request):
             return
@@ -604,9 +604,9 @@ class ProxyCore:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def _receive_response(self, response: Response, now: float) -> None:
+    def _receive_response(self, response: Response, source: Peer, now: float) -> None:
         self._responses[f"{response.status // 100}xx"] += 1
-        sender = self._overlay_sender(response.top_via)
+        sender = self._overlay_sender(response.top_via, source)
         if sender is not None:
             self._relay_response(response, sender)
             return
@@ -716,9 +716,10 @@ class ProxyCore:
 
     # -- overlay relaying ---------------------------------------------------------------------
 
-    def _overlay_sender(self, via: Via) -> str | None:
-        """The node that added ``via`` when it is another overlay node's Via."""
-        if not self._overlay_peers:
+    def _overlay_sender(self, via: Via, source: Peer) -> str | None:
+        """The node that added ``via`` when it is another overlay node's Via, on a message
+        that came from an overlay node: anyone else claiming to be one is not believed."""
+        if source not in self._overlay_node_at:
             return None
         node = via.param("ovl")
         return node if node in self._overlay_peers else None
@@ -787,12 +788,13 @@ class ProxyCore:
         self._detoured += 1
         return serialize(request), self._overlay_peers[waypoints[0]]
 
-    def _response_peer(self, via: Via, fallback: Peer) -> Peer:
-        """Where a response to ``via`` goes: an overlay node at its configured address."""
-        sender = self._overlay_sender(via)
+    def _response_peer(self, via: Via, source: Peer) -> Peer:
+        """Where a response to ``via`` (received from ``source``) goes: an overlay node at its
+        configured address."""
+        sender = self._overlay_sender(via, source)
         if sender is not None:
             return self._overlay_peers[sender]
-        return _via_response_peer(via, fallback)
+        return _via_response_peer(via, source)
 
     # -- helpers -----------------------------------------------------------------------------
 

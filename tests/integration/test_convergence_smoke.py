@@ -17,6 +17,19 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "convergence"
 _SECONDS = r"\d+\.\d{3} s"
 
 
+def run_bench(args: list[str], *, timeout: float) -> str:
+    """Run bench/convergence; its stdout, once it exited 0."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def _kamailio_installed() -> bool:
     return shutil.which("kamailio") is not None or Path("/usr/sbin/kamailio").is_file()
 
@@ -33,17 +46,9 @@ def test_convergence_dispatcher_smoke() -> None:
         "--degrade-seconds", "2",
         "--window", "1",
     ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
+    out = run_bench(args, timeout=30)
     kill_line = rf"^dispatcher kill  1: last new INVITE to it {_SECONDS} after the kill"
-    assert re.search(kill_line, out, re.M), out + done.stderr
+    assert re.search(kill_line, out, re.M), out
     assert re.search(rf"^kill: to last call, max +n/a +{_SECONDS} +n/a$", out, re.M), out
     assert re.search(r"^dispatcher degrade: \d+% of the new INVITEs", out, re.M), out
 
@@ -58,19 +63,11 @@ def test_convergence_overlay_smoke() -> None:
         "--degrade-seconds", "3",
         "--window", "1",
     ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
+    out = run_bench(args, timeout=90)
     kill_line = (
         rf"^overlay kill  1: every survivor's routes avoid it {_SECONDS} after the kill, "
         rf"last new INVITE toward it {_SECONDS}; 0/\d+ calls failed"
     )
-    assert re.search(kill_line, out, re.M), out + done.stderr
+    assert re.search(kill_line, out, re.M), out
     assert re.search(rf"^kill: to avoid, max +{_SECONDS} +n/a +n/a$", out, re.M), out
     assert re.search(rf"^overlay degrade: 0% of the last 1 s .* rerouted: {_SECONDS}", out, re.M)

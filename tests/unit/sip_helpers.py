@@ -147,12 +147,16 @@ class ProxyHarness:
 
     def advance(self, seconds: float) -> dict[Peer, list[bytes]]:
         """Move the clock, firing every timer due on the way, in order."""
+        self.run_timers(seconds)
+        return self._collect()
+
+    def run_timers(self, seconds: float) -> None:
+        """``advance`` leaving what was sent in the proxy's outbox."""
         end = self.now + seconds
         while (deadline := self.proxy.get_timer()) is not None and deadline <= end:
             self.now = max(self.now, deadline)
             self.proxy.handle_timer(self.now)
         self.now = end
-        return self._collect()
 
     def resolve_events(self) -> list[ResolveTarget]:
         events = []

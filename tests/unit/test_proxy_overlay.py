@@ -60,12 +60,8 @@ class Fabric:
         return self._run()
 
     def advance(self, node: str, seconds: float) -> dict[Peer, list[bytes]]:
-        h = self.cores[node]
-        end = h.now + seconds
-        while (deadline := h.proxy.get_timer()) is not None and deadline <= end:
-            h.now = max(h.now, deadline)
-            h.proxy.handle_timer(h.now)
-        h.now = end
+        """Move ``node``'s clock (the others' stand still); what reaches non-node addresses."""
+        self.cores[node].run_timers(seconds)
         return self._run()
 
     def retransmit_toward(self, node: str, destination: str) -> int:
@@ -290,3 +286,20 @@ def test_request_from_outside_naming_a_node_is_proxied_statefully() -> None:
     invite = only_request(out, UAS)
     assert [via.param("ovl") for via in invite.vias] == ["egr", "mid", None]
     assert fabric.cores["mid"].proxy.statistics().transactions_server == 1
+
+
+def test_outsider_claiming_to_be_a_node_is_not_believed() -> None:
+    """A Via marked as the ingress's, sent from elsewhere: proxied statefully, answered at the
+    address it came from, never relayed or answered at the node it names."""
+    fabric = Fabric()
+    forged = request(
+        via_host="127.0.1.1:5060",
+        branch="z9hG4bK-forged;ovl=ing",
+        extra=(f"Route: {EGRESS_ROUTE}",),
+    )
+    out = fabric.inject("mid", UAC, forged)
+    assert statuses(out) == [100]  # answered to the real source
+    assert relayed(fabric, "mid") == {}
+    invite = only_request(out, UAS)
+    assert [via.param("ovl") for via in invite.vias] == ["egr", "mid", "ing"]
+    assert invite.vias[2].param("received") == UAC.host
