@@ -1,0 +1,5 @@
+"""Deploy an overlay fleet on AWS with boto3: plan, apply, status, destroy, and the HA agent.
+
+Every AWS call goes through ``deploy.aws.ClientFactory``, so the same code runs against an AWS
+account or, in the tests, against moto's server on a loopback address.
+"""
