@@ -61,7 +61,7 @@ class ClientFactory:
         )
         self._clients: dict[tuple[str, str], Any] = {}
 
-    def client(self, service: str, region: str) -> Any:
+    def client(self, service: str, region: str) -> Any:  # noqa: ANN401  (boto3 has no types)
         """The client for ``service`` in ``region`` (Route 53 and IAM are global: any region)."""
         key = (service, region)
         client = self._clients.get(key)

@@ -26,9 +26,9 @@ os.environ.update(
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
 
-from moto.server import ThreadedMotoServer  # noqa: E402  (after the MOTO_* settings)
+from moto.server import ThreadedMotoServer  # imported after the MOTO_* settings
 
-from deploy.aws import ClientFactory  # noqa: E402
+from deploy.aws import ClientFactory
 
 pytestmark = pytest.mark.deploy
 

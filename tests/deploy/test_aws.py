@@ -4,6 +4,7 @@ ways an endpoint says no."""
 from __future__ import annotations
 
 import botocore.exceptions
+import botocore.parsers
 import pytest
 
 from deploy.aws import ClientFactory, is_not_found, is_not_implemented
@@ -24,7 +25,8 @@ def test_clients_are_per_region_and_reach_moto(aws: ClientFactory) -> None:
 
 def test_an_unimplemented_call_is_recognised(aws: ClientFactory) -> None:
     """moto has no placement groups: its HTML 500 must not pass for any other failure."""
-    with pytest.raises(Exception) as caught:
+    unimplemented = (botocore.parsers.ResponseParserError, botocore.exceptions.ClientError)
+    with pytest.raises(unimplemented) as caught:
         aws.client("ec2", "us-west-2").create_placement_group(
             GroupName="overlay-usw2a", Strategy="cluster"
         )
