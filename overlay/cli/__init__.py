@@ -110,5 +110,14 @@ def _check_loopback_net(net: str) -> None:
         raise typer.Exit(2)
 
 
+def _add_subcommands() -> None:
+    from overlay.cli.deploy import app as deploy_app
+
+    app.add_typer(deploy_app, name="deploy")
+
+
+_add_subcommands()
+
+
 def main() -> None:
     app()

@@ -1,6 +1,20 @@
 """Node configuration: ``load_config`` reads the TOML file described in docs/internal/config.md.
 
 A bad file is refused with ``ConfigError`` before any socket opens.
+
+The reader under it is public for the project's other TOML files (``deploy.fleet``), so that
+they are refused the same way, naming file, line, dotted key and reason:
+
+- ``parse_toml(text, source=..., build=...)`` runs tomllib, then ``build`` on the root table,
+  and turns a syntax error or the ``Invalid(path, reason)`` that ``build`` raises into the
+  ``ConfigError``, with the line of ``path`` found in the text;
+- ``Table(value, path, known)`` reads a table key by key (``require``, ``get``, ``has``) and
+  refuses unknown keys first, so that a typo is reported as itself;
+- readers ``(value, path) -> typed value`` raise ``Invalid``: ``string``,
+  ``integer(low, high)`` (makes one), ``seconds`` (> 0) and ``network`` (CIDR, host bits
+  zero); ``kind`` names a value's TOML type for messages;
+- ``read_text(path)`` reads a file, refusing it with a ``ConfigError`` naming it;
+- ``KeyPath`` is the type of a path such as ``("regions", 0, "vpc_cidr")``.
 """
 
 from __future__ import annotations
@@ -8,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._errors import ConfigError
+from ._lines import Path as KeyPath
 from ._model import (
     DialplanRule,
     DnsSection,
@@ -24,6 +39,17 @@ from ._model import (
     TimerConfig,
     Transport,
 )
+from ._reader import (
+    Invalid,
+    Table,
+    integer,
+    kind,
+    network,
+    parse_toml,
+    read_text,
+    seconds,
+    string,
+)
 from ._schema import parse_config
 
 __all__ = [
@@ -32,6 +58,8 @@ __all__ = [
     "DnsSection",
     "DnsTarget",
     "GrpcSection",
+    "Invalid",
+    "KeyPath",
     "LinkstateSection",
     "ListenAddress",
     "NodeConfig",
@@ -40,10 +68,18 @@ __all__ = [
     "Scheme",
     "SipSection",
     "StaticTarget",
+    "Table",
     "TimerConfig",
     "Transport",
+    "integer",
+    "kind",
     "load_config",
+    "network",
     "parse_config",
+    "parse_toml",
+    "read_text",
+    "seconds",
+    "string",
 ]
 
 
@@ -59,11 +95,4 @@ def load_config(path: str | Path) -> NodeConfig:
     Raises:
         ConfigError: the file cannot be read, is not UTF-8 TOML, or breaks the schema.
     """
-    source = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as error:
-        raise ConfigError(source, None, "", f"cannot read: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(source, None, "", f"not UTF-8 text ({error.reason})") from None
-    return parse_config(text, source=source)
+    return parse_config(read_text(path), source=str(path))

@@ -1,0 +1,122 @@
+"""``overlay deploy plan | apply | status | destroy``: a fleet on AWS from ``fleet.toml``.
+
+Exit status: 0 done; 1 AWS refused a call (the message names it); 2 the fleet file is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from deploy.deployer import Change, Deployer
+
+app = typer.Typer(
+    no_args_is_help=True, help="Deploy an overlay fleet on AWS, as described in fleet.toml."
+)
+console = Console()
+
+FleetOption = Annotated[
+    Path, typer.Option("--fleet", "-f", help="the fleet description", show_default=True)
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        envvar="AWS_ENDPOINT_URL",
+        help="send every AWS call there (a test endpoint); default: AWS itself",
+    ),
+]
+
+
+@contextmanager
+def _aws_errors() -> Iterator[None]:
+    """AWS failures as one line and exit status 1, not a traceback."""
+    import botocore.exceptions
+
+    try:
+        yield
+    except botocore.exceptions.NoCredentialsError:
+        console.print("[red]aws: no credentials (environment, profile or instance role)[/]")
+        raise typer.Exit(1) from None
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        console.print(f"[red]aws: {error}[/]")
+        raise typer.Exit(1) from None
+
+
+def _deployer(
+    fleet_path: Path, endpoint_url: str | None, report: Callable[[Change], None]
+) -> Deployer:
+    from deploy.aws import ClientFactory
+    from deploy.deployer import Deployer
+    from deploy.fleet import check_instance_type, load_fleet
+    from deploy.placement import Ec2PlacementGroups
+    from overlay.config import ConfigError
+
+    aws = ClientFactory(endpoint_url=endpoint_url)
+    try:
+        fleet = load_fleet(fleet_path)
+        with _aws_errors():
+            check_instance_type(fleet, aws, str(fleet_path))
+    except ConfigError as error:
+        console.print(f"[red]overlay deploy: {error}[/]")
+        raise typer.Exit(2) from None
+    return Deployer(fleet, aws, Ec2PlacementGroups(aws), report=report)
+
+
+def _print_change(change: Change) -> None:
+    colour = {"create": "green", "update": "yellow", "delete": "red"}[change.action]
+    console.print(f"[{colour}]{change}[/]", highlight=False)
+
+
+@app.command()
+def plan(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption = None) -> None:
+    """Show what apply would create or change; changes nothing."""
+    deployer = _deployer(fleet, endpoint_url, _print_change)
+    with _aws_errors(), console.status("reading the account…"):
+        changes = deployer.plan()
+    console.print(f"{len(changes)} change(s)" if changes else "no changes: the fleet is in place")
+
+
+@app.command()
+def apply(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption = None) -> None:
+    """Create what is missing (idempotent: a second apply changes nothing)."""
+    deployer = _deployer(fleet, endpoint_url, _print_change)
+    with _aws_errors(), console.status("applying…"):
+        changes = deployer.apply()
+    console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
+
+
+@app.command()
+def status(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption = None) -> None:
+    """Every pair member: region, AZ, role, state, and which one holds the floating address."""
+    deployer = _deployer(fleet, endpoint_url, _print_change)
+    with _aws_errors():
+        rows = deployer.status()
+    table = Table(title=f"fleet {deployer.fleet.name}")
+    for column in ("region", "az", "name", "role", "instance", "state", "private_ip", "floating"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table if rows else "nothing deployed")
+
+
+@app.command()
+def destroy(
+    fleet: FleetOption = Path("fleet.toml"),
+    endpoint_url: EndpointOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete every resource tagged with the fleet (what apply created, nothing else)."""
+    deployer = _deployer(fleet, endpoint_url, _print_change)
+    if not yes:
+        typer.confirm(f"Delete every resource of fleet {deployer.fleet.name!r}?", abort=True)
+    with _aws_errors(), console.status("destroying…"):
+        changes = deployer.destroy()
+    console.print(f"{len(changes)} resource(s) deleted" if changes else "nothing to delete")

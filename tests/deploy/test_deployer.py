@@ -1,0 +1,214 @@
+"""plan → apply → apply → status → destroy of the four-region example fleet, against moto's server.
+
+moto cannot show everything (notes/moto.md): it has no placement groups (the deployer runs with
+``MemoryPlacementGroups``, and the EC2 requests of ``Ec2PlacementGroups`` are checked with
+botocore's Stubber), it drops ``Placement.GroupName`` from run_instances (the request is
+recorded on its way out and checked), and it runs no user data (the AMI builder never powers
+itself off, so the test stops it, standing in for the builder's final ``shutdown``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dns.asyncresolver
+import pytest
+from botocore.stub import Stubber
+
+from deploy.aws import ClientFactory
+from deploy.deployer import ALARM_METRICS, Deployer
+from deploy.fleet import Fleet, load_fleet
+from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
+from tests.deploy.route53_dns import serve_hosted_zone
+
+pytestmark = pytest.mark.deploy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
+
+
+def stop_builder(ec2: Any, instance: str) -> None:  # noqa: ANN401
+    """What the builder's user data does last on EC2 (moto runs no user data)."""
+    ec2.stop_instances(InstanceIds=[instance])
+    ec2.get_waiter("instance_stopped").wait(
+        InstanceIds=[instance], WaiterConfig={"Delay": 1, "MaxAttempts": 5}
+    )
+
+
+@pytest.fixture
+def fleet(aws: ClientFactory) -> Fleet:
+    example = load_fleet(EXAMPLE)
+    base = aws.client("ec2", example.builder_region).register_image(
+        Name="debian-12-amd64",
+        Architecture="x86_64",
+        RootDeviceName="/dev/xvda",
+        VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
+    )["ImageId"]
+    return dataclasses.replace(example, base_image_id=base)
+
+
+def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
+    """How many of each kind of EC2 resource carry the fleet's tag in ``region``."""
+    ec2 = aws.client("ec2", region)
+    filters = [{"Name": "tag:overlay:fleet", "Values": [fleet.name]}]
+    live = [*filters, {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    return {
+        "vpc": len(ec2.describe_vpcs(Filters=filters)["Vpcs"]),
+        "subnet": len(ec2.describe_subnets(Filters=filters)["Subnets"]),
+        "instance": sum(
+            len(r["Instances"]) for r in ec2.describe_instances(Filters=live)["Reservations"]
+        ),
+        "elastic-ip": len(ec2.describe_addresses(Filters=filters)["Addresses"]),
+        "image": len(ec2.describe_images(Owners=["self"], Filters=filters)["Images"]),
+        "network-interface": len(
+            ec2.describe_network_interfaces(Filters=filters)["NetworkInterfaces"]
+        ),
+    }
+
+
+@pytest.mark.trio
+async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet) -> None:
+    placement = MemoryPlacementGroups()
+    launched: list[dict[str, Any]] = []
+    for region in fleet.regions:
+        aws.client("ec2", region.name).meta.events.register(
+            "provide-client-params.ec2.RunInstances",
+            lambda params, **_: launched.append(params),
+        )
+    # Something of the account's own, which destroy must leave alone.
+    foreign = aws.client("ec2", "us-east-1").create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    # moto's Elastic IPs are 127.x addresses, which Route 53 would refuse to health-check.
+    deployer = Deployer(
+        fleet, aws, placement, wait_for_builder=stop_builder, allow_special_use_addresses=True
+    )
+
+    # plan: everything to create, nothing created.
+    planned = deployer.plan()
+    kinds = Counter(change.kind for change in planned)
+    pairs = sum(len(region.azs) for region in fleet.regions)
+    assert kinds["vpc"] == len(fleet.regions)
+    assert kinds["instance"] == 2 * pairs
+    assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
+    assert kinds["placement-group"] == pairs
+    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions)
+    assert {change.action for change in planned} <= {"create", "update"}
+    assert all(count == 0 for count in tagged(aws, fleet, "us-west-2").values())
+
+    # apply: what the plan said, then nothing on a second run.
+    applied = deployer.apply()
+    assert Counter(c.kind for c in applied if c.kind != "record-sets") == Counter(
+        c.kind for c in planned if c.kind != "record-sets"
+    )
+    assert deployer.apply() == []
+    assert deployer.plan() == []
+    for region in fleet.regions:
+        azs = len(region.azs)
+        assert tagged(aws, fleet, region.name) == {
+            "vpc": 1,
+            "subnet": azs,
+            "instance": 2 * azs,
+            "elastic-ip": azs,
+            "image": 1,
+            "network-interface": 2 * azs,
+        }
+        assert placement.names(region.name, fleet.name) == sorted(
+            f"{fleet.name}-{az.name}" for az in region.azs
+        )
+    # Every pair member went into its AZ's placement group (moto drops the group: the
+    # request is what shows it).
+    pair_launches = [p for p in launched if p.get("NetworkInterfaces")]
+    assert len(pair_launches) == 2 * pairs
+    for params in pair_launches:
+        az = params["Placement"]["AvailabilityZone"]
+        assert params["Placement"]["GroupName"] == f"{fleet.name}-{az}"
+        assert params["InstanceType"] == fleet.instance_type
+
+    # The security group: SIP from trunks and peers, gRPC only from peers and the NOC.
+    ec2 = aws.client("ec2", "us-west-2")
+    [group] = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:overlay:fleet", "Values": [fleet.name]}]
+    )["SecurityGroups"]
+    grpc_rule = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.grpc)
+    assert {r["CidrIp"] for r in grpc_rule["IpRanges"]} == {*fleet.peer_cidrs, *fleet.noc_cidrs}
+
+    # status: each active holds its pair's floating address.
+    rows = deployer.status()
+    assert len(rows) == 2 * pairs
+    assert all(row["state"] == "running" for row in rows)
+    assert all(bool(row["floating"]) == (row["role"] == "active") for row in rows)
+
+    # The zone answers, from a DNS server on loopback fed with what Route 53 holds.
+    route53 = aws.client("route53", "us-east-1")
+    [zone] = route53.list_hosted_zones_by_name(DNSName=fleet.dns_zone)["HostedZones"]
+    zone_id = zone["Id"].split("/")[-1]
+    async with serve_hosted_zone(aws, zone_id, client_region="us-east-1") as (host, port):
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [host]
+        resolver.port = port
+        answer = await resolver.resolve(f"_sip._udp.{fleet.dns_zone}", "SRV")
+        by_priority = sorted((r.priority, r.weight, r.port) for r in answer)
+        assert by_priority == sorted(
+            (region.srv_priority, region.srv_weight, fleet.ports.sip) for region in fleet.regions
+        )
+        nearest = await resolver.resolve(f"sip.{fleet.dns_zone}", "A")
+        east = [row for row in rows if row["region"] == "us-east-1" and row["role"] == "active"]
+        assert sorted(r.address for r in nearest) == sorted(row["floating"] for row in east)
+    checks = route53.list_health_checks()["HealthChecks"]
+    assert len(checks) == pairs + sum(1 for region in fleet.regions if len(region.azs) > 1)
+
+    # Alarms on the link metrics, wired to the region's topic.
+    alarms = aws.client("cloudwatch", "us-east-2").describe_alarms()["MetricAlarms"]
+    assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(ALARM_METRICS)
+    assert all(alarm["AlarmActions"] for alarm in alarms)
+
+    # destroy: everything the fleet made, and only that.
+    destroyed = deployer.destroy()
+    assert destroyed
+    for region in fleet.regions:
+        assert all(count == 0 for count in tagged(aws, fleet, region.name).values())
+        assert placement.names(region.name, fleet.name) == []
+        assert aws.client("cloudwatch", region.name).describe_alarms()["MetricAlarms"] == []
+    zone_name = fleet.dns_zone.rstrip(".") + "."
+    assert all(z["Name"] != zone_name for z in route53.list_hosted_zones()["HostedZones"])
+    assert route53.list_health_checks()["HealthChecks"] == []
+    east = aws.client("ec2", "us-east-1")
+    assert [v["VpcId"] for v in east.describe_vpcs(VpcIds=[foreign])["Vpcs"]] == [foreign]
+    assert deployer.destroy() == []
+
+
+def test_placement_group_requests(aws: ClientFactory) -> None:
+    """What Ec2PlacementGroups asks EC2 for (moto implements none of it)."""
+    ec2 = aws.client("ec2", "us-west-2")
+    groups = Ec2PlacementGroups(aws)
+    with Stubber(ec2) as stub:
+        stub.add_response(
+            "create_placement_group",
+            {},
+            {
+                "GroupName": "voice-us-west-2a",
+                "Strategy": "cluster",
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "placement-group",
+                        "Tags": [
+                            {"Key": "overlay:fleet", "Value": "voice"},
+                            {"Key": "overlay:name", "Value": "voice-us-west-2a"},
+                            {"Key": "Name", "Value": "voice-us-west-2a"},
+                        ],
+                    }
+                ],
+            },
+        )
+        stub.add_response(
+            "describe_placement_groups",
+            {"PlacementGroups": [{"GroupName": "voice-us-west-2a", "State": "available"}]},
+            {"Filters": [{"Name": "tag:overlay:fleet", "Values": ["voice"]}]},
+        )
+        stub.add_response("delete_placement_group", {}, {"GroupName": "voice-us-west-2a"})
+        groups.create("us-west-2", "voice", "voice-us-west-2a")
+        assert groups.names("us-west-2", "voice") == ["voice-us-west-2a"]
+        groups.delete("us-west-2", "voice-us-west-2a")
+        stub.assert_no_pending_responses()
