@@ -28,6 +28,7 @@ the appliance, and copied to every other region. Placement groups go through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy.aws import ClientFactory
-from deploy.fleet import AzSpec, Fleet, RegionSpec
+from deploy.fleet import AzSpec, Fleet, HaSpec, RegionSpec
 from deploy.placement import PlacementGroups
 from deploy.records import (
     RegionEndpoint,
@@ -103,6 +104,38 @@ class Change:
         sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
         detail = f"  {self.detail}" if self.detail else ""
         return f"{sign} {self.kind:<16} {self.region:<10} {self.name}{detail}"
+
+
+MEMBER_USER_DATA = """#!/bin/bash
+# A pair member: the HA agent's settings, then (re)start it.
+set -euo pipefail
+install -d /etc/overlay
+cat >/etc/overlay/ha.toml <<'TOML'
+{ha_toml}TOML
+systemctl restart overlay-ha.service
+"""
+
+
+@dataclass(frozen=True)
+class HaAgentSettings:
+    """What ``overlay ha`` on one pair member needs (``deploy/ha/_config.py``)."""
+
+    region: str
+    own_eni_id: str
+    peer_eni_id: str
+    floating_private_ip: str
+    allocation_id: str
+    peer_grpc: str
+
+    def toml(self, timers: HaSpec) -> str:
+        lines = ["[ha]"]
+        lines += [f'{key} = "{value}"' for key, value in dataclasses.asdict(self).items()]
+        lines += [
+            f"heartbeat_interval = {timers.heartbeat_interval}",
+            f"dead_after = {timers.dead_after}",
+            f"hold_down = {timers.hold_down}",
+        ]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -405,18 +438,6 @@ class Deployer:
             interfaces[role] = self._interface(
                 region.name, self._name(f"{az.name}-{role}"), subnet, group, addresses
             )
-        for role in ROLES:
-            name = self._name(f"{az.name}-{role}")
-            self._find_or_create(
-                "instance",
-                region.name,
-                name,
-                functools.partial(self._find_instance, region.name, name),
-                functools.partial(
-                    self._launch, region.name, az.name, name, role, image, interfaces[role]
-                ),
-                f"{self.fleet.instance_type} in {az.name}, placement group {self._name(az.name)}",
-            )
         name = self._name(az.name)
         allocation = self._find_or_create(
             "elastic-ip",
@@ -438,6 +459,25 @@ class Deployer:
                 self._change("update", "elastic-ip", region.name, name, f"associate to {floating}")
                 if self._execute:
                     self._associate(ec2, allocation, interfaces["active"], floating)
+        for role in ROLES:
+            name = self._name(f"{az.name}-{role}")
+            peer = "standby" if role == "active" else "active"
+            ha = HaAgentSettings(
+                region=region.name,
+                own_eni_id=interfaces[role],
+                peer_eni_id=interfaces[peer],
+                floating_private_ip=floating,
+                allocation_id=allocation,
+                peer_grpc=f"{network[ROLE_HOSTS[peer]]}:{self.fleet.ports.grpc}",
+            )
+            self._find_or_create(
+                "instance",
+                region.name,
+                name,
+                functools.partial(self._find_instance, region.name, name),
+                functools.partial(self._launch, region.name, az.name, name, role, image, ha),
+                f"{self.fleet.instance_type} in {az.name}, placement group {self._name(az.name)}",
+            )
         return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
 
     def _interface(
@@ -492,14 +532,15 @@ class Deployer:
         )
 
     def _launch(
-        self, region: str, az: str, name: str, role: str, image: str, interface: str
+        self, region: str, az: str, name: str, role: str, image: str, ha: HaAgentSettings
     ) -> str:
         instance: str = self._ec2(region).run_instances(
             ImageId=image,
             InstanceType=self.fleet.instance_type,
             MinCount=1,
             MaxCount=1,
-            NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": interface}],
+            NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": ha.own_eni_id}],
+            UserData=MEMBER_USER_DATA.format(ha_toml=ha.toml(self.fleet.ha)),
             Placement={"AvailabilityZone": az, "GroupName": self._name(az)},
             MetadataOptions={"HttpTokens": "required"},
             TagSpecifications=self._tags("instance", name, role=role),

@@ -110,6 +110,40 @@ def _check_loopback_net(net: str) -> None:
         raise typer.Exit(2)
 
 
+@app.command()
+def ha(
+    config: Annotated[Path, typer.Option("--config", "-c", help="ha.toml to load")],
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", envvar="AWS_ENDPOINT_URL", help="AWS endpoint override"),
+    ] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Run the HA agent of one pair member (moves the floating address) until SIGINT/SIGTERM."""
+    from deploy.aws import ClientFactory
+    from deploy.ha import load_ha_config, run_agent
+    from overlay.config import ConfigError
+
+    configure_logging(json=log_json, level=log_level.upper())
+    try:
+        loaded = load_ha_config(config)
+    except ConfigError as exc:
+        typer.echo(f"overlay: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from None
+    aws = ClientFactory(endpoint_url=endpoint_url)
+
+    async def until_signalled() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_agent, loaded, aws)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(until_signalled)
+
+
 def _add_subcommands() -> None:
     from overlay.cli.deploy import app as deploy_app
 

@@ -41,6 +41,7 @@ from ._model import (
 )
 from ._reader import (
     Invalid,
+    Reader,
     Table,
     integer,
     kind,
@@ -65,6 +66,7 @@ __all__ = [
     "NodeConfig",
     "NodeSection",
     "PeerConfig",
+    "Reader",
     "Scheme",
     "SipSection",
     "StaticTarget",

@@ -9,6 +9,7 @@ itself off, so the test stops it, standing in for the builder's final ``shutdown
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from botocore.stub import Stubber
 from deploy.aws import ClientFactory
 from deploy.deployer import ALARM_METRICS, Deployer
 from deploy.fleet import Fleet, load_fleet
+from deploy.ha import parse_ha_config
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
 from tests.deploy.route53_dns import serve_hosted_zone
 
@@ -76,7 +78,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     for region in fleet.regions:
         aws.client("ec2", region.name).meta.events.register(
             "provide-client-params.ec2.RunInstances",
-            lambda params, **_: launched.append(params),
+            # A copy: botocore base64-encodes UserData in the same dict afterwards.
+            lambda params, **_: launched.append(copy.deepcopy(params)),
         )
     # Something of the account's own, which destroy must leave alone.
     foreign = aws.client("ec2", "us-east-1").create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
@@ -125,6 +128,13 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         az = params["Placement"]["AvailabilityZone"]
         assert params["Placement"]["GroupName"] == f"{fleet.name}-{az}"
         assert params["InstanceType"] == fleet.instance_type
+        # Each member's HA agent is told its own and its peer's interface and address.
+        ha_toml = params["UserData"].split("<<'TOML'\n", 1)[1].split("TOML\n", 1)[0]
+        ha = parse_ha_config(ha_toml)
+        assert ha.own_eni_id == params["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        assert ha.peer_eni_id != ha.own_eni_id
+        assert ha.heartbeat_interval == fleet.ha.heartbeat_interval
+        assert ha.peer_grpc_target.endswith(f":{fleet.ports.grpc}")
 
     # The security group: SIP from trunks and peers, gRPC only from peers and the NOC.
     ec2 = aws.client("ec2", "us-west-2")

@@ -1,0 +1,52 @@
+"""The HA agent of an active/standby pair: a floating private IP and EIP moved by the EC2 API.
+
+``run_agent`` (the trio shell, ``_agent``) checks the peer's gRPC health and drives ``HaCore``
+(sans-IO decisions, ``_core``), which asks ``FloatingAddress`` (boto3, ``_ec2``) who holds the
+address and when to move it.
+"""
+
+from ._agent import HEALTH_CHECK_METHOD, HaAgent, HaAgentConfig, run_agent
+from ._config import load_ha_config, parse_ha_config
+from ._core import (
+    AddressView,
+    HaCore,
+    HaEvent,
+    HaState,
+    HaStateError,
+    HaStatistics,
+    Holder,
+    HolderChanged,
+    HolderCheck,
+    PeerAlive,
+    PeerDead,
+    Takeover,
+    TakeoverSkipped,
+    classify,
+)
+from ._ec2 import API_ERRORS, FloatingAddress, MoveReport
+
+__all__ = [
+    "API_ERRORS",
+    "HEALTH_CHECK_METHOD",
+    "AddressView",
+    "FloatingAddress",
+    "HaAgent",
+    "HaAgentConfig",
+    "HaCore",
+    "HaEvent",
+    "HaState",
+    "HaStateError",
+    "HaStatistics",
+    "Holder",
+    "HolderChanged",
+    "HolderCheck",
+    "MoveReport",
+    "PeerAlive",
+    "PeerDead",
+    "Takeover",
+    "TakeoverSkipped",
+    "classify",
+    "load_ha_config",
+    "parse_ha_config",
+    "run_agent",
+]

@@ -1,0 +1,297 @@
+"""The HA agent: the trio shell around :class:`HaCore` (``overlay ha`` runs it on each member).
+
+Two tasks share one core, both on the trio thread:
+
+* the heartbeat task checks the peer's ``grpc.health.v1.Health/Check`` every
+  ``heartbeat_interval`` seconds, through the gRPC bridge (the only place grpc meets trio), with
+  a deadline of one interval, and feeds each result to the core;
+* the decision task drains the core's events, logs them, runs the EC2 reads and moves they ask
+  for, and sleeps until the core's next timer or the next heartbeat result.
+
+boto3 blocks, so each EC2 call sequence runs in one of trio's worker threads
+(``trio.to_thread.run_sync``): heartbeats keep their rhythm while the API answers. Only the
+decision task calls the API, so calls never overlap, and every result is fed to the core back
+on the trio thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+from grpc_health.v1 import health_pb2
+
+from deploy.aws import ClientFactory
+from overlay.control import GrpcBridge, RpcError, open_grpc_bridge
+
+from ._core import (
+    HaCore,
+    HaEvent,
+    HaStatistics,
+    HolderChanged,
+    HolderCheck,
+    PeerAlive,
+    PeerDead,
+    Takeover,
+    TakeoverSkipped,
+)
+from ._ec2 import API_ERRORS, FloatingAddress
+
+__all__ = ["HEALTH_CHECK_METHOD", "HaAgent", "HaAgentConfig", "run_agent"]
+
+log = structlog.get_logger("overlay.ha")
+
+#: The standard gRPC health check (grpc/grpc doc/health-checking.md), served by every node.
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+@dataclass(frozen=True, slots=True)
+class HaAgentConfig:
+    """One member of an active/standby pair in one AZ.
+
+    Args:
+        region: the pair's region (its EC2 endpoint).
+        own_eni_id: this member's ENI, where a takeover moves the address.
+        peer_eni_id: the other member's ENI.
+        floating_private_ip: the secondary private IP that moves with the active.
+        allocation_id: the allocation id of the EIP associated with the floating IP.
+        peer_grpc_target: ``"host:port"`` of the peer node's gRPC server (its health service).
+        heartbeat_interval: seconds between health checks; also each check's deadline.
+        dead_after: consecutive missed heartbeats that make the peer dead.
+        hold_down: seconds without takeover after a takeover or a recovery of the peer.
+        api_check_interval: seconds between periodic readings of who holds the address.
+        health_service: the service name asked about (``""``: the node's server as a whole).
+
+    Raises:
+        ValueError: a value out of range, an IP that does not parse, the same ENI twice, or a
+            target without a port.
+    """
+
+    region: str
+    own_eni_id: str
+    peer_eni_id: str
+    floating_private_ip: str
+    allocation_id: str
+    peer_grpc_target: str
+    heartbeat_interval: float = 0.5
+    dead_after: int = 3
+    hold_down: float = 10.0
+    api_check_interval: float = 5.0
+    health_service: str = ""
+
+    def __post_init__(self) -> None:
+        if self.own_eni_id == self.peer_eni_id:
+            raise ValueError(f"own_eni_id and peer_eni_id are both {self.own_eni_id!r}")
+        ipaddress.ip_address(self.floating_private_ip)  # ValueError names the bad value
+        host, _, port = self.peer_grpc_target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"peer_grpc_target must be host:port, not {self.peer_grpc_target!r}")
+        for name in ("heartbeat_interval", "api_check_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.dead_after < 1:
+            raise ValueError(f"dead_after must be at least 1, not {self.dead_after}")
+        if not self.hold_down >= 0:
+            raise ValueError(f"hold_down must not be negative, not {self.hold_down}")
+
+
+class HaAgent:
+    """A running agent, handed out by ``nursery.start(run_agent, ...)``.
+
+    Read it only through :meth:`statistics` and :meth:`wait_until`, on the trio thread.
+    """
+
+    def __init__(self, config: HaAgentConfig, address: FloatingAddress, bridge: GrpcBridge) -> None:
+        self.config = config
+        self._address = address
+        self._bridge = bridge
+        self._core = HaCore(
+            trio.current_time(),
+            dead_after=config.dead_after,
+            hold_down=config.hold_down,
+            api_check_interval=config.api_check_interval,
+        )
+        self._wake = trio.Event()  # set when the heartbeat task fed the core
+        self._changed = trio.lowlevel.ParkingLot()  # wait_until() callers
+        self._log = log.bind(own_eni=config.own_eni_id, peer=config.peer_grpc_target)
+
+    def statistics(self) -> HaStatistics:
+        return self._core.statistics()
+
+    async def wait_until(self, predicate: Callable[[HaStatistics], bool]) -> HaStatistics:
+        """Wait until ``predicate(self.statistics())`` holds; returns those statistics.
+
+        Checked after every heartbeat result and every EC2 answer. Bound it with
+        ``trio.fail_after`` / ``trio.move_on_after``.
+        """
+        await trio.lowlevel.checkpoint()
+        while not predicate(stats := self.statistics()):
+            await self._changed.park()
+        return stats
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        interval = self.config.heartbeat_interval
+        next_at = trio.current_time()
+        while True:
+            why = await self._check_peer(interval)
+            now = trio.current_time()
+            if why is None:
+                self._core.heartbeat_succeeded(now)
+            else:
+                self._core.heartbeat_failed(now, why)
+            self._fed()
+            next_at = max(next_at + interval, trio.current_time())
+            await trio.sleep_until(next_at)
+
+    async def _check_peer(self, interval: float) -> str | None:
+        """None when the peer answers SERVING within ``interval``, else why not."""
+        request = health_pb2.HealthCheckRequest(service=self.config.health_service)
+        # The gRPC deadline ends the call at the server too; the trio one is a backstop, should
+        # the bridge be slow to report it.
+        with trio.move_on_after(interval * 1.5):
+            try:
+                response = await self._bridge.unary(
+                    self.config.peer_grpc_target,
+                    HEALTH_CHECK_METHOD,
+                    request,
+                    health_pb2.HealthCheckRequest.SerializeToString,
+                    health_pb2.HealthCheckResponse.FromString,
+                    timeout=interval,
+                )
+            except RpcError as exc:
+                return f"{exc.code.name}: {exc.message}"
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+            return None
+        return f"no answer within {interval * 1.5:g} s"
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    async def _decisions(self) -> None:
+        core = self._core
+        while True:
+            while (event := core.next_event()) is not None:
+                await self._act(event)
+                self._fed()
+            deadline = core.get_timer()
+            self._wake = trio.Event()
+            with trio.move_on_at(math.inf if deadline is None else deadline) as timeout:
+                await self._wake.wait()
+            if deadline is not None:
+                now = trio.current_time()
+                if timeout.cancelled_caught:
+                    core.handle_timer(max(deadline, now))  # max: guards an early wake-up
+                elif now >= deadline:
+                    core.handle_timer(now)
+
+    def _fed(self) -> None:
+        self._wake.set()
+        self._changed.unpark_all()
+
+    async def _act(self, event: HaEvent) -> None:
+        core, logger = self._core, self._log
+        match event:
+            case HolderCheck(reason=reason):
+                logger.debug("reading the holder", reason=reason)
+                try:
+                    holder = await trio.to_thread.run_sync(self._address.holder)
+                except API_ERRORS as exc:
+                    logger.warning("cannot read the holder", reason=reason, error=repr(exc))
+                    core.holder_check_failed(trio.current_time(), repr(exc))
+                else:
+                    core.holder_observed(holder, trio.current_time())
+            case Takeover(reason=reason):
+                await self._take_over(reason)
+            case PeerDead(misses=misses, reason=reason):
+                logger.warning("peer dead", misses=misses, reason=reason)
+            case PeerAlive(hold_down_until=until, reason=reason):
+                logger.info("peer alive", hold_down_s=until - trio.current_time(), reason=reason)
+            case HolderChanged(before=before, after=after, reason=reason):
+                logger.info(
+                    "holder changed",
+                    before=None if before is None else before.name,
+                    after=after.name,
+                    reason=reason,
+                )
+            case TakeoverSkipped(reason=reason):
+                logger.info("takeover skipped", reason=reason)
+
+    async def _take_over(self, reason: str) -> None:
+        core, logger = self._core, self._log
+        logger.warning("taking over", reason=reason)
+        start = trio.current_time()
+        try:
+            report = await trio.to_thread.run_sync(self._address.take_over)
+        except API_ERRORS as exc:
+            now = trio.current_time()
+            logger.error("takeover failed", duration_s=now - start, error=repr(exc))
+            core.takeover_failed(now, repr(exc))
+            return
+        now = trio.current_time()
+        if not report.moved:
+            logger.info("takeover not needed", holder=report.holder_before.name)
+            core.takeover_declined(report.holder_before, now)
+            return
+        core.takeover_succeeded(now, now - start)
+        stats = core.statistics()
+        logger.warning(
+            "takeover",
+            duration_s=round(now - start, 4),
+            failover_s=None
+            if stats.last_failover_time is None
+            else round(stats.last_failover_time, 4),
+            holder_before=report.holder_before.name,
+            steps=list(report.steps),
+            takeovers=stats.takeovers,
+        )
+
+
+async def run_agent(
+    config: HaAgentConfig,
+    aws: ClientFactory,
+    *,
+    task_status: trio.TaskStatus[HaAgent] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the HA agent of one member until cancelled.
+
+    Watches the peer's gRPC health and moves the floating address (private IP and EIP) to
+    ``config.own_eni_id`` when the peer is dead and the EC2 API says the address is not already
+    ours (see ``deploy.ha._core`` for the rules and the hold-down).
+
+    Args:
+        config: the pair and the timings.
+        aws: where EC2 clients come from (``aws.client("ec2", config.region)``).
+        task_status: reports the :class:`HaAgent` once its tasks run.
+
+    Error handling: failed EC2 calls and failed health checks are logged, counted and retried;
+    they never end the agent. Anything else (a bug) propagates.
+
+    Resource handling: opens its own gRPC bridge (a thread) and uses trio's worker threads for
+    boto3; all are stopped and joined when the agent is cancelled.
+    """
+    address = FloatingAddress(
+        aws.client("ec2", config.region),
+        own_eni=config.own_eni_id,
+        peer_eni=config.peer_eni_id,
+        private_ip=config.floating_private_ip,
+        allocation_id=config.allocation_id,
+    )
+    async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+        agent = HaAgent(config, address, bridge)
+        nursery.start_soon(agent._decisions)
+        nursery.start_soon(agent._heartbeats)
+        agent._log.info(
+            "HA agent started",
+            floating_ip=config.floating_private_ip,
+            allocation_id=config.allocation_id,
+            heartbeat_interval=config.heartbeat_interval,
+            dead_after=config.dead_after,
+            hold_down=config.hold_down,
+        )
+        task_status.started(agent)

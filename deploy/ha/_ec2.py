@@ -1,0 +1,139 @@
+"""The floating address as the EC2 API sees it: read who holds it, move it to our ENI.
+
+Blocking boto3 calls; the agent runs them in a worker thread. The moves are written so that they
+are correct on AWS and checkable on moto 5.2.5, which differs from AWS in three ways:
+
+* ``assign_private_ip_addresses(AllowReassignment=True)`` adds the IP to the new ENI but leaves it
+  on the old one, so the IP is first unassigned from the ENIs that have it, explicitly (AWS would
+  move it; unassigning first does no harm there).
+* ``associate_address`` ignores ``PrivateIpAddress`` and reports the ENI's primary IP, so the
+  holder is judged by the EIP's ``NetworkInterfaceId`` only, never by its private IP.
+* After a re-association the old ENI still shows the EIP in its ``Association``, so ENI
+  descriptions are never asked about the EIP: ``describe_addresses`` is the only source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions
+import botocore.parsers
+
+from ._core import AddressView, Holder, classify
+
+__all__ = ["API_ERRORS", "FloatingAddress", "MoveReport"]
+
+#: What a failed EC2 call raises: an error answer, a transport or credentials problem, or an
+#: answer botocore cannot parse (an endpoint without the call). The agent survives all of them.
+API_ERRORS: tuple[type[Exception], ...] = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    botocore.parsers.ResponseParserError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReport:
+    """What :meth:`FloatingAddress.take_over` found and did."""
+
+    #: The holder right before moving.
+    holder_before: Holder
+    #: False when the re-read found nothing to move (OURS) or nothing we may move (OTHER).
+    moved: bool
+    #: The EC2 calls made, in order, for the log.
+    steps: tuple[str, ...]
+
+
+class FloatingAddress:
+    """A secondary private IP plus the EIP associated with it, shared by two ENIs.
+
+    Args:
+        ec2: a boto3 EC2 client for the pair's region (``ClientFactory.client("ec2", region)``).
+        own_eni: our ENI, where :meth:`take_over` moves the address.
+        peer_eni: the other member's ENI.
+        private_ip: the floating secondary private IP.
+        allocation_id: the EIP's allocation id.
+    """
+
+    def __init__(
+        self,
+        ec2: Any,  # noqa: ANN401 - boto3 clients are untyped
+        *,
+        own_eni: str,
+        peer_eni: str,
+        private_ip: str,
+        allocation_id: str,
+    ) -> None:
+        self._ec2 = ec2
+        self.own_eni = own_eni
+        self.peer_eni = peer_eni
+        self.private_ip = private_ip
+        self.allocation_id = allocation_id
+
+    def read(self) -> AddressView:
+        """Ask the API where the EIP and the private IP are (two calls).
+
+        Raises:
+            One of :data:`API_ERRORS`.
+        """
+        addresses = self._ec2.describe_addresses(AllocationIds=[self.allocation_id])["Addresses"]
+        eip_eni: str | None = None
+        association: str | None = None
+        if addresses:
+            eip_eni = addresses[0].get("NetworkInterfaceId") or None
+            association = addresses[0].get("AssociationId") or None
+        interfaces = self._ec2.describe_network_interfaces(
+            NetworkInterfaceIds=[self.own_eni, self.peer_eni]
+        )["NetworkInterfaces"]
+        ip_enis = frozenset(
+            str(interface["NetworkInterfaceId"])
+            for interface in interfaces
+            if any(
+                entry.get("PrivateIpAddress") == self.private_ip
+                for entry in interface.get("PrivateIpAddresses", ())
+            )
+        )
+        return AddressView(
+            eip_eni=None if eip_eni is None else str(eip_eni),
+            ip_enis=ip_enis,
+            association_id=None if association is None else str(association),
+        )
+
+    def holder(self) -> Holder:
+        """Who holds the address now (:meth:`read` + :func:`classify`)."""
+        return classify(self.read(), self.own_eni, self.peer_eni)
+
+    def take_over(self) -> MoveReport:
+        """Move the private IP and the EIP to our ENI, unless they are ours already.
+
+        Re-reads first: if the address is already ours (or on a stranger's ENI), nothing is
+        called, so an agent never moves the address to itself while it holds it. Every step is
+        skipped when already done, so a takeover cut short is finished by the next one.
+
+        Raises:
+            One of :data:`API_ERRORS`; the address may then be split between the two ENIs.
+        """
+        view = self.read()
+        holder = classify(view, self.own_eni, self.peer_eni)
+        if holder in (Holder.OURS, Holder.OTHER):
+            return MoveReport(holder, moved=False, steps=())
+        ec2, ip, own = self._ec2, self.private_ip, self.own_eni
+        steps: list[str] = []
+        for eni in sorted(view.ip_enis - {own}):  # the peer's (OTHER was excluded above)
+            ec2.unassign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[ip])
+            steps.append(f"unassign {ip} from {eni}")
+        if own not in view.ip_enis:
+            ec2.assign_private_ip_addresses(
+                NetworkInterfaceId=own, PrivateIpAddresses=[ip], AllowReassignment=True
+            )
+            steps.append(f"assign {ip} to {own}")
+        if view.eip_eni != own:
+            ec2.associate_address(
+                AllocationId=self.allocation_id,
+                NetworkInterfaceId=own,
+                PrivateIpAddress=ip,
+                AllowReassociation=True,
+            )
+            steps.append(f"associate {self.allocation_id} with {own}/{ip}")
+        return MoveReport(holder, moved=True, steps=tuple(steps))

@@ -1,0 +1,55 @@
+"""``overlay deploy`` and ``overlay ha`` as an operator runs them: exit codes and messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deploy.ha import parse_ha_config
+from overlay.cli import app
+from overlay.config import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
+
+HA_TOML = """[ha]
+region = "us-west-2"
+own_eni_id = "eni-0123456789abcdef0"
+peer_eni_id = "eni-0fedcba987654321f"
+floating_private_ip = "10.20.1.10"
+allocation_id = "eipalloc-0123456789abcdef0"
+peer_grpc = "10.20.1.12:7000"
+"""
+
+
+def test_bad_fleet_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "fleet.toml"
+    bad.write_text(EXAMPLE.read_text().replace('instance_type = "', 'instance_typ = "', 1))
+    result = CliRunner().invoke(app, ["deploy", "plan", "-f", str(bad)])
+    assert result.exit_code == 2
+    assert "fleet.instance_typ" in result.output
+    assert "unknown key" in result.output
+
+
+@pytest.mark.deploy
+def test_status_of_nothing_deployed(moto_endpoint: str) -> None:
+    result = CliRunner().invoke(
+        app, ["deploy", "status", "-f", str(EXAMPLE), "--endpoint-url", moto_endpoint]
+    )
+    assert result.exit_code == 0, result.output
+    assert "nothing deployed" in result.output
+
+
+def test_ha_config_defaults_and_errors(tmp_path: Path) -> None:
+    config = parse_ha_config(HA_TOML)
+    assert (config.heartbeat_interval, config.dead_after) == (0.5, 3)
+    with pytest.raises(ConfigError, match=r"ha.toml:1: ha.peer_grpc: required key is missing"):
+        parse_ha_config(HA_TOML.replace('peer_grpc = "10.20.1.12:7000"\n', "dead_after = 2\n"))
+    with pytest.raises(ConfigError, match="both 'eni-0123456789abcdef0'"):
+        parse_ha_config(HA_TOML.replace("eni-0fedcba987654321f", "eni-0123456789abcdef0"))
+    bad = tmp_path / "ha.toml"
+    bad.write_text(HA_TOML + "hold_dwon = 3\n")
+    result = CliRunner().invoke(app, ["ha", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "ha.hold_dwon: unknown key" in result.output

@@ -1,0 +1,356 @@
+"""The HA agent against moto's EC2 over HTTP and real gRPC health checks over loopback.
+
+The pair: a VPC, a subnet, two ENIs with two instances on them, the floating secondary IP on the
+active's ENI and an EIP associated with it. Each node is a real gRPC server (the bridge's
+standard health service) on its own loopback address and its own bridge, so a test can make it
+answer NOT_SERVING (``Node.serving``) or stop it altogether (``Node.stop``). Each agent opens
+its own bridge too, as ``overlay ha`` would in its own process.
+
+Waiting: for what the agents do to EC2, the tests poll moto (another process's state, read over
+HTTP) under ``trio.fail_after``; for what an agent decided, ``HaAgent.wait_until``. trio.sleep is
+used only to shape a flapping heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import structlog
+import trio
+
+from deploy.aws import ClientFactory
+from deploy.ha import FloatingAddress, HaAgent, HaAgentConfig, HaStatistics, Holder, run_agent
+from overlay.control import GrpcBridge, open_grpc_bridge
+
+pytestmark = [pytest.mark.deploy, pytest.mark.trio]
+
+REGION = "us-west-2"
+FLOATING_IP = "10.20.1.100"
+INTERVAL = 0.2
+DEAD_AFTER = 3
+#: Heartbeats a live pair exchanges before a test changes anything.
+SETTLED = 3
+
+
+# --- the pair in moto ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where moto says the address is: the EIP's ENI and association, the ENIs with the IP."""
+
+    eip_eni: str | None
+    association: str | None
+    ip_enis: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Pair:
+    ec2: Any
+    active_eni: str
+    standby_eni: str
+    allocation: str
+
+    def where(self) -> Where:
+        [address] = self.ec2.describe_addresses(AllocationIds=[self.allocation])["Addresses"]
+        interfaces = self.ec2.describe_network_interfaces(
+            NetworkInterfaceIds=[self.active_eni, self.standby_eni]
+        )["NetworkInterfaces"]
+        return Where(
+            address.get("NetworkInterfaceId") or None,
+            address.get("AssociationId") or None,
+            frozenset(
+                i["NetworkInterfaceId"]
+                for i in interfaces
+                if FLOATING_IP in {p["PrivateIpAddress"] for p in i["PrivateIpAddresses"]}
+            ),
+        )
+
+    async def wait_held_by(self, eni: str) -> Where:
+        """Poll moto until ``eni`` has both the EIP and the IP, and nothing else has the IP."""
+        while True:
+            where = await trio.to_thread.run_sync(self.where)
+            if where.eip_eni == eni and where.ip_enis == {eni}:
+                return where
+            await trio.sleep(0.02)
+
+    def agent_config(self, *, own: str, peer_target: str, **timing: float) -> HaAgentConfig:
+        return HaAgentConfig(
+            region=REGION,
+            own_eni_id=own,
+            peer_eni_id=self.standby_eni if own == self.active_eni else self.active_eni,
+            floating_private_ip=FLOATING_IP,
+            allocation_id=self.allocation,
+            peer_grpc_target=peer_target,
+            heartbeat_interval=INTERVAL,
+            dead_after=DEAD_AFTER,
+            **timing,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def pair(aws: ClientFactory) -> Pair:
+    ec2 = aws.client("ec2", REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24", AvailabilityZone="us-west-2a")[
+        "Subnet"
+    ]["SubnetId"]
+    image = ec2.register_image(
+        Name="overlay-router",
+        Architecture="x86_64",
+        RootDeviceName="/dev/xvda",
+        VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
+    )["ImageId"]
+    enis = []
+    for primary in ("10.20.1.10", "10.20.1.11"):
+        eni = ec2.create_network_interface(
+            SubnetId=subnet, PrivateIpAddresses=[{"PrivateIpAddress": primary, "Primary": True}]
+        )["NetworkInterface"]["NetworkInterfaceId"]
+        ec2.run_instances(
+            ImageId=image,
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": eni}],
+        )
+        enis.append(eni)
+    active, standby = enis
+    ec2.assign_private_ip_addresses(NetworkInterfaceId=active, PrivateIpAddresses=[FLOATING_IP])
+    allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    ec2.associate_address(
+        AllocationId=allocation, NetworkInterfaceId=active, PrivateIpAddress=FLOATING_IP
+    )
+    made = Pair(ec2, active, standby, allocation)
+    assert made.where().ip_enis == {active}
+    return made
+
+
+# --- nodes and agents ------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """A node's gRPC server: the standard health service only, on a bridge of its own."""
+
+    bridge: GrpcBridge
+    target: str
+    scope: trio.CancelScope
+
+    def serving(self, serving: bool) -> None:
+        self.bridge.set_serving("", serving)
+
+    def stop(self) -> None:
+        """The node dies: its server stops and its port refuses connections."""
+        self.scope.cancel()
+
+
+async def serve_node(host: str, *, task_status: trio.TaskStatus[Node]) -> None:
+    with trio.CancelScope() as scope:
+        async with open_grpc_bridge() as bridge:
+            port = await bridge.start_server(host, 0, [])
+            task_status.started(Node(bridge, f"{host}:{port}", scope))
+            await trio.sleep_forever()
+
+
+async def settled(agent: HaAgent, holder: Holder) -> HaStatistics:
+    """Wait until ``agent`` has heard its peer a few times and read the holder from the API."""
+    with trio.fail_after(3):
+        return await agent.wait_until(
+            lambda s: s.heartbeats_ok >= SETTLED and s.holder is holder and s.api_checks >= 1
+        )
+
+
+async def wait_stats(agent: HaAgent, predicate: Callable[[HaStatistics], bool]) -> HaStatistics:
+    with trio.fail_after(5):
+        return await agent.wait_until(predicate)
+
+
+async def flap(node: Node, *, down: float, up: float, cycles: int) -> None:
+    """NOT_SERVING for ``down`` seconds, then SERVING for ``up``, ``cycles`` times."""
+    at = trio.current_time()
+    for _ in range(cycles):
+        node.serving(False)
+        at += down
+        await trio.sleep_until(at)
+        node.serving(True)
+        at += up
+        await trio.sleep_until(at)
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+
+async def test_standby_takes_over_when_the_active_dies(
+    pair: Pair,
+    aws: ClientFactory,
+    loopback_host: Callable[[], str],
+):
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            active: Node = await nursery.start(serve_node, loopback_host())
+            config = pair.agent_config(own=pair.standby_eni, peer_target=active.target)
+            standby: HaAgent = await nursery.start(run_agent, config, aws)
+            await settled(standby, Holder.PEER)
+
+            died = trio.current_time()
+            active.stop()
+            with trio.fail_after(3):
+                where = await pair.wait_held_by(pair.standby_eni)
+            moved_after = trio.current_time() - died
+            stats = await wait_stats(standby, lambda s: s.takeovers == 1)
+            nursery.cancel_scope.cancel()
+
+    # Detection takes DEAD_AFTER missed heartbeats; the API calls take milliseconds on moto.
+    assert (DEAD_AFTER - 1) * INTERVAL < moved_after < 3.0
+    assert stats.takeovers == 1
+    assert stats.peer_deaths == 1
+    assert stats.heartbeats_missed >= DEAD_AFTER
+    assert stats.holder is Holder.OURS
+    assert stats.last_takeover_duration is not None
+    assert 0 < stats.last_takeover_duration < 1.0
+    assert stats.last_failover_time is not None
+    assert stats.last_failover_time < moved_after + 2 * INTERVAL
+    # moto: the EIP is on the standby's ENI; the IP is on the standby's ENI and no longer on the
+    # active's (unassigned explicitly: moto's AllowReassignment would have left it there).
+    assert where.eip_eni == pair.standby_eni
+    assert where.ip_enis == {pair.standby_eni}
+    [takeover] = [e for e in logs if e["event"] == "takeover"]
+    assert takeover["log_level"] == "warning"
+    assert takeover["duration_s"] == pytest.approx(stats.last_takeover_duration, abs=1e-3)
+    assert takeover["holder_before"] == "PEER"
+    assert takeover["own_eni"] == pair.standby_eni
+    assert takeover["steps"] == [
+        f"unassign {FLOATING_IP} from {pair.active_eni}",
+        f"assign {FLOATING_IP} to {pair.standby_eni}",
+        f"associate {pair.allocation} with {pair.standby_eni}/{FLOATING_IP}",
+    ]
+    [dead] = [e for e in logs if e["event"] == "peer dead"]
+    assert dead["misses"] == DEAD_AFTER
+
+
+async def test_flapping_heartbeat_causes_no_takeover(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
+):
+    before = pair.where()
+    async with trio.open_nursery() as nursery:
+        active: Node = await nursery.start(serve_node, loopback_host())
+        config = pair.agent_config(own=pair.standby_eni, peer_target=active.target)
+        standby: HaAgent = await nursery.start(run_agent, config, aws)
+        await settled(standby, Holder.PEER)
+        # At most 2 heartbeats fall in 0.25 s of NOT_SERVING, at least one in 0.35 s of
+        # SERVING: never DEAD_AFTER misses in a row.
+        await flap(active, down=0.25, up=0.35, cycles=3)
+        stats = standby.statistics()
+        nursery.cancel_scope.cancel()
+    assert stats.heartbeats_missed >= 3  # the flapping was seen
+    assert stats.consecutive_misses < DEAD_AFTER
+    assert (stats.peer_deaths, stats.takeovers) == (0, 0)
+    assert pair.where() == before
+
+
+async def test_flapping_after_a_takeover_causes_no_second_one_within_hold_down(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
+):
+    async with trio.open_nursery() as nursery:
+        active: Node = await nursery.start(serve_node, loopback_host())
+        config = pair.agent_config(
+            own=pair.standby_eni, peer_target=active.target, hold_down=30.0, api_check_interval=0.3
+        )
+        standby: HaAgent = await nursery.start(run_agent, config, aws)
+        await settled(standby, Holder.PEER)
+
+        active.serving(False)  # dies (for its peer's agent)
+        with trio.fail_after(3):
+            await pair.wait_held_by(pair.standby_eni)
+        # It comes back and the address is moved back to it (by hand, or by its own agent).
+        active.serving(True)
+        failback = FloatingAddress(
+            pair.ec2,
+            own_eni=pair.active_eni,
+            peer_eni=pair.standby_eni,
+            private_ip=FLOATING_IP,
+            allocation_id=pair.allocation,
+        )
+        assert (await trio.to_thread.run_sync(failback.take_over)).moved
+        await wait_stats(standby, lambda s: s.holder is Holder.PEER and s.peer_recoveries == 1)
+        returned = pair.where()
+        # Now it flaps across the dead line: 0.7 s down is at least 3 missed heartbeats, 0.3 s
+        # up at least one answer.
+        await flap(active, down=0.7, up=0.3, cycles=2)
+        stats = await wait_stats(standby, lambda s: s.takeovers_held_down >= 2)
+        nursery.cancel_scope.cancel()
+    assert stats.peer_deaths == 3
+    assert stats.takeovers == 1
+    assert pair.where() == returned  # not moved again: the same association, on the active
+
+
+async def test_two_live_agents_never_move_the_address(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
+):
+    before = pair.where()
+    async with trio.open_nursery() as nursery:
+        active_node: Node = await nursery.start(serve_node, loopback_host())
+        standby_node: Node = await nursery.start(serve_node, loopback_host())
+        timing = {"api_check_interval": 0.2}
+        active: HaAgent = await nursery.start(
+            run_agent,
+            pair.agent_config(own=pair.active_eni, peer_target=standby_node.target, **timing),
+            aws,
+        )
+        standby: HaAgent = await nursery.start(
+            run_agent,
+            pair.agent_config(own=pair.standby_eni, peer_target=active_node.target, **timing),
+            aws,
+        )
+        await settled(active, Holder.OURS)
+        await settled(standby, Holder.PEER)
+        for agent in (active, standby):
+            await wait_stats(agent, lambda s: s.api_checks >= 5)
+        assert pair.where() == before
+        # The standby dies: the active holds the address and does not move it to itself.
+        standby_node.stop()
+        stats = await wait_stats(active, lambda s: s.takeovers_skipped == 1)
+        nursery.cancel_scope.cancel()
+    assert (stats.peer_deaths, stats.takeovers) == (1, 0)
+    assert standby.statistics().takeovers == 0
+    assert pair.where() == before  # the same association id: associate_address was not called
+
+
+async def test_old_active_does_not_take_the_address_back(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
+):
+    async with trio.open_nursery() as nursery:
+        active_node: Node = await nursery.start(serve_node, loopback_host())
+        standby_node: Node = await nursery.start(serve_node, loopback_host())
+        # A short hold-down, so that it is not what keeps the old active from moving.
+        timing = {"api_check_interval": 0.2, "hold_down": 0.4}
+        active: HaAgent = await nursery.start(
+            run_agent,
+            pair.agent_config(own=pair.active_eni, peer_target=standby_node.target, **timing),
+            aws,
+        )
+        standby: HaAgent = await nursery.start(
+            run_agent,
+            pair.agent_config(own=pair.standby_eni, peer_target=active_node.target, **timing),
+            aws,
+        )
+        await settled(active, Holder.OURS)
+        await settled(standby, Holder.PEER)
+
+        active_node.serving(False)  # the active node fails; its agent lives on
+        with trio.fail_after(3):
+            taken = await pair.wait_held_by(pair.standby_eni)
+        active_node.serving(True)
+        seen = await wait_stats(active, lambda s: s.holder is Holder.PEER)
+        # Six more readings (1.2 s, three hold-downs) with the new active alive: nothing moves.
+        await wait_stats(active, lambda s: s.api_checks >= seen.api_checks + 6)
+        stats = active.statistics()
+        nursery.cancel_scope.cancel()
+    assert stats.taken_by_peer == 1
+    assert (stats.takeovers, stats.peer_deaths) == (0, 0)
+    assert standby.statistics().takeovers == 1
+    assert pair.where() == taken
