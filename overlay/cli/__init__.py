@@ -125,12 +125,12 @@ def ha(
     from deploy.ha import load_ha_config, run_agent
     from overlay.config import ConfigError
 
-    configure_logging(json=log_json, level=log_level.upper())
     try:
         loaded = load_ha_config(config)
     except ConfigError as exc:
         typer.echo(f"overlay: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
+    configure_logging(json=log_json, level=log_level.upper())
     aws = ClientFactory(endpoint_url=endpoint_url)
 
     async def until_signalled() -> None:

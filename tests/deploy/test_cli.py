@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from typer.testing import CliRunner
 
 from deploy.ha import parse_ha_config
 from overlay.cli import app
 from overlay.config import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """A command that configures structlog to CliRunner's stream must not leave it so."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
 
