@@ -94,14 +94,14 @@ shutdown -h now
 class Change:
     """One thing a plan would do, or an apply or a destroy did."""
 
-    action: str  # "create", "update", "delete"
+    action: str  # "create", "update", "delete"; "differs": found unlike fleet.toml, left alone
     kind: str  # "vpc", "subnet", "instance", "record-sets", ...
     region: str  # "global" for Route 53
     name: str
     detail: str = ""
 
     def __str__(self) -> str:
-        sign = {"create": "+", "update": "~", "delete": "-"}[self.action]
+        sign = {"create": "+", "update": "~", "delete": "-", "differs": "!"}[self.action]
         detail = f"  {self.detail}" if self.detail else ""
         return f"{sign} {self.kind:<16} {self.region:<10} {self.name}{detail}"
 
@@ -241,7 +241,44 @@ class Deployer:
             endpoints.append((region, pairs))
             self._alarms(region.name)
         self._dns(endpoints)
+        for region in self.fleet.regions:
+            self._differences(region)
         return self._changes
+
+    def _differences(self, region: RegionSpec) -> None:
+        """What exists under the fleet's tag but not as fleet.toml says. apply creates only
+        what is missing, so these stay until destroy (and a new apply) replaces them."""
+        ec2 = self._ec2(region.name)
+        replace = "apply leaves it; destroy and apply to replace"
+        for vpc in ec2.describe_vpcs(Filters=self._filters())["Vpcs"]:
+            if vpc["CidrBlock"] != region.vpc_cidr:
+                name = _tag_map(vpc).get("overlay:name", vpc["VpcId"])
+                detail = f"CIDR {vpc['CidrBlock']}, fleet.toml says {region.vpc_cidr}: {replace}"
+                self._change("differs", "vpc", region.name, name, detail)
+        subnets = {self._name(az.name): az for az in region.azs}
+        for subnet in ec2.describe_subnets(Filters=self._filters())["Subnets"]:
+            name = _tag_map(subnet).get("overlay:name", subnet["SubnetId"])
+            az = subnets.get(name)
+            if az is None:
+                self._change(
+                    "differs", "subnet", region.name, name, f"not in fleet.toml: {replace}"
+                )
+            elif (subnet["CidrBlock"], subnet["AvailabilityZone"]) != (az.subnet_cidr, az.name):
+                detail = f"{subnet['CidrBlock']} in {subnet['AvailabilityZone']}: {replace}"
+                self._change("differs", "subnet", region.name, name, detail)
+        members = {self._name(f"{az.name}-{role}") for az in region.azs for role in ROLES}
+        for instance in self._instances(region.name):
+            name = _tag_map(instance).get("overlay:name", instance["InstanceId"])
+            if name not in members:
+                self._change(
+                    "differs", "instance", region.name, name, f"not in fleet.toml: {replace}"
+                )
+            elif instance["InstanceType"] != self.fleet.instance_type:
+                detail = (
+                    f"{instance['InstanceType']}, fleet.toml says {self.fleet.instance_type}: "
+                    f"{replace}"
+                )
+                self._change("differs", "instance", region.name, name, detail)
 
     def _network(self, region: RegionSpec) -> tuple[dict[str, str], str]:
         """VPC, internet gateway, default route, subnets and the security group of a region."""

@@ -71,8 +71,15 @@ def _deployer(
 
 
 def _print_change(change: Change) -> None:
-    colour = {"create": "green", "update": "yellow", "delete": "red"}[change.action]
+    colour = {"create": "green", "update": "yellow", "delete": "red", "differs": "magenta"}[
+        change.action
+    ]
     console.print(f"[{colour}]{change}[/]", highlight=False)
+
+
+def _actions(changes: list[Change]) -> list[Change]:
+    """What is (to be) done; "differs" lines were printed as they came and change nothing."""
+    return [change for change in changes if change.action != "differs"]
 
 
 @app.command()
@@ -80,7 +87,7 @@ def plan(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption =
     """Show what apply would create or change; changes nothing."""
     deployer = _deployer(fleet, endpoint_url, _print_change)
     with _aws_errors(), console.status("reading the account…"):
-        changes = deployer.plan()
+        changes = _actions(deployer.plan())
     console.print(f"{len(changes)} change(s)" if changes else "no changes: the fleet is in place")
 
 
@@ -89,7 +96,7 @@ def apply(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption 
     """Create what is missing (idempotent: a second apply changes nothing)."""
     deployer = _deployer(fleet, endpoint_url, _print_change)
     with _aws_errors(), console.status("applying…"):
-        changes = deployer.apply()
+        changes = _actions(deployer.apply())
     console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
 
 

@@ -174,6 +174,24 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(ALARM_METRICS)
     assert all(alarm["AlarmActions"] for alarm in alarms)
 
+    # plan against a changed description: what exists unlike it is shown, never touched.
+    first, *others = fleet.regions
+    changed = dataclasses.replace(
+        fleet,
+        instance_type="c6in.xlarge",
+        regions=(dataclasses.replace(first, azs=first.azs[:1]), *others),
+    )
+    report = Deployer(changed, aws, placement).plan()
+    # The records would follow the description (one address fewer); nothing else is touched.
+    assert {(c.action, c.kind) for c in report if c.action != "differs"} == {
+        ("update", "record-sets")
+    }
+    report = [c for c in report if c.action == "differs"]
+    differs = Counter((c.kind, c.region) for c in report)
+    assert differs[("instance", first.name)] == 2 * len(first.azs)  # type, and the AZ dropped
+    assert differs[("subnet", first.name)] == len(first.azs) - 1
+    assert all("destroy and apply to replace" in c.detail for c in report)
+
     # destroy: everything the fleet made, and only that.
     destroyed = deployer.destroy()
     assert destroyed
