@@ -19,6 +19,9 @@ from ._message import (
 )
 from ._proxy import (
     Listener,
+    MediaDirection,
+    MediaHook,
+    MediaRefused,
     OverlayNodes,
     OverlayPaths,
     ProxyConfig,
@@ -49,6 +52,9 @@ __all__ = [
     "Headers",
     "Listener",
     "LocalProtocolError",
+    "MediaDirection",
+    "MediaHook",
+    "MediaRefused",
     "Message",
     "NameAddr",
     "OverlayNodes",

@@ -50,6 +50,7 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 
 from __future__ import annotations
 
+import enum
 import functools
 import heapq
 import ipaddress
@@ -59,6 +60,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ._errors import RemoteProtocolError
 from ._headers import KNOWN_METHODS, NameAddr, Via
@@ -127,6 +129,41 @@ class Refusal:
     reason: str
 
 
+class MediaDirection(enum.Enum):
+    """Where a message with a body crosses this node: into the overlay (from an endpoint, this
+    node is the edge it enters at) or out of it (toward an endpoint)."""
+
+    ENTERING = "entering"
+    LEAVING = "leaving"
+
+    def reverse(self) -> MediaDirection:
+        return (
+            MediaDirection.LEAVING if self is MediaDirection.ENTERING else MediaDirection.ENTERING
+        )
+
+
+class MediaRefused(Exception):
+    """Raised by a ``MediaHook`` for a request it cannot anchor (answered with ``status``)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+class MediaHook(Protocol):
+    """The media plane's view of the calls an edge node proxies (``overlay.media``).
+
+    It sees every request forwarded across the overlay's edge at this node, and every response
+    (forwarded or generated) to such a request, before it is sent, and may rewrite their bodies
+    (SDP). It must not raise on a response; on a request it may raise ``MediaRefused``.
+    """
+
+    def request(self, request: Request, direction: MediaDirection, now: float) -> None: ...
+
+    def response(self, response: Response, direction: MediaDirection, now: float) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OverlayNodes:
     """This node's place in the overlay: its node id and every other node's SIP address.
@@ -189,6 +226,7 @@ class _Context:
         "cancel_pending",
         "cancelled",
         "forward",
+        "media",
         "next_hops",
         "provisional",
         "replied",
@@ -200,6 +238,7 @@ class _Context:
     def __init__(self, server: Transaction, forward: Request) -> None:
         self.server = server
         self.forward = forward  # the request to send, without our Via
+        self.media: MediaDirection | None = None  # set when it crosses the overlay's edge here
         self.next_hops: deque[Peer] = deque()
         self.branch: Transaction | None = None
         self.provisional = False
@@ -214,13 +253,18 @@ class ProxyCore:
     """A stateful SIP proxy; see the module docstring."""
 
     def __init__(
-        self, config: ProxyConfig, locate: Locate, overlay_paths: OverlayPaths | None = None
+        self,
+        config: ProxyConfig,
+        locate: Locate,
+        overlay_paths: OverlayPaths | None = None,
+        media: MediaHook | None = None,
     ) -> None:
         if not config.listeners:
             raise ValueError("a proxy needs at least one listener")
         self.config = config
         self._locate = locate
         self._overlay_paths = overlay_paths
+        self._media = media
         self.transactions = TransactionLayer(
             config.timers, detour=self._detour if config.overlay is not None else None
         )
@@ -352,7 +396,8 @@ class ProxyCore:
 
     def _receive_request(self, request: Request, source: Peer, now: float) -> None:
         self._requests[request.method] += 1
-        if self._overlay_sender(request.top_via, source) is None:
+        from_overlay = self._overlay_sender(request.top_via, source) is not None
+        if not from_overlay:
             _stamp_received(request, source)
         elif self._relay_request(request):
             return
@@ -376,7 +421,7 @@ class ProxyCore:
         try:
             problem = self._validate(request)
             if problem is None:
-                self._route(server, request, now)
+                self._route(server, request, now, from_overlay=from_overlay)
                 return
             status, reason = problem
         except RemoteProtocolError as error:
@@ -401,7 +446,9 @@ class ProxyCore:
             return 420, "Bad Extension"
         return None
 
-    def _route(self, server: Transaction, request: Request, now: float) -> None:
+    def _route(
+        self, server: Transaction, request: Request, now: float, *, from_overlay: bool
+    ) -> None:
         forward = request.copy()
         headers = forward.headers
         # §16.4: a strict router upstream put our Record-Route URI in the Request-URI.
@@ -416,13 +463,32 @@ class ProxyCore:
         if target is None:
             return
         _apply_target(forward, target)
+        direction = self._media_direction(target, from_overlay=from_overlay)
+        if direction is not None:
+            assert self._media is not None
+            try:
+                self._media.request(forward, direction, now)
+            except MediaRefused as refused:
+                self._respond(server, refused.status, refused.reason, now)
+                return
         # §16.6 step 3: Max-Forwards.
         max_forwards = request.max_forwards
         headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
         context = _Context(server, forward)
+        context.media = direction
         server.owner = context
         self._contexts += 1
         self._locate_hops(context, forward, target, now)
+
+    def _media_direction(self, target: Target, *, from_overlay: bool) -> MediaDirection | None:
+        """Whether the request crosses the overlay's edge here, and which way."""
+        if self._media is None:
+            return None
+        peer = _literal_peer(target)
+        to_overlay = peer is not None and peer in self._overlay_node_at
+        if to_overlay == from_overlay:
+            return None  # outside to outside (no overlay), or a node-to-node hop
+        return MediaDirection.ENTERING if to_overlay else MediaDirection.LEAVING
 
     def _next_hop_target(self, server: Transaction, forward: Request, now: float) -> Target | None:
         """§16.5: where the request goes next, or None after answering it here."""
@@ -631,7 +697,7 @@ class ProxyCore:
             if context.cancel_pending:
                 self._send_cancel(context, now)
             if status != 100 and not context.replied:
-                self._send_response(context.server, upstream, now)
+                self._send_upstream(context, upstream, now)
             return
         context.timer_c_gen = 0
         if status < 300:
@@ -648,15 +714,26 @@ class ProxyCore:
             self._reply(context, 500, "Next Hop Unavailable", now)
         else:
             context.replied = True
-            self._send_response(context.server, upstream, now)
+            self._send_upstream(context, upstream, now)
+
+    def _send_upstream(self, context: _Context, upstream: Response, now: float) -> None:
+        """Forward a response on the server transaction, past the media hook at an edge."""
+        self._show_media(context, upstream, now)
+        self._send_response(context.server, upstream, now)
+
+    def _show_media(self, context: _Context, upstream: Response, now: float) -> None:
+        if context.media is not None:
+            assert self._media is not None
+            self._media.response(upstream, context.media.reverse(), now)
 
     def _forward_success(self, context: _Context, upstream: Response, now: float) -> None:
         """Every 2xx goes upstream, even after another final response (§16.7 step 5)."""
         server = context.server
         context.replied = True
         if server.state in (State.PROCEEDING, State.TRYING, State.ACCEPTED):
-            self._send_response(server, upstream, now)
+            self._send_upstream(context, upstream, now)
             return
+        self._show_media(context, upstream, now)
         via = upstream.top_via
         self.outbox.append((serialize(upstream), self._response_peer(via, server.peer)))
 
@@ -798,14 +875,24 @@ class ProxyCore:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _respond(self, server: Transaction, status: int, reason: str, now: float) -> None:
+    def _respond(
+        self,
+        server: Transaction,
+        status: int,
+        reason: str,
+        now: float,
+        media: MediaDirection | None = None,
+    ) -> None:
         response = make_response(server.request, status, reason, to_tag=self._nonce)
+        if media is not None:
+            assert self._media is not None
+            self._media.response(response, media.reverse(), now)
         self._generated[status] += 1
         self._send_response(server, response, now)
 
     def _reply(self, context: _Context, status: int, reason: str, now: float) -> None:
         context.replied = True
-        self._respond(context.server, status, reason, now)
+        self._respond(context.server, status, reason, now, context.media)
 
     def _send_response(self, server: Transaction, response: Response, now: float) -> None:
         self.transactions.send_response(server, response, now)

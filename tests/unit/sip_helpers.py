@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from overlay.sip import (
     Listener,
+    MediaHook,
     OverlayNodes,
     OverlayPaths,
     Peer,
@@ -115,6 +116,7 @@ class ProxyHarness:
     listeners: tuple[Listener, ...] = (PROXY,)
     overlay: OverlayNodes | None = None
     overlay_paths: OverlayPaths | None = None
+    media: MediaHook | None = None
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -128,6 +130,7 @@ class ProxyHarness:
             ),
             self._locate,
             self.overlay_paths,
+            self.media,
         )
 
     def _locate(self, req: Request, uri: SipUri | TelUri) -> Target | Refusal | None:

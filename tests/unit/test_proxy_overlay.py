@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from overlay.sip import Listener, OverlayNodes, Peer, Refusal, Request, Response, Target, serialize
+from overlay.sip import (
+    Listener,
+    MediaDirection,
+    MediaRefused,
+    OverlayNodes,
+    Peer,
+    Refusal,
+    Request,
+    Response,
+    Target,
+    serialize,
+)
 from tests.unit.sip_helpers import UAC, UAS, ProxyHarness, parse, request, response_to
 
 ADDRESSES = {
@@ -24,6 +35,25 @@ EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
 TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE)
 
 
+class RecordingMedia:
+    """A media hook that tags the bodies it sees, and can refuse requests."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.seen: list[tuple[str, str]] = []  # (method or status, direction)
+        self.refuse: MediaRefused | None = None
+
+    def request(self, request: Request, direction: MediaDirection, now: float) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.seen.append((request.method, direction.value))
+        request.body += f"{self.node}:{direction.value};".encode()
+
+    def response(self, response: Response, direction: MediaDirection, now: float) -> None:
+        self.seen.append((str(response.status), direction.value))
+        response.body += f"{self.node}:{direction.value};".encode()
+
+
 def core(node: str, target: Target | Refusal, paths: dict[str, list[list[str]]]) -> ProxyHarness:
     address = ADDRESSES[node]
     return ProxyHarness(
@@ -31,6 +61,7 @@ def core(node: str, target: Target | Refusal, paths: dict[str, list[list[str]]])
         listeners=(Listener("udp", address.host, address.port),),
         overlay=OverlayNodes(node, {n: a for n, a in ADDRESSES.items() if n != node}),
         overlay_paths=lambda destination: paths.get(destination, []),
+        media=RecordingMedia(node),
     )
 
 
@@ -303,3 +334,40 @@ def test_outsider_claiming_to_be_a_node_is_not_believed() -> None:
     invite = only_request(out, UAS)
     assert [via.param("ovl") for via in invite.vias] == ["egr", "mid", "ing"]
     assert invite.vias[2].param("received") == UAC.host
+
+
+def media_of(fabric: Fabric, node: str) -> RecordingMedia:
+    media = fabric.cores[node].media
+    assert isinstance(media, RecordingMedia)
+    return media
+
+
+def test_media_hook_sees_the_edges_and_never_the_transit() -> None:
+    fabric = Fabric()
+    invite = only_request(fabric.inject("ing", UAC, request()), UAS)
+    # The offer entered the overlay at the ingress and left it at the egress.
+    assert invite.body == b"ing:entering;egr:leaving;"
+    out = fabric.inject("egr", UAS, response_to(serialize(invite), 200))
+    [ok] = [parse(data) for data in out[UAC]]
+    assert isinstance(ok, Response)
+    # The answer took the reverse way: into the overlay at the egress, out at the ingress.
+    assert ok.body == b"egr:entering;ing:leaving;"
+    assert media_of(fabric, "mid").seen == []
+    assert ("100", "leaving") not in media_of(fabric, "ing").seen  # its own 100 is not forwarded
+
+
+def test_media_refusal_answers_the_request() -> None:
+    fabric = Fabric()
+    media_of(fabric, "ing").refuse = MediaRefused(488, "Not Acceptable Here")
+    out = fabric.inject("ing", UAC, request())
+    assert statuses(out) == [100, 488]
+    assert UAS not in out
+
+
+def test_generated_final_response_reaches_the_media_hook() -> None:
+    """A 408 the ingress makes itself ends the call's media like a forwarded failure would."""
+    fabric = Fabric()
+    fabric.dead.add("mid")
+    fabric.inject("ing", UAC, request())
+    fabric.advance("ing", 40.0)  # Timer B
+    assert ("408", "leaving") in media_of(fabric, "ing").seen
