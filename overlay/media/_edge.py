@@ -1,0 +1,243 @@
+"""The media side of an edge node: anchors the media of every call that crosses the overlay's
+edge here, sans-IO.
+
+``MediaEdge`` is the proxy core's ``MediaHook``. It sees each SDP offer and answer as it
+enters or leaves the overlay at this node and:
+
+* **entering** (from an endpoint): records the endpoint's address, gives each stream a relay
+  session with its own ports, points the SDP at the relay, and tags each stream with
+  ``a=x-overlay-session: <this node> <session id>`` so the edge at the far end knows where to
+  send that stream's packets;
+* **leaving** (toward an endpoint): takes the far edge's session of each stream from those
+  tags, strips them, gives each stream a relay session here and points the SDP at the relay.
+
+A session can forward once both its endpoint (from the endpoint's SDP; the fastpath latches
+the real source) and the far edge's session are known: the edge that sent the offer learns the
+far session from the answer, the other edge has it from the offer. ``commands`` then gets an
+``AddSession`` (the shell passes it to the fastpath); a BYE, a failed or cancelled INVITE, or
+a session silent past the inactivity timeout give ``RemoveSession``s and free the ports.
+
+Which endpoint a message comes from is told by the From tag: the caller's is the initial
+INVITE's. Offers in a 2xx (an INVITE without SDP) are passed through untouched and counted:
+the relay cannot anchor them yet.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+from overlay.sip import (
+    MediaDirection,
+    MediaRefused,
+    Message,
+    RemoteProtocolError,
+    Request,
+    Response,
+)
+
+from ._ports import PortsExhausted
+from ._sdp import (
+    OriginKeeper,
+    OverlaySession,
+    Sdp,
+    endpoint_of,
+    parse_sdp_untrusted,
+    rewrite,
+    serialize_sdp,
+    set_overlay_session,
+    strip_overlay_sessions,
+)
+from ._sessions import EndReason, MediaSession, MediaSessions, Side
+
+SDP = "application/sdp"
+
+
+def media_id(node_id: str) -> int:
+    """The 32-bit id the fastpath knows a node by (docs/internal/media.md)."""
+    return zlib.crc32(node_id.encode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
+class AddSession:
+    """Start forwarding a session: the shell calls the fastpath's ``add_session``."""
+
+    session: MediaSession
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveSession:
+    session_id: int
+
+
+MediaCommand = AddSession | RemoveSession
+
+
+class MediaEdge:
+    """See the module docstring."""
+
+    def __init__(self, node_id: str, media_address: str, sessions: MediaSessions) -> None:
+        self.node_id = node_id
+        self.media_address = media_address
+        self.sessions = sessions
+        self.commands: list[MediaCommand] = []
+        self._caller_tag: dict[str, str] = {}  # call id -> the caller's From tag
+        self._answered: set[str] = set()  # calls whose INVITE got a 2xx
+        self._origins: dict[tuple[str, Side], OriginKeeper] = {}
+        self._forwarding: dict[int, MediaSession] = {}  # what the fastpath has, by session id
+        self.counters: Counter[str] = Counter()
+
+    # -- MediaHook ----------------------------------------------------------------------------
+
+    def request(self, request: Request, direction: MediaDirection, now: float) -> None:
+        call_id = request.call_id
+        if request.method == "BYE":
+            self._end(call_id, EndReason.BYE)
+            return
+        if request.method == "INVITE" and request.to_tag is None:
+            self._caller_tag.setdefault(call_id, request.from_tag or "")
+        if not _has_sdp(request):
+            if request.method == "INVITE":
+                self.counters["offer without SDP (not anchored)"] += 1
+            return
+        sender = self._side_of(request)
+        try:
+            sdp = parse_sdp_untrusted(request.body)
+            if direction is MediaDirection.ENTERING:
+                request.body = self._take_in(sdp, call_id, sender, now, offer=True)
+            else:
+                request.body = self._send_out(sdp, call_id, _other(sender), now, answer=False)
+        except RemoteProtocolError as error:
+            self.counters["bad SDP offer"] += 1
+            raise MediaRefused(error.status_hint or 488, error.reason) from None
+        except PortsExhausted:
+            self.counters["ports exhausted"] += 1
+            self.sessions.end_call(call_id, EndReason.FAILED)
+            raise MediaRefused(503, "Media Ports Exhausted") from None
+
+    def response(self, response: Response, direction: MediaDirection, now: float) -> None:
+        call_id = response.call_id
+        status = response.status
+        if response.cseq.method != "INVITE" or status < 101:
+            return
+        if status >= 300:
+            if call_id not in self._answered:  # a failed re-INVITE leaves the call as it was
+                self._end(call_id, EndReason.CANCEL if status == 487 else EndReason.FAILED)
+            return
+        if status >= 200:
+            self._answered.add(call_id)
+            self.sessions.confirm_call(call_id, now)
+        if not _has_sdp(response):
+            return
+        # The answer comes from the side the request went to.
+        responder = _other(self._side_of(response))
+        try:
+            sdp = parse_sdp_untrusted(response.body)
+            if direction is MediaDirection.ENTERING:
+                response.body = self._take_in(sdp, call_id, responder, now, offer=False)
+            else:
+                response.body = self._send_out(sdp, call_id, _other(responder), now, answer=True)
+        except (RemoteProtocolError, PortsExhausted) as error:
+            # A response cannot be refused: it goes on as it came, and the call has no relay.
+            self.counters["bad SDP answer"] += 1
+            self.counters[f"unanchored answer: {type(error).__name__}"] += 1
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        return self.sessions.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        for session in self.sessions.expire(now):
+            self._stop_forwarding(session.session_id)
+
+    def activity(self, session_id: int, now: float) -> None:
+        """The fastpath saw packets of the session since the last look."""
+        self.sessions.touch(session_id, now)
+
+    # -- the two edges ------------------------------------------------------------------------
+
+    def _take_in(self, sdp: Sdp, call_id: str, endpoint: Side, now: float, *, offer: bool) -> bytes:
+        """SDP from ``endpoint`` entering the overlay here: our relay ports, our session tags."""
+        sdp = strip_overlay_sessions(sdp)  # no endpoint names an overlay session
+        sessions = self._legs(sdp, call_id, endpoint, now)
+        out = rewrite(sdp, self.media_address, [s.ports if s else None for s in sessions])
+        for index, session in enumerate(sessions):
+            if session is None:
+                continue
+            self.sessions.set_endpoint(session.session_id, endpoint_of(sdp, index))
+            out = set_overlay_session(out, index, OverlaySession(self.node_id, session.session_id))
+        if not offer:
+            self._start_forwarding(call_id, endpoint)
+        return serialize_sdp(out)
+
+    def _send_out(
+        self, sdp: Sdp, call_id: str, endpoint: Side, now: float, *, answer: bool
+    ) -> bytes:
+        """SDP from the far edge leaving the overlay here, toward ``endpoint``."""
+        remotes = [media.overlay_session for media in sdp.media]
+        sdp = strip_overlay_sessions(sdp)
+        sessions = self._legs(sdp, call_id, endpoint, now)
+        for session, remote in zip(sessions, remotes, strict=True):
+            if session is not None and remote is not None:
+                self.sessions.set_remote(session.session_id, remote)
+        out = rewrite(sdp, self.media_address, [s.ports if s else None for s in sessions])
+        keeper = self._origins.setdefault((call_id, endpoint), OriginKeeper())
+        out = keeper.apply(out)
+        if answer:
+            self._start_forwarding(call_id, endpoint)
+        return serialize_sdp(out)
+
+    def _legs(self, sdp: Sdp, call_id: str, side: Side, now: float) -> list[MediaSession | None]:
+        """The session of each active stream of ``side`` (made on first sight)."""
+        legs: list[MediaSession | None] = []
+        for index, media in enumerate(sdp.media):
+            session = self.sessions.by_leg(call_id, side, index)
+            if media.disabled:
+                if session is not None:
+                    self.sessions.end(session.session_id, EndReason.REMOVED)
+                    self._stop_forwarding(session.session_id)
+                legs.append(None)
+                continue
+            if session is None:
+                session = self.sessions.create(call_id, side, index, now, rtcp_mux=media.rtcp_mux)
+            legs.append(session)
+        return legs
+
+    def _start_forwarding(self, call_id: str, side: Side) -> None:
+        """Hand the fastpath every session of ``side`` that knows both its ends."""
+        for session in self.sessions.of_call(call_id):
+            if session.side is not side or session.remote is None:
+                continue
+            if self._forwarding.get(session.session_id) == session:
+                continue  # unchanged (a retransmitted 2xx)
+            self._stop_forwarding(session.session_id)
+            self._forwarding[session.session_id] = session
+            self.commands.append(AddSession(session))
+
+    def _stop_forwarding(self, session_id: int) -> None:
+        if self._forwarding.pop(session_id, None) is not None:
+            self.commands.append(RemoveSession(session_id))
+
+    def _end(self, call_id: str, reason: EndReason) -> None:
+        for session in self.sessions.end_call(call_id, reason):
+            self._stop_forwarding(session.session_id)
+        self._caller_tag.pop(call_id, None)
+        self._answered.discard(call_id)
+        for side in Side:
+            self._origins.pop((call_id, side), None)
+
+    def _side_of(self, message: Message) -> Side:
+        """The endpoint that sent ``message`` (a response: the one its request came from)."""
+        caller = self._caller_tag.get(message.call_id)
+        return Side.CALLER if caller is None or message.from_tag == caller else Side.CALLEE
+
+
+def _other(side: Side) -> Side:
+    return Side.CALLEE if side is Side.CALLER else Side.CALLER
+
+
+def _has_sdp(message: Message) -> bool:
+    content_type = (message.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    return bool(message.body) and content_type == SDP

@@ -1,0 +1,148 @@
+"""Media anchoring at the overlay's edges: SDP through the ingress, a transit and the egress,
+on proxy cores with real ``MediaEdge`` hooks (no sockets; the commands are what the fastpath
+would be told)."""
+
+from __future__ import annotations
+
+import itertools
+
+from overlay.media import (
+    AddSession,
+    MediaEdge,
+    MediaSessions,
+    PortAllocator,
+    RemoveSession,
+    parse_sdp_untrusted,
+)
+from overlay.sip import Request, Response, serialize
+from tests.unit.overlay_fabric import Fabric
+from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
+
+MEDIA_ADDRESS = {"ing": "127.0.2.1", "mid": "127.0.2.2", "egr": "127.0.2.3", "alt": "127.0.2.4"}
+OFFER = (
+    b"v=0\r\no=caller 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+    b"m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+ANSWER = (
+    b"v=0\r\no=callee 7 7 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n"
+    b"m=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+SDP_TYPE = ("Content-Type: application/sdp",)
+
+
+def edges() -> tuple[Fabric, dict[str, MediaEdge]]:
+    made: dict[str, MediaEdge] = {}
+    ids = itertools.count(0x1000)
+
+    def media(node: str) -> MediaEdge:
+        sessions = MediaSessions(PortAllocator(20000, 20099), session_ids=lambda: next(ids))
+        made[node] = MediaEdge(node, MEDIA_ADDRESS[node], sessions)
+        return made[node]
+
+    return Fabric(media=media), made
+
+
+def body_of(message: Request | Response) -> tuple[str, int]:
+    sdp = parse_sdp_untrusted(message.body)
+    assert sdp.connection is not None
+    return sdp.connection.address, sdp.media[0].port
+
+
+def call(fabric: Fabric) -> tuple[Request, Response]:
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=OFFER))
+    [invite_data] = out[UAS]
+    invite = parse(invite_data)
+    assert isinstance(invite, Request)
+    ok_data = response_to(invite_data, 200, extra=SDP_TYPE)
+    ok_data = ok_data.replace(b"Content-Length: 0\r\n\r\n", b"")
+    ok_data += f"Content-Length: {len(ANSWER)}\r\n\r\n".encode() + ANSWER
+    out = fabric.inject("egr", UAS, ok_data)
+    ok = parse(out[UAC][0])
+    assert isinstance(ok, Response)
+    return invite, ok
+
+
+def test_each_endpoint_is_pointed_at_its_own_edge_relay() -> None:
+    fabric, media = edges()
+    invite, ok = call(fabric)
+    egr, ing = media["egr"], media["ing"]
+    # The callee sends to the egress's relay, the caller to the ingress's; no overlay tag
+    # leaves the overlay.
+    assert body_of(invite) == ("127.0.2.3", 20000)
+    assert body_of(ok) == ("127.0.2.1", 20000)
+    assert b"x-overlay-session" not in invite.body + ok.body
+    assert "mid" not in media or media["mid"].commands == []
+    # Each edge forwards toward the other's session: the caller's leg at the ingress, the
+    # callee's at the egress.
+    [add_ing] = ing.commands
+    [add_egr] = egr.commands
+    assert isinstance(add_ing, AddSession)
+    assert isinstance(add_egr, AddSession)
+    assert add_ing.session.endpoint == ("127.0.0.2", 6000)
+    assert add_egr.session.endpoint == ("127.0.0.3", 7000)
+    assert add_ing.session.remote is not None
+    assert add_egr.session.remote is not None
+    assert add_ing.session.remote.node_id == "egr"
+    assert add_ing.session.remote.session_id == add_egr.session.session_id
+    assert add_egr.session.remote.node_id == "ing"
+    assert add_egr.session.remote.session_id == add_ing.session.session_id
+
+
+def test_a_retransmitted_2xx_changes_nothing() -> None:
+    fabric, media = edges()
+    invite, _ok = call(fabric)
+    before = list(media["ing"].commands)
+    ok_again = response_to(serialize(invite), 200, extra=SDP_TYPE)
+    ok_again = ok_again.replace(b"Content-Length: 0\r\n\r\n", b"")
+    ok_again += f"Content-Length: {len(ANSWER)}\r\n\r\n".encode() + ANSWER
+    fabric.inject("egr", UAS, ok_again)
+    assert media["ing"].commands == before
+    assert media["ing"].sessions.statistics().sessions == 1
+
+
+def test_bye_frees_both_edges() -> None:
+    fabric, media = edges()
+    call(fabric)
+    routes = ["<sip:127.0.1.1:5060;lr;ovl=ing>", "<sip:127.0.1.3:5060;lr;ovl=egr>"]
+    bye = request(
+        "BYE",
+        uri="sip:alice@127.0.0.3:7000",
+        branch="z9hG4bK-bye",
+        cseq=2,
+        to_tag="callee-tag",
+        extra=tuple(f"Route: {route}" for route in routes),
+    )
+    fabric.inject("ing", UAC, bye)
+    for node in ("ing", "egr"):
+        assert isinstance(media[node].commands[-1], RemoveSession)
+        stats = media[node].sessions.statistics()
+        assert (stats.sessions, stats.ports_in_use) == (0, 0)
+        assert stats.ended["bye"] == 1
+
+
+def test_a_failed_call_frees_its_ports() -> None:
+    fabric, media = edges()
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=OFFER))
+    fabric.inject("egr", UAS, response_to(out[UAS][0], 486))
+    for node in ("ing", "egr"):
+        stats = media[node].sessions.statistics()
+        assert (stats.sessions, stats.ports_in_use) == (0, 0)
+
+
+def test_bad_offer_is_refused_with_a_reason() -> None:
+    fabric, media = edges()
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=b"v=0\r\nm=audio x\r\n"))
+    [_trying, refused] = [parse(data) for data in out[UAC]]
+    assert isinstance(refused, Response)
+    assert refused.status in (400, 488)
+    assert "SDP" in refused.reason
+    assert media["ing"].sessions.statistics().ports_in_use == 0
+
+
+def test_an_endpoint_cannot_name_an_overlay_session() -> None:
+    fabric, _ = edges()
+    forged = OFFER + b"a=x-overlay-session:egr 0000000000000001\r\n"
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=forged))
+    invite = parse(out[UAS][0])
+    assert isinstance(invite, Request)
+    assert b"x-overlay-session" not in invite.body

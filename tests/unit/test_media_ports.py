@@ -1,0 +1,141 @@
+"""Relay port allocation: even/odd pairs, rtcp-mux, exhaustion, delayed (LRU) reuse."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlay.media import PortAllocator, PortPair, PortsExhausted, PortStatistics
+
+
+def test_pairs_are_even_and_odd():
+    ports = PortAllocator(20000, 20009)
+    pairs = [ports.allocate(f"call-{index}") for index in range(5)]
+    assert pairs == [PortPair(port, port + 1) for port in range(20000, 20010, 2)]
+    assert ports.in_use == 5
+    assert ports.free_count == 0
+
+
+def test_rtcp_mux_gets_one_port_and_reserves_the_next():
+    ports = PortAllocator(20000, 20003)
+    assert ports.allocate("a", rtcp_mux=True) == PortPair(20000, None)
+    assert ports.allocate("b") == PortPair(20002, 20003)
+    assert ports.free_count == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "expected"),
+    [
+        (20001, 20006, [20002, 20004]),  # odd first and even last are not used
+        (20000, 20001, [20000]),
+        (1, 65535, list(range(2, 65535, 2))),
+    ],
+)
+def test_range_edges(first: int, last: int, expected: list[int]):
+    ports = PortAllocator(first, last)
+    assert ports.capacity == len(expected)
+    assert [ports.allocate(index).rtp for index in range(len(expected))] == expected
+
+
+@pytest.mark.parametrize(
+    ("first", "last"), [(0, 100), (100, 65536), (200, 100), (20001, 20002), (20000, 20000)]
+)
+def test_bad_ranges_refused(first: int, last: int):
+    with pytest.raises(ValueError, match="port range"):
+        PortAllocator(first, last)
+
+
+def test_exhaustion_is_clear_and_changes_nothing():
+    ports = PortAllocator(20000, 20003)
+    ports.allocate("a")
+    ports.allocate("b")
+    with pytest.raises(PortsExhausted, match=r"all 2 RTP/RTCP port pairs of 20000\.\.20003"):
+        ports.allocate("c")
+    assert ports.held_by("c") == []
+    assert ports.statistics() == PortStatistics(capacity=2, in_use=2, free=0, exhausted=1)
+    ports.release("a")
+    assert ports.allocate("c") == PortPair(20000, 20001)
+
+
+def test_release_frees_everything_the_owner_holds():
+    ports = PortAllocator(20000, 20099)
+    audio = ports.allocate("call")
+    video = ports.allocate("call", rtcp_mux=True)
+    other = ports.allocate("other")
+    assert ports.held_by("call") == [audio, video]
+    assert ports.release("call") == 2
+    assert ports.held_by("call") == []
+    assert ports.release("call") == 0  # twice is harmless
+    assert ports.release("never-seen") == 0
+    assert ports.held_by("other") == [other]
+    assert ports.in_use == 1
+
+
+def test_freed_ports_are_reused_last():
+    ports = PortAllocator(20000, 20007)  # four pairs
+    first = ports.allocate("a")
+    ports.release("a")
+    # The freed pair went to the back: the three never used come first.
+    taken = [ports.allocate(index).rtp for index in range(3)]
+    assert taken == [20002, 20004, 20006]
+    assert ports.allocate("b") == first
+
+
+def test_reuse_follows_release_order():
+    ports = PortAllocator(20000, 20007)
+    for owner in "abcd":
+        ports.allocate(owner)
+    for owner in "cadb":
+        ports.release(owner)
+    assert [ports.allocate(index).rtp for index in range(4)] == [20004, 20000, 20006, 20002]
+
+
+def test_large_range_is_fast():
+    # O(1) per operation: a full range of 32767 pairs allocated and freed twice.
+    ports = PortAllocator(1, 65535)
+    for _ in range(2):
+        for index in range(ports.capacity):
+            ports.allocate(index)
+        with pytest.raises(PortsExhausted):
+            ports.allocate("one too many")
+        for index in range(ports.capacity):
+            ports.release(index)
+    assert ports.in_use == 0
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["allocate", "release"]), st.integers(0, 12), st.booleans()),
+        max_size=200,
+    )
+)
+def test_against_a_model(operations: list[tuple[str, int, bool]]):
+    """A plain FIFO model: no port is ever held twice, freed slots are reused in release order,
+    and releasing everything gives every port back."""
+    ports = PortAllocator(30000, 30019)  # ten pairs
+    free = deque(range(30000, 30020, 2))
+    held: dict[int, list[int]] = {}
+    for operation, owner, mux in operations:
+        if operation == "allocate":
+            if not free:
+                with pytest.raises(PortsExhausted):
+                    ports.allocate(owner)
+                continue
+            pair = ports.allocate(owner, rtcp_mux=mux)
+            assert pair == PortPair(free.popleft(), None if mux else pair.rtp + 1)
+            held.setdefault(owner, []).append(pair.rtp)
+        else:
+            freed = held.pop(owner, [])
+            assert ports.release(owner) == len(freed)
+            free.extend(freed)
+        in_use = [port for rtps in held.values() for port in rtps]
+        assert len(in_use) == len(set(in_use)) == ports.in_use
+        assert ports.free_count == len(free)
+    for owner in list(held):
+        ports.release(owner)
+    assert ports.in_use == 0
+    assert ports.free_count == ports.capacity == 10
