@@ -111,6 +111,22 @@ class GrpcSection:
 
 
 @dataclass(frozen=True)
+class MediaSection:
+    """``[media]``: the node's media relay (overlay.media, the fastpath).
+
+    ``address`` is where endpoint-facing relay ports are bound and what the SDP tells endpoints;
+    ``overlay`` is the relay's socket for the other nodes' relays (their ``[[peers]].media``);
+    relay ports come from ``port_first``..``port_last`` (RTP even, RTCP next to it).
+    """
+
+    address: str
+    overlay: tuple[str, int]
+    port_first: int = 20000
+    port_last: int = 29999
+    inactivity_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class LinkstateSection:
     """``[linkstate]``: probe and flooding timers in seconds (see overlay.linkstate)."""
 
@@ -138,6 +154,7 @@ class PeerConfig:
     sip: tuple[str, int]
     grpc: tuple[str, int]
     az: str = ""
+    media: tuple[str, int] | None = None  # the peer's [media] overlay address
     admin_cost: float = 0.0
     base_delay_ms: float = 0.0
 
@@ -151,5 +168,6 @@ class NodeConfig:
     dns: DnsSection = field(default_factory=DnsSection)
     dialplan: tuple[DialplanRule, ...] = ()
     grpc: GrpcSection | None = None
+    media: MediaSection | None = None
     linkstate: LinkstateSection = field(default_factory=LinkstateSection)
     peers: tuple[PeerConfig, ...] = ()

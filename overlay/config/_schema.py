@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import zlib
 
 from ._lines import Path
 from ._model import (
@@ -17,6 +18,7 @@ from ._model import (
     GrpcSection,
     LinkstateSection,
     ListenAddress,
+    MediaSection,
     NodeConfig,
     NodeSection,
     PeerConfig,
@@ -64,7 +66,9 @@ def parse_config(text: str, *, source: str) -> NodeConfig:
 
 
 def _node_config(data: dict[str, object]) -> NodeConfig:
-    root = Table(data, (), ("node", "sip", "dns", "dialplan", "grpc", "linkstate", "peers"))
+    root = Table(
+        data, (), ("node", "sip", "dns", "dialplan", "grpc", "media", "linkstate", "peers")
+    )
     node = root.require("node", _node)
     sip = root.require("sip", _sip)
     peers: tuple[PeerConfig, ...] = root.get("peers", _peers, ())
@@ -76,11 +80,23 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         raise Invalid(("sip", "workers"), "must be 1 when [[peers]] are configured")
     if peers and not any(a.transport == "udp" for a in sip.listen):
         raise Invalid(("sip", "listen"), "needs a udp: address when [[peers]] are configured")
+    media = root.get("media", _media, None)
+    if media is not None and not peers:
+        raise Invalid(("media",), "needs [[peers]]: media is relayed between overlay nodes")
     known = {node.node_id}
+    media_ids = {_media_id(node.node_id): node.node_id}
     for index, peer in enumerate(peers):
         if peer.node_id in known:
             raise Invalid(("peers", index, "node_id"), f"duplicate node id {peer.node_id!r}")
         known.add(peer.node_id)
+        if media is not None and peer.media is None:
+            raise Invalid(("peers", index, "media"), "required when [media] is configured")
+        clash = media_ids.setdefault(_media_id(peer.node_id), peer.node_id)
+        if clash != peer.node_id:
+            raise Invalid(
+                ("peers", index, "node_id"),
+                f"its media id (CRC-32) equals {clash!r}'s: rename one of them",
+            )
     dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
     for index, rule in enumerate(dialplan):
         if rule.egress is not None and rule.egress not in known:
@@ -94,6 +110,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         dns=root.get("dns", _dns, DnsSection()),
         dialplan=dialplan,
         grpc=grpc,
+        media=media,
         linkstate=root.get("linkstate", _linkstate, LinkstateSection()),
         peers=peers,
     )
@@ -103,6 +120,36 @@ def _grpc(value: object, path: Path) -> GrpcSection:
     table = Table(value, path, ("listen",))
     host, port = table.require("listen", _ip_port_any)
     return GrpcSection(host, port)
+
+
+def _media(value: object, path: Path) -> MediaSection:
+    table = Table(
+        value,
+        path,
+        ("address", "overlay", "port_first", "port_last", "inactivity_timeout"),
+    )
+    d = MediaSection("", ("", 0))
+    address = table.require("address", _ip_address)
+    port = integer(1024, 65534)
+    section = MediaSection(
+        address=address,
+        overlay=table.require("overlay", _ip_port),
+        port_first=table.get("port_first", port, d.port_first),
+        port_last=table.get("port_last", port, d.port_last),
+        inactivity_timeout=table.get("inactivity_timeout", seconds, d.inactivity_timeout),
+    )
+    if section.port_first % 2:
+        raise Invalid((*path, "port_first"), "must be even (RTP on even ports, RFC 3550)")
+    if section.port_last <= section.port_first:
+        raise Invalid((*path, "port_last"), "must be above port_first")
+    if section.port_first <= section.overlay[1] <= section.port_last:
+        raise Invalid((*path, "overlay"), "its port is inside the relay port range")
+    return section
+
+
+def _media_id(node_id: str) -> int:
+    """The fastpath's 32-bit id of a node (overlay.media.media_id)."""
+    return zlib.crc32(node_id.encode("ascii"))
 
 
 def _linkstate(value: object, path: Path) -> LinkstateSection:
@@ -146,7 +193,9 @@ def _peers(value: object, path: Path) -> tuple[PeerConfig, ...]:
 
 def _peer(value: object, path: Path) -> PeerConfig:
     table = Table(
-        value, path, ("node_id", "region", "az", "sip", "grpc", "admin_cost", "base_delay_ms")
+        value,
+        path,
+        ("node_id", "region", "az", "sip", "grpc", "media", "admin_cost", "base_delay_ms"),
     )
     return PeerConfig(
         node_id=table.require("node_id", _node_id),
@@ -154,6 +203,7 @@ def _peer(value: object, path: Path) -> PeerConfig:
         az=table.get("az", string, ""),
         sip=table.require("sip", _ip_port),
         grpc=table.require("grpc", _ip_port),
+        media=table.get("media", _ip_port, None),
         admin_cost=table.get("admin_cost", milliseconds, 0.0),
         base_delay_ms=table.get("base_delay_ms", milliseconds, 0.0),
     )
@@ -272,6 +322,14 @@ def _header_value(value: object, path: Path) -> str:
     if not text or not text.isprintable():
         raise Invalid(path, f"must be a non-empty printable string, got {text!r}")
     return text
+
+
+def _ip_address(value: object, path: Path) -> str:
+    text = string(value, path)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise Invalid(path, f"must be an IPv4 or IPv6 address, got {text!r}") from None
 
 
 def _ip_port(value: object, path: Path) -> tuple[str, int]:

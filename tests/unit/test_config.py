@@ -245,7 +245,7 @@ def test_unknown_top_level_key() -> None:
     error = _error("version = 2\n" + GOOD)
     assert str(error) == (
         "node.toml:1: version: unknown key"
-        " (expected one of: node, sip, dns, dialplan, grpc, linkstate, peers)"
+        " (expected one of: node, sip, dns, dialplan, grpc, media, linkstate, peers)"
     )
 
 
@@ -452,3 +452,43 @@ def test_overlay_needs_a_single_worker() -> None:
     )
     error = _error(text)
     assert (error.key, error.line) == ("sip.workers", 7)
+
+
+MEDIA = OVERLAY.replace(
+    "[linkstate]",
+    '[media]\naddress = "127.0.0.11"\noverlay = "127.0.0.11:7100"\nport_first = 30000\n'
+    "port_last = 30999\n\n[linkstate]",
+).replace("base_delay_ms = 34", 'base_delay_ms = 34\nmedia = "127.0.0.14:7100"')
+
+
+def test_media_section() -> None:
+    config = parse_config(MEDIA, source="node.toml")
+    assert config.media is not None
+    assert config.media.address == "127.0.0.11"
+    assert config.media.overlay == ("127.0.0.11", 7100)
+    assert (config.media.port_first, config.media.port_last) == (30000, 30999)
+    assert config.media.inactivity_timeout == 60.0
+    assert config.peers[0].media == ("127.0.0.14", 7100)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "reason"),
+    [
+        ('media = "127.0.0.14:7100"', "", "peers[0].media", "required when [media]"),
+        ("port_first = 30000", "port_first = 30001", "media.port_first", "must be even"),
+        ("port_last = 30999", "port_last = 29000", "media.port_last", "above port_first"),
+        ('overlay = "127.0.0.11:7100"', 'overlay = "127.0.0.11:30500"', "media.overlay", "range"),
+        ('address = "127.0.0.11"', 'address = "relay.example"', "media.address", "IPv4 or"),
+    ],
+)
+def test_bad_media_config(old: str, new: str, key: str, reason: str) -> None:
+    assert old in MEDIA
+    error = _error(MEDIA.replace(old, new, 1))
+    assert error.key == key
+    assert reason in error.reason
+
+
+def test_media_needs_peers() -> None:
+    error = _error(MINIMAL + '\n[media]\naddress = "127.0.0.1"\noverlay = "127.0.0.1:7100"\n')
+    assert error.key == "media"
+    assert "needs [[peers]]" in error.reason
