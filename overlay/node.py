@@ -21,6 +21,7 @@ import trio
 from overlay.config import DnsTarget, NodeConfig, StaticTarget
 from overlay.control import open_grpc_bridge
 from overlay.linkstate import PROBE_MARK
+from overlay.media_plane import MediaPlane
 from overlay.mesh import Mesh
 from overlay.routing import Dialplan
 from overlay.sip import (
@@ -90,6 +91,7 @@ class Node:
         )
         self._core: ProxyCore | None = None
         self.mesh: Mesh | None = None
+        self.media: MediaPlane | None = None  # made in serve(): it binds the relay's socket
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -119,6 +121,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._transport.serve, bound)
+            if self.config.media is not None:
+                self.media = MediaPlane(self.config)
             timers = sip.timers
             self._core = ProxyCore(
                 ProxyConfig(
@@ -132,9 +136,12 @@ class Node:
                 ),
                 self._locate,
                 self._overlay_paths,
+                None if self.media is None else self.media.edge,
             )
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
+            if self.media is not None:
+                await nursery.start(self._run_media, self.media)
             if self.config.peers:
                 await nursery.start(self._run_mesh, self._core)
             log.info(
@@ -144,6 +151,17 @@ class Node:
                 listeners=len(self.listeners),
             )
             task_status.started(self.listeners)
+
+    async def _run_media(
+        self, media: MediaPlane, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The relay's thread for as long as the node runs."""
+        media.start()
+        try:
+            task_status.started()
+            await media.run()
+        finally:
+            media.stop()
 
     async def _run_mesh(
         self, core: ProxyCore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -201,6 +219,8 @@ class Node:
         }
         for prefix, group in groups.items():
             counters.update({f"{prefix}.{name}": n for name, n in group.items()})
+        if self.media is not None:
+            counters.update(self.media.counters())
         return counters
 
     # -- glue --------------------------------------------------------------------------------
@@ -250,6 +270,8 @@ class Node:
         resent = self._core.retransmit_toward(peers)
         if resent:
             log.info("resent pending requests over new paths", requests=resent)
+        if self.media is not None and self.mesh is not None:
+            self.media.set_routes(self.mesh.routes.next_hops())
         self._flush()
 
     def _deliver(self, data: bytes, peer: Peer) -> None:
@@ -286,6 +308,8 @@ class Node:
                     peer = hop
                 send(data, peer)
             outbox.clear()
+        if self.media is not None:
+            self.media.apply()
         while (event := core.next_event()) is not None:
             self._nursery.start_soon(self._resolve, event)
         deadline = core.get_timer()

@@ -150,6 +150,7 @@ async def run_lab(net: str = NET) -> None:
                 str(lab.processes[node.node_id].pid),
             )
         console.print(table)
+        assert lab.uas is not None
         console.print(
             f"SIPp callee: udp:{lab.uas.host}:{lab.uas.port} behind {EGRESS}; calls enter at "
             f"{INGRESS} (e.g. sipp -sf uac_rr.xml {nodes[INGRESS]}:5060). Ctrl-C stops the lab."

@@ -46,7 +46,7 @@ class Lab:
     nodes: dict[str, LabNode]
     processes: dict[str, NodeProcess]
     bridge: GrpcBridge
-    uas: SippUas
+    uas: SippUas | None  # None when the calls go to a callee of the test's own
     uac_host: str
     dead: set[str] = field(default_factory=set)
 
@@ -171,17 +171,26 @@ class Lab:
 
 @contextlib.asynccontextmanager
 async def open_lab(
-    hosts: dict[str, str], *, uas_host: str, uac_host: str, probe_interval: float = 0.1
+    hosts: dict[str, str],
+    *,
+    uas_host: str,
+    uac_host: str,
+    probe_interval: float = 0.1,
+    callee: tuple[str, int] | None = None,
 ) -> AsyncIterator[Lab]:
     """Start the reference topology on ``hosts`` (node id → loopback address) with a SIPp UAS
-    on ``uas_host``; everything is stopped, by PID, when the block exits."""
+    on ``uas_host`` (or, with ``callee``, calls go to that address instead); everything is
+    stopped, by PID, when the block exits."""
     missing = {node_id for node_id, _ in REGIONS} - hosts.keys()
     if missing:
         raise ValueError(f"no address for {', '.join(sorted(missing))}")
     nodes = lab_nodes(hosts)
     async with contextlib.AsyncExitStack() as stack:
-        uas = await stack.enter_async_context(open_uas(uas_host, scenario="uas_rr"))
-        target = f"{uas.host}:{uas.port}"
+        uas = None
+        if callee is None:
+            uas = await stack.enter_async_context(open_uas(uas_host, scenario="uas_rr"))
+            callee = (uas.host, uas.port)
+        target = f"{callee[0]}:{callee[1]}"
         processes: dict[str, NodeProcess] = {}
         async with trio.open_nursery() as nursery:
 

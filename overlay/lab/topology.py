@@ -29,6 +29,8 @@ RTT_MS: dict[frozenset[str], float] = {
 
 SIP_PORT = 5060
 GRPC_PORT = 7000
+MEDIA_OVERLAY_PORT = 7100  # the relays' overlay socket
+MEDIA_PORTS = (20000, 20999)  # endpoint-facing relay ports
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ def node_config(
         "[grpc]",
         f'listen = "{node.host}:{GRPC_PORT}"',
         "",
+        "[media]",
+        f'address = "{node.host}"',
+        f'overlay = "{node.host}:{MEDIA_OVERLAY_PORT}"',
+        f"port_first = {MEDIA_PORTS[0]}",
+        f"port_last = {MEDIA_PORTS[1]}",
+        "",
         "[linkstate]",
         f"probe_interval = {probe_interval}",
         "",
@@ -82,6 +90,7 @@ def node_config(
             f'region = "{peer.region}"',
             f'sip = "{peer.host}:{SIP_PORT}"',
             f'grpc = "{peer.host}:{GRPC_PORT}"',
+            f'media = "{peer.host}:{MEDIA_OVERLAY_PORT}"',
             f"base_delay_ms = {rtt / 2}",
             "",
         ]

@@ -1,0 +1,179 @@
+"""Typed interface of the compiled relay (fastpath/_relay.pyx); the docstrings live here."""
+
+from collections.abc import Mapping
+from types import TracebackType
+
+from fastpath._types import RelayCounters, SessionCounters
+
+DROP_REASONS: tuple[str, ...]
+"""Names of the drop counters, in ``counters()["drops"]``:
+
+- ``short``: an overlay datagram shorter than the 20-byte header;
+- ``bad_version``: overlay version not 1;
+- ``bad_flags``: undefined flag bits, or echo request and reply at once;
+- ``reserved``: the reserved header field is not 0;
+- ``ttl_expired``: an overlay datagram arrived with ttl 0;
+- ``unknown_session``: addressed to this node, but no such session;
+- ``no_next_hop``: no next hop for the destination (also for ``send_echo``);
+- ``no_endpoint``: a session has no endpoint address yet (none given, none latched);
+- ``unknown_source``: a datagram on a session port from another source than the latched one;
+- ``oversized``: a datagram larger than ``MAX_DATAGRAM`` (overlay) or ``MAX_PAYLOAD``
+  (endpoint), or an echo reply larger than ``ECHO_MAX_PAYLOAD``;
+- ``send_error``: the kernel refused a send (full socket buffer, unreachable network);
+- ``echo_overflow``: the oldest echo reply was dropped because the queue was full.
+"""
+
+BATCH_SIZE: int
+"""Datagrams per recvmmsg/sendmmsg call."""
+MAX_DATAGRAM: int
+"""Largest overlay datagram accepted (header included)."""
+MAX_PAYLOAD: int
+"""Largest RTP/RTCP datagram accepted from an endpoint (``MAX_DATAGRAM`` - 20)."""
+ECHO_QUEUE_LEN: int
+"""Echo replies kept until ``take_echo_replies``; older ones are dropped (``echo_overflow``)."""
+ECHO_MAX_PAYLOAD: int
+"""Largest echo payload ``send_echo`` accepts and the queue stores."""
+
+class Relay:
+    """A media relay: one overlay socket, RTP/RTCP sockets per session, a forwarding thread.
+
+    The forwarding loop runs in its own OS thread with the GIL released and owns the tables
+    while it runs. ``add_session``, ``remove_session``, ``set_next_hops`` and
+    ``take_echo_replies`` hand a command to the loop and wait for it (GIL released; at most one
+    receive batch, typically tens of microseconds); ``session_counters``, ``counters`` and
+    ``send_echo`` read under a lock the loop never waits for. All methods are safe to call
+    while the loop runs, from any thread; none runs Python code in the loop.
+
+    Args:
+        node_media_id: this node's 32-bit media id (``zlib.crc32(node_id.encode())``).
+        overlay_host: numeric IPv4 or IPv6 address of the overlay socket.
+        overlay_port: its port; 0 picks a free one (read it back from ``overlay_port``).
+
+    Raises:
+        OverflowError: a number out of its range.
+        ValueError: ``overlay_host`` is not a numeric address.
+        OSError: the overlay socket cannot be bound; the message names host:port.
+
+    Resource handling:
+        The sockets are open from construction until ``stop()`` (or garbage collection). Use
+        the relay as a context manager to stop it on exit.
+    """
+
+    def __init__(self, node_media_id: int, overlay_host: str, overlay_port: int) -> None: ...
+    @property
+    def overlay_port(self) -> int:
+        """The bound port of the overlay socket."""
+
+    def __enter__(self) -> Relay: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+    def start(self) -> None:
+        """Start the forwarding thread (GIL released inside; signals blocked in it).
+
+        Raises:
+            RuntimeError: already started, or stopped.
+            OSError: the thread could not be created.
+        """
+
+    def stop(self) -> None:
+        """Stop the thread, join it and close every socket. Idempotent; returns within a batch.
+
+        After ``stop()`` the counter calls and ``take_echo_replies`` still answer; every other
+        call raises RuntimeError.
+
+        Raises:
+            OSError: the loop had ended on an unexpected error (the sockets are closed anyway).
+        """
+
+    def add_session(
+        self,
+        session_id: int,
+        local_host: str,
+        rtp_port: int,
+        rtcp_port: int | None,
+        endpoint: tuple[str, int] | None,
+        remote_node: int,
+        remote_session: int,
+    ) -> None:
+        """Open the sockets of one endpoint leg and start relaying it.
+
+        Datagrams from the endpoint to ``local_host:rtp_port`` (RTP) or ``rtcp_port`` (RTCP)
+        are wrapped for ``(remote_node, remote_session)`` and sent to the next hop toward
+        ``remote_node`` (or delivered directly when ``remote_node`` is this node). The first
+        datagram on each socket latches the endpoint's address for that socket; later ones
+        from another source are dropped (``unknown_source``).
+
+        Args:
+            session_id: this node's id of the session, 1..2**64-1.
+            local_host: numeric IPv4 or IPv6 address to bind (the node's media address).
+            rtp_port: the port put into the SDP; 0 picks one (see ``session_counters``).
+            rtcp_port: the RTCP port (usually ``rtp_port + 1``), or None for rtcp-mux: RTCP
+                then shares the RTP socket and is told apart by packet type (RFC 5761).
+            endpoint: the endpoint's address from its SDP, used until the first datagram
+                latches the real one; None when unknown (nothing is delivered until then).
+                RTCP goes to its port + 1 until the endpoint's RTCP arrives.
+            remote_node: media id of the other edge.
+            remote_session: the session id at the other edge, 1..2**64-1.
+
+        Raises:
+            ValueError: the session id exists already, an id is 0, an address is not numeric
+                or of another family than ``local_host``, or both ports are equal.
+            OverflowError: a number out of its range.
+            TypeError: an argument of the wrong type.
+            OSError: a port cannot be bound (e.g. in use); the message names host:port.
+            RuntimeError: the relay is stopped.
+        """
+
+    def remove_session(self, session_id: int) -> None:
+        """Stop relaying a session and close its sockets (its ports are free on return).
+
+        Raises:
+            KeyError: no such session.
+            RuntimeError: the relay is stopped.
+        """
+
+    def set_next_hops(self, next_hops: Mapping[int, tuple[str, int]]) -> None:
+        """Replace the whole next-hop table: destination media id -> (relay host, port).
+
+        Takes effect with the next datagram of every session. Link counters of destinations
+        are kept across calls.
+
+        Raises:
+            ValueError: a host that is not numeric or not of the overlay socket's family, or an
+                entry for this node's own media id.
+            OverflowError: a media id or port out of range.
+            TypeError: an entry that is not ``int: (str, int)``.
+            RuntimeError: the relay is stopped.
+        """
+
+    def send_echo(self, destination: int, payload: bytes) -> None:
+        """Send an echo request toward ``destination`` through the next-hop table.
+
+        The destination relay answers with an echo reply carrying the same payload, which
+        ``take_echo_replies`` returns here. Without a next hop the request is counted as a
+        ``no_next_hop`` drop.
+
+        Raises:
+            ValueError: ``destination`` is this node, or the payload exceeds
+                ``ECHO_MAX_PAYLOAD`` bytes.
+            OverflowError: ``destination`` out of range.
+            RuntimeError: the relay is stopped.
+        """
+
+    def take_echo_replies(self) -> list[tuple[int, bytes]]:
+        """The echo replies received since the last call, oldest first: (source media id,
+        payload). At most ``ECHO_QUEUE_LEN``; older ones were dropped (``echo_overflow``)."""
+
+    def session_counters(self, session_id: int) -> SessionCounters:
+        """Counters and addresses of one session (see ``SessionCounters``).
+
+        Raises:
+            KeyError: no such session.
+        """
+
+    def counters(self) -> RelayCounters:
+        """Drops by reason, per-destination link counters, overlay input, session count."""

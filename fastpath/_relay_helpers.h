@@ -1,0 +1,154 @@
+/*
+ * Small inline helpers for fastpath/_relay.pyx: atomics, big-endian field access, socket
+ * address comparison, the monotonic clock and integer hashing. Everything here is called from
+ * the forwarding loop with the GIL released, so nothing here touches Python.
+ */
+#ifndef FASTPATH_RELAY_HELPERS_H
+#define FASTPATH_RELAY_HELPERS_H
+
+#include <endian.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Flags shared by the loop thread and the Python side (stop request, waiting callers). */
+static inline int fp_load(int *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fp_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void fp_add(int *p, int v) { __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+
+/* Counters have one writer (the loop) and readers in other threads: relaxed atomic loads and
+ * stores (plain moves on x86-64), so a reader never sees a torn value. */
+static inline uint64_t fp_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void fp_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void fp_add_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+
+/* A sequence lock around the endpoint addresses: the loop (the only writer) makes the count odd
+ * while it writes; a reader retries when the count was odd or changed under it. */
+static inline void fp_seq_write_begin(uint32_t *seq) {
+    __atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+static inline void fp_seq_write_end(uint32_t *seq) {
+    __atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+}
+static inline uint32_t fp_seq_read_begin(const uint32_t *seq) {
+    return __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+}
+static inline int fp_seq_read_retry(const uint32_t *seq, uint32_t start) {
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return (start & 1) || __atomic_load_n(seq, __ATOMIC_RELAXED) != start;
+}
+
+/* Header fields are big endian and may sit at any alignment in a receive buffer. */
+static inline uint32_t fp_get_be32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return be32toh(v);
+}
+static inline uint64_t fp_get_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64toh(v);
+}
+static inline void fp_put_be32(uint8_t *p, uint32_t v) {
+    v = htobe32(v);
+    memcpy(p, &v, 4);
+}
+static inline void fp_put_be64(uint8_t *p, uint64_t v) {
+    v = htobe64(v);
+    memcpy(p, &v, 8);
+}
+
+/* Same family, address and port (and scope for IPv6): the latching test. */
+static inline int fp_addr_equal(const struct sockaddr_storage *a,
+                                const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    }
+    return 0;
+}
+
+static inline int fp_addr_port(const struct sockaddr_storage *a) {
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+    return 0;
+}
+
+static inline void fp_addr_set_port(struct sockaddr_storage *a, int port) {
+    if (a->ss_family == AF_INET)
+        ((struct sockaddr_in *)a)->sin_port = htons((uint16_t)port);
+    else if (a->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)a)->sin6_port = htons((uint16_t)port);
+}
+
+static inline socklen_t fp_addr_len(const struct sockaddr_storage *a) {
+    return a->ss_family == AF_INET6 ? (socklen_t)sizeof(struct sockaddr_in6)
+                                    : (socklen_t)sizeof(struct sockaddr_in);
+}
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock Python's time.monotonic() reads on Linux. */
+static inline uint64_t fp_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Finalisers of splitmix64 / murmur3: ids that differ in a few bits land far apart. */
+static inline uint64_t fp_mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+static inline uint32_t fp_mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x85ebca6bU;
+    x ^= x >> 13;
+    x *= 0xc2b2ae35U;
+    x ^= x >> 16;
+    return x;
+}
+
+/* Join the loop thread, writing the wakeup eventfd again every 100 ms while it runs: stop()
+ * returns even if a wakeup were ever lost. */
+static inline int fp_join_waking(pthread_t thread, int wakefd) {
+    const uint64_t one = 1;
+    for (;;) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 100000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec += 1;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        int rc = pthread_timedjoin_np(thread, NULL, &deadline);
+        if (rc != ETIMEDOUT)
+            return rc;
+        if (write(wakefd, &one, sizeof one) < 0) {
+            /* the counter is full: the loop has a wakeup pending anyway */
+        }
+    }
+}
+
+#endif

@@ -1,0 +1,252 @@
+"""RTP endpoints and a minimal SIP caller and callee for media tests through the lab.
+
+SIPp places calls but cannot tell a test where its peer's media went, so media tests use these
+instead: ``RtpEndpoint`` sends a 20 ms packetised stream (172-byte packets: a 12-byte RTP header
+and 160 bytes of payload, as G.711 would) and records what arrives, and ``Caller`` / ``Callee``
+are just enough of a SIP UA (RFC 3261 §8 and §12: INVITE with an SDP offer, 200 with the
+answer, ACK and BYE along the route set) to set up one call whose SDP names the endpoints.
+Everything is bounded in time; retransmissions are the UAs' own (every T1 until answered).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from overlay.media import endpoint_of, parse_sdp_untrusted
+from overlay.sip import (
+    RemoteProtocolError,
+    Request,
+    Response,
+    make_response,
+    parse_message_untrusted,
+    serialize,
+)
+
+PTIME = 0.020
+PAYLOAD = bytes(160)
+T1 = 0.5
+RTP_VERSION = 0x80
+PCMU = 0
+
+
+@dataclass
+class Received:
+    """What an endpoint got: RTP sequence numbers with their arrival times, and sources."""
+
+    arrivals: list[tuple[int, float]] = field(default_factory=list)
+    sources: set[tuple[str, int]] = field(default_factory=set)
+
+    def max_gap(self, after: float = 0.0) -> float:
+        """The longest silence between two packets received after ``after`` (seconds)."""
+        times = [t for _, t in self.arrivals if t >= after]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+class RtpEndpoint:
+    """A UDP socket that sends and receives RTP; see the module docstring."""
+
+    def __init__(self, sock: trio.socket.SocketType, host: str, port: int) -> None:
+        self._sock = sock
+        self.address = (host, port)
+        self.received = Received()
+        self.sent = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, host: str) -> AsyncIterator[RtpEndpoint]:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((host, 0))
+            endpoint = cls(sock, host, sock.getsockname()[1])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(endpoint._receive)
+                yield endpoint
+                nursery.cancel_scope.cancel()
+
+    async def _receive(self) -> None:
+        while True:
+            data, source = await self._sock.recvfrom(2048)
+            if len(data) >= 12 and data[0] & 0xC0 == RTP_VERSION:
+                (seq,) = struct.unpack_from("!H", data, 2)
+                self.received.arrivals.append((seq, trio.current_time()))
+                self.received.sources.add(source[:2])
+
+    async def stream(self, to: tuple[str, int], seconds: float) -> None:
+        """Send a 20 ms stream to ``to`` for ``seconds`` (paced on the clock, not on sleeps)."""
+        ssrc = secrets.randbits(32)
+        start = trio.current_time()
+        for seq in range(round(seconds / PTIME)):
+            header = struct.pack("!BBHII", RTP_VERSION, PCMU, seq & 0xFFFF, seq * 160, ssrc)
+            await self._sock.sendto(header + PAYLOAD, to)
+            self.sent += 1
+            await trio.sleep_until(start + (seq + 1) * PTIME)
+
+
+def sdp_for(address: tuple[str, int], owner: str) -> bytes:
+    host, port = address
+    return (
+        f"v=0\r\no={owner} 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+    ).encode()
+
+
+def media_target(body: bytes) -> tuple[str, int]:
+    """Where the SDP ``body`` says the first stream's media goes."""
+    target = endpoint_of(parse_sdp_untrusted(body), 0)
+    if target is None:
+        raise RuntimeError("the SDP names no media address")
+    return target
+
+
+class SipSocket:
+    """One UDP socket of a UA: send messages, receive parsed ones."""
+
+    def __init__(self, sock: trio.socket.SocketType, host: str, port: int) -> None:
+        self.sock = sock
+        self.host, self.port = host, port
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, host: str) -> AsyncIterator[SipSocket]:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((host, 0))
+            yield cls(sock, host, sock.getsockname()[1])
+
+    async def send(self, message: Request | Response, to: tuple[str, int]) -> None:
+        await self.sock.sendto(serialize(message), to)
+
+    async def receive(self) -> tuple[Request | Response, tuple[str, int]]:
+        while True:
+            data, source = await self.sock.recvfrom(65535)
+            try:
+                return parse_message_untrusted(data), source[:2]
+            except RemoteProtocolError:
+                continue  # a test UA ignores what it cannot read
+
+
+def _headers(lines: list[str]) -> str:
+    return "\r\n".join(lines)
+
+
+class Caller:
+    """The calling UA: one INVITE with an offer, then ACK and, later, BYE."""
+
+    def __init__(self, sip: SipSocket, proxy: tuple[str, int], media: tuple[str, int]) -> None:
+        self.sip = sip
+        self.proxy = proxy
+        self.media = media
+        self.call_id = f"{secrets.token_hex(8)}@{sip.host}"
+        self.tag = secrets.token_hex(4)
+        self.answer_media: tuple[str, int] | None = None
+        self._ok: Response | None = None
+
+    def _request(self, method: str, uri: str, cseq: int, extra: list[str], body: bytes) -> Request:
+        branch = f"z9hG4bK{secrets.token_hex(6)}"
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {self.sip.host}:{self.sip.port};branch={branch};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:caller@{self.sip.host}>;tag={self.tag}",
+            f"To: <sip:callee@{self.proxy[0]}>" + self._to_tag(),
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq} {method}",
+            f"Contact: <sip:caller@{self.sip.host}:{self.sip.port}>",
+            *extra,
+            f"Content-Length: {len(body)}",
+            "",
+            "",
+        ]
+        message = parse_message_untrusted(_headers(lines).encode() + body)
+        assert isinstance(message, Request)
+        return message
+
+    def _to_tag(self) -> str:
+        tag = None if self._ok is None else self._ok.to_tag
+        return "" if tag is None else f";tag={tag}"
+
+    async def invite(self, *, within: float = 10.0) -> None:
+        """INVITE until a 2xx (retransmitted every T1 until a response), then ACK."""
+        uri = f"sip:callee@{self.proxy[0]}:{self.proxy[1]}"
+        invite = self._request(
+            "INVITE", uri, 1, ["Content-Type: application/sdp"], sdp_for(self.media, "caller")
+        )
+        with trio.fail_after(within):
+            answered = False
+            while self._ok is None:
+                if not answered:
+                    await self.sip.send(invite, self.proxy)
+                with trio.move_on_after(T1):
+                    while True:
+                        message, _ = await self.sip.receive()
+                        if isinstance(message, Response) and message.call_id == self.call_id:
+                            answered = True
+                            if message.status >= 300:
+                                raise RuntimeError(f"call failed: {message.status}")
+                            if message.status >= 200:
+                                self._ok = message
+                                break
+        assert self._ok is not None
+        self.answer_media = media_target(self._ok.body)
+        await self._in_dialog("ACK", 1)
+
+    async def _in_dialog(self, method: str, cseq: int) -> Request:
+        ok = self._ok
+        assert ok is not None
+        routes = list(reversed(ok.headers.values("Record-Route")))
+        contact = ok.headers.first_value("Contact") or ""
+        target = contact.strip().removeprefix("<").split(">")[0]
+        request = self._request(method, target, cseq, [f"Route: {r}" for r in routes], b"")
+        await self.sip.send(request, self.proxy)
+        return request
+
+    async def bye(self, *, within: float = 10.0) -> None:
+        with trio.fail_after(within):
+            while True:
+                await self._in_dialog("BYE", 2)
+                with trio.move_on_after(T1):
+                    while True:
+                        message, _ = await self.sip.receive()
+                        if isinstance(message, Response) and message.cseq.method == "BYE":
+                            return
+
+
+class Callee:
+    """The called UA: answers one INVITE with its media address, then a BYE."""
+
+    def __init__(self, sip: SipSocket, media: tuple[str, int]) -> None:
+        self.sip = sip
+        self.media = media
+        self.offer_media: tuple[str, int] | None = None
+        self.answered = trio.Event()
+        self.ended = trio.Event()
+        self.tag = secrets.token_hex(4)
+
+    async def serve(self) -> None:
+        """Answer INVITEs (200 with SDP) and BYEs (200) until cancelled."""
+        while True:
+            message, source = await self.sip.receive()
+            if not isinstance(message, Request):
+                continue
+            to = source  # the egress node's socket (RFC 3581: answer where it came from)
+            if message.method == "INVITE":
+                self.offer_media = media_target(message.body)
+                ok = make_response(message, 200, to_tag=self.tag)
+                for route in message.headers.values("Record-Route"):
+                    ok.headers.add("Record-Route", route)
+                ok.headers.add("Contact", f"<sip:callee@{self.sip.host}:{self.sip.port}>")
+                ok.headers.add("Content-Type", "application/sdp")
+                ok.body = sdp_for(self.media, "callee")
+                await self.sip.send(ok, to)
+                self.answered.set()
+            elif message.method == "BYE":
+                await self.sip.send(make_response(message, 200), to)
+                self.ended.set()

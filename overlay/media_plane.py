@@ -1,0 +1,138 @@
+"""The node's media plane: ``MediaEdge`` (sans-IO decisions) driving the fastpath relay.
+
+``MediaPlane`` owns the relay (its forwarding thread runs with the GIL released) and is the
+only code that calls it:
+
+* after the proxy core ran (``apply``), the edge's ``AddSession`` / ``RemoveSession`` commands
+  become ``add_session`` / ``remove_session``;
+* when the route table changes (``set_routes``), the relay's next-hop table is replaced as a
+  whole: destination node → the media address of the next hop node, so live calls follow the
+  new path with their next packet;
+* every ``ACTIVITY_INTERVAL`` (``run``), each session's packet counters are read: a session
+  with new packets from its endpoint is touched, and sessions silent past the inactivity
+  timeout are ended (their ports freed).
+
+A command the relay refuses (a port taken by another program) costs that stream, not the
+node: it is logged and counted in ``failures``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import structlog
+import trio
+
+import fastpath
+from overlay.config import NodeConfig
+from overlay.media import (
+    AddSession,
+    MediaEdge,
+    MediaSessions,
+    PortAllocator,
+    media_id,
+)
+
+log = structlog.get_logger("overlay.media")
+
+ACTIVITY_INTERVAL = 1.0  # seconds between reads of the sessions' counters
+
+
+class MediaPlane:
+    """See the module docstring."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        media = config.media
+        assert media is not None
+        node_id = config.node.node_id
+        sessions = MediaSessions(
+            PortAllocator(media.port_first, media.port_last), timeout=media.inactivity_timeout
+        )
+        self.edge = MediaEdge(node_id, media.address, sessions)
+        self.relay = fastpath.Relay(media_id(node_id), *media.overlay)
+        self._address = media.address
+        self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
+        self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
+        self.failures: Counter[str] = Counter()
+
+    def start(self) -> None:
+        self.relay.start()
+
+    def stop(self) -> None:
+        self.relay.stop()
+
+    def apply(self) -> None:
+        """Pass the edge's pending commands to the relay."""
+        commands = self.edge.commands
+        for command in commands:
+            if isinstance(command, AddSession):
+                self._add(command)
+            # Remove only what the relay took: an add it refused has nothing to remove.
+            elif self._packets.pop(command.session_id, None) is not None:
+                self.relay.remove_session(command.session_id)
+        commands.clear()
+
+    def _add(self, command: AddSession) -> None:
+        session = command.session
+        remote = session.remote
+        assert remote is not None
+        try:
+            self.relay.add_session(
+                session.session_id,
+                self._address,
+                session.ports.rtp,
+                session.ports.rtcp,
+                session.endpoint,
+                media_id(remote.node_id),
+                remote.session_id,
+            )
+        except (OSError, ValueError) as error:
+            self.failures["add session"] += 1
+            log.error("relay refused a session", call_id=session.call_id, error=str(error))
+            return
+        self._packets[session.session_id] = 0
+
+    def set_routes(self, next_hops: dict[str, str]) -> None:
+        """``{destination node: next hop node}`` from the route table, for the relay."""
+        table = {
+            media_id(destination): address
+            for destination, hop in next_hops.items()
+            if (address := self._node_media.get(hop)) is not None
+        }
+        self.relay.set_next_hops(table)
+
+    def counters(self) -> dict[str, int]:
+        """The relay's and the media sessions' counters, by dotted name (admin GetCounters)."""
+        relay = self.relay.counters()
+        names = {media_id(node): node for node in self._node_media}
+        stats = self.edge.sessions.statistics()
+        counters = {
+            "media.sessions": stats.sessions,
+            "media.ports_in_use": stats.ports_in_use,
+            "media.relay_sessions": relay["sessions"],
+            "media.overlay_in.packets": relay["overlay_in"]["packets"],
+            "media.relay_failures": sum(self.failures.values()),
+        }
+        counters.update({f"media.ended.{reason}": n for reason, n in stats.ended.items()})
+        counters.update({f"media.drops.{reason}": n for reason, n in relay["drops"].items()})
+        counters.update({f"media.edge.{name}": n for name, n in self.edge.counters.items()})
+        for destination, traffic in relay["links"].items():
+            node = names.get(destination, str(destination))
+            counters[f"media.sent_toward.{node}.packets"] = traffic["packets"]
+        return counters
+
+    async def run(self) -> None:
+        """Read the sessions' activity and end the silent ones, until cancelled."""
+        while True:
+            await trio.sleep(ACTIVITY_INTERVAL)
+            now = trio.current_time()
+            for session_id, seen in list(self._packets.items()):
+                try:
+                    packets = self.relay.session_counters(session_id)["packets_in"]
+                except KeyError:
+                    continue
+                if packets != seen:
+                    self._packets[session_id] = packets
+                    self.edge.activity(session_id, now)
+            self.edge.handle_timer(now)
+            self.apply()
