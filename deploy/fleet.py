@@ -32,6 +32,7 @@ from overlay.config import (
     Table,
     integer,
     kind,
+    matching,
     network,
     parse_toml,
     read_text,
@@ -112,14 +113,7 @@ class Fleet:
     alarms: AlarmSpec
 
 
-_FLEET_NAME = re.compile(r"[a-z0-9-]{1,32}")
-_REGION = re.compile(r"[a-z]{2}-[a-z]+-\d")
-# "c5n.xlarge", "m7i-flex.large", "u-6tb1.metal", "c7i.metal-48xl".
-_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+(?:-[a-z0-9]+)*")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-# EC2 CreateImage: 3 to 128 of these characters.
-_AMI_NAME = re.compile(r"[A-Za-z0-9()\[\] ./'@_-]{3,128}")
-_IMAGE_ID = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 # EC2 CreateVpc and CreateSubnet accept IPv4 blocks from /16 to /28.
 _AWS_PREFIXES = range(16, 29)
 # What DescribeInstanceTypes answers for a type that does not exist.
@@ -376,27 +370,12 @@ def _azs(
 # Leaf readers: (value, path) -> typed value, or Invalid naming the path.
 
 
-def _fleet_name(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    if not _FLEET_NAME.fullmatch(text):
-        raise Invalid(
-            path, f"must match [a-z0-9-]{{1,32}} (it goes into tags and names), got {text!r}"
-        )
-    return text
-
-
-def _region_name(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    if not _REGION.fullmatch(text):
-        raise Invalid(path, f'must be an AWS region name such as "us-west-2", got {text!r}')
-    return text
-
-
-def _instance_type(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    if not _INSTANCE_TYPE.fullmatch(text):
-        raise Invalid(path, f'must be an EC2 instance type such as "c5n.xlarge", got {text!r}')
-    return text
+_fleet_name = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (it goes into tags and names)")
+_region_name = matching(r"[a-z]{2}-[a-z]+-\d", 'be an AWS region name such as "us-west-2"')
+# "c5n.xlarge", "m7i-flex.large", "u-6tb1.metal", "c7i.metal-48xl".
+_instance_type = matching(
+    r"[a-z][a-z0-9-]*\.[a-z0-9]+(?:-[a-z0-9]+)*", 'be an EC2 instance type such as "c5n.xlarge"'
+)
 
 
 def _dns_zone(value: object, path: KeyPath) -> str:
@@ -412,22 +391,13 @@ def _dns_zone(value: object, path: KeyPath) -> str:
     return name
 
 
-def _ami_name(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    if not _AMI_NAME.fullmatch(text):
-        raise Invalid(
-            path,
-            "must be 3 to 128 letters, digits, spaces or ( ) [ ] . / - ' @ _ (EC2's rule for"
-            f" image names), got {text!r}",
-        )
-    return text
-
-
-def _image_id(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    if not _IMAGE_ID.fullmatch(text):
-        raise Invalid(path, f'must be an AMI id such as "ami-0123456789abcdef0", got {text!r}')
-    return text
+_ami_name = matching(
+    r"[A-Za-z0-9()\[\] ./'@_-]{3,128}",
+    "be 3 to 128 letters, digits, spaces or ( ) [ ] . / - ' @ _ (EC2's rule for image names)",
+)
+_image_id = matching(
+    r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})", 'be an AMI id such as "ami-0123456789abcdef0"'
+)
 
 
 def _ipv4_network(value: object, path: KeyPath) -> ipaddress.IPv4Network:

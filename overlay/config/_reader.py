@@ -172,6 +172,20 @@ def integer(low: int, high: int) -> Reader[int]:
     return read
 
 
+def matching(pattern: str, what: str) -> Reader[str]:
+    """A reader of strings that fully match ``pattern``; ``what`` completes "must ..." in the
+    error, e.g. ``'be an AWS region name such as "us-west-2"'``."""
+    compiled = re.compile(pattern)
+
+    def read(value: object, path: KeyPath) -> str:
+        text = string(value, path)
+        if not compiled.fullmatch(text):
+            raise Invalid(path, f"must {what}, got {text!r}")
+        return text
+
+    return read
+
+
 def seconds(value: object, path: KeyPath) -> float:
     """A duration: a finite number of seconds > 0 (an integer is taken as a float)."""
     if not isinstance(value, int | float) or isinstance(value, bool):

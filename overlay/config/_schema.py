@@ -33,6 +33,7 @@ from ._reader import (
     boolean,
     integer,
     kind,
+    matching,
     milliseconds,
     parse_toml,
     seconds,
@@ -309,11 +310,7 @@ def _word(value: object, path: Path) -> str:
     return text
 
 
-def _node_id(value: object, path: Path) -> str:
-    text = string(value, path)
-    if not _NODE_ID.fullmatch(text):
-        raise Invalid(path, f"must match [a-z0-9-]{{1,63}}, got {text!r}")
-    return text
+_node_id = matching(_NODE_ID.pattern, "match [a-z0-9-]{1,63}")
 
 
 def _header_value(value: object, path: Path) -> str:
