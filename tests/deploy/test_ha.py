@@ -288,6 +288,30 @@ async def test_flapping_after_a_takeover_causes_no_second_one_within_hold_down(
     assert pair.where() == returned  # not moved again: the same association, on the active
 
 
+async def start_agents(
+    nursery: trio.Nursery,
+    pair: Pair,
+    aws: ClientFactory,
+    active_node: Node,
+    standby_node: Node,
+    **timing: float,
+) -> tuple[HaAgent, HaAgent]:
+    """Both members' agents, each watching the other's node, once they agree who holds it."""
+    active: HaAgent = await nursery.start(
+        run_agent,
+        pair.agent_config(own=pair.active_eni, peer_target=standby_node.target, **timing),
+        aws,
+    )
+    standby: HaAgent = await nursery.start(
+        run_agent,
+        pair.agent_config(own=pair.standby_eni, peer_target=active_node.target, **timing),
+        aws,
+    )
+    await settled(active, Holder.OURS)
+    await settled(standby, Holder.PEER)
+    return active, standby
+
+
 async def test_two_live_agents_never_move_the_address(
     pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
 ):
@@ -296,18 +320,9 @@ async def test_two_live_agents_never_move_the_address(
         active_node: Node = await nursery.start(serve_node, loopback_host())
         standby_node: Node = await nursery.start(serve_node, loopback_host())
         timing = {"api_check_interval": 0.2}
-        active: HaAgent = await nursery.start(
-            run_agent,
-            pair.agent_config(own=pair.active_eni, peer_target=standby_node.target, **timing),
-            aws,
+        active, standby = await start_agents(
+            nursery, pair, aws, active_node, standby_node, **timing
         )
-        standby: HaAgent = await nursery.start(
-            run_agent,
-            pair.agent_config(own=pair.standby_eni, peer_target=active_node.target, **timing),
-            aws,
-        )
-        await settled(active, Holder.OURS)
-        await settled(standby, Holder.PEER)
         for agent in (active, standby):
             await wait_stats(agent, lambda s: s.api_checks >= 5)
         assert pair.where() == before
@@ -328,18 +343,9 @@ async def test_old_active_does_not_take_the_address_back(
         standby_node: Node = await nursery.start(serve_node, loopback_host())
         # A short hold-down, so that it is not what keeps the old active from moving.
         timing = {"api_check_interval": 0.2, "hold_down": 0.4}
-        active: HaAgent = await nursery.start(
-            run_agent,
-            pair.agent_config(own=pair.active_eni, peer_target=standby_node.target, **timing),
-            aws,
+        active, standby = await start_agents(
+            nursery, pair, aws, active_node, standby_node, **timing
         )
-        standby: HaAgent = await nursery.start(
-            run_agent,
-            pair.agent_config(own=pair.standby_eni, peer_target=active_node.target, **timing),
-            aws,
-        )
-        await settled(active, Holder.OURS)
-        await settled(standby, Holder.PEER)
 
         active_node.serving(False)  # the active node fails; its agent lives on
         with trio.fail_after(3):
