@@ -32,6 +32,7 @@ from overlay.sip import (
     MediaDirection,
     MediaRefused,
     Message,
+    ProtocolError,
     RemoteProtocolError,
     Request,
     Response,
@@ -138,7 +139,7 @@ class MediaEdge:
                 response.body = self._take_in(sdp, call_id, responder, now, offer=False)
             else:
                 response.body = self._send_out(sdp, call_id, _other(responder), now, answer=True)
-        except (RemoteProtocolError, PortsExhausted) as error:
+        except (ProtocolError, PortsExhausted) as error:
             # A response cannot be refused: it goes on as it came, and the call has no relay.
             self.counters["bad SDP answer"] += 1
             self.counters[f"unanchored answer: {type(error).__name__}"] += 1
@@ -202,6 +203,9 @@ class MediaEdge:
                 continue
             if session is None:
                 session = self.sessions.create(call_id, side, index, now, rtcp_mux=media.rtcp_mux)
+            elif media.rtcp_mux != (session.ports.rtcp is None):
+                # The answer declined (or a re-offer changed) rtcp-mux: one port or a pair.
+                session = self.sessions.set_rtcp_mux(session.session_id, media.rtcp_mux)
             legs.append(session)
         return legs
 

@@ -44,6 +44,10 @@ egress's server transaction therefore sees the ingress's branch whatever path a 
 retransmissions over a new path match it. ``retransmit_toward`` resends unanswered requests at
 once when the path toward their destination changed.
 
+A ``MediaHook`` (the media plane, optional) sees every request that crosses the overlay's edge
+at this node, from outside into the overlay or out of it, and every response sent back to one
+(forwarded or generated); it may rewrite their bodies (SDP) or refuse the request.
+
 Messages that fail to parse are answered (400/413/505/513 from the error's hint) when they carry
 a usable Via and dropped otherwise; every drop is counted by reason in ``statistics()``.
 """

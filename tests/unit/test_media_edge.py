@@ -48,8 +48,8 @@ def body_of(message: Request | Response) -> tuple[str, int]:
     return sdp.connection.address, sdp.media[0].port
 
 
-def call(fabric: Fabric) -> tuple[Request, Response]:
-    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=OFFER))
+def call(fabric: Fabric, offer: bytes = OFFER) -> tuple[Request, Response]:
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=offer))
     [invite_data] = out[UAS]
     invite = parse(invite_data)
     assert isinstance(invite, Request)
@@ -146,3 +146,14 @@ def test_an_endpoint_cannot_name_an_overlay_session() -> None:
     invite = parse(out[UAS][0])
     assert isinstance(invite, Request)
     assert b"x-overlay-session" not in invite.body
+
+
+def test_rtcp_mux_declined_by_the_answer_gives_the_stream_an_rtcp_port() -> None:
+    fabric, media = edges()
+    _invite, ok = call(fabric, offer=OFFER + b"a=rtcp-mux\r\n")
+    # The callee did not take rtcp-mux: the caller's relay stream gets its RTCP port back.
+    sdp = parse_sdp_untrusted(ok.body)
+    assert not sdp.media[0].rtcp_mux
+    [add] = media["ing"].commands
+    assert isinstance(add, AddSession)
+    assert add.session.ports.rtcp == add.session.ports.rtp + 1
