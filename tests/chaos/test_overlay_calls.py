@@ -101,6 +101,11 @@ async def test_calls_follow_degradation_survive_kill_and_return_after_heal(lab: 
     result = await lab.place_calls(calls=20, rate=10)
     await assert_no_failed_call(lab, result, 20)
     assert {node_id: await relayed(lab, node_id) for node_id in others} == before_heal
+    # Every call anchored media at both edges, and every port came back (100 calls, one kill).
+    for node_id in DIRECT:
+        counters = await lab.counters(node_id)
+        assert counters["media.ended.bye"] == 100
+        assert (counters["media.sessions"], counters["media.ports_in_use"]) == (0, 0)
 
 
 @pytest.mark.trio
