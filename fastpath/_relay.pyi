@@ -14,7 +14,7 @@ DROP_REASONS: tuple[str, ...]
 - ``reserved``: the reserved header field is not 0;
 - ``ttl_expired``: an overlay datagram arrived with ttl 0;
 - ``unknown_session``: addressed to this node, but no such session;
-- ``no_next_hop``: no next hop for the destination (also for ``send_echo``);
+- ``no_next_hop``: no next hop for the destination (also for ``send_echo`` without ``via``);
 - ``no_endpoint``: a session has no endpoint address yet (none given, none latched);
 - ``unknown_source``: a datagram on a session port from another source than the latched one;
 - ``oversized``: a datagram larger than ``MAX_DATAGRAM`` (overlay) or ``MAX_PAYLOAD``
@@ -150,23 +150,37 @@ class Relay:
             RuntimeError: the relay is stopped.
         """
 
-    def send_echo(self, destination: int, payload: bytes) -> None:
-        """Send an echo request toward ``destination`` through the next-hop table.
+    def send_echo(
+        self, destination: int, payload: bytes, via: tuple[str, int] | None = None
+    ) -> None:
+        """Send an echo request toward ``destination``.
 
-        The destination relay answers with an echo reply carrying the same payload, which
-        ``take_echo_replies`` returns here. Without a next hop the request is counted as a
-        ``no_next_hop`` drop.
+        Without ``via`` the request goes to the next hop toward ``destination`` (the next-hop
+        table); without a next hop it is counted as a ``no_next_hop`` drop. With ``via`` it is
+        sent straight to that relay address (a neighbour's overlay socket), whatever the table
+        says; it is then not counted in ``counters()["links"]``, which count what goes through
+        the table. The destination relay answers with an echo reply carrying the same payload,
+        sent back to the UDP source address of the request (so a probe sent straight to a
+        neighbour measures that link both ways), and ``take_echo_replies`` returns it here.
 
         Raises:
-            ValueError: ``destination`` is this node, or the payload exceeds
-                ``ECHO_MAX_PAYLOAD`` bytes.
-            OverflowError: ``destination`` out of range.
+            ValueError: ``destination`` is this node, the payload exceeds ``ECHO_MAX_PAYLOAD``
+                bytes, or ``via`` is not numeric or not of the overlay socket's family.
+            OverflowError: ``destination`` or the ``via`` port out of range.
+            TypeError: ``via`` is not a ``(str, int)`` tuple.
             RuntimeError: the relay is stopped.
         """
 
-    def take_echo_replies(self) -> list[tuple[int, bytes]]:
+    def take_echo_replies(self) -> list[tuple[int, bytes, float]]:
         """The echo replies received since the last call, oldest first: (source media id,
-        payload). At most ``ECHO_QUEUE_LEN``; older ones were dropped (``echo_overflow``)."""
+        payload, received_at). At most ``ECHO_QUEUE_LEN``; older ones were dropped
+        (``echo_overflow``).
+
+        ``received_at`` is the CLOCK_MONOTONIC time in seconds (the clock of
+        ``time.monotonic()``) at which the forwarding loop received the reply. It is read once
+        per receive batch (right after the batch's ``recvmmsg``, at its first echo reply), so
+        replies of one batch share it and it may be later than the kernel's arrival by the time
+        the loop took to reach the batch (typically microseconds)."""
 
     def session_counters(self, session_id: int) -> SessionCounters:
         """Counters and addresses of one session (see ``SessionCounters``).

@@ -29,7 +29,8 @@ Tables, all plain C; the packet path allocates nothing (only commands grow table
   one. Lookups happen per packet, so live sessions follow a route change with the next packet.
 - links: per destination media id, packets and bytes sent to its next hop (cumulative, kept
   across ``set_next_hops``); next-hop entries point at their link by index.
-- echo replies: a bounded ring (oldest dropped, counted).
+- echo replies: a bounded ring (oldest dropped, counted), each with its CLOCK_MONOTONIC time
+  of reception, read once per receive batch and only when the batch holds an echo reply.
 
 Ownership and locking. While it runs, the loop thread owns the tables: nothing else writes
 them, and the packet path takes no lock at all. Python calls that change them (``add_session``,
@@ -185,6 +186,7 @@ cdef struct echo_ring_t:
     uint32_t count
     uint32_t source[ECHO_RING]
     uint16_t length[ECHO_RING]
+    uint64_t received_ns[ECHO_RING]  # CLOCK_MONOTONIC, per receive batch
     uint8_t data[ECHO_RING][ECHO_MAX]
 
 
@@ -216,6 +218,7 @@ cdef struct cmd_t:
     uint32_t n_echo  # C_TAKE_ECHO out: malloc'ed arrays the caller frees
     uint32_t* echo_source
     uint16_t* echo_length
+    uint64_t* echo_received_ns
     uint8_t* echo_data
 
 
@@ -504,7 +507,8 @@ cdef void deliver(relay_t* r, uint8_t* p, size_t length, int flags, int32_t orig
         tx_add(r, s.rtp_fd, p + HDR, length - HDR, &s.rtp_addr, -1, slot, slot)
 
 
-cdef void echo_push(relay_t* r, uint32_t source, uint8_t* payload, size_t length) noexcept nogil:
+cdef void echo_push(relay_t* r, uint32_t source, uint8_t* payload, size_t length,
+                    uint64_t received_ns) noexcept nogil:
     cdef echo_ring_t* ring = &r.echo
     cdef uint32_t pos
     if length > ECHO_MAX:
@@ -517,6 +521,7 @@ cdef void echo_push(relay_t* r, uint32_t source, uint8_t* payload, size_t length
     pos = (ring.head + ring.count) % ECHO_RING
     ring.source[pos] = source
     ring.length[pos] = <uint16_t>length
+    ring.received_ns[pos] = received_ns
     memcpy(ring.data[pos], payload, length)
     ring.count += 1
 
@@ -591,6 +596,7 @@ cdef void on_overlay(relay_t* r) noexcept nogil:
     cdef size_t length
     cdef uint8_t* p
     cdef uint32_t dst, src
+    cdef uint64_t now_ns = 0  # read at the batch's first echo reply: the clock costs nothing else
     n = rx(r, r.ovl_fd, 0)
     for i in range(n):
         length = r.rxmsg[i].msg_len
@@ -626,9 +632,14 @@ cdef void on_overlay(relay_t* r) noexcept nogil:
             p[1] = INITIAL_TTL
             fp_put_be32(p + 4, src)
             fp_put_be32(p + 8, r.self_id)
-            forward(r, p, length, src, -1)
+            # Back to the UDP source of the request, not through the next-hop table: a probe
+            # sent straight to a neighbour measures that link both ways. Not a link counter's
+            # (those count what goes through the next-hop table).
+            tx_add(r, r.ovl_fd, p, length, &r.rxaddr[i], -1, -1, -1)
         elif flags & F_ECHO_REPLY:
-            echo_push(r, fp_get_be32(p + 8), p + HDR, length - HDR)
+            if now_ns == 0:
+                now_ns = fp_monotonic_ns()
+            echo_push(r, fp_get_be32(p + 8), p + HDR, length - HDR, now_ns)
         else:
             deliver(r, p, length, flags, -1)
     flush(r)
@@ -762,14 +773,17 @@ cdef int exec_take_echo(relay_t* r, cmd_t* c) noexcept nogil:
         total += ring.length[(ring.head + k) % ECHO_RING]
     c.echo_source = <uint32_t*>malloc(count * sizeof(uint32_t))
     c.echo_length = <uint16_t*>malloc(count * sizeof(uint16_t))
+    c.echo_received_ns = <uint64_t*>malloc(count * sizeof(uint64_t))
     c.echo_data = <uint8_t*>malloc(total + 1)
-    if c.echo_source == NULL or c.echo_length == NULL or c.echo_data == NULL:
+    if (c.echo_source == NULL or c.echo_length == NULL or c.echo_received_ns == NULL
+            or c.echo_data == NULL):
         return -ENOMEM  # the caller frees what was allocated
     cursor = c.echo_data
     for k in range(count):
         pos = (ring.head + k) % ECHO_RING
         c.echo_source[k] = ring.source[pos]
         c.echo_length[k] = ring.length[pos]
+        c.echo_received_ns[k] = ring.received_ns[pos]
         memcpy(cursor, ring.data[pos], ring.length[pos])
         cursor += ring.length[pos]
     ring.head = 0
@@ -1309,19 +1323,31 @@ cdef class Relay:
         if rc != 0:
             raise MemoryError()
 
-    def send_echo(self, destination, payload):
+    def send_echo(self, destination, payload, via=None):
         cdef relay_t* r = self._r
         cdef uint32_t dst = _checked_int(destination, "destination", 0, U32_MAX)
         cdef uint8_t packet[HDR + ECHO_MAX]
         cdef size_t length
         cdef nexthop_t* e
         cdef ssize_t sent
+        cdef sockaddr_storage via_addr
         self._check_open()
         if dst == r.self_id:
             raise ValueError(f"echo destination {dst} is this node")
         data = bytes(payload)
         if len(data) > ECHO_MAX:
             raise ValueError(f"echo payload of {len(data)} bytes exceeds {ECHO_MAX} bytes")
+        if via is not None:
+            try:
+                via_host, via_port = via
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"via must be a (host, port) tuple or None, not {via!r}"
+                ) from None
+            via_port = _checked_int(via_port, "via port", 1, 65535)
+            if _parse_addr(via_host, via_port, "via", &via_addr) != r.family:
+                raise ValueError(f"via {_host_port(via_host, via_port)} is not of the overlay "
+                                 f"socket's address family")
         length = HDR + len(data)
         packet[0] = (VERSION << 4) | F_ECHO_REQUEST
         packet[1] = INITIAL_TTL
@@ -1335,6 +1361,15 @@ cdef class Relay:
         # A reader of the next-hop table: table_lock keeps the loop from swapping it meanwhile.
         # The send itself shares the overlay socket with the loop (the kernel serialises).
         pthread_mutex_lock(&r.table_lock)
+        if via is not None:
+            # Straight to that relay: no next-hop lookup, no link counter (those count what
+            # goes through the next-hop table).
+            sent = sendto(r.ovl_fd, packet, length, MSG_DONTWAIT, <sockaddr*>&via_addr,
+                          fp_addr_len(&via_addr))
+            if sent < 0:
+                r.caller_drops[D_SEND_ERROR] += 1
+            pthread_mutex_unlock(&r.table_lock)
+            return
         e = nh_find(r.nh, dst)
         if e == NULL:
             r.caller_drops[D_NO_NEXT_HOP] += 1
@@ -1360,11 +1395,16 @@ cdef class Relay:
                 raise MemoryError()
             cursor = c.echo_data
             for k in range(c.n_echo):
-                replies.append((c.echo_source[k], (<char*>cursor)[:c.echo_length[k]]))
+                replies.append((
+                    c.echo_source[k],
+                    (<char*>cursor)[:c.echo_length[k]],
+                    c.echo_received_ns[k] / 1e9,
+                ))
                 cursor += c.echo_length[k]
         finally:
             free(c.echo_source)
             free(c.echo_length)
+            free(c.echo_received_ns)
             free(c.echo_data)
         return replies
 

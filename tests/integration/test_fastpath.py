@@ -91,9 +91,9 @@ def overlay_in_reaches(relay: Relay, packets: int) -> bool:
     return relay.counters()["overlay_in"]["packets"] >= packets
 
 
-def take_replies(relay: Relay, count: int) -> list[tuple[int, bytes]]:
+def take_replies(relay: Relay, count: int) -> list[tuple[int, bytes, float]]:
     """The next ``count`` echo replies of ``relay``, waiting for them (bounded)."""
-    replies: list[tuple[int, bytes]] = []
+    replies: list[tuple[int, bytes, float]] = []
     deadline = time.monotonic() + RECV_TIMEOUT
     for _ in range(10_000):
         replies += relay.take_echo_replies()
@@ -101,6 +101,10 @@ def take_replies(relay: Relay, count: int) -> list[tuple[int, bytes]]:
             break
         time.sleep(0.002)
     return replies
+
+
+def sources_and_payloads(replies: list[tuple[int, bytes, float]]) -> list[tuple[int, bytes]]:
+    return [(source, payload) for source, payload, _ in replies]
 
 
 def drops(relay: Relay) -> dict[str, int]:
@@ -668,6 +672,10 @@ def test_errors_from_calls(net: Net) -> None:
         (TypeError, "tuple", hops({B_ID: "127.0.0.1:9"})),
         (ValueError, "this node", lambda: a.relay.send_echo(A_ID, b"")),
         (ValueError, "exceeds", lambda: a.relay.send_echo(B_ID, bytes(ECHO_MAX_PAYLOAD + 1))),
+        (ValueError, "address family", lambda: a.relay.send_echo(B_ID, b"", via=("::1", 9))),
+        (ValueError, "numeric", lambda: a.relay.send_echo(B_ID, b"", via=("node-b", 9))),
+        (OverflowError, "via port", lambda: a.relay.send_echo(B_ID, b"", via=(a.host, 0))),
+        (TypeError, "via", lambda: a.relay.send_echo(B_ID, b"", via="x")),  # type: ignore[arg-type]
         (RuntimeError, "already started", a.relay.start),
     ]
     for error, message, call in bad_calls:
@@ -683,6 +691,7 @@ def test_errors_from_calls(net: Net) -> None:
         lambda: a.relay.remove_session(sid),
         lambda: a.relay.set_next_hops({}),
         lambda: a.relay.send_echo(B_ID, b""),
+        lambda: a.relay.send_echo(B_ID, b"", via=(a.host, 9)),
     ):
         with pytest.raises(RuntimeError, match="stopped"):
             call()
@@ -755,15 +764,17 @@ def test_echo_round_trip_direct_and_through_a_transit(net: Net) -> None:
     a, t, b = net.node(A_ID), net.node(T_ID), net.node(B_ID)
     link(a, b)
     a.relay.send_echo(B_ID, b"probe-1")
-    assert take_replies(a.relay, 1) == [(B_ID, b"probe-1")]
+    assert sources_and_payloads(take_replies(a.relay, 1)) == [(B_ID, b"probe-1")]
     assert a.relay.take_echo_replies() == []
 
+    # B has no next hop toward A: its replies go back to where the requests came from (T),
+    # which forwards them by its own table.
     a.relay.set_next_hops({B_ID: t.overlay})
     t.relay.set_next_hops({A_ID: a.overlay, B_ID: b.overlay})
-    b.relay.set_next_hops({A_ID: t.overlay})
+    b.relay.set_next_hops({})
     a.relay.send_echo(B_ID, b"probe-2")
     a.relay.send_echo(B_ID, b"")
-    assert take_replies(a.relay, 2) == [(B_ID, b"probe-2"), (B_ID, b"")]
+    assert sources_and_payloads(take_replies(a.relay, 2)) == [(B_ID, b"probe-2"), (B_ID, b"")]
 
     def transit_counted() -> None:
         assert t.relay.counters()["links"][B_ID]["packets"] == 2
@@ -773,11 +784,45 @@ def test_echo_round_trip_direct_and_through_a_transit(net: Net) -> None:
 
     a.relay.send_echo(0x4242, b"nowhere")
     assert drops(a.relay) == {"no_next_hop": 1}
-    # An echo request that reached its destination from a stranger is answered too.
+    assert drops(b.relay) == drops(t.relay) == {}
+    # An echo request that reached its destination from a stranger is answered too, to the
+    # stranger's address.
     stranger = net.udp()
     request = encode_header(Header(B_ID, A_ID, 5, FLAG_ECHO_REQUEST), b"raw")
     stranger.sendto(request, b.overlay)
-    assert take_replies(a.relay, 1) == [(B_ID, b"raw")]
+    assert recv(stranger) == (
+        encode_header(Header(A_ID, B_ID, 5, FLAG_ECHO_REPLY, INITIAL_TTL), b"raw"),
+        b.overlay,
+    )
+    assert a.relay.take_echo_replies() == []
+
+
+def test_direct_echo_via_a_neighbour_without_next_hops(net: Net) -> None:
+    # Neither relay has a next hop: the request goes straight to B's overlay socket and the
+    # reply straight back to A's, so the probe measures that link both ways.
+    a, b = net.node(A_ID), net.node(B_ID)
+    sent_at = time.monotonic()
+    a.relay.send_echo(B_ID, b"direct-1", via=b.overlay)
+    a.relay.send_echo(B_ID, b"direct-2", via=b.overlay)
+    replies = take_replies(a.relay, 2)
+    taken_at = time.monotonic()
+    assert sources_and_payloads(replies) == [(B_ID, b"direct-1"), (B_ID, b"direct-2")]
+    received = [received_at for _, _, received_at in replies]
+    assert sent_at <= received[0] <= received[1] <= taken_at
+    assert drops(a.relay) == drops(b.relay) == {}
+    # Not through the next-hop table, so not counted on a link.
+    assert a.relay.counters()["links"] == b.relay.counters()["links"] == {}
+    assert b.relay.counters()["overlay_in"] == {"packets": 2, "bytes": 2 * (20 + 8)}
+
+    # With a next hop toward B elsewhere, via still wins; without via the table is used.
+    t = net.node(T_ID)
+    a.relay.set_next_hops({B_ID: t.overlay})
+    a.relay.send_echo(B_ID, b"direct-3", via=b.overlay)
+    assert sources_and_payloads(take_replies(a.relay, 1)) == [(B_ID, b"direct-3")]
+    assert t.relay.counters()["overlay_in"]["packets"] == 0
+    a.relay.send_echo(B_ID, b"tabled")
+    wait_until(lambda: drops(t.relay) == {"no_next_hop": 1}, "the request dropped at T")
+    assert a.relay.counters()["links"][B_ID]["packets"] == 1
 
 
 def test_echo_replies_queue_is_bounded_and_drops_the_oldest(net: Net) -> None:
@@ -791,7 +836,10 @@ def test_echo_replies_queue_is_bounded_and_drops_the_oldest(net: Net) -> None:
         wait_until(partial(overlay_in_reaches, b.relay, last), "the requests to arrive")
     wait_until(lambda: drops(a.relay) == {"echo_overflow": 6}, "the overflow")
     replies = a.relay.take_echo_replies()
-    assert [int.from_bytes(p, "big") for _, p in replies] == list(range(6, total))
+    assert [int.from_bytes(p, "big") for _, p, _ in replies] == list(range(6, total))
+    received = [received_at for _, _, received_at in replies]
+    assert received == sorted(received)
+    assert received[-1] <= time.monotonic()
 
 
 def test_a_burst_across_50_sessions_arrives_complete_and_in_order(net: Net) -> None:
