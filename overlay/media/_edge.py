@@ -111,10 +111,11 @@ class MediaEdge:
                 request.body = self._send_out(sdp, call_id, _other(sender), now, answer=False)
         except RemoteProtocolError as error:
             self.counters["bad SDP offer"] += 1
+            self._refused(call_id)
             raise MediaRefused(error.status_hint or 488, error.reason) from None
         except PortsExhausted:
             self.counters["ports exhausted"] += 1
-            self.sessions.end_call(call_id, EndReason.FAILED)
+            self._refused(call_id)
             raise MediaRefused(503, "Media Ports Exhausted") from None
 
     def response(self, response: Response, direction: MediaDirection, now: float) -> None:
@@ -131,14 +132,14 @@ class MediaEdge:
             self.sessions.confirm_call(call_id, now)
         if not _has_sdp(response):
             return
-        # The answer comes from the side the request went to.
-        responder = _other(self._side_of(response))
+        # The answer comes from the side the request went to, and goes back to its sender.
+        sender = self._side_of(response)
         try:
             sdp = parse_sdp_untrusted(response.body)
             if direction is MediaDirection.ENTERING:
-                response.body = self._take_in(sdp, call_id, responder, now, offer=False)
+                response.body = self._take_in(sdp, call_id, _other(sender), now, offer=False)
             else:
-                response.body = self._send_out(sdp, call_id, _other(responder), now, answer=True)
+                response.body = self._send_out(sdp, call_id, sender, now, answer=True)
         except (ProtocolError, PortsExhausted) as error:
             # A response cannot be refused: it goes on as it came, and the call has no relay.
             self.counters["bad SDP answer"] += 1
@@ -223,6 +224,16 @@ class MediaEdge:
     def _stop_forwarding(self, session_id: int) -> None:
         if self._forwarding.pop(session_id, None) is not None:
             self.commands.append(RemoveSession(session_id))
+
+    def tracked_calls(self) -> int:
+        """Calls this edge keeps any state for (0 once every call has ended)."""
+        return len(self._caller_tag.keys() | {session.call_id for session in self.sessions})
+
+    def _refused(self, call_id: str) -> None:
+        """A refused offer: a call not answered yet ends here (the core's refusal does not
+        pass the hook); an answered one keeps its streams (a refused re-INVITE)."""
+        if call_id not in self._answered:
+            self._end(call_id, EndReason.FAILED)
 
     def _end(self, call_id: str, reason: EndReason) -> None:
         for session in self.sessions.end_call(call_id, reason):

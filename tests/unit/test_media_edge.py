@@ -118,6 +118,7 @@ def test_bye_frees_both_edges() -> None:
         stats = media[node].sessions.statistics()
         assert (stats.sessions, stats.ports_in_use) == (0, 0)
         assert stats.ended["bye"] == 1
+        assert media[node].tracked_calls() == 0
 
 
 def test_a_failed_call_frees_its_ports() -> None:
@@ -137,6 +138,20 @@ def test_bad_offer_is_refused_with_a_reason() -> None:
     assert refused.status in (400, 488)
     assert "SDP" in refused.reason
     assert media["ing"].sessions.statistics().ports_in_use == 0
+    assert media["ing"].tracked_calls() == 0  # nothing kept for a call that never was
+
+
+def test_exhausted_ports_refuse_the_call_and_keep_nothing() -> None:
+    fabric, media = edges()
+    ing = media["ing"]
+    ing.sessions = MediaSessions(PortAllocator(20000, 20001))  # room for one stream
+    two_streams = OFFER + b"m=audio 6002 RTP/AVP 0\r\n"
+    out = fabric.inject("ing", UAC, request(extra=SDP_TYPE, body=two_streams))
+    [_trying, refused] = [parse(data) for data in out[UAC]]
+    assert isinstance(refused, Response)
+    assert (refused.status, refused.reason) == (503, "Media Ports Exhausted")
+    assert ing.sessions.statistics().ports_in_use == 0
+    assert ing.tracked_calls() == 0
 
 
 def test_an_endpoint_cannot_name_an_overlay_session() -> None:
