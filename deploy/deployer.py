@@ -640,6 +640,7 @@ class Deployer:
             self._find_zone,
             lambda: self._create_zone(route53),
         )
+        existing_checks = self._fleet_health_checks()  # listed once: one call per page of ids
         regions = []
         for region, pairs in endpoints:
             checks = []
@@ -649,7 +650,7 @@ class Deployer:
                     "health-check",
                     "global",
                     name,
-                    functools.partial(self._find_health_check, name),
+                    functools.partial(existing_checks.get, name),
                     functools.partial(self._create_pair_check, name, pair.public_ip),
                     f"TCP {pair.public_ip}:{self.fleet.ports.sip}",
                 )
@@ -661,7 +662,7 @@ class Deployer:
                     "health-check",
                     "global",
                     name,
-                    functools.partial(self._find_health_check, name),
+                    functools.partial(existing_checks.get, name),
                     functools.partial(
                         self._create_health_check,
                         name,
@@ -741,9 +742,6 @@ class Deployer:
                 if tags.get("overlay:fleet") == self.fleet.name:
                     found[tags.get("overlay:name", "")] = tag_set["ResourceId"]
         return found
-
-    def _find_health_check(self, name: str) -> str | None:
-        return self._fleet_health_checks().get(name)
 
     def _create_pair_check(self, name: str, address: str) -> str:
         config = health_check_config(
