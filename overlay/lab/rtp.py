@@ -37,6 +37,15 @@ RTP_VERSION = 0x80
 PCMU = 0
 
 
+@asynccontextmanager
+async def _udp_socket(host: str) -> AsyncIterator[tuple[trio.socket.SocketType, int]]:
+    """A UDP socket bound to ``host`` on a free port, and that port."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind((host, 0))
+        yield sock, sock.getsockname()[1]
+
+
 @dataclass
 class Received:
     """What an endpoint got: RTP sequence numbers with their arrival times, and sources."""
@@ -62,10 +71,8 @@ class RtpEndpoint:
     @classmethod
     @asynccontextmanager
     async def open(cls, host: str) -> AsyncIterator[RtpEndpoint]:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((host, 0))
-            endpoint = cls(sock, host, sock.getsockname()[1])
+        async with _udp_socket(host) as (sock, port):
+            endpoint = cls(sock, host, port)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(endpoint._receive)
                 yield endpoint
@@ -116,10 +123,8 @@ class SipSocket:
     @classmethod
     @asynccontextmanager
     async def open(cls, host: str) -> AsyncIterator[SipSocket]:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((host, 0))
-            yield cls(sock, host, sock.getsockname()[1])
+        async with _udp_socket(host) as (sock, port):
+            yield cls(sock, host, port)
 
     async def send(self, message: Request | Response, to: tuple[str, int]) -> None:
         await self.sock.sendto(serialize(message), to)
