@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import zlib
+
+from overlay.media import media_id
 
 from ._lines import Path
 from ._model import (
@@ -85,14 +86,14 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
     if media is not None and not peers:
         raise Invalid(("media",), "needs [[peers]]: media is relayed between overlay nodes")
     known = {node.node_id}
-    media_ids = {_media_id(node.node_id): node.node_id}
+    media_ids = {media_id(node.node_id): node.node_id}
     for index, peer in enumerate(peers):
         if peer.node_id in known:
             raise Invalid(("peers", index, "node_id"), f"duplicate node id {peer.node_id!r}")
         known.add(peer.node_id)
         if media is not None and peer.media is None:
             raise Invalid(("peers", index, "media"), "required when [media] is configured")
-        clash = media_ids.setdefault(_media_id(peer.node_id), peer.node_id)
+        clash = media_ids.setdefault(media_id(peer.node_id), peer.node_id)
         if clash != peer.node_id:
             raise Invalid(
                 ("peers", index, "node_id"),
@@ -146,11 +147,6 @@ def _media(value: object, path: Path) -> MediaSection:
     if section.port_first <= section.overlay[1] <= section.port_last:
         raise Invalid((*path, "overlay"), "its port is inside the relay port range")
     return section
-
-
-def _media_id(node_id: str) -> int:
-    """The fastpath's 32-bit id of a node (overlay.media.media_id)."""
-    return zlib.crc32(node_id.encode("ascii"))
 
 
 def _linkstate(value: object, path: Path) -> LinkstateSection:

@@ -147,9 +147,6 @@ class MediaEdge:
 
     # -- time ---------------------------------------------------------------------------------
 
-    def get_timer(self) -> float | None:
-        return self.sessions.get_timer()
-
     def handle_timer(self, now: float) -> None:
         for session in self.sessions.expire(now):
             self._stop_forwarding(session.session_id)
