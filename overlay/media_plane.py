@@ -10,7 +10,9 @@ only code that calls it:
   new path with their next packet;
 * every ``ACTIVITY_INTERVAL`` (``run``), each session's packet counters are read: a session
   with new packets from its endpoint is touched, and sessions silent past the inactivity
-  timeout are ended (their ports freed).
+  timeout are ended (their ports freed);
+* the mesh sends an echo to every neighbour's relay with each probe round (``send_echo``) and
+  collects the answers (``take_echo_replies``), so link state measures the media path too.
 
 A command the relay refuses (a port taken by another program) costs that stream, not the
 node: it is logged and counted in ``failures``.
@@ -18,6 +20,8 @@ node: it is logged and counted in ``failures``.
 
 from __future__ import annotations
 
+import struct
+import time
 from collections import Counter
 
 import structlog
@@ -36,6 +40,9 @@ from overlay.media import (
 log = structlog.get_logger("overlay.media")
 
 ACTIVITY_INTERVAL = 1.0  # seconds between reads of the sessions' counters
+#: An echo's payload: a mark and the sender's probe number (the reply carries it back).
+_ECHO = struct.Struct("!4sQ")
+_ECHO_MARK = b"OVLe"
 
 
 class MediaPlane:
@@ -52,6 +59,7 @@ class MediaPlane:
         self.relay = fastpath.Relay(media_id(node_id), *media.overlay)
         self._address = media.address
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
+        self._node_of_media_id = {media_id(node): node for node in self._node_media}
         self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
         self.failures: Counter[str] = Counter()
 
@@ -101,18 +109,45 @@ class MediaPlane:
         }
         self.relay.set_next_hops(table)
 
+    def send_echo(self, neighbor: str, seq: int) -> None:
+        """Send echo ``seq`` straight to ``neighbor``'s relay (a ``[[peers]]`` with ``media``)."""
+        address = self._node_media[neighbor]
+        self.relay.send_echo(media_id(neighbor), _ECHO.pack(_ECHO_MARK, seq), via=address)
+
+    def take_echo_replies(self) -> list[tuple[str, int, float]]:
+        """The echo answers received since the last call: ``(neighbor, seq, received at)``.
+
+        The relay stamps each reply on the monotonic clock when it arrives (so a slow poll
+        adds nothing to the RTT); the stamp is moved to the trio clock here.
+        """
+        offset = trio.current_time() - time.monotonic()
+        replies = []
+        for source, payload, received_at in self.relay.take_echo_replies():
+            node = self._node_of_media_id.get(source)
+            if node is None or len(payload) != _ECHO.size:
+                self.failures["bad echo reply"] += 1
+                continue
+            mark, seq = _ECHO.unpack(payload)
+            if mark != _ECHO_MARK:
+                self.failures["bad echo reply"] += 1
+                continue
+            replies.append((node, seq, received_at + offset))
+        return replies
+
     def counters(self) -> dict[str, int]:
         """The relay's and the media sessions' counters, by dotted name (admin GetCounters)."""
         relay = self.relay.counters()
-        names = {media_id(node): node for node in self._node_media}
+        names = self._node_of_media_id
         stats = self.edge.sessions.statistics()
         counters = {
             "media.sessions": stats.sessions,
             "media.ports_in_use": stats.ports_in_use,
             "media.relay_sessions": relay["sessions"],
             "media.overlay_in.packets": relay["overlay_in"]["packets"],
-            "media.relay_failures": sum(self.failures.values()),
         }
+        counters.update(
+            {f"media.failures.{reason.replace(' ', '_')}": n for reason, n in self.failures.items()}
+        )
         counters.update({f"media.ended.{reason}": n for reason, n in stats.ended.items()})
         counters.update({f"media.drops.{reason}": n for reason, n in relay["drops"].items()})
         counters.update({f"media.edge.{name}": n for name, n in self.edge.counters.items()})

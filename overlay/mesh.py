@@ -5,7 +5,9 @@
 * **Probes.** Every ``probe_interval`` an OPTIONS probe goes to every peer through the node's
   SIP transport (so it crosses the same impairment layer as calls). The node hands datagrams that
   carry the probe mark to ``handle_probe``: a peer's probe is answered at once, an answer to ours
-  feeds that peer's ``LinkMonitor``.
+  feeds that peer's ``LinkMonitor``. With a media relay, each round also sends an echo to every
+  neighbour's relay (``MediaEcho``) and feeds the answers to the same monitors, so the links'
+  loss and jitter include the media path's.
 * **Flooding.** For every peer one task keeps a gRPC ``LinkState.Flood`` stream open to it (the
   *client* stream: our LSAs go out on it, the peer's acks come back); the peer's own stream to us
   arrives at ``_serve_flood`` (the *server* stream: its LSAs come in, our acks go out). A session
@@ -26,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 import structlog
@@ -71,6 +74,14 @@ RECONNECT_DELAY = 0.2
 MAX_PATHS = 3
 
 
+class MediaEcho(Protocol):
+    """The media relay's echo, as the mesh uses it (``MediaPlane``)."""
+
+    def send_echo(self, neighbor: str, seq: int) -> None: ...
+
+    def take_echo_replies(self) -> list[tuple[str, int, float]]: ...
+
+
 class Mesh:
     """Link state and routing of one node; see the module docstring."""
 
@@ -86,6 +97,7 @@ class Mesh:
         impairments: Impairments,
         initial_seq: int,
         now: float,
+        echo: MediaEcho | None = None,
     ) -> None:
         node = config.node
         linkstate = config.linkstate
@@ -96,6 +108,8 @@ class Mesh:
         self._take_traffic = take_traffic
         self._on_reroute = on_reroute
         self._counters = counters
+        self._echo = echo
+        self._echo_peers = {peer.node_id for peer in config.peers if peer.media is not None}
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
         self._probe = ProbeConfig(
@@ -223,10 +237,16 @@ class Mesh:
         self._after_input(now)
 
     def _send_probes(self, now: float) -> None:
+        echo = self._echo
+        if echo is not None:
+            for node_id, seq, received_at in echo.take_echo_replies():
+                self.monitors[node_id].echo_answered(seq, received_at)
         for node_id, monitor in self.monitors.items():
             seq = monitor.next_probe(now)
             peer = self._peer_sip[node_id]
             self._send_sip(probe_request(self.node_id, self._local_sip, node_id, peer, seq), peer)
+            if echo is not None and node_id in self._echo_peers:
+                echo.send_echo(node_id, monitor.next_echo(now))
 
     def _link_changed(self, monitor: LinkMonitor, now: float) -> None:
         metrics = monitor.metrics(now)

@@ -182,6 +182,7 @@ class Node:
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=time.time_ns() // 1_000_000,
             now=trio.current_time(),
+            echo=self.media,
         )
         async with open_grpc_bridge() as bridge:
             port = await bridge.start_server(

@@ -21,6 +21,12 @@ back, so answers that arrive late, out of order or after later probes still give
 * **SIP retransmissions.** The proxy reports, per peer, how many requests it sent and how many of
   them it had to retransmit on real traffic; ``retrans_ratio`` is the ratio over a sliding
   window of ``retrans_window`` seconds.
+* **Media echoes.** Where both nodes run a media relay, an echo goes through the relays' overlay
+  sockets with every probe (``next_echo`` / ``echo_answered``) and is measured the same way. The
+  relay path can suffer where signalling does not (a dead relay, a policer on the media ports),
+  so the advertised ``loss_ratio`` and ``jitter_ms`` are the worse of the two paths' and the
+  cost function sees what calls' audio would. Echoes never decide up or down: that stays with
+  the signalling probes, like BFD's control packets.
 
 Everything is driven by ``now`` arguments: no clock is read here.
 """
@@ -60,8 +66,21 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PathStatistics:
+    """What numbered probes over one path measured: smoothed RTT, jitter and recent loss."""
+
+    rtt_ms: float
+    jitter_ms: float
+    loss_ratio: float
+    sent: int
+    answered: int
+    lost: int
+
+
+@dataclass(frozen=True, slots=True)
 class LinkStatistics:
-    """A read-only snapshot for the admin service and logs."""
+    """A read-only snapshot for the admin service and logs; ``media`` is ``None`` where no
+    echo was ever sent (no relay on one side)."""
 
     neighbor: str
     state: LinkState
@@ -70,6 +89,77 @@ class LinkStatistics:
     probes_sent: int
     probes_answered: int
     probes_lost: int
+    media: PathStatistics | None = None
+
+
+class _ProbePath:
+    """RTT, jitter and loss of one path from numbered probes and their answers."""
+
+    def __init__(self, config: ProbeConfig, now: float) -> None:
+        self._config = config
+        self._next_seq = 1
+        self._outstanding: dict[int, float] = {}  # probe number -> time sent
+        self._fates: collections.deque[bool] = collections.deque(maxlen=config.loss_window)
+        self._loss_epoch = now  # only probes sent since then count towards loss
+        self._rtt_ms: float | None = None
+        self._last_sample_ms: float | None = None
+        self._jitter_ms = 0.0
+        self.sent = 0
+        self.answered = 0
+        self.lost = 0
+
+    def next(self, now: float) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        self._outstanding[seq] = now
+        self.sent += 1
+        return seq
+
+    def answer(self, seq: int, now: float) -> None:
+        sent = self._outstanding.pop(seq, None)
+        if sent is None:
+            return
+        self.answered += 1
+        if sent >= self._loss_epoch:
+            self._fates.append(True)
+        rtt_ms = (now - sent) * 1000.0
+        if self._rtt_ms is None:
+            self._rtt_ms = rtt_ms
+        else:
+            self._rtt_ms += self._config.rtt_gain * (rtt_ms - self._rtt_ms)
+        if self._last_sample_ms is not None:
+            delta = abs(rtt_ms - self._last_sample_ms)
+            self._jitter_ms += _JITTER_GAIN * (delta - self._jitter_ms)
+        self._last_sample_ms = rtt_ms
+
+    def expire(self, now: float) -> None:
+        expired_before = now - self._config.probe_timeout
+        for seq, sent in list(self._outstanding.items()):
+            if sent <= expired_before:
+                del self._outstanding[seq]
+                self.lost += 1
+                if sent >= self._loss_epoch:
+                    self._fates.append(False)
+
+    def restart_loss(self, now: float) -> None:
+        self._fates.clear()
+        self._loss_epoch = now
+
+    def deadline(self) -> float | None:
+        if not self._outstanding:
+            return None
+        return min(self._outstanding.values()) + self._config.probe_timeout
+
+    def statistics(self) -> PathStatistics:
+        fates = self._fates
+        return PathStatistics(
+            rtt_ms=round(self._rtt_ms or 0.0, 3),
+            jitter_ms=round(self._jitter_ms, 3),
+            loss_ratio=round(fates.count(False) / len(fates), 4) if fates else 0.0,
+            sent=self.sent,
+            answered=self.answered,
+            lost=self.lost,
+        )
 
 
 class LinkMonitor:
@@ -83,30 +173,18 @@ class LinkMonitor:
         self._config = config
         self.state = LinkState.INIT
         self.since = now
-        self._next_seq = 1
-        self._outstanding: dict[int, float] = {}  # probe number -> time sent
-        self._fates: collections.deque[bool] = collections.deque(maxlen=config.loss_window)
-        self._loss_epoch = now  # only probes sent since then count towards loss
-        self._rtt_ms: float | None = None
-        self._last_sample_ms: float | None = None
-        self._jitter_ms = 0.0
+        self._signalling = _ProbePath(config, now)
+        self._media = _ProbePath(config, now)
         self._last_heard: float | None = None
         self._healthy_since: float | None = None  # start of the current run without a gap
         self._streak = 0  # consecutive answers (INIT -> UP)
         self._traffic: collections.deque[tuple[float, int, int]] = collections.deque()
-        self.probes_sent = 0
-        self.probes_answered = 0
-        self.probes_lost = 0
 
     # -- probes -------------------------------------------------------------------------------
 
     def next_probe(self, now: float) -> int:
         """Number the next probe and remember when it left; the caller sends it."""
-        seq = self._next_seq
-        self._next_seq += 1
-        self._outstanding[seq] = now
-        self.probes_sent += 1
-        return seq
+        return self._signalling.next(now)
 
     def probe_answered(self, seq: int, now: float) -> LinkState | None:
         """Record an answer to probe ``seq``; returns the new state when it changed.
@@ -116,12 +194,7 @@ class LinkMonitor:
         """
         before = self.state
         self._evaluate(now)  # a gap longer than the detection time ends an UP link first
-        sent = self._outstanding.pop(seq, None)
-        if sent is not None:
-            self.probes_answered += 1
-            if sent >= self._loss_epoch:
-                self._fates.append(True)
-            self._sample((now - sent) * 1000.0)
+        self._signalling.answer(seq, now)
         if self._last_heard is None or now - self._last_heard > self._config.detection_time:
             self._healthy_since = now
             self._streak = 0
@@ -130,15 +203,13 @@ class LinkMonitor:
         self._evaluate(now)
         return None if self.state is before else self.state
 
-    def _sample(self, rtt_ms: float) -> None:
-        if self._rtt_ms is None:
-            self._rtt_ms = rtt_ms
-        else:
-            self._rtt_ms += self._config.rtt_gain * (rtt_ms - self._rtt_ms)
-        if self._last_sample_ms is not None:
-            delta = abs(rtt_ms - self._last_sample_ms)
-            self._jitter_ms += _JITTER_GAIN * (delta - self._jitter_ms)
-        self._last_sample_ms = rtt_ms
+    def next_echo(self, now: float) -> int:
+        """Number the next media echo and remember when it left; the caller sends it."""
+        return self._media.next(now)
+
+    def echo_answered(self, seq: int, now: float) -> None:
+        """Record the answer to echo ``seq`` (``now``: when the relay received it)."""
+        self._media.answer(seq, now)
 
     # -- real SIP traffic ---------------------------------------------------------------------
 
@@ -162,20 +233,17 @@ class LinkMonitor:
 
     def handle_timer(self, now: float) -> LinkState | None:
         """Expire unanswered probes and apply the detection time; returns a new state if any."""
-        expired_before = now - self._config.probe_timeout
-        for seq, sent in list(self._outstanding.items()):
-            if sent <= expired_before:
-                del self._outstanding[seq]
-                self.probes_lost += 1
-                if sent >= self._loss_epoch:
-                    self._fates.append(False)
+        self._signalling.expire(now)
+        self._media.expire(now)
         return self._evaluate(now)
 
     def get_timer(self) -> float | None:
         """The next time ``handle_timer`` may change something (excluding the probe schedule)."""
-        deadlines = []
-        if self._outstanding:
-            deadlines.append(min(self._outstanding.values()) + self._config.probe_timeout)
+        deadlines = [
+            deadline
+            for path in (self._signalling, self._media)
+            if (deadline := path.deadline()) is not None
+        ]
         if self._last_heard is not None and self.state is LinkState.UP:
             deadlines.append(self._last_heard + self._config.detection_time)
         if self.state is LinkState.DOWN and self._healthy_since is not None:
@@ -203,8 +271,8 @@ class LinkMonitor:
         if new is LinkState.UP:
             # Loss is measured on a live link: the probes nobody answered while the peer was
             # still starting, or while the link was down, say nothing about the path now.
-            self._fates.clear()
-            self._loss_epoch = now
+            self._signalling.restart_loss(now)
+            self._media.restart_loss(now)
         self.state = new
         self.since = now
         return new
@@ -213,25 +281,27 @@ class LinkMonitor:
 
     def metrics(self, now: float) -> LinkMetrics:
         """What this node advertises about the link in its LSA."""
-        fates = self._fates
-        loss = fates.count(False) / len(fates) if fates else 0.0
+        signalling = self._signalling.statistics()
+        media = self._media.statistics()
         return LinkMetrics(
             neighbor=self.neighbor,
             up=self.state is LinkState.UP,
-            rtt_ms=round(self._rtt_ms or 0.0, 3),
-            jitter_ms=round(self._jitter_ms, 3),
-            loss_ratio=round(loss, 4),
+            rtt_ms=signalling.rtt_ms,
+            jitter_ms=max(signalling.jitter_ms, media.jitter_ms),
+            loss_ratio=max(signalling.loss_ratio, media.loss_ratio),
             retrans_ratio=round(self._retrans_ratio(now), 4),
             admin_cost=self.admin_cost,
         )
 
     def statistics(self, now: float) -> LinkStatistics:
+        signalling = self._signalling
         return LinkStatistics(
             neighbor=self.neighbor,
             state=self.state,
             since=self.since,
             metrics=self.metrics(now),
-            probes_sent=self.probes_sent,
-            probes_answered=self.probes_answered,
-            probes_lost=self.probes_lost,
+            probes_sent=signalling.sent,
+            probes_answered=signalling.answered,
+            probes_lost=signalling.lost,
+            media=self._media.statistics() if self._media.sent else None,
         )

@@ -69,8 +69,8 @@ def test_loss_counts_probes_unanswered_within_timeout():
     # The last losses are known only after probe_timeout.
     monitor.handle_timer(now + CONFIG.probe_timeout)
     assert monitor.metrics(now).loss_ratio == pytest.approx(0.2)
-    assert monitor.probes_lost == 2
-    assert monitor.probes_answered == 11
+    assert monitor.statistics(0.0).probes_lost == 2
+    assert monitor.statistics(0.0).probes_answered == 11
 
 
 def test_late_answer_still_counts_when_within_timeout():
@@ -134,7 +134,7 @@ def test_answer_after_long_silence_reports_down_first():
 def test_unknown_answer_proves_liveness_without_rtt_sample():
     monitor = LinkMonitor("b", CONFIG, 0.0)
     assert monitor.probe_answered(999, 0.1) is None
-    assert monitor.probes_answered == 0
+    assert monitor.statistics(0.0).probes_answered == 0
     assert monitor.metrics(0.1).rtt_ms == 0.0
 
 
@@ -164,5 +164,72 @@ def test_probes_lost_before_the_link_came_up_do_not_count_as_loss():
     now, _ = run_probes(monitor, 0.0, 10, lost=set(range(7)))  # the peer was still starting
     now, _ = run_probes(monitor, now, 10)  # the early probes expire meanwhile
     assert monitor.state is LinkState.UP
-    assert monitor.probes_lost == 7
+    assert monitor.statistics(0.0).probes_lost == 7
+    assert monitor.metrics(now).loss_ratio == 0.0
+
+
+def run_echoes(
+    monitor: LinkMonitor, start: float, count: int, *, rtt: float, answered: bool
+) -> float:
+    """Send `count` media echoes every interval from `start`, answered after `rtt` or never."""
+    now = start
+    for _ in range(count):
+        seq = monitor.next_echo(now)
+        if answered:
+            monitor.echo_answered(seq, now + rtt)
+        now += CONFIG.interval
+        monitor.handle_timer(now)
+    return now
+
+
+def test_a_dead_media_path_shows_as_loss_but_does_not_take_the_link_down():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    assert monitor.state is LinkState.UP
+    # Signalling probes keep being answered; the neighbour's relay answers no echo.
+    for _ in range(20):
+        seq = monitor.next_probe(now)
+        monitor.probe_answered(seq, now + 0.05)
+        monitor.next_echo(now)
+        now += CONFIG.interval
+        assert monitor.handle_timer(now) is None
+    metrics = monitor.metrics(now)
+    assert metrics.up
+    assert metrics.loss_ratio == 1.0  # the worse of the two paths: calls' audio would be lost
+    stats = monitor.statistics(now)
+    assert stats.media is not None
+    assert stats.media.loss_ratio == 1.0
+    assert stats.media.sent == 20
+    assert stats.media.lost >= 10  # the rest are within probe_timeout: fate not known yet
+    assert stats.probes_lost == 0
+
+
+def test_media_echo_measures_its_own_rtt_and_jitter():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5, rtt=0.020)
+    assert monitor.statistics(now).media is None  # no echo sent: no media statistics
+    seq = monitor.next_echo(now)
+    monitor.echo_answered(seq, now + 0.030)
+    monitor.echo_answered(seq, now + 0.031)  # a duplicate gives no second sample
+    for i in range(100):
+        now += CONFIG.interval
+        seq = monitor.next_echo(now)
+        monitor.echo_answered(seq, now + (0.030 if i % 2 else 0.040))
+    stats = monitor.statistics(now)
+    assert stats.media is not None
+    assert 30.0 < stats.media.rtt_ms < 40.0
+    assert stats.media.jitter_ms > 5.0
+    assert stats.media.loss_ratio == 0.0
+    assert stats.media.answered == stats.media.sent == 101
+    # The advertised jitter is the worse path's, the RTT the signalling probes'.
+    assert monitor.metrics(now).jitter_ms == stats.media.jitter_ms
+    assert monitor.metrics(now).rtt_ms == pytest.approx(20.0)
+
+
+def test_media_loss_before_the_link_came_up_does_not_count():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now = run_echoes(monitor, 0.0, 10, rtt=0.0, answered=False)
+    now, changes = run_probes(monitor, now, 3)
+    assert changes == [LinkState.UP]
+    now = run_echoes(monitor, now, 10, rtt=0.02, answered=True)
     assert monitor.metrics(now).loss_ratio == 0.0
