@@ -23,7 +23,7 @@ from overlay.control import open_grpc_bridge
 from overlay.linkstate import PROBE_MARK
 from overlay.media_plane import MediaPlane
 from overlay.mesh import Mesh
-from overlay.routing import Dialplan
+from overlay.routing import Dialplan, choose_egress
 from overlay.sip import (
     Listener,
     OverlayNodes,
@@ -243,9 +243,18 @@ class Node:
         match = self._dialplan.match(user, host)
         if match is None:
             return None
-        egress = match.rule.egress
-        if egress is not None and egress != self.config.node.node_id:
-            return self._toward_egress(egress)
+        if match.rule.egress:
+            mesh = self.mesh
+            egress = choose_egress(
+                match.rule.egress,
+                request.call_id,
+                self.config.node.node_id,
+                lambda node_id: mesh is not None and mesh.reachable(node_id),
+            )
+            if egress is None:
+                return Refusal(503, "No Route to Egress")
+            if egress != self.config.node.node_id:
+                return self._toward_egress(egress)
         request_uri = None
         if match.user != user and isinstance(uri, SipUri):
             request_uri = str(dataclasses.replace(uri, user=match.user))
@@ -255,12 +264,10 @@ class Node:
         assert isinstance(target, DnsTarget)
         return Target(target.domain, None, target.transport, target.scheme, request_uri)
 
-    def _toward_egress(self, egress: str) -> Target | Refusal:
+    def _toward_egress(self, egress: str) -> Target:
         """An overlay call: to the egress node, which applies the dialplan's target itself."""
-        mesh = self.mesh
-        if mesh is None or not mesh.reachable(egress):
-            return Refusal(503, "No Route to Egress")
-        address = mesh.sip_address(egress)
+        assert self.mesh is not None  # choose_egress saw it reachable
+        address = self.mesh.sip_address(egress)
         return Target(address.host, address.port, "udp", route=overlay_route(egress, address))
 
     def _overlay_paths(self, node_id: str) -> list[tuple[str, ...]]:

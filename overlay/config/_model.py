@@ -91,15 +91,16 @@ class DnsTarget:
 class DialplanRule:
     """One ``[[dialplan]]`` entry; ``domain`` is lower case, ``None`` matches any host.
 
-    ``egress`` names the node where the call leaves the overlay (``None``: this node); every node
-    of an overlay carries the same dialplan, and only the egress node sends to ``target``.
+    ``egress`` names the nodes where the call may leave the overlay (empty: this node), e.g.
+    both AZs of a region; each call is anchored on one of them (``overlay.routing.choose_egress``).
+    Every node of an overlay carries the same dialplan; only an egress node sends to ``target``.
     """
 
     target: StaticTarget | DnsTarget
     user_prefix: str = ""
     domain: str | None = None
     strip_prefix: bool = False
-    egress: str | None = None
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -101,11 +101,13 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             )
     dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
     for index, rule in enumerate(dialplan):
-        if rule.egress is not None and rule.egress not in known:
-            raise Invalid(
-                ("dialplan", index, "egress"),
-                f"names no known node ({rule.egress!r} is neither node.node_id nor a peer)",
-            )
+        for position, egress in enumerate(rule.egress):
+            if egress not in known:
+                path: Path = ("dialplan", index, "egress")
+                raise Invalid(
+                    (*path, position) if len(rule.egress) > 1 else path,
+                    f"names no known node ({egress!r} is neither node.node_id nor a peer)",
+                )
     return NodeConfig(
         node=node,
         sip=sip,
@@ -288,7 +290,8 @@ def _rule(value: object, path: Path) -> DialplanRule:
     strip_prefix = table.get("strip_prefix", boolean, False)
     if strip_prefix and not user_prefix:
         raise Invalid((*path, "strip_prefix"), "there is no user_prefix to strip")
-    egress = table.get("egress", _node_id, None)
+    this_node: tuple[str, ...] = ()
+    egress = table.get("egress", _egress, this_node)
     return DialplanRule(target, user_prefix, domain, strip_prefix, egress)
 
 
@@ -366,6 +369,23 @@ def _listen(value: object, path: Path) -> tuple[ListenAddress, ...]:
             raise Invalid(entry_path, f"duplicate listen address {text!r}")
         addresses.append(address)
     return tuple(addresses)
+
+
+def _egress(value: object, path: Path) -> tuple[str, ...]:
+    """One node id, or an array of them (the call is anchored on one, see DialplanRule)."""
+    if isinstance(value, str):
+        return (_node_id(value, path),)
+    if not isinstance(value, list):
+        raise Invalid(path, f"must be a node id or an array of node ids, not {kind(value)}")
+    if not value:
+        raise Invalid(path, "must name at least one node (leave it out for this node)")
+    nodes: list[str] = []
+    for index, item in enumerate(value):
+        node = _node_id(item, (*path, index))
+        if node in nodes:
+            raise Invalid((*path, index), f"names {node!r} twice")
+        nodes.append(node)
+    return tuple(nodes)
 
 
 def _nameservers(value: object, path: Path) -> tuple[tuple[str, int], ...]:

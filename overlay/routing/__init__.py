@@ -11,7 +11,7 @@ from ._cost import (
     path_cost,
     weight_function,
 )
-from ._dialplan import Dialplan, DialplanMatch
+from ._dialplan import Dialplan, DialplanMatch, choose_egress
 from ._routes import (
     NoRoute,
     Path,
@@ -37,6 +37,7 @@ __all__ = [
     "StaticTarget",
     "WeightFunction",
     "build_graph",
+    "choose_egress",
     "compute_routes",
     "cost_breakdown",
     "link_cost",

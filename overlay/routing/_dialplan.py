@@ -8,7 +8,8 @@ scan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from overlay.config import DialplanRule, DnsTarget, StaticTarget
@@ -83,3 +84,39 @@ class Dialplan:
                 user = user[len(rule.user_prefix) :] or None
             return DialplanMatch(rule, rule.target, user)
         return None
+
+
+def choose_egress(
+    candidates: tuple[str, ...], call_id: str, node_id: str, reachable: Callable[[str], bool]
+) -> str | None:
+    """The node a new call is anchored on, among a rule's ``egress`` nodes.
+
+    This node when it is one of them: the call then stays in the AZ it entered. Otherwise the
+    reachable candidate with the highest rendezvous hash of (candidate, Call-ID) (RFC 2991's
+    "highest random weight"): calls spread evenly over the AZs, a retransmitted INVITE lands on
+    the same node, and when one AZ dies only the calls it would have taken move elsewhere.
+    ``None`` when no candidate is reachable.
+
+    Examples:
+        >>> up = {"use1-a", "use1-b"}.__contains__
+        >>> choose_egress(("use1-a", "use1-b"), "c1@h", "use1-b", up)
+        'use1-b'
+        >>> picked = choose_egress(("use1-a", "use1-b"), "c1@h", "usw2-a", up)
+        >>> other = ({"use1-a", "use1-b"} - {picked}).pop()
+        >>> choose_egress(("use1-a", "use1-b"), "c1@h", "usw2-a", {other}.__contains__) == other
+        True
+        >>> choose_egress(("use1-a",), "c1@h", "usw2-a", lambda node: False) is None
+        True
+    """
+    if node_id in candidates:
+        return node_id
+    best: str | None = None
+    best_weight = b""
+    for candidate in candidates:
+        if not reachable(candidate):
+            continue
+        key = f"{candidate}\x00{call_id}".encode()
+        weight = hashlib.blake2b(key, digest_size=8).digest()
+        if best is None or weight > best_weight:
+            best, best_weight = candidate, weight
+    return best

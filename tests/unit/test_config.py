@@ -415,7 +415,9 @@ def test_overlay_sections() -> None:
     assert peer.node_id == "use1"
     assert peer.sip == ("127.0.0.14", 5060)
     assert peer.base_delay_ms == 34.0
-    assert config.dialplan[0].egress == "use1"
+    assert config.dialplan[0].egress == ("use1",)
+    both = parse_config(OVERLAY.replace('egress = "use1"', 'egress = ["use1", "usw2"]'), source="n")
+    assert both.dialplan[0].egress == ("use1", "usw2")
 
 
 def test_no_peers_means_no_overlay() -> None:
@@ -428,6 +430,10 @@ def test_no_peers_means_no_overlay() -> None:
     ("old", "new", "key", "reason"),
     [
         ('egress = "use1"', 'egress = "nowhere"', "dialplan[0].egress", "names no known node"),
+        ('egress = "use1"', 'egress = ["use1", "x"]', "dialplan[0].egress[1]", "no known node"),
+        ('egress = "use1"', 'egress = ["use1", "use1"]', "dialplan[0].egress[1]", "twice"),
+        ('egress = "use1"', "egress = []", "dialplan[0].egress", "at least one node"),
+        ('egress = "use1"', "egress = 1", "dialplan[0].egress", "a node id or an array"),
         ('node_id = "use1"', 'node_id = "usw2"', "peers[0].node_id", "duplicate node id"),
         ('[grpc]\nlisten = "127.0.0.11:7000"', "", "grpc", "required when [[peers]]"),
         ("udp:127.0.0.11:5060", "tcp:127.0.0.11:5060", "sip.listen", "needs a udp:"),

@@ -6,7 +6,14 @@ import doctest
 
 import overlay.routing._dialplan
 from overlay.config import parse_config
-from overlay.routing import Dialplan, DialplanMatch, DialplanRule, DnsTarget, StaticTarget
+from overlay.routing import (
+    Dialplan,
+    DialplanMatch,
+    DialplanRule,
+    DnsTarget,
+    StaticTarget,
+    choose_egress,
+)
 
 A = StaticTarget("127.0.10.1", 5060)
 B = StaticTarget("127.0.10.2", 5060, "tcp")
@@ -127,3 +134,32 @@ def test_doctest_examples() -> None:
     result = doctest.testmod(overlay.routing._dialplan)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+AZS = ("use1-a", "use1-b")
+CALL_IDS = [f"{n}-call@127.0.0.1" for n in range(2000)]
+
+
+def test_egress_is_this_node_when_it_is_listed() -> None:
+    assert all(
+        choose_egress(AZS, call_id, "use1-b", AZS.__contains__) == "use1-b" for call_id in CALL_IDS
+    )
+
+
+def test_calls_spread_over_the_egress_azs_and_each_call_always_picks_the_same() -> None:
+    picks = [choose_egress(AZS, call_id, "usw2-a", AZS.__contains__) for call_id in CALL_IDS]
+    share = picks.count("use1-a") / len(picks)
+    assert 0.45 < share < 0.55
+    again = [choose_egress(AZS, call_id, "usw2-b", AZS.__contains__) for call_id in CALL_IDS]
+    assert again == picks  # the ingress AZ does not matter: a retransmission lands alike
+
+
+def test_a_dead_az_moves_only_the_calls_it_would_have_taken() -> None:
+    three = ("use1-a", "use1-b", "use1-c")
+    before = {c: choose_egress(three, c, "usw2-a", three.__contains__) for c in CALL_IDS}
+    alive = {"use1-a", "use1-c"}
+    after = {c: choose_egress(three, c, "usw2-a", alive.__contains__) for c in CALL_IDS}
+    moved = {c for c in CALL_IDS if before[c] != after[c]}
+    assert moved == {c for c in CALL_IDS if before[c] == "use1-b"}
+    assert None not in after.values()
+    assert choose_egress(three, CALL_IDS[0], "usw2-a", lambda node: False) is None
