@@ -20,7 +20,14 @@ from google.protobuf.message import Message
 from overlay.control import GrpcBridge, open_grpc_bridge
 from overlay.lab.node_process import NodeProcess, open_node
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
-from overlay.lab.topology import REGIONS, SIP_PORT, LabNode, lab_nodes, node_config
+from overlay.lab.topology import (
+    SIP_PORT,
+    LabNode,
+    lab_node_ids,
+    lab_nodes,
+    node_config,
+    site_node_ids,
+)
 from overlay.v1 import admin_pb2
 
 INGRESS = "usw2"
@@ -48,10 +55,15 @@ class Lab:
     bridge: GrpcBridge
     uas: SippUas | None  # None when the calls go to a callee of the test's own
     uac_host: str
+    azs: int = 1
     dead: set[str] = field(default_factory=set)
 
     def live(self) -> list[str]:
         return [node_id for node_id in self.nodes if node_id not in self.dead]
+
+    def site(self, site: str) -> list[str]:
+        """The node ids of a region (by short name, e.g. ``EGRESS``): one per AZ."""
+        return site_node_ids(site, self.azs)
 
     async def admin(self, node_id: str, method: str, request: Message) -> Message:
         """One unary call of ``node_id``'s admin service."""
@@ -151,13 +163,15 @@ class Lab:
         return placed[0], outcome
 
     async def _invites_at_egress(self) -> int:
-        return (await self.counters(EGRESS)).get("sip.requests.INVITE", 0)
+        egress = [node_id for node_id in self.site(EGRESS) if node_id not in self.dead]
+        return sum([(await self.counters(n)).get("sip.requests.INVITE", 0) for n in egress])
 
     async def place_calls(
         self, *, calls: int, rate: float, duration_ms: int = 0, max_seconds: float | None = None
     ) -> SippResult:
-        """SIPp calls from ``uac_host`` into INGRESS, each held ``duration_ms`` then hung up."""
-        ingress = self.nodes[INGRESS]
+        """SIPp calls from ``uac_host`` into INGRESS (its first AZ), each held ``duration_ms``
+        then hung up."""
+        ingress = self.nodes[self.site(INGRESS)[0]]
         return await run_uac(
             (ingress.host, SIP_PORT),
             local_host=self.uac_host,
@@ -177,14 +191,18 @@ async def open_lab(
     uac_host: str,
     probe_interval: float = 0.1,
     callee: tuple[str, int] | None = None,
+    azs: int = 1,
+    inactivity_timeout: float = 60.0,
 ) -> AsyncIterator[Lab]:
-    """Start the reference topology on ``hosts`` (node id → loopback address) with a SIPp UAS
-    on ``uas_host`` (or, with ``callee``, calls go to that address instead); everything is
-    stopped, by PID, when the block exits."""
-    missing = {node_id for node_id, _ in REGIONS} - hosts.keys()
+    """Start the reference topology on ``hosts`` (node id → loopback address, see
+    ``lab_node_ids``) with a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that
+    address instead) behind every AZ of EGRESS; ``inactivity_timeout`` ends silent media
+    sessions. Everything is stopped, by PID, when the block exits."""
+    missing = set(lab_node_ids(azs)) - hosts.keys()
     if missing:
         raise ValueError(f"no address for {', '.join(sorted(missing))}")
-    nodes = lab_nodes(hosts)
+    nodes = lab_nodes(hosts, azs=azs)
+    egress = site_node_ids(EGRESS, azs)
     async with contextlib.AsyncExitStack() as stack:
         uas = None
         if callee is None:
@@ -196,7 +214,12 @@ async def open_lab(
 
             async def start(node: LabNode) -> None:
                 config = node_config(
-                    node, nodes, egress=EGRESS, target=target, probe_interval=probe_interval
+                    node,
+                    nodes,
+                    egress=egress,
+                    target=target,
+                    probe_interval=probe_interval,
+                    inactivity_timeout=inactivity_timeout,
                 )
                 processes[node.node_id] = await stack.enter_async_context(
                     open_node(config, host=node.host, port=SIP_PORT)
@@ -205,4 +228,4 @@ async def open_lab(
             for node in nodes:
                 nursery.start_soon(start, node)
         bridge = await stack.enter_async_context(open_grpc_bridge())
-        yield Lab({node.node_id: node for node in nodes}, processes, bridge, uas, uac_host)
+        yield Lab({node.node_id: node for node in nodes}, processes, bridge, uas, uac_host, azs)

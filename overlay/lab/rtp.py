@@ -224,15 +224,23 @@ class Caller:
                             return
 
 
-class Callee:
-    """The called UA: answers one INVITE with its media address, then a BYE."""
+@dataclass
+class CalleeCall:
+    """One call the callee answered: its own media address and where the offer said to send."""
 
-    def __init__(self, sip: SipSocket, media: tuple[str, int]) -> None:
+    media: tuple[str, int]
+    offer_media: tuple[str, int]
+    ended: trio.Event = field(default_factory=trio.Event)
+
+
+class Callee:
+    """The called UA: answers each new INVITE with the next of its media addresses (486 when
+    none is left), and BYEs."""
+
+    def __init__(self, sip: SipSocket, media: list[tuple[str, int]]) -> None:
         self.sip = sip
-        self.media = media
-        self.offer_media: tuple[str, int] | None = None
-        self.answered = trio.Event()
-        self.ended = trio.Event()
+        self._free = list(media)
+        self.calls: dict[str, CalleeCall] = {}  # by Call-ID
         self.tag = secrets.token_hex(4)
 
     async def serve(self) -> None:
@@ -243,15 +251,21 @@ class Callee:
                 continue
             to = source  # the egress node's socket (RFC 3581: answer where it came from)
             if message.method == "INVITE":
-                self.offer_media = media_target(message.body)
+                call = self.calls.get(message.call_id)  # None unless retransmitted
+                if call is None and not self._free:
+                    await self.sip.send(make_response(message, 486, to_tag=self.tag), to)
+                    continue
+                if call is None:
+                    call = CalleeCall(self._free.pop(0), media_target(message.body))
+                    self.calls[message.call_id] = call
                 ok = make_response(message, 200, to_tag=self.tag)
                 for route in message.headers.values("Record-Route"):
                     ok.headers.add("Record-Route", route)
                 ok.headers.add("Contact", f"<sip:callee@{self.sip.host}:{self.sip.port}>")
                 ok.headers.add("Content-Type", "application/sdp")
-                ok.body = sdp_for(self.media, "callee")
+                ok.body = sdp_for(call.media, "callee")
                 await self.sip.send(ok, to)
-                self.answered.set()
             elif message.method == "BYE":
                 await self.sip.send(make_response(message, 200), to)
-                self.ended.set()
+                if (call := self.calls.get(message.call_id)) is not None:
+                    call.ended.set()

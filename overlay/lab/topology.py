@@ -3,10 +3,14 @@
 Each lab node is its own OS process on its own loopback address. Inter-region latency is emulated
 by the impairment layer: every node adds half of the pair's RTT (``base_delay_ms``) to everything
 it sends to the other, so probes, calls and link-state messages all see the backbone's delay.
+
+A lab has one node per region (node id = the region's short name, ``use1``) or, with ``azs=2``,
+one per availability zone (``use1-a`` and ``use1-b`` in us-east-1a and us-east-1b, 1 ms apart).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: (node id, region), west to east.
@@ -27,6 +31,10 @@ RTT_MS: dict[frozenset[str], float] = {
     frozenset({"use2", "use1"}): 12.0,
 }
 
+#: Round-trip time between two AZs of one region, ms.
+INTER_AZ_RTT_MS = 1.0
+AZ_LETTERS = ("a", "b")
+
 SIP_PORT = 5060
 GRPC_PORT = 7000
 MEDIA_OVERLAY_PORT = 7100  # the relays' overlay socket
@@ -38,31 +46,62 @@ class LabNode:
     node_id: str
     region: str
     host: str
+    site: str = ""  # the region's short name ("use1"); the node id in a one-AZ lab
+    az: str = ""  # "us-east-1a" in a two-AZ lab
 
     @property
     def grpc_target(self) -> str:
         return f"{self.host}:{GRPC_PORT}"
 
 
-def lab_nodes(hosts: dict[str, str]) -> list[LabNode]:
+def site_node_ids(site: str, azs: int = 1) -> list[str]:
+    """The node ids of one region (``site``: its short name) in a lab of ``azs`` AZs."""
+    if azs == 1:
+        return [site]
+    return [f"{site}-{letter}" for letter in AZ_LETTERS[:azs]]
+
+
+def lab_node_ids(azs: int = 1) -> list[str]:
+    """Every node id of the reference topology with ``azs`` (1 or 2) AZs per region."""
+    if azs not in (1, 2):
+        raise ValueError(f"a lab has 1 or 2 AZs per region, not {azs}")
+    return [node_id for site, _ in REGIONS for node_id in site_node_ids(site, azs)]
+
+
+def lab_nodes(hosts: dict[str, str], *, azs: int = 1) -> list[LabNode]:
     """The reference nodes placed on ``hosts`` (node id -> loopback address)."""
-    return [LabNode(node_id, region, hosts[node_id]) for node_id, region in REGIONS]
+    nodes = []
+    for site, region in REGIONS:
+        for node_id in site_node_ids(site, azs):
+            az = "" if azs == 1 else region + node_id.rpartition("-")[2]
+            nodes.append(LabNode(node_id, region, hosts[node_id], site, az))
+    return nodes
+
+
+def rtt_ms(a: LabNode, b: LabNode) -> float:
+    """The emulated round-trip time between two lab nodes."""
+    if a.region == b.region:
+        return INTER_AZ_RTT_MS
+    return RTT_MS[frozenset({a.site, b.site})]
 
 
 def node_config(
     node: LabNode,
     nodes: list[LabNode],
     *,
-    egress: str,
+    egress: Sequence[str],
     target: str,
     probe_interval: float = 0.1,
+    inactivity_timeout: float = 60.0,
     extra: str = "",
 ) -> str:
-    """TOML for one lab node: full mesh of ``nodes``, every call to ``target`` via ``egress``."""
+    """TOML for one lab node: full mesh of ``nodes``, every call to ``target`` via one of the
+    ``egress`` nodes."""
     lines = [
         "[node]",
         f'node_id = "{node.node_id}"',
         f'region = "{node.region}"',
+        f'az = "{node.az}"',
         "",
         "[sip]",
         f'listen = ["udp:{node.host}:{SIP_PORT}"]',
@@ -75,6 +114,7 @@ def node_config(
         f'overlay = "{node.host}:{MEDIA_OVERLAY_PORT}"',
         f"port_first = {MEDIA_PORTS[0]}",
         f"port_last = {MEDIA_PORTS[1]}",
+        f"inactivity_timeout = {inactivity_timeout}",
         "",
         "[linkstate]",
         f"probe_interval = {probe_interval}",
@@ -83,16 +123,18 @@ def node_config(
     for peer in nodes:
         if peer.node_id == node.node_id:
             continue
-        rtt = RTT_MS[frozenset({node.node_id, peer.node_id})]
+        rtt = rtt_ms(node, peer)
         lines += [
             "[[peers]]",
             f'node_id = "{peer.node_id}"',
             f'region = "{peer.region}"',
+            f'az = "{peer.az}"',
             f'sip = "{peer.host}:{SIP_PORT}"',
             f'grpc = "{peer.host}:{GRPC_PORT}"',
             f'media = "{peer.host}:{MEDIA_OVERLAY_PORT}"',
             f"base_delay_ms = {rtt / 2}",
             "",
         ]
-    lines += ["[[dialplan]]", f'target = "{target}"', f'egress = "{egress}"', "", extra]
+    egress_list = ", ".join(f'"{node_id}"' for node_id in egress)
+    lines += ["[[dialplan]]", f'target = "{target}"', f"egress = [{egress_list}]", "", extra]
     return "\n".join(lines)

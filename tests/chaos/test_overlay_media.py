@@ -33,7 +33,7 @@ async def test_audio_survives_the_transit_region_dying(loopback_host: Callable[[
         SipSocket.open(caller_host) as caller_sip,
         SipSocket.open(callee_host) as callee_sip,
     ):
-        callee = Callee(callee_sip, callee_rtp.address)
+        callee = Callee(callee_sip, [callee_rtp.address])
         callee_address = (callee_sip.host, callee_sip.port)
         async with (
             open_lab(
@@ -54,12 +54,12 @@ async def test_audio_survives_the_transit_region_dying(loopback_host: Callable[[
             # Each endpoint was told to send to its own edge's relay, not to the other.
             assert caller.answer_media is not None
             assert caller.answer_media[0] == hosts[INGRESS]
-            assert callee.offer_media is not None
-            assert callee.offer_media[0] == hosts[EGRESS]
+            offer_media = callee.calls[caller.call_id].offer_media
+            assert offer_media[0] == hosts[EGRESS]
 
             async with trio.open_nursery() as streams:
                 streams.start_soon(caller_rtp.stream, caller.answer_media, STREAM_S)
-                streams.start_soon(callee_rtp.stream, callee.offer_media, STREAM_S)
+                streams.start_soon(callee_rtp.stream, offer_media, STREAM_S)
                 await trio.sleep(STREAM_S / 3)  # audio flows, through the transit
                 # The transit relays the media of a call it holds no state for.
                 through = await lab.counters(transit)

@@ -17,13 +17,11 @@ from overlay.config import parse_config
 from overlay.linkstate import LinkState, LinkStatistics
 from overlay.node import Node
 
-HOSTS = {"echo-a": "127.0.61.1", "echo-b": "127.0.61.2"}
 
-
-def config(node_id: str, *, peer_media_port: int = 7100) -> str:
-    host = HOSTS[node_id]
-    (peer,) = (other for other in HOSTS if other != node_id)
-    peer_host = HOSTS[peer]
+def config(hosts: dict[str, str], node_id: str, *, peer_media_port: int = 7100) -> str:
+    host = hosts[node_id]
+    (peer,) = (other for other in hosts if other != node_id)
+    peer_host = hosts[peer]
     return f"""
 [node]
 node_id = "{node_id}"
@@ -76,8 +74,14 @@ def advertised_loss(reader: Node, origin: str, neighbor: str) -> float:
 
 
 @pytest.mark.trio
-async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss() -> None:
-    texts = {"echo-a": config("echo-a", peer_media_port=7199), "echo-b": config("echo-b")}
+async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
+    loopback_host: Callable[[], str],
+) -> None:
+    hosts = {"echo-a": loopback_host(), "echo-b": loopback_host()}
+    texts = {
+        "echo-a": config(hosts, "echo-a", peer_media_port=7199),
+        "echo-b": config(hosts, "echo-b"),
+    }
     nodes = {name: Node(parse_config(text, source=f"{name}.toml")) for name, text in texts.items()}
     async with trio.open_nursery() as nursery:
         for node in nodes.values():
