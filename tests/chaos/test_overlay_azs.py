@@ -8,7 +8,7 @@ audio never depend on the other AZ's nodes. Eight calls cover every (ingress AZ,
 pair twice; with RTP flowing both ways, the test kills the egress region's AZ a, then the
 ingress region's AZ b, and checks that exactly the calls anchored on a dead node went silent,
 that all the others kept their audio without a gap, that a new call still gets through, and
-that no relay port stays taken.
+that no relay port stays taken (after BYE, a refused call, or a call whose other edge died).
 """
 
 from __future__ import annotations
@@ -143,6 +143,12 @@ async def test_losing_an_az_loses_only_the_calls_anchored_in_it(
             streams.start_soon(late.callee_rtp.stream, offer, 1.0)
         assert late.callee_rtp.received.arrivals
         assert late.rtp.received.arrivals
+
+        # A call the callee refuses (486: it has no media address left) frees its ports too.
+        async with SipSocket.open(caller_host) as sip, RtpEndpoint.open(caller_host) as rtp:
+            busy = Caller(sip, (hosts[ingress_a], SIP_PORT), rtp.address)
+            with pytest.raises(RuntimeError, match="486"):
+                await busy.invite()
 
         for leg in [*survivors, late]:
             assert leg.caller is not None
