@@ -178,11 +178,17 @@ class Caller:
         tag = None if self._ok is None else self._ok.to_tag
         return "" if tag is None else f";tag={tag}"
 
-    async def invite(self, *, within: float = 10.0) -> None:
-        """INVITE until a 2xx (retransmitted every T1 until a response), then ACK."""
+    async def invite(self, *, within: float = 10.0, delayed: bool = False) -> None:
+        """INVITE until a 2xx (retransmitted every T1 until a response), then ACK. With
+        ``delayed``, the INVITE has no SDP: the 2xx carries the offer, the ACK the answer."""
         uri = f"sip:callee@{self.proxy[0]}:{self.proxy[1]}"
+        sdp = sdp_for(self.media, "caller")
         invite = self._request(
-            "INVITE", uri, 1, ["Content-Type: application/sdp"], sdp_for(self.media, "caller")
+            "INVITE",
+            uri,
+            1,
+            [] if delayed else ["Content-Type: application/sdp"],
+            b"" if delayed else sdp,
         )
         with trio.fail_after(within):
             answered = False
@@ -201,15 +207,18 @@ class Caller:
                                 break
         assert self._ok is not None
         self.answer_media = media_target(self._ok.body)
-        await self._in_dialog("ACK", 1)
+        await self._in_dialog("ACK", 1, sdp if delayed else b"")
 
-    async def _in_dialog(self, method: str, cseq: int) -> Request:
+    async def _in_dialog(self, method: str, cseq: int, sdp: bytes = b"") -> Request:
         ok = self._ok
         assert ok is not None
         routes = list(reversed(ok.headers.values("Record-Route")))
         contact = ok.headers.first_value("Contact") or ""
         target = contact.strip().removeprefix("<").split(">")[0]
-        request = self._request(method, target, cseq, [f"Route: {r}" for r in routes], b"")
+        extra = [f"Route: {r}" for r in routes]
+        if sdp:
+            extra.append("Content-Type: application/sdp")
+        request = self._request(method, target, cseq, extra, sdp)
         await self.sip.send(request, self.proxy)
         return request
 
@@ -229,19 +238,29 @@ class CalleeCall:
     """One call the callee answered: its own media address and where the offer said to send."""
 
     media: tuple[str, int]
-    offer_media: tuple[str, int]
+    offer_media: tuple[str, int] | None  # None until the ACK's answer of a delayed offer
+    acked: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
 
 
 class Callee:
     """The called UA: answers each new INVITE with the next of its media addresses (486 when
-    none is left), and BYEs."""
+    none is left; the offer itself when the INVITE had none), and BYEs."""
 
     def __init__(self, sip: SipSocket, media: list[tuple[str, int]]) -> None:
         self.sip = sip
         self._free = list(media)
         self.calls: dict[str, CalleeCall] = {}  # by Call-ID
         self.tag = secrets.token_hex(4)
+
+    async def peer_media(self, call_id: str, *, within: float = 5.0) -> tuple[str, int]:
+        """Where the call's media goes, once its ACK came (the answer of a delayed offer)."""
+        call = self.calls[call_id]
+        with trio.fail_after(within):
+            await call.acked.wait()
+        if call.offer_media is None:
+            raise RuntimeError(f"call {call_id}: no SDP from the caller")
+        return call.offer_media
 
     async def serve(self) -> None:
         """Answer INVITEs (200 with SDP) and BYEs (200) until cancelled."""
@@ -256,7 +275,8 @@ class Callee:
                     await self.sip.send(make_response(message, 486, to_tag=self.tag), to)
                     continue
                 if call is None:
-                    call = CalleeCall(self._free.pop(0), media_target(message.body))
+                    offer = media_target(message.body) if message.body else None
+                    call = CalleeCall(self._free.pop(0), offer)
                     self.calls[message.call_id] = call
                 ok = make_response(message, 200, to_tag=self.tag)
                 for route in message.headers.values("Record-Route"):
@@ -265,6 +285,11 @@ class Callee:
                 ok.headers.add("Content-Type", "application/sdp")
                 ok.body = sdp_for(call.media, "callee")
                 await self.sip.send(ok, to)
+            elif message.method == "ACK":
+                if (call := self.calls.get(message.call_id)) is not None:
+                    if message.body:
+                        call.offer_media = media_target(message.body)  # a delayed offer's answer
+                    call.acked.set()
             elif message.method == "BYE":
                 await self.sip.send(make_response(message, 200), to)
                 if (call := self.calls.get(message.call_id)) is not None:

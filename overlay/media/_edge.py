@@ -18,8 +18,13 @@ far session from the answer, the other edge has it from the offer. ``commands`` 
 a session silent past the inactivity timeout give ``RemoveSession``s and free the ports.
 
 Which endpoint a message comes from is told by the From tag: the caller's is the initial
-INVITE's. Offers in a 2xx (an INVITE without SDP) are passed through untouched and counted:
-the relay cannot anchor them yet.
+INVITE's.
+
+A delayed offer (RFC 3261 §13.2.1: an INVITE without SDP, the offer in the 2xx, the answer in
+the ACK) is anchored the same way with the roles turned round: the 2xx's SDP is taken in or sent
+out as an offer, and the ACK's as the answer that starts forwarding. The proxy core shows this
+hook the ACK of a 2xx for that. An offer in a provisional response (reliable 1xx, RFC 3262) is
+not anchored: it is passed through and counted.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class MediaEdge:
         self.commands: list[MediaCommand] = []
         self._caller_tag: dict[str, str] = {}  # call id -> the caller's From tag
         self._answered: set[str] = set()  # calls whose INVITE got a 2xx
+        self._delayed: set[str] = set()  # calls whose last INVITE had no SDP: 2xx offers
         self._origins: dict[tuple[str, Side], OriginKeeper] = {}
         self._forwarding: dict[int, MediaSession] = {}  # what the fastpath has, by session id
         self.counters: Counter[str] = Counter()
@@ -98,10 +104,17 @@ class MediaEdge:
             return
         if request.method == "INVITE" and request.to_tag is None:
             self._caller_tag.setdefault(call_id, request.from_tag or "")
+        if request.method == "ACK":
+            if call_id in self._delayed and _has_sdp(request):
+                self._delayed_answer(request, direction, now)
+            return
         if not _has_sdp(request):
             if request.method == "INVITE":
-                self.counters["offer without SDP (not anchored)"] += 1
+                self._delayed.add(call_id)
+                self.counters["delayed offer"] += 1
             return
+        if request.method == "INVITE":
+            self._delayed.discard(call_id)
         sender = self._side_of(request)
         try:
             sdp = parse_sdp_untrusted(request.body)
@@ -132,24 +145,45 @@ class MediaEdge:
             self.sessions.confirm_call(call_id, now)
         if not _has_sdp(response):
             return
-        # The answer comes from the side the request went to, and goes back to its sender.
+        delayed = call_id in self._delayed
+        if delayed and status < 200:
+            self.counters["offer in a provisional response (not anchored)"] += 1
+            return
+        # The SDP comes from the side the request went to, and goes back to its sender: the
+        # answer, or with a delayed offer the offer (the answer then comes in the ACK).
         sender = self._side_of(response)
         try:
             sdp = parse_sdp_untrusted(response.body)
             if direction is MediaDirection.ENTERING:
-                response.body = self._take_in(sdp, call_id, _other(sender), now, offer=False)
+                response.body = self._take_in(sdp, call_id, _other(sender), now, offer=delayed)
             else:
-                response.body = self._send_out(sdp, call_id, sender, now, answer=True)
+                response.body = self._send_out(sdp, call_id, sender, now, answer=not delayed)
         except (ProtocolError, PortsExhausted) as error:
             # A response cannot be refused: it goes on as it came, and the call has no relay.
-            self.counters["bad SDP answer"] += 1
-            self.counters[f"unanchored answer: {type(error).__name__}"] += 1
+            self.counters["bad SDP in a response"] += 1
+            self.counters[f"unanchored: {type(error).__name__}"] += 1
+
+    def _delayed_answer(self, ack: Request, direction: MediaDirection, now: float) -> None:
+        """The answer to a 2xx's offer, in the ACK (which cannot be refused either)."""
+        call_id = ack.call_id
+        sender = self._side_of(ack)
+        try:
+            sdp = parse_sdp_untrusted(ack.body)
+            if direction is MediaDirection.ENTERING:
+                ack.body = self._take_in(sdp, call_id, sender, now, offer=False)
+            else:
+                ack.body = self._send_out(sdp, call_id, _other(sender), now, answer=True)
+        except (ProtocolError, PortsExhausted) as error:
+            self.counters["bad SDP in an ACK"] += 1
+            self.counters[f"unanchored: {type(error).__name__}"] += 1
 
     # -- time ---------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
         for session in self.sessions.expire(now):
             self._stop_forwarding(session.session_id)
+            if not self.sessions.of_call(session.call_id):
+                self._forget(session.call_id)  # a call that never saw its BYE
 
     def activity(self, session_id: int, now: float) -> None:
         """The fastpath saw packets of the session since the last look."""
@@ -224,7 +258,8 @@ class MediaEdge:
 
     def tracked_calls(self) -> int:
         """Calls this edge keeps any state for (0 once every call has ended)."""
-        return len(self._caller_tag.keys() | {session.call_id for session in self.sessions})
+        sessions = {session.call_id for session in self.sessions}
+        return len(self._caller_tag.keys() | self._delayed | sessions)
 
     def _refused(self, call_id: str) -> None:
         """A refused offer: a call not answered yet ends here (the core's refusal does not
@@ -235,8 +270,12 @@ class MediaEdge:
     def _end(self, call_id: str, reason: EndReason) -> None:
         for session in self.sessions.end_call(call_id, reason):
             self._stop_forwarding(session.session_id)
+        self._forget(call_id)
+
+    def _forget(self, call_id: str) -> None:
         self._caller_tag.pop(call_id, None)
         self._answered.discard(call_id)
+        self._delayed.discard(call_id)
         for side in Side:
             self._origins.pop((call_id, side), None)
 

@@ -160,7 +160,8 @@ class MediaHook(Protocol):
 
     It sees every request forwarded across the overlay's edge at this node, and every response
     (forwarded or generated) to such a request, before it is sent, and may rewrite their bodies
-    (SDP). It must not raise on a response; on a request it may raise ``MediaRefused``.
+    (SDP); an ACK of a 2xx counts as such a request. It must not raise on a response or an ACK;
+    on another request it may raise ``MediaRefused``.
     """
 
     def request(self, request: Request, direction: MediaDirection, now: float) -> None: ...
@@ -408,7 +409,7 @@ class ProxyCore:
         method = request.method
         if method == "ACK":
             if not self.transactions.receive_ack(request, now):
-                self._forward_ack(request)
+                self._forward_ack(request, now, from_overlay=from_overlay)
             return
         if method == "CANCEL":
             invite = self.transactions.find_server(request, "INVITE")
@@ -625,8 +626,9 @@ class ProxyCore:
         txn.owner = None
         context.cancel_pending = False
 
-    def _forward_ack(self, ack: Request) -> None:
-        """An ACK for a 2xx: routed like any in-dialog request, without a transaction."""
+    def _forward_ack(self, ack: Request, now: float, *, from_overlay: bool) -> None:
+        """An ACK for a 2xx: routed like any in-dialog request, without a transaction. At an
+        edge the media hook sees it: it carries the answer to a delayed offer."""
         forward = ack.copy()
         self._pop_own_routes(forward)
         route = forward.headers.first_value("Route")
@@ -651,6 +653,10 @@ class ProxyCore:
             self._drops["ACK without a route"] += 1
             return
         _apply_target(forward, target)
+        direction = self._media_direction(target, from_overlay=from_overlay)
+        if direction is not None:
+            assert self._media is not None
+            self._media.request(forward, direction, now)
         forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
         peer = _literal_peer(target)
         if peer is not None:

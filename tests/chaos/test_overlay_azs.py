@@ -95,14 +95,14 @@ async def test_losing_an_az_loses_only_the_calls_anchored_in_it(
             # Both edges anchored the media on the node that carries the signalling.
             assert caller.answer_media is not None
             assert caller.answer_media[0] == hosts[ingress]
-            assert callee.calls[caller.call_id].offer_media[0] == hosts[egress]
+            assert (await callee.peer_media(caller.call_id))[0] == hosts[egress]
 
         dead_at: dict[str, float] = {}
         async with trio.open_nursery() as streams:
             for leg in calls:
                 assert leg.caller is not None
                 assert leg.caller.answer_media is not None
-                offer = callee.calls[leg.caller.call_id].offer_media
+                offer = await callee.peer_media(leg.caller.call_id)
                 streams.start_soon(leg.rtp.stream, leg.caller.answer_media, STREAM_S)
                 streams.start_soon(leg.callee_rtp.stream, offer, STREAM_S)
             start = trio.current_time()
@@ -132,10 +132,11 @@ async def test_losing_an_az_loses_only_the_calls_anchored_in_it(
                     assert arrivals, (label, direction)
                     assert max(t for _, t in arrivals) < died + 0.5, (label, direction)
 
-        # A new call enters at the surviving ingress AZ and leaves at the surviving egress AZ.
+        # A new call enters at the surviving ingress AZ and leaves at the surviving egress AZ;
+        # it offers late (the 2xx carries the offer, the ACK the answer).
         late.caller = caller = Caller(late.sip, (hosts[ingress_a], SIP_PORT), late.rtp.address)
-        await caller.invite()
-        offer = callee.calls[caller.call_id].offer_media
+        await caller.invite(delayed=True)
+        offer = await callee.peer_media(caller.call_id)
         assert offer[0] == hosts[egress_b]
         assert caller.answer_media is not None
         async with trio.open_nursery() as streams:

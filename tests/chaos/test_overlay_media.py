@@ -54,7 +54,7 @@ async def test_audio_survives_the_transit_region_dying(loopback_host: Callable[[
             # Each endpoint was told to send to its own edge's relay, not to the other.
             assert caller.answer_media is not None
             assert caller.answer_media[0] == hosts[INGRESS]
-            offer_media = callee.calls[caller.call_id].offer_media
+            offer_media = await callee.peer_media(caller.call_id)
             assert offer_media[0] == hosts[EGRESS]
 
             async with trio.open_nursery() as streams:

@@ -172,3 +172,64 @@ def test_rtcp_mux_declined_by_the_answer_gives_the_stream_an_rtcp_port() -> None
     [add] = media["ing"].commands
     assert isinstance(add, AddSession)
     assert add.session.ports.rtcp == add.session.ports.rtp + 1
+
+
+def with_body(data: bytes, body: bytes) -> bytes:
+    """A message with Content-Length 0 given ``body`` instead."""
+    head = data.replace(b"Content-Length: 0\r\n\r\n", b"")
+    return head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_a_delayed_offer_is_anchored_from_the_2xx_and_the_ack() -> None:
+    fabric, media = edges()
+    out = fabric.inject("ing", UAC, request())  # INVITE without SDP (RFC 3261 §13.2.1)
+    [invite_data] = out[UAS]
+    assert media["ing"].commands == media["egr"].commands == []
+    # The callee offers in the 2xx: the caller is pointed at the ingress relay.
+    out = fabric.inject(
+        "egr", UAS, with_body(response_to(invite_data, 200, extra=SDP_TYPE), ANSWER)
+    )
+    ok = parse(out[UAC][0])
+    assert isinstance(ok, Response)
+    assert body_of(ok) == ("127.0.2.1", 20000)
+    assert b"x-overlay-session" not in ok.body
+    assert media["ing"].commands == media["egr"].commands == []  # nothing forwards yet
+    # The caller answers in the ACK, along the route set: the callee gets the egress relay.
+    routes = reversed(ok.headers.values("Record-Route"))
+    ack = request(
+        "ACK",
+        uri=f"sip:alice@{UAS.host}:{UAS.port}",
+        branch="z9hG4bK-ack",
+        to_tag="callee-tag",
+        extra=(*SDP_TYPE, *(f"Route: {route}" for route in routes)),
+    )
+    out = fabric.inject("ing", UAC, with_body(ack, OFFER))
+    [ack_data] = out[UAS]
+    forwarded_ack = parse(ack_data)
+    assert isinstance(forwarded_ack, Request)
+    assert forwarded_ack.method == "ACK"
+    assert body_of(forwarded_ack) == ("127.0.2.3", 20000)
+    assert b"x-overlay-session" not in forwarded_ack.body
+    [add_ing] = media["ing"].commands
+    [add_egr] = media["egr"].commands
+    assert isinstance(add_ing, AddSession)
+    assert isinstance(add_egr, AddSession)
+    assert add_ing.session.endpoint == ("127.0.0.2", 6000)
+    assert add_egr.session.endpoint == ("127.0.0.3", 7000)
+    assert add_ing.session.remote is not None
+    assert add_egr.session.remote is not None
+    assert add_ing.session.remote.session_id == add_egr.session.session_id
+    assert add_egr.session.remote.session_id == add_ing.session.session_id
+    # A retransmitted ACK (the 2xx was retransmitted) changes nothing.
+    fabric.inject("ing", UAC, with_body(ack, OFFER))
+    assert len(media["ing"].commands) == len(media["egr"].commands) == 1
+    assert media["ing"].counters["delayed offer"] == 1
+
+
+def test_a_delayed_offer_call_that_fails_keeps_nothing() -> None:
+    fabric, media = edges()
+    out = fabric.inject("ing", UAC, request())
+    [invite_data] = out[UAS]
+    fabric.inject("egr", UAS, response_to(invite_data, 486))
+    for edge in media.values():
+        assert edge.tracked_calls() == 0
