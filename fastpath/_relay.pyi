@@ -1,6 +1,6 @@
 """Typed interface of the compiled relay (fastpath/_relay.pyx); the docstrings live here."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 from fastpath._types import RelayCounters, SessionCounters
@@ -20,7 +20,9 @@ DROP_REASONS: tuple[str, ...]
 - ``oversized``: a datagram larger than ``MAX_DATAGRAM`` (overlay) or ``MAX_PAYLOAD``
   (endpoint), or an echo reply larger than ``ECHO_MAX_PAYLOAD``;
 - ``send_error``: the kernel refused a send (full socket buffer, unreachable network);
-- ``echo_overflow``: the oldest echo reply was dropped because the queue was full.
+- ``echo_overflow``: the oldest echo reply was dropped because the queue was full;
+- ``unknown_peer``: a datagram on the overlay socket from a source not in ``set_peers``;
+- ``fault``: an overlay send dropped by fault injection (``set_faults``).
 """
 
 BATCH_SIZE: int
@@ -38,11 +40,12 @@ class Relay:
     """A media relay: one overlay socket, RTP/RTCP sockets per session, a forwarding thread.
 
     The forwarding loop runs in its own OS thread with the GIL released and owns the tables
-    while it runs. ``add_session``, ``remove_session``, ``set_next_hops`` and
-    ``take_echo_replies`` hand a command to the loop and wait for it (GIL released; at most one
-    receive batch, typically tens of microseconds); ``session_counters``, ``counters`` and
-    ``send_echo`` read under a lock the loop never waits for. All methods are safe to call
-    while the loop runs, from any thread; none runs Python code in the loop.
+    while it runs. ``add_session``, ``remove_session``, ``set_next_hops``, ``set_peers``,
+    ``set_faults`` and ``take_echo_replies`` hand a command to the loop and wait for it (GIL
+    released; at most one receive batch, typically tens of microseconds);
+    ``session_counters``, ``counters`` and ``send_echo`` read under a lock the loop never
+    waits for. All methods are safe to call while the loop runs, from any thread; none runs
+    Python code in the loop.
 
     Args:
         node_media_id: this node's 32-bit media id (``zlib.crc32(node_id.encode())``).
@@ -150,6 +153,45 @@ class Relay:
             RuntimeError: the relay is stopped.
         """
 
+    def set_peers(self, addresses: Iterable[tuple[str, int]] | None) -> None:
+        """Replace the overlay socket's source allowlist: the overlay addresses of the peers.
+
+        Relays send from their overlay socket, so every datagram of a peer relay (forwarded
+        media, echo requests and replies) comes from the address its peers configured for it.
+        Once a list is set, a datagram on the overlay socket from any other source is dropped
+        (``unknown_peer``) before its header is read: nobody else can inject media into a live
+        session or have the relay answer echo requests toward a third party. An empty list
+        accepts no source at all. ``None``, the state after construction, accepts every
+        source (tests, a relay used alone); the node always sets the list. Endpoint
+        ports are not affected (they latch their endpoint). Takes effect with the next
+        datagram.
+
+        Raises:
+            ValueError: a host that is not numeric or not of the overlay socket's family.
+            OverflowError: a port out of 1..65535.
+            TypeError: an entry that is not a ``(str, int)`` tuple.
+            RuntimeError: the relay is stopped.
+        """
+
+    def set_faults(self, faults: Mapping[tuple[str, int], tuple[float, bool]]) -> None:
+        """Replace the fault injection table: relay address -> ``(loss_ratio, blackhole)``.
+
+        Datagrams this relay sends on its overlay socket to such an address (forwarded media,
+        ``send_echo`` requests and echo replies) are dropped, counted as ``fault`` (and in the
+        sending session's ``drops``), with probability ``loss_ratio``, or all of them when
+        ``blackhole``. Loss is drawn per datagram from a generator seeded by the node's media
+        id, so a run is reproducible. The relay holds no packet, so a fault cannot delay
+        media: delay and jitter are for signalling only. ``(0.0, False)`` and ``{}`` clear.
+        Takes effect with the next datagram.
+
+        Raises:
+            ValueError: ``loss_ratio`` outside 0..1, or an address that is not numeric or not
+                of the overlay socket's family.
+            OverflowError: a port out of 1..65535.
+            TypeError: an entry that is not ``(str, int): (float, bool)``.
+            RuntimeError: the relay is stopped.
+        """
+
     def send_echo(
         self, destination: int, payload: bytes, via: tuple[str, int] | None = None
     ) -> None:
@@ -162,6 +204,7 @@ class Relay:
         the table. The destination relay answers with an echo reply carrying the same payload,
         sent back to the UDP source address of the request (so a probe sent straight to a
         neighbour measures that link both ways), and ``take_echo_replies`` returns it here.
+        A fault on the address it is sent to (``set_faults``) may drop it (``fault``).
 
         Raises:
             ValueError: ``destination`` is this node, the payload exceeds ``ECHO_MAX_PAYLOAD``

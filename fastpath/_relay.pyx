@@ -31,19 +31,33 @@ Tables, all plain C; the packet path allocates nothing (only commands grow table
   across ``set_next_hops``); next-hop entries point at their link by index.
 - echo replies: a bounded ring (oldest dropped, counted), each with its CLOCK_MONOTONIC time
   of reception, read once per receive batch and only when the batch holds an echo reply.
+- peers: the overlay socket's source allowlist, an open-addressing hash of socket addresses
+  (the overlay addresses of the configured peer nodes). NULL (never set, or set to None)
+  accepts every source; otherwise a datagram from any other source is dropped before its
+  header is read, so nobody else can inject media into a live session or use the relay as a
+  reflector for echo requests.
+- faults: the same kind of hash, address -> (loss threshold, blackhole): what the relay sends
+  on its overlay socket to that address (forwarded packets, echo requests and replies) is
+  dropped with that probability or always (fault injection for the lab). NULL when no fault is
+  set, so that the packet path pays one pointer test. Loss is drawn from xorshift64*, seeded
+  from the node's media id, so a lab run is reproducible.
+  Peers and faults are built by ``set_peers`` / ``set_faults`` in the calling thread and
+  swapped in as a whole, like the next hops.
 
 Ownership and locking. While it runs, the loop thread owns the tables: nothing else writes
 them, and the packet path takes no lock at all. Python calls that change them (``add_session``,
-``remove_session``, ``set_next_hops``) or consume the echo ring are *commands*: the caller binds
-sockets and builds tables first, then links a command record (on its own C stack) into a
-queue under ``qlock``, writes the eventfd and waits on ``qcond`` with the GIL released. The loop
-runs pending commands between two descriptors' batches (or as soon as ``epoll_wait`` returns),
-then marks them done and broadcasts ``qcond``; a call therefore waits at most one batch, and the
-loop never waits for Python. Reading calls (``session_counters``, ``counters``) and
-``send_echo`` do not go through the queue: they take ``table_lock``, which the loop holds only
-while it runs commands, and it takes it with ``trylock``: if a reader holds it, the commands wait
-for the next batch, the packets do not. Counters have a single writer (the loop) and are read
-with relaxed atomic loads; the latched endpoint addresses are read under a per-session
+``remove_session``, ``set_next_hops``, ``set_peers``, ``set_faults``) or consume the echo ring
+are *commands*: the caller binds sockets and builds tables first, then links a command record
+(on its own C stack) into a queue under ``qlock``, writes the eventfd and waits on ``qcond``
+with the GIL released. The loop runs pending commands between two descriptors' batches (or as
+soon as ``epoll_wait`` returns), then marks them done and broadcasts ``qcond``; a call
+therefore waits at most one batch, and the loop never waits for Python. Reading calls
+(``session_counters``, ``counters``) and ``send_echo`` do not go through the queue: they take
+``table_lock``, which the loop holds only while it runs commands, and it takes it with
+``trylock``: if a reader holds it, the commands wait for the next batch, the packets do not.
+(``send_echo`` draws its loss decisions from a random state of its own, also under
+``table_lock``; the loop's is the loop's.) Counters have a single writer (the loop) and are
+read with relaxed atomic loads; the latched endpoint addresses are read under a per-session
 sequence lock. Before ``start()`` and after the loop has ended, commands run directly in the
 calling thread, under ``table_lock`` and the GIL. File descriptors of a removed session are
 closed by the caller only after the loop has taken them out of epoll and the tables, so the
@@ -92,6 +106,8 @@ cdef enum:
     C_REMOVE
     C_NEXT_HOPS
     C_TAKE_ECHO
+    C_PEERS
+    C_FAULTS
 
 cdef enum:
     E_STOPPED = -1001
@@ -111,6 +127,8 @@ cdef enum:
     D_OVERSIZED
     D_SEND_ERROR
     D_ECHO_OVERFLOW
+    D_UNKNOWN_PEER
+    D_FAULT
     N_DROPS
 
 DROP_REASONS = (
@@ -126,6 +144,8 @@ DROP_REASONS = (
     "oversized",
     "send_error",
     "echo_overflow",
+    "unknown_peer",
+    "fault",
 )
 BATCH_SIZE = BATCH
 MAX_DATAGRAM = MAX_DGRAM
@@ -135,6 +155,8 @@ ECHO_MAX_PAYLOAD = ECHO_MAX
 
 cdef uint64_t U64_MAX = 0xFFFFFFFFFFFFFFFF
 cdef uint32_t U32_MAX = 0xFFFFFFFF
+# A loss ratio is compared with the top 53 bits of a random number: 1.0 is 2**53, every one.
+_LOSS_ONE = 1 << 53
 
 
 cdef struct session_t:
@@ -171,6 +193,18 @@ cdef struct nexthop_t:
 cdef struct nhtable_t:
     uint32_t mask
     nexthop_t* entries
+
+
+cdef struct addrent_t:
+    int used
+    int blackhole  # faults: drop everything
+    uint64_t loss  # faults: drop when the top 53 bits of a random number are below it
+    sockaddr_storage addr
+
+
+cdef struct addrtable_t:
+    uint32_t mask
+    addrent_t* entries
 
 
 cdef struct link_t:
@@ -215,6 +249,7 @@ cdef struct cmd_t:
     int has_endpoint
     sockaddr_storage endpoint
     nhtable_t* table  # C_NEXT_HOPS: the new table in, the old one out
+    addrtable_t* addrs  # C_PEERS, C_FAULTS: the new table in, the old one out (NULL: none)
     uint32_t n_echo  # C_TAKE_ECHO out: malloc'ed arrays the caller frees
     uint32_t* echo_source
     uint16_t* echo_length
@@ -252,6 +287,11 @@ cdef struct relay_t:
     link_t* links
     int32_t links_len
     int32_t links_cap
+    # overlay source allowlist and fault injection (NULL: accept any, no fault)
+    addrtable_t* peers
+    addrtable_t* faults
+    uint64_t rng  # the loop's random state
+    uint64_t caller_rng  # send_echo's, under table_lock
     # counters
     uint64_t drops[N_DROPS]  # written by the loop
     uint64_t caller_drops[N_DROPS]  # written by send_echo, under table_lock
@@ -380,6 +420,32 @@ cdef void nh_free(nhtable_t* t) noexcept nogil:
         free(t)
 
 
+cdef inline addrent_t* addr_find(addrtable_t* t, sockaddr_storage* addr) noexcept nogil:
+    cdef uint32_t h = fp_addr_hash(addr) & t.mask
+    cdef addrent_t* e
+    while True:
+        e = &t.entries[h]
+        if not e.used:
+            return NULL
+        if fp_addr_equal(&e.addr, addr):
+            return e
+        h = (h + 1) & t.mask
+
+
+cdef void addr_table_free(addrtable_t* t) noexcept nogil:
+    if t != NULL:
+        free(t.entries)
+        free(t)
+
+
+cdef inline bint faulted(addrtable_t* faults, uint64_t* rng, sockaddr_storage* dst) noexcept nogil:
+    """Whether fault injection drops this datagram to ``dst`` (``faults`` not NULL)."""
+    cdef addrent_t* e = addr_find(faults, dst)
+    if e == NULL:
+        return False
+    return e.blackhole or (fp_random64(rng) >> 11) < e.loss
+
+
 cdef inline uint64_t tag_of(int32_t slot, uint32_t gen, int kind) noexcept nogil:
     return (<uint64_t>gen << 32) | (<uint64_t>slot << 2) | <uint64_t>kind
 
@@ -483,6 +549,9 @@ cdef inline void forward(relay_t* r, uint8_t* p, size_t length, uint32_t dst,
     cdef nexthop_t* e = nh_find(r.nh, dst)
     if e == NULL:
         drop(r, D_NO_NEXT_HOP, origin)
+        return
+    if r.faults != NULL and faulted(r.faults, &r.rng, &e.addr):
+        drop(r, D_FAULT, origin)
         return
     tx_add(r, r.ovl_fd, p, length, &e.addr, e.link, -1, origin)
 
@@ -591,7 +660,8 @@ cdef void on_endpoint(relay_t* r, int32_t slot, int kind, uint64_t now_ns) noexc
 
 
 cdef void on_overlay(relay_t* r) noexcept nogil:
-    """Datagrams from other relays: check the header, then forward, deliver or answer."""
+    """Datagrams from other relays: check the source and the header, then forward, deliver or
+    answer."""
     cdef int n, i, flags
     cdef size_t length
     cdef uint8_t* p
@@ -603,6 +673,9 @@ cdef void on_overlay(relay_t* r) noexcept nogil:
         fp_add_u64(&r.ovl_packets, 1)
         fp_add_u64(&r.ovl_bytes, length)
         p = r.rxbuf[i]
+        if r.peers != NULL and addr_find(r.peers, &r.rxaddr[i]) == NULL:
+            drop(r, D_UNKNOWN_PEER, -1)
+            continue
         if r.rxmsg[i].msg_hdr.msg_flags & MSG_TRUNC:
             drop(r, D_OVERSIZED, -1)
             continue
@@ -635,7 +708,10 @@ cdef void on_overlay(relay_t* r) noexcept nogil:
             # Back to the UDP source of the request, not through the next-hop table: a probe
             # sent straight to a neighbour measures that link both ways. Not a link counter's
             # (those count what goes through the next-hop table).
-            tx_add(r, r.ovl_fd, p, length, &r.rxaddr[i], -1, -1, -1)
+            if r.faults != NULL and faulted(r.faults, &r.rng, &r.rxaddr[i]):
+                drop(r, D_FAULT, -1)
+            else:
+                tx_add(r, r.ovl_fd, p, length, &r.rxaddr[i], -1, -1, -1)
         elif flags & F_ECHO_REPLY:
             if now_ns == 0:
                 now_ns = fp_monotonic_ns()
@@ -760,6 +836,18 @@ cdef int exec_next_hops(relay_t* r, cmd_t* c) noexcept nogil:
     return 0
 
 
+cdef int exec_swap_addrs(relay_t* r, cmd_t* c) noexcept nogil:
+    cdef addrtable_t* old
+    if c.op == C_PEERS:
+        old = r.peers
+        r.peers = c.addrs
+    else:
+        old = r.faults
+        r.faults = c.addrs
+    c.addrs = old
+    return 0
+
+
 cdef int exec_take_echo(relay_t* r, cmd_t* c) noexcept nogil:
     cdef echo_ring_t* ring = &r.echo
     cdef uint32_t count = ring.count
@@ -799,6 +887,8 @@ cdef int execute(relay_t* r, cmd_t* c) noexcept nogil:
         return exec_remove(r, c)
     if c.op == C_NEXT_HOPS:
         return exec_next_hops(r, c)
+    if c.op == C_PEERS or c.op == C_FAULTS:
+        return exec_swap_addrs(r, c)
     return exec_take_echo(r, c)
 
 
@@ -988,6 +1078,52 @@ cdef object _format_addr(sockaddr_storage* a):
     return (text.decode("ascii"), fp_addr_port(a))
 
 
+cdef bytes _overlay_address(relay_t* r, object value, str what):
+    """``value``, a (host, port) tuple of the overlay socket's family, as a packed
+    ``sockaddr_storage``."""
+    cdef sockaddr_storage addr
+    try:
+        host, port = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a (host, port) tuple, not {value!r}") from None
+    port = _checked_int(port, f"{what} port", 1, 65535)
+    if _parse_addr(host, port, what, &addr) != r.family:
+        raise ValueError(f"{what}: {_host_port(host, port)} is not of the overlay socket's "
+                         f"address family")
+    return (<char*>&addr)[:sizeof(sockaddr_storage)]
+
+
+cdef addrtable_t* _new_addr_table(list entries) except NULL:
+    """An address table of ``entries``, (packed address, loss, blackhole) each; a later entry for
+    an address replaces an earlier one."""
+    cdef uint32_t size = 8, h
+    cdef addrtable_t* t
+    cdef addrent_t* e
+    cdef sockaddr_storage addr
+    cdef bytes packed
+    while size < 2 * len(entries):
+        size *= 2
+    t = <addrtable_t*>calloc(1, sizeof(addrtable_t))
+    if t == NULL:
+        raise MemoryError()
+    t.entries = <addrent_t*>calloc(size, sizeof(addrent_t))
+    if t.entries == NULL:
+        free(t)
+        raise MemoryError()
+    t.mask = size - 1
+    for packed, loss, blackhole in entries:
+        memcpy(&addr, <const char*>packed, sizeof(sockaddr_storage))
+        h = fp_addr_hash(&addr) & t.mask
+        while t.entries[h].used and not fp_addr_equal(&t.entries[h].addr, &addr):
+            h = (h + 1) & t.mask
+        e = &t.entries[h]
+        e.used = 1
+        e.loss = loss
+        e.blackhole = blackhole
+        memcpy(&e.addr, &addr, sizeof(sockaddr_storage))
+    return t
+
+
 cdef int _bind_udp(sockaddr_storage* addr, str host, object port, int bufsize) except -1:
     """A non-blocking, close-on-exec UDP socket bound to ``addr``; OSError names host:port."""
     cdef int fd = socket(addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
@@ -1039,6 +1175,9 @@ cdef class Relay:
             raise MemoryError()
         r.self_id = media_id
         r.family = family
+        # Fixed seeds (never 0): the same node drops the same packets of the same stream.
+        r.rng = fp_mix64(media_id ^ <uint64_t>0x9E3779B97F4A7C15) | 1
+        r.caller_rng = fp_mix64(r.rng) | 1
         r.epfd = -1
         r.wakefd = -1
         r.ovl_fd = -1
@@ -1090,6 +1229,8 @@ cdef class Relay:
         pthread_mutex_destroy(&r.qlock)
         pthread_mutex_destroy(&r.table_lock)
         nh_free(r.nh)
+        addr_table_free(r.peers)
+        addr_table_free(r.faults)
         free(r.sessions)
         free(r.sess_index)
         free(r.links)
@@ -1276,24 +1417,15 @@ cdef class Relay:
         cdef cmd_t c
         cdef nhtable_t* table
         cdef nexthop_t* e
-        cdef sockaddr_storage addr
         cdef uint32_t size = 8, h, media_id
+        cdef bytes packed
         self._check_open()
         items = []
         for key, value in dict(next_hops).items():
             media = _checked_int(key, "next hop media id", 0, U32_MAX)
             if media == r.self_id:
                 raise ValueError(f"next hop for this node's own media id {media}")
-            try:
-                host, port = value
-            except (TypeError, ValueError):
-                raise TypeError(f"next hop for {media} must be a (host, port) tuple, "
-                                f"not {value!r}") from None
-            port = _checked_int(port, f"next hop port for {media}", 1, 65535)
-            if _parse_addr(host, port, f"next hop for {media}", &addr) != r.family:
-                raise ValueError(f"next hop {_host_port(host, port)} for {media} is not of the "
-                                 f"overlay socket's address family")
-            items.append((media, host, port))
+            items.append((media, _overlay_address(r, value, f"next hop for {media}")))
         while size < 2 * len(items):
             size *= 2
         table = <nhtable_t*>calloc(1, sizeof(nhtable_t))
@@ -1304,7 +1436,7 @@ cdef class Relay:
             free(table)
             raise MemoryError()
         table.mask = size - 1
-        for media, host, port in items:
+        for media, packed in items:
             media_id = media
             h = fp_mix32(media_id) & table.mask
             while table.entries[h].used:
@@ -1312,7 +1444,7 @@ cdef class Relay:
             e = &table.entries[h]
             e.used = 1
             e.media_id = media_id
-            _parse_addr(host, port, "next hop", &e.addr)
+            memcpy(&e.addr, <const char*>packed, sizeof(sockaddr_storage))
             e.addr_len = fp_addr_len(&e.addr)
             e.link = -1
         memset(&c, 0, sizeof(cmd_t))
@@ -1323,6 +1455,50 @@ cdef class Relay:
         if rc != 0:
             raise MemoryError()
 
+    def set_peers(self, addresses):
+        cdef cmd_t c
+        cdef addrtable_t* table = NULL
+        self._check_open()
+        if addresses is not None:
+            entries = [(_overlay_address(self._r, address, "peer"), 0, False)
+                       for address in addresses]
+            table = _new_addr_table(entries)
+        memset(&c, 0, sizeof(cmd_t))
+        c.op = C_PEERS
+        c.addrs = table
+        self._run(&c)
+        addr_table_free(c.addrs)  # the replaced table
+
+    def set_faults(self, faults):
+        cdef cmd_t c
+        cdef addrtable_t* table = NULL
+        self._check_open()
+        entries = []
+        for address, fault in dict(faults).items():
+            packed = _overlay_address(self._r, address, "fault address")
+            host, port = address
+            where = _host_port(host, port)
+            try:
+                loss_ratio, blackhole = fault
+            except (TypeError, ValueError):
+                raise TypeError(f"fault for {where} must be a (loss_ratio, blackhole) tuple, "
+                                f"not {fault!r}") from None
+            if not isinstance(loss_ratio, (int, float)) or not isinstance(blackhole, bool):
+                raise TypeError(f"fault for {where} must be a (float, bool) tuple, "
+                                f"not {fault!r}")
+            if not 0.0 <= loss_ratio <= 1.0:
+                raise ValueError(f"loss_ratio for {where} must be between 0 and 1, "
+                                 f"got {loss_ratio}")
+            if blackhole or loss_ratio > 0:
+                entries.append((packed, int(loss_ratio * _LOSS_ONE), blackhole))
+        if entries:
+            table = _new_addr_table(entries)
+        memset(&c, 0, sizeof(cmd_t))
+        c.op = C_FAULTS
+        c.addrs = table
+        self._run(&c)
+        addr_table_free(c.addrs)  # the replaced table
+
     def send_echo(self, destination, payload, via=None):
         cdef relay_t* r = self._r
         cdef uint32_t dst = _checked_int(destination, "destination", 0, U32_MAX)
@@ -1331,6 +1507,7 @@ cdef class Relay:
         cdef nexthop_t* e
         cdef ssize_t sent
         cdef sockaddr_storage via_addr
+        cdef bytes packed
         self._check_open()
         if dst == r.self_id:
             raise ValueError(f"echo destination {dst} is this node")
@@ -1338,16 +1515,8 @@ cdef class Relay:
         if len(data) > ECHO_MAX:
             raise ValueError(f"echo payload of {len(data)} bytes exceeds {ECHO_MAX} bytes")
         if via is not None:
-            try:
-                via_host, via_port = via
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"via must be a (host, port) tuple or None, not {via!r}"
-                ) from None
-            via_port = _checked_int(via_port, "via port", 1, 65535)
-            if _parse_addr(via_host, via_port, "via", &via_addr) != r.family:
-                raise ValueError(f"via {_host_port(via_host, via_port)} is not of the overlay "
-                                 f"socket's address family")
+            packed = _overlay_address(r, via, "via")
+            memcpy(&via_addr, <const char*>packed, sizeof(sockaddr_storage))
         length = HDR + len(data)
         packet[0] = (VERSION << 4) | F_ECHO_REQUEST
         packet[1] = INITIAL_TTL
@@ -1364,15 +1533,18 @@ cdef class Relay:
         if via is not None:
             # Straight to that relay: no next-hop lookup, no link counter (those count what
             # goes through the next-hop table).
-            sent = sendto(r.ovl_fd, packet, length, MSG_DONTWAIT, <sockaddr*>&via_addr,
-                          fp_addr_len(&via_addr))
-            if sent < 0:
+            if r.faults != NULL and faulted(r.faults, &r.caller_rng, &via_addr):
+                r.caller_drops[D_FAULT] += 1
+            elif sendto(r.ovl_fd, packet, length, MSG_DONTWAIT, <sockaddr*>&via_addr,
+                        fp_addr_len(&via_addr)) < 0:
                 r.caller_drops[D_SEND_ERROR] += 1
             pthread_mutex_unlock(&r.table_lock)
             return
         e = nh_find(r.nh, dst)
         if e == NULL:
             r.caller_drops[D_NO_NEXT_HOP] += 1
+        elif r.faults != NULL and faulted(r.faults, &r.caller_rng, &e.addr):
+            r.caller_drops[D_FAULT] += 1
         else:
             sent = sendto(r.ovl_fd, packet, length, MSG_DONTWAIT, <sockaddr*>&e.addr, e.addr_len)
             if sent < 0:

@@ -130,6 +130,34 @@ static inline uint32_t fp_mix32(uint32_t x) {
     return x;
 }
 
+/* The hash of an address (family, address, port, IPv6 scope) for the address-keyed tables. */
+static inline uint32_t fp_addr_hash(const struct sockaddr_storage *a) {
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        return (uint32_t)fp_mix64(((uint64_t)x->sin_addr.s_addr << 16) | x->sin_port);
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+        uint64_t hi, lo;
+        memcpy(&hi, &x->sin6_addr, 8);
+        memcpy(&lo, (const uint8_t *)&x->sin6_addr + 8, 8);
+        return (uint32_t)fp_mix64(hi ^ fp_mix64(lo ^ ((uint64_t)x->sin6_port << 32) ^
+                                                x->sin6_scope_id));
+    }
+    return 0;
+}
+
+/* xorshift64* (Vigna, 2016): the loss decisions of fault injection. Not for secrets; the state
+ * is never 0. */
+static inline uint64_t fp_random64(uint64_t *state) {
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545f4914f6cdd1dULL;
+}
+
 /* Join the loop thread, writing the wakeup eventfd again every 100 ms while it runs: stop()
  * returns even if a wakeup were ever lost. */
 static inline int fp_join_waking(pthread_t thread, int wakefd) {

@@ -194,3 +194,5 @@ cdef extern from "_relay_helpers.h" nogil:
     int fp_join_waking(pthread_t thread, int wakefd)
     uint64_t fp_mix64(uint64_t x)
     uint32_t fp_mix32(uint32_t x)
+    uint32_t fp_addr_hash(const sockaddr_storage* a)
+    uint64_t fp_random64(uint64_t* state)

@@ -648,6 +648,9 @@ def test_errors_from_calls(net: Net) -> None:
     def hops(table: object) -> Callable[[], None]:
         return lambda: a.relay.set_next_hops(table)  # type: ignore[arg-type]
 
+    def faults(table: object) -> Callable[[], None]:
+        return lambda: a.relay.set_faults(table)  # type: ignore[arg-type]
+
     bad_calls: list[tuple[type[Exception], str, Callable[[], object]]] = [
         (ValueError, "must not be 0", add(sid=0)),
         (ValueError, "must not be 0", add(remote=0)),
@@ -676,6 +679,18 @@ def test_errors_from_calls(net: Net) -> None:
         (ValueError, "numeric", lambda: a.relay.send_echo(B_ID, b"", via=("node-b", 9))),
         (OverflowError, "via port", lambda: a.relay.send_echo(B_ID, b"", via=(a.host, 0))),
         (TypeError, "via", lambda: a.relay.send_echo(B_ID, b"", via="x")),  # type: ignore[arg-type]
+        (TypeError, "peer must be a", lambda: a.relay.set_peers(["127.0.0.1:9"])),  # type: ignore[list-item]
+        (TypeError, "not iterable", lambda: a.relay.set_peers(9)),  # type: ignore[arg-type]
+        (ValueError, "address family", lambda: a.relay.set_peers([("::1", 9)])),
+        (ValueError, "numeric", lambda: a.relay.set_peers([("node-b", 9)])),
+        (OverflowError, "peer port", lambda: a.relay.set_peers([(a.host, 0)])),
+        (ValueError, "between 0 and 1", faults({(a.host, 9): (1.5, False)})),
+        (ValueError, "between 0 and 1", faults({(a.host, 9): (float("nan"), False)})),
+        (TypeError, "loss_ratio, blackhole", faults({(a.host, 9): 0.5})),
+        (TypeError, "float, bool", faults({(a.host, 9): ("0.5", False)})),
+        (TypeError, "float, bool", faults({(a.host, 9): (0.5, 1)})),
+        (ValueError, "numeric", faults({("node-b", 9): (0.5, False)})),
+        (OverflowError, "fault address port", faults({(a.host, 65536): (0.5, False)})),
         (RuntimeError, "already started", a.relay.start),
     ]
     for error, message, call in bad_calls:
@@ -683,6 +698,8 @@ def test_errors_from_calls(net: Net) -> None:
             call()
     assert a.relay.counters()["sessions"] == 1  # nothing half-added
     a.relay.set_next_hops({})  # an empty table is fine
+    a.relay.set_faults({})
+    a.relay.set_peers(None)
 
     a.relay.stop()
     for call in (
@@ -690,6 +707,8 @@ def test_errors_from_calls(net: Net) -> None:
         lambda: a.relay.add_session(9, a.host, 0, None, None, 1, 1),
         lambda: a.relay.remove_session(sid),
         lambda: a.relay.set_next_hops({}),
+        lambda: a.relay.set_peers([]),
+        lambda: a.relay.set_faults({}),
         lambda: a.relay.send_echo(B_ID, b""),
         lambda: a.relay.send_echo(B_ID, b"", via=(a.host, 9)),
     ):
@@ -842,6 +861,195 @@ def test_echo_replies_queue_is_bounded_and_drops_the_oldest(net: Net) -> None:
     assert received[-1] <= time.monotonic()
 
 
+def test_the_overlay_socket_takes_datagrams_from_its_peers_only(net: Net) -> None:
+    a, b = net.node(A_ID), net.node(B_ID)
+    link(a, b)
+    a.relay.set_peers([b.overlay])
+    b.relay.set_peers([a.overlay])
+    leg_a, leg_b = net.call(a, b)
+    exchange(leg_a, leg_b)
+
+    # Someone who can reach A's overlay port, while the call flows: media forged for the live
+    # session, an echo request that would make A a reflector, junk. None of it gets through.
+    stranger = net.udp()
+    forged = encode_header(Header(A_ID, B_ID, leg_a.session_id), rtp(666, tag=666))
+    reflect = encode_header(Header(A_ID, B_ID, 1, FLAG_ECHO_REQUEST), b"reflect me")
+    for seq in range(50):
+        for packet in (forged, reflect, b"junk"):
+            stranger.sendto(packet, a.overlay)
+        leg_b.endpoint.sendto(rtp(seq), leg_b.rtp_address)
+        assert recv(leg_a.endpoint) == (rtp(seq), leg_a.rtp_address)
+    wait_until(lambda: drops(a.relay) == {"unknown_peer": 150}, "the stranger's drops")
+    assert_silent(leg_a.endpoint)
+    assert_silent(stranger)
+
+    def delivered_the_call_only() -> None:
+        counters = a.relay.session_counters(leg_a.session_id)
+        assert (counters["packets_out"], counters["drops"]) == (51, 0)
+
+    eventually(delivered_the_call_only)
+
+    # The peer's media and echoes pass, both ways.
+    b.relay.send_echo(A_ID, b"from-b", via=a.overlay)
+    assert sources_and_payloads(take_replies(b.relay, 1)) == [(A_ID, b"from-b")]
+    a.relay.send_echo(B_ID, b"from-a")
+    assert sources_and_payloads(take_replies(a.relay, 1)) == [(B_ID, b"from-a")]
+    exchange(leg_a, leg_b, count=3)
+    assert drops(a.relay) == {"unknown_peer": 150}
+    assert drops(b.relay) == {}
+
+
+def test_replacing_the_peers_takes_effect_with_the_next_datagram(net: Net) -> None:
+    a, t, b = net.node(A_ID), net.node(T_ID), net.node(B_ID)
+    link(a, b)
+    a.relay.set_peers([b.overlay])
+    leg_a, leg_b = net.call(a, b)
+    exchange(leg_a, leg_b)
+    # T is not a peer of A yet: its echo request is dropped, not answered.
+    t.relay.send_echo(A_ID, b"t-1", via=a.overlay)
+    wait_until(lambda: drops(a.relay) == {"unknown_peer": 1}, "T's request dropped")
+    assert t.relay.take_echo_replies() == []
+
+    a.relay.set_peers([b.overlay, t.overlay])
+    t.relay.send_echo(A_ID, b"t-2", via=a.overlay)
+    assert sources_and_payloads(take_replies(t.relay, 1)) == [(A_ID, b"t-2")]
+    exchange(leg_a, leg_b)
+
+    # B taken off the list: what B sends stops at A's socket; A's sends to B still flow.
+    a.relay.set_peers([t.overlay])
+    leg_b.endpoint.sendto(rtp(1), leg_b.rtp_address)
+    wait_until(lambda: drops(a.relay) == {"unknown_peer": 2}, "B's media dropped")
+    leg_a.endpoint.sendto(rtp(2), leg_a.rtp_address)
+    assert recv(leg_b.endpoint) == (rtp(2), leg_b.rtp_address)
+    assert_silent(leg_a.endpoint)
+
+    # An empty list takes nobody; None (a new relay's state) takes anybody.
+    a.relay.set_peers([])
+    t.relay.send_echo(A_ID, b"t-3", via=a.overlay)
+    wait_until(lambda: drops(a.relay) == {"unknown_peer": 3}, "T's request dropped")
+    a.relay.set_peers(None)
+    stranger = net.udp()
+    stranger.sendto(encode_header(Header(A_ID, 7, 5, FLAG_ECHO_REQUEST), b"s"), a.overlay)
+    assert recv(stranger) == (
+        encode_header(Header(7, A_ID, 5, FLAG_ECHO_REPLY, INITIAL_TTL), b"s"),
+        a.overlay,
+    )
+    exchange(leg_a, leg_b)
+    assert drops(a.relay) == {"unknown_peer": 3}
+
+
+def seq_of(packet: bytes) -> int:
+    """The sequence number ``rtp()`` put into the packet's body."""
+    seq: int = struct.unpack_from("!I", packet, 16)[0]
+    return seq
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram queued on ``sock`` now."""
+    sock.setblocking(False)
+    packets = []
+    try:
+        for _ in range(100_000):
+            packets.append(sock.recv(65536))
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(RECV_TIMEOUT)
+    return packets
+
+
+def test_fault_loss_drops_that_share_of_what_goes_to_the_address(net: Net) -> None:
+    a, b, t = net.node(A_ID), net.node(B_ID), net.node(T_ID)
+    a.relay.set_next_hops({B_ID: b.overlay, T_ID: t.overlay})
+    b.relay.set_next_hops({A_ID: a.overlay})
+    t.relay.set_next_hops({A_ID: a.overlay})
+    to_b, at_b = net.call(a, b)
+    to_t, at_t = net.call(a, t)
+    exchange(to_b, at_b)
+    exchange(to_t, at_t)
+    a.relay.set_faults({b.overlay: (0.5, False)})
+
+    def sent_toward_b() -> int:
+        counters = a.relay.counters()
+        return counters["links"][B_ID]["packets"] + counters["drops"]["fault"]
+
+    def delivered_by_b() -> int:
+        return b.relay.session_counters(at_b.session_id)["packets_out"]
+
+    def reaches(count: Callable[[], int], goal: int) -> bool:
+        return count() == goal
+
+    total, chunk = 4000, 100
+    arrived: list[int] = []
+    for first in range(0, total, chunk):
+        for seq in range(first, first + chunk):
+            to_b.endpoint.sendto(rtp(seq), to_b.rtp_address)
+            to_t.endpoint.sendto(rtp(seq), to_t.rtp_address)
+        # T's stream, to another address, loses nothing.
+        for seq in range(first, first + chunk):
+            assert recv(at_t.endpoint) == (rtp(seq), at_t.rtp_address)
+        # What A let through toward B has been delivered by B: read it.
+        wait_until(partial(reaches, sent_toward_b, first + chunk + 1), "A's sends")
+        forwarded = a.relay.counters()["links"][B_ID]["packets"]
+        wait_until(partial(reaches, delivered_by_b, forwarded), "B's deliveries")
+        arrived += [seq_of(packet) for packet in drain(at_b.endpoint)]
+
+    dropped = drops(a.relay)["fault"]
+    assert drops(a.relay) == {"fault": dropped}
+    assert dropped + len(arrived) == total
+    assert 0.45 * total <= dropped <= 0.55 * total
+    assert arrived == sorted(set(arrived))  # what arrives is the stream, in order
+    assert a.relay.session_counters(to_b.session_id)["drops"] == dropped
+    assert a.relay.session_counters(to_t.session_id)["drops"] == 0
+
+    # B's sends to A are not A's to impair.
+    for seq in range(20):
+        at_b.endpoint.sendto(rtp(seq), at_b.rtp_address)
+        assert recv(to_b.endpoint) == (rtp(seq), to_b.rtp_address)
+    # Cleared: nothing is lost any more.
+    a.relay.set_faults({b.overlay: (0.0, False)})
+    exchange(to_b, at_b, count=20)
+    assert drops(a.relay) == {"fault": dropped}
+
+
+def test_a_blackhole_drops_media_and_echoes_sent_to_the_address(net: Net) -> None:
+    a, t, b = net.node(A_ID), net.node(T_ID), net.node(B_ID)
+    a.relay.set_next_hops({B_ID: t.overlay, T_ID: t.overlay})
+    t.relay.set_next_hops({A_ID: a.overlay, B_ID: b.overlay})
+    b.relay.set_next_hops({A_ID: t.overlay, T_ID: t.overlay})
+    leg_a, leg_b = net.call(a, b)
+    exchange(leg_a, leg_b)
+
+    # The transit's sends to B: forwarded media, its own echo requests, its echo replies.
+    t.relay.set_faults({b.overlay: (0.25, True)})
+    for seq in range(100):
+        leg_a.endpoint.sendto(rtp(seq), leg_a.rtp_address)
+    wait_until(lambda: drops(t.relay) == {"fault": 100}, "the forwarded media dropped")
+    t.relay.send_echo(B_ID, b"t-to-b", via=b.overlay)
+    t.relay.send_echo(B_ID, b"t-to-b, tabled")
+    b.relay.send_echo(T_ID, b"b-to-t", via=t.overlay)
+    wait_until(lambda: drops(t.relay) == {"fault": 103}, "the echoes dropped")
+    assert_silent(leg_b.endpoint)
+    assert b.relay.counters()["overlay_in"]["packets"] == 1  # the first exchange's
+    assert b.relay.take_echo_replies() == []
+    # T's sends elsewhere are not impaired: B's media reaches A.
+    leg_b.endpoint.sendto(rtp(7), leg_b.rtp_address)
+    assert recv(leg_a.endpoint) == (rtp(7), leg_a.rtp_address)
+
+    # A loss ratio of 1 is a blackhole too.
+    t.relay.set_faults({b.overlay: (1.0, False)})
+    for seq in range(50):
+        leg_a.endpoint.sendto(rtp(seq), leg_a.rtp_address)
+    wait_until(lambda: drops(t.relay) == {"fault": 153}, "the forwarded media dropped")
+
+    t.relay.set_faults({})
+    exchange(leg_a, leg_b, count=5)
+    t.relay.send_echo(B_ID, b"again", via=b.overlay)
+    assert sources_and_payloads(take_replies(t.relay, 1)) == [(B_ID, b"again")]
+    assert drops(t.relay) == {"fault": 153}
+    assert drops(a.relay) == drops(b.relay) == {}
+
+
 def test_a_burst_across_50_sessions_arrives_complete_and_in_order(net: Net) -> None:
     a, b = net.node(A_ID), net.node(B_ID)
     link(a, b)
@@ -900,4 +1108,6 @@ def test_every_drop_reason_has_a_counter(net: Net) -> None:
         "no_next_hop",
         "unknown_source",
         "oversized",
+        "unknown_peer",
+        "fault",
     }

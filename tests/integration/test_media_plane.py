@@ -1,0 +1,170 @@
+"""The node's media plane over real loopback UDP: who its relay takes from, what faults drop.
+
+The peers' relays are plain sockets bound at the ``[[peers]].media`` addresses of the node's
+config, so what the node's relay accepts from them and sends to them is what a real peer's relay
+would see.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from fastpath import (
+    FLAG_ECHO_REPLY,
+    FLAG_ECHO_REQUEST,
+    Header,
+    decode_header_untrusted,
+    encode_header,
+)
+from overlay.config import (
+    ListenAddress,
+    MediaSection,
+    NodeConfig,
+    NodeSection,
+    PeerConfig,
+    SipSection,
+)
+from overlay.media import media_id
+from overlay.media_plane import MediaPlane
+
+pytestmark = pytest.mark.integration
+
+NODE, PEERS = "plane-a", ("plane-b", "plane-c")
+RECV_TIMEOUT = 2.0
+
+
+def node_config(host: str, peer_hosts: dict[str, str]) -> NodeConfig:
+    """The node's config as the schema would build it: only what the media plane reads."""
+    return NodeConfig(
+        node=NodeSection(NODE, "lab"),
+        sip=SipSection(listen=(ListenAddress("udp", host, 5060),)),
+        media=MediaSection(address=host, overlay=(host, 7100), port_first=21000, port_last=21009),
+        peers=tuple(
+            PeerConfig(
+                peer, "lab", sip=(peer_host, 5060), grpc=(peer_host, 7000), media=(peer_host, 7100)
+            )
+            for peer, peer_host in peer_hosts.items()
+        ),
+    )
+
+
+@dataclass
+class Bed:
+    plane: MediaPlane
+    overlay: tuple[str, int]
+    peers: dict[str, socket.socket]  # node id -> a socket at its configured media address
+    udp: Callable[[str | None, int], socket.socket]  # (host, port); None: a fresh host
+
+    def drops(self, reason: str) -> int:
+        return self.plane.counters()[f"media.drops.{reason}"]
+
+    def wait_drops(self, reason: str, count: int) -> None:
+        deadline = time.monotonic() + RECV_TIMEOUT
+        while self.drops(reason) != count:
+            assert time.monotonic() < deadline, f"{reason} drops stayed at {self.drops(reason)}"
+            time.sleep(0.002)
+
+
+@pytest.fixture
+def bed(loopback_host: Callable[[], str]) -> Iterator[Bed]:
+    host = loopback_host()
+    peer_hosts = {peer: loopback_host() for peer in PEERS}
+    sockets: list[socket.socket] = []
+
+    def udp(host: str | None, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.append(sock)
+        sock.bind((host or loopback_host(), port))
+        sock.settimeout(RECV_TIMEOUT)
+        return sock
+
+    peers = {peer: udp(peer_host, 7100) for peer, peer_host in peer_hosts.items()}
+    plane = MediaPlane(node_config(host, peer_hosts))
+    plane.start()
+    try:
+        yield Bed(plane, (host, 7100), peers, udp)
+    finally:
+        plane.stop()
+        for sock in sockets:
+            sock.close()
+
+
+def echo_request(source: str, payload: bytes) -> bytes:
+    return encode_header(Header(media_id(NODE), media_id(source), 0, FLAG_ECHO_REQUEST), payload)
+
+
+def echo_reply(source: str, payload: bytes) -> bytes:
+    return encode_header(Header(media_id(source), media_id(NODE), 0, FLAG_ECHO_REPLY), payload)
+
+
+def assert_silent(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        with pytest.raises(BlockingIOError):
+            sock.recv(65536)
+    finally:
+        sock.settimeout(RECV_TIMEOUT)
+
+
+def test_the_relay_takes_overlay_datagrams_from_configured_peers_only(bed: Bed) -> None:
+    peer = bed.peers["plane-b"]
+    peer.sendto(echo_request("plane-b", b"peer"), bed.overlay)
+    assert peer.recvfrom(65536) == (echo_reply("plane-b", b"peer"), bed.overlay)
+
+    # Another host, and the peer's host from another port: neither is the peer's relay.
+    stranger = bed.udp(None, 0)
+    same_host = bed.udp(peer.getsockname()[0], 0)
+    for sock in (stranger, same_host):
+        sock.sendto(echo_request("plane-b", b"reflect me"), bed.overlay)
+    bed.wait_drops("unknown_peer", 2)
+    assert_silent(stranger)
+    assert_silent(same_host)
+    assert bed.drops("fault") == 0
+
+
+def received(bed: Bed, seq: int) -> set[str]:
+    """Send echo ``seq`` to every peer; the peers it reached (a fault's drop counts at once)."""
+    reached = set()
+    for peer, sock in bed.peers.items():
+        dropped = bed.drops("fault")
+        bed.plane.send_echo(peer, seq)
+        if bed.drops("fault") == dropped:
+            header, _ = decode_header_untrusted(sock.recv(65536))
+            assert (header.destination, header.flags) == (media_id(peer), FLAG_ECHO_REQUEST)
+            reached.add(peer)
+        else:
+            assert_silent(sock)
+    return reached
+
+
+def test_faults_by_peer_node_id(bed: Bed) -> None:
+    assert received(bed, 1) == {"plane-b", "plane-c"}
+    bed.plane.set_faults({"plane-b": (0.0, True)})
+    assert received(bed, 2) == {"plane-c"}
+    # "*" is every peer not named itself, as for signalling.
+    bed.plane.set_faults({"*": (1.0, False), "plane-c": (0.0, False)})
+    assert received(bed, 3) == {"plane-c"}
+    bed.plane.set_faults({"*": (0.0, True)})
+    assert received(bed, 4) == set()
+    bed.plane.set_faults({})
+    assert received(bed, 5) == {"plane-b", "plane-c"}
+
+    with pytest.raises(ValueError, match="not a peer with a media address: nobody"):
+        bed.plane.set_faults({"nobody": (0.0, True)})
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        bed.plane.set_faults({"plane-b": (2.0, False)})
+    assert received(bed, 6) == {"plane-b", "plane-c"}
+
+
+def test_a_fault_drops_the_echo_replies_to_that_peer(bed: Bed) -> None:
+    bed.plane.set_faults({"plane-b": (0.0, True)})
+    for peer, sock in bed.peers.items():
+        sock.sendto(echo_request(peer, b"probe"), bed.overlay)
+    assert bed.peers["plane-c"].recvfrom(65536) == (echo_reply("plane-c", b"probe"), bed.overlay)
+    bed.wait_drops("fault", 1)
+    assert_silent(bed.peers["plane-b"])
