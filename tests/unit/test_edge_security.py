@@ -1,0 +1,74 @@
+"""overlay.edge_security: one log line per block, unblock and overload episode, on trio's clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import structlog.testing
+import trio
+import trio.testing
+
+from overlay.config import SecuritySection
+from overlay.edge_security import EdgeSecurity
+from overlay.security import EdgeGuard
+from overlay.sip import Request
+from tests.unit.sip_helpers import parse, request
+
+SCANNER = "192.0.2.66"
+
+
+def _scan() -> Request:
+    message = parse(request("OPTIONS", extra=("User-Agent: friendly-scanner",)))
+    assert isinstance(message, Request)
+    return message
+
+
+@pytest.mark.trio
+async def test_one_line_per_block_and_per_unblock(autojump_clock: trio.testing.MockClock) -> None:
+    section = dataclasses.replace(SecuritySection(), block_time=30.0)
+    security = EdgeSecurity(EdgeGuard(section))
+    guard = security.guard
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(security.run)
+            assert guard.screen(SCANNER, trio.current_time())
+            guard.admit(_scan(), SCANNER, trio.current_time())
+            for _ in range(1000):  # a flood while blocked: still two lines in all
+                assert not guard.screen(SCANNER, trio.current_time())
+                await trio.sleep(0.01)
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel()
+    assert logs == [
+        {
+            "event": "source blocked",
+            "log_level": "warning",
+            "source": SCANNER,
+            "reason": "user_agent",
+            "detail": "friendly-scanner",
+            "seconds": 29,  # logged at the next housekeeping tick, up to a second later
+        },
+        {"event": "source unblocked", "log_level": "info", "source": SCANNER, "dropped": 1000},
+    ]
+
+
+@pytest.mark.trio
+async def test_overload_episode_lines(autojump_clock: trio.testing.MockClock) -> None:
+    security = EdgeSecurity(EdgeGuard(SecuritySection()))
+    guard = security.guard
+    invite = parse(request("INVITE"))
+    assert isinstance(invite, Request)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(security.run)
+            guard.backlog(trio.current_time())
+            await trio.sleep(0.5)
+            for _ in range(3):
+                assert guard.admit(invite, "192.0.2.1", trio.current_time()) is not None
+            guard.backlog(None)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+    assert [(entry["event"], entry.get("backlog_ms", entry.get("refused"))) for entry in logs] == [
+        ("overload: refusing new calls", 500),
+        ("overload over", 3),
+    ]
