@@ -1,0 +1,492 @@
+"""What a Prometheus scrape of a node returns: its counters, links, routes and flooding.
+
+``NodeCollector.collect`` runs at scrape time, on the node's trio thread (``_http`` says why),
+and reads everything at one instant: the dotted counters of ``Node.counters()``, turned into
+metric families by the ``COUNTER_FAMILIES`` table, the call book of an overlay edge, and the
+link monitors, route table and flooder of the mesh. Nothing is mirrored between scrapes, so
+nothing can drift from the node.
+
+Names follow Prometheus' conventions: an ``overlay_`` prefix, base units in the name (seconds,
+ratios), ``_total`` on counters, and what varies (method, status, reason, neighbour) in labels.
+A dotted counter that no family claims is still exported, as ``overlay_counter{name=...}``, so
+a counter added to the node shows up at once; give it a family here and in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import trio
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from overlay.linkstate import LinkState
+
+if TYPE_CHECKING:
+    from overlay.mesh import Mesh
+    from overlay.node import Node
+
+
+@dataclass(frozen=True, slots=True)
+class CounterFamily:
+    """The metric family of the dotted counters whose names fully match ``pattern``; the
+    pattern's named groups become the labels."""
+
+    name: str  # without the _total a counter gets
+    kind: Literal["counter", "gauge"]
+    help: str
+    pattern: re.Pattern[str]
+
+    def empty(self) -> CounterMetricFamily | GaugeMetricFamily:
+        labels = list(self.pattern.groupindex)
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name, self.help, labels=labels)
+        return GaugeMetricFamily(self.name, self.help, labels=labels)
+
+
+def _counter(name: str, pattern: str, help_text: str) -> CounterFamily:
+    return CounterFamily(name, "counter", help_text, re.compile(pattern))
+
+
+def _gauge(name: str, pattern: str, help_text: str) -> CounterFamily:
+    return CounterFamily(name, "gauge", help_text, re.compile(pattern))
+
+
+#: Dotted counter name -> family, first match wins (docs/metrics.md lists the same).
+COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
+    _counter(
+        "overlay_calls_offered",
+        r"sip\.calls\.offered",
+        "INVITEs outside a dialog taken by this node (new server transactions)",
+    ),
+    _gauge(
+        "overlay_calls_in_setup",
+        r"sip\.calls\.in_setup",
+        "Offered calls not answered with a final response yet",
+    ),
+    _counter(
+        "overlay_calls_answered",
+        r"sip\.calls\.answered",
+        "Offered calls answered with a 2xx",
+    ),
+    _counter(
+        "overlay_calls_failed",
+        r"sip\.calls\.failed\.(?P<status>\d+)",
+        "Offered calls answered with a final status >= 300, by status (487: cancelled)",
+    ),
+    _counter(
+        "overlay_sip_transactions_ended",
+        r"sip\.transactions_ended\.(?P<kind>[^.]+)\.(?P<result>.+)",
+        "SIP transactions ended, by kind and result (final status class, timeout, ...)",
+    ),
+    _gauge(
+        "overlay_sip_transactions",
+        r"sip\.transactions_(?P<role>client|server)",
+        "SIP transactions alive now, by role",
+    ),
+    _counter(
+        "overlay_sip_requests",
+        r"sip\.requests\.(?P<method>.+)",
+        "SIP requests received, by method (retransmissions and transit relays included)",
+    ),
+    _counter(
+        "overlay_sip_responses",
+        r"sip\.responses\.(?P<status_class>.+)",
+        "SIP responses received, by status class",
+    ),
+    _counter(
+        "overlay_sip_generated_responses",
+        r"sip\.generated\.(?P<status>\d+)",
+        "SIP responses this node generated itself, by status",
+    ),
+    _counter(
+        "overlay_sip_relayed",
+        r"sip\.relayed\.(?P<kind>.+)",
+        "Overlay SIP messages this node only relayed as a transit node, by kind",
+    ),
+    _counter(
+        "overlay_sip_drops",
+        r"sip\.drops\.(?P<reason>.+)",
+        "SIP messages dropped without an answer, by reason",
+    ),
+    _counter(
+        "overlay_sip_retransmissions_sent",
+        r"sip\.retransmissions_sent",
+        "SIP requests and responses this node retransmitted (Timers A, E, G)",
+    ),
+    _counter(
+        "overlay_sip_retransmissions_absorbed",
+        r"sip\.retransmissions_absorbed",
+        "Retransmissions received and absorbed by an existing transaction",
+    ),
+    _counter(
+        "overlay_sip_detoured_retransmissions",
+        r"sip\.detoured_retransmissions",
+        "Request retransmissions sent over an alternate overlay path",
+    ),
+    _gauge(
+        "overlay_sip_proxy_contexts",
+        r"sip\.contexts",
+        "Forwarded requests waiting for their final response",
+    ),
+    _counter(
+        "overlay_internal_errors",
+        r"node\.internal_errors",
+        "Messages that hit a bug (logged with a traceback); each cost one message",
+    ),
+    _gauge(
+        "overlay_transport_tcp_connections",
+        r"transport\.tcp_connections",
+        "SIP TCP connections open now",
+    ),
+    _counter(
+        "overlay_transport_errors",
+        r"transport\.(?P<reason>.+)",
+        "SIP messages the transport could not send or receive, by reason",
+    ),
+    _counter(
+        "overlay_unroutable",
+        r"overlay\.unroutable",
+        "SIP messages for a node with no route, dropped (the retransmission timer retries)",
+    ),
+    _counter(
+        "overlay_bad_messages",
+        r"overlay\.bad_messages",
+        "Probe answers and LSAs refused as malformed or from an unknown node",
+    ),
+    _counter(
+        "overlay_flood_send_drops",
+        r"overlay\.flood_send_drops",
+        "Flooding messages lost to a broken or full stream (recovered by retransmission)",
+    ),
+    _gauge("overlay_media_sessions", r"media\.sessions", "Media streams anchored at this node"),
+    _gauge(
+        "overlay_media_ports_in_use",
+        r"media\.ports_in_use",
+        "Relay ports taken from the [media] port range",
+    ),
+    _gauge(
+        "overlay_media_relay_sessions",
+        r"media\.relay_sessions",
+        "Sessions in the fastpath relay's table",
+    ),
+    _counter(
+        "overlay_media_overlay_received_packets",
+        r"media\.overlay_in\.packets",
+        "Overlay datagrams the relay received from other relays",
+    ),
+    _counter(
+        "overlay_media_sent_packets",
+        r"media\.sent_toward\.(?P<destination>[^.]+)\.packets",
+        "Overlay datagrams the relay sent toward a destination node (via its next hop)",
+    ),
+    _counter(
+        "overlay_media_drops",
+        r"media\.drops\.(?P<reason>.+)",
+        "Datagrams the fastpath relay dropped, by reason",
+    ),
+    _counter(
+        "overlay_media_failures",
+        r"media\.failures\.(?P<reason>.+)",
+        "Media plane operations that failed, by reason (add_session: a port taken)",
+    ),
+    _counter(
+        "overlay_media_sessions_ended",
+        r"media\.ended\.(?P<reason>.+)",
+        "Media sessions ended, by reason",
+    ),
+    _counter(
+        "overlay_media_edge_errors",
+        r"media\.edge\.(?P<reason>.+)",
+        "SDP the media edge could not anchor, by reason",
+    ),
+    _gauge(
+        "overlay_security_sources",
+        r"security\.sources",
+        "Source addresses (IPv4, IPv6 /64) the edge guard tracks now",
+    ),
+    _gauge(
+        "overlay_security_blocked_sources",
+        r"security\.blocked_sources",
+        "Sources blocked now",
+    ),
+    _counter(
+        "overlay_security_denied",
+        r"security\.denied",
+        "Messages from outside the ACL (dropped, or requests answered 403)",
+    ),
+    _counter(
+        "overlay_security_rate_limited",
+        r"security\.rate_limited",
+        "Out-of-dialog requests over their source's rate (503 + Retry-After, or dropped)",
+    ),
+    _counter(
+        "overlay_security_blocks",
+        r"security\.blocked\.(?P<reason>.+)",
+        "Sources blocked, by reason (user_agent, sweep, failures, flood)",
+    ),
+    _counter(
+        "overlay_security_blocked_drops",
+        r"security\.blocked_drops",
+        "Messages dropped because their source was blocked",
+    ),
+    _counter(
+        "overlay_security_unblocks",
+        r"security\.unblocked",
+        "Blocks that ran out",
+    ),
+    _counter(
+        "overlay_security_overload_shed",
+        r"security\.overload\.shed",
+        "INVITEs answered 503 because the node was overloaded",
+    ),
+    _counter(
+        "overlay_security_overload_episodes",
+        r"security\.overload\.episodes",
+        "Times the node went into overload",
+    ),
+    _counter(
+        "overlay_metrics_connections_refused",
+        r"metrics\.connections_refused",
+        "Connections to /metrics closed at once: too many open",
+    ),
+    _counter(
+        "overlay_metrics_bad_requests",
+        r"metrics\.bad_requests",
+        "Requests to /metrics that were not valid HTTP/1.1 (answered 400)",
+    ),
+    _counter(
+        "overlay_metrics_scrape_errors",
+        r"metrics\.scrape_errors",
+        "Scrapes that failed on a bug (answered 500, logged with a traceback)",
+    ),
+    _counter(
+        "overlay_cloudwatch_batches_sent",
+        r"cloudwatch\.batches_sent",
+        "PutMetricData calls that succeeded",
+    ),
+    _counter(
+        "overlay_cloudwatch_data_sent",
+        r"cloudwatch\.data_sent",
+        "Metric data (statistic sets) CloudWatch accepted",
+    ),
+    _counter(
+        "overlay_cloudwatch_batches_dropped",
+        r"cloudwatch\.batches_dropped",
+        "Batches dropped unsent: the sender was behind and its queue full",
+    ),
+    _counter(
+        "overlay_cloudwatch_failures",
+        r"cloudwatch\.failures\.(?P<error>.+)",
+        "PutMetricData calls that failed after botocore's retries, by error code",
+    ),
+)
+
+OTHER_COUNTERS = "overlay_counter"
+
+
+def counter_families(counters: Mapping[str, int]) -> list[Metric]:
+    """The families of ``COUNTER_FAMILIES`` filled from ``counters``, then ``overlay_counter``
+    with the names no family claims; families without a sample are left out (a node without
+    media has no media families)."""
+    families = {family.name: family.empty() for family in COUNTER_FAMILIES}
+    other = UnknownMetricFamily(
+        OTHER_COUNTERS,
+        "Node counters without a family of their own, by dotted name",
+        labels=["name"],
+    )
+    for name in sorted(counters):
+        value = counters[name]
+        for family in COUNTER_FAMILIES:
+            match = family.pattern.fullmatch(name)
+            if match is not None:
+                families[family.name].add_metric(list(match.groups()), value)
+                break
+        else:
+            other.add_metric([name], value)
+    return [family for family in (*families.values(), other) if family.samples]
+
+
+class NodeCollector(Collector):
+    """Every metric of one node (one worker of it), read when Prometheus scrapes.
+
+    Runs on the node's trio thread only: it reads the node's state without locks.
+    """
+
+    def __init__(self, node: Node, worker: int) -> None:
+        self._node = node
+        self._worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node.config.node
+        info = InfoMetricFamily("overlay_node", "The node this worker belongs to")
+        labels = {"node_id": node.node_id, "region": node.region, "az": node.az}
+        info.add_metric([], {**labels, "worker": str(self._worker)})
+        yield info
+        yield from counter_families(self._node.counters())
+        now = trio.current_time()
+        calls = self._node.calls
+        if calls is not None:
+            yield GaugeMetricFamily(
+                "overlay_calls_active",
+                "Calls anchored at this overlay edge and not over (in setup, or answered and "
+                "not yet ended by a BYE)",
+                value=calls.active(now),
+            )
+        mesh = self._node.mesh
+        if mesh is not None:
+            yield from _link_families(mesh, now)
+            yield from _route_families(mesh)
+            yield from _flood_families(mesh)
+
+
+def _link_families(mesh: Mesh, now: float) -> Iterator[Metric]:
+    label = ["neighbor"]
+    up = GaugeMetricFamily("overlay_link_up", "1 while the link is UP, else 0", labels=label)
+    state = GaugeMetricFamily(
+        "overlay_link_state",
+        "The link's state (INIT, UP, DOWN): 1 for the current one",
+        labels=[*label, "state"],
+    )
+    age = GaugeMetricFamily(
+        "overlay_link_state_seconds", "Time since the link entered its state", labels=label
+    )
+    rtt = GaugeMetricFamily(
+        "overlay_link_rtt_seconds", "Smoothed probe round-trip time (UP links)", labels=label
+    )
+    jitter = GaugeMetricFamily(
+        "overlay_link_jitter_seconds",
+        "Round-trip time variation, the worse of SIP and media probes (UP links)",
+        labels=label,
+    )
+    loss = GaugeMetricFamily(
+        "overlay_link_loss_ratio",
+        "Share of recent probes lost, the worse of SIP and media probes (UP links)",
+        labels=label,
+    )
+    retrans = GaugeMetricFamily(
+        "overlay_link_retransmission_ratio",
+        "SIP retransmissions per request sent over the link (UP links)",
+        labels=label,
+    )
+    probe_labels = [*label, "probe"]
+    sent = CounterMetricFamily(
+        "overlay_link_probes_sent", "Probes sent, by kind (sip, media)", labels=probe_labels
+    )
+    answered = CounterMetricFamily(
+        "overlay_link_probes_answered", "Probes answered, by kind", labels=probe_labels
+    )
+    lost = CounterMetricFamily(
+        "overlay_link_probes_lost", "Probes counted lost, by kind", labels=probe_labels
+    )
+    for monitor in mesh.monitors.values():
+        stats = monitor.statistics(now)
+        neighbor = stats.neighbor
+        up.add_metric([neighbor], 1.0 if stats.state is LinkState.UP else 0.0)
+        for each in LinkState:
+            state.add_metric([neighbor, each.value], 1.0 if stats.state is each else 0.0)
+        age.add_metric([neighbor], now - stats.since)
+        if stats.state is LinkState.UP:
+            metrics = stats.metrics
+            rtt.add_metric([neighbor], metrics.rtt_ms / 1000)
+            jitter.add_metric([neighbor], metrics.jitter_ms / 1000)
+            loss.add_metric([neighbor], metrics.loss_ratio)
+            retrans.add_metric([neighbor], metrics.retrans_ratio)
+        sent.add_metric([neighbor, "sip"], stats.probes_sent)
+        answered.add_metric([neighbor, "sip"], stats.probes_answered)
+        lost.add_metric([neighbor, "sip"], stats.probes_lost)
+        if stats.media is not None:
+            sent.add_metric([neighbor, "media"], stats.media.sent)
+            answered.add_metric([neighbor, "media"], stats.media.answered)
+            lost.add_metric([neighbor, "media"], stats.media.lost)
+    yield from (up, state, age, rtt, jitter, loss, retrans, sent, answered, lost)
+
+
+def _route_families(mesh: Mesh) -> Iterator[Metric]:
+    table = mesh.routes
+    label = ["destination"]
+    reachable = GaugeMetricFamily(
+        "overlay_route_reachable", "1 while the route table has a path to the node", labels=label
+    )
+    cost = GaugeMetricFamily(
+        "overlay_route_cost",
+        "Cost of the chosen path, in milliseconds of latency-equivalent cost",
+        labels=label,
+    )
+    hops = GaugeMetricFamily("overlay_route_hops", "Links on the chosen path", labels=label)
+    next_hop = GaugeMetricFamily(
+        "overlay_route_next_hop",
+        "1 for the node a destination's traffic goes to next",
+        labels=[*label, "next_hop"],
+    )
+    destinations = sorted(set(mesh.monitors) | set(table.paths))
+    for destination in destinations:
+        path = table.paths.get(destination)
+        reachable.add_metric([destination], 0.0 if path is None else 1.0)
+        if path is not None:
+            cost.add_metric([destination], path.cost)
+            hops.add_metric([destination], len(path.nodes) - 1)
+            next_hop.add_metric([destination, path.nodes[1]], 1.0)
+    updates = CounterMetricFamily(
+        "overlay_route_table_updates",
+        "Route tables computed since start that changed the path to some destination",
+        value=table.version - 1,
+    )
+    yield from (reachable, cost, hops, next_hop, updates)
+
+
+def _flood_families(mesh: Mesh) -> Iterator[Metric]:
+    stats = mesh.flooder.statistics()
+    messages = CounterMetricFamily(
+        "overlay_flood_messages",
+        "Link-state flooding messages, by direction and type",
+        labels=["direction", "type"],
+    )
+    messages.add_metric(["sent", "lsa"], stats.lsas_sent)
+    messages.add_metric(["received", "lsa"], stats.lsas_received)
+    messages.add_metric(["sent", "ack"], stats.acks_sent)
+    messages.add_metric(["received", "ack"], stats.acks_received)
+    yield messages
+    scalars = (
+        (
+            CounterMetricFamily,
+            "overlay_flood_retransmissions",
+            "LSAs resent to a neighbour that had not acknowledged them",
+            stats.retransmissions,
+        ),
+        (
+            CounterMetricFamily,
+            "overlay_flood_lsas_originated",
+            "LSAs this node originated",
+            stats.originated,
+        ),
+        (
+            CounterMetricFamily,
+            "overlay_flood_lsas_installed",
+            "LSAs installed in the link-state database (newer than the copy held)",
+            stats.installed,
+        ),
+        (
+            GaugeMetricFamily,
+            "overlay_flood_sessions",
+            "Flooding sessions up with neighbours",
+            stats.sessions,
+        ),
+        (
+            GaugeMetricFamily,
+            "overlay_lsdb_lsas",
+            "LSAs in the link-state database",
+            stats.lsdb_size,
+        ),
+    )
+    for family, name, help_text, value in scalars:
+        yield family(name, help_text, value=value)

@@ -1,0 +1,89 @@
+"""A node's telemetry: the ``/metrics`` endpoint and the CloudWatch exporter, as configured.
+
+With several workers (``sip.workers``, only without ``[[peers]]``) every worker is a process
+with its own counters and serves them itself, worker ``i`` on ``[metrics]`` port ``+ i``: a
+scrape never mixes workers, and Prometheus sums them across targets (``sum without
+(instance, worker)``). The CloudWatch exporter needs ``[[peers]]``, so it runs in the node's
+only worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+from prometheus_client.registry import CollectorRegistry
+
+from ._collector import NodeCollector
+from ._http import PATH, MetricsServer
+
+if TYPE_CHECKING:
+    from overlay.node import Node
+
+    from ._exporter import CloudWatchExporter
+
+log = structlog.get_logger("overlay.telemetry")
+
+
+class Telemetry:
+    """What ``[metrics]`` and ``[cloudwatch]`` ask for, for one worker of ``node``."""
+
+    def __init__(self, node: Node, worker: int) -> None:
+        self._node = node
+        self._worker = worker
+        self.metrics_address: tuple[str, int] | None = None  # once serving
+        self.server: MetricsServer | None = None
+        self.exporter: CloudWatchExporter | None = None
+
+    def counters(self) -> dict[str, int]:
+        """By dotted name, for ``Node.counters()``."""
+        counters: dict[str, int] = {}
+        if self.server is not None:
+            counters["metrics.connections_refused"] = self.server.refused
+            counters["metrics.bad_requests"] = self.server.bad_requests
+            counters["metrics.scrape_errors"] = self.server.scrape_errors
+        if self.exporter is not None:
+            counters.update(self.exporter.counters())
+        return counters
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve and export until cancelled; reported started once ``/metrics`` listens.
+
+        Raises:
+            OSError: the ``[metrics]`` address cannot be bound.
+        """
+        config = self._node.config
+        async with trio.open_nursery() as nursery:
+            if config.metrics is not None:
+                registry = CollectorRegistry()
+                registry.register(NodeCollector(self._node, self._worker))
+                for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                    registry.register(standard)
+                self.server = MetricsServer(registry)
+                port = config.metrics.port + self._worker if config.metrics.port else 0
+                host, port = await nursery.start(self.server.serve, config.metrics.host, port)
+                self.metrics_address = (host, port)
+                log.info("metrics listening", host=host, port=port, path=PATH)
+            if config.cloudwatch is not None:
+                # Imported here: boto3 is loaded only by the nodes that export.
+                from ._exporter import CloudWatchExporter
+
+                mesh = self._node.mesh
+                assert mesh is not None  # [cloudwatch] needs [[peers]] (config)
+                monitors = mesh.monitors.values()
+                self.exporter = CloudWatchExporter(
+                    config.cloudwatch,
+                    config.node.node_id,
+                    lambda: [monitor.statistics(trio.current_time()) for monitor in monitors],
+                )
+                await nursery.start(self.exporter.run)
+                section = config.cloudwatch
+                log.info(
+                    "cloudwatch exporter started",
+                    region=section.region,
+                    namespace=section.namespace,
+                    interval=section.interval,
+                )
+            task_status.started()

@@ -1,0 +1,76 @@
+"""Builders for tests of a node's view of its links: two-node mesh configs, link statistics,
+and waiting for what the nodes' own timers change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from overlay.linkstate import LinkMetrics, LinkState, LinkStatistics
+
+
+def mesh_config(
+    node_id: str,
+    host: str,
+    peer_id: str,
+    peer_host: str,
+    *,
+    region: str,
+    media: bool = False,
+    extra: str = "",
+) -> str:
+    """A node on ``host`` (SIP 5060, gRPC 7000, fast probes, 1 s detection) whose one peer is
+    on ``peer_host``, with a media relay (overlay port 7100) when ``media``; ``extra`` is
+    appended (more sections)."""
+    relay = ""
+    if media:
+        relay = (
+            f'media = "{peer_host}:7100"\n\n[media]\naddress = "{host}"\n'
+            f'overlay = "{host}:7100"\nport_first = 21000\nport_last = 21009\n'
+        )
+    return f"""
+[node]
+node_id = "{node_id}"
+region = "{region}"
+
+[sip]
+listen = ["udp:{host}:5060"]
+
+[grpc]
+listen = "{host}:7000"
+insecure = true
+
+[linkstate]
+probe_interval = 0.05
+probe_multiplier = 20         # down after 1 s of silence: a busy test machine stalls for less
+
+[[peers]]
+node_id = "{peer_id}"
+region = "us-east-1"
+sip = "{peer_host}:5060"
+grpc = "{peer_host}:7000"
+{relay}{extra}"""
+
+
+def link_statistics(neighbor: str, state: LinkState, **metrics: float) -> LinkStatistics:
+    """A link's statistics as a monitor reports them; ``metrics`` are ``LinkMetrics`` fields."""
+    return LinkStatistics(
+        neighbor=neighbor,
+        state=state,
+        since=0.0,
+        metrics=LinkMetrics(neighbor, state is LinkState.UP, **metrics),
+        probes_sent=100,
+        probes_answered=95,
+        probes_lost=5,
+    )
+
+
+async def wait_for(predicate: Callable[[], bool], *, within: float) -> None:
+    """Poll: link state and exporters change on the nodes' own timers, which signal no event
+    to a test."""
+    with trio.fail_after(within):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(0.05)
