@@ -1,8 +1,8 @@
 """Generate the Python gRPC/protobuf modules from the .proto files under proto/.
 
-``proto/overlay/v1/admin.proto`` (package ``overlay.v1``) becomes ``overlay/v1/admin_pb2.py``,
-``admin_pb2.pyi`` (types for mypy) and ``admin_pb2_grpc.py``, importable as
-``overlay.v1.admin_pb2`` and so on. The generated files are build products, never committed.
+``proto/overlay/v1/control.proto`` (package ``overlay.v1``) becomes ``overlay/v1/control_pb2.py``,
+``control_pb2.pyi`` (types for mypy) and ``control_pb2_grpc.py``, importable as
+``overlay.v1.control_pb2`` and so on. The generated files are build products, never committed.
 
 Two callers share this one function, so the two ways of building agree:
 

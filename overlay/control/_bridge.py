@@ -1,8 +1,9 @@
 """gRPC for trio: grpcio's asyncio API on one thread of its own, driven from trio.
 
 This is the only module of the project that imports asyncio (STYLE.md §6, the import-linter
-contract ``asyncio-bridge``). Everything else uses :func:`open_grpc_bridge` and the objects it
-hands out; they take and return trio-friendly values and raise :class:`RpcError` /
+contract ``asyncio-bridge``) and the only one that uses grpc itself (the contract ``grpc-bridge``:
+others get status codes as :data:`StatusCode`). Everything else uses :func:`open_grpc_bridge` and
+the objects it hands out; they take and return trio-friendly values and raise :class:`RpcError` /
 :class:`StreamBroken`, never grpc's or asyncio's exceptions.
 """
 
@@ -49,9 +50,18 @@ hands out; they take and return trio-friendly values and raise :class:`RpcError`
 #
 # Server handlers run on trio. Unary: a sync function is called inside the run_sync_soon callback
 # (no task); an async one runs as a task in the bridge's nursery under its own cancel scope,
-# cancelled if the RPC is. Stream: the handler runs as a task in the bridge's nursery; when the
-# RPC ends first (client gone, deadline, server stopping), its receive/send raise StreamBroken and
-# its cancel scope gets a deadline HANDLER_GRACE seconds away.
+# cancelled if the RPC is. Stream (bidirectional, or server-streaming: the same BridgedStream whose
+# receive side is over from the start): the handler runs as a task in the bridge's nursery; when
+# the RPC ends first (client gone, deadline, server stopping), its receive/send raise StreamBroken
+# and its cancel scope gets a deadline HANDLER_GRACE seconds away. Before any handler runs, the
+# service's `authorize` (if any) sees the method and the Caller (peer address and the client's
+# verified certificate, read from grpc's auth context on the loop thread); the Caller is also in
+# a context variable while the handler runs (`current_caller()`; tasks inherit it).
+#
+# TLS: a bridge acts as one identity. With TlsCredentials, its servers require and verify a client
+# certificate signed by the CA (mutual TLS) and its channels present the same certificate and
+# verify the server's against the CA, the server's name being the target's host (an IP address
+# or DNS name in the server certificate's subjectAltName).
 #
 # Shutdown (open_grpc_bridge's exit, also on error or cancellation): refuse new work; cancel the
 # stream handlers (their RPCs end with UNAVAILABLE); health says NOT_SERVING; servers stop with
@@ -63,13 +73,22 @@ hands out; they take and return trio-friendly values and raise :class:`RpcError`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import inspect
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeVar, overload
 
 import grpc
@@ -81,15 +100,23 @@ from grpc_reflection.v1alpha import reflection
 
 __all__ = [
     "BridgedStream",
+    "Caller",
     "GrpcBridge",
     "MethodHandler",
     "RpcError",
     "Service",
+    "StatusCode",
     "StreamBroken",
+    "TlsCredentials",
+    "current_caller",
     "open_grpc_bridge",
+    "server_stream_handler",
     "stream_handler",
     "unary_handler",
 ]
+
+#: gRPC status codes (``StatusCode.PERMISSION_DENIED``), for modules that must not import grpc.
+StatusCode = grpc.StatusCode
 
 log = structlog.get_logger("overlay.control")
 
@@ -125,7 +152,9 @@ _CHANNEL_OPTIONS = (
 _SERVER_OPTIONS = (
     # grpc binds with SO_REUSEPORT by default: two servers could share a port without an error.
     ("grpc.so_reuseport", 0),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS (its string differs from its name):
+    # without it an idle stream (a quiet WatchEvents) is sent GOAWAY "too_many_pings".
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     *_KEEPALIVE_OPTIONS,
 )
 
@@ -187,6 +216,53 @@ def _status_for(exc: BaseException, method: str) -> _Status:
     return _Status(grpc.StatusCode.INTERNAL, "internal error")
 
 
+# --- identities --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCredentials:
+    """The PEM-encoded mutual-TLS material of one side: a node, or a NOC client.
+
+    Attributes:
+        ca: the certificate(s) trusted to sign the other side's certificate.
+        cert: this side's certificate (a chain: the leaf first).
+        key: its private key.
+    """
+
+    ca: bytes
+    cert: bytes
+    key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The client of an RPC being served.
+
+    Attributes:
+        peer: grpc's peer string, ``"ipv4:127.0.0.1:40112"``.
+        certificate: the client's certificate (PEM), verified against the server's CA by the
+            TLS handshake; ``None`` on a server without TLS.
+    """
+
+    peer: str
+    certificate: bytes | None
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "overlay_grpc_caller", default=None
+)
+
+
+def current_caller() -> Caller | None:
+    """The client of the RPC the calling handler serves; ``None`` outside a handler."""
+    return _caller.get()
+
+
+#: Called before every handler of a :class:`Service` with the method name (``"Drain"``) and the
+#: caller; raises :class:`RpcError` (PERMISSION_DENIED, ...) to refuse the call.
+Authorize = Callable[[str, Caller], None]
+
+
 # --- services --------------------------------------------------------------------------------
 
 
@@ -205,8 +281,16 @@ class _StreamHandler:
     response_serializer: Callable[[Any], bytes]
 
 
-#: One method of a :class:`Service`, built by :func:`unary_handler` or :func:`stream_handler`.
-MethodHandler = _UnaryHandler | _StreamHandler
+@dataclass(frozen=True, slots=True)
+class _ServerStreamHandler:
+    fn: Callable[[Any, BridgedStream], Awaitable[None]]
+    request_deserializer: Callable[[bytes], Any]
+    response_serializer: Callable[[Any], bytes]
+
+
+#: One method of a :class:`Service`, built by :func:`unary_handler`, :func:`stream_handler` or
+#: :func:`server_stream_handler`.
+MethodHandler = _UnaryHandler | _StreamHandler | _ServerStreamHandler
 
 
 @overload
@@ -255,25 +339,43 @@ def stream_handler(
     return _StreamHandler(fn, request_deserializer, response_serializer)
 
 
+def server_stream_handler(
+    fn: Callable[[RequestT, BridgedStream], Awaitable[None]],
+    request_deserializer: Callable[[bytes], RequestT],
+    response_serializer: Callable[[ResponseT], bytes],
+) -> MethodHandler:
+    """A server-streaming method implemented on trio: ``async def fn(request, stream) -> None``.
+
+    As :func:`stream_handler`, except that the client sends one request, given to ``fn``, and
+    ``stream`` only sends (its ``receive`` raises ``trio.EndOfChannel``). When the client goes
+    away, ``send`` raises :class:`StreamBroken` and ``fn`` is cancelled HANDLER_GRACE seconds
+    later if it has not returned (a handler waiting for something to send is cancelled so). A
+    request that does not decode ends the RPC with INVALID_ARGUMENT without calling ``fn``.
+    """
+    return _ServerStreamHandler(fn, request_deserializer, response_serializer)
+
+
 @dataclass(frozen=True)
 class Service:
     """One gRPC service implemented on the trio side.
 
     Example::
 
-        Service("overlay.v1.Admin", {
-            "GetLinks": unary_handler(
-                get_links,
-                admin_pb2.GetLinksRequest.FromString,
-                admin_pb2.GetLinksResponse.SerializeToString,
+        Service("overlay.v1.Control", {
+            "ListLinks": unary_handler(
+                list_links,
+                control_pb2.ListLinksRequest.FromString,
+                control_pb2.ListLinksResponse.SerializeToString,
             ),
-        })
+        }, authorize=policy.authorize_control)
     """
 
     #: Fully qualified service name, ``package.Service``.
     name: str
     #: Method name (without the service) -> handler.
     methods: Mapping[str, MethodHandler]
+    #: Checks every call before its handler runs (see :data:`Authorize`); ``None``: no check.
+    authorize: Authorize | None = None
 
 
 # --- streams ---------------------------------------------------------------------------------
@@ -437,9 +539,15 @@ class GrpcBridge:
     bridge has started to close, its methods raise ``trio.ClosedResourceError``.
     """
 
-    def __init__(self, token: trio.lowlevel.TrioToken, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        token: trio.lowlevel.TrioToken,
+        nursery: trio.Nursery,
+        tls: TlsCredentials | None = None,
+    ) -> None:
         self._token = token
         self._nursery = nursery
+        self._tls = tls
         self._closing = False  # trio thread
         self._thread_done = trio.Event()  # trio thread
         self._stream_scopes: set[trio.CancelScope] = set()  # trio thread: server stream handlers
@@ -455,14 +563,7 @@ class GrpcBridge:
 
     # -- public API (trio thread) -----------------------------------------------------------
 
-    async def start_server(
-        self,
-        host: str,
-        port: int,
-        services: Sequence[Service],
-        *,
-        credentials: grpc.ServerCredentials | None = None,
-    ) -> int:
+    async def start_server(self, host: str, port: int, services: Sequence[Service]) -> int:
         """Serve ``services`` on ``host:port``, plus health checking and reflection.
 
         The standard ``grpc.health.v1.Health`` service reports SERVING for the server as a whole
@@ -473,8 +574,8 @@ class GrpcBridge:
         Args:
             host: address to bind, e.g. ``"127.0.0.1"`` or ``"::1"``.
             port: port to bind; 0 picks a free one.
-            services: what to serve.
-            credentials: ``grpc.ssl_server_credentials(...)`` for TLS/mTLS; None = plaintext.
+            services: what to serve. With the bridge's TLS credentials, clients must present a
+                certificate signed by its CA (mutual TLS); without, the server is plaintext.
 
         Returns:
             The bound port.
@@ -483,9 +584,7 @@ class GrpcBridge:
             OSError: the address cannot be bound (in use, or not an address of this host).
         """
         self._check_open()
-        return await self._run_in_loop(
-            self._start_server_in_loop(_address(host, port), services, credentials)
-        )
+        return await self._run_in_loop(self._start_server_in_loop(_address(host, port), services))
 
     def set_serving(self, service: str, serving: bool) -> None:
         """Set the health status of ``service`` (``""`` = the whole server) on every server."""
@@ -523,14 +622,52 @@ class GrpcBridge:
         """
         self._check_open()
         stream = BridgedStream(self, target, request_serializer)
-        future = asyncio.run_coroutine_threadsafe(
-            self._client_stream_in_loop(
-                stream, target, method, response_deserializer, timeout, tuple(metadata)
-            ),
-            self._loop,
+        rpc = self._client_stream_in_loop(
+            stream, target, method, response_deserializer, timeout, tuple(metadata)
         )
-        try:
+        with self._running(stream, rpc):
             yield stream
+
+    @asynccontextmanager
+    async def open_server_stream(
+        self,
+        target: str,
+        method: str,
+        request: RequestT,
+        request_serializer: Callable[[RequestT], bytes],
+        response_deserializer: Callable[[bytes], ResponseT],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, known to the server
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> AsyncIterator[BridgedStream]:
+        """Call the server-streaming ``method`` of ``target`` with ``request``.
+
+        Args are as for :meth:`open_stream`, plus the one request (serialized here).
+
+        Yields:
+            A stream to ``receive`` the responses from, until ``trio.EndOfChannel`` (the server
+            ended the RPC with OK) or :class:`StreamBroken` (any other status, e.g. UNAVAILABLE
+            when the target cannot be reached). It sends nothing: ``send`` raises
+            ``trio.ClosedResourceError``.
+
+        Resource handling: leaving the block cancels the RPC if it is still running.
+        """
+        self._check_open()
+        data = request_serializer(request)
+        stream = BridgedStream(self, target, _nothing_to_send)
+        stream._closed = True
+        rpc = self._client_server_stream_in_loop(
+            stream, target, method, data, response_deserializer, timeout, tuple(metadata)
+        )
+        with self._running(stream, rpc):
+            yield stream
+
+    @contextmanager
+    def _running(self, stream: BridgedStream, rpc: Coroutine[Any, Any, None]) -> Iterator[None]:
+        """Run the client call ``rpc``, which feeds ``stream``, on the loop during the block."""
+        future = asyncio.run_coroutine_threadsafe(rpc, self._loop)
+        try:
+            yield
         finally:
             stream._end_rpc(_Status(grpc.StatusCode.CANCELLED, "the stream was closed locally"))
             # Cancels the asyncio task, which cancels the call. Nothing to wait for: whatever it
@@ -548,7 +685,7 @@ class GrpcBridge:
         timeout: float | None,  # noqa: ASYNC109 - a gRPC deadline, known to the server
         metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> ResponseT:
-        """Call the unary ``method`` (``"/overlay.v1.Admin/GetLinks"``) on ``target``.
+        """Call the unary ``method`` (``"/overlay.v1.Control/ListLinks"``) on ``target``.
 
         Args and channels are as for :meth:`open_stream`; ``timeout`` is required, so that a
         caller states how long it is prepared to wait (None = no limit). Cancelling the caller
@@ -657,16 +794,16 @@ class GrpcBridge:
         )
         self._spawn(self._health.set(service, status))
 
-    async def _start_server_in_loop(
-        self, address: str, services: Sequence[Service], credentials: grpc.ServerCredentials | None
-    ) -> int:
+    async def _start_server_in_loop(self, address: str, services: Sequence[Service]) -> int:
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
                     service.name,
                     {
-                        name: self._grpc_method_handler(f"/{service.name}/{name}", handler)
+                        name: self._grpc_method_handler(
+                            _Method(f"/{service.name}/{name}", name, service.authorize), handler
+                        )
                         for name, handler in service.methods.items()
                     },
                 )
@@ -678,10 +815,14 @@ class GrpcBridge:
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
+        tls = self._tls
         try:
-            if credentials is None:
+            if tls is None:
                 port: int = server.add_insecure_port(address)
             else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+                )
                 port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:  # grpc >= 1.60 raises; older ones returned 0
             raise OSError(f"cannot bind the gRPC server to {address}: {exc}") from None
@@ -693,7 +834,9 @@ class GrpcBridge:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return port
 
-    def _grpc_method_handler(self, method: str, handler: MethodHandler) -> grpc.RpcMethodHandler:
+    def _grpc_method_handler(
+        self, method: _Method, handler: MethodHandler
+    ) -> grpc.RpcMethodHandler:
         # grpc gets no (de)serializers: bytes cross the bridge (see the theory of operation).
         if isinstance(handler, _UnaryHandler):
             unary = handler
@@ -702,6 +845,22 @@ class GrpcBridge:
                 return await self._serve_unary(method, unary, request, context)
 
             return grpc.unary_unary_rpc_method_handler(serve_unary)
+        if isinstance(handler, _ServerStreamHandler):
+            server_stream = handler
+
+            async def serve_server_stream(
+                request: bytes, context: grpc.aio.ServicerContext
+            ) -> None:
+                try:
+                    message = server_stream.request_deserializer(request)
+                except Exception as exc:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the request: {exc}"
+                    )
+                    raise  # not reached: abort() raises
+                await self._serve_stream(method, server_stream, context, message)
+
+            return grpc.unary_stream_rpc_method_handler(serve_server_stream)
         stream = handler
 
         async def serve_stream(_requests: object, context: grpc.aio.ServicerContext) -> None:
@@ -712,9 +871,20 @@ class GrpcBridge:
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            tls = self._tls
+            if tls is None:
+                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else:
+                credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+                channel = grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
             self._channels[target] = channel
         return channel
+
+    @staticmethod
+    def _caller_of(context: grpc.aio.ServicerContext) -> Caller:
+        """Loop thread: who is calling, from grpc's view of the connection."""
+        certificates = context.auth_context().get("x509_pem_cert") or [None]
+        return Caller(context.peer(), certificates[0])
 
     async def _unary_in_loop(
         self,
@@ -737,7 +907,7 @@ class GrpcBridge:
 
     async def _serve_unary(
         self,
-        method: str,
+        method: _Method,
         handler: _UnaryHandler,
         data: bytes,
         context: grpc.aio.ServicerContext,
@@ -750,7 +920,7 @@ class GrpcBridge:
             )
             raise  # not reached: abort() raises
         reply: asyncio.Future[bytes | _Status] = self._loop.create_future()
-        call = _UnaryCall(self, reply)
+        call = _UnaryCall(self, reply, self._caller_of(context))
         if not self._to_trio(self._start_unary, method, handler, request, call):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         try:
@@ -764,16 +934,24 @@ class GrpcBridge:
         return outcome
 
     async def _serve_stream(
-        self, method: str, handler: _StreamHandler, context: grpc.aio.ServicerContext
+        self,
+        method: _Method,
+        handler: _StreamHandler | _ServerStreamHandler,
+        context: grpc.aio.ServicerContext,
+        request: object = None,
     ) -> None:
+        """Serve a bidirectional stream, or (with the decoded ``request``) a server stream."""
         stream = BridgedStream(self, context.peer(), handler.response_serializer)
         side = stream._loop_side
-        reader = self._loop.create_task(
-            self._pump_in(stream, context.read, handler.request_deserializer, client=False)
-        )
+        reader = None
+        if isinstance(handler, _StreamHandler):
+            reader = self._loop.create_task(
+                self._pump_in(stream, context.read, handler.request_deserializer, client=False)
+            )
+        caller = self._caller_of(context)
         end = _Status(grpc.StatusCode.CANCELLED, "the RPC was cancelled")
         try:
-            if not self._to_trio(self._start_stream, method, handler, stream):
+            if not self._to_trio(self._start_stream, method, handler, stream, caller, request):
                 end = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             else:
                 while True:
@@ -792,7 +970,8 @@ class GrpcBridge:
                         break
                     self._to_trio(stream._written)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._to_trio(stream._end_rpc, end)
         if end.code is not grpc.StatusCode.OK:
             await context.abort(end.code, end.details)
@@ -818,6 +997,28 @@ class GrpcBridge:
             reader.cancel()
             writer.cancel()
 
+    async def _client_server_stream_in_loop(
+        self,
+        stream: BridgedStream,
+        target: str,
+        method: str,
+        data: bytes,
+        response_deserializer: Callable[[bytes], object],
+        deadline_s: float | None,
+        metadata: tuple[tuple[str, str | bytes], ...],
+    ) -> None:
+        call = self._channel(target).unary_stream(method)(
+            data, timeout=deadline_s, metadata=metadata
+        )
+        reader = self._loop.create_task(
+            self._pump_in(stream, call.read, response_deserializer, client=True, call=call)
+        )
+        try:
+            await reader
+        finally:
+            call.cancel()
+            reader.cancel()
+
     async def _client_writer(self, stream: BridgedStream, call: grpc.aio.StreamStreamCall) -> None:
         side = stream._loop_side
         try:
@@ -841,7 +1042,7 @@ class GrpcBridge:
         deserializer: Callable[[bytes], object],
         *,
         client: bool,
-        call: grpc.aio.StreamStreamCall | None = None,
+        call: grpc.aio.Call | None = None,
     ) -> None:
         side = stream._loop_side
         try:
@@ -884,22 +1085,30 @@ class GrpcBridge:
     # -- trio thread: running handlers --------------------------------------------------------
 
     def _start_unary(
-        self, method: str, handler: _UnaryHandler, request: object, call: _UnaryCall
+        self, method: _Method, handler: _UnaryHandler, request: object, call: _UnaryCall
     ) -> None:
-        if self._closing and handler.is_async:
-            call.finish(_Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
-        elif handler.is_async:
-            call.scope = trio.CancelScope()
-            self._nursery.start_soon(self._run_async_unary, method, handler, request, call)
-        else:
-            try:
-                reply: bytes | _Status = handler.response_serializer(handler.fn(request))
-            except Exception as exc:
-                reply = _status_for(exc, method)
-            call.finish(reply)
+        token = _caller.set(call.caller)
+        try:
+            refusal = method.refusal(call.caller)
+            if refusal is not None:
+                call.finish(refusal)
+            elif self._closing and handler.is_async:
+                call.finish(_Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
+            elif handler.is_async:
+                call.scope = trio.CancelScope()
+                # The task copies the context now: current_caller() works in it.
+                self._nursery.start_soon(self._run_async_unary, method, handler, request, call)
+            else:
+                try:
+                    reply: bytes | _Status = handler.response_serializer(handler.fn(request))
+                except Exception as exc:
+                    reply = _status_for(exc, method.path)
+                call.finish(reply)
+        finally:
+            _caller.reset(token)
 
     async def _run_async_unary(
-        self, method: str, handler: _UnaryHandler, request: object, call: _UnaryCall
+        self, method: _Method, handler: _UnaryHandler, request: object, call: _UnaryCall
     ) -> None:
         reply: bytes | _Status = _Status(grpc.StatusCode.CANCELLED, "the handler was cancelled")
         assert call.scope is not None
@@ -908,22 +1117,39 @@ class GrpcBridge:
                 try:
                     reply = handler.response_serializer(await handler.fn(request))
                 except Exception as exc:
-                    reply = _status_for(exc, method)
+                    reply = _status_for(exc, method.path)
         finally:
             call.finish(reply)
 
-    def _start_stream(self, method: str, handler: _StreamHandler, stream: BridgedStream) -> None:
-        if self._closing:
-            self._to_loop(
-                stream._loop_side.outgoing.put_nowait,
-                _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"),
-            )
+    def _start_stream(
+        self,
+        method: _Method,
+        handler: _StreamHandler | _ServerStreamHandler,
+        stream: BridgedStream,
+        caller: Caller,
+        request: object,
+    ) -> None:
+        refusal = method.refusal(caller)
+        if refusal is None and self._closing:
+            refusal = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        if refusal is not None:
+            self._to_loop(stream._loop_side.outgoing.put_nowait, refusal)
             return
+        if isinstance(handler, _ServerStreamHandler):
+            stream._end_receive(_OK)  # the one request was the whole of the client's side
         stream._handler_scope = trio.CancelScope()
-        self._nursery.start_soon(self._run_stream, method, handler, stream)
+        token = _caller.set(caller)
+        try:
+            self._nursery.start_soon(self._run_stream, method, handler, stream, request)
+        finally:
+            _caller.reset(token)
 
     async def _run_stream(
-        self, method: str, handler: _StreamHandler, stream: BridgedStream
+        self,
+        method: _Method,
+        handler: _StreamHandler | _ServerStreamHandler,
+        stream: BridgedStream,
+        request: object,
     ) -> None:
         scope = stream._handler_scope
         assert scope is not None
@@ -932,10 +1158,13 @@ class GrpcBridge:
         try:
             with scope:
                 try:
-                    await handler.fn(stream)
+                    if isinstance(handler, _ServerStreamHandler):
+                        await handler.fn(request, stream)
+                    else:
+                        await handler.fn(stream)
                     end = _OK
                 except Exception as exc:
-                    end = _status_for(exc, method)
+                    end = _status_for(exc, method.path)
         finally:
             self._stream_scopes.discard(scope)
             if self._closing and end.code is grpc.StatusCode.CANCELLED:
@@ -977,14 +1206,42 @@ class GrpcBridge:
             log.error("the gRPC bridge thread did not stop", timeout=SHUTDOWN_TIMEOUT)
 
 
+class _Method:
+    """A served method: its path, its name, and its service's ``authorize``."""
+
+    __slots__ = ("authorize", "name", "path")
+
+    def __init__(self, path: str, name: str, authorize: Authorize | None) -> None:
+        self.path = path  # "/overlay.v1.Control/Drain"
+        self.name = name  # "Drain"
+        self.authorize = authorize
+
+    def refusal(self, caller: Caller) -> _Status | None:
+        """Trio thread: the status that refuses ``caller``, or None when it may call."""
+        if self.authorize is None:
+            return None
+        try:
+            self.authorize(self.name, caller)
+        except Exception as exc:
+            return _status_for(exc, self.path)
+        return None
+
+
+def _nothing_to_send(message: object) -> bytes:
+    raise TypeError("this stream only receives")
+
+
 class _UnaryCall:
     """One unary RPC being served: the asyncio future for the reply, the trio cancel scope."""
 
-    __slots__ = ("_bridge", "_reply", "scope")
+    __slots__ = ("_bridge", "_reply", "caller", "scope")
 
-    def __init__(self, bridge: GrpcBridge, reply: asyncio.Future[bytes | _Status]) -> None:
+    def __init__(
+        self, bridge: GrpcBridge, reply: asyncio.Future[bytes | _Status], caller: Caller
+    ) -> None:
         self._bridge = bridge
         self._reply = reply  # loop thread only
+        self.caller = caller
         self.scope: trio.CancelScope | None = None  # trio thread only: an async handler's task
 
     def finish(self, reply: bytes | _Status) -> None:
@@ -1003,8 +1260,12 @@ def _resolve(future: asyncio.Future[T], value: T) -> None:
 
 
 @asynccontextmanager
-async def open_grpc_bridge() -> AsyncIterator[GrpcBridge]:
+async def open_grpc_bridge(*, tls: TlsCredentials | None = None) -> AsyncIterator[GrpcBridge]:
     """Start the gRPC bridge thread; stop everything it runs on exit.
+
+    Args:
+        tls: the identity of this side for mutual TLS, used by every server and channel of the
+            bridge; ``None``: plaintext servers and channels.
 
     Resource handling: on exit (normal, error or cancellation) the stream handlers are cancelled,
     the servers stop (SERVER_GRACE seconds for unary RPCs in flight), client channels close, the
@@ -1016,7 +1277,7 @@ async def open_grpc_bridge() -> AsyncIterator[GrpcBridge]:
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            bridge = GrpcBridge(token, nursery)
+            bridge = GrpcBridge(token, nursery, tls)
             bridge._thread.start()
             try:
                 yield bridge

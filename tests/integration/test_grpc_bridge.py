@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 import grpc
@@ -15,34 +16,48 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from overlay.control import (
     BridgedStream,
+    Caller,
     GrpcBridge,
+    Issued,
+    Role,
     RpcError,
     Service,
     StreamBroken,
+    TlsCredentials,
+    create_ca,
+    current_caller,
+    issue_client,
+    issue_node,
     open_grpc_bridge,
+    server_stream_handler,
     stream_handler,
     unary_handler,
 )
 from overlay.control._bridge import STREAM_BUFFER_SIZE
-from overlay.v1 import admin_pb2, linkstate_pb2
+from overlay.v1 import control_pb2, linkstate_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.trio]
 
 HOST = "127.0.0.1"
 TIMEOUT = 10  # bound on every test body
-GET_LINKS = "/overlay.v1.Admin/GetLinks"
-GET_ROUTES = "/overlay.v1.Admin/GetRoutes"
-INJECT_FAULT = "/overlay.v1.Admin/InjectFault"
-CLEAR_FAULTS = "/overlay.v1.Admin/ClearFaults"
+GET_LINKS = "/overlay.v1.Control/ListLinks"
+GET_ROUTES = "/overlay.v1.Control/GetRoutes"
+INJECT_FAULT = "/overlay.v1.Control/InjectFault"
+CLEAR_FAULTS = "/overlay.v1.Control/ClearFaults"
 FLOOD = "/overlay.v1.LinkState/Flood"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
-LINK = admin_pb2.LinkStatus(neighbor="us-east-1a", state="UP", rtt_ms=68.0, probes_sent=10)
+LINK = control_pb2.LinkStatus(
+    neighbor="us-east-1a",
+    state=control_pb2.LinkStatus.UP,
+    measured=control_pb2.LinkMetrics(rtt_ms=68.0),
+    probes_sent=10,
+)
 
 
 class FakeNode:
-    """Admin and LinkState handlers that record what they saw."""
+    """Control and LinkState handlers that record what they saw."""
 
     def __init__(self) -> None:
         self.lsas: list[tuple[str, int]] = []
@@ -50,21 +65,25 @@ class FakeNode:
         self.flood_done = trio.Event()
         self.clear_faults_cancelled = trio.Event()
 
-    def get_links(self, request: admin_pb2.GetLinksRequest) -> admin_pb2.GetLinksResponse:
-        return admin_pb2.GetLinksResponse(node_id="us-west-2a", links=[LINK])
+    def get_links(self, request: control_pb2.ListLinksRequest) -> control_pb2.ListLinksResponse:
+        return control_pb2.ListLinksResponse(node_id="us-west-2a", links=[LINK])
 
-    async def get_routes(self, request: admin_pb2.GetRoutesRequest) -> admin_pb2.GetRoutesResponse:
+    async def get_routes(
+        self, request: control_pb2.GetRoutesRequest
+    ) -> control_pb2.GetRoutesResponse:
         await trio.lowlevel.checkpoint()  # really async: a task of the bridge's nursery
-        return admin_pb2.GetRoutesResponse(node_id="us-west-2a", version=7)
+        return control_pb2.GetRoutesResponse(node_id="us-west-2a", version=7)
 
-    def inject_fault(self, request: admin_pb2.InjectFaultRequest) -> admin_pb2.InjectFaultResponse:
+    def inject_fault(
+        self, request: control_pb2.InjectFaultRequest
+    ) -> control_pb2.InjectFaultResponse:
         if request.fault.loss_ratio > 1:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "loss_ratio must be in 0..1")
         raise ZeroDivisionError("a bug")
 
     async def clear_faults(
-        self, request: admin_pb2.ClearFaultsRequest
-    ) -> admin_pb2.ClearFaultsResponse:
+        self, request: control_pb2.ClearFaultsRequest
+    ) -> control_pb2.ClearFaultsResponse:
         try:
             await trio.sleep_forever()
         finally:
@@ -92,27 +111,27 @@ class FakeNode:
     def services(self) -> list[Service]:
         return [
             Service(
-                "overlay.v1.Admin",
+                "overlay.v1.Control",
                 {
-                    "GetLinks": unary_handler(
+                    "ListLinks": unary_handler(
                         self.get_links,
-                        admin_pb2.GetLinksRequest.FromString,
-                        admin_pb2.GetLinksResponse.SerializeToString,
+                        control_pb2.ListLinksRequest.FromString,
+                        control_pb2.ListLinksResponse.SerializeToString,
                     ),
                     "GetRoutes": unary_handler(
                         self.get_routes,
-                        admin_pb2.GetRoutesRequest.FromString,
-                        admin_pb2.GetRoutesResponse.SerializeToString,
+                        control_pb2.GetRoutesRequest.FromString,
+                        control_pb2.GetRoutesResponse.SerializeToString,
                     ),
                     "InjectFault": unary_handler(
                         self.inject_fault,
-                        admin_pb2.InjectFaultRequest.FromString,
-                        admin_pb2.InjectFaultResponse.SerializeToString,
+                        control_pb2.InjectFaultRequest.FromString,
+                        control_pb2.InjectFaultResponse.SerializeToString,
                     ),
                     "ClearFaults": unary_handler(
                         self.clear_faults,
-                        admin_pb2.ClearFaultsRequest.FromString,
-                        admin_pb2.ClearFaultsResponse.SerializeToString,
+                        control_pb2.ClearFaultsRequest.FromString,
+                        control_pb2.ClearFaultsResponse.SerializeToString,
                     ),
                 },
             ),
@@ -164,13 +183,13 @@ def open_flood(bridge: GrpcBridge, target: str) -> AbstractAsyncContextManager[B
     )
 
 
-async def get_links(bridge: GrpcBridge, target: str) -> admin_pb2.GetLinksResponse:
+async def get_links(bridge: GrpcBridge, target: str) -> control_pb2.ListLinksResponse:
     return await bridge.unary(
         target,
         GET_LINKS,
-        admin_pb2.GetLinksRequest(),
-        admin_pb2.GetLinksRequest.SerializeToString,
-        admin_pb2.GetLinksResponse.FromString,
+        control_pb2.ListLinksRequest(),
+        control_pb2.ListLinksRequest.SerializeToString,
+        control_pb2.ListLinksResponse.FromString,
         timeout=5,
     )
 
@@ -181,18 +200,18 @@ async def get_links(bridge: GrpcBridge, target: str) -> admin_pb2.GetLinksRespon
 async def test_unary_handler_answers(bridge: GrpcBridge, target: str):
     with trio.fail_after(TIMEOUT):
         response = await get_links(bridge, target)
-    assert response == admin_pb2.GetLinksResponse(node_id="us-west-2a", links=[LINK])
+    assert response == control_pb2.ListLinksResponse(node_id="us-west-2a", links=[LINK])
 
 
 async def test_rpc_error_becomes_the_status(bridge: GrpcBridge, target: str):
-    request = admin_pb2.InjectFaultRequest(fault=admin_pb2.Fault(peer="x", loss_ratio=2))
+    request = control_pb2.InjectFaultRequest(fault=control_pb2.Fault(peer="x", loss_ratio=2))
     with trio.fail_after(TIMEOUT), pytest.raises(RpcError) as caught:
         await bridge.unary(
             target,
             INJECT_FAULT,
             request,
-            admin_pb2.InjectFaultRequest.SerializeToString,
-            admin_pb2.InjectFaultResponse.FromString,
+            control_pb2.InjectFaultRequest.SerializeToString,
+            control_pb2.InjectFaultResponse.FromString,
             timeout=5,
         )
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -200,7 +219,7 @@ async def test_rpc_error_becomes_the_status(bridge: GrpcBridge, target: str):
 
 
 async def test_unexpected_exception_is_internal_and_logged(bridge: GrpcBridge, target: str):
-    request = admin_pb2.InjectFaultRequest(fault=admin_pb2.Fault(peer="x"))
+    request = control_pb2.InjectFaultRequest(fault=control_pb2.Fault(peer="x"))
     with (
         structlog.testing.capture_logs() as logs,
         trio.fail_after(TIMEOUT),
@@ -210,8 +229,8 @@ async def test_unexpected_exception_is_internal_and_logged(bridge: GrpcBridge, t
             target,
             INJECT_FAULT,
             request,
-            admin_pb2.InjectFaultRequest.SerializeToString,
-            admin_pb2.InjectFaultResponse.FromString,
+            control_pb2.InjectFaultRequest.SerializeToString,
+            control_pb2.InjectFaultResponse.FromString,
             timeout=5,
         )
     assert caught.value.code == grpc.StatusCode.INTERNAL
@@ -227,9 +246,9 @@ async def test_async_unary_handler(bridge: GrpcBridge, target: str):
         response = await bridge.unary(
             target,
             GET_ROUTES,
-            admin_pb2.GetRoutesRequest(),
-            admin_pb2.GetRoutesRequest.SerializeToString,
-            admin_pb2.GetRoutesResponse.FromString,
+            control_pb2.GetRoutesRequest(),
+            control_pb2.GetRoutesRequest.SerializeToString,
+            control_pb2.GetRoutesResponse.FromString,
             timeout=5,
         )
     assert response.version == 7
@@ -241,9 +260,9 @@ async def test_deadline_cancels_an_async_handler(bridge: GrpcBridge, target: str
             await bridge.unary(
                 target,
                 CLEAR_FAULTS,
-                admin_pb2.ClearFaultsRequest(),
-                admin_pb2.ClearFaultsRequest.SerializeToString,
-                admin_pb2.ClearFaultsResponse.FromString,
+                control_pb2.ClearFaultsRequest(),
+                control_pb2.ClearFaultsRequest.SerializeToString,
+                control_pb2.ClearFaultsResponse.FromString,
                 timeout=0.2,
             )
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -253,7 +272,12 @@ async def test_deadline_cancels_an_async_handler(bridge: GrpcBridge, target: str
 async def test_undecodable_request_is_invalid_argument(bridge: GrpcBridge, target: str):
     with trio.fail_after(TIMEOUT), pytest.raises(RpcError) as caught:
         await bridge.unary(
-            target, GET_LINKS, b"\xff\xff", bytes, admin_pb2.GetLinksResponse.FromString, timeout=5
+            target,
+            GET_LINKS,
+            b"\xff\xff",
+            bytes,
+            control_pb2.ListLinksResponse.FromString,
+            timeout=5,
         )
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -373,6 +397,198 @@ async def test_bad_message_raises_at_the_sender(bridge: GrpcBridge, target: str)
             assert (await stream.receive()).hello.node_id == "srv"
 
 
+# --- server streams --------------------------------------------------------------------------
+
+WATCH = "/test.Watch/Watch"
+
+
+class Watching:
+    """A server-streaming method: ``n`` events (ListLinksResponse), then the stream ends or,
+    with ``hold``, waits until the client goes away."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.ended = trio.Event()
+        self.outcome = ""
+
+    async def watch(self, request: control_pb2.ListLinksRequest, stream: BridgedStream) -> None:
+        try:
+            for n in range(3):
+                await stream.send(control_pb2.ListLinksResponse(node_id=f"event-{n}"))
+            if self.hold:
+                await trio.sleep_forever()
+        except StreamBroken as exc:
+            self.outcome = f"StreamBroken:{exc.code.name}"
+        except trio.Cancelled:
+            self.outcome = "cancelled"
+            raise
+        finally:
+            self.ended.set()
+
+    def service(self, authorize: Callable[[str, Caller], None] | None = None) -> Service:
+        handler = server_stream_handler(
+            self.watch, control_pb2.ListLinksRequest.FromString, _serialize
+        )
+        return Service("test.Watch", {"Watch": handler}, authorize)
+
+
+def _serialize(message: control_pb2.ListLinksResponse) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def open_watch(bridge: GrpcBridge, target: str) -> AbstractAsyncContextManager[BridgedStream]:
+    return bridge.open_server_stream(
+        target,
+        WATCH,
+        control_pb2.ListLinksRequest(),
+        control_pb2.ListLinksRequest.SerializeToString,
+        control_pb2.ListLinksResponse.FromString,
+    )
+
+
+async def test_server_stream_delivers_in_order_then_ends(bridge: GrpcBridge):
+    watching = Watching()
+    port = await bridge.start_server(HOST, 0, [watching.service()])
+    with trio.fail_after(TIMEOUT):
+        async with open_watch(bridge, f"{HOST}:{port}") as stream:
+            with pytest.raises(trio.ClosedResourceError):  # the client only receives
+                stream.send_nowait(control_pb2.ListLinksRequest())
+            got = [(await stream.receive()).node_id for _ in range(3)]
+            with pytest.raises(trio.EndOfChannel):
+                await stream.receive()
+    assert got == ["event-0", "event-1", "event-2"]
+
+
+async def test_server_stream_handler_is_cancelled_when_the_client_leaves(bridge: GrpcBridge):
+    watching = Watching(hold=True)
+    port = await bridge.start_server(HOST, 0, [watching.service()])
+    with trio.fail_after(TIMEOUT):
+        async with open_watch(bridge, f"{HOST}:{port}") as stream:
+            await stream.receive()
+        await watching.ended.wait()
+    assert watching.outcome == "cancelled"
+
+
+async def test_server_stream_with_an_undecodable_request_is_invalid_argument(bridge: GrpcBridge):
+    watching = Watching()
+    port = await bridge.start_server(HOST, 0, [watching.service()])
+    with trio.fail_after(TIMEOUT):
+        async with bridge.open_server_stream(
+            f"{HOST}:{port}", WATCH, b"\xff\xff", bytes, control_pb2.ListLinksResponse.FromString
+        ) as stream:
+            with pytest.raises(StreamBroken) as caught:
+                await stream.receive()
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert not watching.ended.is_set()
+
+
+# --- authorization and identities ------------------------------------------------------------
+
+
+async def test_authorize_refuses_before_any_handler_runs(bridge: GrpcBridge, node: FakeNode):
+    seen: list[tuple[str, str]] = []
+
+    def authorize(method: str, caller: Caller) -> None:
+        seen.append((method, caller.peer.rsplit(":", 1)[0]))
+        if method != "ListLinks":
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"not {method}")
+
+    watching = Watching()
+    admin, _ = node.services()
+    services = [Service(admin.name, admin.methods, authorize), watching.service(authorize)]
+    port = await bridge.start_server(HOST, 0, services)
+    target = f"{HOST}:{port}"
+    with trio.fail_after(TIMEOUT):
+        assert (await get_links(bridge, target)).node_id == "us-west-2a"
+        with pytest.raises(RpcError) as caught:
+            await bridge.unary(
+                target,
+                INJECT_FAULT,
+                control_pb2.InjectFaultRequest(),
+                control_pb2.InjectFaultRequest.SerializeToString,
+                control_pb2.InjectFaultResponse.FromString,
+                timeout=5,
+            )
+        assert (caught.value.code, caught.value.message) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "not InjectFault",
+        )
+        async with open_watch(bridge, target) as stream:
+            with pytest.raises(StreamBroken, match="PERMISSION_DENIED: not Watch"):
+                await stream.receive()
+    assert seen == [("ListLinks", "ipv4:127.0.0.1"), ("InjectFault", "ipv4:127.0.0.1"),
+                    ("Watch", "ipv4:127.0.0.1")]  # fmt: skip
+    assert not watching.ended.is_set()
+
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, TlsCredentials]:
+    """A CA, a server certificate for HOST, an operator client, and one from another CA."""
+    ca = create_ca("test CA", now=NOW)
+    other = create_ca("another CA", now=NOW)
+
+    def tls(issued: Issued, authority: Issued = ca) -> TlsCredentials:
+        return TlsCredentials(authority.cert, issued.cert, issued.key)
+
+    return {
+        "server": tls(issue_node(ca, "srv", [HOST], now=NOW)),
+        "wrong name": tls(issue_node(ca, "srv", ["127.0.0.99"], now=NOW)),
+        "client": tls(issue_client(ca, "olga", Role.OPERATOR, now=NOW)),
+        "stranger": tls(issue_client(other, "eve", Role.OPERATOR, now=NOW), other),
+    }
+
+
+async def test_mutual_tls_tells_the_handler_who_calls(pki: dict[str, TlsCredentials]):
+    callers: list[Caller | None] = []
+
+    def whoami(request: control_pb2.ListLinksRequest) -> control_pb2.ListLinksResponse:
+        callers.append(current_caller())
+        return control_pb2.ListLinksResponse(node_id="srv")
+
+    service = Service(
+        "overlay.v1.Control",
+        {"ListLinks": unary_handler(whoami, control_pb2.ListLinksRequest.FromString, _serialize)},
+    )
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_grpc_bridge(tls=pki["server"]) as server,
+            open_grpc_bridge(tls=pki["client"]) as client,
+        ):
+            port = await server.start_server(HOST, 0, [service])
+            assert (await get_links(client, f"{HOST}:{port}")).node_id == "srv"
+    (caller,) = callers
+    assert caller is not None
+    assert caller.certificate == pki["client"].cert
+    assert current_caller() is None  # only inside a handler
+
+
+@pytest.mark.parametrize(
+    ("server_tls", "client_tls"),
+    [
+        ("server", None),  # no client certificate: the handshake fails
+        ("server", "stranger"),  # a client certificate from another CA
+        ("wrong name", "client"),  # the server's certificate does not name the dialled address
+        (None, "client"),  # TLS to a plaintext server
+    ],
+)
+async def test_handshakes_that_must_fail_are_unavailable(
+    pki: dict[str, TlsCredentials], server_tls: str | None, client_tls: str | None
+):
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_grpc_bridge(tls=None if server_tls is None else pki[server_tls]) as server,
+            open_grpc_bridge(tls=None if client_tls is None else pki[client_tls]) as client,
+        ):
+            port = await server.start_server(HOST, 0, FakeNode().services())
+            with pytest.raises(RpcError) as caught:
+                await get_links(client, f"{HOST}:{port}")
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 # --- health and reflection -------------------------------------------------------------------
 
 
@@ -393,15 +609,15 @@ async def test_health_serving_then_not_serving(bridge: GrpcBridge, target: str):
     serving = health_pb2.HealthCheckResponse.SERVING
     with trio.fail_after(TIMEOUT):
         assert await health_status(bridge, target, "") == serving
-        assert await health_status(bridge, target, "overlay.v1.Admin") == serving
-        bridge.set_serving("overlay.v1.Admin", False)
+        assert await health_status(bridge, target, "overlay.v1.Control") == serving
+        bridge.set_serving("overlay.v1.Control", False)
         assert (
-            await health_status(bridge, target, "overlay.v1.Admin")
+            await health_status(bridge, target, "overlay.v1.Control")
             == health_pb2.HealthCheckResponse.NOT_SERVING
         )
         assert await health_status(bridge, target, "overlay.v1.LinkState") == serving
-        bridge.set_serving("overlay.v1.Admin", True)
-        assert await health_status(bridge, target, "overlay.v1.Admin") == serving
+        bridge.set_serving("overlay.v1.Control", True)
+        assert await health_status(bridge, target, "overlay.v1.Control") == serving
 
 
 async def test_reflection_lists_the_services(bridge: GrpcBridge, target: str):
@@ -418,7 +634,7 @@ async def test_reflection_lists_the_services(bridge: GrpcBridge, target: str):
             with pytest.raises(trio.EndOfChannel):
                 await stream.receive()
     names = {service.name for service in response.list_services_response.service}
-    assert {"overlay.v1.Admin", "overlay.v1.LinkState", "grpc.health.v1.Health"} <= names
+    assert {"overlay.v1.Control", "overlay.v1.LinkState", "grpc.health.v1.Health"} <= names
 
 
 # --- lifecycle -------------------------------------------------------------------------------

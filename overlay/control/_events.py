@@ -1,0 +1,200 @@
+"""What a node tells the NOC as it happens (the Control service's WatchEvents), sans-IO.
+
+The pieces of a node report events as plain records (``LinkChanged``, ``RouteChanged``, ...) to
+an ``EventSink`` (the node's ``EventHub``, ``_hub``), which numbers and time-stamps each one as a
+``Published`` for the watchers. ``kind`` names a record's type as the Control service does and
+``summary`` turns it into the one line people read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from overlay.linkstate import LinkMetrics
+
+from ._overrides import LinkOverride
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanged:
+    """The probes' verdict on the link to ``neighbor`` changed (up or down)."""
+
+    neighbor: str
+    up: bool
+    metrics: LinkMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChanged:
+    """The path to ``destination`` changed (see ``overlay.routing.RouteChange``)."""
+
+    destination: str
+    old_path: tuple[str, ...] | None
+    new_path: tuple[str, ...] | None
+    reason: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """A call anchored here got a final error response to its INVITE."""
+
+    call_id: str
+    far_node: str
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInjected:
+    """An operator impaired what this node sends to ``peer`` (``"*"``: every peer)."""
+
+    peer: str
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_ratio: float = 0.0
+    blackhole: bool = False
+
+    def describe(self) -> str:
+        """``"blackhole"``, ``"+30 ms, jitter 5 ms, loss 1.0%"``."""
+        if self.blackhole:
+            return "blackhole"
+        parts = []
+        if self.delay_ms:
+            parts.append(f"+{self.delay_ms:g} ms")
+        if self.jitter_ms:
+            parts.append(f"jitter {self.jitter_ms:g} ms")
+        if self.loss_ratio:
+            parts.append(f"loss {self.loss_ratio:.1%}")
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultsCleared:
+    peer: str  # "" = every peer
+    cleared: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainChanged:
+    draining: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideSet:
+    override: LinkOverride
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideCleared:
+    override: LinkOverride
+    expired: bool
+
+
+Event = (
+    LinkChanged
+    | RouteChanged
+    | CallFailed
+    | FaultInjected
+    | FaultsCleared
+    | DrainChanged
+    | OverrideSet
+    | OverrideCleared
+)
+
+#: Where the node's pieces report events: ``EventHub.publish`` (its result is not used).
+EventSink = Callable[[Event], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event as watchers get it.
+
+    Attributes:
+        seq: numbers the node's events from 1, without gaps.
+        time: wall-clock time (seconds since the epoch) it was published.
+        node_id: the node that saw it.
+        event: what happened.
+        by: who caused it (an operator's certificate subject), "" for the node's own events.
+    """
+
+    seq: int
+    time: float
+    node_id: str
+    event: Event
+    by: str = ""
+
+
+#: Every kind of event, as ``kind`` names them (the Control service's EventType).
+KINDS = (
+    "LINK_UP",
+    "LINK_DOWN",
+    "ROUTE_CHANGE",
+    "CALL_FAILED",
+    "FAULT_INJECTED",
+    "FAULTS_CLEARED",
+    "DRAIN",
+    "UNDRAIN",
+    "LINK_OVERRIDE_SET",
+    "LINK_OVERRIDE_CLEARED",
+)
+
+
+def kind(event: Event) -> str:
+    """The event's kind, one of ``KINDS``."""
+    if isinstance(event, LinkChanged):
+        return "LINK_UP" if event.up else "LINK_DOWN"
+    if isinstance(event, DrainChanged):
+        return "DRAIN" if event.draining else "UNDRAIN"
+    return _KIND_OF[type(event)]
+
+
+_KIND_OF: dict[type, str] = {
+    RouteChanged: "ROUTE_CHANGE",
+    CallFailed: "CALL_FAILED",
+    FaultInjected: "FAULT_INJECTED",
+    FaultsCleared: "FAULTS_CLEARED",
+    OverrideSet: "LINK_OVERRIDE_SET",
+    OverrideCleared: "LINK_OVERRIDE_CLEARED",
+}
+
+
+def summary(event: Event) -> str:
+    """One line for people: ``"link to use1 down"``, ``"route to use1: usw2→use1 ⇒ ..."``."""
+    if isinstance(event, LinkChanged):
+        m = event.metrics
+        if not event.up:
+            return f"link to {event.neighbor} down"
+        return (
+            f"link to {event.neighbor} up (rtt {m.rtt_ms:.1f} ms, loss {m.loss_ratio:.1%}, "
+            f"jitter {m.jitter_ms:.1f} ms)"
+        )
+    if isinstance(event, RouteChanged):
+        old = "unreachable" if event.old_path is None else "→".join(event.old_path)
+        if event.new_path is None:  # the reason says "unreachable (why)"
+            return f"route to {event.destination}: {old} ⇒ {event.reason}"
+        return f"route to {event.destination}: {old} ⇒ {'→'.join(event.new_path)} ({event.reason})"
+    if isinstance(event, CallFailed):
+        return f"call {event.call_id} failed: {event.status} {event.reason}"
+    if isinstance(event, FaultInjected):
+        return f"fault toward {_peer(event.peer)}: {event.describe()}"
+    if isinstance(event, FaultsCleared):
+        return f"{event.cleared} fault(s) cleared toward {_peer(event.peer or '*')}"
+    if isinstance(event, DrainChanged):
+        verb = "draining" if event.draining else "no longer draining"
+        return verb + (f": {event.reason}" if event.reason else "")
+    if isinstance(event, OverrideSet):
+        o = event.override
+        return f"link to {o.peer} {o.describe()} by override" + (
+            f": {o.reason}" if o.reason else ""
+        )
+    o = event.override
+    return f"override of the link to {o.peer} ({o.describe()}) " + (
+        "expired" if event.expired else "cleared"
+    )
+
+
+def _peer(peer: str) -> str:
+    return "every peer" if peer == "*" else peer

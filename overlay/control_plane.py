@@ -1,0 +1,949 @@
+"""The node's NOC Control service (proto/overlay/v1/control.proto), on the trio side.
+
+``ControlPlane`` answers the Control RPCs from the node's pieces, each read through its public
+snapshot API and changed only through the methods its owner offers for that: the mesh (links,
+LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the call
+book (``overlay.control.CallTracker``), the media plane's sessions and counters, the dialplan
+and the node's counters. The pure parts live in ``overlay.control``: route explanations,
+events, overrides, roles.
+
+Every RPC is authorised first (``AccessPolicy``: viewer to read, operator to change; refusals
+are logged with the certificate's subject), and every outcome is counted by method and status
+(``control.rpc.<Method>.<STATUS>`` in GetCounters). Operator actions are logged at WARNING with
+who did them, and published as events with a ``by``.
+
+Draining: ``DrainState`` is read by the node for every new INVITE (``overlay.node``); Drain sets
+it, advertises it in the LSA (so other nodes stop using this one as transit and stop anchoring
+new calls on it), and sets the gRPC health of the server (``""``) to NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import structlog
+import trio
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from overlay.config import DnsTarget, NodeConfig, StaticTarget
+from overlay.control import (
+    KINDS,
+    AccessPolicy,
+    BridgedStream,
+    Caller,
+    CallFailed,
+    CallRecord,
+    CallTracker,
+    Candidate,
+    DrainChanged,
+    EventHub,
+    FaultInjected,
+    FaultsCleared,
+    GrpcBridge,
+    LinkChanged,
+    LinkOverride,
+    OverrideCleared,
+    OverrideSet,
+    Published,
+    RouteChanged,
+    RpcError,
+    Service,
+    StatusCode,
+    StreamBroken,
+    WatcherFellBehind,
+    current_caller,
+    explain_route,
+    kind,
+    new_override,
+    server_stream_handler,
+    summary,
+    unary_handler,
+)
+from overlay.linkstate import LinkMetrics
+from overlay.media import MediaSession
+from overlay.mesh import Mesh
+from overlay.routing import Dialplan, choose_egress, link_cost, weight_function
+from overlay.sip import ProtocolError, SipUri, TelUri, parse_uri_untrusted
+from overlay.transport import ALL_PEERS, Fault
+from overlay.v1 import control_pb2
+
+log = structlog.get_logger("overlay.control")
+
+SERVICE = "overlay.v1.Control"
+#: Retry-After of the 503s of a draining node when Drain does not say (seconds).
+DEFAULT_RETRY_AFTER_S = 300
+MAX_RETRY_AFTER_S = 86_400
+DEFAULT_CALL_LIMIT = 1000
+#: Free-text fields (reasons) are cut to this many characters.
+MAX_TEXT = 200
+
+RequestT = TypeVar("RequestT", bound=Message)
+
+
+@dataclass
+class DrainState:
+    """Whether the node takes new calls; changed only by the Control service.
+
+    ``since`` is wall-clock seconds since the epoch.
+    """
+
+    draining: bool = False
+    since: float = 0.0
+    reason: str = ""
+    by: str = ""
+    retry_after_s: int = DEFAULT_RETRY_AFTER_S
+
+
+class CallMedia(Protocol):
+    """The media plane as the Control service reads it (``overlay.media_plane.MediaPlane``)."""
+
+    def sessions_of(self, call_id: str) -> list[MediaSession]: ...
+
+    def session_counters(self, session_id: int) -> Mapping[str, Any] | None: ...
+
+    def set_faults(self, faults: Mapping[str, tuple[float, bool]]) -> None: ...
+
+
+class ControlPlane:
+    """The ``overlay.v1.Control`` service of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        mesh: Mesh,
+        bridge: GrpcBridge,
+        events: EventHub,
+        calls: CallTracker,
+        drain: DrainState,
+        access: AccessPolicy,
+        counters: Callable[[], dict[str, int]],
+        media: CallMedia | None = None,
+    ) -> None:
+        self.node_id = config.node.node_id
+        self._config = config
+        self._peers = {peer.node_id: peer for peer in config.peers}
+        self._mesh = mesh
+        self._bridge = bridge
+        self._events = events
+        self._calls = calls
+        self._drain = drain
+        self._access = access
+        self._counters = counters
+        self._media = media
+        self._dialplan = Dialplan(config.dialplan)
+        self._rpcs: Counter[str] = Counter()
+
+    def service(self) -> Service:
+        """The gRPC service, for ``GrpcBridge.start_server``."""
+        c = control_pb2
+        unary: dict[str, tuple[Callable[[Any], Message], Any]] = {
+            "ListNodes": (self.list_nodes, c.ListNodesRequest),
+            "GetTopology": (self.get_topology, c.GetTopologyRequest),
+            "ListLinks": (self.list_links, c.ListLinksRequest),
+            "GetRoutes": (self.get_routes, c.GetRoutesRequest),
+            "ExplainRoute": (self.explain_route, c.ExplainRouteRequest),
+            "ListCalls": (self.list_calls, c.ListCallsRequest),
+            "GetCall": (self.get_call, c.GetCallRequest),
+            "GetCounters": (self.get_counters, c.GetCountersRequest),
+            "Drain": (self.drain, c.DrainRequest),
+            "Undrain": (self.undrain, c.UndrainRequest),
+            "SetLinkOverride": (self.set_link_override, c.SetLinkOverrideRequest),
+            "ClearLinkOverride": (self.clear_link_override, c.ClearLinkOverrideRequest),
+            "InjectFault": (self.inject_fault, c.InjectFaultRequest),
+            "ClearFaults": (self.clear_faults, c.ClearFaultsRequest),
+        }
+        methods = {
+            name: unary_handler(self._counted(name, fn), request.FromString, _serialize)
+            for name, (fn, request) in unary.items()
+        }
+        methods["WatchEvents"] = server_stream_handler(
+            self.watch_events, c.WatchEventsRequest.FromString, _serialize
+        )
+        return Service(SERVICE, methods, self._authorize)
+
+    def _authorize(self, method: str, caller: Caller) -> None:
+        try:
+            self._access.authorize_control(method, caller)
+        except RpcError as refused:
+            self._rpcs[f"{method}.{refused.code.name}"] += 1
+            log.warning(
+                "control call refused",
+                method=method,
+                caller=self._access.who(caller),
+                status=refused.code.name,
+                reason=refused.message,
+            )
+            raise
+
+    def _counted(
+        self, method: str, fn: Callable[[RequestT], Message]
+    ) -> Callable[[RequestT], Message]:
+        """``fn``, counting its outcomes by status."""
+
+        def counted(request: RequestT) -> Message:
+            try:
+                response = fn(request)
+            except RpcError as error:
+                self._rpcs[f"{method}.{error.code.name}"] += 1
+                raise
+            except Exception:  # a bug: the bridge logs it and answers INTERNAL
+                self._rpcs[f"{method}.INTERNAL"] += 1
+                raise
+            self._rpcs[f"{method}.OK"] += 1
+            return response
+
+        return counted
+
+    def _by(self) -> str:
+        """Who is calling, for logs and events."""
+        return self._access.who(current_caller())
+
+    # -- nodes and topology -------------------------------------------------------------------
+
+    def list_nodes(self, request: control_pb2.ListNodesRequest) -> control_pb2.ListNodesResponse:
+        now = trio.current_time()
+        mesh = self._mesh
+        lsdb = mesh.flooder.lsdb
+        paths = mesh.routes.paths
+        sessions = set(mesh.flooder.sessions)
+        local = self._config.node
+        nodes = []
+        for node_id in sorted({self.node_id, *self._peers, *lsdb.origins()}):
+            peer = self._peers.get(node_id)
+            lsa = lsdb.get(node_id, now)
+            info = control_pb2.NodeInfo(
+                node_id=node_id,
+                local=node_id == self.node_id,
+                configured_peer=peer is not None,
+                in_lsdb=lsa is not None,
+                reachable=node_id in paths or node_id == self.node_id,
+                flooding=node_id in sessions,
+            )
+            if lsa is not None:
+                info.region, info.az, info.draining = lsa.region, lsa.az, lsa.draining
+                info.lsa_seq, info.lsa_age_s = lsa.seq, lsa.age
+                info.links_up = sum(link.up for link in lsa.links)
+            elif peer is not None:
+                info.region, info.az = peer.region, peer.az
+            if peer is not None:
+                info.sip, info.grpc = _hostport(*peer.sip), _hostport(*peer.grpc)
+            elif node_id == self.node_id:
+                info.region, info.az = local.region, local.az
+                listen = self._config.sip.listen[0]
+                info.sip = _hostport(listen.host, listen.port)
+                grpc = self._config.grpc
+                if grpc is not None:
+                    info.grpc = _hostport(grpc.host, grpc.port)
+            path = paths.get(node_id)
+            if path is not None:
+                info.path.extend(path.nodes)
+                info.cost_ms = path.cost
+            nodes.append(info)
+        return control_pb2.ListNodesResponse(
+            node_id=self.node_id, nodes=nodes, drain=self._drain_status(now)
+        )
+
+    def get_topology(
+        self, request: control_pb2.GetTopologyRequest
+    ) -> control_pb2.GetTopologyResponse:
+        now = trio.current_time()
+        mesh = self._mesh
+        table = mesh.routes
+        graph = table.graph
+        weight = weight_function(graph, table.policy, self.node_id)
+        nodes = []
+        links = []
+        lsdb = mesh.flooder.lsdb
+        for origin in lsdb.origins():
+            lsa = lsdb.get(origin, now)
+            assert lsa is not None
+            nodes.append(
+                control_pb2.TopologyNode(
+                    node_id=origin,
+                    region=lsa.region,
+                    az=lsa.az,
+                    draining=lsa.draining,
+                    lsa_seq=lsa.seq,
+                    lsa_age_s=lsa.age,
+                )
+            )
+            for link in lsa.links:
+                attributes = graph.succ.get(origin, {}).get(link.neighbor)
+                cost = None if attributes is None else weight(origin, link.neighbor, attributes)
+                links.append(
+                    control_pb2.TopologyLink(
+                        origin=origin,
+                        neighbor=link.neighbor,
+                        up=link.up,
+                        usable=attributes is not None,
+                        metrics=_metrics(link),
+                        cost_ms=cost or 0.0,
+                    )
+                )
+        return control_pb2.GetTopologyResponse(node_id=self.node_id, nodes=nodes, links=links)
+
+    def list_links(self, request: control_pb2.ListLinksRequest) -> control_pb2.ListLinksResponse:
+        now = trio.current_time()
+        mesh = self._mesh
+        faults = mesh.impairments.faults()
+        sessions = set(mesh.flooder.sessions)
+        own = mesh.flooder.lsdb.peek(self.node_id)
+        links = []
+        for neighbor in sorted(mesh.monitors):
+            stats = mesh.monitors[neighbor].statistics(now)
+            link = control_pb2.LinkStatus(
+                neighbor=neighbor,
+                state=control_pb2.LinkStatus.State.Value(stats.state.value),
+                since_s=now - stats.since,
+                measured=_metrics(stats.metrics),
+                probes_sent=stats.probes_sent,
+                probes_answered=stats.probes_answered,
+                probes_lost=stats.probes_lost,
+                flooding=neighbor in sessions,
+            )
+            advertised = None if own is None else own.link(neighbor)
+            if advertised is not None:
+                link.advertised_up = advertised.up
+                link.advertised.CopyFrom(_metrics(advertised))
+                if advertised.up:
+                    link.cost_ms = link_cost(_attributes(advertised), mesh.policy) or 0.0
+            override = mesh.overrides.get(neighbor)
+            if override is not None:
+                link.override.CopyFrom(self._override_message(override, now))
+            fault_peer = neighbor if neighbor in faults else ALL_PEERS
+            fault = faults.get(fault_peer)
+            if fault is not None:
+                link.fault.CopyFrom(_fault_message(fault_peer, fault))
+            links.append(link)
+        return control_pb2.ListLinksResponse(node_id=self.node_id, links=links)
+
+    # -- routes -------------------------------------------------------------------------------
+
+    def get_routes(self, request: control_pb2.GetRoutesRequest) -> control_pb2.GetRoutesResponse:
+        table = self._mesh.routes
+        routes = []
+        for destination in sorted(table.routes):
+            route = table.routes[destination]
+            routes.append(
+                control_pb2.Route(
+                    destination=destination,
+                    path=list(route.path),
+                    cost_ms=route.cost,
+                    alternates=[
+                        control_pb2.Path(nodes=list(path.nodes), cost_ms=path.cost)
+                        for path in route.alternates
+                    ],
+                )
+            )
+        return control_pb2.GetRoutesResponse(
+            node_id=self.node_id,
+            version=table.version,
+            computed_age_s=trio.current_time() - table.computed_at,
+            routes=routes,
+        )
+
+    def explain_route(
+        self, request: control_pb2.ExplainRouteRequest
+    ) -> control_pb2.ExplainRouteResponse:
+        target = request.WhichOneof("target")
+        response = control_pb2.ExplainRouteResponse(node_id=self.node_id)
+        if target == "node_id":
+            destination = request.node_id
+            self._check_node("node_id", destination)
+        elif target == "request_uri":
+            egress, response.outcome = self._explain_dialplan(
+                request.request_uri, response.dialplan
+            )
+            if egress is None:
+                return response
+            destination = egress
+        else:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "give node_id or request_uri")
+        table = self._mesh.routes
+        explanation = explain_route(
+            table, destination, self._peers, self._mesh.flooder.lsdb.snapshot()
+        )
+        response.destination = destination
+        response.hysteresis_margin_ms = explanation.hysteresis_margin_ms
+        response.route_version = explanation.version
+        if explanation.chosen is not None:
+            response.chosen.CopyFrom(_candidate_message(explanation.chosen))
+        response.rejected.extend(_candidate_message(c) for c in explanation.rejected)
+        if not response.outcome:
+            chosen = explanation.chosen
+            if chosen is None:
+                response.outcome = f"no route to {destination}: {explanation.no_route}"
+            elif len(chosen.path) == 2:
+                response.outcome = f"sent straight to {destination}"
+            else:
+                via = "→".join(chosen.path[1:-1])
+                response.outcome = f"sent toward {destination} via {via}"
+        return response
+
+    def _explain_dialplan(
+        self, text: str, match_out: control_pb2.DialplanMatch
+    ) -> tuple[str | None, str]:
+        """The dialplan's answer for a new INVITE to ``text``: the egress node to explain the
+        route to (``None``: no overlay route to explain) and the outcome in words."""
+        user, host = _user_host(text)
+        match = self._dialplan.match(user, host)
+        if match is None:
+            return None, "404 Not Found: no dialplan rule matches"
+        rule = match.rule
+        match_out.matched = True
+        match_out.rule_index = self._dialplan.rules.index(rule)
+        match_out.user_prefix = rule.user_prefix
+        match_out.domain = rule.domain or ""
+        match_out.egress = ", ".join(rule.egress)
+        match_out.target = _target_text(rule.target)
+        match_out.forwarded_user = match.user or ""
+        if self._drain.draining:
+            return None, f"503 Draining (Retry-After: {self._drain.retry_after_s})"
+        if not rule.egress or self.node_id in rule.egress:
+            return None, f"leaves the overlay here, to {match_out.target}"
+        mesh = self._mesh
+        egress = choose_egress(
+            rule.egress,
+            "",
+            self.node_id,
+            lambda node: mesh.reachable(node) and not mesh.draining(node),
+        )
+        if egress is None:
+            if any(mesh.reachable(node) for node in rule.egress):
+                return None, "503 Egress Draining"
+            return None, "503 No Route to Egress"
+        picked = (
+            "" if len(rule.egress) == 1 else " (the egress of each call is picked by its Call-ID)"
+        )
+        return egress, f"to egress {egress}{picked}, which sends it to {match_out.target}"
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def list_calls(self, request: control_pb2.ListCallsRequest) -> control_pb2.ListCallsResponse:
+        now = trio.current_time()
+        limit = request.limit or DEFAULT_CALL_LIMIT
+        records = self._calls.calls(now, include_ended=request.include_ended)
+        return control_pb2.ListCallsResponse(
+            node_id=self.node_id,
+            calls=[self._call_message(record, now) for record in records[:limit]],
+            active=self._calls.active(now),
+        )
+
+    def get_call(self, request: control_pb2.GetCallRequest) -> control_pb2.GetCallResponse:
+        if not request.call_id:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "call_id: empty")
+        now = trio.current_time()
+        record = self._calls.get(request.call_id, now)
+        if record is None:
+            raise RpcError(
+                StatusCode.NOT_FOUND,
+                f"no call {request.call_id!r} anchored at {self.node_id} (live or recently ended)",
+            )
+        return control_pb2.GetCallResponse(call=self._call_message(record, now))
+
+    def _call_message(self, record: CallRecord, now: float) -> control_pb2.Call:
+        call = control_pb2.Call(
+            call_id=record.call_id,
+            role=control_pb2.Call.Role.Value(record.role.value),
+            state=control_pb2.Call.State.Value(record.state.value),
+            from_uri=record.from_uri,
+            to_uri=record.to_uri,
+            request_uri=record.request_uri,
+            far_node=record.far_node,
+            started_at=_timestamp(_wall(record.started, now)),
+            age_s=now - record.started,
+            final_status=record.final_status,
+            final_reason=record.final_reason,
+            sip_requests=record.requests,
+            sip_responses=record.responses,
+        )
+        if record.answered is not None:
+            call.setup_ms = (record.answered - record.started) * 1000.0
+        path = self._mesh.routes.paths.get(record.far_node)
+        if path is not None:
+            call.path.extend(path.nodes)
+        if self._media is not None:
+            for session in self._media.sessions_of(record.call_id):
+                call.media.append(self._relay_message(session))
+        return call
+
+    def _relay_message(self, session: MediaSession) -> control_pb2.MediaRelay:
+        assert self._media is not None
+        relay = control_pb2.MediaRelay(
+            session_id=session.session_id,
+            side=session.side.value,
+            stream=session.index,
+            rtp_port=session.ports.rtp,
+            rtcp_port=session.ports.rtcp or 0,
+        )
+        if session.endpoint is not None:
+            relay.endpoint = _hostport(*session.endpoint)
+        if session.remote is not None:
+            relay.remote_node = session.remote.node_id
+            relay.remote_session_id = session.remote.session_id
+        counters = self._media.session_counters(session.session_id)
+        if counters is not None:
+            relay.packets_in = counters["packets_in"]
+            relay.packets_out = counters["packets_out"]
+            relay.bytes_in = counters["bytes_in"]
+            relay.bytes_out = counters["bytes_out"]
+            relay.drops = counters["drops"]
+            relay.latched = counters["latched"]
+            if counters["endpoint"] is not None:
+                relay.endpoint = _hostport(*counters["endpoint"])
+        return relay
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def get_counters(
+        self, request: control_pb2.GetCountersRequest
+    ) -> control_pb2.GetCountersResponse:
+        now = trio.current_time()
+        counters = self._counters()
+        counters.update(
+            {
+                "control.events.published": self._events.published,
+                "control.events.watchers": self._events.watchers,
+                "control.events.dropped_watchers": self._events.dropped_watchers,
+                "control.calls.active": self._calls.active(now),
+                "control.calls.failed": self._calls.failed,
+                "control.calls.evicted": self._calls.evicted,
+                "control.draining": int(self._drain.draining),
+                "control.link_overrides": len(self._mesh.overrides),
+            }
+        )
+        counters.update({f"control.rpc.{key}": n for key, n in self._rpcs.items()})
+        return control_pb2.GetCountersResponse(node_id=self.node_id, counters=counters)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def watch_events(
+        self, request: control_pb2.WatchEventsRequest, stream: BridgedStream
+    ) -> None:
+        kinds = set()
+        for value in request.types:
+            name = control_pb2.EventType.Name(value) if value in _EVENT_TYPES else ""
+            if name not in KINDS:
+                self._rpcs["WatchEvents.INVALID_ARGUMENT"] += 1
+                raise RpcError(StatusCode.INVALID_ARGUMENT, f"types: unknown event type {value}")
+            kinds.add(name)
+        self._rpcs["WatchEvents.OK"] += 1
+        who = self._by()
+        log.info("watching events", caller=who, types=sorted(kinds) or "all")
+        with self._events.watch(kinds) as watcher:
+            try:
+                while True:
+                    try:
+                        item = await watcher.receive()
+                    except WatcherFellBehind as behind:
+                        log.warning("event watcher fell behind", caller=who)
+                        raise RpcError(
+                            StatusCode.RESOURCE_EXHAUSTED,
+                            f"{behind}: events were dropped; watch again",
+                        ) from None
+                    await stream.send(_event_message(item))
+            except StreamBroken:
+                return  # the watcher went away
+
+    # -- drain --------------------------------------------------------------------------------
+
+    def drain(self, request: control_pb2.DrainRequest) -> control_pb2.DrainResponse:
+        retry_after = request.retry_after_s or DEFAULT_RETRY_AFTER_S
+        if retry_after > MAX_RETRY_AFTER_S:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"retry_after_s: at most {MAX_RETRY_AFTER_S} (a day), got {retry_after}",
+            )
+        reason = _text("reason", request.reason)
+        now = trio.current_time()
+        state = self._drain
+        already = state.draining
+        who = self._by()
+        if not already:
+            state.draining, state.since, state.by = True, time.time(), who
+            self._mesh.set_draining(True, now)
+            self._bridge.set_serving("", False)
+        state.reason, state.retry_after_s = reason, retry_after
+        log.warning(
+            "draining: new calls refused",
+            by=who,
+            reason=reason,
+            retry_after_s=retry_after,
+            active_calls=self._calls.active(now),
+        )
+        self._events.publish(DrainChanged(True, reason), by=who)
+        return control_pb2.DrainResponse(drain=self._drain_status(now), already_draining=already)
+
+    def undrain(self, request: control_pb2.UndrainRequest) -> control_pb2.UndrainResponse:
+        state = self._drain
+        was = state.draining
+        if was:
+            who = self._by()
+            now = trio.current_time()
+            state.draining, state.since, state.reason, state.by = False, 0.0, "", ""
+            self._mesh.set_draining(False, now)
+            self._bridge.set_serving("", True)
+            log.warning("no longer draining: new calls accepted", by=who)
+            self._events.publish(DrainChanged(False, ""), by=who)
+        return control_pb2.UndrainResponse(was_draining=was)
+
+    def _drain_status(self, now: float) -> control_pb2.DrainStatus:
+        state = self._drain
+        status = control_pb2.DrainStatus(
+            draining=state.draining,
+            reason=state.reason,
+            by=state.by,
+            retry_after_s=state.retry_after_s,
+            active_calls=self._calls.active(now),
+        )
+        if state.draining:
+            status.since.CopyFrom(_timestamp(state.since))
+        return status
+
+    # -- link overrides -----------------------------------------------------------------------
+
+    def set_link_override(
+        self, request: control_pb2.SetLinkOverrideRequest
+    ) -> control_pb2.SetLinkOverrideResponse:
+        self._check_peer("peer", request.peer)
+        now = trio.current_time()
+        expiry = request.WhichOneof("expiry")
+        expires_at = None
+        if expiry == "expires_at":
+            expires_at = now + (request.expires_at.ToNanoseconds() / 1e9 - time.time())
+        who = self._by()
+        try:
+            override = new_override(
+                request.peer,
+                admin_cost_ms=request.admin_cost_ms if request.HasField("admin_cost_ms") else None,
+                force_down=request.force_down,
+                ttl_s=request.ttl_s if expiry == "ttl_s" else None,
+                expires_at=expires_at,
+                now=now,
+                set_by=who,
+                reason=_text("reason", request.reason),
+            )
+        except ValueError as error:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, str(error)) from None
+        replaced = self._mesh.set_override(override, now)
+        log.warning(
+            "link override set",
+            peer=override.peer,
+            override=override.describe(),
+            expires_in_s=round(override.expires_at - now),
+            by=who,
+            reason=override.reason,
+            replaced=None if replaced is None else replaced.describe(),
+        )
+        self._events.publish(OverrideSet(override), by=who)
+        return control_pb2.SetLinkOverrideResponse(override=self._override_message(override, now))
+
+    def clear_link_override(
+        self, request: control_pb2.ClearLinkOverrideRequest
+    ) -> control_pb2.ClearLinkOverrideResponse:
+        if request.peer:
+            self._check_peer("peer", request.peer)
+        who = self._by()
+        removed = self._mesh.clear_overrides(request.peer or None, trio.current_time())
+        for override in removed:
+            log.warning("link override cleared", peer=override.peer, by=who)
+            self._events.publish(OverrideCleared(override, expired=False), by=who)
+        return control_pb2.ClearLinkOverrideResponse(cleared=len(removed))
+
+    def _override_message(self, override: LinkOverride, now: float) -> control_pb2.LinkOverride:
+        message = control_pb2.LinkOverride(
+            peer=override.peer,
+            force_down=override.force_down,
+            expires_at=_timestamp(_wall(override.expires_at, now)),
+            set_by=override.set_by,
+            reason=override.reason,
+        )
+        if override.admin_cost_ms is not None:
+            message.admin_cost_ms = override.admin_cost_ms
+        return message
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def inject_fault(
+        self, request: control_pb2.InjectFaultRequest
+    ) -> control_pb2.InjectFaultResponse:
+        wire = request.fault
+        self._check_peer("fault.peer", wire.peer, wildcard=True)
+        try:
+            fault = Fault(
+                delay_ms=wire.delay_ms,
+                jitter_ms=wire.jitter_ms,
+                loss_ratio=wire.loss_ratio,
+                blackhole=wire.blackhole,
+            )
+        except ValueError as error:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"fault: {error}") from None
+        self._mesh.impairments.inject(wire.peer, fault)
+        self._faults_changed()
+        who = self._by()
+        log.warning("fault injected", peer=wire.peer, fault=str(fault), by=who)
+        injected = FaultInjected(
+            wire.peer, fault.delay_ms, fault.jitter_ms, fault.loss_ratio, fault.blackhole
+        )
+        self._events.publish(injected, by=who)
+        return control_pb2.InjectFaultResponse()
+
+    def clear_faults(
+        self, request: control_pb2.ClearFaultsRequest
+    ) -> control_pb2.ClearFaultsResponse:
+        if request.peer:
+            self._check_peer("peer", request.peer, wildcard=True)
+        cleared = self._mesh.impairments.clear(request.peer or None)
+        self._faults_changed()
+        who = self._by()
+        log.warning("faults cleared", peer=request.peer or "every peer", cleared=cleared, by=who)
+        self._events.publish(FaultsCleared(request.peer, cleared), by=who)
+        return control_pb2.ClearFaultsResponse(cleared=cleared)
+
+    def _faults_changed(self) -> None:
+        """Faults hit media too: the relay drops what it sends to a faulted peer's relay (loss
+        and blackhole; it holds no packet, so delay and jitter stay with signalling)."""
+        if self._media is not None:
+            faults = self._mesh.impairments.faults()
+            self._media.set_faults({p: (f.loss_ratio, f.blackhole) for p, f in faults.items()})
+
+    # -- arguments ----------------------------------------------------------------------------
+
+    def _check_peer(self, field: str, peer: str, *, wildcard: bool = False) -> None:
+        """``peer`` names one of this node's peers (or, with ``wildcard``, is ``"*"``)."""
+        if peer in self._peers or (wildcard and peer == ALL_PEERS):
+            return
+        known = ", ".join(sorted(self._peers)) or "none"
+        every = "; '*' = every peer" if wildcard else ""
+        what = "empty" if not peer else f"{peer!r} is not a peer of {self.node_id}"
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"{field}: {what} (peers: {known}{every})")
+
+    def _check_node(self, field: str, node_id: str) -> None:
+        """``node_id`` is another node this node knows."""
+        if node_id == self.node_id:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"{field}: {node_id} is this node")
+        known = {*self._peers, *self._mesh.flooder.lsdb.origins()} - {self.node_id}
+        if node_id not in known:
+            names = ", ".join(sorted(known)) or "none"
+            what = "empty" if not node_id else f"unknown node {node_id!r}"
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"{field}: {what} (known: {names})")
+
+
+class _Relay(Protocol):
+    def session_counters(self, session_id: int) -> Mapping[str, Any]: ...
+
+
+class MediaPlaneView:
+    """``CallMedia`` over ``overlay.media_plane.MediaPlane``: its edge's sessions, its relay's
+    counters and faults."""
+
+    def __init__(
+        self,
+        sessions_of: Callable[[str], list[MediaSession]],
+        relay: _Relay,
+        set_faults: Callable[[Mapping[str, tuple[float, bool]]], None],
+    ) -> None:
+        self._sessions_of = sessions_of
+        self._relay = relay
+        self.set_faults = set_faults
+
+    def sessions_of(self, call_id: str) -> list[MediaSession]:
+        return self._sessions_of(call_id)
+
+    def session_counters(self, session_id: int) -> Mapping[str, Any] | None:
+        try:
+            counters: Mapping[str, Any] = self._relay.session_counters(session_id)
+        except KeyError:  # not handed to the relay (yet), or refused by it
+            return None
+        return counters
+
+
+# --- messages --------------------------------------------------------------------------------
+
+_EVENT_TYPES = frozenset(control_pb2.EventType.values())
+
+
+def _serialize(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _wall(at: float, now: float) -> float:
+    """A trio-clock time ``at`` as wall-clock seconds since the epoch."""
+    return time.time() + (at - now)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _text(field: str, text: str) -> str:
+    """Free text from a request: printable, at most MAX_TEXT characters."""
+    if len(text) > MAX_TEXT or not text.isprintable():
+        raise RpcError(
+            StatusCode.INVALID_ARGUMENT,
+            f"{field}: at most {MAX_TEXT} printable characters (no newlines)",
+        )
+    return text
+
+
+def _attributes(metrics: LinkMetrics) -> dict[str, float]:
+    """A link's metrics as the cost function reads an edge's attributes."""
+    return {
+        "rtt_ms": metrics.rtt_ms,
+        "jitter_ms": metrics.jitter_ms,
+        "loss_ratio": metrics.loss_ratio,
+        "retrans_ratio": metrics.retrans_ratio,
+        "admin_cost": metrics.admin_cost,
+    }
+
+
+def _metrics(metrics: LinkMetrics) -> control_pb2.LinkMetrics:
+    return control_pb2.LinkMetrics(
+        rtt_ms=metrics.rtt_ms,
+        jitter_ms=metrics.jitter_ms,
+        loss_ratio=metrics.loss_ratio,
+        retrans_ratio=metrics.retrans_ratio,
+        admin_cost_ms=metrics.admin_cost,
+    )
+
+
+def _fault_message(peer: str, fault: Fault) -> control_pb2.Fault:
+    return control_pb2.Fault(
+        peer=peer,
+        delay_ms=fault.delay_ms,
+        jitter_ms=fault.jitter_ms,
+        loss_ratio=fault.loss_ratio,
+        blackhole=fault.blackhole,
+    )
+
+
+def _candidate_message(candidate: Candidate) -> control_pb2.Candidate:
+    return control_pb2.Candidate(
+        path=list(candidate.path),
+        first_hop=candidate.first_hop,
+        verdict=control_pb2.Candidate.Verdict.Value(candidate.verdict.value),
+        reason=candidate.reason,
+        cost_ms=candidate.cost_ms,
+        links=[
+            control_pb2.LinkCost(
+                from_node=link.from_node,
+                to_node=link.to_node,
+                rtt_ms=link.parts.rtt_ms,
+                jitter_ms=link.parts.jitter_ms,
+                loss_ms=link.parts.loss_ms,
+                retrans_ms=link.parts.retrans_ms,
+                admin_ms=link.parts.admin_ms,
+                hop_ms=link.parts.hop_ms,
+                policy_ms=link.parts.policy_ms,
+                total_ms=link.parts.total_ms,
+            )
+            for link in candidate.links
+        ],
+    )
+
+
+def _event_message(item: Published) -> control_pb2.Event:
+    event = item.event
+    message = control_pb2.Event(
+        seq=item.seq,
+        time=_timestamp(item.time),
+        node_id=item.node_id,
+        type=control_pb2.EventType.Value(kind(event)),
+        summary=summary(event),
+        by=item.by,
+    )
+    if isinstance(event, LinkChanged):
+        message.link.CopyFrom(
+            control_pb2.LinkEvent(neighbor=event.neighbor, metrics=_metrics(event.metrics))
+        )
+    elif isinstance(event, RouteChanged):
+        message.route.CopyFrom(
+            control_pb2.RouteEvent(
+                destination=event.destination,
+                old_path=list(event.old_path or ()),
+                new_path=list(event.new_path or ()),
+                reason=event.reason,
+                version=event.version,
+            )
+        )
+    elif isinstance(event, CallFailed):
+        message.call.CopyFrom(
+            control_pb2.CallEvent(
+                call_id=event.call_id,
+                far_node=event.far_node,
+                status=event.status,
+                reason=event.reason,
+            )
+        )
+    elif isinstance(event, FaultInjected):
+        fault = control_pb2.Fault(
+            peer=event.peer,
+            delay_ms=event.delay_ms,
+            jitter_ms=event.jitter_ms,
+            loss_ratio=event.loss_ratio,
+            blackhole=event.blackhole,
+        )
+        message.fault.CopyFrom(control_pb2.FaultEvent(fault=fault))
+    elif isinstance(event, FaultsCleared):
+        message.fault.CopyFrom(
+            control_pb2.FaultEvent(fault=control_pb2.Fault(peer=event.peer), cleared=event.cleared)
+        )
+    elif isinstance(event, DrainChanged):
+        message.drain.CopyFrom(control_pb2.DrainEvent(reason=event.reason))
+    else:
+        override = event.override
+        wire = control_pb2.LinkOverride(
+            peer=override.peer,
+            force_down=override.force_down,
+            set_by=override.set_by,
+            reason=override.reason,
+        )
+        if override.admin_cost_ms is not None:
+            wire.admin_cost_ms = override.admin_cost_ms
+        expired = isinstance(event, OverrideCleared) and event.expired
+        message.override.CopyFrom(control_pb2.OverrideEvent(override=wire, expired=expired))
+    return message
+
+
+def _user_host(text: str) -> tuple[str | None, str]:
+    """The user and host a dialplan looks at, from a Request-URI or a bare number / user.
+
+    Raises:
+        RpcError: INVALID_ARGUMENT for a URI that does not parse or is not SIP or tel.
+    """
+    text = text.strip()
+    if not text:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, "request_uri: empty")
+    scheme = text.partition(":")[0].lower()
+    if scheme not in ("sip", "sips", "tel"):
+        if any(char.isspace() or not char.isprintable() for char in text):
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"request_uri: bad number {text!r}")
+        return text, ""
+    try:
+        uri = parse_uri_untrusted(text)
+    except ProtocolError as error:
+        raise RpcError(StatusCode.INVALID_ARGUMENT, f"request_uri: {error}") from None
+    if isinstance(uri, SipUri):
+        return uri.user, uri.host
+    if isinstance(uri, TelUri):
+        return uri.number, ""
+    raise RpcError(StatusCode.INVALID_ARGUMENT, f"request_uri: not a SIP or tel URI: {text!r}")
+
+
+def _target_text(target: StaticTarget | DnsTarget) -> str:
+    if isinstance(target, StaticTarget):
+        return _hostport(target.host, target.port)
+    return f"{target.scheme}:{target.domain}"

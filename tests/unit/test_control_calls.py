@@ -1,0 +1,145 @@
+"""The call book of the overlay's edges (overlay.control._calls.CallTracker), on proxy cores wired
+by the unit-test fabric: an ingress, a transit and an egress, a caller and a callee."""
+
+from __future__ import annotations
+
+from overlay.control import CallFailed, CallRecord, CallRole, CallState, CallTracker
+from overlay.sip import MediaHook, MediaRefused
+from tests.unit.overlay_fabric import Fabric, RecordingMedia
+from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
+
+
+class Edges:
+    """A fabric whose every core's hook is a CallTracker in front of a RecordingMedia."""
+
+    def __init__(self, media_sessions: int | None = None, max_calls: int = 100) -> None:
+        self.trackers: dict[str, CallTracker] = {}
+        self.media: dict[str, RecordingMedia] = {}
+        self.failed: list[CallFailed] = []
+        self.sessions = media_sessions
+
+        def hook(node: str) -> MediaHook:
+            self.media[node] = RecordingMedia(node)
+            self.trackers[node] = CallTracker(
+                self.media[node],
+                media_sessions=None if media_sessions is None else lambda _: self.sessions or 0,
+                on_failed=self.failed.append,
+                history=2,
+                max_calls=max_calls,
+            )
+            return self.trackers[node]
+
+        self.fabric = Fabric(media=hook)
+
+    def invite(self, call_id: str = "call-1@127.0.0.2") -> bytes:
+        """Send an INVITE into the ingress; returns it as the callee got it."""
+        invite = request("INVITE", call_id=call_id, branch=f"z9hG4bK-{call_id.replace('@', '-')}")
+        out = self.fabric.inject("ing", UAC, invite)
+        (at_callee,) = out[UAS]
+        return at_callee
+
+    def answer(self, invite: bytes, status: int) -> list[bytes]:
+        """The callee answers; returns what reached the caller."""
+        return self.fabric.inject("egr", UAS, response_to(invite, status))[UAC]
+
+    def calls(self, node: str, *, ended: bool = False) -> list[CallRecord]:
+        core = self.fabric.cores[node]
+        return self.trackers[node].calls(core.now, include_ended=ended)
+
+
+def test_a_call_through_the_overlay_is_booked_at_both_edges_only():
+    edges = Edges()
+    invite = edges.invite()
+    (ingress,) = edges.calls("ing")
+    assert (ingress.role, ingress.state, ingress.far_node) == (
+        CallRole.INGRESS,
+        CallState.TRYING,
+        "egr",
+    )
+    assert (ingress.from_uri, ingress.to_uri) == ("sip:bob@example.org", "sip:alice@example.com")
+    assert edges.calls("mid") == []  # a transit relays without state
+    edges.answer(invite, 180)
+    (egress,) = edges.calls("egr")
+    assert (egress.role, egress.state, egress.far_node) == (
+        CallRole.EGRESS,
+        CallState.RINGING,
+        "ing",
+    )
+    edges.fabric.cores["egr"].now += 1.5
+    (ok,) = edges.answer(invite, 200)
+    (egress,) = edges.calls("egr")
+    assert (egress.state, egress.final_status, egress.answered) == (CallState.ANSWERED, 200, 1.5)
+    assert edges.calls("ing")[0].state is CallState.ANSWERED
+    # The media plane saw every message the tracker saw, unchanged.
+    assert edges.media["ing"].seen == [
+        ("INVITE", "entering"),
+        ("180", "leaving"),
+        ("200", "leaving"),
+    ]
+
+    route_set = tuple(f"Route: {rr}" for rr in parse(ok).headers.get_all("Record-Route"))
+    bye = request(
+        "BYE", call_id="call-1@127.0.0.2", to_tag="callee-tag", cseq=2, branch="z9hG4bK-bye",
+        extra=route_set,
+    )  # fmt: skip
+    edges.fabric.inject("ing", UAC, bye)
+    assert edges.calls("ing") == []
+    (ended,) = edges.calls("ing", ended=True)
+    assert (ended.state, ended.final_status, ended.final_reason) == (CallState.ENDED, 200, "BYE")
+    assert ended.requests == 2  # INVITE and BYE crossed the edge here
+    assert edges.failed == []
+
+
+def test_a_failed_call_is_reported_and_a_cancelled_one_is_not():
+    edges = Edges()
+    busy = edges.invite("busy@h")
+    edges.answer(busy, 486)
+    assert edges.calls("ing") == []
+    assert edges.calls("ing", ended=True)[0].state is CallState.FAILED
+    assert edges.failed == [
+        CallFailed("busy@h", "ing", 486, "Reason"),  # the egress saw it first
+        CallFailed("busy@h", "egr", 486, "Reason"),
+    ]
+    edges.failed.clear()
+    cancelled = edges.invite("gone@h")
+    edges.answer(cancelled, 487)
+    assert edges.calls("ing", ended=True)[0].state is CallState.CANCELLED
+    assert edges.failed == []
+
+
+def test_a_refused_offer_fails_the_call():
+    edges = Edges()
+    edges.media["ing"].refuse = MediaRefused(488, "Not Acceptable Here")
+    edges.fabric.inject("ing", UAC, request("INVITE", call_id="bad@h"))
+    (failed,) = edges.calls("ing", ended=True)
+    assert (failed.state, failed.final_status) == (CallState.FAILED, 488)
+    assert edges.failed == [CallFailed("bad@h", "egr", 488, "Not Acceptable Here")]
+
+
+def test_calls_do_not_stay_forever():
+    edges = Edges(media_sessions=1)
+    edges.invite("silent@h")  # never answered
+    answered = edges.invite("talking@h")
+    edges.answer(answered, 200)
+    ingress = edges.fabric.cores["ing"]
+    ingress.now += 201  # past the setup timeout
+    assert [c.call_id for c in edges.calls("ing")] == ["talking@h"]
+    edges.sessions = 0  # the media plane ended its sessions (inactivity)
+    assert edges.calls("ing") == []
+    ended = edges.calls("ing", ended=True)
+    assert [(c.call_id, c.final_reason) for c in ended] == [
+        ("talking@h", "media timed out"),
+        ("silent@h", "no final response"),
+    ]
+    assert edges.trackers["ing"].active(ingress.now) == 0
+
+
+def test_the_book_is_bounded():
+    edges = Edges(max_calls=2)
+    for n in range(3):
+        edges.invite(f"c{n}@h")
+    tracker = edges.trackers["ing"]
+    assert [c.call_id for c in edges.calls("ing")] == ["c2@h", "c1@h"]
+    assert tracker.evicted == 1
+    assert tracker.get("c1@h", 0.0) is not None
+    assert tracker.get("c0@h", 0.0) is None
