@@ -106,6 +106,14 @@ class Change:
         return f"{sign} {self.kind:<16} {self.region:<10} {self.name}{detail}"
 
 
+#: Where a member's mutual-TLS files live (``overlay certs node``). The operator installs them:
+#: user data is readable by anyone allowed DescribeInstanceAttribute, so it carries no keys.
+NODE_TLS_FILES = {
+    "ca": "/etc/overlay/tls/ca.pem",
+    "cert": "/etc/overlay/tls/node.pem",
+    "key": "/etc/overlay/tls/node.key",
+}
+
 MEMBER_USER_DATA = """#!/bin/bash
 # A pair member: the HA agent's settings, then (re)start it.
 set -euo pipefail
@@ -135,6 +143,7 @@ class HaAgentSettings:
             f"dead_after = {timers.dead_after}",
             f"hold_down = {timers.hold_down}",
         ]
+        lines += [f'{key} = "{path}"' for key, path in NODE_TLS_FILES.items()]
         return "\n".join(lines) + "\n"
 
 

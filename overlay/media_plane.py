@@ -12,7 +12,13 @@ only code that calls it:
   with new packets from its endpoint is touched, and sessions silent past the inactivity
   timeout are ended (their ports freed);
 * the mesh sends an echo to every neighbour's relay with each probe round (``send_echo``) and
-  collects the answers (``take_echo_replies``), so link state measures the media path too.
+  collects the answers (``take_echo_replies``), so link state measures the media path too;
+* the relay's overlay socket takes datagrams only from the ``[[peers]]`` media addresses
+  (``set_peers`` at construction): anything else is dropped and counted
+  (``media.drops.unknown_peer``), so nobody can inject media into a call or use the relay as a
+  reflector;
+* fault injection (``set_faults``) drops some or all of what the relay sends to a peer's
+  relay, as ``Impairments`` does for signalling.
 
 A command the relay refuses (a port taken by another program) costs that stream, not the
 node: it is logged and counted in ``failures``.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 import structlog
 import trio
@@ -36,6 +43,7 @@ from overlay.media import (
     PortAllocator,
     media_id,
 )
+from overlay.transport import ALL_PEERS
 
 log = structlog.get_logger("overlay.media")
 
@@ -60,6 +68,8 @@ class MediaPlane:
         self._address = media.address
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
         self._node_of_media_id = {media_id(node): node for node in self._node_media}
+        # Peers' relays send from their overlay address, the one configured here.
+        self.relay.set_peers(self._node_media.values())
         self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
         self.failures: Counter[str] = Counter()
 
@@ -108,6 +118,30 @@ class MediaPlane:
             if (address := self._node_media.get(hop)) is not None
         }
         self.relay.set_next_hops(table)
+
+    def set_faults(self, faults: Mapping[str, tuple[float, bool]]) -> None:
+        """Impair what the relay sends to peers: ``{node id: (loss_ratio, blackhole)}``.
+
+        Replaces every media fault; ``"*"`` stands for every peer not named itself, as in
+        ``Impairments``. Forwarded media, echo requests and echo replies sent to that peer's
+        relay are dropped with the probability, or all when blackholed, and counted in
+        ``media.drops.fault``. The relay holds no packet: signalling's delay and jitter have no
+        media counterpart.
+
+        Raises:
+            ValueError: a node id that is not a peer with a media address, or a loss ratio
+                outside 0..1.
+        """
+        unknown = sorted(set(faults) - set(self._node_media) - {ALL_PEERS})
+        if unknown:
+            raise ValueError(f"not a peer with a media address: {', '.join(unknown)}")
+        every = faults.get(ALL_PEERS)
+        table = {}
+        for node, address in self._node_media.items():
+            fault = faults.get(node, every)
+            if fault is not None:
+                table[address] = fault
+        self.relay.set_faults(table)
 
     def send_echo(self, neighbor: str, seq: int) -> None:
         """Send echo ``seq`` straight to ``neighbor``'s relay (a ``[[peers]]`` with ``media``)."""

@@ -1,4 +1,4 @@
-"""The overlay's trio shell: probes, link-state flooding over gRPC, route computation, admin.
+"""The overlay's trio shell: probes, link-state flooding over gRPC, route computation.
 
 ``Mesh`` drives the sans-IO pieces of ``overlay.linkstate`` and ``overlay.routing`` for one node:
 
@@ -18,6 +18,11 @@
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
   address; ``forward_address`` turns it into the current next hop's address, and when the next
   hop toward some nodes changes, ``on_reroute`` tells the proxy so it resends what is pending.
+* **Operators.** The Control service (``overlay.control_plane``) drains the node
+  (``set_draining``: advertised in the LSA, so others stop using it as transit) and overrides
+  links (``set_override``; ``overrides`` are applied to every set of links given to the
+  flooder and expire by themselves). Link and route changes and expired overrides are reported
+  to ``events``.
 
 One timer task sleeps until the earliest deadline of all of these (next probe round, a monitor's
 detection time, the flooder's retransmissions, refresh and aging, the debounced computation).
@@ -30,19 +35,27 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-import grpc
 import structlog
 import trio
 
 from overlay.config import NodeConfig, PeerConfig
 from overlay.control import (
+    AccessPolicy,
     BridgedStream,
+    EventSink,
     GrpcBridge,
+    LinkChanged,
+    LinkOverride,
+    LinkOverrides,
+    OverrideCleared,
+    RouteChanged,
     RpcError,
     Service,
+    StatusCode,
     StreamBroken,
+    current_caller,
+    node_of,
     stream_handler,
-    unary_handler,
 )
 from overlay.linkstate import (
     BadLsa,
@@ -62,8 +75,8 @@ from overlay.linkstate import (
 )
 from overlay.routing import NoRoute, RoutingPolicy, compute_routes
 from overlay.sip import Peer
-from overlay.transport import ALL_PEERS, DelayLine, Fault, Impairments
-from overlay.v1 import admin_pb2, linkstate_pb2
+from overlay.transport import DelayLine, Impairments
+from overlay.v1 import linkstate_pb2
 
 log = structlog.get_logger("overlay.mesh")
 
@@ -93,11 +106,12 @@ class Mesh:
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
         on_reroute: Callable[[list[Peer]], None],
-        counters: Callable[[], dict[str, int]],
         impairments: Impairments,
         initial_seq: int,
         now: float,
         echo: MediaEcho | None = None,
+        events: EventSink | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         node = config.node
         linkstate = config.linkstate
@@ -107,9 +121,11 @@ class Mesh:
         self._send_sip = send_sip
         self._take_traffic = take_traffic
         self._on_reroute = on_reroute
-        self._counters = counters
         self._echo = echo
         self._echo_peers = {peer.node_id for peer in config.peers if peer.media is not None}
+        self._events = events
+        self._access = access
+        self.overrides = LinkOverrides()
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
         self._probe = ProbeConfig(
@@ -158,7 +174,7 @@ class Mesh:
     # -- services -----------------------------------------------------------------------------
 
     def services(self) -> list[Service]:
-        """The gRPC services this node serves: link-state flooding and the admin service."""
+        """The gRPC service of link-state flooding (the Control service is ``ControlPlane``)."""
         return [
             Service(
                 "overlay.v1.LinkState",
@@ -169,36 +185,7 @@ class Mesh:
                         linkstate_pb2.FloodReply.SerializeToString,
                     )
                 },
-            ),
-            Service(
-                "overlay.v1.Admin",
-                {
-                    "GetLinks": unary_handler(
-                        self._get_links,
-                        admin_pb2.GetLinksRequest.FromString,
-                        admin_pb2.GetLinksResponse.SerializeToString,
-                    ),
-                    "GetRoutes": unary_handler(
-                        self._get_routes,
-                        admin_pb2.GetRoutesRequest.FromString,
-                        admin_pb2.GetRoutesResponse.SerializeToString,
-                    ),
-                    "InjectFault": unary_handler(
-                        self._inject_fault,
-                        admin_pb2.InjectFaultRequest.FromString,
-                        admin_pb2.InjectFaultResponse.SerializeToString,
-                    ),
-                    "ClearFaults": unary_handler(
-                        self._clear_faults,
-                        admin_pb2.ClearFaultsRequest.FromString,
-                        admin_pb2.ClearFaultsResponse.SerializeToString,
-                    ),
-                    "GetCounters": unary_handler(
-                        self._get_counters,
-                        admin_pb2.GetCountersRequest.FromString,
-                        admin_pb2.GetCountersResponse.SerializeToString,
-                    ),
-                },
+                None if self._access is None else self._access.authorize_flood,
             ),
         ]
 
@@ -256,10 +243,39 @@ class Mesh:
             rtt_ms=metrics.rtt_ms,
             loss_ratio=metrics.loss_ratio,
         )
+        if self._events is not None:
+            self._events(LinkChanged(monitor.neighbor, metrics.up, metrics))
         self._update_links(now)
 
     def _update_links(self, now: float) -> None:
-        self.flooder.set_links([m.metrics(now) for m in self.monitors.values()], now)
+        for override in self.overrides.expire(now):
+            log.warning("link override expired", peer=override.peer, was=override.describe())
+            if self._events is not None:
+                self._events(OverrideCleared(override, expired=True))
+        links = self.overrides.apply(m.metrics(now) for m in self.monitors.values())
+        self.flooder.set_links(links, now)
+
+    # -- operators ----------------------------------------------------------------------------
+
+    def set_draining(self, draining: bool, now: float) -> None:
+        """Advertise (or stop advertising) that this node takes no new calls."""
+        self.flooder.set_draining(draining, now)
+        self._after_input(now)
+
+    def set_override(self, override: LinkOverride, now: float) -> LinkOverride | None:
+        """Put ``override`` in force and advertise it at once; returns the one it replaced."""
+        replaced = self.overrides.set(override)
+        self._update_links(now)
+        self._after_input(now)
+        return replaced
+
+    def clear_overrides(self, peer: str | None, now: float) -> list[LinkOverride]:
+        """Remove the override of ``peer`` (``None``: all) and advertise the links without."""
+        removed = self.overrides.clear(peer)
+        if removed:
+            self._update_links(now)
+            self._after_input(now)
+        return removed
 
     def record_traffic(self, traffic: dict[Peer, tuple[int, int]], now: float) -> None:
         """Requests and retransmissions the proxy sent per destination node, for the retrans
@@ -297,6 +313,11 @@ class Mesh:
     def reachable(self, node_id: str) -> bool:
         return node_id in self.routes.paths
 
+    def draining(self, node_id: str) -> bool:
+        """Whether ``node_id`` advertises that it is draining (takes no new calls)."""
+        graph = self.routes.graph
+        return node_id in graph and bool(graph.nodes[node_id].get("draining", False))
+
     def sip_address(self, node_id: str) -> Peer:
         """A peer node's configured SIP address."""
         return self._peer_sip[node_id]
@@ -321,7 +342,7 @@ class Mesh:
                     with trio.move_on_after(HELLO_TIMEOUT) as scope:
                         reply = await stream.receive()
                     if scope.cancelled_caught or reply.hello.node_id != peer.node_id:
-                        raise StreamBroken(grpc.StatusCode.UNAVAILABLE, "no hello")
+                        raise StreamBroken(StatusCode.UNAVAILABLE, "no hello")
                     await self._client_session(peer.node_id, stream)
             except (StreamBroken, trio.EndOfChannel):
                 pass
@@ -348,7 +369,14 @@ class Mesh:
         first = await stream.receive()
         neighbor = first.hello.node_id
         if neighbor not in self._peers:
-            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, f"unknown node {neighbor!r}")
+            raise RpcError(StatusCode.PERMISSION_DENIED, f"unknown node {neighbor!r}")
+        authenticated = node_of(current_caller())
+        if authenticated is not None and authenticated != neighbor:
+            # A node may flood only as itself: its certificate names it (overlay.control).
+            raise RpcError(
+                StatusCode.PERMISSION_DENIED,
+                f"hello from {neighbor!r} over a connection authenticated as {authenticated!r}",
+            )
         hello = linkstate_pb2.Hello(node_id=self.node_id, region=self._config.node.region)
         self._impaired_send(neighbor, stream, linkstate_pb2.FloodReply(hello=hello))
         self._server_streams[neighbor] = stream
@@ -478,91 +506,23 @@ class Mesh:
                 reason=change.reason,
                 version=table.version,
             )
-
-    # -- admin service ------------------------------------------------------------------------
-
-    def _get_links(self, request: admin_pb2.GetLinksRequest) -> admin_pb2.GetLinksResponse:
-        now = trio.current_time()
-        links = []
-        for monitor in self.monitors.values():
-            stats = monitor.statistics(now)
-            metrics = stats.metrics
-            links.append(
-                admin_pb2.LinkStatus(
-                    neighbor=stats.neighbor,
-                    state=stats.state.value,
-                    rtt_ms=metrics.rtt_ms,
-                    jitter_ms=metrics.jitter_ms,
-                    loss_ratio=metrics.loss_ratio,
-                    retrans_ratio=metrics.retrans_ratio,
-                    admin_cost=metrics.admin_cost,
-                    since=now - stats.since,
-                    probes_sent=stats.probes_sent,
-                    probes_answered=stats.probes_answered,
+            if self._events is not None:
+                self._events(
+                    RouteChanged(
+                        change.destination,
+                        change.old_path,
+                        change.new_path,
+                        change.reason,
+                        table.version,
+                    )
                 )
-            )
-        return admin_pb2.GetLinksResponse(node_id=self.node_id, links=links)
 
-    def _get_routes(self, request: admin_pb2.GetRoutesRequest) -> admin_pb2.GetRoutesResponse:
-        table = self.routes
-        routes = []
-        for destination in sorted(table.routes):
-            route = table.routes[destination]
-            routes.append(
-                admin_pb2.Route(
-                    destination=destination,
-                    path=list(route.path),
-                    cost=route.cost,
-                    alternates=[
-                        admin_pb2.Path(nodes=list(path.nodes), cost=path.cost)
-                        for path in table.alternates(destination)
-                    ],
-                )
-            )
-        return admin_pb2.GetRoutesResponse(
-            node_id=self.node_id, version=table.version, routes=routes
-        )
+    # -- reading ------------------------------------------------------------------------------
 
-    def _inject_fault(self, request: admin_pb2.InjectFaultRequest) -> admin_pb2.InjectFaultResponse:
-        wire = request.fault
-        self._check_peer(wire.peer)
-        try:
-            fault = Fault(
-                delay_ms=wire.delay_ms,
-                jitter_ms=wire.jitter_ms,
-                loss_ratio=wire.loss_ratio,
-                blackhole=wire.blackhole,
-            )
-        except ValueError as error:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        self.impairments.inject(wire.peer, fault)
-        log.warning("fault injected", peer=wire.peer, fault=str(fault))
-        return admin_pb2.InjectFaultResponse()
-
-    def _clear_faults(self, request: admin_pb2.ClearFaultsRequest) -> admin_pb2.ClearFaultsResponse:
-        if request.peer:
-            self._check_peer(request.peer)
-        cleared = self.impairments.clear(request.peer or None)
-        log.warning("faults cleared", peer=request.peer or "every peer", cleared=cleared)
-        return admin_pb2.ClearFaultsResponse(cleared=cleared)
-
-    def _get_counters(self, request: admin_pb2.GetCountersRequest) -> admin_pb2.GetCountersResponse:
-        counters = self._counters()
-        counters.update(
-            {
-                "overlay.unroutable": self.unroutable,
-                "overlay.bad_messages": self.bad_messages,
-                "overlay.flood_send_drops": self.flood_send_drops,
-            }
-        )
-        return admin_pb2.GetCountersResponse(node_id=self.node_id, counters=counters)
-
-    def _check_peer(self, peer: str) -> None:
-        """A fault names one of our peers, or every peer."""
-        if peer in self._peers or peer == ALL_PEERS:
-            return
-        known = ", ".join(sorted(self._peers)) or "none"
-        raise RpcError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"peer {peer!r} is not a peer of {self.node_id} (known: {known}; '*' = all)",
-        )
+    def counters(self) -> dict[str, int]:
+        """The mesh's own counters, by dotted name (the Control service's GetCounters)."""
+        return {
+            "overlay.unroutable": self.unroutable,
+            "overlay.bad_messages": self.bad_messages,
+            "overlay.flood_send_drops": self.flood_send_drops,
+        }

@@ -5,27 +5,51 @@ pending DNS lookup. Everything runs on one thread: the transport calls ``_delive
 message, the core computes, and ``_flush`` sends what the core produced before the next message
 is read. The timer task sleeps until the core's next deadline; ``_flush`` wakes it early when a
 new deadline comes before the one it sleeps on.
+
+With ``[[peers]]`` the node is an overlay node: the mesh (link state, routes) and the NOC
+Control service (``ControlPlane``) run on one gRPC server, mutual TLS unless the configuration
+says ``insecure = true``. The proxy's edge hook is then a ``CallTracker`` that keeps the book
+of the calls anchored here before passing every message to the media plane. While the node is
+draining (``DrainState``, set by the Control service), new INVITEs are refused with 503 and
+Retry-After; so are new calls whose egress nodes are all draining (without Retry-After: the
+node itself still takes other calls).
+
+With ``[security]`` the core screens every message through the edge guard (``EdgeSecurity``,
+docs/security.md), which the transport tells when its receive loop falls behind the socket.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 import trio
 
 from overlay.config import DnsTarget, NodeConfig, StaticTarget
-from overlay.control import open_grpc_bridge
+from overlay.control import (
+    AccessPolicy,
+    CallFailed,
+    CallTracker,
+    EventHub,
+    TlsCredentials,
+    load_tls,
+    open_grpc_bridge,
+)
+from overlay.control_plane import ControlPlane, DrainState, MediaPlaneView
+from overlay.edge_security import EdgeSecurity
 from overlay.linkstate import PROBE_MARK
 from overlay.media_plane import MediaPlane
 from overlay.mesh import Mesh
 from overlay.routing import Dialplan, choose_egress
 from overlay.sip import (
     Listener,
+    MediaHook,
     OverlayNodes,
     Peer,
     ProxyConfig,
@@ -38,8 +62,10 @@ from overlay.sip import (
     Target,
     TelUri,
     TimerConfig,
+    TransactionStatistics,
     overlay_route,
 )
+from overlay.telemetry import Telemetry
 from overlay.transport import (
     BoundSocket,
     Impairments,
@@ -81,6 +107,11 @@ class Node:
                 base_delay_ms={peer.node_id: peer.base_delay_ms for peer in config.peers},
                 addresses={peer.node_id: [peer.sip] for peer in config.peers},
             )
+        self.security = EdgeSecurity.for_config(config)  # None without [security]
+        self.events = EventHub(config.node.node_id)
+        self.drain = DrainState()  # changed by the Control service only
+        self.calls: CallTracker | None = None  # made in serve(), around the media hook
+        self._grpc_tls = _grpc_tls(config)
         self._transport = SipTransport(
             deliver=self._deliver,
             transport_error=self._transport_error,
@@ -88,10 +119,12 @@ class Node:
             tcp_idle_timeout=sip.tcp_idle_timeout,
             steering=steering,
             impairments=self.impairments,
+            backlog=None if self.security is None else self.security.guard.backlog,
         )
         self._core: ProxyCore | None = None
         self.mesh: Mesh | None = None
         self.media: MediaPlane | None = None  # made in serve(): it binds the relay's socket
+        self.telemetry = Telemetry(self, self._worker)
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -136,14 +169,18 @@ class Node:
                 ),
                 self._locate,
                 self._overlay_paths,
-                None if self.media is None else self.media.edge,
+                self._edge_hook(),
+                admission=None if self.security is None else self.security.guard,
             )
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
+            if self.security is not None:
+                nursery.start_soon(self.security.run)
             if self.media is not None:
                 await nursery.start(self._run_media, self.media)
             if self.config.peers:
                 await nursery.start(self._run_mesh, self._core)
+            await nursery.start(self.telemetry.run)
             log.info(
                 "node started",
                 node_id=self.config.node.node_id,
@@ -171,22 +208,46 @@ class Node:
         assert grpc_section is not None
         assert self.impairments is not None
         local = next(item for item in self.listeners if item.transport == "udp")
+        access = AccessPolicy(
+            self.config.node.node_id,
+            [peer.node_id for peer in self.config.peers],
+            secure=self._grpc_tls is not None,
+        )
+        if self._grpc_tls is None:
+            log.warning("gRPC without TLS (insecure = true): anyone who reaches it is operator")
         self.mesh = Mesh(
             self.config,
             local_sip=Peer("udp", local.host, local.port),
             send_sip=self._transport.send,
             take_traffic=core.transactions.take_peer_traffic,
             on_reroute=self._rerouted,
-            counters=self.counters,
             impairments=self.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=time.time_ns() // 1_000_000,
             now=trio.current_time(),
             echo=self.media,
+            events=self.events.publish,
+            access=access,
         )
-        async with open_grpc_bridge() as bridge:
+        assert self.calls is not None
+        async with open_grpc_bridge(tls=self._grpc_tls) as bridge:
+            control = ControlPlane(
+                self.config,
+                mesh=self.mesh,
+                bridge=bridge,
+                events=self.events,
+                calls=self.calls,
+                drain=self.drain,
+                access=access,
+                counters=self.counters,
+                media=None
+                if self.media is None
+                else MediaPlaneView(
+                    self.media.edge.sessions.of_call, self.media.relay, self.media.set_faults
+                ),
+            )
             port = await bridge.start_server(
-                grpc_section.host, grpc_section.port, self.mesh.services()
+                grpc_section.host, grpc_section.port, [*self.mesh.services(), control.service()]
             )
             log.info("grpc listening", host=grpc_section.host, port=port)
             task_status.started()
@@ -197,7 +258,7 @@ class Node:
         return NodeStatistics(self._core.statistics(), self._transport.statistics())
 
     def counters(self) -> dict[str, int]:
-        """Every counter of the proxy and the transport, by dotted name (see admin.proto)."""
+        """Every counter of the node, by dotted name (see control.proto)."""
         stats = self.statistics()
         proxy = stats.proxy
         counters = {
@@ -220,8 +281,15 @@ class Node:
         }
         for prefix, group in groups.items():
             counters.update({f"{prefix}.{name}": n for name, n in group.items()})
+        assert self._core is not None
+        counters.update(_call_counters(self._core.transactions.statistics()))
         if self.media is not None:
             counters.update(self.media.counters())
+        if self.mesh is not None:
+            counters.update(self.mesh.counters())
+        counters.update(self.telemetry.counters())
+        if self.security is not None:
+            counters.update(self.security.guard.counters())
         return counters
 
     # -- glue --------------------------------------------------------------------------------
@@ -243,16 +311,25 @@ class Node:
         match = self._dialplan.match(user, host)
         if match is None:
             return None
+        new_call = request.method == "INVITE" and request.to_tag is None
+        if new_call and self.drain.draining:
+            return self._refuse(request, Refusal(503, "Draining", self.drain.retry_after_s))
         if match.rule.egress:
             mesh = self.mesh
             egress = choose_egress(
                 match.rule.egress,
                 request.call_id,
                 self.config.node.node_id,
-                lambda node_id: mesh is not None and mesh.reachable(node_id),
+                lambda node_id: (
+                    mesh is not None
+                    and mesh.reachable(node_id)
+                    and not (new_call and mesh.draining(node_id))
+                ),
             )
             if egress is None:
-                return Refusal(503, "No Route to Egress")
+                if mesh is not None and any(mesh.reachable(n) for n in match.rule.egress):
+                    return self._refuse(request, Refusal(503, "Egress Draining"))
+                return self._refuse(request, Refusal(503, "No Route to Egress"))
             if egress != self.config.node.node_id:
                 return self._toward_egress(egress)
         request_uri = None
@@ -263,6 +340,26 @@ class Node:
             return Target(target.host, target.port, target.transport, "sip", request_uri)
         assert isinstance(target, DnsTarget)
         return Target(target.domain, None, target.transport, target.scheme, request_uri)
+
+    def _refuse(self, request: Request, refusal: Refusal) -> Refusal:
+        """A refused new call is a failed call for the NOC (its INVITE never left)."""
+        if request.method == "INVITE" and request.to_tag is None:
+            self.events.publish(CallFailed(request.call_id, "", refusal.status, refusal.reason))
+        return refusal
+
+    def _edge_hook(self) -> MediaHook | None:
+        """What the proxy shows the messages crossing the overlay's edge: the call book (an
+        overlay node), which passes them on to the media plane (with ``[media]``)."""
+        edge = None if self.media is None else self.media.edge
+        if not self.config.peers:
+            return edge
+        count = None if edge is None else edge.sessions.of_call
+        self.calls = CallTracker(
+            edge,
+            media_sessions=None if count is None else lambda call_id: len(count(call_id)),
+            on_failed=self.events.publish,
+        )
+        return self.calls
 
     def _toward_egress(self, egress: str) -> Target:
         """An overlay call: to the egress node, which applies the dialplan's target itself."""
@@ -379,3 +476,31 @@ class Node:
                 tcp_connections=stats.transport.tcp_connections,
                 internal_errors=self.internal_errors,
             )
+
+
+def _call_counters(transactions: TransactionStatistics) -> dict[str, int]:
+    """Calls (INVITEs outside a dialog) and ended transactions, by dotted name."""
+    answers = transactions.initial_invite_answers
+    counters = {
+        "sip.calls.offered": transactions.initial_invites,
+        "sip.calls.in_setup": transactions.initial_invites_pending,
+        "sip.calls.answered": sum(n for status, n in answers.items() if status < 300),
+    }
+    counters.update({f"sip.calls.failed.{s}": n for s, n in answers.items() if s >= 300})
+    for (kind, result), n in transactions.ended.items():
+        counters[f"sip.transactions_ended.{kind.name.lower()}.{result}"] = n
+    return counters
+
+
+def _grpc_tls(config: NodeConfig) -> TlsCredentials | None:
+    """The node's mutual-TLS material (``[grpc]``), checked now so that a bad file stops the
+    node before it serves anything.
+
+    Raises:
+        TlsError: a file is unreadable, not PEM, or the files do not belong together.
+    """
+    grpc = config.grpc
+    if grpc is None or grpc.insecure:
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    return load_tls(Path(grpc.ca), Path(grpc.cert), Path(grpc.key), now=now)

@@ -5,7 +5,7 @@
 address and when to move it.
 """
 
-from ._agent import HEALTH_CHECK_METHOD, HaAgent, HaAgentConfig, run_agent
+from ._agent import HEALTH_CHECK_METHOD, HaAgent, HaAgentConfig, load_agent_tls, run_agent
 from ._config import load_ha_config, parse_ha_config
 from ._core import (
     AddressView,
@@ -46,6 +46,7 @@ __all__ = [
     "Takeover",
     "TakeoverSkipped",
     "classify",
+    "load_agent_tls",
     "load_ha_config",
     "parse_ha_config",
     "run_agent",

@@ -16,17 +16,19 @@ on the trio thread.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 import trio
 from grpc_health.v1 import health_pb2
 
 from deploy.aws import ClientFactory
-from overlay.control import GrpcBridge, RpcError, open_grpc_bridge
+from overlay.control import GrpcBridge, RpcError, TlsCredentials, load_tls, open_grpc_bridge
 
 from ._core import (
     HaCore,
@@ -65,6 +67,8 @@ class HaAgentConfig:
         hold_down: seconds without takeover after a takeover or a recovery of the peer.
         api_check_interval: seconds between periodic readings of who holds the address.
         health_service: the service name asked about (``""``: the node's server as a whole).
+        tls_files: the ``(ca, cert, key)`` PEM files the agent dials its peer with (mutual TLS:
+            the node's own certificate will do); ``None``: plaintext (``insecure = true``).
 
     Raises:
         ValueError: a value out of range, an IP that does not parse, the same ENI twice, or a
@@ -82,6 +86,7 @@ class HaAgentConfig:
     hold_down: float = 10.0
     api_check_interval: float = 5.0
     health_service: str = ""
+    tls_files: tuple[str, str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.own_eni_id == self.peer_eni_id:
@@ -252,10 +257,23 @@ class HaAgent:
         )
 
 
+def load_agent_tls(config: HaAgentConfig) -> TlsCredentials | None:
+    """Read and check the agent's TLS files (``config.tls_files``); ``None`` when insecure.
+
+    Raises:
+        TlsError: a file is unreadable, not PEM, or the files do not belong together.
+    """
+    if config.tls_files is None:
+        return None
+    ca, cert, key = (Path(name) for name in config.tls_files)
+    return load_tls(ca, cert, key, now=datetime.datetime.now(datetime.UTC))
+
+
 async def run_agent(
     config: HaAgentConfig,
     aws: ClientFactory,
     *,
+    tls: TlsCredentials | None = None,
     task_status: trio.TaskStatus[HaAgent] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the HA agent of one member until cancelled.
@@ -267,6 +285,7 @@ async def run_agent(
     Args:
         config: the pair and the timings.
         aws: where EC2 clients come from (``aws.client("ec2", config.region)``).
+        tls: this member's mutual-TLS identity for the health checks (``load_agent_tls``).
         task_status: reports the :class:`HaAgent` once its tasks run.
 
     Error handling: failed EC2 calls and failed health checks are logged, counted and retried;
@@ -282,7 +301,7 @@ async def run_agent(
         private_ip=config.floating_private_ip,
         allocation_id=config.allocation_id,
     )
-    async with open_grpc_bridge() as bridge, trio.open_nursery() as nursery:
+    async with open_grpc_bridge(tls=tls) as bridge, trio.open_nursery() as nursery:
         agent = HaAgent(config, address, bridge)
         nursery.start_soon(agent._decisions)
         nursery.start_soon(agent._heartbeats)

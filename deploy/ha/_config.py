@@ -12,6 +12,9 @@ heartbeat_interval = 0.5   # optional, seconds
 dead_after = 3             # optional, missed heartbeats
 hold_down = 10.0           # optional, seconds
 api_check_interval = 5.0   # optional, seconds
+ca = "/etc/overlay/tls/ca.pem"      # mutual TLS toward the peer's health service (this
+cert = "/etc/overlay/tls/node.pem"  # node's own certificate will do), or insecure = true
+key = "/etc/overlay/tls/node.key"
 ```
 
 A bad file is refused with ``overlay.config.ConfigError`` naming the line and the key.
@@ -23,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from overlay.config import (
+    TLS_KEYS,
     Invalid,
     Reader,
     Table,
+    grpc_tls,
     integer,
     parse_toml,
     read_text,
@@ -46,6 +51,7 @@ _KEYS = (
     "dead_after",
     "hold_down",
     "api_check_interval",
+    *TLS_KEYS,
 )
 
 
@@ -80,6 +86,7 @@ def _build(root: dict[str, object]) -> HaAgentConfig:
             floating_private_ip=table.require("floating_private_ip", string),
             allocation_id=table.require("allocation_id", string),
             peer_grpc_target=table.require("peer_grpc", string),
+            tls_files=grpc_tls(table, ("ha",)),
             **options,
         )
     except ValueError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -20,8 +21,13 @@ app = typer.Typer(
 )
 
 
-def configure_logging(*, json: bool, level: str) -> None:
-    """structlog to stderr: JSON lines for machines, key=value for people."""
+def configure_logging(*, json: bool, level: str, node_id: str | None = None) -> None:
+    """structlog to stderr: JSON lines for machines, key=value for people.
+
+    Every line carries ``timestamp`` (ISO 8601, UTC), ``level`` and ``event``, then the fields
+    bound by the caller; with ``node_id`` also that, so that the lines of many nodes can be
+    merged by a log pipeline and still be told apart.
+    """
     # Plain tracebacks: rendering one with rich (the default) takes a node's CPU for long
     # enough to miss probes and be declared down by its peers.
     renderers: list[structlog.types.Processor] = (
@@ -37,6 +43,7 @@ def configure_logging(*, json: bool, level: str) -> None:
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *([] if node_id is None else [_add_node_id(node_id)]),
             *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
@@ -45,24 +52,48 @@ def configure_logging(*, json: bool, level: str) -> None:
     )
 
 
+def _add_node_id(node_id: str) -> structlog.types.Processor:
+    def add(
+        _logger: object, _method: str, event_dict: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        event_dict.setdefault("node_id", node_id)
+        return event_dict
+
+    return add
+
+
 @app.command()
 def node(
     config: Annotated[Path, typer.Option("--config", "-c", help="node.toml to load")],
-    log_json: Annotated[bool, typer.Option("--log-json", help="JSON log lines")] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="JSON log lines (default: [log] format)")
+    ] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="DEBUG, INFO, WARNING or ERROR (default: [log] level, INFO)"),
+    ] = None,
 ) -> None:
     """Run one node (``sip.workers`` processes) until SIGINT or SIGTERM."""
-    from overlay.config import ConfigError, load_config
+    from overlay.config import LOG_LEVELS, ConfigError, load_config
+    from overlay.control import TlsError
     from overlay.workers import run_node
 
-    configure_logging(json=log_json, level=log_level.upper())
     try:
         loaded = load_config(config)
     except ConfigError as exc:
         typer.echo(f"overlay: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
+    level = (log_level or loaded.log.level).upper()
+    if level not in LOG_LEVELS:
+        typer.echo(f"overlay: --log-level must be one of {', '.join(LOG_LEVELS)}", err=True)
+        raise typer.Exit(2)
+    json = log_json or loaded.log.format == "json"
+    configure_logging(json=json, level=level, node_id=loaded.node.node_id)
     try:
         code = run_node(loaded)
+    except TlsError as exc:
+        typer.echo(f"overlay: refusing to start: {config}: [grpc] {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"overlay: cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -122,12 +153,14 @@ def ha(
 ) -> None:
     """Run the HA agent of one pair member (moves the floating address) until SIGINT/SIGTERM."""
     from deploy.aws import ClientFactory
-    from deploy.ha import load_ha_config, run_agent
+    from deploy.ha import load_agent_tls, load_ha_config, run_agent
     from overlay.config import ConfigError
+    from overlay.control import TlsError
 
     try:
         loaded = load_ha_config(config)
-    except ConfigError as exc:
+        tls = load_agent_tls(loaded)
+    except (ConfigError, TlsError) as exc:
         typer.echo(f"overlay: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(json=log_json, level=log_level.upper())
@@ -136,7 +169,7 @@ def ha(
     async def until_signalled() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_agent, loaded, aws)
+                nursery.start_soon(functools.partial(run_agent, loaded, aws, tls=tls))
                 async for _ in signals:
                     nursery.cancel_scope.cancel()
                     break
@@ -145,9 +178,11 @@ def ha(
 
 
 def _add_subcommands() -> None:
+    from overlay.cli.certs import app as certs_app
     from overlay.cli.deploy import app as deploy_app
 
     app.add_typer(deploy_app, name="deploy")
+    app.add_typer(certs_app, name="certs")
 
 
 _add_subcommands()

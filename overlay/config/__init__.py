@@ -24,21 +24,28 @@ from pathlib import Path
 from ._errors import ConfigError
 from ._lines import Path as KeyPath
 from ._model import (
+    LOG_LEVELS,
+    CloudwatchSection,
     DialplanRule,
     DnsSection,
     DnsTarget,
     GrpcSection,
     LinkstateSection,
     ListenAddress,
+    LogFormat,
+    LogSection,
     MediaSection,
+    MetricsSection,
     NodeConfig,
     NodeSection,
     PeerConfig,
     Scheme,
+    SecuritySection,
     SipSection,
     StaticTarget,
     TimerConfig,
     Transport,
+    TrunkLimit,
 )
 from ._reader import (
     Invalid,
@@ -53,9 +60,12 @@ from ._reader import (
     seconds,
     string,
 )
-from ._schema import parse_config
+from ._schema import TLS_KEYS, grpc_tls, parse_config
 
 __all__ = [
+    "LOG_LEVELS",
+    "TLS_KEYS",
+    "CloudwatchSection",
     "ConfigError",
     "DialplanRule",
     "DnsSection",
@@ -65,17 +75,23 @@ __all__ = [
     "KeyPath",
     "LinkstateSection",
     "ListenAddress",
+    "LogFormat",
+    "LogSection",
     "MediaSection",
+    "MetricsSection",
     "NodeConfig",
     "NodeSection",
     "PeerConfig",
     "Reader",
     "Scheme",
+    "SecuritySection",
     "SipSection",
     "StaticTarget",
     "Table",
     "TimerConfig",
     "Transport",
+    "TrunkLimit",
+    "grpc_tls",
     "integer",
     "kind",
     "load_config",

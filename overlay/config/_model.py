@@ -8,6 +8,7 @@ without brackets.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, TypeAlias
 
 Transport: TypeAlias = Literal["udp", "tcp"]
@@ -105,10 +106,20 @@ class DialplanRule:
 
 @dataclass(frozen=True)
 class GrpcSection:
-    """``[grpc]``: the node's gRPC server (link-state flooding and the admin service)."""
+    """``[grpc]``: the node's gRPC server (link-state flooding and the Control service).
+
+    ``ca``, ``cert`` and ``key`` are the PEM files of mutual TLS (the CA that signs every
+    node's and NOC client's certificate, this node's certificate and key), for the server and
+    for the node's own calls to its peers; all three are set unless ``insecure`` (no TLS, no
+    authentication: a lab on loopback only).
+    """
 
     host: str
     port: int
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,100 @@ class LinkstateSection:
 
 
 @dataclass(frozen=True)
+class MetricsSection:
+    """``[metrics]``: the Prometheus ``/metrics`` HTTP endpoint (``overlay.telemetry``).
+
+    With several workers, worker ``i`` serves its own counters on ``port + i`` (port 0: each
+    worker an ephemeral port of its own, logged at start).
+    """
+
+    host: str
+    port: int
+
+
+LogFormat: TypeAlias = Literal["console", "json"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class LogSection:
+    """``[log]``: what the node writes to stderr (the command line's ``--log-*`` options win)."""
+
+    format: LogFormat = "console"
+    level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
+
+
+@dataclass(frozen=True)
+class CloudwatchSection:
+    """``[cloudwatch]``: push the per-link metrics to CloudWatch for the fleet's alarms.
+
+    ``fleet`` and ``region`` are the ``Fleet`` and ``Region`` dimensions the deployer's alarms
+    watch; ``endpoint_url`` overrides the regional endpoint (a VPC endpoint, or a test server).
+    """
+
+    fleet: str
+    region: str
+    namespace: str = "Overlay/Links"
+    interval: float = 60.0  # seconds between PutMetricData rounds
+    sample_interval: float = 1.0  # seconds between samples of every link
+    endpoint_url: str | None = None
+
+
+Network: TypeAlias = IPv4Network | IPv6Network
+DenyAction: TypeAlias = Literal["drop", "reject"]
+LimitAction: TypeAlias = Literal["reject", "drop"]
+
+#: User-Agent fragments of the SIP scanners seen on the internet: the first five are those
+#: Kamailio's default configuration drops ("scanner" covers SIPVicious' "friendly-scanner"),
+#: the rest later tools and botnets.
+SCANNER_USER_AGENTS = (
+    "scanner",
+    "sipvicious",
+    "sipcli",
+    "vaxsipuseragent",
+    "pplsip",
+    "sundayddr",
+    "iwar",
+    "sip-scan",
+    "sipscan",
+)
+
+
+@dataclass(frozen=True)
+class TrunkLimit:
+    """One ``[[security.trunks]]`` entry: a known trunk, always let in, with its own rate and
+    never blocked by scanner detection."""
+
+    cidr: Network
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """``[security]``: SIP edge security (``overlay.security``); docs/security.md.
+
+    Rates and counts are per source: an IPv4 address or an IPv6 /64. User-Agent fragments are
+    lower case. ``0`` turns a detector (or the overload check) off.
+    """
+
+    allow: tuple[Network, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
+    deny_action: DenyAction = "drop"
+    rate: float = 20.0  # out-of-dialog requests per second
+    burst: int = 40
+    limit_action: LimitAction = "reject"
+    retry_after: int = 5  # seconds, in the 503s of the rate limit and of overload
+    block_time: float = 600.0
+    window: float = 60.0  # seconds over which the detectors count
+    sweep_users: int = 20
+    max_failures: int = 20
+    max_limited: int = 100
+    scanner_user_agents: tuple[str, ...] = SCANNER_USER_AGENTS
+    overload_backlog: float = 0.2  # seconds behind the UDP socket before INVITEs get 503
+    trunks: tuple[TrunkLimit, ...] = ()
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     """One ``[[peers]]`` entry: another node of the overlay.
 
@@ -172,3 +277,7 @@ class NodeConfig:
     media: MediaSection | None = None
     linkstate: LinkstateSection = field(default_factory=LinkstateSection)
     peers: tuple[PeerConfig, ...] = ()
+    metrics: MetricsSection | None = None
+    log: LogSection = field(default_factory=LogSection)
+    cloudwatch: CloudwatchSection | None = None
+    security: SecuritySection | None = None  # None: no edge security at all

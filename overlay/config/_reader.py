@@ -15,7 +15,7 @@ import ipaddress
 import math
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -182,6 +182,21 @@ def matching(pattern: str, what: str) -> Reader[str]:
         if not compiled.fullmatch(text):
             raise Invalid(path, f"must {what}, got {text!r}")
         return text
+
+    return read
+
+
+def choice(options: Mapping[str, T]) -> Reader[T]:
+    """A reader of one of the strings ``options`` names, giving its value (typed as the
+    ``Literal`` the model wants); the error lists the choices in order."""
+    quoted = [f'"{name}"' for name in options]
+    listed = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+    def read(value: object, path: KeyPath) -> T:
+        text = string(value, path)
+        if text not in options:
+            raise Invalid(path, f"must be {listed}, got {text!r}")
+        return options[text]
 
     return read
 

@@ -6,20 +6,27 @@ error lines) is ``_reader``; this module is only the node's schema built from it
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
+import urllib.parse
 
 from overlay.media import media_id
 
 from ._lines import Path
 from ._model import (
+    LOG_LEVELS,
+    CloudwatchSection,
     DialplanRule,
     DnsSection,
     DnsTarget,
     GrpcSection,
     LinkstateSection,
     ListenAddress,
+    LogFormat,
+    LogSection,
     MediaSection,
+    MetricsSection,
     NodeConfig,
     NodeSection,
     PeerConfig,
@@ -40,6 +47,7 @@ from ._reader import (
     seconds,
     string,
 )
+from ._security import security
 
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
 _HOSTNAME = re.compile(
@@ -69,7 +77,22 @@ def parse_config(text: str, *, source: str) -> NodeConfig:
 
 def _node_config(data: dict[str, object]) -> NodeConfig:
     root = Table(
-        data, (), ("node", "sip", "dns", "dialplan", "grpc", "media", "linkstate", "peers")
+        data,
+        (),
+        (
+            "node",
+            "sip",
+            "dns",
+            "dialplan",
+            "grpc",
+            "media",
+            "linkstate",
+            "peers",
+            "metrics",
+            "log",
+            "cloudwatch",
+            "security",
+        ),
     )
     node = root.require("node", _node)
     sip = root.require("sip", _sip)
@@ -99,6 +122,23 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
                 ("peers", index, "node_id"),
                 f"its media id (CRC-32) equals {clash!r}'s: rename one of them",
             )
+    metrics = root.get("metrics", _metrics, None)
+    if metrics is not None and metrics.port and metrics.port + sip.workers - 1 > 65535:
+        raise Invalid(
+            ("metrics", "listen"),
+            f"worker i serves on port + i: port + sip.workers - 1 must be <= 65535 "
+            f"({sip.workers} workers)",
+        )
+    cloudwatch = root.get("cloudwatch", _cloudwatch, None)
+    if cloudwatch is not None and not peers:
+        raise Invalid(("cloudwatch",), "needs [[peers]]: it publishes the links to them")
+    if cloudwatch is not None and not cloudwatch.region:
+        if not _AWS_REGION.fullmatch(node.region):
+            raise Invalid(
+                ("cloudwatch",),
+                f"needs region: node.region {node.region!r} is not an AWS region name",
+            )
+        cloudwatch = dataclasses.replace(cloudwatch, region=node.region)
     dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
     for index, rule in enumerate(dialplan):
         for position, egress in enumerate(rule.egress):
@@ -117,13 +157,60 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         media=media,
         linkstate=root.get("linkstate", _linkstate, LinkstateSection()),
         peers=peers,
+        metrics=metrics,
+        log=root.get("log", _log, LogSection()),
+        cloudwatch=cloudwatch,
+        security=root.get("security", security, None),
     )
 
 
 def _grpc(value: object, path: Path) -> GrpcSection:
-    table = Table(value, path, ("listen",))
+    table = Table(value, path, ("listen", *TLS_KEYS))
     host, port = table.require("listen", _ip_port_any)
-    return GrpcSection(host, port)
+    tls = grpc_tls(table, path)
+    if tls is None:
+        return GrpcSection(host, port, insecure=True)
+    ca, cert, key = tls
+    return GrpcSection(host, port, ca=ca, cert=cert, key=key)
+
+
+#: The keys of a table that serves or dials gRPC with mutual TLS (``grpc_tls``).
+TLS_KEYS = ("ca", "cert", "key", "insecure")
+
+
+def grpc_tls(table: Table, path: Path) -> tuple[str, str, str] | None:
+    """The ``ca``, ``cert`` and ``key`` files of ``table`` (the node's ``[grpc]``, the HA
+    agent's ``[ha]``), or ``None`` with ``insecure = true``; one or the other is required."""
+    insecure = table.get("insecure", boolean, False)
+    files = [name for name in ("ca", "cert", "key") if table.has(name)]
+    if insecure and files:
+        raise Invalid(
+            (*path, files[0]), "insecure = true runs without TLS: remove ca, cert and key"
+        )
+    if insecure:
+        return None
+    missing = [name for name in ("ca", "cert", "key") if name not in files]
+    if missing:
+        raise Invalid(
+            (*path, missing[0]) if files else path,
+            f"required: {', '.join(missing)} (PEM files for mutual TLS, made by "
+            "`overlay certs`), or insecure = true to run without TLS (a lab only)",
+        )
+    ca, cert, key = (table.require(name, _file) for name in ("ca", "cert", "key"))
+    return ca, cert, key
+
+
+def _file(value: object, path: Path) -> str:
+    """A path to a file the node must be able to read when it starts."""
+    text = string(value, path)
+    if not text:
+        raise Invalid(path, "must be a file path, not empty")
+    try:
+        with open(text, "rb"):
+            pass
+    except OSError as exc:
+        raise Invalid(path, f"cannot read {text}: {exc.strerror or exc}") from None
+    return text
 
 
 def _media(value: object, path: Path) -> MediaSection:
@@ -149,6 +236,76 @@ def _media(value: object, path: Path) -> MediaSection:
     if section.port_first <= section.overlay[1] <= section.port_last:
         raise Invalid((*path, "overlay"), "its port is inside the relay port range")
     return section
+
+
+def _metrics(value: object, path: Path) -> MetricsSection:
+    table = Table(value, path, ("listen",))
+    host, port = table.require("listen", _ip_port_any)
+    return MetricsSection(host, port)
+
+
+def _log(value: object, path: Path) -> LogSection:
+    table = Table(value, path, ("format", "level"))
+    d = LogSection()
+    return LogSection(
+        format=table.get("format", _log_format, d.format),
+        level=table.get("level", _log_level, d.level),
+    )
+
+
+def _log_format(value: object, path: Path) -> LogFormat:
+    text = string(value, path)
+    if text not in _LOG_FORMATS:
+        raise Invalid(path, f'must be "console" or "json", got {text!r}')
+    return _LOG_FORMATS[text]
+
+
+def _log_level(value: object, path: Path) -> str:
+    text = string(value, path)
+    if text.upper() not in LOG_LEVELS:
+        raise Invalid(path, f'must be "debug", "info", "warning" or "error", got {text!r}')
+    return text.upper()
+
+
+def _cloudwatch(value: object, path: Path) -> CloudwatchSection:
+    table = Table(
+        value,
+        path,
+        ("fleet", "region", "namespace", "interval", "sample_interval", "endpoint_url"),
+    )
+    d = CloudwatchSection("", "")
+    section = CloudwatchSection(
+        fleet=table.require("fleet", _fleet),
+        region=table.get("region", _aws_region, ""),  # "": node.region, checked by the caller
+        namespace=table.get("namespace", _namespace, d.namespace),
+        interval=table.get("interval", seconds, d.interval),
+        sample_interval=table.get("sample_interval", seconds, d.sample_interval),
+        endpoint_url=table.get("endpoint_url", _http_url, None),
+    )
+    if section.interval > _MAX_CLOUDWATCH_INTERVAL:
+        raise Invalid(
+            (*path, "interval"),
+            f"must be <= {_MAX_CLOUDWATCH_INTERVAL:g} s: the fleet's alarms take a minute "
+            f"without data as breaching, got {section.interval:g}",
+        )
+    if section.sample_interval > section.interval:
+        raise Invalid((*path, "sample_interval"), "must be <= interval")
+    return section
+
+
+def _namespace(value: object, path: Path) -> str:
+    text = _cloudwatch_namespace(value, path)
+    if text.startswith("AWS/"):
+        raise Invalid(path, f"must not start with AWS/ (reserved for AWS services), got {text!r}")
+    return text
+
+
+def _http_url(value: object, path: Path) -> str:
+    text = string(value, path)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(path, f"must be an http:// or https:// URL, got {text!r}")
+    return text
 
 
 def _linkstate(value: object, path: Path) -> LinkstateSection:
@@ -298,6 +455,13 @@ def _rule(value: object, path: Path) -> DialplanRule:
 # Leaf validators: (value, path) -> typed value, or Invalid naming the path.
 
 _workers = integer(1, 64)
+_LOG_FORMATS: dict[str, LogFormat] = {"console": "console", "json": "json"}
+#: CloudWatch: the fleet name as fleet.toml has it, and AWS region names such as us-gov-west-1.
+_fleet = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (the fleet's name in fleet.toml)")
+_AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
+_aws_region = matching(_AWS_REGION.pattern, 'be an AWS region name such as "us-west-2"')
+_cloudwatch_namespace = matching(r"[A-Za-z0-9._/#:-]{1,255}", "be a CloudWatch namespace")
+_MAX_CLOUDWATCH_INTERVAL = 60.0
 _message_size = integer(1500, 65535)
 _multiplier = integer(1, 20)
 

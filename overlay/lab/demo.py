@@ -17,6 +17,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from overlay.control import Role
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.sipp import SippResult
 from overlay.lab.topology import REGIONS
@@ -139,7 +140,7 @@ async def run_lab(net: str = NET) -> None:
     async with open_lab(nodes, uas_host=uas_host, uac_host=uac_host) as lab:
         await lab.wait_all_links_up(within=REROUTE_WITHIN_S)
         table = Table(title="overlay lab: the reference topology")
-        for column in ("node", "region", "SIP", "gRPC admin", "pid"):
+        for column in ("node", "region", "SIP", "gRPC (Control)", "pid"):
             table.add_column(column)
         for node in lab.nodes.values():
             table.add_row(
@@ -154,5 +155,12 @@ async def run_lab(net: str = NET) -> None:
         console.print(
             f"SIPp callee: udp:{lab.uas.host}:{lab.uas.port} behind {EGRESS}; calls enter at "
             f"{INGRESS} (e.g. sipp -sf uac_rr.xml {nodes[INGRESS]}:5060). Ctrl-C stops the lab."
+        )
+        assert lab.pki is not None
+        noc = lab.pki.client("noc", Role.OPERATOR)
+        console.print(
+            f"NOC: overlayctl --target {lab.nodes[INGRESS].grpc_target} --ca {noc.ca} "
+            f"--cert {noc.cert} --key {noc.key} links   (an operator certificate of the lab's CA)",
+            soft_wrap=True,
         )
         await trio.sleep_forever()

@@ -4,21 +4,27 @@ a NOC tool would make, for ``overlay lab``, ``overlay demo``, the chaos tests an
 ``open_lab`` starts the reference topology (``topology.REGIONS``), every node its own OS
 process on its own loopback address, with a dialplan that sends every call to a SIPp UAS behind
 ``EGRESS``; calls enter at ``INGRESS`` (``Lab.place_calls``). Everything the lab does to the
-nodes goes through their gRPC admin service, as it would in the field.
+nodes goes through their gRPC Control service, as it would in the field, with mutual TLS: the
+lab makes a CA and the nodes' certificates for the run (``overlay.lab.pki``) and calls as an
+operator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import trio
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 
-from overlay.control import GrpcBridge, open_grpc_bridge
-from overlay.lab.node_process import NodeProcess, open_node
+from overlay.control import GrpcBridge, Role, RpcError, open_grpc_bridge
+from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node
+from overlay.lab.pki import LabPki, make_lab_pki
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
 from overlay.lab.topology import (
     SIP_PORT,
@@ -28,7 +34,7 @@ from overlay.lab.topology import (
     node_config,
     site_node_ids,
 )
-from overlay.v1 import admin_pb2
+from overlay.v1 import control_pb2
 
 INGRESS = "usw2"
 EGRESS = "use1"
@@ -37,13 +43,7 @@ POLL_S = 0.02
 
 T = TypeVar("T")
 
-_RESPONSES: dict[str, type[Message]] = {
-    "GetRoutes": admin_pb2.GetRoutesResponse,
-    "GetLinks": admin_pb2.GetLinksResponse,
-    "InjectFault": admin_pb2.InjectFaultResponse,
-    "ClearFaults": admin_pb2.ClearFaultsResponse,
-    "GetCounters": admin_pb2.GetCountersResponse,
-}
+_CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Lab:
     uac_host: str
     azs: int = 1
     dead: set[str] = field(default_factory=set)
+    pki: LabPki | None = None  # the lab's CA and certificates (mutual TLS)
 
     def live(self) -> list[str]:
         return [node_id for node_id in self.nodes if node_id not in self.dead]
@@ -65,12 +66,14 @@ class Lab:
         """The node ids of a region (by short name, e.g. ``EGRESS``): one per AZ."""
         return site_node_ids(site, self.azs)
 
-    async def admin(self, node_id: str, method: str, request: Message) -> Message:
-        """One unary call of ``node_id``'s admin service."""
-        response_type = _RESPONSES[method]
+    async def control(self, node_id: str, method: str, request: Message) -> Message:
+        """One unary call of ``node_id``'s Control service."""
+        response_type: type[Message] = getattr(
+            control_pb2, _CONTROL.methods_by_name[method].output_type.name
+        )
         return await self.bridge.unary(
             self.nodes[node_id].grpc_target,
-            f"/overlay.v1.Admin/{method}",
+            f"/overlay.v1.Control/{method}",
             request,
             lambda message: message.SerializeToString(),
             response_type.FromString,
@@ -79,8 +82,8 @@ class Lab:
 
     async def path(self, node_id: str, destination: str) -> list[str]:
         """``node_id``'s current path to ``destination`` ([] when it has none)."""
-        response = await self.admin(node_id, "GetRoutes", admin_pb2.GetRoutesRequest())
-        assert isinstance(response, admin_pb2.GetRoutesResponse)
+        response = await self.control(node_id, "GetRoutes", control_pb2.GetRoutesRequest())
+        assert isinstance(response, control_pb2.GetRoutesResponse)
         for route in response.routes:
             if route.destination == destination:
                 return list(route.path)
@@ -112,23 +115,24 @@ class Lab:
         with trio.fail_after(within):
             for node_id in self.live():
                 while True:
-                    response = await self.admin(node_id, "GetLinks", admin_pb2.GetLinksRequest())
-                    assert isinstance(response, admin_pb2.GetLinksResponse)
+                    request = control_pb2.ListLinksRequest()
+                    response = await self.control(node_id, "ListLinks", request)
+                    assert isinstance(response, control_pb2.ListLinksResponse)
                     links = [link for link in response.links if link.neighbor not in self.dead]
-                    if all(link.state == "UP" for link in links):
+                    if all(link.state == control_pb2.LinkStatus.UP for link in links):
                         break
                     await trio.sleep(POLL_S)
 
     async def degrade(self, a: str, b: str, *, delay_ms: float, loss_ratio: float) -> None:
         """Add delay and loss both ways on the link a-b."""
         for node_id, peer in ((a, b), (b, a)):
-            fault = admin_pb2.Fault(peer=peer, delay_ms=delay_ms, loss_ratio=loss_ratio)
-            await self.admin(node_id, "InjectFault", admin_pb2.InjectFaultRequest(fault=fault))
+            fault = control_pb2.Fault(peer=peer, delay_ms=delay_ms, loss_ratio=loss_ratio)
+            await self.control(node_id, "InjectFault", control_pb2.InjectFaultRequest(fault=fault))
 
     async def heal(self) -> None:
         """Clear every injected fault on every live node."""
         for node_id in self.live():
-            await self.admin(node_id, "ClearFaults", admin_pb2.ClearFaultsRequest())
+            await self.control(node_id, "ClearFaults", control_pb2.ClearFaultsRequest())
 
     def kill(self, node_id: str) -> None:
         """kill -9 the node's process (a region dying)."""
@@ -136,8 +140,8 @@ class Lab:
         self.dead.add(node_id)
 
     async def counters(self, node_id: str) -> dict[str, int]:
-        response = await self.admin(node_id, "GetCounters", admin_pb2.GetCountersRequest())
-        assert isinstance(response, admin_pb2.GetCountersResponse)
+        response = await self.control(node_id, "GetCounters", control_pb2.GetCountersRequest())
+        assert isinstance(response, control_pb2.GetCountersResponse)
         return dict(response.counters)
 
     async def calls_during(
@@ -209,6 +213,8 @@ async def open_lab(
             uas = await stack.enter_async_context(open_uas(uas_host, scenario="uas_rr"))
             callee = (uas.host, uas.port)
         target = f"{callee[0]}:{callee[1]}"
+        pki_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="overlay-lab-pki-"))
+        pki = make_lab_pki(Path(pki_dir), {node.node_id: node.host for node in nodes})
         processes: dict[str, NodeProcess] = {}
         async with trio.open_nursery() as nursery:
 
@@ -220,6 +226,7 @@ async def open_lab(
                     target=target,
                     probe_interval=probe_interval,
                     inactivity_timeout=inactivity_timeout,
+                    grpc_tls=pki.grpc_lines(node.node_id),
                 )
                 processes[node.node_id] = await stack.enter_async_context(
                     open_node(config, host=node.host, port=SIP_PORT)
@@ -227,5 +234,31 @@ async def open_lab(
 
             for node in nodes:
                 nursery.start_soon(start, node)
-        bridge = await stack.enter_async_context(open_grpc_bridge())
-        yield Lab({node.node_id: node for node in nodes}, processes, bridge, uas, uac_host, azs)
+        operator = pki.client("lab-operator", Role.OPERATOR).credentials()
+        bridge = await stack.enter_async_context(open_grpc_bridge(tls=operator))
+        for node in nodes:  # a node answers SIP a moment before its gRPC server listens
+            await _wait_serving(bridge, node.grpc_target, within=READY_TIMEOUT_S)
+        yield Lab(
+            {node.node_id: node for node in nodes}, processes, bridge, uas, uac_host, azs, pki=pki
+        )
+
+
+async def _wait_serving(bridge: GrpcBridge, target: str, *, within: float) -> None:
+    """Until the gRPC server at ``target`` says SERVING (standard health checking)."""
+    request = health_pb2.HealthCheckRequest(service="")
+    with trio.fail_after(within):
+        while True:
+            try:
+                response = await bridge.unary(
+                    target,
+                    "/grpc.health.v1.Health/Check",
+                    request,
+                    health_pb2.HealthCheckRequest.SerializeToString,
+                    health_pb2.HealthCheckResponse.FromString,
+                    timeout=ADMIN_TIMEOUT_S,
+                )
+            except RpcError:
+                response = None
+            if response is not None and response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            await trio.sleep(POLL_S)

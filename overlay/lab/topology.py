@@ -93,10 +93,11 @@ def node_config(
     target: str,
     probe_interval: float = 0.1,
     inactivity_timeout: float = 60.0,
+    grpc_tls: Sequence[str] = ("insecure = true",),
     extra: str = "",
 ) -> str:
     """TOML for one lab node: full mesh of ``nodes``, every call to ``target`` via one of the
-    ``egress`` nodes."""
+    ``egress`` nodes; ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``)."""
     lines = [
         "[node]",
         f'node_id = "{node.node_id}"',
@@ -108,6 +109,7 @@ def node_config(
         "",
         "[grpc]",
         f'listen = "{node.host}:{GRPC_PORT}"',
+        *grpc_tls,
         "",
         "[media]",
         f'address = "{node.host}"',

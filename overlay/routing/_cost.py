@@ -308,8 +308,35 @@ def cost_breakdown(graph: nx.DiGraph, path: Iterable[str], policy: RoutingPolicy
         >>> parts.rtt_ms, parts.jitter_ms, parts.loss_ms, parts.hop_ms, parts.total_ms
         (62.0, 2.0, 20.0, 40.0, 124.0)
     """
-    nodes = list(path)
     totals = [0.0] * 7
+    for link in link_breakdowns(graph, path, policy):
+        for i, part in enumerate(_parts_of(link)):
+            totals[i] += part
+    return CostBreakdown(*totals)
+
+
+def link_breakdowns(
+    graph: nx.DiGraph, path: Iterable[str], policy: RoutingPolicy
+) -> list[CostBreakdown]:
+    """The cost of each link of ``path`` (computed from its first node), split into its parts.
+
+    Raises:
+        ValueError: as ``cost_breakdown``.
+
+    Examples:
+        >>> import networkx as nx
+        >>> from overlay.routing import RoutingPolicy, link_breakdowns
+        >>> graph = nx.DiGraph()
+        >>> graph.add_node("use2", region="us-east-2")
+        >>> graph.add_edge("usw2", "use2", rtt_ms=50.0, loss_ratio=0.01)
+        >>> graph.add_edge("use2", "use1", rtt_ms=12.0)
+        >>> avoid = RoutingPolicy(avoid_regions={"us-east-2"})
+        >>> [(link.loss_ms, link.policy_ms, link.total_ms)
+        ...  for link in link_breakdowns(graph, ["usw2", "use2", "use1"], avoid)]
+        [(20.0, 0.0, 90.0), (0.0, 1000.0, 1032.0)]
+    """
+    nodes = list(path)
+    links = []
     for u, v in itertools.pairwise(nodes):
         if not graph.has_edge(u, v):
             raise ValueError(f"no link {u}→{v}")
@@ -317,14 +344,27 @@ def cost_breakdown(graph: nx.DiGraph, path: Iterable[str], policy: RoutingPolicy
         transit = u != nodes[0]
         if transit and graph.nodes[u].get("draining", False):
             raise ValueError(f"{u} is draining: not usable as transit")
-        cost = link_cost(attributes, policy)
-        if cost is None:
+        if link_cost(attributes, policy) is None:
             raise ValueError(f"link {u}→{v} has a metric that is not a finite number")
-        parts = _link_parts(attributes, policy)
-        for i, part in enumerate(parts):
-            totals[i] += part
+        rtt, jitter, loss, retrans, admin, hop = parts = _link_parts(attributes, policy)
         if sum(parts) < policy.hop_penalty_ms:  # the floor of link_cost applied
-            totals[5] += policy.hop_penalty_ms - sum(parts)
-        if transit and graph.nodes[u].get("region") in policy.avoid_regions:
-            totals[6] += policy.avoid_penalty_ms
-    return CostBreakdown(*totals)
+            hop += policy.hop_penalty_ms - sum(parts)
+        avoided = transit and graph.nodes[u].get("region") in policy.avoid_regions
+        links.append(
+            CostBreakdown(
+                rtt, jitter, loss, retrans, admin, hop, policy.avoid_penalty_ms if avoided else 0.0
+            )
+        )
+    return links
+
+
+def _parts_of(parts: CostBreakdown) -> tuple[float, ...]:
+    return (
+        parts.rtt_ms,
+        parts.jitter_ms,
+        parts.loss_ms,
+        parts.retrans_ms,
+        parts.admin_ms,
+        parts.hop_ms,
+        parts.policy_ms,
+    )

@@ -3,6 +3,7 @@
 See docs/internal/sip-api.md for the contract of the message layer exported here.
 """
 
+from ._admission import Admission, Reject
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._framing import StreamFramer
 from ._headers import CSeq, NameAddr, Via, canonical_name, split_list_untrusted
@@ -48,6 +49,7 @@ __all__ = [
     "REASON_PHRASES",
     "AbsoluteUri",
     "Address",
+    "Admission",
     "CSeq",
     "Headers",
     "Listener",
@@ -65,6 +67,7 @@ __all__ = [
     "ProxyCore",
     "ProxyStatistics",
     "Refusal",
+    "Reject",
     "RemoteProtocolError",
     "Request",
     "ResolveTarget",

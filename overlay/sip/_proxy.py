@@ -48,6 +48,14 @@ A ``MediaHook`` (the media plane, optional) sees every request that crosses the 
 at this node, from outside into the overlay or out of it, and every response sent back to one
 (forwarded or generated); it may rewrite their bodies (SDP) or refuse the request.
 
+Edge security
+-------------
+An ``Admission`` (``overlay.security``, optional) screens every message by its source address
+before it is parsed, then every new request from outside the overlay before a transaction is
+made for it, and hears of every 4xx the core sends. What it refuses is answered statelessly
+(§16.11), so a flood leaves no state and draws no retransmissions; the ACK of such an answer
+carries this node's To tag and is absorbed. REGISTER gets 405: this node is no registrar.
+
 Messages that fail to parse are answered (400/413/505/513 from the error's hint) when they carry
 a usable Via and dropped otherwise; every drop is counted by reason in ``statistics()``.
 """
@@ -66,6 +74,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ._admission import Admission, Reject
 from ._errors import RemoteProtocolError
 from ._headers import KNOWN_METHODS, NameAddr, Via
 from ._message import (
@@ -93,6 +102,9 @@ DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 #: Relays a response may cross inside the overlay (a path is a few hops; more is a loop).
 MAX_OVERLAY_RELAYS = 8
+#: What the node handles (Allow, RFC 3261 §20.5): it is no registrar, and it cannot relay
+#: registrations either (that needs Path, RFC 3327), so REGISTER gets 405 (§21.4.6).
+ALLOWED_METHODS = ", ".join(sorted(KNOWN_METHODS - {"REGISTER"}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +139,12 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """The dialplan matched, but the request cannot be sent now (its egress is unreachable)."""
+    """The dialplan matched, but the request cannot be sent now (its egress is unreachable,
+    the node is draining); ``retry_after`` seconds go in a Retry-After header (§20.33)."""
 
     status: int
     reason: str
+    retry_after: int | None = None
 
 
 class MediaDirection(enum.Enum):
@@ -263,6 +277,8 @@ class ProxyCore:
         locate: Locate,
         overlay_paths: OverlayPaths | None = None,
         media: MediaHook | None = None,
+        *,
+        admission: Admission | None = None,
     ) -> None:
         if not config.listeners:
             raise ValueError("a proxy needs at least one listener")
@@ -270,6 +286,7 @@ class ProxyCore:
         self._locate = locate
         self._overlay_paths = overlay_paths
         self._media = media
+        self._admission = admission
         self.transactions = TransactionLayer(
             config.timers, detour=self._detour if config.overlay is not None else None
         )
@@ -302,12 +319,14 @@ class ProxyCore:
 
     def receive_data(self, data: bytes, source: Peer, now: float) -> None:
         """Process one datagram, or one message framed from a stream."""
+        if self._admission is not None and not self._admission.screen(source.host, now):
+            return
         try:
             message = parse_message_untrusted(
                 data, stream=source.transport != "udp", max_size=self.config.max_message_size
             )
         except RemoteProtocolError as error:
-            self._reject_unparseable(error, source)
+            self._reject_unparseable(error, source, now)
             return
         try:
             if isinstance(message, Request):
@@ -400,7 +419,10 @@ class ProxyCore:
     # -- requests ----------------------------------------------------------------------------
 
     def _receive_request(self, request: Request, source: Peer, now: float) -> None:
-        self._requests[request.method] += 1
+        # Methods nobody defined are counted together: a scanner's made-up ones must not grow
+        # the counters (and the metrics' label values) without bound.
+        known = request.method in KNOWN_METHODS
+        self._requests[request.method if known else "other"] += 1
         from_overlay = self._overlay_sender(request.top_via, source) is not None
         if not from_overlay:
             _stamp_received(request, source)
@@ -408,13 +430,28 @@ class ProxyCore:
             return
         method = request.method
         if method == "ACK":
-            if not self.transactions.receive_ack(request, now):
-                self._forward_ack(request, now, from_overlay=from_overlay)
+            if self.transactions.receive_ack(request, now):
+                return
+            if request.to_tag == self._nonce:
+                # The ACK of a response this node sent statelessly (a refusal): nothing owns it.
+                self._drops["ACK of a stateless response"] += 1
+                return
+            self._forward_ack(request, now, from_overlay=from_overlay)
             return
         if method == "CANCEL":
             invite = self.transactions.find_server(request, "INVITE")
             if invite is not None:
                 self._receive_cancel(request, source, invite, now)
+                return
+        admission = self._admission
+        if (
+            admission is not None
+            and not from_overlay
+            and self.transactions.find_server(request, method) is None
+        ):
+            verdict = admission.admit(request, source.host, now)
+            if verdict is not None:
+                self._refuse(request, source, verdict)
                 return
         server = self.transactions.receive_request(
             request, self._response_peer(request.top_via, source), now
@@ -454,6 +491,9 @@ class ProxyCore:
     def _route(
         self, server: Transaction, request: Request, now: float, *, from_overlay: bool
     ) -> None:
+        if request.method == "REGISTER":
+            self._respond_with_allow(server, 405, now)
+            return
         forward = request.copy()
         headers = forward.headers
         # §16.4: a strict router upstream put our Record-Route URI in the Request-URI.
@@ -521,7 +561,7 @@ class ProxyCore:
         if target is None:
             self._respond(server, 404, "Not Found", now)
         elif isinstance(target, Refusal):
-            self._respond(server, target.status, target.reason, now)
+            self._respond(server, target.status, target.reason, now, retry_after=target.retry_after)
             return None
         return target
 
@@ -540,16 +580,21 @@ class ProxyCore:
     def _answer_locally(self, server: Transaction, request: Request, now: float) -> None:
         if request.method == "OPTIONS":
             response = make_response(request, 200, to_tag=self._nonce)
-            response.headers.add("Allow", ", ".join(sorted(KNOWN_METHODS)))
+            response.headers.add("Allow", ALLOWED_METHODS)
             response.headers.add("Accept", "application/sdp")
             response.headers.add("Server", self.config.user_agent)
             self._send_response(server, response, now)
         elif request.method not in KNOWN_METHODS:
-            response = make_response(request, 501, to_tag=self._nonce)
-            response.headers.add("Allow", ", ".join(sorted(KNOWN_METHODS)))
-            self._send_response(server, response, now)
+            self._respond_with_allow(server, 501, now)
         else:
             self._respond(server, 404, "Not Found", now)
+
+    def _respond_with_allow(self, server: Transaction, status: int, now: float) -> None:
+        """501 or 405, which carry the methods this node handles (§21.4.6, §21.5.2)."""
+        response = make_response(server.request, status, to_tag=self._nonce)
+        response.headers.add("Allow", ALLOWED_METHODS)
+        self._generated[status] += 1
+        self._send_response(server, response, now)
 
     def _locate_hops(self, context: _Context, forward: Request, target: Target, now: float) -> None:
         peer = _literal_peer(target)
@@ -892,8 +937,12 @@ class ProxyCore:
         reason: str,
         now: float,
         media: MediaDirection | None = None,
+        *,
+        retry_after: int | None = None,
     ) -> None:
         response = make_response(server.request, status, reason, to_tag=self._nonce)
+        if retry_after is not None:
+            response.headers.add("Retry-After", str(retry_after))
         if media is not None:
             assert self._media is not None
             self._media.response(response, media.reverse(), now)
@@ -905,13 +954,28 @@ class ProxyCore:
         self._respond(context.server, status, reason, now, context.media)
 
     def _send_response(self, server: Transaction, response: Response, now: float) -> None:
+        if self._admission is not None and 400 <= response.status < 500:
+            self._admission.answered(server.peer.host, response.status, now)
         self.transactions.send_response(server, response, now)
 
-    def _reject_unparseable(self, error: RemoteProtocolError, source: Peer) -> None:
+    def _refuse(self, request: Request, source: Peer, verdict: Reject) -> None:
+        """Answer a request edge security refused, statelessly (RFC 3261 §16.11): a flood must
+        not leave a transaction behind per request, nor make this node retransmit to it."""
+        if verdict.status is None:
+            return
+        response = make_response(request, verdict.status, verdict.reason, to_tag=self._nonce)
+        if verdict.retry_after is not None:
+            response.headers.add("Retry-After", str(verdict.retry_after))
+        self._generated[verdict.status] += 1
+        self.outbox.append((serialize(response), _via_response_peer(request.top_via, source)))
+
+    def _reject_unparseable(self, error: RemoteProtocolError, source: Peer, now: float) -> None:
         self._drops[error.reason] += 1
         response = make_error_response(error)
         if response is None:
             return
+        if self._admission is not None and 400 <= response.status < 500:
+            self._admission.answered(source.host, response.status, now)
         self._generated[response.status] += 1
         self.outbox.append((serialize(response), source))
 

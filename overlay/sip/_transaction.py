@@ -241,6 +241,7 @@ class Transaction:
     __slots__ = (
         "_timer_gen",
         "ack",
+        "initial_invite",
         "interval",
         "key",
         "kind",
@@ -267,6 +268,7 @@ class Transaction:
         self.ack: bytes | None = None
         self.interval = 0.0
         self.owner: object = None
+        self.initial_invite = False  # an INVITE server transaction outside a dialog: a call
         self._timer_gen: dict[Input, int] = {}
 
     @property
@@ -308,6 +310,14 @@ class TransactionStatistics:
     retransmissions_sent: int
     retransmissions_absorbed: int
     timeouts: int
+    #: Transactions ended, by kind and result: the final status class ("2xx".."6xx") or how
+    #: one ended without it ("timeout", "transport error", "abandoned", "no ACK").
+    ended: dict[tuple[Kind, str], int]
+    #: Server transactions of INVITEs outside a dialog (calls offered), those still without a
+    #: final response, and the first final status each was answered with.
+    initial_invites: int
+    initial_invites_pending: int
+    initial_invite_answers: dict[int, int]
 
 
 def server_key(request: Request) -> tuple[str, ...]:
@@ -359,6 +369,10 @@ class TransactionLayer:
         self._requests_to: Counter[Peer] = Counter()
         self._retransmissions_to: Counter[Peer] = Counter()
         self._timeouts = 0
+        self._ended: Counter[tuple[Kind, str]] = Counter()
+        self._initial_invites = 0
+        self._initial_invites_pending = 0
+        self._initial_invite_answers: Counter[int] = Counter()
         self._actions: dict[str, Callable[[Transaction, Response | None, float], None]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("_do_")
         }
@@ -384,6 +398,10 @@ class TransactionLayer:
             return None
         kind = Kind.INVITE_SERVER if request.method == "INVITE" else Kind.NON_INVITE_SERVER
         txn = Transaction(kind, key, request, source)
+        if kind is Kind.INVITE_SERVER and _outside_dialog(request):
+            txn.initial_invite = True
+            self._initial_invites += 1
+            self._initial_invites_pending += 1
         self._server[key] = txn
         return txn
 
@@ -409,6 +427,9 @@ class TransactionLayer:
 
     def send_response(self, txn: Transaction, response: Response, now: float) -> None:
         """Send a response on a server transaction (retransmitted as §17.2 requires)."""
+        if txn.initial_invite and txn.last_status < 200 <= response.status:
+            self._initial_invite_answers[response.status] += 1
+            self._initial_invites_pending -= 1
         txn.last_status = response.status
         self._fire(txn, _status_input(response.status), response, now)
 
@@ -531,6 +552,10 @@ class TransactionLayer:
             retransmissions_sent=self._retransmissions_sent,
             retransmissions_absorbed=self._retransmissions_absorbed,
             timeouts=self._timeouts,
+            ended=dict(self._ended),
+            initial_invites=self._initial_invites,
+            initial_invites_pending=self._initial_invites_pending,
+            initial_invite_answers=dict(self._initial_invite_answers),
         )
 
     # -- the machine -------------------------------------------------------------------------
@@ -550,6 +575,7 @@ class TransactionLayer:
         if action is not None:
             self._actions[action](txn, response, now)
         if new_state is State.TERMINATED:
+            self._count_end(txn, event)
             self._forget(txn)
         return passed
 
@@ -557,6 +583,15 @@ class TransactionLayer:
         self._seq += 1
         txn._timer_gen[which] = self._seq
         heapq.heappush(self._heap, (deadline, self._seq, txn, which, self._seq))
+
+    def _count_end(self, txn: Transaction, event: Input) -> None:
+        if txn.last_status >= 200:
+            result = "no ACK" if event is Input.TIMER_H else f"{txn.last_status // 100}xx"
+        else:
+            result = _END_WITHOUT_FINAL.get(event, "no final response")
+            if txn.initial_invite:
+                self._initial_invites_pending -= 1
+        self._ended[txn.kind, result] += 1
 
     def _forget(self, txn: Transaction) -> None:
         txn._timer_gen.clear()
@@ -661,6 +696,24 @@ class TransactionLayer:
         assert response is not None
         self._send(txn, response)
         self._arm(txn, Input.TIMER_J, now + (0.0 if txn.reliable else 64 * self.timers.t1))
+
+
+#: How a transaction that never saw a final response ended, by the input that ended it.
+_END_WITHOUT_FINAL = {
+    Input.TIMER_B: "timeout",
+    Input.TIMER_F: "timeout",
+    Input.TRANSPORT_ERROR: "transport error",
+    Input.ABANDON: "abandoned",
+}
+
+
+def _outside_dialog(request: Request) -> bool:
+    """No To tag: the request starts a dialog (§12.1). A To header too bad to tell counts as
+    outside one: such a request is answered 400 like any other call attempt."""
+    try:
+        return request.to_tag is None
+    except RemoteProtocolError:
+        return True
 
 
 _PASSING_ACTIONS = frozenset({"pass_response", "accept", "ack_failure", "complete_client"})

@@ -4,7 +4,7 @@ There is no netem on the lab machines, so each node impairs what *it sends* to e
 (calls and probes) in ``SipTransport.send`` and link-state messages in the flooding sessions. A
 link's two directions are impaired by its two ends, which is how the lab emulates the backbone:
 each node adds half of the region pair's round-trip time as ``base_delay_ms`` (config), and the
-admin service's InjectFault adds degradations on top of that at run time.
+Control service's InjectFault adds degradations on top of that at run time.
 
 Messages are delayed whole, so a delayed or dropped SIP message on a TCP connection never breaks
 the stream's framing; delays to one peer are kept in order for TCP (a stream cannot reorder)

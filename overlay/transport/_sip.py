@@ -12,6 +12,10 @@ response or a later request to the same peer reuses the connection (§18.2.2, §
 connection idle for ``tcp_idle_timeout`` seconds is closed. A connection that cannot be opened, or
 breaks while messages are queued for it, is reported through ``transport_error(peer)``, which the
 transaction layer turns into failed transactions (§17.1.4, RFC 3263 §4.3 fail-over).
+
+A receive loop whose batch ends with data still waiting is behind its socket; ``backlog(since)``
+is told when the node falls behind (the time it did) and when it catches up (``None``), so
+edge security can refuse new calls past the node's capacity (overlay.security.Overload).
 """
 
 from __future__ import annotations
@@ -140,6 +144,23 @@ class Steering:
         return steering_owner(data, len(self.outbound))
 
 
+class _Backlog:
+    """Since when the receive loops have been behind their sockets (the earliest of them)."""
+
+    def __init__(self, report: Callable[[float | None], None]) -> None:
+        self._report = report
+        self._since: dict[socket.socket, float] = {}
+
+    def behind(self, sock: socket.socket) -> None:
+        if sock not in self._since:
+            self._since[sock] = trio.current_time()
+            self._report(min(self._since.values()))
+
+    def caught_up(self, sock: socket.socket) -> None:
+        if self._since.pop(sock, None) is not None:
+            self._report(min(self._since.values(), default=None))
+
+
 class SipTransport:
     """The SIP sockets of one node (or of one worker of a node).
 
@@ -150,6 +171,7 @@ class SipTransport:
         tcp_idle_timeout: seconds after which an unused TCP connection is closed.
         steering: set when several workers share the sockets.
         impairments: faults applied to what is sent to overlay peers (fault injection).
+        backlog: told when the UDP receive loops fall behind (the time) or catch up (``None``).
     """
 
     def __init__(
@@ -161,8 +183,10 @@ class SipTransport:
         tcp_idle_timeout: float = 60.0,
         steering: Steering | None = None,
         impairments: Impairments | None = None,
+        backlog: Callable[[float | None], None] | None = None,
     ) -> None:
         self._deliver = deliver
+        self._backlog = None if backlog is None else _Backlog(backlog)
         self._impairments = impairments
         self._delay_line = DelayLine()
         self._transport_error = transport_error
@@ -260,6 +284,7 @@ class SipTransport:
         deliver = self._deliver
         recvfrom = sock.recvfrom
         steering = self._steering
+        backlog = self._backlog
         while True:
             await trio.lowlevel.wait_readable(sock)
             # A bounded batch per wake-up: a flood on one socket must not starve the timers.
@@ -267,6 +292,8 @@ class SipTransport:
                 try:
                     data, address = recvfrom(UDP_RECEIVE_SIZE)
                 except BlockingIOError:
+                    if backlog is not None:
+                        backlog.caught_up(sock)
                     break
                 except OSError as exc:
                     if exc.errno not in TRANSIENT_ERRNOS:
@@ -277,6 +304,9 @@ class SipTransport:
                     self._hand_over(steering.outbound[owner], data, address)
                     continue
                 deliver(data, Peer("udp", address[0], address[1]))
+            else:
+                if backlog is not None:
+                    backlog.behind(sock)
 
     def _hand_over(self, pipe: socket.socket, data: bytes, address: tuple[str, int]) -> None:
         host = address[0].encode()
@@ -288,17 +318,23 @@ class SipTransport:
     async def _steered_loop(self, pipe: socket.socket) -> None:
         """Datagrams another worker read off the shared socket but this worker owns."""
         deliver = self._deliver
+        backlog = self._backlog
         while True:
             await trio.lowlevel.wait_readable(pipe)
             for _ in range(UDP_BATCH):
                 try:
                     frame = pipe.recv(UDP_RECEIVE_SIZE + 64)
                 except BlockingIOError:
+                    if backlog is not None:
+                        backlog.caught_up(pipe)
                     break
                 end = 1 + frame[0]
                 host = frame[1:end].decode()
                 port = int.from_bytes(frame[end : end + 2], "big")
                 deliver(frame[end + 2 :], Peer("udp", host, port))
+            else:
+                if backlog is not None:
+                    backlog.behind(pipe)
 
     # -- TCP ---------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Every node is its own OS process on its own loopback address; latency between regions is the
 impairment layer's emulation of the reference RTTs; link state floods over real gRPC; a SIPp
 caller enters at us-west-2 and a SIPp callee sits behind us-east-1. Routes, links and counters
-are read through each node's admin service, as a NOC tool would.
+are read through each node's Control service, as a NOC tool would.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import trio
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.sipp import SippResult
 from overlay.lab.topology import REGIONS
-from overlay.v1 import admin_pb2
+from overlay.v1 import control_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow, pytest.mark.sipp]
 
@@ -52,9 +52,9 @@ async def assert_no_failed_call(lab: Lab, result: SippResult, calls: int) -> Non
 
 @pytest.mark.trio
 async def test_calls_follow_degradation_survive_kill_and_return_after_heal(lab: Lab) -> None:
-    links = await lab.admin(INGRESS, "GetLinks", admin_pb2.GetLinksRequest())
-    assert isinstance(links, admin_pb2.GetLinksResponse)
-    rtt = {link.neighbor: link.rtt_ms for link in links.links}
+    links = await lab.control(INGRESS, "ListLinks", control_pb2.ListLinksRequest())
+    assert isinstance(links, control_pb2.ListLinksResponse)
+    rtt = {link.neighbor: link.measured.rtt_ms for link in links.links}
     assert 60.0 < rtt[EGRESS] < 100.0  # the emulated 68 ms backbone RTT
 
     # Degraded direct link (delay and loss, but answering well within the detection time, so

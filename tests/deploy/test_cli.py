@@ -31,6 +31,7 @@ peer_eni_id = "eni-0fedcba987654321f"
 floating_private_ip = "10.20.1.10"
 allocation_id = "eipalloc-0123456789abcdef0"
 peer_grpc = "10.20.1.12:7000"
+insecure = true
 """
 
 
@@ -59,8 +60,25 @@ def test_ha_config_defaults_and_errors(tmp_path: Path) -> None:
         parse_ha_config(HA_TOML.replace('peer_grpc = "10.20.1.12:7000"\n', "dead_after = 2\n"))
     with pytest.raises(ConfigError, match="both 'eni-0123456789abcdef0'"):
         parse_ha_config(HA_TOML.replace("eni-0fedcba987654321f", "eni-0123456789abcdef0"))
+    assert config.tls_files is None
+    # Mutual TLS toward the peer's health service, or plaintext only when asked for.
+    with pytest.raises(ConfigError, match=r"ha.toml:1: ha: required: ca, cert, key"):
+        parse_ha_config(HA_TOML.replace("insecure = true\n", ""))
+    with pytest.raises(ConfigError, match=r"ha.cert: required: cert, key"):
+        parse_ha_config(HA_TOML.replace("insecure = true\n", f'ca = "{tmp_path}/none"\n'))
+    missing = "".join(f'{key} = "{tmp_path}/none"\n' for key in ("ca", "cert", "key"))
+    with pytest.raises(ConfigError, match=r"ha.ca: cannot read"):
+        parse_ha_config(HA_TOML.replace("insecure = true\n", missing))
     bad = tmp_path / "ha.toml"
     bad.write_text(HA_TOML + "hold_dwon = 3\n")
     result = CliRunner().invoke(app, ["ha", "--config", str(bad)])
     assert result.exit_code == 2
     assert "ha.hold_dwon: unknown key" in result.output
+    # Files that are not PEM are refused before the agent starts, naming the file.
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    tls = f'ca = "{junk}"\ncert = "{junk}"\nkey = "{junk}"\n'
+    bad.write_text(HA_TOML.replace("insecure = true\n", tls))
+    result = CliRunner().invoke(app, ["ha", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert f"{junk}: not a PEM certificate" in result.output

@@ -20,7 +20,7 @@ import pytest
 from botocore.stub import Stubber
 
 from deploy.aws import ClientFactory
-from deploy.deployer import ALARM_METRICS, Deployer
+from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.ha import parse_ha_config
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
@@ -72,7 +72,10 @@ def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
 
 
 @pytest.mark.trio
-async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet) -> None:
+async def test_plan_apply_again_status_destroy(
+    aws: ClientFactory, fleet: Fleet, tmp_path: Path
+) -> None:
+    tls_dir = tmp_path
     placement = MemoryPlacementGroups()
     launched: list[dict[str, Any]] = []
     for region in fleet.regions:
@@ -130,7 +133,15 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         assert params["InstanceType"] == fleet.instance_type
         # Each member's HA agent is told its own and its peer's interface and address.
         ha_toml = params["UserData"].split("<<'TOML'\n", 1)[1].split("TOML\n", 1)[0]
+        # It dials its peer with the node's certificate, which the operator installs (user data
+        # carries no keys); here stand-in files take their place for the config check.
+        for key, path in NODE_TLS_FILES.items():
+            assert f'{key} = "{path}"' in ha_toml
+            stand_in = tls_dir / Path(path).name
+            stand_in.write_text("installed by the operator\n")
+            ha_toml = ha_toml.replace(path, str(stand_in))
         ha = parse_ha_config(ha_toml)
+        assert ha.tls_files is not None
         assert ha.own_eni_id == params["NetworkInterfaces"][0]["NetworkInterfaceId"]
         assert ha.peer_eni_id != ha.own_eni_id
         assert ha.heartbeat_interval == fleet.ha.heartbeat_interval

@@ -13,8 +13,11 @@ used only to shape a flapping heartbeat.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +25,17 @@ import structlog
 import trio
 
 from deploy.aws import ClientFactory
-from deploy.ha import FloatingAddress, HaAgent, HaAgentConfig, HaStatistics, Holder, run_agent
-from overlay.control import GrpcBridge, open_grpc_bridge
+from deploy.ha import (
+    FloatingAddress,
+    HaAgent,
+    HaAgentConfig,
+    HaStatistics,
+    Holder,
+    load_agent_tls,
+    run_agent,
+)
+from overlay.control import GrpcBridge, TlsCredentials, open_grpc_bridge
+from overlay.lab.pki import make_lab_pki
 
 pytestmark = [pytest.mark.deploy, pytest.mark.trio]
 
@@ -148,9 +160,11 @@ class Node:
         self.scope.cancel()
 
 
-async def serve_node(host: str, *, task_status: trio.TaskStatus[Node]) -> None:
+async def serve_node(
+    host: str, *, tls: TlsCredentials | None = None, task_status: trio.TaskStatus[Node]
+) -> None:
     with trio.CancelScope() as scope:
-        async with open_grpc_bridge() as bridge:
+        async with open_grpc_bridge(tls=tls) as bridge:
             port = await bridge.start_server(host, 0, [])
             task_status.started(Node(bridge, f"{host}:{port}", scope))
             await trio.sleep_forever()
@@ -360,3 +374,42 @@ async def test_old_active_does_not_take_the_address_back(
     assert (stats.takeovers, stats.peer_deaths) == (0, 0)
     assert standby.statistics().takeovers == 1
     assert pair.where() == taken
+
+
+def tls_files(directory: Path, node_id: str) -> tuple[str, str, str]:
+    """A lab node's CA, certificate and key files (``make_lab_pki``)."""
+    return (
+        str(directory / "ca.pem"),
+        str(directory / f"{node_id}.pem"),
+        str(directory / f"{node_id}.key"),
+    )
+
+
+def node_tls(directory: Path, node_id: str) -> TlsCredentials:
+    return TlsCredentials(*(Path(name).read_bytes() for name in tls_files(directory, node_id)))
+
+
+async def test_heartbeats_cross_mutual_tls_with_the_members_node_certificate(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str], tmp_path: Path
+):
+    hosts = {"usw2-a1": loopback_host(), "usw2-a2": loopback_host()}
+    make_lab_pki(tmp_path, hosts)
+    async with trio.open_nursery() as nursery:
+        serve = partial(serve_node, hosts["usw2-a1"], tls=node_tls(tmp_path, "usw2-a1"))
+        active: Node = await nursery.start(serve)
+        config = pair.agent_config(own=pair.standby_eni, peer_target=active.target)
+        # Without a certificate the standby cannot tell a live peer from a dead one.
+        async with trio.open_nursery() as plain_nursery:
+            plain: HaAgent = await plain_nursery.start(run_agent, config, aws)
+            await wait_stats(plain, lambda s: s.heartbeats_missed >= 1)
+            assert plain.statistics().heartbeats_ok == 0
+            plain_nursery.cancel_scope.cancel()
+        # With its own node certificate it hears the peer and leaves the address alone.
+        config = dataclasses.replace(config, tls_files=tls_files(tmp_path, "usw2-a2"))
+        tls = load_agent_tls(config)
+        secure: HaAgent = await nursery.start(partial(run_agent, config, aws, tls=tls))
+        stats = await settled(secure, Holder.PEER)
+        assert stats.heartbeats_missed == 0
+        assert stats.takeovers == 0
+        nursery.cancel_scope.cancel()
+    assert pair.where().ip_enis == {pair.active_eni}

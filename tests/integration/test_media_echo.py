@@ -1,68 +1,35 @@
 """Media echo probes between two in-process nodes with real relays, sockets and gRPC.
 
-The link-state plane must see the media path: where a neighbour's relay does not answer while its
-signalling is healthy (here A has B's relay at a port where nothing listens, as a firewall that
-drops the media ports would leave it), the link is still UP but advertises the media path's loss,
-so the cost function steers calls' audio away from it.
+The link-state plane must see the media path: where relays stop hearing each other while the
+signalling is healthy (here A's relay drops everything it sends to B's, by fault injection, as a
+firewall that drops the media ports would), the link is still UP but advertises the media path's
+loss, so the cost function steers calls' audio away from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import trio
+from google.protobuf.message import Message
 
 from overlay.config import parse_config
+from overlay.control import open_grpc_bridge
 from overlay.linkstate import LinkState, LinkStatistics
 from overlay.node import Node
-
-
-def config(hosts: dict[str, str], node_id: str, *, peer_media_port: int = 7100) -> str:
-    host = hosts[node_id]
-    (peer,) = (other for other in hosts if other != node_id)
-    peer_host = hosts[peer]
-    return f"""
-[node]
-node_id = "{node_id}"
-region = "lab"
-
-[sip]
-listen = ["udp:{host}:5060"]
-
-[grpc]
-listen = "{host}:7000"
-
-[media]
-address = "{host}"
-overlay = "{host}:7100"
-port_first = 21000
-port_last = 21009
-
-[linkstate]
-probe_interval = 0.05
-
-[[peers]]
-node_id = "{peer}"
-region = "lab"
-sip = "{peer_host}:5060"
-grpc = "{peer_host}:7000"
-media = "{peer_host}:{peer_media_port}"
-"""
-
-
-async def wait_for(predicate: Callable[[], bool], *, within: float) -> None:
-    """Poll: measurements change on the nodes' own timers, which signal no event to a test."""
-    with trio.fail_after(within):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
+from overlay.v1 import control_pb2
+from tests.mesh_helpers import mesh_config, wait_for
 
 
 def link(node: Node, neighbor: str) -> LinkStatistics:
     assert node.mesh is not None
     return node.mesh.monitors[neighbor].statistics(trio.current_time())
+
+
+def media_lossy(node: Node, neighbor: str) -> bool:
+    return link(node, neighbor).metrics.loss_ratio >= 0.5
 
 
 def advertised_loss(reader: Node, origin: str, neighbor: str) -> float:
@@ -78,9 +45,10 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
     loopback_host: Callable[[], str],
 ) -> None:
     hosts = {"echo-a": loopback_host(), "echo-b": loopback_host()}
+    (a_host, b_host) = hosts.values()
     texts = {
-        "echo-a": config(hosts, "echo-a", peer_media_port=7199),
-        "echo-b": config(hosts, "echo-b"),
+        "echo-a": mesh_config("echo-a", a_host, "echo-b", b_host, region="lab", media=True),
+        "echo-b": mesh_config("echo-b", b_host, "echo-a", a_host, region="lab", media=True),
     }
     nodes = {name: Node(parse_config(text, source=f"{name}.toml")) for name, text in texts.items()}
     async with trio.open_nursery() as nursery:
@@ -101,13 +69,43 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
         assert 0.0 < stats.media.rtt_ms < 50.0
         assert stats.metrics.loss_ratio == 0.0
 
-        # A's echoes to B's relay go unanswered: A's link to B is UP but lossy.
-        await wait_for(lambda: link(a, "echo-b").metrics.loss_ratio >= 0.5, within=10.0)
-        stats = link(a, "echo-b")
-        assert stats.state is LinkState.UP
-        assert stats.media is not None
-        assert stats.media.answered == 0
+        # A's relay sends nothing to B's any more: A's echoes and its answers to B's are lost,
+        # so both ends see the media path lossy while the link stays UP.
+        assert a.media is not None
+        a.media.set_faults({"echo-b": (0.0, True)})
+        for node, neighbor in ((a, "echo-b"), (b, "echo-a")):
+            await wait_for(partial(media_lossy, node, neighbor), within=10.0)
+            assert link(node, neighbor).state is LinkState.UP
+        assert a.counters()["media.drops.fault"] > 0
         # The loss is flooded: B routes on what A advertises about the link.
         await wait_for(lambda: advertised_loss(b, "echo-a", "echo-b") >= 0.5, within=10.0)
-        assert advertised_loss(a, "echo-b", "echo-a") == 0.0
+
+        # The Control service's InjectFault / ClearFaults reach the relay too.
+        a.media.set_faults({})
+        dropped = a.counters()["media.drops.fault"]
+        async with open_grpc_bridge() as bridge:
+
+            async def control(method: str, request: Message, response: type[Message]) -> None:
+                target = f"{hosts['echo-a']}:7000"
+                path = f"/overlay.v1.Control/{method}"
+                await bridge.unary(
+                    target, path, request, serialize, response.FromString, timeout=5.0
+                )
+
+            fault = control_pb2.Fault(peer="echo-b", blackhole=True)
+            request = control_pb2.InjectFaultRequest(fault=fault)
+            await control("InjectFault", request, control_pb2.InjectFaultResponse)
+            await wait_for(lambda: a.counters()["media.drops.fault"] > dropped, within=5.0)
+            await control(
+                "ClearFaults", control_pb2.ClearFaultsRequest(), control_pb2.ClearFaultsResponse
+            )
+            dropped = a.counters()["media.drops.fault"]
+            answered = media_answered(a, "echo-b")
+            await wait_for(lambda: media_answered(a, "echo-b") > answered + 5, within=5.0)
+            assert a.counters()["media.drops.fault"] == dropped
         nursery.cancel_scope.cancel()
+
+
+def serialize(message: Message) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from overlay.sip import (
+    Admission,
     Listener,
     MediaHook,
     OverlayNodes,
@@ -117,6 +118,7 @@ class ProxyHarness:
     overlay: OverlayNodes | None = None
     overlay_paths: OverlayPaths | None = None
     media: MediaHook | None = None
+    admission: Admission | None = None
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -131,6 +133,7 @@ class ProxyHarness:
             self._locate,
             self.overlay_paths,
             self.media,
+            admission=self.admission,
         )
 
     def _locate(self, req: Request, uri: SipUri | TelUri) -> Target | Refusal | None:

@@ -245,7 +245,8 @@ def test_unknown_top_level_key() -> None:
     error = _error("version = 2\n" + GOOD)
     assert str(error) == (
         "node.toml:1: version: unknown key"
-        " (expected one of: node, sip, dns, dialplan, grpc, media, linkstate, peers)"
+        " (expected one of: node, sip, dns, dialplan, grpc, media, linkstate, peers, metrics,"
+        " log, cloudwatch, security)"
     )
 
 
@@ -386,6 +387,7 @@ listen = ["udp:127.0.0.11:5060"]
 
 [grpc]
 listen = "127.0.0.11:7000"
+insecure = true
 
 [linkstate]
 probe_interval = 0.15
@@ -435,7 +437,7 @@ def test_no_peers_means_no_overlay() -> None:
         ('egress = "use1"', "egress = []", "dialplan[0].egress", "at least one node"),
         ('egress = "use1"', "egress = 1", "dialplan[0].egress", "a node id or an array"),
         ('node_id = "use1"', 'node_id = "usw2"', "peers[0].node_id", "duplicate node id"),
-        ('[grpc]\nlisten = "127.0.0.11:7000"', "", "grpc", "required when [[peers]]"),
+        ('[grpc]\nlisten = "127.0.0.11:7000"\ninsecure = true', "", "grpc", "required when"),
         ("udp:127.0.0.11:5060", "tcp:127.0.0.11:5060", "sip.listen", "needs a udp:"),
         ("probe_multiplier = 4", "probe_multiplier = 0", "linkstate.probe_multiplier", "1 and 20"),
         ("probe_interval = 0.15", "probe_timeout = 0.05", "linkstate.probe_timeout", ">= probe"),
@@ -498,3 +500,40 @@ def test_media_needs_peers() -> None:
     error = _error(MINIMAL + '\n[media]\naddress = "127.0.0.1"\noverlay = "127.0.0.1:7100"\n')
     assert error.key == "media"
     assert "needs [[peers]]" in error.reason
+
+
+# --- [grpc] mutual TLS -------------------------------------------------------------------------
+
+INSECURE = 'listen = "127.0.0.11:7000"\ninsecure = true'
+
+
+def test_overlay_node_needs_tls_or_an_explicit_insecure() -> None:
+    error = _error(OVERLAY.replace(INSECURE, 'listen = "127.0.0.11:7000"'))
+    assert (error.key, error.line) == ("grpc", 8)
+    assert "required: ca, cert, key" in error.reason
+    assert "insecure = true" in error.reason
+
+
+def test_grpc_tls_files_are_kept_and_must_be_readable(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "usw2.pem", "usw2.key"))
+    for path in (ca, cert, key):
+        path.write_text("the node checks what is in them when it starts")
+    tls = f'listen = "127.0.0.11:7000"\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"'
+    grpc = parse_config(OVERLAY.replace(INSECURE, tls), source="node.toml").grpc
+    assert grpc is not None
+    assert (grpc.ca, grpc.cert, grpc.key, grpc.insecure) == (str(ca), str(cert), str(key), False)
+
+    error = _error(OVERLAY.replace(INSECURE, tls.replace(f'\nkey = "{key}"', "")))
+    assert (error.key, error.reason.split(" (")[0]) == ("grpc.key", "required: key")
+    cert.unlink()
+    error = _error(OVERLAY.replace(INSECURE, tls))
+    assert error.key == "grpc.cert"
+    assert error.reason == f"cannot read {cert}: No such file or directory"
+
+
+def test_insecure_excludes_tls_files() -> None:
+    error = _error(OVERLAY.replace(INSECURE, INSECURE + '\nca = "ca.pem"'))
+    assert (error.key, error.reason) == (
+        "grpc.ca",
+        "insecure = true runs without TLS: remove ca, cert and key",
+    )
