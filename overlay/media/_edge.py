@@ -106,7 +106,8 @@ class MediaEdge:
             self._caller_tag.setdefault(call_id, request.from_tag or "")
         if request.method == "ACK":
             if call_id in self._delayed and _has_sdp(request):
-                self._delayed_answer(request, direction, now)
+                # The answer to a 2xx's offer.
+                self._rewrite_unrefusable(request, self._side_of(request), direction, now)
             return
         if not _has_sdp(request):
             if request.method == "INVITE":
@@ -115,13 +116,8 @@ class MediaEdge:
             return
         if request.method == "INVITE":
             self._delayed.discard(call_id)
-        sender = self._side_of(request)
         try:
-            sdp = parse_sdp_untrusted(request.body)
-            if direction is MediaDirection.ENTERING:
-                request.body = self._take_in(sdp, call_id, sender, now, offer=True)
-            else:
-                request.body = self._send_out(sdp, call_id, _other(sender), now, answer=False)
+            self._rewrite(request, self._side_of(request), direction, now, offer=True)
         except RemoteProtocolError as error:
             self.counters["bad SDP offer"] += 1
             self._refused(call_id)
@@ -149,32 +145,44 @@ class MediaEdge:
         if delayed and status < 200:
             self.counters["offer in a provisional response (not anchored)"] += 1
             return
-        # The SDP comes from the side the request went to, and goes back to its sender: the
-        # answer, or with a delayed offer the offer (the answer then comes in the ACK).
-        sender = self._side_of(response)
-        try:
-            sdp = parse_sdp_untrusted(response.body)
-            if direction is MediaDirection.ENTERING:
-                response.body = self._take_in(sdp, call_id, _other(sender), now, offer=delayed)
-            else:
-                response.body = self._send_out(sdp, call_id, sender, now, answer=not delayed)
-        except (ProtocolError, PortsExhausted) as error:
-            # A response cannot be refused: it goes on as it came, and the call has no relay.
-            self.counters["bad SDP in a response"] += 1
-            self.counters[f"unanchored: {type(error).__name__}"] += 1
+        # The SDP comes from the side the request went to: the answer, or with a delayed offer
+        # the offer (the answer then comes in the ACK).
+        author = _other(self._side_of(response))
+        self._rewrite_unrefusable(response, author, direction, now, offer=delayed)
 
-    def _delayed_answer(self, ack: Request, direction: MediaDirection, now: float) -> None:
-        """The answer to a 2xx's offer, in the ACK (which cannot be refused either)."""
-        call_id = ack.call_id
-        sender = self._side_of(ack)
+    def _rewrite(
+        self, message: Message, author: Side, direction: MediaDirection, now: float, *, offer: bool
+    ) -> None:
+        """Point the SDP ``author`` wrote (an offer or an answer) at this edge's relay.
+
+        Raises:
+            RemoteProtocolError: the SDP does not parse.
+            PortsExhausted: no relay port is left for a new stream.
+        """
+        sdp = parse_sdp_untrusted(message.body)
+        if direction is MediaDirection.ENTERING:
+            message.body = self._take_in(sdp, message.call_id, author, now, offer=offer)
+        else:
+            message.body = self._send_out(
+                sdp, message.call_id, _other(author), now, answer=not offer
+            )
+
+    def _rewrite_unrefusable(
+        self,
+        message: Message,
+        author: Side,
+        direction: MediaDirection,
+        now: float,
+        *,
+        offer: bool = False,
+    ) -> None:
+        """``_rewrite`` for a response or an ACK, which cannot be refused: bad SDP goes on as it
+        came, and the call has no relay."""
         try:
-            sdp = parse_sdp_untrusted(ack.body)
-            if direction is MediaDirection.ENTERING:
-                ack.body = self._take_in(sdp, call_id, sender, now, offer=False)
-            else:
-                ack.body = self._send_out(sdp, call_id, _other(sender), now, answer=True)
+            self._rewrite(message, author, direction, now, offer=offer)
         except (ProtocolError, PortsExhausted) as error:
-            self.counters["bad SDP in an ACK"] += 1
+            kind = "an ACK" if isinstance(message, Request) else "a response"
+            self.counters[f"bad SDP in {kind}"] += 1
             self.counters[f"unanchored: {type(error).__name__}"] += 1
 
     # -- time ---------------------------------------------------------------------------------
