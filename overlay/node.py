@@ -15,7 +15,13 @@ Retry-After; so are new calls whose egress nodes are all draining (without Retry
 node itself still takes other calls).
 
 With ``[security]`` the core screens every message through the edge guard (``EdgeSecurity``,
-docs/security.md), which the transport tells when its receive loop falls behind the socket.
+docs/security.md), which the transport tells when its receive loop falls behind the socket, and
+which screens every TCP and TLS connection's source at accept, before any TLS handshake.
+
+SIP over TLS (``[sip.tls]``, ``overlay.sip_tls``): when ``_resolve`` locates a TLS target by
+name, it tells the transport to check the certificates of the connections it opens to the
+addresses found against that name (RFC 5922 §7.2); a target given as an IP address is checked
+against the address.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from overlay.control import (
     CallTracker,
     EventHub,
     TlsCredentials,
+    TlsError,
     load_tls,
     open_grpc_bridge,
 )
@@ -65,6 +72,7 @@ from overlay.sip import (
     TransactionStatistics,
     overlay_route,
 )
+from overlay.sip_tls import load_sip_tls
 from overlay.telemetry import Telemetry
 from overlay.transport import (
     BoundSocket,
@@ -112,14 +120,21 @@ class Node:
         self.drain = DrainState()  # changed by the Control service only
         self.calls: CallTracker | None = None  # made in serve(), around the media hook
         self._grpc_tls = _grpc_tls(config)
+        try:
+            sip_tls = load_sip_tls(sip.tls, now=datetime.datetime.now(datetime.UTC))
+        except TlsError as exc:
+            raise TlsError(f"[sip.tls] {exc}") from None
         self._transport = SipTransport(
             deliver=self._deliver,
             transport_error=self._transport_error,
             max_message_size=sip.max_message_size,
             tcp_idle_timeout=sip.tcp_idle_timeout,
+            tcp_connect_timeout=sip.tcp_connect_timeout,
             steering=steering,
             impairments=self.impairments,
             backlog=None if self.security is None else self.security.guard.backlog,
+            tls=sip_tls,
+            admit_connection=None if self.security is None else self._admit_connection,
         )
         self._core: ProxyCore | None = None
         self.mesh: Mesh | None = None
@@ -270,6 +285,8 @@ class Node:
             "sip.contexts": proxy.contexts,
             "node.internal_errors": self.internal_errors,
             "transport.tcp_connections": stats.transport.tcp_connections,
+            "transport.tls_connections": stats.transport.tls_connections,
+            "sip.sips_refused": proxy.sips_refused,
         }
         groups: dict[str, dict[str, int]] = {
             "sip.requests": proxy.requests,
@@ -392,6 +409,11 @@ class Node:
             log.exception("internal error handling a message", host=peer.host, port=peer.port)
         self._flush()
 
+    def _admit_connection(self, host: str) -> bool:
+        """A blocked or denied source gets its TCP/TLS connection closed at accept."""
+        assert self.security is not None
+        return self.security.guard.screen(host, trio.current_time())
+
     def _transport_error(self, peer: Peer) -> None:
         assert self._core is not None
         self._core.transport_error(peer, trio.current_time())
@@ -439,6 +461,9 @@ class Node:
             core.resolution_failed(event.token, "internal error", trio.current_time())
         else:
             peers = [Peer(r.transport, r.host, r.port) for r in resolved]
+            for peer in peers:
+                if peer.transport == "tls" and peer.host != target.host:
+                    self._transport.verify_as(peer, target.host)
             core.resolved(event.token, peers, trio.current_time())
         self._flush()
 
@@ -474,6 +499,7 @@ class Node:
                 retransmissions_absorbed=proxy.retransmissions_absorbed,
                 transport=stats.transport.counters,
                 tcp_connections=stats.transport.tcp_connections,
+                tls_connections=stats.transport.tls_connections,
                 internal_errors=self.internal_errors,
             )
 
@@ -503,4 +529,7 @@ def _grpc_tls(config: NodeConfig) -> TlsCredentials | None:
     if grpc is None or grpc.insecure:
         return None
     now = datetime.datetime.now(datetime.UTC)
-    return load_tls(Path(grpc.ca), Path(grpc.cert), Path(grpc.key), now=now)
+    try:
+        return load_tls(Path(grpc.ca), Path(grpc.cert), Path(grpc.key), now=now)
+    except TlsError as exc:
+        raise TlsError(f"[grpc] {exc}") from None

@@ -92,7 +92,7 @@ def node(
     try:
         code = run_node(loaded)
     except TlsError as exc:
-        typer.echo(f"overlay: refusing to start: {config}: [grpc] {exc}", err=True)
+        typer.echo(f"overlay: refusing to start: {config}: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"overlay: cannot start: {exc}", err=True)

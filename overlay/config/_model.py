@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, TypeAlias
 
-Transport: TypeAlias = Literal["udp", "tcp"]
+Transport: TypeAlias = Literal["udp", "tcp", "tls"]
 Scheme: TypeAlias = Literal["sip", "sips"]
 
 
@@ -44,6 +44,23 @@ class TimerConfig:
 
 
 @dataclass(frozen=True)
+class SipTlsSection:
+    """``[sip.tls]``: SIP over TLS (RFC 3261 §26, RFC 5922) with trunks; docs/security.md.
+
+    ``cert`` and ``key`` are this node's certificate chain (leaf first) and key, PEM: presented
+    by the ``tls:`` listeners and, as a client certificate, on connections the node opens.
+    ``ca`` is a PEM bundle that verifies the trunks' certificates instead of the system's
+    store; ``verify_client`` makes a trunk that connects present a certificate ``ca`` signed.
+    """
+
+    cert: str
+    key: str
+    ca: str | None = None
+    verify_client: bool = False
+    handshake_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class SipSection:
     """``[sip]``: sockets and message limits."""
 
@@ -51,9 +68,11 @@ class SipSection:
     workers: int = 1  # processes sharing the sockets; UDP calls are steered by Call-ID
     max_message_size: int = 65535
     tcp_idle_timeout: float = 60.0
+    tcp_connect_timeout: float = 2.0  # a dead TCP/TLS target fails over after this, not Timer B
     record_route: bool = True
     user_agent: str = "overlay"
     timers: TimerConfig = field(default_factory=TimerConfig)
+    tls: SipTlsSection | None = None  # None: no TLS listener; outgoing TLS uses the system store
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ._model import (
     NodeSection,
     PeerConfig,
     SipSection,
+    SipTlsSection,
     StaticTarget,
     TimerConfig,
     Transport,
@@ -54,7 +55,7 @@ _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?"
 )
-_TRANSPORTS: dict[str, Transport] = {"udp": "udp", "tcp": "tcp"}
+_TRANSPORTS: dict[str, Transport] = {"udp": "udp", "tcp": "tcp", "tls": "tls"}
 _DEFAULT_DNS_PORT = 53
 
 
@@ -148,6 +149,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
                     (*path, position) if len(rule.egress) > 1 else path,
                     f"names no known node ({egress!r} is neither node.node_id nor a peer)",
                 )
+        _check_tls_egress(rule, index, node.node_id, sip)
     return NodeConfig(
         node=node,
         sip=sip,
@@ -162,6 +164,19 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         cloudwatch=cloudwatch,
         security=root.get("security", security, None),
     )
+
+
+def _check_tls_egress(rule: DialplanRule, index: int, node_id: str, sip: SipSection) -> None:
+    """A rule whose calls leave here over TLS needs a tls: listener: the trunk reaches the
+    node's Record-Route, and sends its own in-dialog requests, over TLS (RFC 3261 §16.6)."""
+    target = rule.target
+    tls = target.transport == "tls" or (isinstance(target, DnsTarget) and target.scheme == "sips")
+    leaves_here = not rule.egress or node_id in rule.egress
+    if tls and leaves_here and not any(a.transport == "tls" for a in sip.listen):
+        raise Invalid(
+            ("dialplan", index, "target"),
+            "its calls leave this node over TLS: sip.listen needs a tls: address",
+        )
 
 
 def _grpc(value: object, path: Path) -> GrpcSection:
@@ -383,20 +398,50 @@ def _sip(value: object, path: Path) -> SipSection:
             "workers",
             "max_message_size",
             "tcp_idle_timeout",
+            "tcp_connect_timeout",
             "record_route",
             "user_agent",
             "timers",
+            "tls",
         ),
     )
-    return SipSection(
+    section = SipSection(
         listen=table.require("listen", _listen),
         workers=table.get("workers", _workers, 1),
         max_message_size=table.get("max_message_size", _message_size, 65535),
         tcp_idle_timeout=table.get("tcp_idle_timeout", seconds, 60.0),
+        tcp_connect_timeout=table.get("tcp_connect_timeout", seconds, 2.0),
         record_route=table.get("record_route", boolean, True),
         user_agent=table.get("user_agent", _header_value, "overlay"),
         timers=table.get("timers", _timers, TimerConfig()),
+        tls=table.get("tls", _sip_tls, None),
     )
+    if section.tls is None:
+        for index, address in enumerate(section.listen):
+            if address.transport == "tls":
+                raise Invalid(
+                    (*path, "listen", index),
+                    "a tls: address needs [sip.tls] with the node's cert and key",
+                )
+    return section
+
+
+def _sip_tls(value: object, path: Path) -> SipTlsSection:
+    table = Table(value, path, ("cert", "key", "ca", "verify_client", "handshake_timeout"))
+    section = SipTlsSection(
+        cert=table.require("cert", _file),
+        key=table.require("key", _file),
+        ca=table.get("ca", _file, None),
+        verify_client=table.get("verify_client", boolean, False),
+        handshake_timeout=table.get(
+            "handshake_timeout", seconds, SipTlsSection("", "").handshake_timeout
+        ),
+    )
+    if section.verify_client and section.ca is None:
+        raise Invalid(
+            (*path, "verify_client"), "needs ca: the CA bundle that signs the trunks' certificates"
+        )
+    return section
 
 
 def _timers(value: object, path: Path) -> TimerConfig:
@@ -443,6 +488,8 @@ def _rule(value: object, path: Path) -> DialplanRule:
     elif target.scheme == "sips" and transport == "udp":
         raise Invalid((*path, "transport"), "a sips: target needs TLS over TCP, not udp")
     else:
+        if target.scheme == "sips" and transport == "tcp":
+            transport = "tls"  # RFC 3261 §26.2.2: sips: over TCP is TLS over TCP
         target = DnsTarget(target.scheme, target.domain, transport)
     strip_prefix = table.get("strip_prefix", boolean, False)
     if strip_prefix and not user_prefix:
@@ -509,7 +556,7 @@ def _ip_port_any(value: object, path: Path) -> tuple[str, int]:
 def _transport(value: object, path: Path) -> Transport:
     text = string(value, path)
     if text not in _TRANSPORTS:
-        raise Invalid(path, f'must be "udp" or "tcp", got {text!r}')
+        raise Invalid(path, f'must be "udp", "tcp" or "tls", got {text!r}')
     return _TRANSPORTS[text]
 
 
@@ -524,7 +571,9 @@ def _listen(value: object, path: Path) -> tuple[ListenAddress, ...]:
         text = string(item, entry_path)
         transport, _, rest = text.partition(":")
         if transport not in _TRANSPORTS:
-            raise Invalid(entry_path, f'must be "udp:" or "tcp:" then IP:port, got {text!r}')
+            raise Invalid(
+                entry_path, f'must be "udp:", "tcp:" or "tls:" then IP:port, got {text!r}'
+            )
         host, port = _host_port(rest, entry_path, ip_only=True, min_port=0)
         if port is None:
             raise Invalid(entry_path, f"needs a port (0 = any), got {text!r}")

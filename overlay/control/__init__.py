@@ -29,7 +29,17 @@ from ._bridge import (
     unary_handler,
 )
 from ._calls import CallRecord, CallRole, CallState, CallTracker
-from ._certs import Issued, TlsError, create_ca, issue_client, issue_node, load_ca, load_tls
+from ._certs import (
+    Issued,
+    TlsError,
+    create_ca,
+    issue_client,
+    issue_node,
+    load_authorities,
+    load_ca,
+    load_key_pair,
+    load_tls,
+)
 from ._events import (
     KINDS,
     CallFailed,
@@ -101,7 +111,9 @@ __all__ = [
     "issue_client",
     "issue_node",
     "kind",
+    "load_authorities",
     "load_ca",
+    "load_key_pair",
     "load_tls",
     "new_override",
     "node_of",

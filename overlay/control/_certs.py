@@ -12,6 +12,8 @@ ECDSA P-256. What a certificate is for is in its subjectAltNames (``overlay.cont
 ``load_tls`` reads the three PEM files a side needs and refuses, naming the file, anything that
 would only fail later in a TLS handshake: a file that is not PEM, a key that does not belong to
 the certificate, a certificate the CA did not sign, one outside its validity period.
+``load_key_pair`` and ``load_authorities`` make the same checks on the files of SIP over TLS
+(``overlay.sip_tls``), whose certificate usually comes from a public CA.
 """
 
 from __future__ import annotations
@@ -142,11 +144,28 @@ def load_tls(ca: Path, cert: Path, key: Path, *, now: datetime.datetime) -> TlsC
     Raises:
         TlsError: a file cannot be read or is not what it should be; the message names it.
     """
-    ca_pem, cert_pem, key_pem = (_read(path) for path in (ca, cert, key))
-    try:
-        authorities = x509.load_pem_x509_certificates(ca_pem)
-    except ValueError:
-        raise TlsError(f"{ca}: not a PEM certificate") from None
+    ca_pem = _read(ca)
+    authorities = _authorities(ca, ca_pem)
+    cert_pem, key_pem = load_key_pair(cert, key, now=now)
+    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    if not any(_signed_by(leaf, authority) for authority in authorities):
+        raise TlsError(f"{cert}: not signed by the CA in {ca}")
+    for authority in authorities:
+        _check_validity(ca, authority, now)
+    return TlsCredentials(ca=ca_pem, cert=cert_pem, key=key_pem)
+
+
+def load_key_pair(cert: Path, key: Path, *, now: datetime.datetime) -> tuple[bytes, bytes]:
+    """Read a certificate chain (PEM, the leaf first) and its private key (unencrypted PEM).
+
+    Returns:
+        The two files' bytes.
+
+    Raises:
+        TlsError: a file cannot be read, is not PEM, the key is not the leaf's, or the leaf is
+            outside its validity period; the message names the file.
+    """
+    cert_pem, key_pem = _read(cert), _read(key)
     try:
         leaf = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError:
@@ -157,14 +176,20 @@ def load_tls(ca: Path, cert: Path, key: Path, *, now: datetime.datetime) -> TlsC
         raise TlsError(f"{key}: not an unencrypted PEM private key ({exc})") from None
     if private.public_key() != leaf.public_key():
         raise TlsError(f"{key}: not the private key of {cert}")
-    if not any(_signed_by(leaf, authority) for authority in authorities):
-        raise TlsError(f"{cert}: not signed by the CA in {ca}")
-    for path, certificate in ((cert, leaf), *((ca, authority) for authority in authorities)):
-        if now < certificate.not_valid_before_utc:
-            raise TlsError(f"{path}: not valid before {certificate.not_valid_before_utc:%Y-%m-%d}")
-        if now > certificate.not_valid_after_utc:
-            raise TlsError(f"{path}: expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
-    return TlsCredentials(ca=ca_pem, cert=cert_pem, key=key_pem)
+    _check_validity(cert, leaf, now)
+    return cert_pem, key_pem
+
+
+def load_authorities(ca: Path, *, now: datetime.datetime) -> bytes:
+    """Read a bundle of CA certificates (PEM) and check each is within its validity period.
+
+    Raises:
+        TlsError: the file cannot be read, is not PEM, or holds an expired certificate.
+    """
+    ca_pem = _read(ca)
+    for authority in _authorities(ca, ca_pem):
+        _check_validity(ca, authority, now)
+    return ca_pem
 
 
 def load_ca(cert: Path, key: Path) -> Issued:
@@ -252,6 +277,20 @@ def _address_name(address: str) -> x509.GeneralName:
     ):
         return x509.DNSName(host.lower())
     raise ValueError(f"{address!r} is neither an IP address nor a DNS name")
+
+
+def _authorities(path: Path, pem: bytes) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise TlsError(f"{path}: not a PEM certificate") from None
+
+
+def _check_validity(path: Path, certificate: x509.Certificate, now: datetime.datetime) -> None:
+    if now < certificate.not_valid_before_utc:
+        raise TlsError(f"{path}: not valid before {certificate.not_valid_before_utc:%Y-%m-%d}")
+    if now > certificate.not_valid_after_utc:
+        raise TlsError(f"{path}: expired on {certificate.not_valid_after_utc:%Y-%m-%d}")
 
 
 def _signed_by(cert: x509.Certificate, authority: x509.Certificate) -> bool:

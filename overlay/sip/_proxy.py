@@ -20,6 +20,13 @@ A request goes through the steps of §16 in order:
 4. §16.6 forwarding: Max-Forwards decremented, Record-Route added by dialog-creating requests
    (two entries when the transport changes, RFC 5658), strict-route conversion, a fresh Via.
 
+TLS (RFC 3261 §26, RFC 5630): a sips: URI, or one with ``transport=tls``, names a TLS next hop
+(``Peer`` transport "tls"); the shell runs TLS and checks the certificate, this core only picks
+the transport. A request whose Request-URI or next Route is sips: never leaves over anything but
+TLS, except to another overlay node: a non-TLS egress target gets 480 with Warning 380 "SIPS Not
+Allowed" (RFC 5630 §5.3) instead of a silent downgrade. Record-Route entries of a TLS listener
+say ``transport=tls``, or are sips: URIs for a sips: request (§16.6 step 4).
+
 A forwarded request owns a ``_Context`` (the §16 "response context"): the server transaction, the
 ordered next-hop list (RFC 3263 §4.3: on a transport error, a timeout or a 503 the next one is
 tried), the current client transaction and Timer C. Provisional responses other than 100 and every
@@ -120,7 +127,11 @@ class Listener:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def record_route(self, params: str = "") -> str:
+    def record_route(self, params: str = "", *, sips: bool = False) -> str:
+        """This listener as a Record-Route entry; a sips: URI for a sips: request on a TLS
+        listener (RFC 3261 §16.6 step 4), else sip: with its transport."""
+        if sips and self.transport == "tls":
+            return f"<sips:{self.hostport};lr{params}>"
         transport = "" if self.transport == "udp" else f";transport={self.transport}"
         return f"<sip:{self.hostport}{transport};lr{params}>"
 
@@ -223,6 +234,7 @@ class ProxyStatistics:
     generated: dict[int, int]
     relayed: dict[str, int]  # overlay messages this node only crossed, by kind
     detoured: int  # retransmissions sent over an alternate overlay path
+    sips_refused: int  # sips: requests answered 480 as no TLS leads to their next hop
     contexts: int
     pending_resolutions: int
     retransmissions_sent: int
@@ -308,6 +320,7 @@ class ProxyCore:
         self._generated: Counter[int] = Counter()
         self._relayed: Counter[str] = Counter()
         self._detoured = 0
+        self._sips_refused = 0
         self._contexts = 0
         overlay = config.overlay
         self._overlay_peers: Mapping[str, Peer] = {} if overlay is None else overlay.peers
@@ -356,8 +369,7 @@ class ProxyCore:
         if not peers:
             self._reply(context, 404, "Destination Not Found", now)
             return
-        context.next_hops.extend(peers)
-        self._try_next_hop(context, now)
+        self._add_next_hops(context, peers, now)
         self._drain_transaction_events(now)
 
     def resolution_failed(self, token: int, reason: str, now: float) -> None:
@@ -408,6 +420,7 @@ class ProxyCore:
             generated=dict(self._generated),
             relayed=dict(self._relayed),
             detoured=self._detoured,
+            sips_refused=self._sips_refused,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
             retransmissions_sent=txn.retransmissions_sent,
@@ -599,12 +612,33 @@ class ProxyCore:
     def _locate_hops(self, context: _Context, forward: Request, target: Target, now: float) -> None:
         peer = _literal_peer(target)
         if peer is not None:
-            context.next_hops.append(peer)
-            self._try_next_hop(context, now)
+            self._add_next_hops(context, [peer], now)
             return
         token = next(self._tokens)
         self._pending[token] = (context, forward)
         self._events.append(ResolveTarget(token, target))
+
+    def _add_next_hops(self, context: _Context, peers: Sequence[Peer], now: float) -> None:
+        """Try ``peers`` in order, leaving out those a sips: request must not be sent to."""
+        allowed = [peer for peer in peers if self._secure_enough(context.forward, peer)]
+        if not allowed:
+            # RFC 3261 §26.2.2, RFC 5630 §3.1.3 and §5.3: never downgrade a sips: request.
+            self._sips_refused += 1
+            context.replied = True
+            warning = f'380 {self._listener_for("tls").hostport} "SIPS Not Allowed"'
+            self._respond(
+                context.server, 480, "SIPS Not Allowed", now, context.media, warning=warning
+            )
+            return
+        context.next_hops.extend(allowed)
+        self._try_next_hop(context, now)
+
+    def _secure_enough(self, request: Request, peer: Peer) -> bool:
+        """Whether ``request`` may go to ``peer``: a sips: one over TLS only, or to another
+        overlay node (the overlay is one logical hop, carried over UDP: docs/security.md)."""
+        if peer.transport == "tls" or peer in self._overlay_node_at:
+            return True
+        return not _is_sips_request(request)
 
     def _try_next_hop(self, context: _Context, now: float) -> None:
         """Send on a new client transaction to the next hop in the list."""
@@ -623,15 +657,13 @@ class ProxyCore:
         headers = out.headers
         listener = self._listener_for(peer.transport)
         if self.config.record_route and out.method in DIALOG_CREATING and received.to_tag is None:
+            sips = _is_sips_request(out)
             inbound = self._listener_for(received.top_via.transport.lower())
             if inbound != listener:  # RFC 5658 double Record-Route
-                headers.insert_first("Record-Route", inbound.record_route(self._mark))
-            headers.insert_first("Record-Route", listener.record_route(self._mark))
+                headers.insert_first("Record-Route", inbound.record_route(self._mark, sips=sips))
+            headers.insert_first("Record-Route", listener.record_route(self._mark, sips=sips))
         branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._nonce}{next(self._branches):x}"
-        headers.insert_first(
-            "Via",
-            f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}{self._mark}",
-        )
+        headers.insert_first("Via", _via(peer, listener, branch + self._mark))
         return out
 
     def _receive_cancel(
@@ -712,15 +744,15 @@ class ProxyCore:
         self._events.append(ResolveTarget(token, target))
 
     def _send_stateless_request(self, request: Request, peer: Peer) -> None:
+        if not self._secure_enough(request, peer):
+            self._drops["sips ACK to a non-TLS next hop"] += 1
+            return
         listener = self._listener_for(peer.transport)
         # Stateless branch (§16.11): derived from the incoming one so retransmissions match.
         incoming = request.top_via.branch or ""
         branch = f"{MAGIC_COOKIE}{self._loop_hash(request)}.s{zlib.crc32(incoming.encode()):x}"
         out = request.copy()
-        out.headers.insert_first(
-            "Via",
-            f"SIP/2.0/{listener.transport.upper()} {listener.hostport};branch={branch}{self._mark}",
-        )
+        out.headers.insert_first("Via", _via(peer, listener, branch + self._mark))
         self.outbox.append((serialize(out), peer))
 
     # -- responses ---------------------------------------------------------------------------
@@ -939,10 +971,13 @@ class ProxyCore:
         media: MediaDirection | None = None,
         *,
         retry_after: int | None = None,
+        warning: str | None = None,
     ) -> None:
         response = make_response(server.request, status, reason, to_tag=self._nonce)
         if retry_after is not None:
             response.headers.add("Retry-After", str(retry_after))
+        if warning is not None:
+            response.headers.add("Warning", warning)
         if media is not None:
             assert self._media is not None
             self._media.response(response, media.reverse(), now)
@@ -993,11 +1028,7 @@ class ProxyCore:
             return False
         if record_route and (uri.user is not None or not uri.lr):
             return False
-        port = (
-            uri.port
-            if uri.port is not None
-            else DEFAULT_PORTS["tls" if uri.scheme == "sips" else "udp"]
-        )
+        port = uri.port if uri.port is not None else DEFAULT_PORTS.get(_uri_transport(uri), 5060)
         return (host_bare(uri.host), port) in self._ours
 
     def _pop_own_routes(self, request: Request) -> None:
@@ -1074,12 +1105,32 @@ def _apply_target(request: Request, target: Target) -> None:
 
 def _uri_target(uri: SipUri) -> Target:
     """The next hop a SIP URI names (RFC 3263 §4: maddr, transport, port)."""
-    transport = uri.transport.lower() if uri.transport else None
-    if transport is None and uri.scheme == "sips":
-        transport = "tcp"
+    transport = _uri_transport(uri) if uri.transport or uri.scheme == "sips" else None
     return Target(
         host=uri.maddr or host_bare(uri.host), port=uri.port, transport=transport, scheme=uri.scheme
     )
+
+
+def _uri_transport(uri: SipUri) -> str:
+    """The transport a URI asks for: sips: is TLS unless it says udp (RFC 3261 §26.2.2:
+    ``sips:...;transport=tcp`` is TLS over TCP); sip: defaults to UDP."""
+    transport = (uri.transport or "").lower()
+    if uri.scheme == "sips":
+        return "udp" if transport == "udp" else "tls"
+    return transport or "udp"
+
+
+def _is_sips_request(request: Request) -> bool:
+    """Whether the Request-URI or the next Route is a sips: URI: then every hop is TLS."""
+    if request.uri[:5].lower() == "sips:":
+        return True
+    route = request.headers.first_value("Route")
+    return route is not None and NameAddr.parse_untrusted(route).uri[:5].lower() == "sips:"
+
+
+def _via(peer: Peer, listener: Listener, branch: str) -> str:
+    """Our Via for a request to ``peer``: the transport it really goes over (§18.1.1)."""
+    return f"SIP/2.0/{peer.transport.upper()} {listener.hostport};branch={branch}"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -44,7 +44,7 @@ MAGIC_COOKIE = "z9hG4bK"
 
 
 class Peer(NamedTuple):
-    """Where a message goes or came from: transport ("udp"/"tcp"), IP literal, port."""
+    """Where a message goes or came from: transport ("udp", "tcp", "tls"), IP literal, port."""
 
     transport: str
     host: str

@@ -109,6 +109,11 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "SIP responses this node generated itself, by status",
     ),
     _counter(
+        "overlay_sip_sips_refused",
+        r"sip\.sips_refused",
+        "sips: requests answered 480 because no TLS leads to their next hop (RFC 5630)",
+    ),
+    _counter(
         "overlay_sip_relayed",
         r"sip\.relayed\.(?P<kind>.+)",
         "Overlay SIP messages this node only relayed as a transit node, by kind",
@@ -147,6 +152,21 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "overlay_transport_tcp_connections",
         r"transport\.tcp_connections",
         "SIP TCP connections open now",
+    ),
+    _gauge(
+        "overlay_transport_tls_connections",
+        r"transport\.tls_connections",
+        "SIP TLS connections open now",
+    ),
+    _counter(
+        "overlay_transport_tls_handshakes",
+        r"transport\.tls\.handshakes\.(?P<direction>in|out)",
+        "SIP TLS handshakes completed, by direction (in: a trunk connected, out: this node did)",
+    ),
+    _counter(
+        "overlay_transport_tls_handshake_failures",
+        r"transport\.tls\.handshake_failures\.(?P<direction>in|out)\.(?P<reason>.+)",
+        "SIP TLS handshakes that failed or timed out, by direction and OpenSSL's reason",
     ),
     _counter(
         "overlay_transport_errors",

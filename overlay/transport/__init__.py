@@ -1,8 +1,9 @@
-"""The node's I/O: SIP sockets (UDP, TCP) and RFC 3263 DNS resolution, on trio."""
+"""The node's I/O: SIP sockets (UDP, TCP, TLS) and RFC 3263 DNS resolution, on trio."""
 
 from ._impairment import ALL_PEERS, DelayLine, Fault, Impairments
 from ._resolver import ResolutionError, ResolvedTarget, SipResolver
 from ._sip import BoundSocket, SipTransport, Steering, TransportStatistics, bind_listeners
+from ._tls import TlsContexts
 
 __all__ = [
     "ALL_PEERS",
@@ -15,6 +16,7 @@ __all__ = [
     "SipResolver",
     "SipTransport",
     "Steering",
+    "TlsContexts",
     "TransportStatistics",
     "bind_listeners",
 ]

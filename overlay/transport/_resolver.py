@@ -14,10 +14,15 @@ with a TTL cache. Both therefore apply exactly the same rules:
   tried, and only when none of them has any SRV record, the domain's own A/AAAA records with
   port 5060 (5061 for sips:). Falling through when NAPTR records lead nowhere is more forgiving
   than §4.1 asks, on purpose: a broken NAPTR should not make a reachable domain unreachable.
+- TLS: a sips: target, and any target with transport "tls", resolves to transport "tls"
+  (SIPS+D2T, _sips._tcp, port 5061): a sips: target is never reached over anything else
+  (RFC 3261 §26.2.2), and its ``;transport=tcp`` means TLS over TCP. A sip: target without a
+  transport does not pick SIPS+D2T: the dialplan asks for TLS by saying sips: or "tls".
 - RFC 2782: SRV records by ascending priority, weighted random order within a priority, using
   the injected ``random.Random``; a target of "." is not a server.
 
-A ``sips:`` target resolves to transport "tcp": the caller must run TLS over it.
+The certificate of a TLS target is checked against the target's domain, not the SRV target's
+name (RFC 5922 §7.2): that is the caller's business, as it knows the domain it asked for.
 """
 
 from __future__ import annotations
@@ -93,13 +98,20 @@ class ResolutionError(Exception):
 SipTarget = tuple[str, str, int | None, str | None]
 """``(scheme, host, port, transport)`` as found in a SIP URI; port and transport optional."""
 
-_DEFAULT_PORTS: dict[Scheme, int] = {"sip": 5060, "sips": 5061}
-_DEFAULT_TRANSPORTS: dict[Scheme, Transport] = {"sip": "udp", "sips": "tcp"}
+_DEFAULT_PORTS: dict[Transport, int] = {"udp": 5060, "tcp": 5060, "tls": 5061}
+_DEFAULT_TRANSPORTS: dict[Scheme, Transport] = {"sip": "udp", "sips": "tls"}
 # §4.1: the transports tried, in this node's preference order, when there are no NAPTRs.
-_SRV_FALLBACK: dict[Scheme, tuple[Transport, ...]] = {"sip": ("udp", "tcp"), "sips": ("tcp",)}
+_SRV_FALLBACK: dict[Scheme, tuple[Transport, ...]] = {"sip": ("udp", "tcp"), "sips": ("tls",)}
 _NAPTR_SERVICES: dict[Scheme, dict[str, Transport]] = {
     "sip": {"SIP+D2U": "udp", "SIP+D2T": "tcp"},
-    "sips": {"SIPS+D2T": "tcp"},
+    "sips": {"SIPS+D2T": "tls"},
+}
+#: The SRV name of each transport (RFC 3263 §4.2: TLS is _sips._tcp, for sip: URIs too).
+_SRV_PREFIX: dict[Transport, str] = {"udp": "_sip._udp", "tcp": "_sip._tcp", "tls": "_sips._tcp"}
+#: What a URI's transport parameter may say, per scheme (sips: is TLS whatever it says).
+_URI_TRANSPORTS: dict[Scheme, dict[str, Transport]] = {
+    "sip": {"udp": "udp", "tcp": "tcp", "tls": "tls"},
+    "sips": {"tcp": "tls", "tls": "tls"},
 }
 
 
@@ -223,7 +235,7 @@ class SipResolver:
 
         Args:
             target: a dialplan ``DnsTarget`` or ``(scheme, host, port, transport)`` from a URI;
-                scheme "sip"/"sips", transport "udp"/"tcp" (any case) or ``None``.
+                scheme "sip"/"sips", transport "udp"/"tcp"/"tls" (any case) or ``None``.
 
         Returns:
             A non-empty list of targets without duplicates.
@@ -352,7 +364,7 @@ def _srv_record(rdata: SRV) -> SrvRecord:
 def _normalize(target: DnsTarget | SipTarget) -> tuple[Scheme, str, int | None, Transport | None]:
     """Check a target and bring it to canonical form (lower case, no brackets, no final dot)."""
     if isinstance(target, DnsTarget):
-        return target.scheme, _name(target.domain), None, target.transport
+        target = (target.scheme, target.domain, None, target.transport)
     scheme_text, host, port, transport_text = target
     scheme: Scheme
     if scheme_text.lower() == "sip":
@@ -363,10 +375,9 @@ def _normalize(target: DnsTarget | SipTarget) -> tuple[Scheme, str, int | None, 
         raise ResolutionError(f"{scheme_text}:{host}: not a SIP URI scheme")
     transport: Transport | None = None
     if transport_text is not None:
-        wanted = transport_text.lower()
-        if wanted not in _SRV_FALLBACK[scheme]:
+        transport = _URI_TRANSPORTS[scheme].get(transport_text.lower())
+        if transport is None:
             raise ResolutionError(f"{scheme}:{host}: transport {transport_text!r} not supported")
-        transport = "udp" if wanted == "udp" else "tcp"
     if port is not None and not 0 < port < 65536:
         raise ResolutionError(f"{scheme}:{host}: bad port {port}")
     return scheme, _name(host.removeprefix("[").removesuffix("]")), port, transport
@@ -395,8 +406,9 @@ def _locate(
 ) -> _Steps:
     """The RFC 3263 procedure (see the module docstring); returns the targets in order."""
     chosen_transport = transport or _DEFAULT_TRANSPORTS[scheme]
+    default_port = _DEFAULT_PORTS[chosen_transport]
     if _is_ip(host):
-        return [ResolvedTarget(chosen_transport, host, port or _DEFAULT_PORTS[scheme])]
+        return [ResolvedTarget(chosen_transport, host, port or default_port)]
     if port is not None:
         return [ResolvedTarget(chosen_transport, a, port) for a in (yield from _addresses(host))]
     if transport is None:
@@ -411,12 +423,12 @@ def _locate(
         if targets:
             return targets
     fallback = _SRV_FALLBACK[scheme] if transport is None else (transport,)
-    srv_names = [(each, f"_{scheme}._{each}.{host}") for each in fallback]
+    srv_names = [(each, f"{_SRV_PREFIX[each]}.{host}") for each in fallback]
     targets, found_srv = yield from _srv_targets(srv_names, rng)
     if found_srv:
         return targets
     addresses = yield from _addresses(host)
-    return [ResolvedTarget(chosen_transport, a, _DEFAULT_PORTS[scheme]) for a in addresses]
+    return [ResolvedTarget(chosen_transport, a, default_port) for a in addresses]
 
 
 def _srv_targets(

@@ -1,4 +1,4 @@
-"""SIP over UDP and TCP with trio (RFC 3261 §18).
+"""SIP over UDP, TCP and TLS with trio (RFC 3261 §18, §26).
 
 One task per socket. The UDP task waits until its socket is readable and then drains it with
 non-blocking ``recvfrom`` calls before awaiting again, so a burst costs one wake-up. Each message
@@ -13,6 +13,17 @@ connection idle for ``tcp_idle_timeout`` seconds is closed. A connection that ca
 breaks while messages are queued for it, is reported through ``transport_error(peer)``, which the
 transaction layer turns into failed transactions (§17.1.4, RFC 3263 §4.3 fail-over).
 
+TLS connections (``Peer`` transport "tls") are TCP connections with a TLS stream on top
+(``_tls``), in the same table and with the same framing, idle timeout and queue. The handshake
+runs on the connection's own task within ``TlsContexts.handshake_timeout``, so a peer that never
+finishes one costs a socket for that long and holds up nobody else; a failed outgoing handshake
+(a certificate that does not match the target, say) is a transport error like a refused
+connection. The name an outgoing connection's certificate is checked against is given by the
+shell beforehand (``verify_as``, RFC 5922 §7.2), else it is the IP address; a connection is
+reused only for the name it was checked against, so the table key holds that name too.
+``admit_connection(host)`` may refuse a TCP or TLS connection at accept (edge security), before
+any handshake is spent on it.
+
 A receive loop whose batch ends with data still waiting is behind its socket; ``backlog(since)``
 is told when the node falls behind (the time it did) and when it catches up (``None``), so
 edge security can refuse new calls past the node's capacity (overlay.security.Overload).
@@ -23,7 +34,7 @@ from __future__ import annotations
 import errno
 import functools
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +44,7 @@ import trio
 from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer, steering_owner
 
 from ._impairment import DelayLine, Impairments
+from ._tls import HandshakeFailed, TlsContexts, client_stream, handshake, server_stream
 
 log = structlog.get_logger("overlay.transport")
 
@@ -45,22 +57,32 @@ UDP_RECEIVE_SIZE = 65535
 UDP_BATCH = 64
 SOCKET_BUFFER = 4 * 1024 * 1024
 TCP_QUEUE_SIZE = 1024
+#: Names the shell asked TLS connections to be checked against, one per (host, port): bounded,
+#: as the hosts come from Request-URIs and Route headers, through DNS.
+MAX_SERVER_NAMES = 4096
+#: How long closing a connection may wait for its close_notify to be written.
+CLOSE_TIMEOUT = 1.0
+
+_Key = tuple[str, int, str | None]  # remote host, port, and the name a TLS peer was checked for
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 
 @dataclass(frozen=True, slots=True)
 class TransportStatistics:
     tcp_connections: int
     counters: dict[str, int]
+    tls_connections: int = 0
 
 
 class _Connection:
-    """One TCP connection and its queue of outgoing messages."""
+    """One TCP or TLS connection and its queue of outgoing messages."""
 
-    __slots__ = ("framer", "last_activity", "peer", "receive", "send", "stream")
+    __slots__ = ("framer", "key", "last_activity", "peer", "receive", "send", "stream")
 
-    def __init__(self, peer: Peer, max_size: int) -> None:
+    def __init__(self, peer: Peer, key: _Key, max_size: int) -> None:
         self.peer = peer
-        self.stream: trio.SocketStream | None = None
+        self.key = key
+        self.stream: _Stream | None = None
         self.send, self.receive = trio.open_memory_channel[bytes](TCP_QUEUE_SIZE)
         self.framer = StreamFramer(max_size=max_size)
         self.last_activity = trio.current_time()
@@ -169,9 +191,15 @@ class SipTransport:
         transport_error: called with the peer whose TCP connection failed.
         max_message_size: largest message accepted on a TCP stream.
         tcp_idle_timeout: seconds after which an unused TCP connection is closed.
+        tcp_connect_timeout: seconds a TCP connect may take before the peer counts as failed
+            (``transport_error``: the next RFC 3263 target is tried at once).
         steering: set when several workers share the sockets.
         impairments: faults applied to what is sent to overlay peers (fault injection).
         backlog: told when the UDP receive loops fall behind (the time) or catch up (``None``).
+        tls: contexts for ``tls`` listeners and peers; without them a TLS peer cannot be
+            reached (a transport error) and binding a ``tls`` listener is an error.
+        admit_connection: asked with the remote host of every accepted TCP or TLS connection;
+            ``False`` closes it at once (edge security: a blocked source costs no handshake).
     """
 
     def __init__(
@@ -181,21 +209,28 @@ class SipTransport:
         transport_error: Callable[[Peer], None],
         max_message_size: int = 65535,
         tcp_idle_timeout: float = 60.0,
+        tcp_connect_timeout: float = 2.0,
         steering: Steering | None = None,
         impairments: Impairments | None = None,
         backlog: Callable[[float | None], None] | None = None,
+        tls: TlsContexts | None = None,
+        admit_connection: Callable[[str], bool] | None = None,
     ) -> None:
         self._deliver = deliver
+        self._tls = tls
+        self._admit_connection = admit_connection
+        self._server_names: OrderedDict[tuple[str, int], str] = OrderedDict()
         self._backlog = None if backlog is None else _Backlog(backlog)
         self._impairments = impairments
         self._delay_line = DelayLine()
         self._transport_error = transport_error
         self._max_size = max_message_size
         self._idle = tcp_idle_timeout
+        self._connect_timeout = tcp_connect_timeout
         self._steering = steering
         self._udp: dict[int, socket.socket] = {}  # address family -> socket
         self._tcp_bind: dict[int, str] = {}  # address family -> local host for outgoing TCP
-        self._connections: dict[tuple[str, int], _Connection] = {}
+        self._connections: dict[_Key, _Connection] = {}
         self._nursery: trio.Nursery | None = None
         self.counters: Counter[str] = Counter()
 
@@ -215,9 +250,13 @@ class SipTransport:
                         self._udp.setdefault(sock.family, sock)
                         nursery.start_soon(self._udp_loop, sock)
                     else:
+                        if listener.transport == "tls" and (
+                            self._tls is None or self._tls.server is None
+                        ):
+                            raise ValueError("a tls listener needs TlsContexts with a server side")
                         self._tcp_bind.setdefault(sock.family, listener.host)
                         tcp = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                        nursery.start_soon(self._tcp_accept_loop, tcp)
+                        nursery.start_soon(self._tcp_accept_loop, tcp, listener.transport)
                     log.info(
                         "listening",
                         transport=listener.transport,
@@ -265,18 +304,39 @@ class SipTransport:
                     raise
                 self.counters[f"udp send {errno.errorcode.get(exc.errno, exc.errno)}"] += 1
             return
-        connection = self._connections.get((peer.host, peer.port))
+        key = self._key(peer)
+        connection = self._connections.get(key)
         if connection is None:
-            connection = self._open_connection(peer)
+            connection = self._open_connection(peer, key)
         try:
             connection.send.send_nowait(data)
         except trio.WouldBlock:
-            self.counters["tcp queue full"] += 1
+            self.counters[f"{peer.transport} queue full"] += 1
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self.counters["tcp send on closed connection"] += 1
+            self.counters[f"{peer.transport} send on closed connection"] += 1
+
+    def verify_as(self, peer: Peer, server_name: str) -> None:
+        """Check the certificate of TLS connections opened to ``peer`` against ``server_name``
+        (the SIP domain the peer was resolved from, RFC 5922 §7.2) rather than its IP address.
+
+        Holds for every later connection to that (host, port) until another name is given; the
+        most recent ``MAX_SERVER_NAMES`` are kept.
+        """
+        names = self._server_names
+        address = (peer.host, peer.port)
+        names[address] = server_name
+        names.move_to_end(address)
+        if len(names) > MAX_SERVER_NAMES:
+            names.popitem(last=False)
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(len(self._connections), dict(self.counters))
+        tls = sum(c.peer.transport == "tls" for c in self._connections.values())
+        return TransportStatistics(len(self._connections) - tls, dict(self.counters), tls)
+
+    def _key(self, peer: Peer) -> _Key:
+        if peer.transport != "tls":
+            return (peer.host, peer.port, None)
+        return (peer.host, peer.port, self._server_names.get((peer.host, peer.port)))
 
     # -- UDP ---------------------------------------------------------------------------------
 
@@ -338,62 +398,138 @@ class SipTransport:
 
     # -- TCP ---------------------------------------------------------------------------------
 
-    async def _tcp_accept_loop(self, listener: trio.SocketListener) -> None:
+    async def _tcp_accept_loop(self, listener: trio.SocketListener, transport: str) -> None:
         async with listener:
             while True:
-                stream = await listener.accept()
-                host, port = stream.socket.getpeername()[:2]
-                peer = Peer("tcp", host, port)
-                connection = _Connection(peer, self._max_size)
-                connection.stream = stream
-                old = self._connections.get((host, port))
+                tcp = await listener.accept()
+                host, port = tcp.socket.getpeername()[:2]
+                if self._admit_connection is not None and not self._admit_connection(host):
+                    self.counters[f"{transport} refused at accept"] += 1
+                    await tcp.aclose()
+                    continue
+                peer = Peer(transport, host, port)
+                connection = _Connection(peer, (host, port, None), self._max_size)
+                if transport == "tls":
+                    assert self._tls is not None
+                    connection.stream = server_stream(self._tls, tcp)
+                else:
+                    connection.stream = tcp
+                old = self._connections.get(connection.key)
                 if old is not None:
                     await old.send.aclose()
-                self._connections[(host, port)] = connection
-                self.counters["tcp accepted"] += 1
+                self._connections[connection.key] = connection
+                self.counters[f"{transport} accepted"] += 1
                 assert self._nursery is not None
                 self._nursery.start_soon(self._run_connection, connection)
 
-    def _open_connection(self, peer: Peer) -> _Connection:
-        connection = _Connection(peer, self._max_size)
-        self._connections[(peer.host, peer.port)] = connection
+    def _open_connection(self, peer: Peer, key: _Key) -> _Connection:
+        connection = _Connection(peer, key, self._max_size)
+        self._connections[key] = connection
         assert self._nursery is not None
         self._nursery.start_soon(self._run_connection, connection)
         return connection
 
     async def _run_connection(self, connection: _Connection) -> None:
         peer = connection.peer
+        outgoing = connection.stream is None
         failed = False
         try:
             if connection.stream is None:
-                connection.stream = await self._connect(peer)
-            async with connection.stream, trio.open_nursery() as nursery:
-                nursery.start_soon(self._tcp_writer, connection, nursery.cancel_scope)
-                await self._tcp_reader(connection)
-                nursery.cancel_scope.cancel()
+                connection.stream = await self._connect(connection)
+            try:
+                if isinstance(connection.stream, trio.SSLStream):
+                    await self._handshake(connection, connection.stream, outgoing=outgoing)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._tcp_writer, connection, nursery.cancel_scope)
+                    await self._tcp_reader(connection)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._forget(connection)  # before closing: nothing more is queued on it
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await connection.stream.aclose()
+        except HandshakeFailed:
+            failed = outgoing  # what was queued for it cannot be sent
         except (OSError, trio.BrokenResourceError) as exc:
             failed = True
-            self.counters["tcp connection failed"] += 1
-            log.info("tcp connection failed", host=peer.host, port=peer.port, error=str(exc))
+            self.counters[f"{peer.transport} connection failed"] += 1
+            log.info(
+                f"{peer.transport} connection failed",
+                host=peer.host,
+                port=peer.port,
+                error=str(exc),
+            )
         finally:
-            if self._connections.get((peer.host, peer.port)) is connection:
-                del self._connections[(peer.host, peer.port)]
-            connection.send.close()
+            self._forget(connection)
         if failed:
             self._transport_error(peer)
 
-    async def _connect(self, peer: Peer) -> trio.SocketStream:
+    def _forget(self, connection: _Connection) -> None:
+        if self._connections.get(connection.key) is connection:
+            del self._connections[connection.key]
+        connection.send.close()
+
+    async def _handshake(
+        self,
+        connection: _Connection,
+        stream: trio.SSLStream[trio.SocketStream],
+        *,
+        outgoing: bool,
+    ) -> None:
+        """The TLS handshake, counted and logged by direction.
+
+        Raises:
+            HandshakeFailed: it failed or timed out.
+        """
+        assert self._tls is not None
+        direction = "out" if outgoing else "in"
+        peer = connection.peer
+        timeout = self._tls.handshake_timeout
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await handshake(stream)
+            if scope.cancelled_caught:
+                raise HandshakeFailed("timeout", f"no handshake within {timeout:g} s")
+        except HandshakeFailed as failure:
+            self.counters[f"tls.handshake_failures.{direction}.{failure.reason}"] += 1
+            log.info(
+                "tls handshake failed",
+                direction=direction,
+                host=peer.host,
+                port=peer.port,
+                server_name=connection.key[2],
+                reason=failure.reason,
+                detail=failure.detail,
+            )
+            raise
+        self.counters[f"tls.handshakes.{direction}"] += 1
+
+    async def _connect(self, connection: _Connection) -> _Stream:
+        """A new connection to the peer: TCP, with the client side of TLS for a TLS peer."""
+        peer = connection.peer
+        if peer.transport == "tls" and self._tls is None:
+            raise OSError(errno.EPROTONOSUPPORT, "no TLS configured for SIP")
+        tcp = await self._connect_tcp(peer)
+        if peer.transport != "tls":
+            return tcp
+        assert self._tls is not None
+        return client_stream(self._tls, tcp, connection.key[2] or peer.host)
+
+    async def _connect_tcp(self, peer: Peer) -> trio.SocketStream:
         family = socket.AF_INET6 if ":" in peer.host else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_STREAM)
         try:
             local = self._tcp_bind.get(family)
             if local is not None:
                 await sock.bind((local, 0))
-            await sock.connect((peer.host, peer.port))
+            with trio.move_on_after(self._connect_timeout) as connecting:
+                await sock.connect((peer.host, peer.port))
+            if connecting.cancelled_caught:
+                self.counters[f"{peer.transport} connect timeout"] += 1
+                raise OSError(errno.ETIMEDOUT, f"connect timed out after {self._connect_timeout} s")
         except BaseException:
             sock.close()
             raise
-        self.counters["tcp connected"] += 1
+        self.counters[f"{peer.transport} connected"] += 1
         return trio.SocketStream(sock)
 
     async def _tcp_reader(self, connection: _Connection) -> None:
@@ -406,17 +542,22 @@ class SipTransport:
                 data = await stream.receive_some(65536)
             if idle.cancelled_caught:
                 if trio.current_time() >= connection.last_activity + self._idle:
-                    self.counters["tcp idle closed"] += 1
+                    self.counters[f"{peer.transport} idle closed"] += 1
                     return
                 continue
             connection.last_activity = trio.current_time()
-            framer.receive_data(data)
+            framer.receive_data(bytes(data))  # a TLS stream's bytearray; bytes pass as they are
             try:
                 while (message := framer.next_message()) is not None:
                     self._deliver(message, peer)
             except RemoteProtocolError as exc:
-                self.counters[f"tcp framing: {exc.reason}"] += 1
-                log.info("tcp framing error", host=peer.host, port=peer.port, reason=exc.reason)
+                self.counters[f"{peer.transport} framing: {exc.reason}"] += 1
+                log.info(
+                    f"{peer.transport} framing error",
+                    host=peer.host,
+                    port=peer.port,
+                    reason=exc.reason,
+                )
                 return
             if not data:
                 return

@@ -59,7 +59,7 @@ async def test_naptr_srv_a_chain() -> None:
 async def test_sips_uses_only_tls_naptr() -> None:
     async with serve_zone(Zone(CHAIN)) as address:
         targets = await _resolver(address).resolve(("sips", "example.com", None, None))
-    assert targets == [ResolvedTarget("tcp", "127.0.0.13", 5061)]
+    assert targets == [ResolvedTarget("tls", "127.0.0.13", 5061)]
 
 
 async def test_srv_priority_then_weight() -> None:
@@ -105,7 +105,7 @@ async def test_ip_literal_asks_nothing() -> None:
         resolver = _resolver(address)
         targets = await resolver.resolve(("sip", "127.0.0.9", None, None))
         targets += await resolver.resolve(("sips", "[::1]", 5062, None))
-    assert targets == [ResolvedTarget("udp", "127.0.0.9", 5060), ResolvedTarget("tcp", "::1", 5062)]
+    assert targets == [ResolvedTarget("udp", "127.0.0.9", 5060), ResolvedTarget("tls", "::1", 5062)]
     assert zone.queries == []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -72,3 +74,50 @@ async def test_bad_framing_closes_the_connection(loopback_host: Callable[[], str
         assert any("framing" in key for key in transport.statistics().counters)
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_connect_that_hangs_fails_after_the_connect_timeout(
+    loopback_host: Callable[[], str], clock: trio.testing.MockClock
+) -> None:
+    """A target that never completes the handshake (a blackholed host) is a transport error
+    after ``tcp_connect_timeout``, so the proxy tries the next target instead of waiting for
+    Timer B."""
+    failed: list[Peer] = []
+    reported = trio.Event()
+
+    def transport_error(peer: Peer) -> None:
+        failed.append(peer)
+        reported.set()
+
+    transport = SipTransport(
+        deliver=lambda data, peer: None,
+        transport_error=transport_error,
+        tcp_connect_timeout=2.0,
+    )
+    host = loopback_host()
+    # A listener whose accept queue is full: Linux drops further SYNs, so a connect hangs.
+    full = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    full.bind((host, 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    with full:
+        bound = bind_listeners([("tcp", loopback_host(), 0)])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport.serve, bound)
+            for _ in range(2):
+                filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect((host, port))
+                fillers.append(filler)
+            peer = Peer("tcp", host, port)
+            transport.send(MESSAGE, peer)
+            with trio.fail_after(5):
+                await reported.wait()
+            assert failed == [peer]
+            assert transport.statistics().counters["tcp connect timeout"] == 1
+            nursery.cancel_scope.cancel()
+    for filler in fillers:
+        filler.close()

@@ -92,8 +92,28 @@ class TestTransportSelection:
             _naptr(2, 1, "SIPS+D2T", "_sips._tcp.example.com."),
         ]
         assert _select(DnsTarget("sips", "example.com"), _records(naptr, SRV)) == [
-            ResolvedTarget("tcp", "192.0.2.3", 5061)
+            ResolvedTarget("tls", "192.0.2.3", 5061)
         ]
+
+    def test_sip_without_transport_does_not_pick_tls(self) -> None:
+        # TLS is asked for by sips: or transport "tls"; a sip: target keeps to UDP and TCP.
+        naptr = [_naptr(1, 1, "SIPS+D2T", "_sips._tcp.example.com.")]
+        targets = _select(DnsTarget("sip", "example.com"), _records(naptr, SRV))
+        assert {target.transport for target in targets} == {"udp", "tcp"}
+
+    @pytest.mark.parametrize(
+        "target",
+        [
+            DnsTarget("sip", "example.com", "tls"),
+            ("sip", "example.com", None, "TLS"),
+            ("sips", "example.com", None, None),
+            # RFC 3261 §26.2.2: sips: over TCP is TLS over TCP.
+            ("sips", "example.com", None, "tcp"),
+        ],
+    )
+    def test_tls_asks_sips_tcp_srv(self, target: DnsTarget | tuple[str, str, None, str]) -> None:
+        naptr = [_naptr(1, 1, "SIP+D2U", "_sip._udp.example.com.")]
+        assert _select(target, _records(naptr, SRV)) == [ResolvedTarget("tls", "192.0.2.3", 5061)]
 
     def test_srv_fallback_without_naptr(self) -> None:
         assert _select(DnsTarget("sip", "example.com"), _records(srv=SRV)) == [
@@ -111,7 +131,7 @@ class TestTransportSelection:
         ("scheme", "expected"),
         [
             ("sip", ResolvedTarget("udp", "192.0.2.100", 5060)),
-            ("sips", ResolvedTarget("tcp", "192.0.2.100", 5061)),
+            ("sips", ResolvedTarget("tls", "192.0.2.100", 5061)),
         ],
     )
     def test_address_fallback_default_port(self, scheme: str, expected: ResolvedTarget) -> None:
@@ -128,6 +148,9 @@ class TestTransportSelection:
         assert _select(("sip", "example.com", None, "TCP"), _records()) == [
             ResolvedTarget("tcp", "192.0.2.100", 5060)
         ]
+        assert _select(("sip", "example.com", None, "tls"), _records()) == [
+            ResolvedTarget("tls", "192.0.2.100", 5061)
+        ]
 
     def test_explicit_port_skips_naptr_and_srv(self) -> None:
         naptr = [_naptr(1, 1, "SIP+D2T", "_sip._tcp.example.com.")]
@@ -140,7 +163,8 @@ class TestTransportSelection:
         [
             (("sip", "192.0.2.9", None, None), ResolvedTarget("udp", "192.0.2.9", 5060)),
             (("sip", "192.0.2.9", 5099, "tcp"), ResolvedTarget("tcp", "192.0.2.9", 5099)),
-            (("sips", "[2001:db8::9]", None, None), ResolvedTarget("tcp", "2001:db8::9", 5061)),
+            (("sips", "[2001:db8::9]", None, None), ResolvedTarget("tls", "2001:db8::9", 5061)),
+            (("sip", "192.0.2.9", None, "tls"), ResolvedTarget("tls", "192.0.2.9", 5061)),
         ],
     )
     def test_ip_literal_needs_no_dns(
