@@ -385,6 +385,7 @@ class Deployer:
             ("tcp", ports.sip_tls, ports.sip_tls, media),
             ("udp", ports.rtp_first, ports.rtp_last, media),
             ("tcp", ports.grpc, ports.grpc, [*fleet.peer_cidrs, *fleet.noc_cidrs]),
+            ("tcp", ports.metrics, ports.metrics, fleet.noc_cidrs),  # Prometheus scrapes
         ]
         ec2.authorize_security_group_ingress(
             GroupId=group_id,

@@ -43,13 +43,15 @@ from overlay.config import (
 
 @dataclass(frozen=True)
 class Ports:
-    """The routers' ports: SIP over UDP/TCP, SIP over TLS, the RTP range and gRPC (control)."""
+    """The routers' ports: SIP over UDP/TCP, SIP over TLS, the RTP range, gRPC (control) and
+    Prometheus metrics."""
 
     sip: int = 5060
     sip_tls: int = 5061
     rtp_first: int = 10000
     rtp_last: int = 20000
     grpc: int = 7000
+    metrics: int = 9100
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ def _fleet(data: dict[str, object]) -> Fleet:
 
 
 def _ports(value: object, path: KeyPath) -> Ports:
-    table = Table(value, path, ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc"))
+    table = Table(value, path, ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc", "metrics"))
     d = Ports()
     ports = Ports(
         sip=table.get("sip", _port, d.sip),
@@ -250,6 +252,7 @@ def _ports(value: object, path: KeyPath) -> Ports:
         rtp_first=table.get("rtp_first", _port, d.rtp_first),
         rtp_last=table.get("rtp_last", _port, d.rtp_last),
         grpc=table.get("grpc", _port, d.grpc),
+        metrics=table.get("metrics", _port, d.metrics),
     )
 
     # A rule broken by a default is blamed on the key that was written.
@@ -266,7 +269,12 @@ def _ports(value: object, path: KeyPath) -> Ports:
             (*path, "rtp_first"),
             f"must be even (RTP takes even ports, RTCP the next odd one), got {first}",
         )
-    signalling = {"sip": ports.sip, "sip_tls": ports.sip_tls, "grpc": ports.grpc}
+    signalling = {
+        "sip": ports.sip,
+        "sip_tls": ports.sip_tls,
+        "grpc": ports.grpc,
+        "metrics": ports.metrics,
+    }
     seen: dict[int, str] = {}
     for key, port in signalling.items():
         if port in seen:

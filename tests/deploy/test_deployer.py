@@ -147,13 +147,16 @@ async def test_plan_apply_again_status_destroy(
         assert ha.heartbeat_interval == fleet.ha.heartbeat_interval
         assert ha.peer_grpc_target.endswith(f":{fleet.ports.grpc}")
 
-    # The security group: SIP from trunks and peers, gRPC only from peers and the NOC.
+    # The security group: SIP from trunks and peers, gRPC only from peers and the NOC, metrics
+    # only from the NOC.
     ec2 = aws.client("ec2", "us-west-2")
     [group] = ec2.describe_security_groups(
         Filters=[{"Name": "tag:overlay:fleet", "Values": [fleet.name]}]
     )["SecurityGroups"]
     grpc_rule = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.grpc)
     assert {r["CidrIp"] for r in grpc_rule["IpRanges"]} == {*fleet.peer_cidrs, *fleet.noc_cidrs}
+    metrics = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.metrics)
+    assert {r["CidrIp"] for r in metrics["IpRanges"]} == set(fleet.noc_cidrs)
 
     # status: each active holds its pair's floating address.
     rows = deployer.status()

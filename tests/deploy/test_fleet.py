@@ -212,6 +212,7 @@ BAD_VALUES = [
     (13, "sip = 30000", "ports.sip", "inside the RTP range 30000..39999"),
     (14, "sip_tls = 39999", "ports.sip_tls", "inside the RTP range"),
     (17, "grpc = 35000", "ports.grpc", "inside the RTP range"),
+    (17, "metrics = 5080", "ports.metrics", "metrics and sip are both port 5080"),
     (20, "heartbeat_interval = 0", "ha.heartbeat_interval", "> 0"),
     (20, "heartbeat_interval = inf", "ha.heartbeat_interval", "finite"),
     (21, "dead_after = 0", "ha.dead_after", "between 1 and 100"),
