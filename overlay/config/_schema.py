@@ -38,8 +38,10 @@ from ._model import (
 )
 from ._reader import (
     Invalid,
+    Reader,
     Table,
     boolean,
+    choice,
     integer,
     kind,
     matching,
@@ -268,11 +270,6 @@ def _log(value: object, path: Path) -> LogSection:
     )
 
 
-def _log_format(value: object, path: Path) -> LogFormat:
-    text = string(value, path)
-    if text not in _LOG_FORMATS:
-        raise Invalid(path, f'must be "console" or "json", got {text!r}')
-    return _LOG_FORMATS[text]
 
 
 def _log_level(value: object, path: Path) -> str:
@@ -503,6 +500,7 @@ def _rule(value: object, path: Path) -> DialplanRule:
 
 _workers = integer(1, 64)
 _LOG_FORMATS: dict[str, LogFormat] = {"console": "console", "json": "json"}
+_log_format: Reader[LogFormat] = choice(_LOG_FORMATS)
 #: CloudWatch: the fleet name as fleet.toml has it, and AWS region names such as us-gov-west-1.
 _fleet = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (the fleet's name in fleet.toml)")
 _AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
@@ -553,11 +551,7 @@ def _ip_port_any(value: object, path: Path) -> tuple[str, int]:
     return host, port
 
 
-def _transport(value: object, path: Path) -> Transport:
-    text = string(value, path)
-    if text not in _TRANSPORTS:
-        raise Invalid(path, f'must be "udp", "tcp" or "tls", got {text!r}')
-    return _TRANSPORTS[text]
+_transport: Reader[Transport] = choice(_TRANSPORTS)
 
 
 def _listen(value: object, path: Path) -> tuple[ListenAddress, ...]:
