@@ -270,8 +270,6 @@ def _log(value: object, path: Path) -> LogSection:
     )
 
 
-
-
 def _log_level(value: object, path: Path) -> str:
     text = string(value, path)
     if text.upper() not in LOG_LEVELS:
