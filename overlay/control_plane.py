@@ -3,9 +3,9 @@
 ``ControlPlane`` answers the Control RPCs from the node's pieces, each read through its public
 snapshot API and changed only through the methods its owner offers for that: the mesh (links,
 LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the call
-book (``overlay.control.CallTracker``), the media plane's sessions and counters, the dialplan
-and the node's counters. The pure parts live in ``overlay.control``: route explanations,
-events, overrides, roles.
+book (``overlay.control.CallTracker``), the media plane's sessions and counters, the SIP edge
+guard's blocks (``blocks``, ``unblock``), the dialplan and the node's counters. The pure parts
+live in ``overlay.control``: route explanations, events, overrides, roles.
 
 Every RPC is authorised first (``AccessPolicy``: viewer to read, operator to change; refusals
 are logged with the certificate's subject), and every outcome is counted by method and status
@@ -53,6 +53,7 @@ from overlay.control import (
     RouteChanged,
     RpcError,
     Service,
+    SourcesUnblocked,
     StatusCode,
     StreamBroken,
     WatcherFellBehind,
@@ -68,6 +69,7 @@ from overlay.linkstate import LinkMetrics
 from overlay.media import MediaSession
 from overlay.mesh import Mesh
 from overlay.routing import Dialplan, choose_egress, link_cost, weight_function
+from overlay.security import ALL_SOURCES, BlockedSource, source_key
 from overlay.sip import ProtocolError, SipUri, TelUri, parse_uri_untrusted
 from overlay.transport import ALL_PEERS, Fault
 from overlay.v1 import control_pb2
@@ -79,6 +81,9 @@ SERVICE = "overlay.v1.Control"
 DEFAULT_RETRY_AFTER_S = 300
 MAX_RETRY_AFTER_S = 86_400
 DEFAULT_CALL_LIMIT = 1000
+DEFAULT_BLOCK_LIMIT = 1000
+#: An Unblock of "*" logs the first this many sources it lifted (and how many in all).
+MAX_LOGGED_SOURCES = 20
 #: Free-text fields (reasons) are cut to this many characters.
 MAX_TEXT = 200
 
@@ -109,6 +114,15 @@ class CallMedia(Protocol):
     def set_faults(self, faults: Mapping[str, tuple[float, bool]]) -> None: ...
 
 
+class SourceBlocks(Protocol):
+    """The SIP edge guard as the Control service reads and lifts its blocks
+    (``overlay.security.EdgeGuard``)."""
+
+    def blocks(self, now: float) -> list[BlockedSource]: ...
+
+    def unblock(self, source: str, now: float) -> list[BlockedSource]: ...
+
+
 class ControlPlane:
     """The ``overlay.v1.Control`` service of one node; see the module docstring."""
 
@@ -124,6 +138,7 @@ class ControlPlane:
         access: AccessPolicy,
         counters: Callable[[], dict[str, int]],
         media: CallMedia | None = None,
+        blocks: SourceBlocks | None = None,
     ) -> None:
         self.node_id = config.node.node_id
         self._config = config
@@ -136,6 +151,7 @@ class ControlPlane:
         self._access = access
         self._counters = counters
         self._media = media
+        self._blocks = blocks
         self._dialplan = Dialplan(config.dialplan)
         self._rpcs: Counter[str] = Counter()
 
@@ -151,12 +167,14 @@ class ControlPlane:
             "ListCalls": (self.list_calls, c.ListCallsRequest),
             "GetCall": (self.get_call, c.GetCallRequest),
             "GetCounters": (self.get_counters, c.GetCountersRequest),
+            "ListBlocks": (self.list_blocks, c.ListBlocksRequest),
             "Drain": (self.drain, c.DrainRequest),
             "Undrain": (self.undrain, c.UndrainRequest),
             "SetLinkOverride": (self.set_link_override, c.SetLinkOverrideRequest),
             "ClearLinkOverride": (self.clear_link_override, c.ClearLinkOverrideRequest),
             "InjectFault": (self.inject_fault, c.InjectFaultRequest),
             "ClearFaults": (self.clear_faults, c.ClearFaultsRequest),
+            "Unblock": (self.unblock, c.UnblockRequest),
         }
         methods = {
             name: unary_handler(self._counted(name, fn), request.FromString, _serialize)
@@ -713,6 +731,48 @@ class ControlPlane:
             faults = self._mesh.impairments.faults()
             self._media.set_faults({p: (f.loss_ratio, f.blackhole) for p, f in faults.items()})
 
+    # -- edge security blocks -----------------------------------------------------------------
+
+    def list_blocks(self, request: control_pb2.ListBlocksRequest) -> control_pb2.ListBlocksResponse:
+        response = control_pb2.ListBlocksResponse(
+            node_id=self.node_id, security=self._blocks is not None
+        )
+        if self._blocks is None:
+            return response
+        now = trio.current_time()
+        blocks = self._blocks.blocks(now)
+        limit = request.limit or DEFAULT_BLOCK_LIMIT
+        response.blocked = len(blocks)
+        response.blocks.extend(_blocked_message(b, now) for b in reversed(blocks[-limit:]))
+        return response
+
+    def unblock(self, request: control_pb2.UnblockRequest) -> control_pb2.UnblockResponse:
+        source = request.source.strip()
+        now = trio.current_time()
+        try:
+            if self._blocks is not None:
+                lifted = self._blocks.unblock(source, now)
+            else:  # the node blocks nothing, but a bad argument is still one
+                lifted = []
+                if source != ALL_SOURCES:
+                    source_key(source)
+        except ValueError as error:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, f"source: {error}") from None
+        who = self._by()
+        sources = tuple(block.source for block in lifted)
+        log.warning(
+            "sources unblocked",
+            source=source,
+            unblocked=len(lifted),
+            sources=list(sources[:MAX_LOGGED_SOURCES]),
+            by=who,
+        )
+        if lifted:
+            self._events.publish(SourcesUnblocked(source, sources), by=who)
+        return control_pb2.UnblockResponse(
+            unblocked=len(lifted), blocks=[_blocked_message(block, now) for block in lifted]
+        )
+
     # -- arguments ----------------------------------------------------------------------------
 
     def _check_peer(self, field: str, peer: str, *, wildcard: bool = False) -> None:
@@ -830,6 +890,20 @@ def _fault_message(peer: str, fault: Fault) -> control_pb2.Fault:
     )
 
 
+def _blocked_message(block: BlockedSource, now: float) -> control_pb2.BlockedSource:
+    message = control_pb2.BlockedSource(
+        source=block.source,
+        reason=control_pb2.BlockedSource.Reason.Value(block.reason.name),
+        detail=block.detail,
+        since=_timestamp(_wall(block.since, now)),
+        until=_timestamp(_wall(block.until, now)),
+        dropped=block.dropped,
+    )
+    if block.last_dropped is not None:
+        message.last_dropped_at.CopyFrom(_timestamp(_wall(block.last_dropped, now)))
+    return message
+
+
 def _candidate_message(candidate: Candidate) -> control_pb2.Candidate:
     return control_pb2.Candidate(
         path=list(candidate.path),
@@ -903,6 +977,10 @@ def _event_message(item: Published) -> control_pb2.Event:
         )
     elif isinstance(event, DrainChanged):
         message.drain.CopyFrom(control_pb2.DrainEvent(reason=event.reason))
+    elif isinstance(event, SourcesUnblocked):
+        message.unblock.CopyFrom(
+            control_pb2.UnblockEvent(source=event.source, sources=list(event.sources))
+        )
     else:
         override = event.override
         wire = control_pb2.LinkOverride(

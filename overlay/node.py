@@ -260,6 +260,9 @@ class Node:
                 else MediaPlaneView(
                     self.media.edge.sessions.of_call, self.media.relay, self.media.set_faults
                 ),
+                # One worker serves an overlay node (sip.workers must be 1 with [[peers]]):
+                # this guard holds all of its blocks.
+                blocks=None if self.security is None else self.security.guard,
             )
             port = await bridge.start_server(
                 grpc_section.host, grpc_section.port, [*self.mesh.services(), control.service()]

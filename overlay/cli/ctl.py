@@ -27,7 +27,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -420,6 +420,24 @@ def counters(
 
 
 @app.command()
+def blocks(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 100,
+) -> None:
+    """The sources the node's SIP edge security blocks now (ListBlocks)."""
+    request = control_pb2.ListBlocksRequest(limit=limit)
+    response = _call(ctx, "ListBlocks", request, control_pb2.ListBlocksResponse)
+    if _printed_json(ctx, response):
+        return
+    if not response.security:
+        out.print(f"{response.node_id}: no [security]: it blocks no source")
+        return
+    out.print(f"{response.node_id}: {response.blocked} source(s) blocked")
+    if response.blocks:
+        out.print(_blocks_table(response.blocks))
+
+
+@app.command()
 def health(ctx: typer.Context) -> None:
     """The standard gRPC health status of the node's server: SERVING, or NOT_SERVING while it
     drains (exit code 5)."""
@@ -617,6 +635,29 @@ def clear_faults(
         out.print(f"{response.cleared} fault(s) cleared")
 
 
+@app.command()
+def unblock(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="an IP address, an IPv6 /64 as `blocks` shows it, or '*' for every source"
+        ),
+    ],
+) -> None:
+    """Lift SIP edge security blocks before they run out; a source that is not blocked is no
+    error (Unblock, operator)."""
+    request = control_pb2.UnblockRequest(source=source)
+    response = _call(ctx, "Unblock", request, control_pb2.UnblockResponse)
+    if _printed_json(ctx, response):
+        return
+    if not response.unblocked:
+        out.print(f"{source}: not blocked; nothing lifted")
+        return
+    out.print(f"{response.unblocked} block(s) lifted")
+    out.print(_blocks_table(response.blocks))
+
+
 # --- calling ---------------------------------------------------------------------------------
 
 
@@ -730,6 +771,21 @@ def _fault_text(fault: control_pb2.Fault) -> str:
     return FaultInjected(
         fault.peer, fault.delay_ms, fault.jitter_ms, fault.loss_ratio, fault.blackhole
     ).describe()
+
+
+def _blocks_table(blocks: Iterable[control_pb2.BlockedSource]) -> Table:
+    table = _table("source", "reason", "since", "until", "dropped", "last dropped", "detail")
+    for block in blocks:
+        table.add_row(
+            block.source,
+            control_pb2.BlockedSource.Reason.Name(block.reason).lower(),
+            _time(block.since),
+            _time(block.until),
+            str(block.dropped),
+            _time(block.last_dropped_at) if block.HasField("last_dropped_at") else "",
+            block.detail,
+        )
+    return table
 
 
 def _media_text(call: control_pb2.Call) -> str:

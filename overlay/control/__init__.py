@@ -53,6 +53,7 @@ from ._events import (
     OverrideSet,
     Published,
     RouteChanged,
+    SourcesUnblocked,
     kind,
     summary,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "RouteExplanation",
     "RpcError",
     "Service",
+    "SourcesUnblocked",
     "StatusCode",
     "StreamBroken",
     "TlsCredentials",

@@ -32,7 +32,15 @@ NODE_URI_PREFIX = "urn:overlay:node:"
 
 #: Control RPCs that change the node: they need the operator role.
 OPERATOR_METHODS = frozenset(
-    {"Drain", "Undrain", "SetLinkOverride", "ClearLinkOverride", "InjectFault", "ClearFaults"}
+    {
+        "Drain",
+        "Undrain",
+        "SetLinkOverride",
+        "ClearLinkOverride",
+        "InjectFault",
+        "ClearFaults",
+        "Unblock",
+    }
 )
 
 

@@ -93,6 +93,15 @@ class OverrideCleared:
     expired: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SourcesUnblocked:
+    """An operator lifted edge security blocks: of ``source`` (an address, a /64 or ``"*"``),
+    which were those of ``sources``."""
+
+    source: str
+    sources: tuple[str, ...]
+
+
 Event = (
     LinkChanged
     | RouteChanged
@@ -102,6 +111,7 @@ Event = (
     | DrainChanged
     | OverrideSet
     | OverrideCleared
+    | SourcesUnblocked
 )
 
 #: Where the node's pieces report events: ``EventHub.publish`` (its result is not used).
@@ -139,6 +149,7 @@ KINDS = (
     "UNDRAIN",
     "LINK_OVERRIDE_SET",
     "LINK_OVERRIDE_CLEARED",
+    "SOURCES_UNBLOCKED",
 )
 
 
@@ -158,6 +169,7 @@ _KIND_OF: dict[type, str] = {
     FaultsCleared: "FAULTS_CLEARED",
     OverrideSet: "LINK_OVERRIDE_SET",
     OverrideCleared: "LINK_OVERRIDE_CLEARED",
+    SourcesUnblocked: "SOURCES_UNBLOCKED",
 }
 
 
@@ -190,6 +202,9 @@ def summary(event: Event) -> str:
         return f"link to {o.peer} {o.describe()} by override" + (
             f": {o.reason}" if o.reason else ""
         )
+    if isinstance(event, SourcesUnblocked):
+        what = "every blocked source" if event.source == "*" else event.source
+        return f"unblocked {what}: {len(event.sources)} block(s) lifted"
     o = event.override
     return f"override of the link to {o.peer} ({o.describe()}) " + (
         "expired" if event.expired else "cleared"

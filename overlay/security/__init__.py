@@ -13,21 +13,26 @@ from ._events import (
     SourceUnblocked,
 )
 from ._guard import (
+    ALL_SOURCES,
     FAILURE_STATUSES,
     MAX_SOURCES,
     SWEEP_METHODS,
+    BlockedSource,
     EdgeGuard,
     GuardStatistics,
     edge_guard,
+    source_key,
 )
 from ._overload import Overload
 from ._prefix import PrefixMap, parse_source
 
 __all__ = [
+    "ALL_SOURCES",
     "FAILURE_STATUSES",
     "MAX_SOURCES",
     "SWEEP_METHODS",
     "BlockReason",
+    "BlockedSource",
     "EdgeGuard",
     "GuardEvent",
     "GuardStatistics",
@@ -39,4 +44,5 @@ __all__ = [
     "SourceUnblocked",
     "edge_guard",
     "parse_source",
+    "source_key",
 ]

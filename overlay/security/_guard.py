@@ -25,9 +25,10 @@ address, or an IPv6 /64. Overlay peers are exempt from all of it, by address.
    block the source.
 
 Trunks (``[[security.trunks]]``) and static dialplan targets are known parties: rate-limited with
-their own limits, but never blocked by detection. A block lasts ``block_time``; the block, its
-end and each overload episode are one event each. ``handle_timer`` is called about once a second
-to end blocks and episodes and forget sources that went quiet; per-source state is capped.
+their own limits, but never blocked by detection. A block lasts ``block_time``, unless the NOC
+lifts it first (``unblock``; ``blocks`` lists them); the block, its end and each overload
+episode are one event each. ``handle_timer`` is called about once a second to end blocks and
+episodes and forget sources that went quiet; per-source state is capped.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from ._events import (
     SourceUnblocked,
 )
 from ._overload import Overload
-from ._prefix import Address, PrefixMap, parse_source
+from ._prefix import IPV6_SOURCE_PREFIX, Address, PrefixMap, parse_source
 
 #: Sources tracked (and, separately, blocked) at most; past it the least recently seen source is
 #: forgotten, so a flood from spoofed addresses costs bounded memory (about 200 bytes each).
@@ -66,6 +67,8 @@ MAX_SOURCES = 100_000
 #: What probing for users, numbers and weaknesses draws; 401/407 are left out, being part of
 #: every authenticated call.
 FAILURE_STATUSES = frozenset({400, 403, 404, 405, 416, 484})
+#: What ``EdgeGuard.unblock`` takes for every source.
+ALL_SOURCES = "*"
 #: Methods whose Request-URI or To users, all different, make a sweep.
 SWEEP_METHODS = frozenset({"OPTIONS", "REGISTER"})
 #: Requests spaced exactly 1/rate apart must all pass, whatever the float sums round to.
@@ -99,11 +102,28 @@ class _Source:
 
 
 class _Block:
-    __slots__ = ("dropped", "until")
+    __slots__ = ("detail", "dropped", "last_dropped", "reason", "since", "until")
 
-    def __init__(self, until: float) -> None:
+    def __init__(self, reason: BlockReason, detail: str, since: float, until: float) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.since = since
         self.until = until
         self.dropped = 0
+        self.last_dropped: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedSource:
+    """One block, as the NOC reads it (``EdgeGuard.blocks``); times are ``now``'s clock."""
+
+    source: str  # an IPv4 address, or an IPv6 /64 written "2001:db8:1:2::/64"
+    reason: BlockReason
+    detail: str  # what tripped it: the User-Agent, or the count and window
+    since: float
+    until: float
+    dropped: int  # messages (and TCP/TLS connections) from it dropped while blocked
+    last_dropped: float | None  # when the latest of them came, ``None`` before the first
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +134,8 @@ class GuardStatistics:
     rate_limited: int  # out-of-dialog requests over their source's rate
     blocked: dict[str, int]  # blocks, by reason
     blocked_drops: int  # messages dropped because their source was blocked
-    unblocked: int
+    unblocked: int  # blocks that ran out
+    lifted: int  # blocks lifted before their end by ``unblock`` (an operator)
     overload_shed: int  # INVITEs answered 503 because the node was overloaded
     overload_episodes: int
 
@@ -164,6 +185,7 @@ class EdgeGuard:
         self._blocks: Counter[str] = Counter()
         self._blocked_drops = 0
         self._unblocked = 0
+        self._lifted = 0
 
     # -- the proxy core's Admission ----------------------------------------------------------
 
@@ -179,6 +201,7 @@ class EdgeGuard:
         if block is not None:
             if now < block.until:
                 block.dropped += 1
+                block.last_dropped = now
                 self._blocked_drops += 1
                 return False
             self._unblock(key, block)
@@ -275,6 +298,40 @@ class EdgeGuard:
         if shed is not None:
             self._events.append(OverloadEnded(shed))
 
+    # -- the NOC -----------------------------------------------------------------------------
+
+    def blocks(self, now: float) -> list[BlockedSource]:
+        """The sources blocked at ``now``, oldest block first, for the NOC (a block past its
+        end that ``handle_timer`` has yet to end is over, and left out)."""
+        return [_snapshot(key, block) for key, block in self._blocked.items() if now < block.until]
+
+    def unblock(self, source: str, now: float) -> list[BlockedSource]:
+        """Lift the block of ``source`` (``"*"``: of every source) before it runs out.
+
+        A lift is counted (``security.lifted``) but is no ``GuardEvent``: whoever calls this
+        knows who asked for it, and reports it.
+
+        Args:
+            source: an IP address (an IPv6 one stands for its /64), a source as ``blocks``
+                names it (``"2001:db8:1:2::/64"``), or ``"*"``.
+
+        Returns:
+            The blocks lifted, as they were: none when ``source`` was not blocked at ``now``.
+
+        Raises:
+            ValueError: ``source`` is none of those.
+        """
+        keys = list(self._blocked) if source == ALL_SOURCES else [source_key(source)]
+        lifted = []
+        for key in keys:
+            block = self._blocked.get(key)
+            if block is None or now >= block.until:
+                continue  # not blocked; an ended block is left to end with its event
+            del self._blocked[key]
+            lifted.append(_snapshot(key, block))
+        self._lifted += len(lifted)
+        return lifted
+
     def next_event(self) -> GuardEvent | None:
         return self._events.popleft() if self._events else None
 
@@ -287,6 +344,7 @@ class EdgeGuard:
             blocked=dict(self._blocks),
             blocked_drops=self._blocked_drops,
             unblocked=self._unblocked,
+            lifted=self._lifted,
             overload_shed=self._overload.shed,
             overload_episodes=self._overload.episodes,
         )
@@ -301,6 +359,7 @@ class EdgeGuard:
             "security.rate_limited": stats.rate_limited,
             "security.blocked_drops": stats.blocked_drops,
             "security.unblocked": stats.unblocked,
+            "security.lifted": stats.lifted,
             "security.overload.shed": stats.overload_shed,
             "security.overload.episodes": stats.overload_episodes,
         }
@@ -361,10 +420,10 @@ class EdgeGuard:
         if len(self._blocked) >= MAX_SOURCES:
             oldest = next(iter(self._blocked))
             self._unblock(oldest, self._blocked[oldest])
-        self._blocked[key] = _Block(until)
+        self._blocked[key] = _Block(reason, _printable(detail), now, until)
         self._sources.pop(key, None)  # counted afresh once the block is over
         self._blocks[reason] += 1
-        self._events.append(SourceBlocked(key, reason, until, _printable(detail)))
+        self._events.append(SourceBlocked(key, reason, until, self._blocked[key].detail))
 
     def _unblock(self, key: str, block: _Block) -> None:
         del self._blocked[key]
@@ -383,6 +442,33 @@ def edge_guard(config: NodeConfig) -> EdgeGuard | None:
     ]
     return EdgeGuard(
         config.security, exempt=[peer.sip[0] for peer in config.peers], targets=targets
+    )
+
+
+def source_key(text: str) -> str:
+    """The source ``text`` names: an address's (``parse_source``), or an IPv6 /64 as written.
+
+    Raises:
+        ValueError: neither an IP address nor an IPv6 /64.
+    """
+    parsed = parse_source(text)
+    if parsed is not None:
+        return parsed[0]
+    try:
+        network = ipaddress.IPv6Network(text)
+    except ValueError:
+        network = None
+    if network is None or network.prefixlen != IPV6_SOURCE_PREFIX:
+        raise ValueError(
+            f"{text!r} is not an IP address or an IPv6 /{IPV6_SOURCE_PREFIX} (or '*' for every"
+            " source)"
+        )
+    return str(network)
+
+
+def _snapshot(key: str, block: _Block) -> BlockedSource:
+    return BlockedSource(
+        key, block.reason, block.detail, block.since, block.until, block.dropped, block.last_dropped
     )
 
 

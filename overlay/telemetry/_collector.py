@@ -265,6 +265,11 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "Blocks that ran out",
     ),
     _counter(
+        "overlay_security_lifts",
+        r"security\.lifted",
+        "Blocks an operator lifted before they ran out (Unblock)",
+    ),
+    _counter(
         "overlay_security_overload_shed",
         r"security\.overload\.shed",
         "INVITEs answered 503 because the node was overloaded",

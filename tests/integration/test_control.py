@@ -519,6 +519,7 @@ OPERATOR_CALLS = [
     ("ClearLinkOverride", c.ClearLinkOverrideRequest(), c.ClearLinkOverrideResponse),
     ("InjectFault", c.InjectFaultRequest(fault=c.Fault(peer="use1")), c.InjectFaultResponse),
     ("ClearFaults", c.ClearFaultsRequest(), c.ClearFaultsResponse),
+    ("Unblock", c.UnblockRequest(source="*"), c.UnblockResponse),
 ]
 VIEWER_CALLS = [
     ("ListNodes", c.ListNodesRequest(), c.ListNodesResponse),
@@ -528,6 +529,7 @@ VIEWER_CALLS = [
     ("ExplainRoute", c.ExplainRouteRequest(node_id="use1"), c.ExplainRouteResponse),
     ("ListCalls", c.ListCallsRequest(), c.ListCallsResponse),
     ("GetCounters", c.GetCountersRequest(), c.GetCountersResponse),
+    ("ListBlocks", c.ListBlocksRequest(), c.ListBlocksResponse),
 ]
 
 
@@ -725,6 +727,7 @@ async def test_reflection_and_health_work_for_standard_clients(pair: Pair):
         "ListCalls",
         "GetCall",
         "GetCounters",
+        "ListBlocks",
         "WatchEvents",
         "Drain",
         "Undrain",
@@ -732,6 +735,7 @@ async def test_reflection_and_health_work_for_standard_clients(pair: Pair):
         "ClearLinkOverride",
         "InjectFault",
         "ClearFaults",
+        "Unblock",
     }
     assert found["nodes"] == ["use1", "use2", "usw2"]
     assert found["health"] == health_pb2.HealthCheckResponse.SERVING
@@ -927,3 +931,183 @@ async def test_insecure_node_lets_anyone_operate(loopback_host: Callable[[], str
                             break
                         await trio.sleep(0.05)
                 assert (result.returncode, result.stderr) == (0, b"")
+
+
+# --- edge security blocks --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def guarded(loopback_host: Callable[[], str], tmp_path: Path) -> AsyncIterator[Pair]:
+    """usw2 alone, with [security] (its peers never answer): blocks for the NOC to lift."""
+    hosts = {node: loopback_host() for node in ("usw2", "use1", "use2")}
+    pki = make_lab_pki(tmp_path, {"usw2": hosts["usw2"]})
+    callee = (loopback_host(), 5099)
+    config = node_config(hosts, "usw2", pki, f"{callee[0]}:{callee[1]}") + "\n[security]\n"
+    async with open_node(config, host=hosts["usw2"], port=SIP_PORT) as process:
+        pair = Pair(hosts, pki, {"usw2": process}, loopback_host(), callee)
+        async with operator(pair) as bridge:
+            await wait_for_blocks(bridge, pair, lambda blocks: True)  # its gRPC server is up
+        yield pair
+
+
+def options(pair: Pair, sock: trio.socket.SocketType, n: int, user_agent: str = "") -> bytes:
+    """An OPTIONS to usw2 itself, which it answers unless the source is blocked."""
+    host, port = sock.getsockname()
+    lines = [
+        f"OPTIONS sip:{pair.hosts['usw2']}:{SIP_PORT} SIP/2.0",
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK-blocks-{n};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:noc-test@{host}>;tag=blocks",
+        f"To: <sip:{pair.hosts['usw2']}>",
+        f"Call-ID: blocks-{n}@test",
+        f"CSeq: {n} OPTIONS",
+        *([f"User-Agent: {user_agent}"] if user_agent else []),
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+async def wait_for_blocks(
+    bridge: GrpcBridge, pair: Pair, done: Callable[[list[c.BlockedSource]], bool]
+) -> c.ListBlocksResponse:
+    """ListBlocks, until its blocks satisfy ``done``."""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            try:
+                response = await call(
+                    bridge, pair.target(), "ListBlocks", c.ListBlocksRequest(), c.ListBlocksResponse
+                )
+            except RpcError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            else:
+                if done(list(response.blocks)):
+                    return response
+            # The node is another process: its datagrams and its server have no event to await.
+            await trio.sleep(0.05)
+
+
+async def unblock(bridge: GrpcBridge, pair: Pair, source: str) -> c.UnblockResponse:
+    return await call(
+        bridge, pair.target(), "Unblock", c.UnblockRequest(source=source), c.UnblockResponse
+    )
+
+
+async def test_noc_lists_and_lifts_a_block(guarded: Pair):
+    pair = guarded
+    node = (pair.hosts["usw2"], SIP_PORT)
+    events: list[c.Event] = []
+
+    async def watch(bridge: GrpcBridge, *, task_status: trio.TaskStatus[None]) -> None:
+        request = c.WatchEventsRequest(types=[c.SOURCES_UNBLOCKED])
+        async with bridge.open_server_stream(
+            pair.target(),
+            CONTROL + "WatchEvents",
+            request,
+            c.WatchEventsRequest.SerializeToString,
+            c.Event.FromString,
+        ) as stream:
+            task_status.started()
+            events.append(await stream.receive())
+
+    with trio.fail_after(TIMEOUT), await udp_socket(pair.caller) as scanner:
+        async with operator(pair) as bridge, trio.open_nursery() as nursery:
+            await nursery.start(watch, bridge)
+            await wait_for_watchers(pair, 1)
+            await scanner.sendto(options(pair, scanner, 1, "friendly-scanner"), node)
+            listed = await wait_for_blocks(bridge, pair, lambda blocks: len(blocks) == 1)
+            assert (listed.security, listed.blocked) == (True, 1)
+            [block] = listed.blocks
+            assert (block.source, block.reason, block.detail) == (
+                pair.caller,
+                c.BlockedSource.USER_AGENT,
+                "friendly-scanner",
+            )
+            assert block.until.ToSeconds() - block.since.ToSeconds() == pytest.approx(600, abs=1)
+            assert not block.HasField("last_dropped_at")
+
+            # A blocked source gets nothing, even for a good request; the NOC sees it still sends.
+            await scanner.sendto(options(pair, scanner, 2), node)
+            [block] = (await wait_for_blocks(bridge, pair, lambda b: b[0].dropped == 1)).blocks
+            assert block.HasField("last_dropped_at")
+
+            async with operator(pair, Role.VIEWER) as viewer:
+                with pytest.raises(RpcError) as refused:
+                    await unblock(viewer, pair, pair.caller)
+            assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+            for bad, why in (("", "''"), ("pbx.example", "'pbx.example'"), ("10.0.0.0/8", "")):
+                with pytest.raises(RpcError) as invalid:
+                    await unblock(bridge, pair, bad)
+                assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert invalid.value.message.startswith(f"source: {why}")
+                assert "is not an IP address or an IPv6 /64 (or '*' for every source)" in (
+                    invalid.value.message
+                )
+
+            lifted = await unblock(bridge, pair, pair.caller)
+            assert lifted.unblocked == 1
+            assert [(b.source, b.dropped) for b in lifted.blocks] == [(pair.caller, 1)]
+            # Its next request is answered.
+            await scanner.sendto(options(pair, scanner, 3), node)
+            answer = parse_message_untrusted(await scanner.recv(65535))
+            assert isinstance(answer, Response)
+            assert (answer.status, answer.headers.get("Call-ID")) == (200, "blocks-3@test")
+
+            again = await unblock(bridge, pair, pair.caller)
+            assert (again.unblocked, list(again.blocks)) == (0, [])
+            assert (await wait_for_blocks(bridge, pair, lambda b: True)).blocked == 0
+            counters = await call(
+                bridge, pair.target(), "GetCounters", c.GetCountersRequest(), c.GetCountersResponse
+            )
+    [event] = events
+    assert (event.type, event.by, event.unblock.source) == (
+        c.SOURCES_UNBLOCKED,
+        "olga",
+        pair.caller,
+    )
+    assert list(event.unblock.sources) == [pair.caller]
+    assert event.summary == f"unblocked {pair.caller}: 1 block(s) lifted"
+    assert counters.counters["security.lifted"] == 1
+    assert counters.counters["security.blocked_drops"] == 1
+    assert counters.counters["control.rpc.Unblock.OK"] == 2
+    assert counters.counters["control.rpc.Unblock.PERMISSION_DENIED"] == 1
+    assert counters.counters["control.rpc.Unblock.INVALID_ARGUMENT"] == 3
+    # Every Unblock is logged with who made it, also one that found nothing to lift.
+    logged = [line for line in pair.processes["usw2"].log().splitlines() if "unblocked" in line]
+    assert len(logged) == 2, logged
+    assert all(f"source={pair.caller}" in line and "by=olga" in line for line in logged), logged
+    assert ["unblocked=1" in logged[0], "unblocked=0" in logged[1]] == [True, True], logged
+
+
+async def test_blocks_and_unblock_through_overlayctl(guarded: Pair):
+    pair = guarded
+    node = (pair.hosts["usw2"], SIP_PORT)
+    with trio.fail_after(TIMEOUT * 2), await udp_socket(pair.caller) as scanner:
+        await scanner.sendto(options(pair, scanner, 1, "sipvicious"), node)
+        async with operator(pair) as bridge:
+            await wait_for_blocks(bridge, pair, lambda blocks: len(blocks) == 1)
+        listed = await overlayctl_json(pair, "blocks")
+        assert [(b["source"], b["reason"]) for b in listed["blocks"]] == [
+            (pair.caller, "USER_AGENT")
+        ]
+        code, out, _ = await overlayctl(pair, "blocks")
+        assert code == 0
+        assert "usw2: 1 source(s) blocked" in out
+        assert f"{pair.caller}  user_agent" in out
+        code, _, err = await overlayctl(pair, "unblock", pair.caller, role=Role.VIEWER)
+        assert (code, err) == (
+            4,
+            "overlayctl: PERMISSION_DENIED: Unblock needs the operator role; victor (viewer) "
+            "does not have it\n",
+        )
+        code, _, err = await overlayctl(pair, "unblock", "not-an-address")
+        assert code == 1
+        assert err.startswith("overlayctl: INVALID_ARGUMENT: source: 'not-an-address' is not")
+        lifted = await overlayctl_json(pair, "unblock", "*")
+        assert lifted["unblocked"] == 1
+        code, out, _ = await overlayctl(pair, "unblock", pair.caller)
+        assert (code, out.strip()) == (0, f"{pair.caller}: not blocked; nothing lifted")
+        code, out, _ = await overlayctl(pair, "blocks")
+        assert (code, out.strip()) == (0, "usw2: 0 source(s) blocked")

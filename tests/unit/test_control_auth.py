@@ -22,7 +22,7 @@ from overlay.control import (
 
 NOW = datetime.datetime(2030, 1, 15, tzinfo=datetime.UTC)
 READS = ["ListNodes", "GetTopology", "ListLinks", "GetRoutes", "ExplainRoute", "ListCalls",
-         "GetCall", "GetCounters", "WatchEvents"]  # fmt: skip
+         "GetCall", "GetCounters", "ListBlocks", "WatchEvents"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def test_viewer_reads_but_does_not_change(ca: Issued):
     for method in READS:
         policy().authorize_control(method, viewer)
     assert {
-        "Drain", "Undrain", "SetLinkOverride", "ClearLinkOverride", "InjectFault", "ClearFaults"
+        "Drain", "Undrain", "SetLinkOverride", "ClearLinkOverride", "InjectFault", "ClearFaults",
+        "Unblock",
     } == OPERATOR_METHODS  # fmt: skip
     for method in OPERATOR_METHODS:
         error = refused(policy().authorize_control, method, viewer)

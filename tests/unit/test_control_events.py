@@ -20,6 +20,7 @@ from overlay.control import (
     OverrideCleared,
     OverrideSet,
     RouteChanged,
+    SourcesUnblocked,
     WatcherFellBehind,
     kind,
     summary,
@@ -72,6 +73,11 @@ OVERRIDE = LinkOverride("use1", 500.0, False, 2000.0, "olga", "fibre work")
             OverrideCleared(OVERRIDE, expired=True),
             "LINK_OVERRIDE_CLEARED",
             "override of the link to use1 (admin cost 500 ms) expired",
+        ),
+        (
+            SourcesUnblocked("*", ("192.0.2.66", "2001:db8::/64")),
+            "SOURCES_UNBLOCKED",
+            "unblocked every blocked source: 2 block(s) lifted",
         ),
     ],
 )

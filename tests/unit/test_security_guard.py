@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from overlay.config import SecuritySection, TrunkLimit, parse_config
 from overlay.security import (
+    BlockedSource,
     BlockReason,
     EdgeGuard,
     GuardEvent,
@@ -401,3 +402,81 @@ def test_blocked_sources_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     assert g.statistics().blocked_sources == 5
     assert not g.screen("192.0.2.7", 1.0)  # the newest blocks are kept
     assert g.screen("192.0.2.0", 1.0)
+
+
+# -- the NOC's view: blocks and unblock ---------------------------------------------------------
+
+
+def test_blocks_lists_each_block_with_what_it_dropped() -> None:
+    g = guard(block_time=600.0, max_failures=2)
+    offer(g, req("OPTIONS", extra=("User-Agent: friendly-scanner",)), now=10.0)
+    g.answered("2001:db8:1:2::7", 404, 20.0)
+    g.answered("2001:db8:1:2::8", 404, 21.0)  # the same /64
+    assert g.blocks(22.0) == [
+        BlockedSource(CALLER, BlockReason.USER_AGENT, "friendly-scanner", 10.0, 610.0, 0, None),
+        BlockedSource(
+            "2001:db8:1:2::/64", BlockReason.FAILURES, "2 failures in 60 s", 21.0, 621.0, 0, None
+        ),
+    ]
+    for t in (30.0, 31.5):
+        assert not g.screen(CALLER, t)
+    [scanner, _] = g.blocks(32.0)
+    assert (scanner.dropped, scanner.last_dropped) == (2, 31.5)
+    # A block that has run out is not listed, even before housekeeping ends it.
+    assert [b.source for b in g.blocks(615.0)] == ["2001:db8:1:2::/64"]
+
+
+def test_unblock_lifts_one_source_at_once() -> None:
+    g = guard(block_time=600.0)
+    _scan_from(g, [CALLER, OTHER])
+    events(g)
+    assert not g.screen(CALLER, 1.0)
+    [lifted] = g.unblock(CALLER, 2.0)
+    assert (lifted.source, lifted.reason, lifted.dropped) == (CALLER, BlockReason.USER_AGENT, 1)
+    # Its next request is handled; the other source stays blocked.
+    assert offer(g, req(n=9), CALLER, now=3.0) is None
+    assert not g.screen(OTHER, 3.0)
+    assert [b.source for b in g.blocks(3.0)] == [OTHER]
+    # Lifting is reported by the caller, not as a guard event, and counted apart.
+    assert events(g) == []
+    counters = g.counters()
+    assert (counters["security.lifted"], counters["security.unblocked"]) == (1, 0)
+    assert counters["security.blocked_sources"] == 1
+
+
+def test_unblock_is_idempotent_and_names_no_block_that_ran_out() -> None:
+    g = guard(block_time=60.0)
+    _scan_from(g, [CALLER])
+    assert g.unblock(OTHER, 1.0) == []  # never blocked
+    assert g.unblock(CALLER, 60.0) == []  # its block is over: housekeeping reports the end
+    g.handle_timer(60.0)
+    assert [type(e) for e in events(g)] == [SourceBlocked, SourceUnblocked]
+    assert g.counters()["security.lifted"] == 0
+
+
+def test_unblock_every_source() -> None:
+    g = guard()
+    _scan_from(g, [CALLER, OTHER, "2001:db8::1"])
+    lifted = g.unblock("*", 1.0)
+    assert [b.source for b in lifted] == [CALLER, OTHER, "2001:db8::/64"]
+    assert g.blocks(1.0) == []
+    assert g.unblock("*", 1.0) == []
+    assert g.statistics().lifted == 3
+
+
+@pytest.mark.parametrize("source", ["2001:db8::99", "2001:db8::/64", "::ffff:192.0.2.10"])
+def test_unblock_takes_an_address_or_the_source_as_listed(source: str) -> None:
+    g = guard()
+    _scan_from(g, ["2001:db8::1", CALLER])
+    assert len(g.unblock(source, 1.0)) == 1
+
+
+@pytest.mark.parametrize(
+    "source", ["", "pbx.example", "192.0.2.0/24", "2001:db8::/48", "192.0.2.10:5060", "**"]
+)
+def test_unblock_refuses_what_is_no_source(source: str) -> None:
+    g = guard()
+    _scan_from(g, [CALLER])
+    with pytest.raises(ValueError, match="is not an IP address or an IPv6 /64"):
+        g.unblock(source, 1.0)
+    assert len(g.blocks(1.0)) == 1

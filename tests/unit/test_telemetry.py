@@ -66,6 +66,7 @@ MAPPED = [
     ("security.rate_limited", "overlay_security_rate_limited_total", {}),
     ("security.blocked.user_agent", "overlay_security_blocks_total", {"reason": "user_agent"}),
     ("security.blocked_sources", "overlay_security_blocked_sources", {}),
+    ("security.lifted", "overlay_security_lifts_total", {}),
     ("security.overload.shed", "overlay_security_overload_shed_total", {}),
     ("something.new", "overlay_counter", {"name": "something.new"}),
 ]
