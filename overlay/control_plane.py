@@ -522,22 +522,21 @@ class ControlPlane:
     def get_counters(
         self, request: control_pb2.GetCountersRequest
     ) -> control_pb2.GetCountersResponse:
-        now = trio.current_time()
-        counters = self._counters()
-        counters.update(
-            {
-                "control.events.published": self._events.published,
-                "control.events.watchers": self._events.watchers,
-                "control.events.dropped_watchers": self._events.dropped_watchers,
-                "control.calls.active": self._calls.active(now),
-                "control.calls.failed": self._calls.failed,
-                "control.calls.evicted": self._calls.evicted,
-                "control.draining": int(self._drain.draining),
-                "control.link_overrides": len(self._mesh.overrides),
-            }
-        )
+        return control_pb2.GetCountersResponse(node_id=self.node_id, counters=self._counters())
+
+    def counters(self) -> dict[str, int]:
+        """The service's own counters (``control.*``), part of the node's (and its metrics)."""
+        counters = {
+            "control.events.published": self._events.published,
+            "control.events.watchers": self._events.watchers,
+            "control.events.dropped_watchers": self._events.dropped_watchers,
+            "control.calls.failed": self._calls.failed,
+            "control.calls.evicted": self._calls.evicted,
+            "control.draining": int(self._drain.draining),
+            "control.link_overrides": len(self._mesh.overrides),
+        }
         counters.update({f"control.rpc.{key}": n for key, n in self._rpcs.items()})
-        return control_pb2.GetCountersResponse(node_id=self.node_id, counters=counters)
+        return counters
 
     # -- events -------------------------------------------------------------------------------
 

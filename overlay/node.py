@@ -139,6 +139,7 @@ class Node:
         self._core: ProxyCore | None = None
         self.mesh: Mesh | None = None
         self.media: MediaPlane | None = None  # made in serve(): it binds the relay's socket
+        self.control: ControlPlane | None = None  # made with the mesh's gRPC bridge
         self.telemetry = Telemetry(self, self._worker)
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -264,6 +265,7 @@ class Node:
                 # this guard holds all of its blocks.
                 blocks=None if self.security is None else self.security.guard,
             )
+            self.control = control
             port = await bridge.start_server(
                 grpc_section.host, grpc_section.port, [*self.mesh.services(), control.service()]
             )
@@ -310,6 +312,8 @@ class Node:
         counters.update(self.telemetry.counters())
         if self.security is not None:
             counters.update(self.security.guard.counters())
+        if self.control is not None:
+            counters.update(self.control.counters())
         return counters
 
     # -- glue --------------------------------------------------------------------------------

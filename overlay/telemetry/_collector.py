@@ -314,6 +314,46 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         r"cloudwatch\.failures\.(?P<error>.+)",
         "PutMetricData calls that failed after botocore's retries, by error code",
     ),
+    _gauge(
+        "overlay_draining",
+        r"control\.draining",
+        "1 while the node is drained (new calls refused with 503), else 0",
+    ),
+    _gauge(
+        "overlay_link_overrides",
+        r"control\.link_overrides",
+        "Operator link overrides in force (admin cost or forced down)",
+    ),
+    _counter(
+        "overlay_control_rpcs",
+        r"control\.rpc\.(?P<method>[A-Za-z]+)\.(?P<status>[A-Z_]+)",
+        "Control service calls answered, by method and gRPC status",
+    ),
+    _counter(
+        "overlay_control_events_published",
+        r"control\.events\.published",
+        "Events published to WatchEvents",
+    ),
+    _gauge(
+        "overlay_control_watchers",
+        r"control\.events\.watchers",
+        "WatchEvents streams open",
+    ),
+    _counter(
+        "overlay_control_dropped_watchers",
+        r"control\.events\.dropped_watchers",
+        "WatchEvents streams ended because the client fell too far behind",
+    ),
+    _counter(
+        "overlay_control_calls_failed",
+        r"control\.calls\.failed",
+        "Calls the call book saw fail (a final response >= 300 to the INVITE)",
+    ),
+    _counter(
+        "overlay_control_calls_evicted",
+        r"control\.calls\.evicted",
+        "Ended calls dropped from the call book to bound its size",
+    ),
 )
 
 OTHER_COUNTERS = "overlay_counter"

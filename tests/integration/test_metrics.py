@@ -114,6 +114,7 @@ async def test_scrape_shows_the_link_while_up_and_after_the_peer_stops(
         assert value(samples, "overlay_flood_messages_total", direction="sent", type="lsa") >= 1
         assert value(samples, "overlay_flood_sessions") == 1
         assert value(samples, "overlay_calls_active") == 0
+        assert value(samples, "overlay_draining") == 0  # the Control service's state too
         assert value(samples, "overlay_lsdb_lsas") == 2
         assert value(samples, "process_resident_memory_bytes") > 0
         # Every counter has a family of its own, and every family is documented.
