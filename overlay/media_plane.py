@@ -158,13 +158,10 @@ class MediaPlane:
         replies = []
         for source, payload, received_at in self.relay.take_echo_replies():
             node = self._node_of_media_id.get(source)
-            if node is None or len(payload) != _ECHO.size:
+            if node is None or len(payload) != _ECHO.size or not payload.startswith(_ECHO_MARK):
                 self.failures["bad echo reply"] += 1
                 continue
-            mark, seq = _ECHO.unpack(payload)
-            if mark != _ECHO_MARK:
-                self.failures["bad echo reply"] += 1
-                continue
+            _, seq = _ECHO.unpack(payload)
             replies.append((node, seq, received_at + offset))
         return replies
 
