@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import structlog
@@ -74,7 +74,7 @@ from overlay.linkstate import (
     read_probe_untrusted,
 )
 from overlay.routing import NoRoute, RoutingPolicy, compute_routes
-from overlay.sip import Peer
+from overlay.sip import NextHop, Peer
 from overlay.transport import DelayLine, Impairments
 from overlay.v1 import linkstate_pb2
 
@@ -290,9 +290,10 @@ class Mesh:
 
     def forward_address(self, peer: Peer) -> Peer | None:
         """Where a SIP message for ``peer`` goes: unchanged unless ``peer`` is an overlay
-        node, then the current next hop toward it; ``None`` (counted) when there is none."""
+        node, then the current next hop toward it; ``None`` (counted) when there is none. A
+        ``NextHop`` is a neighbour the proxy core chose itself: unchanged too."""
         node_id = self._node_at_sip.get(peer)
-        if node_id is None:
+        if node_id is None or isinstance(peer, NextHop):
             return peer
         try:
             hop = self.routes.next_hop(node_id)
@@ -309,6 +310,15 @@ class Mesh:
             return []
         alternates = route.alternates[: MAX_PATHS - 1]
         return [tuple(route.path), *(tuple(path.nodes) for path in alternates)]
+
+    def path(self, node_id: str) -> tuple[str, ...] | None:
+        """The path this node forwards on toward ``node_id``, or ``None`` (no route)."""
+        path = self.routes.paths.get(node_id)
+        return None if path is None else path.nodes
+
+    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> tuple[str, ...] | None:
+        """The best path to ``node_id`` that crosses none of ``avoid`` (see RouteTable)."""
+        return self.routes.path_avoiding(node_id, avoid)
 
     def reachable(self, node_id: str) -> bool:
         return node_id in self.routes.paths

@@ -31,6 +31,7 @@ import datetime
 import math
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,12 @@ from overlay.media_plane import MediaPlane
 from overlay.mesh import Mesh
 from overlay.routing import Dialplan, choose_egress
 from overlay.sip import (
+    ANOMALY_KINDS,
     Listener,
     MediaHook,
+    OverlayAnomaly,
     OverlayNodes,
+    OverlayRoutes,
     Peer,
     ProxyConfig,
     ProxyCore,
@@ -184,7 +188,7 @@ class Node:
                     overlay=self._overlay_nodes(),
                 ),
                 self._locate,
-                self._overlay_paths,
+                _MeshRoutes(self) if self.config.peers else None,
                 self._edge_hook(),
                 admission=None if self.security is None else self.security.guard,
             )
@@ -297,6 +301,7 @@ class Node:
             "sip.requests": proxy.requests,
             "sip.responses": proxy.responses,
             "sip.relayed": proxy.relayed,
+            "overlay.anomalies": proxy.anomalies,
             "sip.drops": proxy.drops,
             "sip.generated": {str(status): n for status, n in proxy.generated.items()},
             "transport": stats.transport.counters,
@@ -391,9 +396,6 @@ class Node:
         address = self.mesh.sip_address(egress)
         return Target(address.host, address.port, "udp", route=overlay_route(egress, address))
 
-    def _overlay_paths(self, node_id: str) -> list[tuple[str, ...]]:
-        return [] if self.mesh is None else self.mesh.paths(node_id)
-
     def _rerouted(self, peers: list[Peer]) -> None:
         assert self._core is not None
         resent = self._core.retransmit_toward(peers)
@@ -445,7 +447,10 @@ class Node:
         if self.media is not None:
             self.media.apply()
         while (event := core.next_event()) is not None:
-            self._nursery.start_soon(self._resolve, event)
+            if isinstance(event, OverlayAnomaly):
+                _log_anomaly(event)
+            else:
+                self._nursery.start_soon(self._resolve, event)
         deadline = core.get_timer()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()
@@ -509,6 +514,40 @@ class Node:
                 tls_connections=stats.transport.tls_connections,
                 internal_errors=self.internal_errors,
             )
+
+
+class _MeshRoutes(OverlayRoutes):
+    """The mesh's routes as the proxy core reads them (the core is made before the mesh, which
+    needs it; until then there are no routes)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def paths(self, node_id: str) -> list[tuple[str, ...]]:
+        mesh = self._node.mesh
+        return [] if mesh is None else mesh.paths(node_id)
+
+    def path(self, node_id: str) -> tuple[str, ...] | None:
+        mesh = self._node.mesh
+        return None if mesh is None else mesh.path(node_id)
+
+    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> tuple[str, ...] | None:
+        mesh = self._node.mesh
+        return None if mesh is None else mesh.path_avoiding(node_id, avoid)
+
+
+def _log_anomaly(event: OverlayAnomaly) -> None:
+    """Every message a routing loop caught is a warning; one sent around a loop before it
+    could form is worth an info line (tables disagreed, nothing was lost)."""
+    emit = log.info if event.kind == "avoided" else log.warning
+    emit(
+        "overlay loop: " + ANOMALY_KINDS[event.kind],
+        kind=event.kind,
+        message=event.message,
+        call_id=event.call_id,
+        destination=event.destination,
+        crossed="→".join(event.crossed),
+    )
 
 
 def _call_counters(transactions: TransactionStatistics) -> dict[str, int]:

@@ -47,9 +47,10 @@ hysteresis is at most the cost of the kept path's first hop. With the defaults (
 every hop at least 20 ms) that is the tighter bound only for best paths above w(x, N) / 0.15,
 e.g. above 200 ms with a 30 ms first hop; there the better path is taken and the change says
 why ("keeping it could loop"). While the
-LSDBs of the nodes disagree (during flooding) no link-state protocol is loop-free; as with OSPF,
-short microloops until the LSDBs agree are possible, and Max-Forwards and the overlay's own loop
-check stop what is caught in them.
+LSDBs of the nodes disagree (during flooding) no next-hop table is loop-free; as with OSPF,
+two nodes may point at each other until the LSDBs agree. The proxy core closes that gap: every
+relayed message carries the nodes it has crossed, and a node whose next hop is one of them
+sends it along ``path_avoiding`` instead (``overlay.sip._proxy``, "Loop freedom").
 
 **Alternates** (``Route.alternates``) are what the proxy tries, source-routed, when the next hop
 fails, so paths with a different first hop come first. They are the first paths of
@@ -68,9 +69,10 @@ the graph behind the alternates are those of the latest computation.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import networkx as nx
 from networkx.classes.reportviews import (
@@ -233,6 +235,45 @@ class RouteTable:
     def next_hops(self) -> dict[str, str]:
         """Destination → next hop, for every reachable destination (for the fastpath)."""
         return {destination: path.nodes[1] for destination, path in self.paths.items()}
+
+    def path_avoiding(self, destination: str, avoid: Collection[str]) -> tuple[str, ...] | None:
+        """The best path to ``destination`` that crosses none of ``avoid``, or ``None``.
+
+        For a message that has already crossed the nodes in ``avoid``: while the nodes' tables
+        disagree, following this node's next hop could send it back to one of them (a
+        microloop). One Dijkstra on the table's graph with those nodes hidden, computed on
+        demand: the packet path asks only when its next hop is one of them.
+
+        Examples:
+            >>> from overlay.routing import RouteTable, compute_routes
+            >>> import networkx as nx
+            >>> graph = nx.DiGraph()
+            >>> for u, v, rtt in [("a", "b", 10.0), ("b", "e", 10.0), ("a", "c", 30.0),
+            ...                   ("c", "e", 30.0)]:
+            ...     graph.add_edge(u, v, rtt_ms=rtt)
+            ...     graph.add_edge(v, u, rtt_ms=rtt)
+            >>> table, _ = compute_routes(graph, "b", RoutingPolicy(), None, now=0.0)
+            >>> table.path_avoiding("e", {"a"})
+            ('b', 'e')
+            >>> table.path_avoiding("e", {"e"}) is None
+            True
+            >>> table.path_avoiding("c", {"a", "e"}) is None
+            True
+        """
+        hidden = frozenset(avoid) - {self.node_id}
+        graph = self.graph
+        if destination in hidden or destination not in graph or self.node_id not in graph:
+            return None
+        weight = weight_function(graph, self.policy, self.node_id)
+
+        def avoiding(u: str, v: str, attributes: Mapping[str, Any]) -> float | None:
+            return None if v in hidden else weight(u, v, attributes)
+
+        try:
+            path = nx.dijkstra_path(graph, self.node_id, destination, weight=avoiding)
+        except (nx.NodeNotFound, nx.NetworkXNoPath):
+            return None
+        return tuple(path)
 
     def _no_route(self, destination: str) -> NoRoute:
         if destination == self.node_id:

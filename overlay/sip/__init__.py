@@ -19,12 +19,16 @@ from ._message import (
     serialize,
 )
 from ._proxy import (
+    ANOMALY_KINDS,
+    OVERLAY_PATH,
     Listener,
     MediaDirection,
     MediaHook,
     MediaRefused,
+    NextHop,
+    OverlayAnomaly,
     OverlayNodes,
-    OverlayPaths,
+    OverlayRoutes,
     ProxyConfig,
     ProxyCore,
     ProxyStatistics,
@@ -46,6 +50,8 @@ from ._transaction import (
 from ._uri import AbsoluteUri, Address, SipUri, TelUri, host_bare, parse_uri_untrusted
 
 __all__ = [
+    "ANOMALY_KINDS",
+    "OVERLAY_PATH",
     "REASON_PHRASES",
     "AbsoluteUri",
     "Address",
@@ -59,8 +65,10 @@ __all__ = [
     "MediaRefused",
     "Message",
     "NameAddr",
+    "NextHop",
+    "OverlayAnomaly",
     "OverlayNodes",
-    "OverlayPaths",
+    "OverlayRoutes",
     "Peer",
     "ProtocolError",
     "ProxyConfig",

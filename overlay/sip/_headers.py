@@ -90,6 +90,7 @@ _KNOWN_NAMES = (
     "Min-Expires",
     "Min-SE",
     "Organization",
+    "Overlay-Path",  # this project's own, between overlay nodes only (overlay.sip._proxy)
     "P-Asserted-Identity",
     "P-Preferred-Identity",
     "Path",

@@ -44,12 +44,32 @@ Record-Route (marked ``ovl=<node id>``), and the ingress pushes a Route naming t
 (``Target.route``). Every message to another node is addressed to that node's own SIP address;
 the shell sends it to the current next hop toward it, so every retransmission follows the
 current best path. A node the message only crosses (a transit) relays it without state: a
-request from another node's Via whose top Route names a third node goes on to that node with
-Max-Forwards decremented; a response whose top Via is another node's goes back to that node,
-counting relays in a Via ``ovh`` parameter so a transient routing loop cannot keep it alive. The
-egress's server transaction therefore sees the ingress's branch whatever path a copy took, and
-retransmissions over a new path match it. ``retransmit_toward`` resends unanswered requests at
-once when the path toward their destination changed.
+request from another node's Via whose top Route names a third node goes on to that node; a
+response whose top Via is another node's goes back to that node. The egress's server
+transaction therefore sees the ingress's branch whatever path a copy took, and retransmissions
+over a new path match it. ``retransmit_toward`` resends unanswered requests at once when the
+path toward their destination changed.
+
+The overlay is one logical hop, whatever the path inside it: a transit changes nothing the
+egress passes on (not even Max-Forwards), so what leaves the egress, retransmissions included,
+is the same byte for byte over any path.
+
+Loop freedom while tables disagree
+----------------------------------
+Hop-by-hop forwarding is loop-free only while every node holds the same link-state database.
+For the few hundred milliseconds after a link or node fails, two nodes may each have the other
+as next hop toward the same node (a microloop). So every relayed message carries the nodes it
+has crossed: requests in an ``Overlay-Path`` header, responses in an ``ovp`` parameter of the
+Via they are going back to (each a dot-separated list of node ids; the message's origin and
+the node it came from count too). A node never hands a message to a node it has crossed: when
+its next hop is one of them, it sends the message along its best path that avoids them all
+(``OverlayRoutes.path_avoiding``), to that path's first hop, and when there is none it drops the
+message (the sender's retransmission timer tries again). As the crossed set grows at every hop
+and never admits a node twice, a message crosses each node at most once. A request that comes
+back to its origin anyway (a node without this rule on the path) is relayed on like any other,
+never taken for a new request; a request proxied twice by one node (its Via twice on top) is
+dropped rather than proxied as a second transaction. Each of these is counted and reported as
+an ``OverlayAnomaly`` event, which the shell logs.
 
 A ``MediaHook`` (the media plane, optional) sees every request that crosses the overlay's edge
 at this node, from outside into the overlay or out of it, and every response sent back to one
@@ -107,8 +127,12 @@ from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
-#: Relays a response may cross inside the overlay (a path is a few hops; more is a loop).
-MAX_OVERLAY_RELAYS = 8
+#: Relays a message may cross inside the overlay: a bound beyond any sane path, which no
+#: message reaches while the crossed-nodes rule holds (module notes).
+MAX_OVERLAY_RELAYS = 16
+#: The header that lists the overlay nodes a request has crossed (module notes); between
+#: overlay nodes only: a node removes it from every request it proxies.
+OVERLAY_PATH = "Overlay-Path"
 #: What the node handles (Allow, RFC 3261 §20.5): it is no registrar, and it cannot relay
 #: registrations either (that needs Path, RFC 3327), so REGISTER gets 405 (§21.4.6).
 ALLOWED_METHODS = ", ".join(sorted(KNOWN_METHODS - {"REGISTER"}))
@@ -233,6 +257,7 @@ class ProxyStatistics:
     drops: dict[str, int]
     generated: dict[int, int]
     relayed: dict[str, int]  # overlay messages this node only crossed, by kind
+    anomalies: dict[str, int]  # OverlayAnomaly events, by kind
     detoured: int  # retransmissions sent over an alternate overlay path
     sips_refused: int  # sips: requests answered 480 as no TLS leads to their next hop
     contexts: int
@@ -243,10 +268,57 @@ class ProxyStatistics:
     transactions_server: int
 
 
+class NextHop(Peer):
+    """A neighbour's address the shell sends to as it is: the core chose this overlay hop
+    itself (a relay avoiding the nodes a message has crossed). Any other overlay node's
+    address means "the current next hop toward that node"."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayAnomaly:
+    """A message a routing loop caught, or would have: for the shell to log and the NOC.
+
+    ``kind`` is one of ``ANOMALY_KINDS``; ``crossed`` the overlay nodes the message had crossed
+    before this one; ``destination`` the node it was going to.
+    """
+
+    kind: str
+    message: str  # the method, or the status of a response
+    call_id: str
+    destination: str
+    crossed: tuple[str, ...]
+
+
+#: ``OverlayAnomaly`` kinds: what happened, and whether the message went on.
+ANOMALY_KINDS = {
+    "loop": "came back to a node it had crossed; relayed on around it",
+    "avoided": "next hop was a node it had crossed; sent around it",
+    "dropped": "no path avoids the nodes it had crossed; dropped",
+    "duplicate": "proxied twice by one node (its Via twice on top); dropped",
+    "relay limit": "crossed too many overlay nodes; dropped",
+}
+
+
 Locate = Callable[[Request, "SipUri | TelUri"], Target | Refusal | None]
-#: The overlay's current paths from this node to a node: the best first, then ranked
-#: alternates; each path lists node ids from this node to that one.
-OverlayPaths = Callable[[str], Sequence[Sequence[str]]]
+
+
+class OverlayRoutes(Protocol):
+    """The overlay's current routes from this node, as the core reads them (``Mesh``)."""
+
+    def paths(self, node_id: str) -> Sequence[Sequence[str]]:
+        """The best path to ``node_id`` first, then ranked alternates; each lists node ids
+        from this node to that one. Empty when there is no route."""
+        ...
+
+    def path(self, node_id: str) -> Sequence[str] | None:
+        """The path to ``node_id`` this node forwards on, or ``None`` (no route)."""
+        ...
+
+    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> Sequence[str] | None:
+        """The best path to ``node_id`` that crosses none of ``avoid``, or ``None``."""
+        ...
 
 
 class _Context:
@@ -287,7 +359,7 @@ class ProxyCore:
         self,
         config: ProxyConfig,
         locate: Locate,
-        overlay_paths: OverlayPaths | None = None,
+        overlay_routes: OverlayRoutes | None = None,
         media: MediaHook | None = None,
         *,
         admission: Admission | None = None,
@@ -296,14 +368,14 @@ class ProxyCore:
             raise ValueError("a proxy needs at least one listener")
         self.config = config
         self._locate = locate
-        self._overlay_paths = overlay_paths
+        self._overlay_routes = overlay_routes
         self._media = media
         self._admission = admission
         self.transactions = TransactionLayer(
             config.timers, detour=self._detour if config.overlay is not None else None
         )
         self.outbox = self.transactions.outbox
-        self._events: deque[ResolveTarget] = deque()
+        self._events: deque[ResolveTarget | OverlayAnomaly] = deque()
         self._pending: dict[int, tuple[_Context | None, Request]] = {}
         self._tokens = itertools.count(1)
         self._branches = itertools.count(1)
@@ -319,12 +391,14 @@ class ProxyCore:
         self._drops: Counter[str] = Counter()
         self._generated: Counter[int] = Counter()
         self._relayed: Counter[str] = Counter()
+        self._anomalies: Counter[str] = Counter()
         self._detoured = 0
         self._sips_refused = 0
         self._contexts = 0
         overlay = config.overlay
         self._overlay_peers: Mapping[str, Peer] = {} if overlay is None else overlay.peers
         self._overlay_node_at = {address: node for node, address in self._overlay_peers.items()}
+        self._node_id = None if overlay is None else overlay.node_id
         # The parameter that marks this node's Vias and Record-Routes as an overlay node's.
         self._mark = "" if overlay is None else f";ovl={overlay.node_id}"
 
@@ -351,7 +425,7 @@ class ProxyCore:
             self._drops[f"bad {error.reason}"] += 1
         self._drain_transaction_events(now)
 
-    def next_event(self) -> ResolveTarget | None:
+    def next_event(self) -> ResolveTarget | OverlayAnomaly | None:
         return self._events.popleft() if self._events else None
 
     def resolved(self, token: int, peers: list[Peer], now: float) -> None:
@@ -419,6 +493,7 @@ class ProxyCore:
             drops=dict(self._drops),
             generated=dict(self._generated),
             relayed=dict(self._relayed),
+            anomalies=dict(self._anomalies),
             detoured=self._detoured,
             sips_refused=self._sips_refused,
             contexts=self._contexts,
@@ -436,10 +511,11 @@ class ProxyCore:
         # the counters (and the metrics' label values) without bound.
         known = request.method in KNOWN_METHODS
         self._requests[request.method if known else "other"] += 1
-        from_overlay = self._overlay_sender(request.top_via, source) is not None
-        if not from_overlay:
+        origin = self._overlay_origin(request.top_via, source)
+        from_overlay = origin is not None
+        if origin is None:
             _stamp_received(request, source)
-        elif self._relay_request(request):
+        elif self._relay_request(request, source) or self._proxied_twice(request, origin):
             return
         method = request.method
         if method == "ACK":
@@ -509,6 +585,7 @@ class ProxyCore:
             return
         forward = request.copy()
         headers = forward.headers
+        headers.remove(OVERLAY_PATH)  # the overlay's own: its path ends here
         # §16.4: a strict router upstream put our Record-Route URI in the Request-URI.
         if "Route" in headers and self._is_our_uri(forward.uri, record_route=True):
             routes = headers.values("Route")
@@ -707,6 +784,7 @@ class ProxyCore:
         """An ACK for a 2xx: routed like any in-dialog request, without a transaction. At an
         edge the media hook sees it: it carries the answer to a delayed offer."""
         forward = ack.copy()
+        forward.headers.remove(OVERLAY_PATH)
         self._pop_own_routes(forward)
         route = forward.headers.first_value("Route")
         max_forwards = ack.max_forwards
@@ -761,7 +839,7 @@ class ProxyCore:
         self._responses[f"{response.status // 100}xx"] += 1
         sender = self._overlay_sender(response.top_via, source)
         if sender is not None:
-            self._relay_response(response, sender)
+            self._relay_response(response, sender, source)
             return
         branch = self.transactions.receive_response(response, now)
         if branch is None:
@@ -888,6 +966,13 @@ class ProxyCore:
         node = via.param("ovl")
         return node if node in self._overlay_peers else None
 
+    def _overlay_origin(self, via: Via, source: Peer) -> str | None:
+        """As ``_overlay_sender``, this node included: a request of ours may come back."""
+        if source not in self._overlay_node_at:
+            return None
+        node = via.param("ovl")
+        return node if node in self._overlay_peers or node == self._node_id else None
+
     def _overlay_route(self, request: Request) -> str | None:
         """The other overlay node the top Route names once this node's own are skipped."""
         for value in request.headers.values("Route"):
@@ -899,35 +984,96 @@ class ProxyCore:
             return node if node in self._overlay_peers else None
         return None
 
-    def _relay_request(self, request: Request) -> bool:
+    def _relay_request(self, request: Request, source: Peer) -> bool:
         """Relay a request from another node that is on its way to a third one (a transit).
 
         Returns ``False`` when this node is where the request leaves the overlay.
         """
-        egress = self._overlay_route(request)
-        if egress is None:
+        destination = self._overlay_route(request)
+        if destination is None:
             return False
-        max_forwards = request.max_forwards
-        if max_forwards == 0:
-            self._drops["overlay relay: Max-Forwards 0"] += 1
-            return True
-        self._pop_own_routes(request)
-        request.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
-        self._relayed["requests"] += 1
-        self.outbox.append((serialize(request), self._overlay_peers[egress]))
+        crossed = self._crossed(
+            request.headers.get(OVERLAY_PATH), request.top_via.param("ovl"), source
+        )
+        hop = self._loop_free_hop(destination, crossed, request.method, request.call_id)
+        if hop is not None:
+            self._pop_own_routes(request)
+            assert self._node_id is not None
+            request.headers.set(OVERLAY_PATH, ".".join((*crossed, self._node_id)))
+            self._relayed["requests"] += 1
+            self.outbox.append((serialize(request), hop))
         return True
 
-    def _relay_response(self, response: Response, sender: str) -> None:
+    def _relay_response(self, response: Response, sender: str, source: Peer) -> None:
         """Send a response back toward the node whose Via is on top (a transit)."""
         via = response.top_via
-        relays = via.param("ovh") or "0"
-        count = int(relays) if relays.isdigit() else MAX_OVERLAY_RELAYS
-        if count >= MAX_OVERLAY_RELAYS:
-            self._drops["overlay relay: too many relays"] += 1
+        crossed = self._crossed(via.param("ovp"), None, source)
+        hop = self._loop_free_hop(sender, crossed, str(response.status), response.call_id)
+        if hop is None:
             return
-        response.headers.replace_first_value("Via", str(via.with_param("ovh", str(count + 1))))
+        assert self._node_id is not None
+        path = ".".join((*crossed, self._node_id))
+        response.headers.replace_first_value("Via", str(via.with_param("ovp", path)))
         self._relayed["responses"] += 1
-        self.outbox.append((serialize(response), self._overlay_peers[sender]))
+        self.outbox.append((serialize(response), hop))
+
+    def _proxied_twice(self, request: Request, origin: str) -> bool:
+        """Whether a request from the overlay, ending here, is one its origin already
+        proxied (a loop turned it into a new request there): dropped, not a second call."""
+        twice = origin == self._node_id  # ours, come back: we proxied it once already
+        if not twice:
+            vias = request.headers.values("Via")
+            twice = (
+                len(vias) > 1
+                and f";ovl={origin}" in vias[1]
+                and Via.parse_untrusted(vias[1]).param("ovl") == origin
+            )
+        if twice:
+            self._anomaly("duplicate", request.method, request.call_id, origin, (origin,))
+        return twice
+
+    def _crossed(self, listed: str | None, origin: str | None, source: Peer) -> tuple[str, ...]:
+        """The overlay nodes a relayed message has crossed: its origin, those it lists, and
+        the node it came from (the first relay learns the origin and that node only)."""
+        nodes = [] if origin is None else [origin]
+        if listed:
+            nodes.extend(listed.split("."))
+        previous = self._overlay_node_at.get(source)
+        if previous is not None:
+            nodes.append(previous)
+        return tuple(dict.fromkeys(nodes))
+
+    def _loop_free_hop(
+        self, destination: str, crossed: tuple[str, ...], message: str, call_id: str
+    ) -> Peer | None:
+        """The neighbour to hand a relayed message to: on the way to ``destination``, never a
+        node it has crossed (module notes); ``None`` (counted) when it must be dropped."""
+        node_id = self._node_id
+        assert node_id is not None
+        if len(crossed) >= MAX_OVERLAY_RELAYS:
+            self._anomaly("relay limit", message, call_id, destination, crossed)
+            return None
+        if node_id in crossed:
+            self._anomaly("loop", message, call_id, destination, crossed)
+        routes = self._overlay_routes
+        best = None if routes is None else routes.path(destination)
+        if routes is None or best is None:
+            return self._overlay_peers[destination]  # no route: the shell counts it
+        avoid = {*crossed, node_id}
+        if avoid.isdisjoint(best[1:]):
+            return NextHop(*self._overlay_peers[best[1]])
+        path = routes.path_avoiding(destination, avoid)
+        if path is None:
+            self._anomaly("dropped", message, call_id, destination, crossed)
+            return None
+        self._anomaly("avoided", message, call_id, destination, crossed)
+        return NextHop(*self._overlay_peers[path[1]])
+
+    def _anomaly(
+        self, kind: str, message: str, call_id: str, destination: str, crossed: tuple[str, ...]
+    ) -> None:
+        self._anomalies[kind] += 1
+        self._events.append(OverlayAnomaly(kind, message, call_id, destination, crossed))
 
     def _detour(self, txn: Transaction) -> tuple[bytes, Peer]:
         """What a timer-driven retransmission to an overlay node sends: each copy takes the
@@ -935,9 +1081,9 @@ class ProxyCore:
         intermediate nodes, so a path that silently loses requests is bypassed at once."""
         plain = (txn.request_bytes, txn.peer)
         node = self._overlay_node_at.get(txn.peer)
-        if node is None or self._overlay_paths is None:
+        if node is None or self._overlay_routes is None:
             return plain
-        paths = self._overlay_paths(node)
+        paths = self._overlay_routes.paths(node)
         if len(paths) < 2:
             return plain
         index = txn.retransmissions % len(paths)

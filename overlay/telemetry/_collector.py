@@ -179,6 +179,14 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "SIP messages for a node with no route, dropped (the retransmission timer retries)",
     ),
     _counter(
+        "overlay_loop_messages",
+        r"overlay\.anomalies\.(?P<kind>.+)",
+        "Overlay SIP messages a routing loop caught or would have, by kind: loop (came back to "
+        "a node it had crossed, relayed on), avoided (sent around a node it had crossed), "
+        "dropped (no path around them), duplicate (proxied twice by one node, dropped), "
+        "relay limit (dropped)",
+    ),
+    _counter(
         "overlay_bad_messages",
         r"overlay\.bad_messages",
         "Probe answers and LSAs refused as malformed or from an unknown node",

@@ -2,21 +2,24 @@
 
 ``Fabric`` plays the part of the node shells and the backbone: a message a core addresses to
 another node goes to the current next hop toward it (``next_hop``), exactly as ``Mesh.
-forward_address`` does; a message to any other address leaves the fabric and is returned to the
-test. Nodes listed in ``dead`` swallow whatever is sent to them. ``media`` makes each core's
-media hook (``RecordingMedia`` by default).
+forward_address`` does, and one addressed to a ``NextHop`` goes straight to that neighbour; a
+message to any other address leaves the fabric and is returned to the test. Nodes listed in
+``dead`` swallow whatever is sent to them. Each core reads its routes from the fabric
+(``FabricRoutes``): the ``next_hop`` table may disagree between nodes, as real tables do while
+link state floods. ``media`` makes each core's media hook (``RecordingMedia`` by default).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection
 
 from overlay.sip import (
     Listener,
     MediaDirection,
     MediaHook,
     MediaRefused,
+    NextHop,
     OverlayNodes,
     Peer,
     Refusal,
@@ -35,6 +38,8 @@ ADDRESSES = {
 NODE_AT = {address: node for node, address in ADDRESSES.items()}
 EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
 TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE)
+#: Rounds of delivery a test's messages may take: a message still moving after this is looping.
+MAX_ROUNDS = 50
 
 
 class RecordingMedia:
@@ -59,18 +64,60 @@ class RecordingMedia:
 MediaFactory = Callable[[str], MediaHook | None]
 
 
+class FabricRoutes:
+    """One node's routes, read from the fabric: its path is via its own ``next_hop``; paths
+    that avoid nodes are searched over the links not ``cut``; the ingress's ranked paths are
+    ``Fabric.paths`` when a test sets them."""
+
+    def __init__(self, fabric: Fabric, node: str) -> None:
+        self._fabric = fabric
+        self._node = node
+
+    def path(self, node_id: str) -> list[str] | None:
+        if frozenset((self._node, node_id)) in self._fabric.cut:
+            hop = self._fabric.next_hop.get((self._node, node_id))
+            if hop is None:
+                return None
+        else:
+            hop = self._fabric.next_hop.get((self._node, node_id), node_id)
+        return [self._node, node_id] if hop == node_id else [self._node, hop, node_id]
+
+    def paths(self, node_id: str) -> list[list[str]]:
+        ranked = self._fabric.paths.get(node_id) if self._node == "ing" else None
+        if ranked is not None:
+            return ranked
+        path = self.path(node_id)
+        return [] if path is None else [path]
+
+    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> list[str] | None:
+        """Breadth first over the uncut links (all links are alike here)."""
+        previous: dict[str, str] = {}
+        queue = deque([self._node])
+        while queue:
+            node = queue.popleft()
+            if node == node_id:
+                path = [node]
+                while path[-1] != self._node:
+                    path.append(previous[path[-1]])
+                return path[::-1]
+            for other in sorted(ADDRESSES):
+                link = frozenset((node, other))
+                fresh = other not in previous and other != self._node
+                if other != node and fresh and other not in avoid and link not in self._fabric.cut:
+                    previous[other] = node
+                    queue.append(other)
+        return None
+
+
 def core(
-    node: str,
-    target: Target | Refusal,
-    paths: dict[str, list[list[str]]],
-    media: MediaFactory,
+    node: str, target: Target | Refusal, routes: FabricRoutes, media: MediaFactory
 ) -> ProxyHarness:
     address = ADDRESSES[node]
     return ProxyHarness(
         targets={"": target},
         listeners=(Listener("udp", address.host, address.port),),
         overlay=OverlayNodes(node, {n: a for n, a in ADDRESSES.items() if n != node}),
-        overlay_paths=lambda destination: paths.get(destination, []),
+        overlay_routes=routes,
         media=media(node),
     )
 
@@ -81,15 +128,17 @@ class Fabric:
     ) -> None:
         # The ingress's paths to the egress, best first (what Mesh.paths returns).
         self.paths: dict[str, list[list[str]]] = {}
-        unused = Target("127.0.0.99", 5060)  # transits only relay
-        self.cores = {
-            "ing": core("ing", ingress_target, self.paths, media),
-            "mid": core("mid", unused, {}, media),
-            "alt": core("alt", unused, {}, media),
-            "egr": core("egr", Target(UAS.host, UAS.port), {}, media),
-        }
-        self.next_hop: dict[tuple[str, str], str] = {}
+        self.next_hop: dict[tuple[str, str], str] = {}  # (node, destination) -> next hop
+        self.cut: set[frozenset[str]] = set()  # links that are down (for path_avoiding)
         self.dead: set[str] = set()
+        # Every node-to-node hop: (sender, receiver, method or status of the message).
+        self.hops: list[tuple[str, str, str]] = []
+        unused = Target("127.0.0.99", 5060)  # transits only relay
+        targets = {"ing": ingress_target, "egr": Target(UAS.host, UAS.port)}
+        self.cores = {
+            node: core(node, targets.get(node, unused), FabricRoutes(self, node), media)
+            for node in ("ing", "mid", "alt", "egr")
+        }
         self.via("mid")
 
     def via(self, transit: str | None) -> None:
@@ -115,7 +164,9 @@ class Fabric:
     def _run(self) -> dict[Peer, list[bytes]]:
         outside: dict[Peer, list[bytes]] = defaultdict(list)
         busy = True
-        while busy:
+        for _ in range(MAX_ROUNDS):
+            if not busy:
+                break
             busy = False
             for node, h in self.cores.items():
                 outbox = list(h.proxy.outbox)
@@ -125,10 +176,22 @@ class Fabric:
                     if destination is None:
                         outside[peer].append(data)
                         continue
-                    hop = self.next_hop.get((node, destination), destination)
+                    if isinstance(peer, NextHop):
+                        hop = destination
+                    else:
+                        hop = self.next_hop.get((node, destination), destination)
+                    self.hops.append((node, hop, _label(data)))
                     if hop in self.dead:
                         continue
                     busy = True
                     receiver = self.cores[hop]
                     receiver.proxy.receive_data(data, ADDRESSES[node], receiver.now)
+        else:
+            raise AssertionError(f"messages still moving after {MAX_ROUNDS} rounds: a loop")
         return outside
+
+
+def _label(data: bytes) -> str:
+    """The method of a request, the status code of a response."""
+    first, second = data.split(b" ", 2)[:2]
+    return (second if first.startswith(b"SIP/") else first).decode()

@@ -15,7 +15,7 @@ from overlay.sip import (
     Listener,
     MediaHook,
     OverlayNodes,
-    OverlayPaths,
+    OverlayRoutes,
     Peer,
     ProxyConfig,
     ProxyCore,
@@ -116,7 +116,7 @@ class ProxyHarness:
     max_message_size: int = 65535
     listeners: tuple[Listener, ...] = (PROXY,)
     overlay: OverlayNodes | None = None
-    overlay_paths: OverlayPaths | None = None
+    overlay_routes: OverlayRoutes | None = None
     media: MediaHook | None = None
     admission: Admission | None = None
     now: float = 0.0
@@ -131,7 +131,7 @@ class ProxyHarness:
                 overlay=self.overlay,
             ),
             self._locate,
-            self.overlay_paths,
+            self.overlay_routes,
             self.media,
             admission=self.admission,
         )
@@ -167,7 +167,8 @@ class ProxyHarness:
     def resolve_events(self) -> list[ResolveTarget]:
         events = []
         while (event := self.proxy.next_event()) is not None:
-            events.append(event)
+            if isinstance(event, ResolveTarget):
+                events.append(event)
         return events
 
     def resolved(self, token: int, peers: list[Peer]) -> dict[Peer, list[bytes]]:

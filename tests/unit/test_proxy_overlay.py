@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from overlay.sip import MediaRefused, Peer, Refusal, Request, Response, serialize
-from tests.unit.overlay_fabric import ADDRESSES, EGRESS_ROUTE, Fabric, RecordingMedia
+from tests.unit.overlay_fabric import EGRESS_ROUTE, Fabric, RecordingMedia
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 
@@ -52,7 +52,8 @@ def test_call_crosses_a_transit_that_keeps_no_state() -> None:
     ]
     assert "Route" not in invite.headers
     assert invite.uri == "sip:alice@example.com"
-    assert invite.max_forwards == 67  # ingress, transit and egress each take one
+    assert invite.max_forwards == 68  # the ingress and the egress take one; a transit none
+    assert "Overlay-Path" not in invite.headers  # the overlay's own, stripped at the egress
     # The egress answered the ingress's Via at its configured address, not the transit's.
     assert "received" not in str(invite.vias[1])
     mid = fabric.cores["mid"].proxy.statistics()
@@ -168,30 +169,27 @@ def test_unreachable_egress_is_refused_with_503() -> None:
     assert (refused.status, refused.reason) == (503, "No Route to Egress")
 
 
-def test_relayed_request_with_max_forwards_zero_is_dropped_and_counted() -> None:
+def test_transit_leaves_max_forwards_to_the_edges() -> None:
+    """Max-Forwards counts SIP hops, and the overlay is one: a transit relays a request with
+    Max-Forwards 0 as it is, and the egress, a proxy, answers it 483."""
     fabric = Fabric()
-    data = request(
-        via_host="127.0.1.1:5060",
-        branch="z9hG4bK-from-ing;ovl=ing",
-        max_forwards=0,
-        extra=(f"Route: {EGRESS_ROUTE}",),
-    )
-    out = fabric.inject("mid", ADDRESSES["ing"], data)
-    assert not out
-    assert fabric.cores["mid"].proxy.statistics().drops == {"overlay relay: Max-Forwards 0": 1}
+    out = fabric.inject("ing", UAC, request(max_forwards=1))
+    assert statuses(out) == [100, 483]
+    assert relayed(fabric, "mid") == {"requests": 2, "responses": 2}  # INVITE, ACK; 100, 483
+    assert fabric.cores["egr"].proxy.statistics().generated == {483: 1}
 
 
-def test_response_caught_in_a_routing_loop_dies_out() -> None:
+def test_response_caught_in_a_microloop_goes_around_it() -> None:
     fabric = Fabric()
     invite = only_request(fabric.inject("ing", UAC, request()), UAS)
     # A transient loop: mid and egr each think the other is the way to ing.
     fabric.next_hop["mid", "ing"] = "egr"
     fabric.next_hop["egr", "ing"] = "mid"
+    fabric.hops.clear()
     out = fabric.inject("egr", UAS, response_to(serialize(invite), 180))
-    assert UAC not in out
-    drops = fabric.cores["mid"].proxy.statistics().drops
-    drops.update(fabric.cores["egr"].proxy.statistics().drops)
-    assert "overlay relay: too many relays" in drops
+    assert statuses(out) == [180]
+    assert fabric.cores["mid"].proxy.statistics().anomalies == {"avoided": 1}
+    assert fabric.hops == [("egr", "mid", "180"), ("mid", "ing", "180")]  # never back to egr
 
 
 def test_request_from_outside_naming_a_node_is_proxied_statefully() -> None:

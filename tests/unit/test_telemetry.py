@@ -52,6 +52,7 @@ MAPPED = [
     ("transport.tcp_connections", "overlay_transport_tcp_connections", {}),
     ("transport.udp send EAGAIN", "overlay_transport_errors_total", {"reason": "udp send EAGAIN"}),
     ("overlay.unroutable", "overlay_unroutable_total", {}),
+    ("overlay.anomalies.duplicate", "overlay_loop_messages_total", {"kind": "duplicate"}),
     ("media.sessions", "overlay_media_sessions", {}),
     ("media.sent_toward.use1.packets", "overlay_media_sent_packets_total", {"destination": "use1"}),
     ("media.drops.no_next_hop", "overlay_media_drops_total", {"reason": "no_next_hop"}),
