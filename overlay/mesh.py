@@ -26,6 +26,11 @@
 
 One timer task sleeps until the earliest deadline of all of these (next probe round, a monitor's
 detection time, the flooder's retransmissions, refresh and aging, the debounced computation).
+That deadline is never more than a probe interval away, so the mesh knows when the node itself
+stalled: when the timer wakes, or a probe arrives, more than ``STALL_THRESHOLD`` of an interval
+after the deadline, the event loop could not run meanwhile. The monitors are then told to
+excuse that time (``LinkMonitor.excuse``), so the node's own pause (a long collector pass, an
+overload burst) never makes it declare a healthy neighbour dead; the stall is logged.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ HELLO_TIMEOUT = 2.0
 RECONNECT_DELAY = 0.2
 #: Paths a request's retransmissions rotate through: the best one and two alternates.
 MAX_PATHS = 3
+#: A wake-up this late (in probe intervals) means the event loop stalled (module notes).
+STALL_THRESHOLD = 0.5
 
 
 class MediaEcho(Protocol):
@@ -167,6 +174,8 @@ class Mesh:
         self._delay_line = DelayLine()
         self._wake = trio.Event()
         self._sleeping_until = math.inf
+        self._excused_until = now  # the end of the last stall the monitors were told of
+        self.stalls_excused = 0
         self.bad_messages = 0
         self.flood_send_drops = 0
         self.unroutable = 0  # SIP messages for a node we have no route to
@@ -205,6 +214,7 @@ class Mesh:
         if probe is None:
             return False
         now = trio.current_time()
+        self._excuse_stall(now)
         if isinstance(probe, ProbeRequest):
             user_agent = self._config.sip.user_agent
             self._send_sip(answer_probe(probe, user_agent=user_agent), source)
@@ -473,8 +483,24 @@ class Mesh:
             self._wake = trio.Event()
             with trio.move_on_at(self._sleeping_until):
                 await self._wake.wait()
+            now = trio.current_time()
+            self._excuse_stall(now)
             self._sleeping_until = math.inf
-            self._handle_timer(trio.current_time())
+            self._handle_timer(now)
+
+    def _excuse_stall(self, now: float) -> None:
+        """If the event loop could not run since the timer's deadline, excuse the neighbours'
+        silence meanwhile (module notes)."""
+        start = max(self._sleeping_until, self._excused_until)
+        if now - start <= STALL_THRESHOLD * self._probe.interval:
+            return
+        self._excused_until = now
+        self.stalls_excused += 1
+        log.warning(
+            "event loop stalled: link detection paused", stalled_ms=round((now - start) * 1e3)
+        )
+        for monitor in self.monitors.values():
+            monitor.excuse(start, now)
 
     def _handle_timer(self, now: float) -> None:
         changed = False
@@ -535,4 +561,5 @@ class Mesh:
             "overlay.unroutable": self.unroutable,
             "overlay.bad_messages": self.bad_messages,
             "overlay.flood_send_drops": self.flood_send_drops,
+            "overlay.stalls_excused": self.stalls_excused,
         }

@@ -21,6 +21,13 @@ back, so answers that arrive late, out of order or after later probes still give
 * **SIP retransmissions.** The proxy reports, per peer, how many requests it sent and how many of
   them it had to retransmit on real traffic; ``retrans_ratio`` is the ratio over a sliding
   window of ``retrans_window`` seconds.
+* **This node's own stalls.** When the node's event loop could not run for a while (a long
+  garbage-collector pass, a burst of work), the answers that arrived meanwhile wait unread in
+  its socket: silence then says nothing about the peer, and an answer read late says nothing
+  about the path's RTT. ``excuse(start, end)`` tells the monitor: the detection time does not
+  count that interval, and probes outstanding across it give no RTT sample (their answers
+  still prove the peer alive and the probes are not lost for the wait). A node must not blame
+  its neighbours for its own pauses, or an overloaded node partitions itself.
 * **Media echoes.** Where both nodes run a media relay, an echo goes through the relays' overlay
   sockets with every probe (``next_echo`` / ``echo_answered``) and is measured the same way. The
   relay path can suffer where signalling does not (a dead relay, a policer on the media ports),
@@ -99,6 +106,7 @@ class _ProbePath:
         self._config = config
         self._next_seq = 1
         self._outstanding: dict[int, float] = {}  # probe number -> time sent
+        self._unmeasured: set[int] = set()  # outstanding across a stall: no RTT sample
         self._fates: collections.deque[bool] = collections.deque(maxlen=config.loss_window)
         self._loss_epoch = now  # only probes sent since then count towards loss
         self._rtt_ms: float | None = None
@@ -122,6 +130,9 @@ class _ProbePath:
         self.answered += 1
         if sent >= self._loss_epoch:
             self._fates.append(True)
+        if seq in self._unmeasured:
+            self._unmeasured.discard(seq)
+            return
         rtt_ms = (now - sent) * 1000.0
         if self._rtt_ms is None:
             self._rtt_ms = rtt_ms
@@ -137,9 +148,19 @@ class _ProbePath:
         for seq, sent in list(self._outstanding.items()):
             if sent <= expired_before:
                 del self._outstanding[seq]
+                self._unmeasured.discard(seq)
                 self.lost += 1
                 if sent >= self._loss_epoch:
                     self._fates.append(False)
+
+    def excuse(self, start: float, end: float) -> None:
+        """Probes outstanding across a stall of this node: no RTT sample, and the stall does
+        not count toward their timeout."""
+        stalled = end - start
+        for seq, sent in self._outstanding.items():
+            if sent < end:
+                self._outstanding[seq] = sent + stalled
+                self._unmeasured.add(seq)
 
     def restart_loss(self, now: float) -> None:
         self._fates.clear()
@@ -210,6 +231,16 @@ class LinkMonitor:
     def echo_answered(self, seq: int, now: float) -> None:
         """Record the answer to echo ``seq`` (``now``: when the relay received it)."""
         self._media.answer(seq, now)
+
+    def excuse(self, start: float, end: float) -> None:
+        """This node could not listen from ``start`` to ``end`` (its event loop stalled): the
+        peer's silence then does not count, nor do the RTTs of probes waiting across it."""
+        if end <= start:
+            return
+        if self._last_heard is not None and self._last_heard < start:
+            self._last_heard += end - start
+        self._signalling.excuse(start, end)
+        self._media.excuse(start, end)
 
     # -- real SIP traffic ---------------------------------------------------------------------
 

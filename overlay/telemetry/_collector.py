@@ -187,6 +187,12 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "relay limit (dropped)",
     ),
     _counter(
+        "overlay_stalls_excused",
+        r"overlay\.stalls_excused",
+        "Stalls of this node's event loop long enough to delay link detection; the silence of "
+        "the neighbours meanwhile was not held against them",
+    ),
+    _counter(
         "overlay_bad_messages",
         r"overlay\.bad_messages",
         "Probe answers and LSAs refused as malformed or from an unknown node",

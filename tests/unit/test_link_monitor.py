@@ -233,3 +233,55 @@ def test_media_loss_before_the_link_came_up_does_not_count():
     assert changes == [LinkState.UP]
     now = run_echoes(monitor, now, 10, rtt=0.02, answered=True)
     assert monitor.metrics(now).loss_ratio == 0.0
+
+
+def stalled_for(monitor: LinkMonitor, start: float, stall: float, *, excused: bool) -> float:
+    """The node probes, then its event loop stalls for ``stall`` seconds: the peer's answer to
+    the last probe waits unread until the stall ends. Returns when the stall ended."""
+    seq = monitor.next_probe(start)
+    end = start + stall
+    if excused:
+        monitor.excuse(start, end)
+    change = monitor.handle_timer(end)  # the timer may run before the socket is read
+    assert change is None or not excused
+    monitor.probe_answered(seq, end)
+    return end
+
+
+def test_own_stall_does_not_take_a_healthy_link_down():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 20, rtt=0.02)
+    before = monitor.metrics(now)
+    end = stalled_for(monitor, now, 0.6, excused=True)
+    assert monitor.state is LinkState.UP
+    after = monitor.metrics(end)
+    # The answer read 600 ms late is no RTT sample, and no probe counts as lost.
+    assert (after.rtt_ms, after.jitter_ms, after.loss_ratio) == (
+        before.rtt_ms,
+        before.jitter_ms,
+        0.0,
+    )
+
+
+def test_unexcused_stall_is_taken_for_a_dead_peer():
+    """Without being told of its stall, the node would blame its neighbour: the control case."""
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 20, rtt=0.02)
+    stalled_for(monitor, now, 0.6, excused=False)
+    assert monitor.state is LinkState.DOWN
+
+
+def test_peer_that_stays_silent_after_a_stall_is_still_detected_in_time():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 20, rtt=0.02)
+    last_heard = now - CONFIG.interval + 0.02
+    monitor.excuse(now, now + 0.6)  # the peer died during the stall: nothing comes after it
+    end = now + 0.6
+    # Detection counts the silence before and after the stall, not the stall itself.
+    due = end + CONFIG.detection_time - (now - last_heard)
+    t = end
+    while monitor.handle_timer(t) is None:
+        monitor.next_probe(t)
+        t += 0.01
+    assert monitor.state is LinkState.DOWN
+    assert due <= t <= due + 0.011
