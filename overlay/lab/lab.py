@@ -1,19 +1,20 @@
-"""The four-region lab: node processes, a SIPp callee behind the egress, and the admin calls
-a NOC tool would make, for ``overlay lab``, ``overlay demo``, the chaos tests and benchmarks.
+"""The lab: node processes, a SIPp callee behind the egress, and the admin calls a NOC tool
+would make, for ``overlay lab``, ``overlay demo``, the chaos tests and benchmarks.
 
-``open_lab`` starts the reference topology (``topology.REGIONS``), every node its own OS
-process on its own loopback address, with a dialplan that sends every call to a SIPp UAS behind
-``EGRESS``; calls enter at ``INGRESS`` (``Lab.place_calls``). Everything the lab does to the
-nodes goes through their gRPC Control service, as it would in the field, with mutual TLS: the
-lab makes a CA and the nodes' certificates for the run (``overlay.lab.pki``) and calls as an
-operator.
+``open_lab`` starts a topology (``topology.REFERENCE`` unless told otherwise), every node its
+own OS process on its own loopback address, with a dialplan that sends every call to a SIPp UAS
+behind the topology's egress; calls enter at its ingresses (``Lab.place_calls``). Everything the
+lab does to the nodes goes through their gRPC Control service, as it would in the field, with
+mutual TLS: the lab makes a CA and the nodes' certificates for the run (``overlay.lab.pki``)
+and calls as an operator. Faults the lab injects are remembered, so that a node it restarts
+after a kill gets its share of them again: a partition outlives the restart of one side.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -22,13 +23,15 @@ import trio
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from overlay.control import GrpcBridge, Role, RpcError, open_grpc_bridge
+from overlay.control import BridgedStream, GrpcBridge, Role, RpcError, open_grpc_bridge
 from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node
 from overlay.lab.pki import LabPki, make_lab_pki
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
 from overlay.lab.topology import (
+    REFERENCE,
     SIP_PORT,
     LabNode,
+    Topology,
     lab_node_ids,
     lab_nodes,
     node_config,
@@ -36,8 +39,8 @@ from overlay.lab.topology import (
 )
 from overlay.v1 import control_pb2
 
-INGRESS = "usw2"
-EGRESS = "use1"
+INGRESS = REFERENCE.ingresses[0]
+EGRESS = REFERENCE.egress
 ADMIN_TIMEOUT_S = 2.0
 POLL_S = 0.02
 
@@ -58,6 +61,13 @@ class Lab:
     azs: int = 1
     dead: set[str] = field(default_factory=set)
     pki: LabPki | None = None  # the lab's CA and certificates (mutual TLS)
+    topology: Topology = REFERENCE
+    #: The faults in force, by the node that applies them and its peer.
+    faults: dict[str, dict[str, control_pb2.Fault]] = field(default_factory=dict)
+    #: What ``restart`` needs: each node's config and directory, and where its process lives.
+    configs: dict[str, str] = field(default_factory=dict, repr=False)
+    workdirs: dict[str, Path | None] = field(default_factory=dict, repr=False)
+    stack: contextlib.AsyncExitStack | None = field(default=None, repr=False)
 
     def live(self) -> list[str]:
         return [node_id for node_id in self.nodes if node_id not in self.dead]
@@ -124,13 +134,24 @@ class Lab:
                     await trio.sleep(POLL_S)
 
     async def degrade(self, a: str, b: str, *, delay_ms: float, loss_ratio: float) -> None:
-        """Add delay and loss both ways on the link a-b."""
+        """Add delay and loss both ways on the link a-b (replacing any fault on it)."""
         for node_id, peer in ((a, b), (b, a)):
             fault = control_pb2.Fault(peer=peer, delay_ms=delay_ms, loss_ratio=loss_ratio)
+            await self._inject(node_id, fault)
+
+    async def partition(self, a: str, b: str) -> None:
+        """Blackhole everything a and b send each other (replacing any fault on the link)."""
+        for node_id, peer in ((a, b), (b, a)):
+            await self._inject(node_id, control_pb2.Fault(peer=peer, blackhole=True))
+
+    async def _inject(self, node_id: str, fault: control_pb2.Fault) -> None:
+        self.faults.setdefault(node_id, {})[fault.peer] = fault
+        if node_id not in self.dead:
             await self.control(node_id, "InjectFault", control_pb2.InjectFaultRequest(fault=fault))
 
     async def heal(self) -> None:
         """Clear every injected fault on every live node."""
+        self.faults.clear()
         for node_id in self.live():
             await self.control(node_id, "ClearFaults", control_pb2.ClearFaultsRequest())
 
@@ -138,6 +159,42 @@ class Lab:
         """kill -9 the node's process (a region dying)."""
         self.processes[node_id].process.kill()
         self.dead.add(node_id)
+
+    async def restart(self, node_id: str) -> None:
+        """Start a killed node again with the same config (and log), once its gRPC server is
+        up, give it back its share of the faults in force.
+
+        Raises:
+            ValueError: the node is not dead.
+            RuntimeError: it did not come up (the message carries its log).
+        """
+        if node_id not in self.dead:
+            raise ValueError(f"{node_id} is running")
+        assert self.stack is not None, "a Lab from open_lab"
+        await self.processes[node_id].process.wait()  # its ports are free once it is reaped
+        node = self.nodes[node_id]
+        self.processes[node_id] = await self.stack.enter_async_context(
+            open_node(
+                self.configs[node_id], host=node.host, port=SIP_PORT, workdir=self.workdirs[node_id]
+            )
+        )
+        await _wait_serving(self.bridge, node.grpc_target, within=READY_TIMEOUT_S)
+        self.dead.discard(node_id)
+        for fault in self.faults.get(node_id, {}).values():
+            await self.control(node_id, "InjectFault", control_pb2.InjectFaultRequest(fault=fault))
+
+    @contextlib.asynccontextmanager
+    async def events(self, node_id: str) -> AsyncIterator[BridgedStream]:
+        """``node_id``'s WatchEvents stream: receive ``control_pb2.Event`` messages until it
+        raises (the node died, or the block ended)."""
+        async with self.bridge.open_server_stream(
+            self.nodes[node_id].grpc_target,
+            "/overlay.v1.Control/WatchEvents",
+            control_pb2.WatchEventsRequest(),
+            control_pb2.WatchEventsRequest.SerializeToString,
+            control_pb2.Event.FromString,
+        ) as stream:
+            yield stream
 
     async def counters(self, node_id: str) -> dict[str, int]:
         response = await self.control(node_id, "GetCounters", control_pb2.GetCountersRequest())
@@ -167,29 +224,40 @@ class Lab:
         return placed[0], outcome
 
     async def _invites_at_egress(self) -> int:
-        egress = [node_id for node_id in self.site(EGRESS) if node_id not in self.dead]
+        egress = [n for n in self.site(self.topology.egress) if n not in self.dead]
         return sum([(await self.counters(n)).get("sip.requests.INVITE", 0) for n in egress])
 
     async def place_calls(
-        self, *, calls: int, rate: float, duration_ms: int = 0, max_seconds: float | None = None
+        self,
+        *,
+        calls: int,
+        rate: float,
+        duration_ms: int = 0,
+        max_seconds: float | None = None,
+        ingress: str | None = None,
+        uac_host: str | None = None,
+        keep_in: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> SippResult:
-        """SIPp calls from ``uac_host`` into INGRESS (its first AZ), each held ``duration_ms``
-        then hung up."""
-        ingress = self.nodes[self.site(INGRESS)[0]]
+        """SIPp calls from ``uac_host`` (the lab's by default) into ``ingress`` (the
+        topology's first; its first AZ), each held ``duration_ms`` then hung up; ``keep_in``
+        and ``extra_args`` are ``run_uac``'s."""
+        entry = self.nodes[self.site(ingress or self.topology.ingresses[0])[0]]
         return await run_uac(
-            (ingress.host, SIP_PORT),
-            local_host=self.uac_host,
+            (entry.host, SIP_PORT),
+            local_host=uac_host or self.uac_host,
             scenario="uac_rr",
             calls=calls,
             rate=rate,
             max_seconds=max_seconds or calls / rate + duration_ms / 1000 + 30,
-            extra_args=["-d", str(duration_ms)],
+            extra_args=["-d", str(duration_ms), *extra_args],
+            keep_in=keep_in,
         )
 
 
 @contextlib.asynccontextmanager
 async def open_lab(
-    hosts: dict[str, str],
+    hosts: Mapping[str, str],
     *,
     uas_host: str,
     uac_host: str,
@@ -197,39 +265,69 @@ async def open_lab(
     callee: tuple[str, int] | None = None,
     azs: int = 1,
     inactivity_timeout: float = 60.0,
+    topology: Topology = REFERENCE,
+    routes: Mapping[str, tuple[str, int]] | None = None,
+    workdir: Path | None = None,
 ) -> AsyncIterator[Lab]:
-    """Start the reference topology on ``hosts`` (node id → loopback address, see
-    ``lab_node_ids``) with a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that
-    address instead) behind every AZ of EGRESS; ``inactivity_timeout`` ends silent media
-    sessions. Everything is stopped, by PID, when the block exits."""
-    missing = set(lab_node_ids(azs)) - hosts.keys()
+    """Start ``topology`` on ``hosts`` (node id → loopback address, see ``lab_node_ids``) with
+    a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that address instead) behind
+    every AZ of its egress; ``inactivity_timeout`` ends silent media sessions.
+
+    Args:
+        routes: Request-URI user prefix → another callee's address, for the calls to it.
+        workdir: keep every node's config and log (``<node id>/node.log``, JSON lines) and the
+            UAS's files (``uas/``: its statistics, errors and aborted calls) there; by default
+            they are in temporary directories removed on exit.
+
+    Resource handling: everything is stopped, by PID, when the block exits."""
+    missing = set(lab_node_ids(azs, topology)) - hosts.keys()
     if missing:
         raise ValueError(f"no address for {', '.join(sorted(missing))}")
-    nodes = lab_nodes(hosts, azs=azs)
-    egress = site_node_ids(EGRESS, azs)
+    nodes = lab_nodes(hosts, azs=azs, topology=topology)
+    egress = site_node_ids(topology.egress, azs)
     async with contextlib.AsyncExitStack() as stack:
         uas = None
         if callee is None:
-            uas = await stack.enter_async_context(open_uas(uas_host, scenario="uas_rr"))
+            uas = await stack.enter_async_context(
+                open_uas(
+                    uas_host,
+                    scenario="uas_rr",
+                    keep_in=None if workdir is None else workdir / "uas",
+                    extra_args=() if workdir is None else ("-trace_err", "-trace_calldebug"),
+                )
+            )
             callee = (uas.host, uas.port)
         target = f"{callee[0]}:{callee[1]}"
+        routed = [(prefix, f"{host}:{port}") for prefix, (host, port) in (routes or {}).items()]
         pki_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="overlay-lab-pki-"))
         pki = make_lab_pki(Path(pki_dir), {node.node_id: node.host for node in nodes})
+        configs = {
+            node.node_id: node_config(
+                node,
+                nodes,
+                egress=egress,
+                target=target,
+                topology=topology,
+                routes=routed,
+                probe_interval=probe_interval,
+                inactivity_timeout=inactivity_timeout,
+                grpc_tls=pki.grpc_lines(node.node_id),
+                extra="" if workdir is None else '[log]\nformat = "json"\n',
+            )
+            for node in nodes
+        }
+        workdirs = {node.node_id: _node_dir(workdir, node.node_id) for node in nodes}
         processes: dict[str, NodeProcess] = {}
         async with trio.open_nursery() as nursery:
 
             async def start(node: LabNode) -> None:
-                config = node_config(
-                    node,
-                    nodes,
-                    egress=egress,
-                    target=target,
-                    probe_interval=probe_interval,
-                    inactivity_timeout=inactivity_timeout,
-                    grpc_tls=pki.grpc_lines(node.node_id),
-                )
                 processes[node.node_id] = await stack.enter_async_context(
-                    open_node(config, host=node.host, port=SIP_PORT)
+                    open_node(
+                        configs[node.node_id],
+                        host=node.host,
+                        port=SIP_PORT,
+                        workdir=workdirs[node.node_id],
+                    )
                 )
 
             for node in nodes:
@@ -239,8 +337,26 @@ async def open_lab(
         for node in nodes:  # a node answers SIP a moment before its gRPC server listens
             await _wait_serving(bridge, node.grpc_target, within=READY_TIMEOUT_S)
         yield Lab(
-            {node.node_id: node for node in nodes}, processes, bridge, uas, uac_host, azs, pki=pki
+            {node.node_id: node for node in nodes},
+            processes,
+            bridge,
+            uas,
+            uac_host,
+            azs,
+            pki=pki,
+            topology=topology,
+            configs=configs,
+            workdirs=workdirs,
+            stack=stack,
         )
+
+
+def _node_dir(workdir: Path | None, node_id: str) -> Path | None:
+    if workdir is None:
+        return None
+    directory = workdir / node_id
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 async def _wait_serving(bridge: GrpcBridge, target: str, *, within: float) -> None:

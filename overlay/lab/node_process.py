@@ -7,6 +7,7 @@ fixed sleep. It is stopped by PID: SIGTERM, then SIGKILL after a bound.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,18 +78,25 @@ async def wait_answers_options(host: str, port: int, *, within: float) -> None:
 
 
 @asynccontextmanager
-async def open_node(config_text: str, *, host: str, port: int) -> AsyncIterator[NodeProcess]:
+async def open_node(
+    config_text: str, *, host: str, port: int, workdir: Path | None = None
+) -> AsyncIterator[NodeProcess]:
     """Start a node from ``config_text`` (TOML) whose UDP listener is host:port.
+
+    Its config and log go in ``workdir``, kept afterwards and appended to by a node started
+    there again (a restart keeps one log), or else in a temporary directory removed on exit.
 
     Raises:
         RuntimeError: the node exited or did not answer within READY_TIMEOUT_S; the message
             carries its log.
     """
-    with tempfile.TemporaryDirectory(prefix="overlay-node-") as tmp:
-        config = Path(tmp) / "node.toml"
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overlay-node-")))
+        config = workdir / "node.toml"
         config.write_text(config_text)
-        log_path = Path(tmp) / "node.log"
-        with log_path.open("wb") as log_file:
+        log_path = workdir / "node.log"
+        with log_path.open("ab") as log_file:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "overlay", "node", "--config", str(config)],
                 stdout=log_file,

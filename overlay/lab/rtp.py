@@ -229,7 +229,11 @@ class Caller:
                 with trio.move_on_after(T1):
                     while True:
                         message, _ = await self.sip.receive()
-                        if isinstance(message, Response) and message.cseq.method == "BYE":
+                        if (
+                            isinstance(message, Response)
+                            and message.call_id == self.call_id
+                            and message.cseq.method == "BYE"
+                        ):
                             return
 
 
@@ -245,11 +249,16 @@ class CalleeCall:
 
 class Callee:
     """The called UA: answers each new INVITE with the next of its media addresses (486 when
-    none is left; the offer itself when the INVITE had none), and BYEs."""
+    none is left; the offer itself when the INVITE had none), and BYEs. With ``reuse``, a
+    call's media address is free again once its BYE came, for callers placing one call after
+    another."""
 
-    def __init__(self, sip: SipSocket, media: list[tuple[str, int]]) -> None:
+    def __init__(
+        self, sip: SipSocket, media: list[tuple[str, int]], *, reuse: bool = False
+    ) -> None:
         self.sip = sip
         self._free = list(media)
+        self._reuse = reuse
         self.calls: dict[str, CalleeCall] = {}  # by Call-ID
         self.tag = secrets.token_hex(4)
 
@@ -292,5 +301,9 @@ class Callee:
                     call.acked.set()
             elif message.method == "BYE":
                 await self.sip.send(make_response(message, 200), to)
-                if (call := self.calls.get(message.call_id)) is not None:
+                if (
+                    call := self.calls.get(message.call_id)
+                ) is not None and not call.ended.is_set():
                     call.ended.set()
+                    if self._reuse:
+                        self._free.append(call.media)

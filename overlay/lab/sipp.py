@@ -280,16 +280,19 @@ def _owns_bound_socket(pid: int, host: str, port: int, transport: str) -> bool:
 
 @dataclass
 class _Run:
-    """Files of one SIPp run, in a private temporary directory removed afterwards."""
+    """Files of one SIPp run: in ``keep_in`` (kept, for SIPp's own traces to be read after the
+    run), or in a private temporary directory removed afterwards."""
 
     workdir: Path
     stat_file: Path
     stderr_file: Path
+    kept: bool = False
 
     @classmethod
-    def create(cls) -> _Run:
-        workdir = Path(tempfile.mkdtemp(prefix="overlay-sipp-"))
-        return cls(workdir, workdir / "stat.csv", workdir / "stderr.txt")
+    def create(cls, keep_in: Path | None = None) -> _Run:
+        workdir = keep_in or Path(tempfile.mkdtemp(prefix="overlay-sipp-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(workdir, workdir / "stat.csv", workdir / "stderr.txt", kept=keep_in is not None)
 
     def open_stderr(self) -> IO[bytes]:
         return self.stderr_file.open("wb")
@@ -308,7 +311,8 @@ class _Run:
             return None
 
     def remove(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _common_args(local_host: str, port: int, transport: str, run: _Run) -> list[str]:
@@ -359,6 +363,7 @@ async def run_uac(
     service: str = "service",
     max_seconds: float,
     extra_args: Sequence[str] = (),
+    keep_in: Path | None = None,
 ) -> SippResult:
     """Place ``calls`` calls at ``rate`` calls/s to ``target`` and return SIPp's statistics.
 
@@ -372,6 +377,8 @@ async def run_uac(
         service: user part of the Request-URI (``-s``).
         max_seconds: SIPp's ``-timeout``; reaching it is an error (``-timeout_error``).
         extra_args: appended last, so they can override the defaults (e.g. ``-l``, ``-d``).
+        keep_in: run SIPp in this directory and keep its files (the statistics and whatever
+            ``-trace_*`` options write there); one directory per SIPp.
 
     Returns:
         The last statistics row; failures are in the counts and ``returncode``, not raised.
@@ -385,7 +392,7 @@ async def run_uac(
     if calls < 1 or rate <= 0 or max_seconds <= 0:
         raise ValueError("calls, rate and max_seconds must be positive")
     binary = sipp_binary()
-    run = _Run.create()
+    run = _Run.create(keep_in)
     try:
         args = [
             binary,
@@ -457,6 +464,7 @@ async def open_uas(
     transport: str = "udp",
     extra_args: Sequence[str] = (),
     max_seconds: float = 900.0,
+    keep_in: Path | None = None,
 ) -> AsyncIterator[SippUas]:
     """Run a SIPp UAS on ``local_host`` for the duration of the block.
 
@@ -470,12 +478,13 @@ async def open_uas(
             or a Path to any scenario file.
         extra_args: appended last (e.g. ``-m 50`` to stop after 50 calls).
         max_seconds: SIPp's ``-timeout``: an upper bound on its life if the block never ends.
+        keep_in: as for ``run_uac``.
 
     Raises:
         SippError: SIPp exited or did not bind within 10 s (``stderr`` says why).
     """
     binary = sipp_binary()
-    run = _Run.create()
+    run = _Run.create(keep_in)
     try:
         port = port or free_port(local_host)
         args = [

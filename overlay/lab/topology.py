@@ -1,8 +1,10 @@
-"""The reference topology (DESIGN.md): four regions, their round-trip times, node configs.
+"""Lab topologies: regions, their round-trip times, where calls enter and leave; node configs.
 
-Each lab node is its own OS process on its own loopback address. Inter-region latency is emulated
-by the impairment layer: every node adds half of the pair's RTT (``base_delay_ms``) to everything
-it sends to the other, so probes, calls and link-state messages all see the backbone's delay.
+``REFERENCE`` is the four-region topology of DESIGN.md (the demo's, the default of every lab);
+``random_topology`` draws others, 5 to 8 regions, for the seeded chaos runs. Each lab node is
+its own OS process on its own loopback address. Inter-region latency is emulated by the
+impairment layer: every node adds half of the pair's RTT (``base_delay_ms``) to everything it
+sends to the other, so probes, calls and link-state messages all see the backbone's delay.
 
 A lab has one node per region (node id = the region's short name, ``use1``) or, with ``azs=2``,
 one per availability zone (``use1-a`` and ``use1-b`` in us-east-1a and us-east-1b, 1 ms apart).
@@ -10,7 +12,10 @@ one per availability zone (``use1-a`` and ``use1-b`` in us-east-1a and us-east-1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 #: (node id, region), west to east.
@@ -35,6 +40,106 @@ RTT_MS: dict[frozenset[str], float] = {
 INTER_AZ_RTT_MS = 1.0
 AZ_LETTERS = ("a", "b")
 
+#: Regions a random topology draws from: (node id, region).
+REGION_POOL: tuple[tuple[str, str], ...] = (
+    ("usw2", "us-west-2"),
+    ("usw1", "us-west-1"),
+    ("use2", "us-east-2"),
+    ("use1", "us-east-1"),
+    ("cac1", "ca-central-1"),
+    ("sae1", "sa-east-1"),
+    ("euw1", "eu-west-1"),
+    ("euc1", "eu-central-1"),
+    ("eun1", "eu-north-1"),
+    ("apne1", "ap-northeast-1"),
+    ("apse1", "ap-southeast-1"),
+    ("aps1", "ap-south-1"),
+)
+MIN_RTT_MS = 2.0
+MAX_RTT_MS = 150.0
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Regions (``(short name, region)``), the RTT of every pair of them, the regions where
+    calls enter (``ingresses``) and the one where they leave (``egress``, the callee behind it).
+    """
+
+    regions: tuple[tuple[str, str], ...]
+    rtt: Mapping[frozenset[str], float]
+    ingresses: tuple[str, ...]
+    egress: str
+
+    def __post_init__(self) -> None:
+        sites = self.sites()
+        missing = [
+            f"{a}-{b}"
+            for a, b in itertools.combinations(sites, 2)
+            if frozenset({a, b}) not in self.rtt
+        ]
+        if missing:
+            raise ValueError(f"no RTT for {', '.join(missing)}")
+        if self.egress not in sites or not set(self.ingresses) <= set(sites):
+            raise ValueError("ingresses and egress must be regions of the topology")
+        if self.egress in self.ingresses:
+            raise ValueError(f"{self.egress} is both an ingress and the egress")
+
+    def sites(self) -> list[str]:
+        return [site for site, _ in self.regions]
+
+    def edges(self) -> set[str]:
+        """The regions calls are anchored on: the ingresses and the egress."""
+        return {*self.ingresses, self.egress}
+
+    def transits(self) -> list[str]:
+        return [site for site in self.sites() if site not in self.edges()]
+
+    def rtt_ms(self, a: LabNode, b: LabNode) -> float:
+        """The emulated round-trip time between two lab nodes."""
+        if a.region == b.region:
+            return INTER_AZ_RTT_MS
+        return self.rtt[frozenset({a.site, b.site})]
+
+    def describe(self) -> str:
+        """The regions, their roles and the RTT matrix, for a run's header."""
+        sites = self.sites()
+        role = {site: "ingress" for site in self.ingresses} | {self.egress: "egress"}
+        width = max(len(site) for site in sites) + 1
+        lines = [
+            "  ".join(
+                f"{site} ({region}, {role.get(site, 'transit')})" for site, region in self.regions
+            ),
+            "RTT ms".ljust(width) + "".join(site.rjust(7) for site in sites),
+        ]
+        for a in sites:
+            cells = ("-" if a == b else f"{self.rtt[frozenset({a, b})]:g}" for b in sites)
+            lines.append(a.ljust(width) + "".join(cell.rjust(7) for cell in cells))
+        return "\n".join(lines)
+
+
+def random_topology(rng: random.Random, *, regions: int | None = None) -> Topology:
+    """A topology of ``regions`` (default 5 to 8) regions drawn with ``rng``.
+
+    Regions are points on a plane; a pair's RTT is their distance, stretched on some pairs (a
+    backbone that takes the long way round) and clamped to MIN_RTT_MS..MAX_RTT_MS. The RTTs are
+    therefore roughly metric, and a detour is sometimes better than the direct path. Two or
+    three regions are ingresses, one other the egress; at least two are left as transits.
+    """
+    count = regions if regions is not None else rng.randint(5, 8)
+    if not 4 <= count <= len(REGION_POOL):
+        raise ValueError(f"a random topology has 4 to {len(REGION_POOL)} regions, not {count}")
+    chosen = rng.sample(REGION_POOL, count)
+    where = {site: (rng.uniform(0, 110), rng.uniform(0, 60)) for site, _ in chosen}
+    rtt: dict[frozenset[str], float] = {}
+    for (a, _), (b, _) in itertools.combinations(chosen, 2):
+        stretch = rng.uniform(1.3, 1.8) if rng.random() < 0.25 else rng.uniform(1.0, 1.1)
+        ms = math.dist(where[a], where[b]) * stretch
+        rtt[frozenset({a, b})] = round(min(MAX_RTT_MS, max(MIN_RTT_MS, ms)), 1)
+    sites = [site for site, _ in chosen]
+    ingresses = 2 if count < 7 else rng.choice((2, 3))
+    return Topology(tuple(chosen), rtt, tuple(sites[:ingresses]), sites[ingresses])
+
+
 SIP_PORT = 5060
 GRPC_PORT = 7000
 MEDIA_OVERLAY_PORT = 7100  # the relays' overlay socket
@@ -54,6 +159,10 @@ class LabNode:
         return f"{self.host}:{GRPC_PORT}"
 
 
+#: The four reference regions: calls enter in us-west-2 and leave in us-east-1.
+REFERENCE = Topology(REGIONS, RTT_MS, ("usw2",), "use1")
+
+
 def site_node_ids(site: str, azs: int = 1) -> list[str]:
     """The node ids of one region (``site``: its short name) in a lab of ``azs`` AZs."""
     if azs == 1:
@@ -61,28 +170,23 @@ def site_node_ids(site: str, azs: int = 1) -> list[str]:
     return [f"{site}-{letter}" for letter in AZ_LETTERS[:azs]]
 
 
-def lab_node_ids(azs: int = 1) -> list[str]:
-    """Every node id of the reference topology with ``azs`` (1 or 2) AZs per region."""
+def lab_node_ids(azs: int = 1, topology: Topology = REFERENCE) -> list[str]:
+    """Every node id of ``topology`` with ``azs`` (1 or 2) AZs per region."""
     if azs not in (1, 2):
         raise ValueError(f"a lab has 1 or 2 AZs per region, not {azs}")
-    return [node_id for site, _ in REGIONS for node_id in site_node_ids(site, azs)]
+    return [node_id for site in topology.sites() for node_id in site_node_ids(site, azs)]
 
 
-def lab_nodes(hosts: dict[str, str], *, azs: int = 1) -> list[LabNode]:
-    """The reference nodes placed on ``hosts`` (node id -> loopback address)."""
+def lab_nodes(
+    hosts: Mapping[str, str], *, azs: int = 1, topology: Topology = REFERENCE
+) -> list[LabNode]:
+    """The nodes of ``topology`` placed on ``hosts`` (node id -> loopback address)."""
     nodes = []
-    for site, region in REGIONS:
+    for site, region in topology.regions:
         for node_id in site_node_ids(site, azs):
             az = "" if azs == 1 else region + node_id.rpartition("-")[2]
             nodes.append(LabNode(node_id, region, hosts[node_id], site, az))
     return nodes
-
-
-def rtt_ms(a: LabNode, b: LabNode) -> float:
-    """The emulated round-trip time between two lab nodes."""
-    if a.region == b.region:
-        return INTER_AZ_RTT_MS
-    return RTT_MS[frozenset({a.site, b.site})]
 
 
 def node_config(
@@ -91,13 +195,17 @@ def node_config(
     *,
     egress: Sequence[str],
     target: str,
+    topology: Topology = REFERENCE,
+    routes: Sequence[tuple[str, str]] = (),
     probe_interval: float = 0.1,
     inactivity_timeout: float = 60.0,
     grpc_tls: Sequence[str] = ("insecure = true",),
     extra: str = "",
 ) -> str:
-    """TOML for one lab node: full mesh of ``nodes``, every call to ``target`` via one of the
-    ``egress`` nodes; ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``)."""
+    """TOML for one lab node: full mesh of ``nodes`` (latencies from ``topology``), every call
+    to ``target`` via one of the ``egress`` nodes, except those whose Request-URI user starts
+    with the prefix of one of ``routes`` (``(user prefix, target)``), which go to that target;
+    ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``)."""
     lines = [
         "[node]",
         f'node_id = "{node.node_id}"',
@@ -125,7 +233,7 @@ def node_config(
     for peer in nodes:
         if peer.node_id == node.node_id:
             continue
-        rtt = rtt_ms(node, peer)
+        rtt = topology.rtt_ms(node, peer)
         lines += [
             "[[peers]]",
             f'node_id = "{peer.node_id}"',
@@ -138,5 +246,8 @@ def node_config(
             "",
         ]
     egress_list = ", ".join(f'"{node_id}"' for node_id in egress)
+    for prefix, routed in routes:
+        lines += ["[[dialplan]]", f'user_prefix = "{prefix}"', f'target = "{routed}"']
+        lines += [f"egress = [{egress_list}]", ""]
     lines += ["[[dialplan]]", f'target = "{target}"', f"egress = [{egress_list}]", "", extra]
     return "\n".join(lines)
