@@ -743,6 +743,12 @@ async def run_scenario(
                 )
             )
     for call in broken:
+        answered = callee.calls.get(call.call_id)
+        heard = "the RTP callee never got the INVITE"
+        if answered is not None:
+            acked, ended = answered.acked.is_set(), answered.ended.is_set()
+            heard = f"the RTP callee answered it, got {'an' if acked else 'no'} ACK"
+            heard += f" and {'a' if ended else 'no'} BYE"
         own = SippCall(
             call.call_id,
             notes=[(call.started, "RTP call placed"), (call.ended, call.broken(gap_limit_s))],
@@ -752,7 +758,7 @@ async def run_scenario(
                 call.call_id,
                 call.ingress,
                 own,
-                None,
+                SippCall(call.call_id, notes=[(call.started, heard)]),
                 result,
                 events,
                 records[call.call_id],
@@ -910,7 +916,10 @@ async def _rtp_call(
     except (RuntimeError, trio.TooSlowError) as error:
         raise RuntimeError(f"INVITE: {str(error) or 'no final answer within 10 s'}") from None
     assert caller.answer_media is not None
-    offer = await callee.peer_media(caller.call_id)
+    try:
+        offer = await callee.peer_media(caller.call_id)
+    except trio.TooSlowError:
+        raise RuntimeError("answered, but the callee got no ACK within 5 s") from None
     far = endpoints[callee.calls[caller.call_id].media]
     rtp.received, far.received = Received(), Received()
     start = trio.current_time()

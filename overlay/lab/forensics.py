@@ -311,14 +311,16 @@ def explain_call(
             for e in events
             if lo <= event_wall(e) <= hi and _context(e, egress)
         ]
-        context += [
-            (line.at, f"{line.node} log {line.level}: {line.text}")
-            for line in logs
-            if line.at is not None
-            and lo <= line.at <= hi
-            and line.level in ("warning", "error")
-            and not names.search(line.text)
-        ]
+        context += _warnings(
+            [
+                line
+                for line in logs
+                if line.at is not None
+                and lo <= line.at <= hi
+                and line.level in ("warning", "error")
+                and not names.search(line.text)
+            ]
+        )
         context.sort()
         timeline += [item for item in context if item[0] < start][-CONTEXT_BEFORE:]
         timeline += [item for item in context if item[0] >= start]
@@ -336,6 +338,20 @@ def explain_call(
         evidence.append("node logs: no line names this Call-ID")
     cause = _cause(caller, callee, failed_by)
     return CallExplanation(call_id, ingress, cause, evidence, start)
+
+
+def _warnings(lines: Sequence[LogLine]) -> list[tuple[float, str]]:
+    """Each node's warnings of one kind (the event phrase) as one line: the first, with how
+    many more followed (a stalled node warns every few hundred milliseconds)."""
+    kinds: dict[tuple[str, str], list[LogLine]] = {}
+    for line in lines:
+        kinds.setdefault((line.node, line.text.split("=", 1)[0].rsplit(" ", 1)[0]), []).append(line)
+    out = []
+    for (node, _), same in kinds.items():
+        first, last = same[0], same[-1]
+        more = f" (and {len(same) - 1} more until {clock(last.at or 0.0)})" if len(same) > 1 else ""
+        out.append((first.at or 0.0, f"{node} log {first.level}: {first.text}{more}"))
+    return out
 
 
 def _context(event: control_pb2.Event, egress: str) -> bool:
@@ -391,7 +407,8 @@ def _callee_view(callee: SippCall | None) -> str:
     """What the callee got: nothing, or each request with what differed between copies."""
     received = [] if callee is None else [m for m in callee.messages if not m.sent]
     if not received:
-        return "the callee never got it"
+        said = [note for _, note in callee.notes] if callee else []
+        return "; ".join(said) or "the callee never got it"
     by_method: dict[str, list[SipMessage]] = {}
     for message in received:
         if not message.first_line.startswith("SIP/2.0"):
