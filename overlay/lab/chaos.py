@@ -29,7 +29,7 @@ While it runs, every node's Control ``WatchEvents`` is recorded and every node's
 read before each action (so a killed node's last counters are known). At the end, each failed
 call (SIPp's, and every RTP call that failed, lost its audio for longer than ``gap_limit_s`` or
 delivered less than ``MIN_DELIVERY`` of it) is explained by ``overlay.lab.forensics`` from the
-two SIPps' traces, the nodes' events, their call books (``GetCall``) and their logs, and the
+two SIPps' traces, the nodes' events, their call books (``ListCalls``) and their logs, and the
 verdict line gives the seed, the duration, the calls attempted, succeeded and failed per
 ingress, and the failed Call-IDs.
 """
@@ -719,7 +719,10 @@ async def run_scenario(
         wanted = [cid for calls in failed_sipp.values() for cid in calls] + [
             c.call_id for c in broken
         ]
-        records = {cid: await _records(lab, cid) for cid in wanted}
+        books = await _call_books(lab)
+        records = {
+            cid: {n: book[cid] for n, book in books.items() if cid in book} for cid in wanted
+        }
         nursery.cancel_scope.cancel()
     # The lab is down: its logs are complete.
     logs = [
@@ -836,19 +839,19 @@ async def _watch(
             return  # the node died: its restart gets a watcher of its own
 
 
-async def _records(lab: Lab, call_id: str) -> dict[str, control_pb2.Call]:
-    """Every live node's ``GetCall`` answer for ``call_id`` (the nodes that know it)."""
-    records = {}
+async def _call_books(lab: Lab) -> dict[str, dict[str, control_pb2.Call]]:
+    """Every live node's call book (``ListCalls``, ended calls included, the newest 1000), by
+    node and Call-ID: one call per node, however many calls failed."""
+    books = {}
     for node in lab.live():
+        request = control_pb2.ListCallsRequest(include_ended=True)
         try:
-            response = await lab.control(
-                node, "GetCall", control_pb2.GetCallRequest(call_id=call_id)
-            )
+            response = await lab.control(node, "ListCalls", request)
         except RpcError:
             continue
-        assert isinstance(response, control_pb2.GetCallResponse)
-        records[node] = response.call
-    return records
+        assert isinstance(response, control_pb2.ListCallsResponse)
+        books[node] = {call.call_id: call for call in response.calls}
+    return books
 
 
 async def _sipp_load(

@@ -10,7 +10,7 @@ witnesses, merged on the wall clock (every process on the machine shares it):
   included: a request that reached the callee twice, or with another Max-Forwards, shows here.
 * **The nodes' events** (Control ``WatchEvents``, recorded during the run): ``CALL_FAILED`` names
   the node that failed a call and the status; link and route changes give the context.
-* **The nodes' call book** (Control ``GetCall``) at the end: each edge's view of the call.
+* **The nodes' call books** (Control ``ListCalls``) at the end: each edge's view of the call.
 * **The nodes' logs** (JSON lines): every line naming the Call-ID, and the warnings of the
   call's lifetime.
 
@@ -276,7 +276,7 @@ def explain_call(
     Args:
         caller, callee: the two SIPps' views (None: that SIPp has nothing on it).
         events: every node's events of the run.
-        records: each node's ``GetCall`` answer for it, by node.
+        records: each node's call-book record of it (Control ``ListCalls``), by node.
         logs: every node's log lines.
         schedule: (wall time, description) of each fault action executed.
         egress: the egress node, whose route changes are context for every call.
@@ -331,9 +331,9 @@ def explain_call(
         evidence.append(f"fault in force at its start: {in_force[-1] if in_force else 'none'}")
     evidence += [f"{clock(at)} {what}" for at, what in timeline]
     for node, record in sorted(records.items()):
-        evidence.append(f"GetCall {node}: {_record(record)}")
+        evidence.append(f"call book of {node}: {_record(record)}")
     if not records:
-        evidence.append("GetCall: no node knows the call (any more)")
+        evidence.append("call books: no node knows the call (any more)")
     if not own_lines:
         evidence.append("node logs: no line names this Call-ID")
     cause = _cause(caller, callee, failed_by)
