@@ -67,6 +67,7 @@ from overlay.linkstate import (
     FloodConfig,
     Flooder,
     LinkMonitor,
+    LinkState,
     Lsa,
     LsaAck,
     ProbeAnswer,
@@ -247,11 +248,15 @@ class Mesh:
 
     def _link_changed(self, monitor: LinkMonitor, now: float) -> None:
         metrics = monitor.metrics(now)
-        log.info(
+        # A link going down reroutes calls and starts a hold-down: the NOC must see it at
+        # WARNING, with how long the neighbour had been silent.
+        emit = log.warning if monitor.state is LinkState.DOWN else log.info
+        emit(
             "link " + monitor.state.value.lower(),
             neighbor=monitor.neighbor,
             rtt_ms=metrics.rtt_ms,
             loss_ratio=metrics.loss_ratio,
+            silent_ms=monitor.silent_ms(now),
         )
         if self._events is not None:
             self._events(LinkChanged(monitor.neighbor, metrics.up, metrics))

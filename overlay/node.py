@@ -77,6 +77,7 @@ from overlay.sip import (
     overlay_route,
 )
 from overlay.sip_tls import load_sip_tls
+from overlay.stall import StallWatchdog
 from overlay.telemetry import Telemetry
 from overlay.transport import (
     BoundSocket,
@@ -139,12 +140,15 @@ class Node:
             backlog=None if self.security is None else self.security.guard.backlog,
             tls=sip_tls,
             admit_connection=None if self.security is None else self._admit_connection,
+            # Link probes never wait behind SIP work: a busy node must not partition itself.
+            urgent=_is_probe if config.peers else None,
         )
         self._core: ProxyCore | None = None
         self.mesh: Mesh | None = None
         self.media: MediaPlane | None = None  # made in serve(): it binds the relay's socket
         self.control: ControlPlane | None = None  # made with the mesh's gRPC bridge
         self.telemetry = Telemetry(self, self._worker)
+        self.stalls = StallWatchdog()
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._sleeping_until = math.inf
@@ -192,6 +196,7 @@ class Node:
                 self._edge_hook(),
                 admission=None if self.security is None else self.security.guard,
             )
+            await nursery.start(self.stalls.run)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
             if self.security is not None:
@@ -315,6 +320,7 @@ class Node:
         if self.mesh is not None:
             counters.update(self.mesh.counters())
         counters.update(self.telemetry.counters())
+        counters.update(self.stalls.counters())
         if self.security is not None:
             counters.update(self.security.guard.counters())
         if self.control is not None:
@@ -534,6 +540,11 @@ class _MeshRoutes(OverlayRoutes):
     def path_avoiding(self, node_id: str, avoid: Collection[str]) -> tuple[str, ...] | None:
         mesh = self._node.mesh
         return None if mesh is None else mesh.path_avoiding(node_id, avoid)
+
+
+def _is_probe(data: bytes) -> bool:
+    """Whether a datagram may be a link probe or its answer (``Mesh.handle_probe`` decides)."""
+    return PROBE_MARK in data
 
 
 def _log_anomaly(event: OverlayAnomaly) -> None:

@@ -9,6 +9,9 @@ import trio
 
 from overlay.linkstate import LinkMetrics, LinkState, LinkStatistics
 
+#: Fast probes and a 1 s detection time.
+FAST_PROBES = "probe_interval = 0.05\nprobe_multiplier = 20"
+
 
 def mesh_config(
     node_id: str,
@@ -19,9 +22,10 @@ def mesh_config(
     region: str,
     media: bool = False,
     extra: str = "",
+    linkstate: str = FAST_PROBES,
 ) -> str:
-    """A node on ``host`` (SIP 5060, gRPC 7000, fast probes, 1 s detection) whose one peer is
-    on ``peer_host``, with a media relay (overlay port 7100) when ``media``; ``extra`` is
+    """A node on ``host`` (SIP 5060, gRPC 7000, ``linkstate`` timers) whose one peer is on
+    ``peer_host``, with a media relay (overlay port 7100) when ``media``; ``extra`` is
     appended (more sections)."""
     relay = ""
     if media:
@@ -42,8 +46,7 @@ listen = "{host}:7000"
 insecure = true
 
 [linkstate]
-probe_interval = 0.05
-probe_multiplier = 20         # down after 1 s of silence: a busy test machine stalls for less
+{linkstate}
 
 [[peers]]
 node_id = "{peer_id}"

@@ -310,6 +310,10 @@ class LinkMonitor:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def silent_ms(self, now: float) -> float | None:
+        """How long nothing has been heard from the peer (stalls excused), or ``None``."""
+        return None if self._last_heard is None else round((now - self._last_heard) * 1e3, 1)
+
     def metrics(self, now: float) -> LinkMetrics:
         """What this node advertises about the link in its LSA."""
         signalling = self._signalling.statistics()

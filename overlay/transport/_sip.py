@@ -3,7 +3,12 @@
 One task per socket. The UDP task waits until its socket is readable and then drains it with
 non-blocking ``recvfrom`` calls before awaiting again, so a burst costs one wake-up. Each message
 goes to the ``deliver(data, peer)`` callback synchronously: the sans-IO core runs on the receive
-task and its output is sent before the next datagram is read. Sending is synchronous too
+task and its output is sent before the next datagram is read. Datagrams the shell marks
+``urgent`` (an overlay node's link probes) must not wait behind SIP work: the task then reads
+ahead of the messages it delivers (up to ``READ_AHEAD`` datagrams), delivering urgent ones as
+soon as they are read and the others in order, a batch per turn. A probe therefore waits for one
+batch at most, not for the whole queue of a node past its capacity, and an overloaded node does
+not take its own slowness for its neighbours' death. Sending is synchronous too
 (``send``): UDP writes go straight to the non-blocking socket; TCP writes go into the
 connection's bounded queue, drained by its writer task.
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 import errno
 import functools
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +60,9 @@ TRANSIENT_ERRNOS = frozenset(
 )
 UDP_RECEIVE_SIZE = 65535
 UDP_BATCH = 64
+#: Datagrams read but not yet delivered, with an ``urgent`` predicate (module notes): about the
+#: kernel buffer's worth of SIP messages.
+READ_AHEAD = 4096
 SOCKET_BUFFER = 4 * 1024 * 1024
 TCP_QUEUE_SIZE = 1024
 #: Names the shell asked TLS connections to be checked against, one per (host, port): bounded,
@@ -200,6 +208,8 @@ class SipTransport:
             reached (a transport error) and binding a ``tls`` listener is an error.
         admit_connection: asked with the remote host of every accepted TCP or TLS connection;
             ``False`` closes it at once (edge security: a blocked source costs no handshake).
+        urgent: which UDP datagrams are delivered as soon as they are read, ahead of those
+            read before them (module notes).
     """
 
     def __init__(
@@ -215,8 +225,10 @@ class SipTransport:
         backlog: Callable[[float | None], None] | None = None,
         tls: TlsContexts | None = None,
         admit_connection: Callable[[str], bool] | None = None,
+        urgent: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._deliver = deliver
+        self._urgent = urgent
         self._tls = tls
         self._admit_connection = admit_connection
         self._server_names: OrderedDict[tuple[str, int], str] = OrderedDict()
@@ -345,15 +357,20 @@ class SipTransport:
         recvfrom = sock.recvfrom
         steering = self._steering
         backlog = self._backlog
+        urgent = self._urgent
+        read_ahead = UDP_BATCH if urgent is None else READ_AHEAD
+        pending: deque[tuple[bytes, Peer]] = deque()  # read, not yet delivered
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            # A bounded batch per wake-up: a flood on one socket must not starve the timers.
-            for _ in range(UDP_BATCH):
+            if pending:
+                await trio.lowlevel.checkpoint()  # timers and other sockets between batches
+            else:
+                await trio.lowlevel.wait_readable(sock)
+            drained = False
+            while len(pending) < read_ahead:
                 try:
                     data, address = recvfrom(UDP_RECEIVE_SIZE)
                 except BlockingIOError:
-                    if backlog is not None:
-                        backlog.caught_up(sock)
+                    drained = True
                     break
                 except OSError as exc:
                     if exc.errno not in TRANSIENT_ERRNOS:
@@ -363,9 +380,18 @@ class SipTransport:
                 if steering is not None and (owner := steering.owner(data)) != steering.index:
                     self._hand_over(steering.outbound[owner], data, address)
                     continue
-                deliver(data, Peer("udp", address[0], address[1]))
-            else:
-                if backlog is not None:
+                peer = Peer("udp", address[0], address[1])
+                if urgent is not None and urgent(data):
+                    deliver(data, peer)
+                else:
+                    pending.append((data, peer))
+            # A bounded batch per turn: a flood on one socket must not starve the timers.
+            for _ in range(min(UDP_BATCH, len(pending))):
+                deliver(*pending.popleft())
+            if backlog is not None:
+                if drained and not pending:
+                    backlog.caught_up(sock)
+                else:
                     backlog.behind(sock)
 
     def _hand_over(self, pipe: socket.socket, data: bytes, address: tuple[str, int]) -> None:

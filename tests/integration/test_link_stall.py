@@ -19,6 +19,8 @@ from overlay.linkstate import LinkState
 from overlay.node import Node
 from tests.mesh_helpers import mesh_config, wait_for
 
+pytestmark = pytest.mark.integration
+
 STALL_S = 1.5  # the detection time of mesh_config is 1 s
 
 
