@@ -14,6 +14,7 @@ a counter added to the node shows up at once; give it a family here and in docs/
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import trio
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
     UnknownMetricFamily,
@@ -30,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from overlay.linkstate import LinkState
+from overlay.stall import StallStatistics
 
 if TYPE_CHECKING:
     from overlay.mesh import Mesh
@@ -45,6 +48,7 @@ class CounterFamily:
     kind: Literal["counter", "gauge"]
     help: str
     pattern: re.Pattern[str]
+    scale: float = 1.0  # from the counter's unit to the family's base unit (1e-6: us to s)
 
     def empty(self) -> CounterMetricFamily | GaugeMetricFamily:
         labels = list(self.pattern.groupindex)
@@ -57,8 +61,8 @@ def _counter(name: str, pattern: str, help_text: str) -> CounterFamily:
     return CounterFamily(name, "counter", help_text, re.compile(pattern))
 
 
-def _gauge(name: str, pattern: str, help_text: str) -> CounterFamily:
-    return CounterFamily(name, "gauge", help_text, re.compile(pattern))
+def _gauge(name: str, pattern: str, help_text: str, *, scale: float = 1.0) -> CounterFamily:
+    return CounterFamily(name, "gauge", help_text, re.compile(pattern), scale)
 
 
 #: Dotted counter name -> family, first match wins (docs/metrics.md lists the same).
@@ -191,6 +195,24 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         r"overlay\.stalls_excused",
         "Stalls of this node's event loop long enough to delay link detection; the silence of "
         "the neighbours meanwhile was not held against them",
+    ),
+    _counter(
+        "overlay_loop_stalls",
+        r"loop\.stalls",
+        "Times this node's event loop ran 50 ms or more late (each logged with the collector "
+        "pass that ran meanwhile, if any)",
+    ),
+    _gauge(
+        "overlay_loop_stall_max_seconds",
+        r"loop\.longest_stall_us",
+        "The longest time this node's event loop ran late since the node started",
+        scale=1e-6,
+    ),
+    _gauge(
+        "overlay_gc_pass_max_seconds",
+        r"gc\.longest_pass_us\.(?P<generation>\d)",
+        "The longest garbage-collector pass since the node started, by generation",
+        scale=1e-6,
     ),
     _counter(
         "overlay_bad_messages",
@@ -388,7 +410,7 @@ def counter_families(counters: Mapping[str, int]) -> list[Metric]:
         for family in COUNTER_FAMILIES:
             match = family.pattern.fullmatch(name)
             if match is not None:
-                families[family.name].add_metric(list(match.groups()), value)
+                families[family.name].add_metric(list(match.groups()), value * family.scale)
                 break
         else:
             other.add_metric([name], value)
@@ -412,6 +434,7 @@ class NodeCollector(Collector):
         info.add_metric([], {**labels, "worker": str(self._worker)})
         yield info
         yield from counter_families(self._node.counters())
+        yield stall_histogram(self._node.stalls.statistics())
         now = trio.current_time()
         calls = self._node.calls
         if calls is not None:
@@ -426,6 +449,20 @@ class NodeCollector(Collector):
             yield from _link_families(mesh, now)
             yield from _route_families(mesh)
             yield from _flood_families(mesh)
+
+
+def stall_histogram(stats: StallStatistics) -> HistogramMetricFamily:
+    """How late the event loop woke a task sleeping 10 ms, each tick (overlay.stall)."""
+    return HistogramMetricFamily(
+        "overlay_loop_stall_seconds",
+        "How late this node's event loop ran a task sleeping 10 ms, measured every time",
+        buckets=[(_bound(bound), count) for bound, count in stats.buckets],
+        sum_value=stats.late_sum,
+    )
+
+
+def _bound(seconds: float) -> str:
+    return "+Inf" if seconds == math.inf else repr(seconds)
 
 
 def _link_families(mesh: Mesh, now: float) -> Iterator[Metric]:

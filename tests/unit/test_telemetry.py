@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from overlay.linkstate import LinkState
+from overlay.stall import StallWatchdog
 from overlay.telemetry import (
     COUNTER_FAMILIES,
     NAMESPACE,
@@ -25,6 +26,7 @@ from overlay.telemetry import (
     encoded_size,
     link_values,
 )
+from overlay.telemetry._collector import stall_histogram
 from tests.mesh_helpers import link_statistics
 
 # -- dotted counters -> families -----------------------------------------------------------------
@@ -69,6 +71,7 @@ MAPPED = [
     ("security.blocked_sources", "overlay_security_blocked_sources", {}),
     ("security.lifted", "overlay_security_lifts_total", {}),
     ("security.overload.shed", "overlay_security_overload_shed_total", {}),
+    ("loop.stalls", "overlay_loop_stalls_total", {}),
     ("something.new", "overlay_counter", {"name": "something.new"}),
 ]
 
@@ -106,6 +109,31 @@ def test_one_scrape_holds_every_counter_once() -> None:
     assert len(samples) == len(MAPPED)
     for index, (_, name, labels) in enumerate(MAPPED):
         assert samples[name, frozenset(labels.items())] == index
+
+
+def test_microsecond_counters_become_seconds() -> None:
+    assert exposed({"loop.longest_stall_us": 120_000, "gc.longest_pass_us.1": 2_500}) == {
+        ("overlay_loop_stall_max_seconds", frozenset()): 0.12,
+        ("overlay_gc_pass_max_seconds", frozenset({("generation", "1")})): 0.0025,
+    }
+
+
+def test_loop_stall_histogram() -> None:
+    watchdog = StallWatchdog()
+    for late in (0.0004, 0.002, 0.3):
+        watchdog.observe(late)
+    registry = CollectorRegistry()
+    registry.register(Fixed([stall_histogram(watchdog.statistics())]))
+    [family] = text_string_to_metric_families(generate_latest(registry).decode())
+    assert family.name == "overlay_loop_stall_seconds"
+    assert family.type == "histogram"
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples["overlay_loop_stall_seconds_bucket", "0.001"] == 1
+    assert samples["overlay_loop_stall_seconds_bucket", "0.005"] == 2
+    assert samples["overlay_loop_stall_seconds_bucket", "0.25"] == 2
+    assert samples["overlay_loop_stall_seconds_bucket", "+Inf"] == 3
+    assert samples["overlay_loop_stall_seconds_count", None] == 3
+    assert samples["overlay_loop_stall_seconds_sum", None] == pytest.approx(0.3024)
 
 
 def test_families_without_samples_are_left_out() -> None:
