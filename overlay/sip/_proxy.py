@@ -1061,13 +1061,19 @@ class ProxyCore:
             return self._overlay_peers[destination]  # no route: the shell counts it
         avoid = {*crossed, node_id}
         if avoid.isdisjoint(best[1:]):
-            return NextHop(*self._overlay_peers[best[1]])
+            return self._neighbour(best[1], destination)
         path = routes.path_avoiding(destination, avoid)
         if path is None:
             self._anomaly("dropped", message, call_id, destination, crossed)
             return None
         self._anomaly("avoided", message, call_id, destination, crossed)
-        return NextHop(*self._overlay_peers[path[1]])
+        return self._neighbour(path[1], destination)
+
+    def _neighbour(self, hop: str, destination: str) -> Peer:
+        """``hop`` as a ``NextHop``; a node the link state knows but the configuration does
+        not (a peer added elsewhere first) is left to the shell, by the destination's address."""
+        address = self._overlay_peers.get(hop)
+        return self._overlay_peers[destination] if address is None else NextHop(*address)
 
     def _anomaly(
         self, kind: str, message: str, call_id: str, destination: str, crossed: tuple[str, ...]
