@@ -377,9 +377,17 @@ class Node:
         return Target(target.domain, None, target.transport, target.scheme, request_uri)
 
     def _refuse(self, request: Request, refusal: Refusal) -> Refusal:
-        """A refused new call is a failed call for the NOC (its INVITE never left)."""
+        """A refused new call is a failed call for the NOC (its INVITE never left); one the
+        operator did not ask for (no route, every egress draining) is a warning."""
         if request.method == "INVITE" and request.to_tag is None:
             self.events.publish(CallFailed(request.call_id, "", refusal.status, refusal.reason))
+            emit = log.info if refusal.reason == "Draining" else log.warning
+            emit(
+                "call refused",
+                call_id=request.call_id,
+                status=refusal.status,
+                reason=refusal.reason,
+            )
         return refusal
 
     def _edge_hook(self) -> MediaHook | None:
