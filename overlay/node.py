@@ -196,7 +196,6 @@ class Node:
                 self._edge_hook(),
                 admission=None if self.security is None else self.security.guard,
             )
-            await nursery.start(self.stalls.run)
             nursery.start_soon(self._timer_loop)
             nursery.start_soon(self._log_statistics)
             if self.security is not None:
@@ -206,6 +205,8 @@ class Node:
             if self.config.peers:
                 await nursery.start(self._run_mesh, self._core)
             await nursery.start(self.telemetry.run)
+            # Started last: the imports and set-up above are no stall of a serving node.
+            await nursery.start(self.stalls.run)
             log.info(
                 "node started",
                 node_id=self.config.node.node_id,
