@@ -74,6 +74,7 @@ from overlay.sip import (
     TelUri,
     TimerConfig,
     TransactionStatistics,
+    call_id_untrusted,
     overlay_route,
 )
 from overlay.sip_tls import load_sip_tls
@@ -455,6 +456,7 @@ class Node:
                 if mesh is not None:
                     hop = mesh.forward_address(peer)
                     if hop is None:
+                        _log_unroutable(data, peer)
                         continue
                     peer = hop
                 send(data, peer)
@@ -554,6 +556,24 @@ class _MeshRoutes(OverlayRoutes):
 def _is_probe(data: bytes) -> bool:
     """Whether a datagram may be a link probe or its answer (``Mesh.handle_probe`` decides)."""
     return PROBE_MARK in data
+
+
+def _log_unroutable(data: bytes, peer: Peer) -> None:
+    """A message for a node this one has no route to is dropped (its sender's timers retry):
+    a warning naming the call, so that a failed call can be traced to here."""
+    call_id = call_id_untrusted(data)
+    log.warning(
+        "no route: message dropped",
+        call_id=None if call_id is None else call_id.decode(errors="replace"),
+        message=_method_or_status(data),
+        host=peer.host,
+        port=peer.port,
+    )
+
+
+def _method_or_status(data: bytes) -> str:
+    first, _, rest = data[:64].partition(b" ")
+    return (rest[:3] if first.startswith(b"SIP/") else first).decode(errors="replace")
 
 
 def _log_anomaly(event: OverlayAnomaly) -> None:
