@@ -229,10 +229,11 @@ class Mesh:
         if answer.sender != self.node_id or monitor is None or expected != source:
             self.bad_messages += 1
             return
-        change = monitor.probe_answered(answer.seq, now)
-        if change is not None:
+        # An answer that changes no state only moves deadlines later: the timer, which wakes
+        # every probe interval anyway, needs no re-arming (this runs for every answer).
+        if monitor.probe_answered(answer.seq, now) is not None:
             self._link_changed(monitor, now)
-        self._after_input(now)
+            self._after_input(now)
 
     def _send_probes(self, now: float) -> None:
         echo = self._echo
