@@ -168,6 +168,7 @@ class Mesh:
             self.flooder.lsdb.snapshot(), self.node_id, self.policy, None, now
         )
         self._routes_due: float | None = None
+        self._routes_changed = trio.Event()  # set, and replaced, with every new route table
         self._lsdb_version = self.flooder.lsdb.version
         self._next_probe = now
         self._client_streams: dict[str, BridgedStream] = {}
@@ -338,6 +339,13 @@ class Mesh:
 
     def reachable(self, node_id: str) -> bool:
         return node_id in self.routes.paths
+
+    async def wait_reachable(self, node_id: str, *, until: float) -> bool:
+        """Wait until there is a route to ``node_id`` (``True``) or ``until`` passes."""
+        with trio.move_on_at(until):
+            while not self.reachable(node_id):
+                await self._routes_changed.wait()
+        return self.reachable(node_id)
 
     def draining(self, node_id: str) -> bool:
         """Whether ``node_id`` advertises that it is draining (takes no new calls)."""
@@ -532,6 +540,8 @@ class Mesh:
         )
         before = self.routes.next_hops()
         self.routes = table
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
         moved = [
             self._peer_sip[destination]
             for destination, hop in table.next_hops().items()

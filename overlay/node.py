@@ -366,6 +366,9 @@ class Node:
             if egress is None:
                 if mesh is not None and any(mesh.reachable(n) for n in match.rule.egress):
                     return self._refuse(request, Refusal(503, "Egress Draining"))
+                waiting = self._awaiting_route(match.rule.egress, request, new_call=new_call)
+                if waiting is not None:
+                    return waiting
                 return self._refuse(request, Refusal(503, "No Route to Egress"))
             if egress != self.config.node.node_id:
                 return self._toward_egress(egress)
@@ -405,6 +408,25 @@ class Node:
             on_failed=self.events.publish,
         )
         return self.calls
+
+    def _awaiting_route(
+        self, candidates: tuple[str, ...], request: Request, *, new_call: bool
+    ) -> Target | None:
+        """With every egress unreachable, the call waits up to ``linkstate.route_wait`` for a
+        route to the one it would take (``_await_route``): a peer's pause or a link in
+        hold-down then costs set-up time instead of the call. ``None``: refuse at once."""
+        mesh = self.mesh
+        if mesh is None or not self.config.linkstate.route_wait:
+            return None
+        egress = choose_egress(
+            candidates,
+            request.call_id,
+            self.config.node.node_id,
+            lambda node_id: not (new_call and mesh.draining(node_id)),
+        )
+        if egress is None:
+            return None
+        return dataclasses.replace(self._toward_egress(egress), await_route=egress)
 
     def _toward_egress(self, egress: str) -> Target:
         """An overlay call: to the egress node, which applies the dialplan's target itself."""
@@ -476,6 +498,9 @@ class Node:
         core = self._core
         assert core is not None
         target = event.target
+        if target.await_route is not None:
+            await self._await_route(event, target.await_route)
+            return
         try:
             resolved = await self._resolver.resolve(
                 (target.scheme, target.host, target.port, target.transport)
@@ -494,6 +519,29 @@ class Node:
                 if peer.transport == "tls" and peer.host != target.host:
                     self._transport.verify_as(peer, target.host)
             core.resolved(event.token, peers, trio.current_time())
+        self._flush()
+
+    async def _await_route(self, event: ResolveTarget, egress: str) -> None:
+        """Hold a request for ``egress`` until the mesh has a route to it, or refuse it."""
+        core, mesh = self._core, self.mesh
+        assert core is not None
+        assert mesh is not None
+        waited = self.config.linkstate.route_wait
+        log.info("no route to egress: call waits", call_id=event.call_id, egress=egress)
+        if await mesh.wait_reachable(egress, until=trio.current_time() + waited):
+            target = event.target
+            peer = Peer(target.transport or "udp", target.host, target.port or 5060)
+            core.resolved(event.token, [peer], trio.current_time())
+        else:
+            refusal = Refusal(503, "No Route to Egress")
+            log.warning(
+                "call refused",
+                call_id=event.call_id,
+                status=503,
+                reason=refusal.reason,
+                waited_s=waited,
+            )
+            core.resolution_failed(event.token, "no route", trio.current_time(), refusal=refusal)
         self._flush()
 
     async def _timer_loop(self) -> None:

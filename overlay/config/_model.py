@@ -169,6 +169,9 @@ class LinkstateSection:
     max_age: float = 40.0
     retransmit_interval: float = 1.0
     route_debounce: float = 0.02
+    #: How long a new call whose egress nodes are all unreachable waits for a route before
+    #: 503: a blip (a peer's pause, a link in hold-down) costs set-up time, not the call.
+    route_wait: float = 2.5
 
 
 @dataclass(frozen=True)

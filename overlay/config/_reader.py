@@ -211,6 +211,13 @@ def seconds(value: object, path: KeyPath) -> float:
     return float(value)
 
 
+def seconds_or_off(value: object, path: KeyPath) -> float:
+    """A duration in seconds, or 0 for "off"."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return seconds(value, path)
+
+
 def milliseconds(value: object, path: KeyPath) -> float:
     """A finite number of milliseconds >= 0 (an integer is taken as a float)."""
     if not isinstance(value, int | float) or isinstance(value, bool):

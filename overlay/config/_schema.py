@@ -48,6 +48,7 @@ from ._reader import (
     milliseconds,
     parse_toml,
     seconds,
+    seconds_or_off,
     string,
 )
 from ._security import security
@@ -331,6 +332,7 @@ def _linkstate(value: object, path: Path) -> LinkstateSection:
             "max_age",
             "retransmit_interval",
             "route_debounce",
+            "route_wait",
         ),
     )
     d = LinkstateSection()
@@ -343,6 +345,7 @@ def _linkstate(value: object, path: Path) -> LinkstateSection:
         max_age=table.get("max_age", seconds, d.max_age),
         retransmit_interval=table.get("retransmit_interval", seconds, d.retransmit_interval),
         route_debounce=table.get("route_debounce", seconds, d.route_debounce),
+        route_wait=table.get("route_wait", seconds_or_off, d.route_wait),
     )
     if section.probe_timeout < section.probe_interval:
         raise Invalid((*path, "probe_timeout"), "must be >= probe_interval")

@@ -21,6 +21,7 @@ from ._reader import (
     kind,
     network,
     seconds,
+    seconds_or_off,
     string,
 )
 
@@ -68,7 +69,7 @@ def security(value: object, path: Path) -> SecuritySection:
         max_failures=table.get("max_failures", _threshold, d.max_failures),
         max_limited=table.get("max_limited", _threshold, d.max_limited),
         scanner_user_agents=table.get("scanner_user_agents", _user_agents, d.scanner_user_agents),
-        overload_backlog=table.get("overload_backlog", _seconds_or_off, d.overload_backlog),
+        overload_backlog=table.get("overload_backlog", seconds_or_off, d.overload_backlog),
         trunks=table.get("trunks", _trunks(rate, burst), ()),
     )
 
@@ -79,12 +80,6 @@ def _rate(value: object, path: Path) -> float:
     if not math.isfinite(value) or value <= 0:
         raise Invalid(path, f"must be a finite number of requests per second > 0, got {value}")
     return float(value)
-
-
-def _seconds_or_off(value: object, path: Path) -> float:
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    return seconds(value, path)
 
 
 def _networks(value: object, path: Path) -> tuple[Network, ...]:

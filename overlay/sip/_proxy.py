@@ -170,6 +170,9 @@ class Target:
     scheme: str = "sip"
     request_uri: str | None = None  # a rewritten Request-URI, or None to keep it
     route: str | None = None  # a Route to push first (the egress node of an overlay call)
+    #: An overlay node the shell has no route to yet: it resolves the target (``ResolveTarget``)
+    #: once a route appears, or refuses the request when none does in time.
+    await_route: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,7 @@ class ResolveTarget:
 
     token: int
     target: Target
+    call_id: str = ""  # of the request waiting for it, for the shell's logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,14 +450,21 @@ class ProxyCore:
         self._add_next_hops(context, peers, now)
         self._drain_transaction_events(now)
 
-    def resolution_failed(self, token: int, reason: str, now: float) -> None:
+    def resolution_failed(
+        self, token: int, reason: str, now: float, *, refusal: Refusal | None = None
+    ) -> None:
+        """A ``ResolveTarget`` found nothing: 404 naming ``reason``, or ``refusal``'s answer."""
         entry = self._pending.pop(token, None)
         if entry is None:
             return
         context, _ = entry
         self._drops["resolution failed"] += 1
         if context is not None and not context.replied:
-            self._reply(context, 404, _safe_reason(f"Not Found ({reason})"), now)
+            if refusal is None:
+                self._reply(context, 404, _safe_reason(f"Not Found ({reason})"), now)
+            else:
+                status, why = refusal.status, refusal.reason
+                self._reply(context, status, why, now, retry_after=refusal.retry_after)
         self._drain_transaction_events(now)
 
     def transport_error(self, peer: Peer, now: float) -> None:
@@ -688,12 +699,12 @@ class ProxyCore:
 
     def _locate_hops(self, context: _Context, forward: Request, target: Target, now: float) -> None:
         peer = _literal_peer(target)
-        if peer is not None:
+        if peer is not None and target.await_route is None:
             self._add_next_hops(context, [peer], now)
             return
         token = next(self._tokens)
         self._pending[token] = (context, forward)
-        self._events.append(ResolveTarget(token, target))
+        self._events.append(ResolveTarget(token, target, forward.call_id))
 
     def _add_next_hops(self, context: _Context, peers: Sequence[Peer], now: float) -> None:
         """Try ``peers`` in order, leaving out those a sips: request must not be sent to."""
@@ -814,12 +825,12 @@ class ProxyCore:
             self._media.request(forward, direction, now)
         forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
         peer = _literal_peer(target)
-        if peer is not None:
+        if peer is not None and target.await_route is None:
             self._send_stateless_request(forward, peer)
             return
         token = next(self._tokens)
         self._pending[token] = (None, forward)
-        self._events.append(ResolveTarget(token, target))
+        self._events.append(ResolveTarget(token, target, forward.call_id))
 
     def _send_stateless_request(self, request: Request, peer: Peer) -> None:
         if not self._secure_enough(request, peer):
@@ -1136,9 +1147,17 @@ class ProxyCore:
         self._generated[status] += 1
         self._send_response(server, response, now)
 
-    def _reply(self, context: _Context, status: int, reason: str, now: float) -> None:
+    def _reply(
+        self,
+        context: _Context,
+        status: int,
+        reason: str,
+        now: float,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
         context.replied = True
-        self._respond(context.server, status, reason, now, context.media)
+        self._respond(context.server, status, reason, now, context.media, retry_after=retry_after)
 
     def _send_response(self, server: Transaction, response: Response, now: float) -> None:
         if self._admission is not None and 400 <= response.status < 500:

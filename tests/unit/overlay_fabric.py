@@ -149,19 +149,20 @@ class Fabric:
     def inject(self, node: str, source: Peer, data: bytes) -> dict[Peer, list[bytes]]:
         """Deliver ``data`` from outside to ``node``; what reaches non-node addresses."""
         self.cores[node].proxy.receive_data(data, source, self.cores[node].now)
-        return self._run()
+        return self.settle()
 
     def advance(self, node: str, seconds: float) -> dict[Peer, list[bytes]]:
         """Move ``node``'s clock (the others' stand still); what reaches non-node addresses."""
         self.cores[node].run_timers(seconds)
-        return self._run()
+        return self.settle()
 
     def retransmit_toward(self, node: str, destination: str) -> int:
         resent = self.cores[node].proxy.retransmit_toward([ADDRESSES[destination]])
-        self.outside = self._run()
+        self.outside = self.settle()
         return resent
 
-    def _run(self) -> dict[Peer, list[bytes]]:
+    def settle(self) -> dict[Peer, list[bytes]]:
+        """Deliver what the cores queued until nothing moves; what reached non-node addresses."""
         outside: dict[Peer, list[bytes]] = defaultdict(list)
         busy = True
         for _ in range(MAX_ROUNDS):

@@ -413,6 +413,7 @@ def test_overlay_sections() -> None:
     assert config.linkstate.probe_interval == 0.15
     assert config.linkstate.probe_multiplier == 4
     assert config.linkstate.hold_down == 2.0
+    assert config.linkstate.route_wait == 2.5
     (peer,) = config.peers
     assert peer.node_id == "use1"
     assert peer.sip == ("127.0.0.14", 5060)
@@ -420,6 +421,23 @@ def test_overlay_sections() -> None:
     assert config.dialplan[0].egress == ("use1",)
     both = parse_config(OVERLAY.replace('egress = "use1"', 'egress = ["use1", "usw2"]'), source="n")
     assert both.dialplan[0].egress == ("use1", "usw2")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0.0), ("1.5", 1.5)])
+def test_route_wait_is_seconds_or_off(text: str, expected: float) -> None:
+    config = parse_config(
+        OVERLAY.replace("probe_multiplier = 4", f"probe_multiplier = 4\nroute_wait = {text}"),
+        source="node.toml",
+    )
+    assert config.linkstate.route_wait == expected
+
+
+def test_negative_route_wait_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"linkstate\.route_wait: must be a finite number"):
+        parse_config(
+            OVERLAY.replace("probe_multiplier = 4", "probe_multiplier = 4\nroute_wait = -1"),
+            source="node.toml",
+        )
 
 
 def test_no_peers_means_no_overlay() -> None:

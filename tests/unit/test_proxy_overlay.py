@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from overlay.sip import MediaRefused, Peer, Refusal, Request, Response, serialize
-from tests.unit.overlay_fabric import EGRESS_ROUTE, Fabric, RecordingMedia
+from tests.unit.overlay_fabric import ADDRESSES, EGRESS_ROUTE, TO_EGRESS, Fabric, RecordingMedia
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 
@@ -254,3 +256,31 @@ def test_generated_final_response_reaches_the_media_hook() -> None:
     fabric.inject("ing", UAC, request())
     fabric.advance("ing", 40.0)  # Timer B
     assert ("408", "leaving") in media_of(fabric, "ing").seen
+
+
+def test_call_waits_for_a_route_to_its_egress_then_goes() -> None:
+    """The shell has no route to the egress yet: the core asks it to resolve the target (it
+    waits for a route) and the call goes on once it does."""
+    waiting = replace(TO_EGRESS, await_route="egr")
+    fabric = Fabric(waiting)
+    out = fabric.inject("ing", UAC, request())
+    assert statuses(out) == [100]
+    assert UAS not in out
+    [event] = fabric.cores["ing"].resolve_events()
+    assert (event.target.await_route, event.call_id) == ("egr", "call-1@127.0.0.2")
+    fabric.cores["ing"].proxy.resolved(event.token, [ADDRESSES["egr"]], 0.0)
+    out = fabric.settle()
+    assert only_request(out, UAS).top_via.param("ovl") == "egr"
+
+
+def test_call_that_finds_no_route_in_time_is_refused_503() -> None:
+    fabric = Fabric(replace(TO_EGRESS, await_route="egr"))
+    fabric.inject("ing", UAC, request())
+    [event] = fabric.cores["ing"].resolve_events()
+    refusal = Refusal(503, "No Route to Egress")
+    fabric.cores["ing"].proxy.resolution_failed(event.token, "no route", 2.5, refusal=refusal)
+    out = fabric.settle()
+    [refused] = [parse(data) for data in out[UAC]]
+    assert isinstance(refused, Response)
+    assert (refused.status, refused.reason) == (503, "No Route to Egress")
+    assert media_of(fabric, "ing").seen[-1] == ("503", "leaving")  # the call book hears of it
