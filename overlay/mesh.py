@@ -230,6 +230,8 @@ class Mesh:
         if answer.sender != self.node_id or monitor is None or expected != source:
             self.bad_messages += 1
             return
+        if answer.status != 200:
+            return  # a peer still starting: its SIP core answered (483), its mesh is not up
         # An answer that changes no state only moves deadlines later: the timer, which wakes
         # every probe interval anyway, needs no re-arming (this runs for every answer).
         if monitor.probe_answered(answer.seq, now) is not None:
