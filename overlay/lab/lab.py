@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from overlay.control import BridgedStream, GrpcBridge, Role, RpcError, open_grpc_bridge
-from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node
+from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node, set_niceness
 from overlay.lab.pki import LabPki, make_lab_pki
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
 from overlay.lab.topology import (
@@ -42,6 +42,8 @@ from overlay.v1 import control_pb2
 INGRESS = REFERENCE.ingresses[0]
 EGRESS = REFERENCE.egress
 ADMIN_TIMEOUT_S = 2.0
+#: A node restarted while the others carry calls starts at this niceness (``set_niceness``).
+RESTART_NICENESS = 10
 POLL_S = 0.02
 
 T = TypeVar("T")
@@ -175,10 +177,15 @@ class Lab:
         node = self.nodes[node_id]
         self.processes[node_id] = await self.stack.enter_async_context(
             open_node(
-                self.configs[node_id], host=node.host, port=SIP_PORT, workdir=self.workdirs[node_id]
+                self.configs[node_id],
+                host=node.host,
+                port=SIP_PORT,
+                workdir=self.workdirs[node_id],
+                niceness=RESTART_NICENESS,
             )
         )
         await _wait_serving(self.bridge, node.grpc_target, within=READY_TIMEOUT_S)
+        set_niceness(self.processes[node_id].pid, 0)
         self.dead.discard(node_id)
         for fault in self.faults.get(node_id, {}).values():
             await self.control(node_id, "InjectFault", control_pb2.InjectFaultRequest(fault=fault))
