@@ -434,7 +434,7 @@ class Node:
 
     def _toward_egress(self, egress: str) -> Target:
         """An overlay call: to the egress node, which applies the dialplan's target itself."""
-        assert self.mesh is not None  # choose_egress saw it reachable
+        assert self.mesh is not None  # an overlay call: the node has its mesh
         address = self.mesh.sip_address(egress)
         return Target(address.host, address.port, "udp", route=overlay_route(egress, address))
 
