@@ -969,20 +969,19 @@ class ProxyCore:
 
     # -- overlay relaying ---------------------------------------------------------------------
 
-    def _overlay_sender(self, via: Via, source: Peer) -> str | None:
-        """The node that added ``via`` when it is another overlay node's Via, on a message
-        that came from an overlay node: anyone else claiming to be one is not believed."""
-        if source not in self._overlay_node_at:
-            return None
-        node = via.param("ovl")
-        return node if node in self._overlay_peers else None
-
     def _overlay_origin(self, via: Via, source: Peer) -> str | None:
-        """As ``_overlay_sender``, this node included: a request of ours may come back."""
+        """The overlay node (this one included: a request of ours may come back) that added
+        ``via``, on a message that came from an overlay node: anyone else claiming to be one
+        is not believed."""
         if source not in self._overlay_node_at:
             return None
         node = via.param("ovl")
         return node if node in self._overlay_peers or node == self._node_id else None
+
+    def _overlay_sender(self, via: Via, source: Peer) -> str | None:
+        """As ``_overlay_origin``, another node's Via only."""
+        node = self._overlay_origin(via, source)
+        return None if node == self._node_id else node
 
     def _overlay_route(self, request: Request) -> str | None:
         """The other overlay node the top Route names once this node's own are skipped."""

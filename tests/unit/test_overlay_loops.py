@@ -13,9 +13,10 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.sip import Request, Response, serialize
+from overlay.sip import Request, serialize
 from tests.unit.overlay_fabric import ADDRESSES, Fabric
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
+from tests.unit.test_proxy_overlay import statuses
 
 NODES = ("ing", "mid", "alt", "egr")
 ROUTES = ["<sip:127.0.1.1:5060;lr;ovl=ing>", "<sip:127.0.1.3:5060;lr;ovl=egr>"]
@@ -25,10 +26,6 @@ def requests_at(out: dict, peer: object = UAS) -> list[Request]:
     messages = [parse(data) for data in out.get(peer, [])]
     assert all(isinstance(m, Request) for m in messages)
     return [m for m in messages if isinstance(m, Request)]
-
-
-def statuses(out: dict, peer: object = UAC) -> list[int]:
-    return [m.status for m in map(parse, out.get(peer, [])) if isinstance(m, Response)]
 
 
 def server_transactions(fabric: Fabric, node: str) -> int:
