@@ -58,6 +58,10 @@ log = structlog.get_logger("overlay.transport")
 TRANSIENT_ERRNOS = frozenset(
     {errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOBUFS}
 )
+#: The largest datagram. Datagrams are read into one buffer of this size per socket and copied
+#: out at their own size: ``recvfrom(65535)`` allocates 64 KB per datagram and shrinks it in
+#: place, and the tails freed behind the messages a transaction keeps fragment the C heap
+#: (measured on an egress at 300 calls/s: 185 MB of free heap after 6 minutes, 59 MB in use).
 UDP_RECEIVE_SIZE = 65535
 UDP_BATCH = 64
 #: Datagrams read but not yet delivered, with an ``urgent`` predicate (module notes): about the
@@ -354,7 +358,8 @@ class SipTransport:
 
     async def _udp_loop(self, sock: socket.socket) -> None:
         deliver = self._deliver
-        recvfrom = sock.recvfrom
+        recvfrom_into = sock.recvfrom_into
+        buffer = memoryview(bytearray(UDP_RECEIVE_SIZE))  # see UDP_RECEIVE_SIZE
         steering = self._steering
         backlog = self._backlog
         urgent = self._urgent
@@ -368,7 +373,7 @@ class SipTransport:
             drained = False
             while len(pending) < read_ahead:
                 try:
-                    data, address = recvfrom(UDP_RECEIVE_SIZE)
+                    size, address = recvfrom_into(buffer)
                 except BlockingIOError:
                     drained = True
                     break
@@ -377,6 +382,7 @@ class SipTransport:
                         raise
                     self.counters["udp receive error"] += 1
                     continue
+                data = buffer[:size].tobytes()
                 if steering is not None and (owner := steering.owner(data)) != steering.index:
                     self._hand_over(steering.outbound[owner], data, address)
                     continue
@@ -405,19 +411,20 @@ class SipTransport:
         """Datagrams another worker read off the shared socket but this worker owns."""
         deliver = self._deliver
         backlog = self._backlog
+        buffer = memoryview(bytearray(UDP_RECEIVE_SIZE + 64))  # see UDP_RECEIVE_SIZE
         while True:
             await trio.lowlevel.wait_readable(pipe)
             for _ in range(UDP_BATCH):
                 try:
-                    frame = pipe.recv(UDP_RECEIVE_SIZE + 64)
+                    frame = buffer[: pipe.recv_into(buffer)]
                 except BlockingIOError:
                     if backlog is not None:
                         backlog.caught_up(pipe)
                     break
                 end = 1 + frame[0]
-                host = frame[1:end].decode()
+                host = str(frame[1:end], "ascii")
                 port = int.from_bytes(frame[end : end + 2], "big")
-                deliver(frame[end + 2 :], Peer("udp", host, port))
+                deliver(frame[end + 2 :].tobytes(), Peer("udp", host, port))
             else:
                 if backlog is not None:
                     backlog.behind(pipe)
