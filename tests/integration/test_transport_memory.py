@@ -2,7 +2,7 @@
 
 A node keeps many received messages for the life of their transactions (up to 32 s) and frees
 the others at once. Reading each datagram into a 64 KB allocation shrunk in place left a 63 KB
-hole behind every kept message: an egress at 300 calls/s grew its free heap to 185 MB in six
+hole behind many kept messages: an egress at 300 calls/s grew its free heap to 185 MB in six
 minutes (its in-use memory stayed at 59 MB). glibc's ``mallinfo2`` tells the two apart.
 """
 
