@@ -45,6 +45,9 @@ ADMIN_TIMEOUT_S = 2.0
 #: A node restarted while the others carry calls starts at this niceness (``set_niceness``).
 RESTART_NICENESS = 10
 POLL_S = 0.02
+#: The lab's callee lives as long as the lab (it is stopped by PID on exit); SIPp's own
+#: ``-timeout`` only bounds an orphan's life. The default 15 minutes ended long soaks.
+CALLEE_MAX_SECONDS = 24 * 3600.0
 
 T = TypeVar("T")
 
@@ -299,6 +302,7 @@ async def open_lab(
                 open_uas(
                     uas_host,
                     scenario="uas_rr",
+                    max_seconds=CALLEE_MAX_SECONDS,
                     keep_in=None if workdir is None else workdir / "uas",
                     extra_args=() if workdir is None else ("-trace_err", "-trace_calldebug"),
                 )
