@@ -8,7 +8,10 @@ task sleeps ``TICK`` and measures how late it woke. It keeps a histogram of that
 the longest stall (``/metrics``: ``overlay_loop_stall_seconds``, ``overlay_loop_stall_max_seconds``;
 ``GetCounters``: ``loop.stalls``, ``loop.longest_stall_us``), and logs a warning for every stall
 of ``WARN_AFTER`` or more with the longest garbage-collector pass that ran meanwhile, so a
-collector pause is told apart from overload.
+collector pause is told apart from overload, and with how long the loop's thread was on a CPU
+meanwhile (``ran_ms``, its CPU clock, over the tick and the stall): a stall the thread spent
+running is the node's own work; one it spent off the CPU is a machine short of CPU (or a
+blocking call).
 
 The collector's passes are timed through ``gc.callbacks`` (``GcPasses``), which run on whichever
 thread triggered the pass, the gRPC bridge's included: they are timed with ``time.perf_counter``,
@@ -111,9 +114,12 @@ class StallWatchdog:
         self._longest = 0.0
         self._late_sum = 0.0
 
-    def observe(self, late: float, gc_pass: GcPass | None = None) -> None:
+    def observe(
+        self, late: float, gc_pass: GcPass | None = None, *, ran: float | None = None
+    ) -> None:
         """Record a tick that woke ``late`` seconds after its deadline, during which
-        ``gc_pass`` was the longest collector pass (if any ran)."""
+        ``gc_pass`` was the longest collector pass (if any ran) and the loop's thread ran
+        ``ran`` seconds (if measured)."""
         late = max(late, 0.0)
         self._ticks += 1
         self._late_sum += late
@@ -122,16 +128,14 @@ class StallWatchdog:
         if late < self._warn_after:
             return
         self._stalls += 1
-        if gc_pass is None:
-            log.warning("event loop stalled", stall_ms=round(late * 1000, 1))
-        else:
-            log.warning(
-                "event loop stalled",
-                stall_ms=round(late * 1000, 1),
-                gc_generation=gc_pass.generation,
-                gc_ms=round(gc_pass.seconds * 1000, 1),
-                gc_collected=gc_pass.collected,
-            )
+        fields: dict[str, float] = {"stall_ms": round(late * 1000, 1)}
+        if ran is not None:
+            fields["ran_ms"] = round(ran * 1000, 1)
+        if gc_pass is not None:
+            fields["gc_generation"] = gc_pass.generation
+            fields["gc_ms"] = round(gc_pass.seconds * 1000, 1)
+            fields["gc_collected"] = gc_pass.collected
+        log.warning("event loop stalled", **fields)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Measure until cancelled, with the collector's passes timed meanwhile."""
@@ -141,8 +145,10 @@ class StallWatchdog:
             self.gc_passes.take()  # what ran before the first tick is no stall of the loop
             while True:
                 deadline = trio.current_time() + self._tick
+                cpu = time.thread_time()
                 await trio.sleep_until(deadline)
-                self.observe(trio.current_time() - deadline, self.gc_passes.take())
+                late = trio.current_time() - deadline
+                self.observe(late, self.gc_passes.take(), ran=time.thread_time() - cpu)
         finally:
             gc.callbacks.remove(self.gc_passes.callback)
 

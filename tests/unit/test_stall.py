@@ -47,18 +47,19 @@ def test_a_stall_names_the_collector_pass_that_ran_meanwhile() -> None:
     passes.callback("stop", {"generation": 2, "collected": 41, "uncollectable": 0})
     watchdog = StallWatchdog(gc_passes=passes)
     with structlog.testing.capture_logs() as logs:
-        watchdog.observe(0.075, passes.take())
-        watchdog.observe(0.080, passes.take())  # no pass this time
+        watchdog.observe(0.075, passes.take(), ran=0.0851)
+        watchdog.observe(0.080, passes.take(), ran=0.0042)  # no pass; the thread was off CPU
     assert logs == [
         {
             "event": "event loop stalled",
             "log_level": "warning",
             "stall_ms": 75.0,
+            "ran_ms": 85.1,
             "gc_generation": 2,
             "gc_ms": 70.0,
             "gc_collected": 41,
         },
-        {"event": "event loop stalled", "log_level": "warning", "stall_ms": 80.0},
+        {"event": "event loop stalled", "log_level": "warning", "stall_ms": 80.0, "ran_ms": 4.2},
     ]
     assert watchdog.counters()["gc.longest_pass_us.2"] == 70_000
 
@@ -97,6 +98,7 @@ async def test_watchdog_measures_a_stall_of_the_loop(
     [line] = logs
     assert line["event"] == "event loop stalled"
     assert line["stall_ms"] == pytest.approx(195.0)
+    assert line["ran_ms"] < 50  # the clock jumped: the loop's thread did not run 200 ms
 
 
 @pytest.mark.trio
