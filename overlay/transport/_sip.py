@@ -40,7 +40,6 @@ from __future__ import annotations
 import errno
 import functools
 import socket
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,11 +65,6 @@ TRANSIENT_ERRNOS = frozenset(
 #: (measured on an egress at 300 calls/s: 185 MB of free heap after 6 minutes, 59 MB in use).
 UDP_RECEIVE_SIZE = 65535
 UDP_BATCH = 64
-#: A turn also ends after this long, however few of its datagrams were delivered: a probe read
-#: ahead waits for one turn at most, and a node slow per message (measured: 64 datagrams took
-#: 50-78 ms on a machine slowed by sustained load) must not make that longer than detection's
-#: window can bear.
-TURN_SECONDS = 0.010
 #: Datagrams read but not yet delivered, with an ``urgent`` predicate (module notes): about the
 #: kernel buffer's worth of SIP messages.
 READ_AHEAD = 4096
@@ -371,7 +365,6 @@ class SipTransport:
         backlog = self._backlog
         urgent = self._urgent
         read_ahead = UDP_BATCH if urgent is None else READ_AHEAD
-        perf_counter = time.perf_counter
         pending: deque[tuple[bytes, Peer]] = deque()  # read, not yet delivered
         while True:
             if pending:
@@ -400,11 +393,8 @@ class SipTransport:
                 else:
                     pending.append((data, peer))
             # A bounded batch per turn: a flood on one socket must not starve the timers.
-            turn_ends = perf_counter() + TURN_SECONDS
             for _ in range(min(UDP_BATCH, len(pending))):
                 deliver(*pending.popleft())
-                if perf_counter() >= turn_ends:
-                    break
             if backlog is not None:
                 if drained and not pending:
                     backlog.caught_up(sock)
