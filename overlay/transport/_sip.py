@@ -6,8 +6,8 @@ goes to the ``deliver(data, peer)`` callback synchronously: the sans-IO core run
 task and its output is sent before the next datagram is read. Datagrams the shell marks
 ``urgent`` (an overlay node's link probes) must not wait behind SIP work: the task then reads
 ahead of the messages it delivers (up to ``READ_AHEAD`` datagrams), delivering urgent ones as
-soon as they are read and the others in order, a batch per turn (``UDP_BATCH`` datagrams or
-``TURN_SECONDS``, whichever comes first). A probe therefore waits for one short batch at most,
+soon as they are read and the others in order, a batch per turn. A probe therefore waits for one
+batch at most,
 not for the whole queue of a node past its capacity, and an overloaded node does not take its
 own slowness for its neighbours' death. Sending is synchronous too (``send``): UDP writes go
 straight to the non-blocking socket; TCP writes go into the connection's bounded queue, drained
