@@ -1,16 +1,17 @@
 """SIP over UDP, TCP and TLS with trio (RFC 3261 §18, §26).
 
 One task per socket. The UDP task waits until its socket is readable and then drains it with
-non-blocking ``recvfrom`` calls before awaiting again, so a burst costs one wake-up. Each message
-goes to the ``deliver(data, peer)`` callback synchronously: the sans-IO core runs on the receive
-task and its output is sent before the next datagram is read. Datagrams the shell marks
-``urgent`` (an overlay node's link probes) must not wait behind SIP work: the task then reads
-ahead of the messages it delivers (up to ``READ_AHEAD`` datagrams), delivering urgent ones as
-soon as they are read and the others in order, a batch per turn. A probe therefore waits for one
-batch at most, not for the whole queue of a node past its capacity, and an overloaded node does
-not take its own slowness for its neighbours' death. Sending is synchronous too
-(``send``): UDP writes go straight to the non-blocking socket; TCP writes go into the
-connection's bounded queue, drained by its writer task.
+non-blocking ``recvfrom_into`` calls (into one buffer, see ``UDP_RECEIVE_SIZE``) before awaiting
+again, so a burst costs one wake-up. Each message goes to the ``deliver(data, peer)`` callback
+synchronously: the sans-IO core runs on the receive task and its output is sent before the next
+datagram is read. Datagrams the shell marks ``urgent`` (an overlay node's link probes) must not
+wait behind SIP work: the task then reads ahead of the messages it delivers (up to
+``READ_AHEAD`` datagrams), delivering urgent ones as soon as they are read and the others in
+order, a batch per turn. A probe therefore waits for one batch at most, not for the whole queue
+of a node past its capacity, and an overloaded node does not take its own slowness for its
+neighbours' death. Sending is synchronous too (``send``): UDP writes go straight to the
+non-blocking socket; TCP writes go into the connection's bounded queue, drained by its writer
+task.
 
 TCP connections, accepted or opened, are kept in one table keyed by the remote (host, port), so a
 response or a later request to the same peer reuses the connection (§18.2.2, §18.1.1). A
