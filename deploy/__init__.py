@@ -1,5 +1,5 @@
-"""Deploy an overlay fleet on AWS with boto3: plan, apply, status, destroy, and the HA agent.
+"""Deploy an overlay fleet on AWS with boto3: plan, apply, status and destroy.
 
-Every AWS call goes through ``deploy.aws.ClientFactory``, so the same code runs against an AWS
+Every AWS call goes through ``overlay.aws.ClientFactory``, so the same code runs against an AWS
 account or, in the tests, against moto's server on a loopback address.
 """

@@ -23,7 +23,7 @@ alarms on the link metrics the nodes publish.
 
 The AMI is baked once, in the builder region, from a builder instance whose user data installs
 the appliance, and copied to every other region. Placement groups go through
-``deploy.placement`` (moto has none). Every AWS call goes through ``deploy.aws.ClientFactory``.
+``deploy.placement`` (moto has none). Every AWS call goes through ``overlay.aws.ClientFactory``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.aws import ClientFactory
 from deploy.fleet import AzSpec, Fleet, HaSpec, RegionSpec
 from deploy.placement import PlacementGroups
 from deploy.records import (
@@ -44,6 +43,7 @@ from deploy.records import (
     sip_record_sets,
     validate_change_batch,
 )
+from overlay.aws import ClientFactory
 
 ROLES = ("active", "standby")
 #: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
@@ -126,7 +126,7 @@ systemctl restart overlay-ha.service
 
 @dataclass(frozen=True)
 class HaAgentSettings:
-    """What ``overlay ha`` on one pair member needs (``deploy/ha/_config.py``)."""
+    """What ``overlay ha`` on one pair member needs (``overlay/ha/_config.py``)."""
 
     region: str
     own_eni_id: str

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from deploy.aws import ClientFactory, error_code
+from overlay.aws import ClientFactory, error_code
 from overlay.config import (
     ConfigError,
     Invalid,

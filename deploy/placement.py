@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from deploy.aws import ClientFactory
+from overlay.aws import ClientFactory
 
 STRATEGY = "cluster"
 

@@ -75,8 +75,8 @@ def node(
 ) -> None:
     """Run one node (``sip.workers`` processes) until SIGINT or SIGTERM."""
     from overlay.config import LOG_LEVELS, ConfigError, load_config
-    from overlay.control import TlsError
-    from overlay.workers import run_node
+    from overlay.shell.workers import run_node
+    from overlay.tls import TlsError
 
     try:
         loaded = load_config(config)
@@ -152,10 +152,10 @@ def ha(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
 ) -> None:
     """Run the HA agent of one pair member (moves the floating address) until SIGINT/SIGTERM."""
-    from deploy.aws import ClientFactory
-    from deploy.ha import load_agent_tls, load_ha_config, run_agent
+    from overlay.aws import ClientFactory
     from overlay.config import ConfigError
-    from overlay.control import TlsError
+    from overlay.ha import load_agent_tls, load_ha_config, run_agent
+    from overlay.tls import TlsError
 
     try:
         loaded = load_ha_config(config)

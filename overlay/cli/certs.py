@@ -17,16 +17,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from overlay.control import (
-    Issued,
-    Role,
-    TlsError,
-    create_ca,
-    identity_of,
-    issue_client,
-    issue_node,
-    load_ca,
-)
+from overlay.grpc import Role, identity_of
+from overlay.tls import Issued, TlsError, create_ca, issue_client, issue_node, load_ca
 
 app = typer.Typer(
     add_completion=False,

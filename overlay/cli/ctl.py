@@ -39,18 +39,16 @@ from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
 
-from overlay.control import (
-    KINDS,
-    FaultInjected,
+from overlay.grpc import (
     GrpcBridge,
     RpcError,
     StatusCode,
     StreamBroken,
     TlsCredentials,
-    TlsError,
-    load_tls,
     open_grpc_bridge,
 )
+from overlay.noc import KINDS, FaultInjected
+from overlay.tls import TlsError, load_tls
 from overlay.v1 import control_pb2
 
 EXIT_OK = 0

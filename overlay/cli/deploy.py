@@ -53,10 +53,10 @@ def _aws_errors() -> Iterator[None]:
 def _deployer(
     fleet_path: Path, endpoint_url: str | None, report: Callable[[Change], None]
 ) -> Deployer:
-    from deploy.aws import ClientFactory
     from deploy.deployer import Deployer
     from deploy.fleet import check_instance_type, load_fleet
     from deploy.placement import Ec2PlacementGroups
+    from overlay.aws import ClientFactory
     from overlay.config import ConfigError
 
     aws = ClientFactory(endpoint_url=endpoint_url)

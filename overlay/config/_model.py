@@ -176,7 +176,7 @@ class LinkstateSection:
 
 @dataclass(frozen=True)
 class MetricsSection:
-    """``[metrics]``: the Prometheus ``/metrics`` HTTP endpoint (``overlay.telemetry``).
+    """``[metrics]``: the Prometheus ``/metrics`` HTTP endpoint (``overlay.shell.telemetry``).
 
     With several workers, worker ``i`` serves its own counters on ``port + i`` (port 0: each
     worker an ephemeral port of its own, logged at start).

@@ -52,7 +52,7 @@ from typing import Protocol
 
 import trio
 
-from overlay.control import RpcError, StreamBroken
+from overlay.grpc import RpcError, StreamBroken
 from overlay.lab.forensics import (
     CallExplanation,
     LogLine,

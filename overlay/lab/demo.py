@@ -17,7 +17,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from overlay.control import Role
+from overlay.grpc import Role
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.sipp import SippResult
 from overlay.lab.topology import REGIONS

@@ -23,7 +23,7 @@ import trio
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from overlay.control import BridgedStream, GrpcBridge, Role, RpcError, open_grpc_bridge
+from overlay.grpc import BridgedStream, GrpcBridge, Role, RpcError, open_grpc_bridge
 from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node, set_niceness
 from overlay.lab.pki import LabPki, make_lab_pki
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac

@@ -12,15 +12,8 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlay.control import (
-    Issued,
-    Role,
-    TlsCredentials,
-    create_ca,
-    identity_of,
-    issue_client,
-    issue_node,
-)
+from overlay.grpc import Role, TlsCredentials, identity_of
+from overlay.tls import Issued, create_ca, issue_client, issue_node
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
 
 from moto.server import ThreadedMotoServer  # imported after the MOTO_* settings
 
-from deploy.aws import ClientFactory
+from overlay.aws import ClientFactory
 
 pytestmark = pytest.mark.deploy
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from deploy.aws import ClientFactory
+from overlay.aws import ClientFactory
 from tests.dnsserver import Zone, serve_zone
 
 #: Types not served: the Zone makes its own SOA for negative answers, NS would only delegate to

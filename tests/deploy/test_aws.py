@@ -7,7 +7,7 @@ import botocore.exceptions
 import botocore.parsers
 import pytest
 
-from deploy.aws import ClientFactory, is_not_found, is_not_implemented
+from overlay.aws import ClientFactory, is_not_found, is_not_implemented
 
 pytestmark = pytest.mark.deploy
 

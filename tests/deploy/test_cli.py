@@ -9,9 +9,9 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from deploy.ha import parse_ha_config
 from overlay.cli import app
 from overlay.config import ConfigError
+from overlay.ha import parse_ha_config
 
 
 @pytest.fixture(autouse=True)

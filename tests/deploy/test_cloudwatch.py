@@ -17,12 +17,12 @@ import pytest
 import trio
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from deploy.aws import ClientFactory
 from deploy.deployer import ALARM_METRICS, ALARM_NAMESPACE
+from overlay.aws import ClientFactory
 from overlay.config import CloudwatchSection, parse_config
 from overlay.linkstate import LinkState
-from overlay.node import Node
-from overlay.telemetry._exporter import CloudWatchExporter
+from overlay.shell.node import Node
+from overlay.shell.telemetry._exporter import CloudWatchExporter
 from tests.mesh_helpers import link_statistics, mesh_config, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.trio]

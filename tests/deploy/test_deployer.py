@@ -19,11 +19,11 @@ import dns.asyncresolver
 import pytest
 from botocore.stub import Stubber
 
-from deploy.aws import ClientFactory
 from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
-from deploy.ha import parse_ha_config
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
+from overlay.aws import ClientFactory
+from overlay.ha import parse_ha_config
 from tests.deploy.route53_dns import serve_hosted_zone
 
 pytestmark = pytest.mark.deploy

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.aws import ClientFactory
 from deploy.fleet import (
     AlarmSpec,
     AzSpec,
@@ -23,6 +22,7 @@ from deploy.fleet import (
     load_fleet,
     parse_fleet,
 )
+from overlay.aws import ClientFactory
 from overlay.config import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "deploy" / "fleet.example.toml"

@@ -24,8 +24,9 @@ import pytest
 import structlog
 import trio
 
-from deploy.aws import ClientFactory
-from deploy.ha import (
+from overlay.aws import ClientFactory
+from overlay.grpc import GrpcBridge, TlsCredentials, open_grpc_bridge
+from overlay.ha import (
     FloatingAddress,
     HaAgent,
     HaAgentConfig,
@@ -34,7 +35,6 @@ from deploy.ha import (
     load_agent_tls,
     run_agent,
 )
-from overlay.control import GrpcBridge, TlsCredentials, open_grpc_bridge
 from overlay.lab.pki import make_lab_pki
 
 pytestmark = [pytest.mark.deploy, pytest.mark.trio]

@@ -15,7 +15,6 @@ import dns.asyncresolver
 import dns.resolver
 import pytest
 
-from deploy.aws import ClientFactory
 from deploy.records import (
     AWS_REGIONS,
     RecordError,
@@ -26,6 +25,7 @@ from deploy.records import (
     validate_change_batch,
     validate_record_set,
 )
+from overlay.aws import ClientFactory
 from tests.deploy.route53_dns import serve_hosted_zone
 
 ZONE = "voice.example.com"

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from overlay.control import GrpcBridge, Role, RpcError, StreamBroken, open_grpc_bridge
+from overlay.grpc import GrpcBridge, Role, RpcError, StreamBroken, open_grpc_bridge
 from overlay.lab.node_process import NodeProcess, open_node
 from overlay.lab.pki import ClientFiles, LabPki, make_lab_pki
 from overlay.sip import Request, Response, parse_message_untrusted

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from overlay.control import Role
+from overlay.grpc import Role
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.topology import REGIONS
 from overlay.v1 import control_pb2 as c

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from overlay.config import DnsSection, DnsTarget
-from overlay.transport import ResolutionError, ResolvedTarget, SipResolver
+from overlay.shell.transport import ResolutionError, ResolvedTarget, SipResolver
 from tests.dnsserver import Zone, serve_zone
 
 pytestmark = [pytest.mark.integration, pytest.mark.trio]

@@ -14,26 +14,23 @@ import trio
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from overlay.control import (
+from overlay.grpc import (
     BridgedStream,
     Caller,
     GrpcBridge,
-    Issued,
     Role,
     RpcError,
     Service,
     StreamBroken,
     TlsCredentials,
-    create_ca,
     current_caller,
-    issue_client,
-    issue_node,
     open_grpc_bridge,
     server_stream_handler,
     stream_handler,
     unary_handler,
 )
-from overlay.control._bridge import STREAM_BUFFER_SIZE
+from overlay.grpc._bridge import STREAM_BUFFER_SIZE
+from overlay.tls import Issued, create_ca, issue_client, issue_node
 from overlay.v1 import control_pb2, linkstate_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.trio]

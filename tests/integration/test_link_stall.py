@@ -16,7 +16,7 @@ import trio
 
 from overlay.config import parse_config
 from overlay.linkstate import LinkState
-from overlay.node import Node
+from overlay.shell.node import Node
 from tests.mesh_helpers import mesh_config, wait_for
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ import trio
 from google.protobuf.message import Message
 
 from overlay.config import parse_config
-from overlay.control import open_grpc_bridge
+from overlay.grpc import open_grpc_bridge
 from overlay.linkstate import LinkState, LinkStatistics
-from overlay.node import Node
+from overlay.shell.node import Node
 from overlay.v1 import control_pb2
 from tests.mesh_helpers import mesh_config, wait_for
 

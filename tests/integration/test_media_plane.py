@@ -30,7 +30,7 @@ from overlay.config import (
     SipSection,
 )
 from overlay.media import media_id
-from overlay.media_plane import MediaPlane
+from overlay.shell.media import MediaPlane
 
 pytestmark = pytest.mark.integration
 

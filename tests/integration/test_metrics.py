@@ -20,7 +20,7 @@ from overlay.config import parse_config
 from overlay.lab.node_process import NODE_PORT, node_config, open_node
 from overlay.lab.sipp import open_uas, run_uac
 from overlay.linkstate import LinkState
-from overlay.node import Node
+from overlay.shell.node import Node
 from overlay.sip import Listener
 from tests.mesh_helpers import mesh_config, wait_for
 

@@ -12,8 +12,8 @@ import trio.testing
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from overlay.telemetry import MetricsServer
-from overlay.telemetry._http import IDLE_TIMEOUT, MAX_CONNECTIONS
+from overlay.shell.telemetry import MetricsServer
+from overlay.shell.telemetry._http import IDLE_TIMEOUT, MAX_CONNECTIONS
 
 pytestmark = [pytest.mark.integration, pytest.mark.trio]
 

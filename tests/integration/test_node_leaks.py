@@ -15,7 +15,7 @@ import trio.lowlevel
 import trio.testing
 
 from overlay.config import parse_config
-from overlay.node import Node
+from overlay.shell.node import Node
 from tests.integration.raw_sip import hostile_messages, invite, receive_all
 
 pytestmark = pytest.mark.integration

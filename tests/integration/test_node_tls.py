@@ -13,7 +13,8 @@ import trio
 
 from overlay.lab.node_process import NODE_PORT, node_config, open_node
 from overlay.lab.sipp import free_port, open_uas, run_uac
-from overlay.transport import SipTransport, TlsContexts, bind_listeners
+from overlay.shell.transport import SipTransport, bind_listeners
+from overlay.tls import TlsContexts
 from tests.dnsserver import Zone, serve_zone
 from tests.integration.raw_sip import invite, udp_socket
 from tests.integration.tls_peers import (

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from overlay.config import parse_config
-from overlay.node import Node
+from overlay.shell.node import Node
 from tests.integration.raw_sip import invite, udp_socket
 from tests.mesh_helpers import FAST_PROBES, mesh_config
 

@@ -20,7 +20,7 @@ import trio
 from overlay.config import parse_config
 from overlay.lab.node_process import options_probe
 from overlay.lab.sipp import SippResult, open_uas, run_uac
-from overlay.node import Node
+from overlay.shell.node import Node
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]
 

@@ -15,7 +15,7 @@ import trio
 from overlay.config import parse_config
 from overlay.lab.node_process import options_probe
 from overlay.lab.sipp import open_uas, run_uac
-from overlay.node import Node
+from overlay.shell.node import Node
 from tests.integration.raw_sip import receive_all, udp_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]

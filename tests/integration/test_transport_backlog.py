@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from overlay.shell.transport import SipTransport, bind_listeners
+from overlay.shell.transport._sip import UDP_BATCH
 from overlay.sip import Peer
-from overlay.transport import SipTransport, bind_listeners
-from overlay.transport._sip import UDP_BATCH
 
 pytestmark = pytest.mark.integration
 

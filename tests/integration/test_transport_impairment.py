@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from overlay.shell.transport import Fault, Impairments, SipTransport, bind_listeners
 from overlay.sip import Peer
-from overlay.transport import Fault, Impairments, SipTransport, bind_listeners
 
 pytestmark = pytest.mark.integration
 

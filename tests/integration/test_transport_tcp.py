@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
+from overlay.shell.transport import SipTransport, bind_listeners
 from overlay.sip import Peer
-from overlay.transport import SipTransport, bind_listeners
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from overlay.shell.transport import SipTransport, bind_listeners
 from overlay.sip import Peer
-from overlay.transport import SipTransport, TlsContexts, bind_listeners
+from overlay.tls import TlsContexts
 from tests.integration.tls_peers import Pki, client_context, open_tls
 
 pytestmark = [pytest.mark.integration, pytest.mark.trio]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import trio
 
-from overlay.control import Issued, create_ca, issue_node
 from overlay.lab._process import stop_process
 from overlay.lab.node_process import wait_answers_options
 from overlay.lab.sipp import free_port
+from overlay.tls import Issued, create_ca, issue_node
 
 NOW = datetime.datetime.now(datetime.UTC)
 KAMAILIO = shutil.which("kamailio") or (

@@ -1,6 +1,6 @@
 """Calls leave nothing behind: no reference cycle, no object kept once their timers ran out.
 
-The node makes full garbage-collector passes practically never (overlay.workers): a cycle made
+The node makes full garbage-collector passes practically never (overlay.shell.workers): a cycle made
 per call would be freed by nobody and grow the node's memory with every call, and walking the
 call state that piles up makes every young pass longer. These tests drive calls through an
 ingress and an egress proxy core, each with the real call book and media edge as its hook,
@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from overlay.control import CallTracker
 from overlay.media import MediaEdge, MediaSessions, PortAllocator
+from overlay.noc import CallTracker
 from tests.unit.overlay_fabric import Fabric
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 from tests.unit.test_media_edge import ANSWER, MEDIA_ADDRESS, OFFER, SDP_TYPE

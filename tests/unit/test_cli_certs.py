@@ -9,7 +9,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from overlay.cli import app
-from overlay.control import Role, identity_of, load_tls
+from overlay.grpc import Role, identity_of
+from overlay.tls import load_tls
 
 runner = CliRunner()
 

@@ -1,5 +1,5 @@
 """SIP over TLS configuration: ``tls:`` listeners, ``[sip.tls]``, TLS dialplan targets, and the
-start-up checks of the certificate files (``overlay.sip_tls``)."""
+start-up checks of the certificate files (``overlay.tls._sip``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from overlay.config import (
     StaticTarget,
     parse_config,
 )
-from overlay.control import TlsError, create_ca, issue_node
-from overlay.sip_tls import load_sip_tls
+from overlay.tls import TlsError, create_ca, issue_node, load_sip_tls
 
 NOW = datetime.datetime.now(datetime.UTC)
 SIPS_RULE = '[[dialplan]]\ntarget = "sips:trunk.example"\n'
@@ -118,7 +117,7 @@ def test_tls_egress_on_another_node_needs_no_tls_listener(pem: dict[str, Path]) 
     assert parse_config(text, source="n.toml").dialplan[0].egress == ("b",)
 
 
-# -- the files, checked at start (overlay.sip_tls) --------------------------------------------
+# -- the files, checked at start (overlay.tls._sip) --------------------------------------------
 
 
 def test_contexts_from_good_files(pem: dict[str, Path]) -> None:

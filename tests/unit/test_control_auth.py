@@ -1,4 +1,4 @@
-"""Who may call what on a node's gRPC services (overlay.control._auth.AccessPolicy)."""
+"""Who may call what on a node's gRPC services (overlay.grpc._auth.AccessPolicy)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,8 @@ import datetime
 
 import pytest
 
-from overlay.control import (
-    OPERATOR_METHODS,
-    AccessPolicy,
-    Caller,
-    Issued,
-    Role,
-    RpcError,
-    StatusCode,
-    create_ca,
-    issue_client,
-    issue_node,
-    node_of,
-)
+from overlay.grpc import OPERATOR_METHODS, AccessPolicy, Caller, Role, RpcError, StatusCode, node_of
+from overlay.tls import Issued, create_ca, issue_client, issue_node
 
 NOW = datetime.datetime(2030, 1, 15, tzinfo=datetime.UTC)
 READS = ["ListNodes", "GetTopology", "ListLinks", "GetRoutes", "ExplainRoute", "ListCalls",

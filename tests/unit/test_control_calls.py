@@ -1,9 +1,9 @@
-"""The call book of the overlay's edges (overlay.control._calls.CallTracker), on proxy cores wired
+"""The call book of the overlay's edges (overlay.noc._calls.CallTracker), on proxy cores wired
 by the unit-test fabric: an ingress, a transit and an egress, a caller and a callee."""
 
 from __future__ import annotations
 
-from overlay.control import CallFailed, CallRecord, CallRole, CallState, CallTracker
+from overlay.noc import CallFailed, CallRecord, CallRole, CallState, CallTracker
 from overlay.sip import MediaHook, MediaRefused
 from tests.unit.overlay_fabric import Fabric, RecordingMedia
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to

@@ -1,5 +1,5 @@
 """Certificates of the overlay's mutual TLS: what they say, and TLS material that cannot work is
-refused at start with the file named (overlay.control._certs, _auth)."""
+refused at start with the file named (overlay.tls._certs, _auth)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from overlay.control import (
-    Issued,
-    Role,
-    TlsError,
-    create_ca,
-    identity_of,
-    issue_client,
-    issue_node,
-    load_ca,
-    load_tls,
-)
+from overlay.grpc import Role, identity_of
+from overlay.tls import Issued, TlsError, create_ca, issue_client, issue_node, load_ca, load_tls
 
 NOW = datetime.datetime(2030, 1, 15, 12, 0, tzinfo=datetime.UTC)
 

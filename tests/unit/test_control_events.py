@@ -1,4 +1,4 @@
-"""Events for the NOC (overlay.control._events): their kinds and one-line summaries, and a hub
+"""Events for the NOC (overlay.noc._events): their kinds and one-line summaries, and a hub
 that numbers them, filters them per watcher and drops a watcher that falls behind."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import pytest
 import trio
 import trio.testing
 
-from overlay.control import (
+from overlay.linkstate import LinkMetrics
+from overlay.noc import (
     KINDS,
     CallFailed,
     DrainChanged,
     Event,
-    EventHub,
     FaultInjected,
     FaultsCleared,
     LinkChanged,
@@ -21,11 +21,10 @@ from overlay.control import (
     OverrideSet,
     RouteChanged,
     SourcesUnblocked,
-    WatcherFellBehind,
     kind,
     summary,
 )
-from overlay.linkstate import LinkMetrics
+from overlay.shell.events import EventHub, WatcherFellBehind
 
 UP = LinkChanged("use1", True, LinkMetrics("use1", True, 68.04, 1.25, 0.012))
 DOWN = LinkChanged("use2", False, LinkMetrics("use2", False))

@@ -1,12 +1,12 @@
-"""Route explanations on the reference topology (overlay.control._explain): the chosen path
+"""Route explanations on the reference topology (overlay.noc._explain): the chosen path
 with its cost per link and term, and every other first hop with the reason it lost."""
 
 from __future__ import annotations
 
 import pytest
 
-from overlay.control import Candidate, RouteExplanation, Verdict, explain_route
 from overlay.linkstate import LinkMetrics, Lsa
+from overlay.noc import Candidate, RouteExplanation, Verdict, explain_route
 from overlay.routing import CostBreakdown, RouteTable, RoutingPolicy, compute_routes
 
 REGIONS = {"usw2": "us-west-2", "usw1": "us-west-1", "use2": "us-east-2", "use1": "us-east-1"}

@@ -1,4 +1,4 @@
-"""Operator overrides of a node's links (overlay.control._overrides): checked, applied to what
+"""Operator overrides of a node's links (overlay.noc._overrides): checked, applied to what
 the node advertises, gone at their expiry."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from overlay.control import MAX_OVERRIDE_S, LinkOverride, LinkOverrides, new_override
 from overlay.linkstate import LinkMetrics
+from overlay.noc import MAX_OVERRIDE_S, LinkOverride, LinkOverrides, new_override
 
 NOW = 1000.0
 LINKS = [LinkMetrics("use1", True, 68.0, admin_cost=5.0), LinkMetrics("use2", True, 50.0)]

@@ -1,4 +1,4 @@
-"""overlay.edge_security: one log line per block, unblock and overload episode, on trio's clock."""
+"""overlay.shell.security: one log line per block, unblock and overload episode, on trio's clock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from overlay.config import SecuritySection
-from overlay.edge_security import EdgeSecurity
 from overlay.security import EdgeGuard
+from overlay.shell.security import EdgeSecurity
 from overlay.sip import Request
 from tests.unit.sip_helpers import parse, request
 

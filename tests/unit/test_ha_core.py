@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.ha import (
+from overlay.ha import (
     AddressView,
     HaAgentConfig,
     HaCore,

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from overlay.transport import ALL_PEERS, DelayLine, Fault, Impairments
+from overlay.shell.transport import ALL_PEERS, DelayLine, Fault, Impairments
 
 
 @pytest.fixture

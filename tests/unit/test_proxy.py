@@ -390,8 +390,8 @@ def test_oversized_message_gets_513() -> None:
 
 
 def test_call_state_is_freed_without_the_cyclic_collector() -> None:
-    # The node runs with full GC passes off (overlay.workers): a reference cycle left behind by
-    # a call would be a leak there.
+    # The node runs with full GC passes off (overlay.shell.workers): a reference cycle left
+    # behind by a call would be a leak there.
     from overlay.sip import Transaction
     from overlay.sip._proxy import _Context
 

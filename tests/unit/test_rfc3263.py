@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from overlay.config import DnsTarget
-from overlay.transport import ResolutionError, ResolvedTarget
-from overlay.transport._resolver import (
+from overlay.shell.transport import ResolutionError, ResolvedTarget
+from overlay.shell.transport._resolver import (
     DnsRecords,
     NaptrRecord,
     SrvRecord,

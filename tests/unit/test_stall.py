@@ -1,4 +1,4 @@
-"""overlay.stall: the event-loop stall watchdog, on trio's MockClock, and its collector timing."""
+"""overlay.shell.stall: the event-loop stall watchdog on trio's MockClock, and collector timing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import structlog.testing
 import trio
 import trio.testing
 
-from overlay.stall import BUCKETS, GcPasses, StallWatchdog
+from overlay.shell.stall import BUCKETS, GcPasses, StallWatchdog
 
 
 def test_observe_fills_the_histogram_and_keeps_the_longest() -> None:

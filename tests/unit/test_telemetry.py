@@ -1,4 +1,4 @@
-"""overlay.telemetry without I/O: dotted counters to families, CloudWatch data and batches."""
+"""overlay.shell.telemetry without I/O: dotted counters to families, CloudWatch data and batches."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from overlay.linkstate import LinkState
-from overlay.stall import StallWatchdog
-from overlay.telemetry import (
+from overlay.shell.stall import StallWatchdog
+from overlay.shell.telemetry import (
     COUNTER_FAMILIES,
     NAMESPACE,
     LinkWindow,
@@ -26,7 +26,7 @@ from overlay.telemetry import (
     encoded_size,
     link_values,
 )
-from overlay.telemetry._collector import stall_histogram
+from overlay.shell.telemetry._collector import stall_histogram
 from tests.mesh_helpers import link_statistics
 
 # -- dotted counters -> families -----------------------------------------------------------------

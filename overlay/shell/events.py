@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator
 
 import trio
 
-from ._events import KINDS, Event, Published, kind
+from overlay.noc import KINDS, Event, Published, kind
 
 #: Events a watcher may have waiting before it is dropped.
 WATCH_BUFFER = 1000

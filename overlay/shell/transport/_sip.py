@@ -48,9 +48,10 @@ import structlog
 import trio
 
 from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer, steering_owner
+from overlay.tls import TlsContexts
 
 from ._impairment import DelayLine, Impairments
-from ._tls import HandshakeFailed, TlsContexts, client_stream, handshake, server_stream
+from ._tls import HandshakeFailed, client_stream, handshake, server_stream
 
 log = structlog.get_logger("overlay.transport")
 

@@ -3,7 +3,6 @@
 from ._impairment import ALL_PEERS, DelayLine, Fault, Impairments
 from ._resolver import ResolutionError, ResolvedTarget, SipResolver
 from ._sip import BoundSocket, SipTransport, Steering, TransportStatistics, bind_listeners
-from ._tls import TlsContexts
 
 __all__ = [
     "ALL_PEERS",
@@ -16,7 +15,6 @@ __all__ = [
     "SipResolver",
     "SipTransport",
     "Steering",
-    "TlsContexts",
     "TransportStatistics",
     "bind_listeners",
 ]

@@ -43,7 +43,7 @@ from overlay.media import (
     PortAllocator,
     media_id,
 )
-from overlay.transport import ALL_PEERS
+from overlay.shell.transport import ALL_PEERS
 
 log = structlog.get_logger("overlay.media")
 

@@ -2,7 +2,7 @@
 
 A small fleet or a lab needs no PKI of its own: ``create_ca`` makes a self-signed CA, and
 ``issue_node`` / ``issue_client`` sign the certificates every node and NOC tool presents. Keys are
-ECDSA P-256. What a certificate is for is in its subjectAltNames (``overlay.control._auth``):
+ECDSA P-256. What a certificate is for is in its subjectAltNames (``overlay.grpc._auth``):
 
 * a node's: ``urn:overlay:node:<node_id>`` plus the IP addresses / DNS names its gRPC server is
   dialled at (clients check the server's certificate against the host they dial), with both
@@ -13,7 +13,7 @@ ECDSA P-256. What a certificate is for is in its subjectAltNames (``overlay.cont
 would only fail later in a TLS handshake: a file that is not PEM, a key that does not belong to
 the certificate, a certificate the CA did not sign, one outside its validity period.
 ``load_key_pair`` and ``load_authorities`` make the same checks on the files of SIP over TLS
-(``overlay.sip_tls``), whose certificate usually comes from a public CA.
+(``overlay.tls._sip``), whose certificate usually comes from a public CA.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ._auth import NODE_URI_PREFIX, ROLE_URI_PREFIX, Role
-from ._bridge import TlsCredentials
+from overlay.grpc import NODE_URI_PREFIX, ROLE_URI_PREFIX, Role, TlsCredentials
 
 CA_DAYS = 3650
 LEAF_DAYS = 397  # what browsers accept for server certificates; renew yearly

@@ -27,8 +27,9 @@ import structlog
 import trio
 from grpc_health.v1 import health_pb2
 
-from deploy.aws import ClientFactory
-from overlay.control import GrpcBridge, RpcError, TlsCredentials, load_tls, open_grpc_bridge
+from overlay.aws import ClientFactory
+from overlay.grpc import GrpcBridge, RpcError, TlsCredentials, open_grpc_bridge
+from overlay.tls import load_tls
 
 from ._core import (
     HaCore,
@@ -280,7 +281,7 @@ async def run_agent(
 
     Watches the peer's gRPC health and moves the floating address (private IP and EIP) to
     ``config.own_eni_id`` when the peer is dead and the EC2 API says the address is not already
-    ours (see ``deploy.ha._core`` for the rules and the hold-down).
+    ours (see ``overlay.ha._core`` for the rules and the hold-down).
 
     Args:
         config: the pair and the timings.

@@ -1,4 +1,4 @@
-"""SIP over TLS for ``SipTransport``: the ssl contexts and the bounded handshake.
+"""SIP over TLS for ``SipTransport``: the TLS streams and the bounded handshake.
 
 RFC 3261 §26.2 and RFC 5922: a node that opens a TLS connection checks the server's certificate
 against the SIP domain it meant to reach (sent as SNI too), or against the IP address when the
@@ -7,17 +7,16 @@ taken from the SRV target or from the certificate itself. Python's ``ssl`` does 
 ``server_hostname`` is set: a DNS name against the subjectAltName DNS entries (wildcards in the
 leftmost label only, RFC 6125), an IP literal against the IP entries, with no SNI for an IP.
 
-Both sides speak TLS 1.2 or later with the ssl module's default cipher choice.
+The contexts themselves are ``overlay.tls.TlsContexts``.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 
 import trio
 
-MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+from overlay.tls import TlsContexts
 
 
 class HandshakeFailed(Exception):
@@ -28,55 +27,6 @@ class HandshakeFailed(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class TlsContexts:
-    """What ``SipTransport`` needs for TLS.
-
-    ``client`` verifies servers (CERT_REQUIRED, hostname checked) and presents this node's
-    certificate when it has one; ``server`` serves the ``tls:`` listeners (``None`` without
-    them); ``handshake_timeout`` bounds every handshake, in seconds.
-    """
-
-    client: ssl.SSLContext
-    server: ssl.SSLContext | None = None
-    handshake_timeout: float = 5.0
-
-    @classmethod
-    def create(
-        cls,
-        *,
-        cert: str | None = None,
-        key: str | None = None,
-        ca: str | None = None,
-        verify_client: bool = False,
-        handshake_timeout: float = 5.0,
-    ) -> TlsContexts:
-        """Contexts from PEM files (paths).
-
-        Args:
-            cert: this node's certificate chain, leaf first; ``None``: no server side and no
-                client certificate.
-            key: its private key.
-            ca: CA bundle that verifies peers' certificates; ``None``: the system's store.
-            verify_client: connecting peers must present a certificate ``ca`` signed.
-            handshake_timeout: seconds a handshake may take.
-
-        Raises:
-            ssl.SSLError, OSError: a file cannot be loaded (check the files first to name the
-                problem: ``overlay.sip_tls``).
-        """
-        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
-        client.minimum_version = MINIMUM_VERSION
-        server = None
-        if cert is not None:
-            client.load_cert_chain(cert, key)
-            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
-            server.minimum_version = MINIMUM_VERSION
-            server.load_cert_chain(cert, key)
-            server.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_NONE
-        return cls(client, server, handshake_timeout)
 
 
 def client_stream(

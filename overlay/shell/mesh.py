@@ -18,7 +18,7 @@
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
   address; ``forward_address`` turns it into the current next hop's address, and when the next
   hop toward some nodes changes, ``on_reroute`` tells the proxy so it resends what is pending.
-* **Operators.** The Control service (``overlay.control_plane``) drains the node
+* **Operators.** The Control service (``overlay.shell.control``) drains the node
   (``set_draining``: advertised in the LSA, so others stop using it as transit) and overrides
   links (``set_override``; ``overrides`` are applied to every set of links given to the
   flooder and expire by themselves). Link and route changes and expired overrides are reported
@@ -44,16 +44,10 @@ import structlog
 import trio
 
 from overlay.config import NodeConfig, PeerConfig
-from overlay.control import (
+from overlay.grpc import (
     AccessPolicy,
     BridgedStream,
-    EventSink,
     GrpcBridge,
-    LinkChanged,
-    LinkOverride,
-    LinkOverrides,
-    OverrideCleared,
-    RouteChanged,
     RpcError,
     Service,
     StatusCode,
@@ -79,9 +73,17 @@ from overlay.linkstate import (
     probe_request,
     read_probe_untrusted,
 )
+from overlay.noc import (
+    EventSink,
+    LinkChanged,
+    LinkOverride,
+    LinkOverrides,
+    OverrideCleared,
+    RouteChanged,
+)
 from overlay.routing import NoRoute, RoutingPolicy, compute_routes
+from overlay.shell.transport import DelayLine, Impairments
 from overlay.sip import NextHop, Peer
-from overlay.transport import DelayLine, Impairments
 from overlay.v1 import linkstate_pb2
 
 log = structlog.get_logger("overlay.mesh")
@@ -408,7 +410,7 @@ class Mesh:
             raise RpcError(StatusCode.PERMISSION_DENIED, f"unknown node {neighbor!r}")
         authenticated = node_of(current_caller())
         if authenticated is not None and authenticated != neighbor:
-            # A node may flood only as itself: its certificate names it (overlay.control).
+            # A node may flood only as itself: its certificate names it (overlay.grpc).
             raise RpcError(
                 StatusCode.PERMISSION_DENIED,
                 f"hello from {neighbor!r} over a connection authenticated as {authenticated!r}",
@@ -512,7 +514,7 @@ class Mesh:
             return
         self._excused_until = now
         self.stalls_excused += 1
-        # The stall watchdog (overlay.stall) warns of the stall itself; this says what it cost.
+        # The stall watchdog (overlay.shell.stall) warns of the stall itself; this says its cost.
         log.info("link detection paused for a stall", stalled_ms=round((now - start) * 1e3))
         for monitor in self.monitors.values():
             monitor.excuse(start, now)

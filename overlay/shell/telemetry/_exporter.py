@@ -26,7 +26,7 @@ import structlog
 import trio
 from botocore.exceptions import BotoCoreError, ClientError
 
-from deploy.aws import ClientFactory, error_code
+from overlay.aws import ClientFactory, error_code
 from overlay.config import CloudwatchSection
 from overlay.linkstate import LinkStatistics
 
@@ -48,7 +48,7 @@ class CloudWatchExporter:
         node_id: the ``Node`` dimension of the per-link data.
         links: the current statistics of every link (read on the trio thread).
         client: makes the boto3 CloudWatch client (called once, in a worker thread); by
-            default one from ``deploy.aws.ClientFactory`` for the section's region and endpoint.
+            default one from ``overlay.aws.ClientFactory`` for the section's region and endpoint.
         backoff_first, backoff_max: the pause after a failed call, in seconds.
     """
 

@@ -8,7 +8,7 @@ Every gRPC client of a node presents a certificate signed by the overlay's CA (m
   that change the node (``OPERATOR_METHODS``).
 * ``urn:overlay:node:<node_id>``: an overlay node. A node may open a link-state flooding stream
   to a peer that lists it in ``[[peers]]``, as itself (the stream's Hello must name the node
-  of the certificate, which ``overlay.mesh`` checks), and call nothing else.
+  of the certificate, which ``overlay.shell.mesh`` checks), and call nothing else.
 * The common name: who it is, for logs and for the ``by`` of events (``"alice"``).
 
 A node run with ``insecure = true`` has no TLS: nobody is authenticated and every caller may do

@@ -32,11 +32,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from overlay.linkstate import LinkState
-from overlay.stall import StallStatistics
+from overlay.shell.stall import StallStatistics
 
 if TYPE_CHECKING:
-    from overlay.mesh import Mesh
-    from overlay.node import Node
+    from overlay.shell.mesh import Mesh
+    from overlay.shell.node import Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,7 +452,7 @@ class NodeCollector(Collector):
 
 
 def stall_histogram(stats: StallStatistics) -> HistogramMetricFamily:
-    """How late the event loop woke a task sleeping 10 ms, each tick (overlay.stall)."""
+    """How late the event loop woke a task sleeping 10 ms, each tick (overlay.shell.stall)."""
     return HistogramMetricFamily(
         "overlay_loop_stall_seconds",
         "How late this node's event loop ran a task sleeping 10 ms, measured every time",

@@ -20,7 +20,7 @@ from ._collector import NodeCollector
 from ._http import PATH, MetricsServer
 
 if TYPE_CHECKING:
-    from overlay.node import Node
+    from overlay.shell.node import Node
 
     from ._exporter import CloudWatchExporter
 

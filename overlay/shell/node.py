@@ -18,7 +18,7 @@ With ``[security]`` the core screens every message through the edge guard (``Edg
 docs/security.md), which the transport tells when its receive loop falls behind the socket, and
 which screens every TCP and TLS connection's source at accept, before any TLS handshake.
 
-SIP over TLS (``[sip.tls]``, ``overlay.sip_tls``): when ``_resolve`` locates a TLS target by
+SIP over TLS (``[sip.tls]``, ``overlay.tls._sip``): when ``_resolve`` locates a TLS target by
 name, it tells the transport to check the certificates of the connections it opens to the
 addresses found against that name (RFC 5922 §7.2); a target given as an IP address is checked
 against the address.
@@ -40,22 +40,27 @@ import trio
 import trio.testing
 
 from overlay.config import DnsTarget, NodeConfig, StaticTarget
-from overlay.control import (
-    AccessPolicy,
-    CallFailed,
-    CallTracker,
-    EventHub,
-    TlsCredentials,
-    TlsError,
-    load_tls,
-    open_grpc_bridge,
-)
-from overlay.control_plane import ControlPlane, DrainState, MediaPlaneView
-from overlay.edge_security import EdgeSecurity
+from overlay.grpc import AccessPolicy, TlsCredentials, open_grpc_bridge
 from overlay.linkstate import PROBE_MARK
-from overlay.media_plane import MediaPlane
-from overlay.mesh import Mesh
+from overlay.noc import CallFailed, CallTracker
 from overlay.routing import Dialplan, choose_egress
+from overlay.shell.control import ControlPlane, DrainState, MediaPlaneView
+from overlay.shell.events import EventHub
+from overlay.shell.media import MediaPlane
+from overlay.shell.mesh import Mesh
+from overlay.shell.security import EdgeSecurity
+from overlay.shell.stall import StallWatchdog
+from overlay.shell.telemetry import Telemetry
+from overlay.shell.transport import (
+    BoundSocket,
+    Impairments,
+    ResolutionError,
+    SipResolver,
+    SipTransport,
+    Steering,
+    TransportStatistics,
+    bind_listeners,
+)
 from overlay.sip import (
     ANOMALY_KINDS,
     Listener,
@@ -78,19 +83,7 @@ from overlay.sip import (
     call_id_untrusted,
     overlay_route,
 )
-from overlay.sip_tls import load_sip_tls
-from overlay.stall import StallWatchdog
-from overlay.telemetry import Telemetry
-from overlay.transport import (
-    BoundSocket,
-    Impairments,
-    ResolutionError,
-    SipResolver,
-    SipTransport,
-    Steering,
-    TransportStatistics,
-    bind_listeners,
-)
+from overlay.tls import TlsError, load_sip_tls, load_tls
 
 log = structlog.get_logger("overlay.node")
 

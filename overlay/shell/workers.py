@@ -2,7 +2,7 @@
 
 The sockets are bound once, then the workers are forked, as Kamailio forks its children: every
 worker reads the same UDP and TCP sockets. UDP datagrams are steered by Call-ID
-(``overlay.transport.Steering``) so a call's state lives in one worker; a TCP connection stays
+(``overlay.shell.transport.Steering``) so a call's state lives in one worker; a TCP connection stays
 with the worker that accepted or opened it. The parent only supervises: it forwards SIGTERM and
 SIGINT to the workers, and if one worker dies the others are stopped and the node exits with an
 error, for the service manager to restart it whole.
@@ -19,8 +19,8 @@ import structlog
 import trio
 
 from overlay.config import NodeConfig
-from overlay.node import Node
-from overlay.transport import BoundSocket, Steering
+from overlay.shell.node import Node
+from overlay.shell.transport import BoundSocket, Steering
 
 log = structlog.get_logger("overlay")
 

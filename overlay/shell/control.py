@@ -3,18 +3,18 @@
 ``ControlPlane`` answers the Control RPCs from the node's pieces, each read through its public
 snapshot API and changed only through the methods its owner offers for that: the mesh (links,
 LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the call
-book (``overlay.control.CallTracker``), the media plane's sessions and counters, the SIP edge
+book (``overlay.noc.CallTracker``), the media plane's sessions and counters, the SIP edge
 guard's blocks (``blocks``, ``unblock``), the dialplan and the node's counters. The pure parts
-live in ``overlay.control``: route explanations, events, overrides, roles.
+live in ``overlay.noc``: route explanations, events, overrides (roles: ``overlay.grpc``).
 
 Every RPC is authorised first (``AccessPolicy``: viewer to read, operator to change; refusals
 are logged with the certificate's subject), and every outcome is counted by method and status
 (``control.rpc.<Method>.<STATUS>`` in GetCounters). Operator actions are logged at WARNING with
 who did them, and published as events with a ``by``.
 
-Draining: ``DrainState`` is read by the node for every new INVITE (``overlay.node``); Drain sets
-it, advertises it in the LSA (so other nodes stop using this one as transit and stop anchoring
-new calls on it), and sets the gRPC health of the server (``""``) to NOT_SERVING.
+Draining: ``DrainState`` is read by the node for every new INVITE (``overlay.shell.node``);
+Drain sets it, advertises it in the LSA (so other nodes stop using this one as transit and stop
+anchoring new calls on it), and sets the gRPC health of the server (``""``) to NOT_SERVING.
 """
 
 from __future__ import annotations
@@ -31,47 +31,48 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from overlay.config import DnsTarget, NodeConfig, StaticTarget
-from overlay.control import (
-    KINDS,
+from overlay.grpc import (
     AccessPolicy,
     BridgedStream,
     Caller,
+    GrpcBridge,
+    RpcError,
+    Service,
+    StatusCode,
+    StreamBroken,
+    current_caller,
+    server_stream_handler,
+    unary_handler,
+)
+from overlay.linkstate import LinkMetrics
+from overlay.media import MediaSession
+from overlay.noc import (
+    KINDS,
     CallFailed,
     CallRecord,
     CallTracker,
     Candidate,
     DrainChanged,
-    EventHub,
     FaultInjected,
     FaultsCleared,
-    GrpcBridge,
     LinkChanged,
     LinkOverride,
     OverrideCleared,
     OverrideSet,
     Published,
     RouteChanged,
-    RpcError,
-    Service,
     SourcesUnblocked,
-    StatusCode,
-    StreamBroken,
-    WatcherFellBehind,
-    current_caller,
     explain_route,
     kind,
     new_override,
-    server_stream_handler,
     summary,
-    unary_handler,
 )
-from overlay.linkstate import LinkMetrics
-from overlay.media import MediaSession
-from overlay.mesh import Mesh
 from overlay.routing import Dialplan, choose_egress, link_cost, weight_function
 from overlay.security import ALL_SOURCES, BlockedSource, source_key
+from overlay.shell.events import EventHub, WatcherFellBehind
+from overlay.shell.mesh import Mesh
+from overlay.shell.transport import ALL_PEERS, Fault
 from overlay.sip import ProtocolError, SipUri, TelUri, parse_uri_untrusted
-from overlay.transport import ALL_PEERS, Fault
 from overlay.v1 import control_pb2
 
 log = structlog.get_logger("overlay.control")
@@ -105,7 +106,7 @@ class DrainState:
 
 
 class CallMedia(Protocol):
-    """The media plane as the Control service reads it (``overlay.media_plane.MediaPlane``)."""
+    """The media plane as the Control service reads it (``overlay.shell.media.MediaPlane``)."""
 
     def sessions_of(self, call_id: str) -> list[MediaSession]: ...
 
@@ -799,7 +800,7 @@ class _Relay(Protocol):
 
 
 class MediaPlaneView:
-    """``CallMedia`` over ``overlay.media_plane.MediaPlane``: its edge's sessions, its relay's
+    """``CallMedia`` over ``overlay.shell.media.MediaPlane``: its edge's sessions, its relay's
     counters and faults."""
 
     def __init__(
