@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ._bridge import Caller, RpcError, StatusCode
+from ._identities import Caller
+from ._status import RpcError, StatusCode
 
 ROLE_URI_PREFIX = "urn:overlay:role:"
 NODE_URI_PREFIX = "urn:overlay:node:"

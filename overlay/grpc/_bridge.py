@@ -1,10 +1,12 @@
 """gRPC for trio: grpcio's asyncio API on one thread of its own, driven from trio.
 
-This is the only module of the project that imports asyncio (STYLE.md §6, the import-linter
-contract ``asyncio-bridge``) and the only one that uses grpc itself (the contract ``grpc-bridge``:
-others get status codes as :data:`StatusCode`). Everything else uses :func:`open_grpc_bridge` and
-the objects it hands out; they take and return trio-friendly values and raise :class:`RpcError` /
-:class:`StreamBroken`, never grpc's or asyncio's exceptions.
+This module is the bridge itself: the loop thread, the crossings between the two threads, the
+servers and the client calls. With ``_stream`` (a stream's two halves) it is the only code of the
+project that imports asyncio (STYLE.md §6, the import-linter contract ``asyncio-bridge``); with
+``_stream`` and ``_status`` (status codes and errors), the only code that uses grpc itself (the
+contract ``grpc-bridge``: others get status codes as :data:`StatusCode`). Everything else uses
+:func:`open_grpc_bridge` and the objects it hands out; they take and return trio-friendly values
+and raise :class:`RpcError` / :class:`StreamBroken`, never grpc's or asyncio's exceptions.
 """
 
 # Theory of operation
@@ -31,22 +33,8 @@ the objects it hands out; they take and return trio-friendly values and raise :c
 # message ends the RPC: INTERNAL at a client, INVALID_ARGUMENT at a server). grpc itself only
 # ever sees bytes, which keeps its "log and pass None" serializer behaviour out of the way.
 #
-# A stream (BridgedStream, the same class at a client and at a server) has a trio half (the
-# object itself: a memory channel of received messages, a count of unwritten messages) and a loop
-# half (_LoopSide: a queue of outgoing items, a semaphore of read credit). On the loop thread two
-# pumps move messages: pump-in reads one message per read credit and posts it to trio; pump-out
-# takes bytes from the queue, writes them, and posts "one more written" to trio. The trio half
-# learns that the RPC is over through `_end_rpc(status)`, posted exactly when the loop half knows
-# it; the first end wins and later posts are dropped, as are any messages that arrive after the
-# trio side stopped listening. Callbacks posted to trio never raise (they would crash trio.run):
-# `_guarded` logs instead.
-#
-# Flow control: at most STREAM_BUFFER_SIZE messages per direction per stream sit between the two
-# threads. Sending: `send_nowait` raises trio.WouldBlock when that many are queued and not yet
-# accepted by grpc (grpc's `write` returns once HTTP/2 flow control lets the message out), and
-# `send` waits for room; so a peer that stops reading pushes back on the trio sender. Receiving:
-# pump-in reads only while it holds credit, and every `receive` returns one credit; so a trio
-# receiver that stops reading stops grpc reading, and HTTP/2 flow control pushes back on the peer.
+# Streams (BridgedStream and its loop half) and their flow control: see the theory of operation
+# in ``_stream``.
 #
 # Server handlers run on trio. Unary: a sync function is called inside the run_sync_soon callback
 # (no task); an async one runs as a task in the bridge's nursery under its own cancel scope,
@@ -73,23 +61,11 @@ the objects it hands out; they take and return trio-friendly values and raise :c
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import gc
-import inspect
-import math
 import threading
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, TypeVar, overload
+from typing import Any, Final, TypeVar
 
 import grpc
 import grpc.aio
@@ -98,32 +74,22 @@ import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-__all__ = [
-    "BridgedStream",
-    "Caller",
-    "GrpcBridge",
-    "MethodHandler",
-    "RpcError",
-    "Service",
-    "StatusCode",
-    "StreamBroken",
-    "TlsCredentials",
-    "current_caller",
-    "open_grpc_bridge",
-    "server_stream_handler",
-    "stream_handler",
-    "unary_handler",
-]
+from ._identities import Caller, TlsCredentials, _caller
+from ._service import (
+    MethodHandler,
+    Service,
+    _Method,
+    _ServerStreamHandler,
+    _StreamHandler,
+    _UnaryHandler,
+)
+from ._status import _OK, RpcError, _Status, _status_for
+from ._stream import _CLOSE, BridgedStream
 
-#: gRPC status codes (``StatusCode.PERMISSION_DENIED``), for modules that must not import grpc.
-StatusCode = grpc.StatusCode
+__all__ = ["GrpcBridge", "open_grpc_bridge"]
 
 log = structlog.get_logger("overlay.control")
 
-#: Messages per direction per stream that may wait between trio and grpc (see "Flow control").
-STREAM_BUFFER_SIZE: Final = 64
-#: Seconds a server stream handler may keep running after its RPC ended.
-HANDLER_GRACE: Final = 0.5
 #: Seconds in-flight unary RPCs get to finish when the bridge stops its servers.
 SERVER_GRACE: Final = 0.5
 #: Bound on each step of the bridge's shutdown.
@@ -161,368 +127,6 @@ _SERVER_OPTIONS = (
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 T = TypeVar("T")
-
-
-# --- errors ----------------------------------------------------------------------------------
-
-
-class RpcError(Exception):
-    """A gRPC status other than OK.
-
-    Raised by a server handler to answer with this status (any other exception becomes INTERNAL
-    with a generic message, and is logged); raised by :meth:`GrpcBridge.unary` when the call
-    fails.
-    """
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-class StreamBroken(trio.BrokenResourceError):
-    """The RPC of a :class:`BridgedStream` ended with an error, was cancelled, or is over.
-
-    ``code`` and ``details`` are the RPC's final gRPC status (at a server, the status the RPC
-    ended with; CANCELLED when the client went away).
-    """
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class _Status(NamedTuple):
-    code: grpc.StatusCode
-    details: str
-
-
-_OK = _Status(grpc.StatusCode.OK, "the RPC has ended")
-
-
-def _status_for(exc: BaseException, method: str) -> _Status:
-    """The status a failed handler answers with. Call only in an ``except`` block."""
-    if isinstance(exc, RpcError):
-        return _Status(exc.code, exc.message)
-    if isinstance(exc, BaseExceptionGroup):
-        rpc_errors, rest = exc.split(RpcError)
-        if rest is None and rpc_errors is not None:
-            first: BaseException = rpc_errors
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            return _status_for(first, method)
-    log.exception("gRPC handler failed", method=method)
-    return _Status(grpc.StatusCode.INTERNAL, "internal error")
-
-
-# --- identities --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TlsCredentials:
-    """The PEM-encoded mutual-TLS material of one side: a node, or a NOC client.
-
-    Attributes:
-        ca: the certificate(s) trusted to sign the other side's certificate.
-        cert: this side's certificate (a chain: the leaf first).
-        key: its private key.
-    """
-
-    ca: bytes
-    cert: bytes
-    key: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The client of an RPC being served.
-
-    Attributes:
-        peer: grpc's peer string, ``"ipv4:127.0.0.1:40112"``.
-        certificate: the client's certificate (PEM), verified against the server's CA by the
-            TLS handshake; ``None`` on a server without TLS.
-    """
-
-    peer: str
-    certificate: bytes | None
-
-
-_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
-    "overlay_grpc_caller", default=None
-)
-
-
-def current_caller() -> Caller | None:
-    """The client of the RPC the calling handler serves; ``None`` outside a handler."""
-    return _caller.get()
-
-
-#: Called before every handler of a :class:`Service` with the method name (``"Drain"``) and the
-#: caller; raises :class:`RpcError` (PERMISSION_DENIED, ...) to refuse the call.
-Authorize = Callable[[str, Caller], None]
-
-
-# --- services --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _UnaryHandler:
-    fn: Callable[[Any], Any]
-    request_deserializer: Callable[[bytes], Any]
-    response_serializer: Callable[[Any], bytes]
-    is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _StreamHandler:
-    fn: Callable[[BridgedStream], Awaitable[None]]
-    request_deserializer: Callable[[bytes], Any]
-    response_serializer: Callable[[Any], bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class _ServerStreamHandler:
-    fn: Callable[[Any, BridgedStream], Awaitable[None]]
-    request_deserializer: Callable[[bytes], Any]
-    response_serializer: Callable[[Any], bytes]
-
-
-#: One method of a :class:`Service`, built by :func:`unary_handler`, :func:`stream_handler` or
-#: :func:`server_stream_handler`.
-MethodHandler = _UnaryHandler | _StreamHandler | _ServerStreamHandler
-
-
-@overload
-def unary_handler(
-    fn: Callable[[RequestT], Awaitable[ResponseT]],
-    request_deserializer: Callable[[bytes], RequestT],
-    response_serializer: Callable[[ResponseT], bytes],
-) -> MethodHandler: ...
-@overload
-def unary_handler(
-    fn: Callable[[RequestT], ResponseT],
-    request_deserializer: Callable[[bytes], RequestT],
-    response_serializer: Callable[[ResponseT], bytes],
-) -> MethodHandler: ...
-def unary_handler(
-    fn: Callable[[Any], Any],
-    request_deserializer: Callable[[bytes], Any],
-    response_serializer: Callable[[Any], bytes],
-) -> MethodHandler:
-    """A unary method implemented on trio: ``fn(request) -> response``.
-
-    A plain function runs on the trio thread in a ``run_sync_soon`` callback, so it must not
-    block. An ``async def`` function runs as a task of the bridge's nursery and is cancelled if
-    the RPC is (client gone, deadline). Either may raise :class:`RpcError` to answer with that
-    status; any other exception is logged and answered with INTERNAL. A request that does not
-    decode is answered with INVALID_ARGUMENT without calling ``fn``.
-    """
-    return _UnaryHandler(
-        fn, request_deserializer, response_serializer, inspect.iscoroutinefunction(fn)
-    )
-
-
-def stream_handler(
-    fn: Callable[[BridgedStream], Awaitable[None]],
-    request_deserializer: Callable[[bytes], RequestT],
-    response_serializer: Callable[[ResponseT], bytes],
-) -> MethodHandler:
-    """A bidirectional-streaming method implemented on trio: ``async def fn(stream) -> None``.
-
-    ``fn`` runs as a task of the bridge's nursery for the life of the RPC. When it returns, the
-    response stream ends with OK; :class:`RpcError` ends it with that status; any other exception
-    is logged and ends it with INTERNAL. When the RPC ends first, ``stream.receive()`` raises
-    StreamBroken (``trio.EndOfChannel`` after a clean half-close by the client), and ``fn`` is
-    cancelled if it has not returned HANDLER_GRACE seconds later.
-    """
-    return _StreamHandler(fn, request_deserializer, response_serializer)
-
-
-def server_stream_handler(
-    fn: Callable[[RequestT, BridgedStream], Awaitable[None]],
-    request_deserializer: Callable[[bytes], RequestT],
-    response_serializer: Callable[[ResponseT], bytes],
-) -> MethodHandler:
-    """A server-streaming method implemented on trio: ``async def fn(request, stream) -> None``.
-
-    As :func:`stream_handler`, except that the client sends one request, given to ``fn``, and
-    ``stream`` only sends (its ``receive`` raises ``trio.EndOfChannel``). When the client goes
-    away, ``send`` raises :class:`StreamBroken` and ``fn`` is cancelled HANDLER_GRACE seconds
-    later if it has not returned (a handler waiting for something to send is cancelled so). A
-    request that does not decode ends the RPC with INVALID_ARGUMENT without calling ``fn``.
-    """
-    return _ServerStreamHandler(fn, request_deserializer, response_serializer)
-
-
-@dataclass(frozen=True)
-class Service:
-    """One gRPC service implemented on the trio side.
-
-    Example::
-
-        Service("overlay.v1.Control", {
-            "ListLinks": unary_handler(
-                list_links,
-                control_pb2.ListLinksRequest.FromString,
-                control_pb2.ListLinksResponse.SerializeToString,
-            ),
-        }, authorize=policy.authorize_control)
-    """
-
-    #: Fully qualified service name, ``package.Service``.
-    name: str
-    #: Method name (without the service) -> handler.
-    methods: Mapping[str, MethodHandler]
-    #: Checks every call before its handler runs (see :data:`Authorize`); ``None``: no check.
-    authorize: Authorize | None = None
-
-
-# --- streams ---------------------------------------------------------------------------------
-
-
-_CLOSE: Final = object()  # queued by close(): half-close (client) / end the RPC with OK (server)
-
-
-class _LoopSide:
-    """The loop-thread half of a stream. Touched only on the loop thread once created."""
-
-    __slots__ = ("credit", "outgoing")
-
-    def __init__(self) -> None:
-        # Neither binds to a loop until first awaited, so the trio thread may create them.
-        # Items: bytes to write, _CLOSE, or (server) the _Status the handler finished with.
-        self.outgoing: asyncio.Queue[object] = asyncio.Queue()
-        self.credit = asyncio.Semaphore(STREAM_BUFFER_SIZE)
-
-
-class BridgedStream:
-    """One bidirectional gRPC stream, seen from trio.
-
-    The same class serves both ends: :meth:`GrpcBridge.open_stream` yields one at a client, and a
-    :func:`stream_handler` receives one at a server. Its methods must be called on the trio
-    thread that opened the bridge. It sends what its serializer accepts and receives what its
-    deserializer returns (protobuf messages, which are untyped: hence ``Any``).
-
-    Buffering: up to STREAM_BUFFER_SIZE (64) sent messages may wait for grpc to accept them;
-    :meth:`send_nowait` raises ``trio.WouldBlock`` beyond that and :meth:`send` waits. Up to as
-    many received messages are read ahead of :meth:`receive`.
-
-    Error handling: once the RPC is over, :meth:`receive` first returns the messages that had
-    already arrived and then raises :class:`StreamBroken` with the final status (or
-    ``trio.EndOfChannel`` if the peer had half-closed cleanly before); :meth:`send` and
-    :meth:`send_nowait` raise :class:`StreamBroken` at once.
-    """
-
-    def __init__(self, bridge: GrpcBridge, peer: str, serializer: Callable[[Any], bytes]) -> None:
-        #: The other end: grpc's peer string at a server (``"ipv4:127.0.0.1:40112"``), the
-        #: target at a client (``"127.0.0.2:7000"``).
-        self.peer = peer
-        self._bridge = bridge
-        self._serializer = serializer
-        self._loop_side = _LoopSide()
-        # Trio thread only from here on.
-        self._incoming_send, self._incoming = trio.open_memory_channel[Any](math.inf)
-        self._receive_end: _Status | None = None  # why receive() stops: None = still open
-        self._rpc_end: _Status | None = None  # set once the RPC is over
-        self._closed = False  # close() was called
-        self._unwritten = 0  # sent but not yet accepted by grpc
-        self._room = trio.lowlevel.ParkingLot()  # senders waiting for _unwritten to drop
-        self._handler_scope: trio.CancelScope | None = None  # server: the handler's task
-
-    async def receive(self) -> Any:  # noqa: ANN401 - a protobuf message
-        """The next message from the peer.
-
-        Raises:
-            trio.EndOfChannel: the peer finished sending cleanly (at a server: the client
-                half-closed; at a client: the server ended the RPC with OK) and every message
-                has been received.
-            StreamBroken: the RPC failed, was cancelled, or the peer went away.
-        """
-        try:
-            message = await self._incoming.receive()
-        except trio.EndOfChannel:
-            end = self._receive_end
-            if end is not None and end.code is not grpc.StatusCode.OK:
-                raise StreamBroken(*end) from None
-            raise
-        self._bridge._to_loop(self._loop_side.credit.release)
-        return message
-
-    def send_nowait(self, message: object) -> None:
-        """Queue ``message`` for the peer without waiting.
-
-        Raises:
-            trio.WouldBlock: STREAM_BUFFER_SIZE messages are already waiting to be written.
-            StreamBroken: the RPC is over.
-            trio.ClosedResourceError: :meth:`close` was called.
-            Exception: whatever the serializer raises for a message it cannot encode.
-        """
-        if self._rpc_end is not None:
-            raise StreamBroken(*self._rpc_end)
-        if self._closed:
-            raise trio.ClosedResourceError("send after close()")
-        if self._unwritten >= STREAM_BUFFER_SIZE:
-            raise trio.WouldBlock
-        data = self._serializer(message)
-        if not self._bridge._to_loop(self._loop_side.outgoing.put_nowait, data):
-            raise StreamBroken(grpc.StatusCode.UNAVAILABLE, "the gRPC bridge is closed")
-        self._unwritten += 1
-
-    async def send(self, message: object) -> None:
-        """Queue ``message`` for the peer, waiting while the buffer is full.
-
-        Raises:
-            StreamBroken, trio.ClosedResourceError: as :meth:`send_nowait`.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while self._unwritten >= STREAM_BUFFER_SIZE and self._rpc_end is None:
-            if self._closed:
-                break  # send_nowait raises
-            await self._room.park()
-        self.send_nowait(message)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def close(self) -> None:
-        """Say that nothing more will be sent. Idempotent; messages already sent still go.
-
-        Client: half-close (the server's receive then raises ``trio.EndOfChannel``); responses
-        can still be received. Server: the RPC ends with OK once the messages already sent are
-        written; the handler should return.
-        """
-        if not self._closed:
-            self._closed = True
-            self._room.unpark_all()
-            self._bridge._to_loop(self._loop_side.outgoing.put_nowait, _CLOSE)
-
-    # Callbacks posted by the loop thread (run on the trio thread).
-
-    def _deliver(self, message: object) -> None:
-        if self._receive_end is None:
-            self._incoming_send.send_nowait(message)
-        # else: the trio side stopped listening; drop it.
-
-    def _end_receive(self, status: _Status) -> None:
-        if self._receive_end is None:
-            self._receive_end = status
-            self._incoming_send.close()
-
-    def _end_rpc(self, status: _Status) -> None:
-        self._end_receive(status)
-        self._end_sending(status)
-
-    def _end_sending(self, status: _Status) -> None:
-        if self._rpc_end is not None:
-            return
-        self._rpc_end = status
-        self._room.unpark_all()
-        if self._handler_scope is not None:
-            grace = trio.current_time() + HANDLER_GRACE
-            self._handler_scope.deadline = min(self._handler_scope.deadline, grace)
-
-    def _written(self) -> None:
-        self._unwritten -= 1
-        self._room.unpark()
 
 
 # --- the bridge ------------------------------------------------------------------------------
@@ -1204,27 +808,6 @@ class GrpcBridge:
             self._thread.join()  # it has nothing left to do but return
         else:
             log.error("the gRPC bridge thread did not stop", timeout=SHUTDOWN_TIMEOUT)
-
-
-class _Method:
-    """A served method: its path, its name, and its service's ``authorize``."""
-
-    __slots__ = ("authorize", "name", "path")
-
-    def __init__(self, path: str, name: str, authorize: Authorize | None) -> None:
-        self.path = path  # "/overlay.v1.Control/Drain"
-        self.name = name  # "Drain"
-        self.authorize = authorize
-
-    def refusal(self, caller: Caller) -> _Status | None:
-        """Trio thread: the status that refuses ``caller``, or None when it may call."""
-        if self.authorize is None:
-            return None
-        try:
-            self.authorize(self.name, caller)
-        except Exception as exc:
-            return _status_for(exc, self.path)
-        return None
 
 
 def _nothing_to_send(message: object) -> bytes:

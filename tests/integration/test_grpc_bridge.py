@@ -29,7 +29,7 @@ from overlay.grpc import (
     stream_handler,
     unary_handler,
 )
-from overlay.grpc._bridge import STREAM_BUFFER_SIZE
+from overlay.grpc._stream import STREAM_BUFFER_SIZE
 from overlay.tls import Issued, create_ca, issue_client, issue_node
 from overlay.v1 import control_pb2, linkstate_pb2
 
