@@ -1,0 +1,91 @@
+"""Per region, an SNS topic and a CloudWatch alarm on each link metric the nodes publish.
+
+Topics and alarms are found by their names (``<fleet>-<region>-alarms``, ``<fleet>-<region>-``
+and the metric), not by tags: CloudWatch and SNS have no tag filter on their list calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from deploy._walk import Walk
+
+ALARM_NAMESPACE = "Overlay/Links"
+#: Link metrics the nodes publish (per Fleet and Region), and the fleet's threshold for each.
+ALARM_METRICS = {"LinkLossPct": "loss_pct", "LinkRttMs": "rtt_ms", "LinkRetransPct": "retrans_pct"}
+
+
+def converge(walk: Walk, region: str) -> None:
+    name = walk.name(f"{region}-alarms")
+    sns = walk.client("sns", region)
+    topic = walk.find_or_create(
+        "sns-topic",
+        region,
+        name,
+        lambda: next(iter(_topics(sns, name)), None),
+        lambda: sns.create_topic(Name=name, Tags=[walk.fleet_tag()])["TopicArn"],
+    )
+    cloudwatch = walk.client("cloudwatch", region)
+    prefix = walk.name(f"{region}-")
+    existing = set(_alarms(cloudwatch, prefix))
+    for metric, threshold_field in ALARM_METRICS.items():
+        alarm = f"{prefix}{metric}"
+        if alarm in existing:
+            continue
+        threshold = float(getattr(walk.fleet.alarms, threshold_field))
+        walk.act(
+            "create",
+            "alarm",
+            region,
+            alarm,
+            functools.partial(
+                cloudwatch.put_metric_alarm,
+                AlarmName=alarm,
+                AlarmDescription=f"overlay {walk.fleet.name}: {metric} on a link from {region}",
+                Namespace=ALARM_NAMESPACE,
+                MetricName=metric,
+                Dimensions=[
+                    {"Name": "Fleet", "Value": walk.fleet.name},
+                    {"Name": "Region", "Value": region},
+                ],
+                Statistic="Maximum",
+                Period=60,
+                EvaluationPeriods=3,
+                DatapointsToAlarm=2,
+                Threshold=threshold,
+                ComparisonOperator="GreaterThanThreshold",
+                TreatMissingData="breaching",
+                AlarmActions=[topic],
+                OKActions=[topic],
+                Tags=[walk.fleet_tag()],
+            ),
+            f"{metric} > {threshold:g}",
+        )
+
+
+def destroy(walk: Walk, region: str) -> None:
+    cloudwatch = walk.client("cloudwatch", region)
+    alarms = _alarms(cloudwatch, walk.name(f"{region}-"))
+    if alarms:
+        for alarm in alarms:
+            walk.change("delete", "alarm", region, alarm)
+        cloudwatch.delete_alarms(AlarmNames=alarms)
+    sns = walk.client("sns", region)
+    name = walk.name(f"{region}-alarms")
+    for topic in _topics(sns, name):
+        walk.change("delete", "sns-topic", region, name)
+        sns.delete_topic(TopicArn=topic)
+
+
+def _topics(sns: Any, name: str) -> list[str]:  # noqa: ANN401
+    """The ARNs of the topics called ``name``."""
+    arns = [topic["TopicArn"] for topic in sns.list_topics()["Topics"]]
+    return [arn for arn in arns if arn.endswith(f":{name}")]
+
+
+def _alarms(cloudwatch: Any, prefix: str) -> list[str]:  # noqa: ANN401
+    return [
+        alarm["AlarmName"]
+        for alarm in cloudwatch.describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"]
+    ]

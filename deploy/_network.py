@@ -1,0 +1,174 @@
+"""A region's network: VPC, internet gateway and default route, a subnet per AZ, the security
+group, and a cluster placement group per AZ."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from deploy._walk import Walk, logical_name
+from deploy.fleet import AzSpec, RegionSpec
+
+
+@dataclass(frozen=True)
+class Network:
+    """What a region's pairs are placed in."""
+
+    subnets: dict[str, str]  # AZ -> subnet id
+    security_group: str
+
+
+def converge(walk: Walk, region: RegionSpec) -> Network:
+    name = walk.name(region.name)
+    ec2 = walk.ec2(region.name)
+    vpc = walk.find_or_create_tagged(
+        "vpc",
+        region.name,
+        name,
+        lambda: ec2.create_vpc(CidrBlock=region.vpc_cidr, TagSpecifications=walk.tags("vpc", name))[
+            "Vpc"
+        ]["VpcId"],
+        region.vpc_cidr,
+    )
+    walk.find_or_create_tagged(
+        "internet-gateway",
+        region.name,
+        name,
+        lambda: _create_gateway(walk, ec2, vpc, name),
+        "attached, default route",
+    )
+    subnets = {az.name: _subnet(walk, region.name, vpc, az) for az in region.azs}
+    group = walk.find_or_create_tagged(
+        "security-group",
+        region.name,
+        name,
+        lambda: _create_security_group(walk, ec2, vpc, name),
+        "SIP/TLS/RTP from trunks and peers, gRPC from peers and NOC",
+    )
+    existing = set(walk.placement.names(region.name, walk.fleet.name))
+    for az in region.azs:
+        group_name = walk.name(az.name)
+        if group_name not in existing:
+            walk.act(
+                "create",
+                "placement-group",
+                region.name,
+                group_name,
+                functools.partial(walk.placement.create, region.name, walk.fleet.name, group_name),
+                "cluster",
+            )
+    return Network(subnets, group)
+
+
+def differences(walk: Walk, region: RegionSpec) -> None:
+    """The region's VPC and subnets that are not as fleet.toml says."""
+    for vpc in walk.tagged(region.name, "vpc"):
+        if vpc["CidrBlock"] != region.vpc_cidr:
+            walk.differs(
+                "vpc",
+                region.name,
+                logical_name(vpc, vpc["VpcId"]),
+                f"CIDR {vpc['CidrBlock']}, fleet.toml says {region.vpc_cidr}",
+            )
+    subnets = {walk.name(az.name): az for az in region.azs}
+    for subnet in walk.tagged(region.name, "subnet"):
+        name = logical_name(subnet, subnet["SubnetId"])
+        az = subnets.get(name)
+        if az is None:
+            walk.differs("subnet", region.name, name, "not in fleet.toml")
+        elif (subnet["CidrBlock"], subnet["AvailabilityZone"]) != (az.subnet_cidr, az.name):
+            detail = f"{subnet['CidrBlock']} in {subnet['AvailabilityZone']}"
+            walk.differs("subnet", region.name, name, detail)
+
+
+def destroy_placement_groups(walk: Walk, region: str) -> None:
+    """Once their instances are gone."""
+    for group in walk.placement.names(region, walk.fleet.name):
+        walk.change("delete", "placement-group", region, group)
+        walk.placement.delete(region, group)
+
+
+def destroy(walk: Walk, region: str) -> None:
+    """Once nothing is left in the VPC."""
+    ec2 = walk.ec2(region)
+    for group in walk.tagged(region, "security-group"):
+        walk.change("delete", "security-group", region, group["GroupName"])
+        ec2.delete_security_group(GroupId=group["GroupId"])
+    for subnet in walk.tagged(region, "subnet"):
+        walk.change("delete", "subnet", region, logical_name(subnet))
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    for gateway in walk.tagged(region, "internet-gateway"):
+        for attachment in gateway.get("Attachments", []):
+            ec2.detach_internet_gateway(
+                InternetGatewayId=gateway["InternetGatewayId"], VpcId=attachment["VpcId"]
+            )
+        walk.change("delete", "internet-gateway", region, logical_name(gateway))
+        ec2.delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
+    for vpc in walk.tagged(region, "vpc"):
+        walk.change("delete", "vpc", region, logical_name(vpc))
+        ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def _subnet(walk: Walk, region: str, vpc: str, az: AzSpec) -> str:
+    name = walk.name(az.name)
+    return walk.find_or_create_tagged(
+        "subnet",
+        region,
+        name,
+        lambda: walk.ec2(region).create_subnet(
+            VpcId=vpc,
+            CidrBlock=az.subnet_cidr,
+            AvailabilityZone=az.name,
+            TagSpecifications=walk.tags("subnet", name),
+        )["Subnet"]["SubnetId"],
+        f"{az.subnet_cidr} in {az.name}",
+    )
+
+
+def _create_gateway(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: ANN401
+    gateway = ec2.create_internet_gateway(TagSpecifications=walk.tags("internet-gateway", name))
+    gateway_id: str = gateway["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway_id, VpcId=vpc)
+    table = ec2.describe_route_tables(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc]},
+            {"Name": "association.main", "Values": ["true"]},
+        ]
+    )["RouteTables"][0]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway_id)
+    return gateway_id
+
+
+def _create_security_group(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: ANN401
+    fleet = walk.fleet
+    group_id: str = ec2.create_security_group(
+        GroupName=name,
+        Description=f"overlay {fleet.name}: SIP edge and overlay peers",
+        VpcId=vpc,
+        TagSpecifications=walk.tags("security-group", name),
+    )["GroupId"]
+    media = [*fleet.trunk_cidrs, *fleet.peer_cidrs]
+    ports = fleet.ports
+    rules = [
+        ("udp", ports.sip, ports.sip, media),
+        ("tcp", ports.sip, ports.sip, media),
+        ("tcp", ports.sip_tls, ports.sip_tls, media),
+        ("udp", ports.rtp_first, ports.rtp_last, media),
+        ("tcp", ports.grpc, ports.grpc, [*fleet.peer_cidrs, *fleet.noc_cidrs]),
+        ("tcp", ports.metrics, ports.metrics, fleet.noc_cidrs),  # Prometheus scrapes
+    ]
+    ec2.authorize_security_group_ingress(
+        GroupId=group_id,
+        IpPermissions=[
+            {
+                "IpProtocol": protocol,
+                "FromPort": first,
+                "ToPort": last,
+                "IpRanges": [{"CidrIp": cidr} for cidr in sorted(set(cidrs))],
+            }
+            for protocol, first, last, cidrs in rules
+            if cidrs
+        ],
+    )
+    return group_id

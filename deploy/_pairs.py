@@ -1,0 +1,271 @@
+"""The active/standby pair of each AZ: two network interfaces with fixed addresses (the
+active's carries the pair's floating secondary address), an Elastic IP on the floating address,
+and two instances pinned to the AZ and its placement group, each told its peer by user data."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
+from deploy.fleet import AzSpec, HaSpec, RegionSpec
+
+ROLES = ("active", "standby")
+#: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
+#: active's and the standby's own addresses.
+FLOATING_HOST, ROLE_HOSTS = 10, {"active": 11, "standby": 12}
+LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
+
+#: Where a member's mutual-TLS files live (``overlay certs node``). The operator installs them:
+#: user data is readable by anyone allowed DescribeInstanceAttribute, so it carries no keys.
+NODE_TLS_FILES = {
+    "ca": "/etc/overlay/tls/ca.pem",
+    "cert": "/etc/overlay/tls/node.pem",
+    "key": "/etc/overlay/tls/node.key",
+}
+
+MEMBER_USER_DATA = """#!/bin/bash
+# A pair member: the HA agent's settings, then (re)start it.
+set -euo pipefail
+install -d /etc/overlay
+cat >/etc/overlay/ha.toml <<'TOML'
+{ha_toml}TOML
+systemctl restart overlay-ha.service
+"""
+
+
+@dataclass(frozen=True)
+class HaAgentSettings:
+    """What ``overlay ha`` on one pair member needs (``overlay/ha/_config.py``)."""
+
+    region: str
+    own_eni_id: str
+    peer_eni_id: str
+    floating_private_ip: str
+    allocation_id: str
+    peer_grpc: str
+
+    def toml(self, timers: HaSpec) -> str:
+        lines = ["[ha]"]
+        lines += [f'{key} = "{value}"' for key, value in dataclasses.asdict(self).items()]
+        lines += [
+            f"heartbeat_interval = {timers.heartbeat_interval}",
+            f"dead_after = {timers.dead_after}",
+            f"hold_down = {timers.hold_down}",
+        ]
+        lines += [f'{key} = "{path}"' for key, path in NODE_TLS_FILES.items()]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What an active/standby pair is made of."""
+
+    region: str
+    az: str
+    interfaces: dict[str, str]  # role -> ENI id
+    floating_ip: str
+    allocation_id: str
+    public_ip: str
+
+
+def converge(
+    walk: Walk, region: RegionSpec, az: AzSpec, subnet: str, group: str, image: str
+) -> Pair:
+    ec2 = walk.ec2(region.name)
+    network = ipaddress.ip_network(az.subnet_cidr)
+    floating = str(network[FLOATING_HOST])
+    interfaces = {}
+    for role in ROLES:
+        addresses = [str(network[ROLE_HOSTS[role]])]
+        if role == "active":
+            addresses.append(floating)
+        interfaces[role] = _interface(
+            walk, region.name, walk.name(f"{az.name}-{role}"), subnet, group, addresses
+        )
+    name = walk.name(az.name)
+    allocation = walk.find_or_create_tagged(
+        "elastic-ip",
+        region.name,
+        name,
+        lambda: _allocate_address(walk, ec2, name, interfaces["active"], floating),
+        f"on {floating} of {walk.name(az.name + '-active')}",
+    )
+    public_ip = PENDING
+    if allocation != PENDING:
+        address = ec2.describe_addresses(AllocationIds=[allocation])["Addresses"][0]
+        public_ip = address["PublicIp"]
+        # Associated to either member: the HA agent moves it, the deployer never moves
+        # it back. Only an address left without any association is repaired.
+        if not address.get("NetworkInterfaceId"):
+            walk.act(
+                "update",
+                "elastic-ip",
+                region.name,
+                name,
+                functools.partial(_associate, ec2, allocation, interfaces["active"], floating),
+                f"associate to {floating}",
+            )
+    for role in ROLES:
+        name = walk.name(f"{az.name}-{role}")
+        peer = "standby" if role == "active" else "active"
+        ha = HaAgentSettings(
+            region=region.name,
+            own_eni_id=interfaces[role],
+            peer_eni_id=interfaces[peer],
+            floating_private_ip=floating,
+            allocation_id=allocation,
+            peer_grpc=f"{network[ROLE_HOSTS[peer]]}:{walk.fleet.ports.grpc}",
+        )
+        walk.find_or_create(
+            "instance",
+            region.name,
+            name,
+            functools.partial(_find_member, walk, region.name, name),
+            functools.partial(_launch, walk, region.name, az.name, name, role, image, ha),
+            f"{walk.fleet.instance_type} in {az.name}, placement group {walk.name(az.name)}",
+        )
+    return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
+
+
+def differences(walk: Walk, region: RegionSpec) -> None:
+    """Pair members that fleet.toml no longer has, or of another instance type."""
+    members = {walk.name(f"{az.name}-{role}") for az in region.azs for role in ROLES}
+    for instance in _members(walk, region.name):
+        name = logical_name(instance, instance["InstanceId"])
+        if name not in members:
+            walk.differs("instance", region.name, name, "not in fleet.toml")
+        elif instance["InstanceType"] != walk.fleet.instance_type:
+            detail = f"{instance['InstanceType']}, fleet.toml says {walk.fleet.instance_type}"
+            walk.differs("instance", region.name, name, detail)
+
+
+def status(walk: Walk, region: str) -> list[dict[str, str]]:
+    """One row per pair member: where it runs, its state, who holds the floating address."""
+    holders = {
+        a.get("NetworkInterfaceId"): a.get("PublicIp", "")
+        for a in walk.tagged(region, "elastic-ip")
+    }
+    rows = []
+    for instance in _members(walk, region):
+        tags = tag_map(instance)
+        eni = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        rows.append(
+            {
+                "region": region,
+                "az": instance["Placement"]["AvailabilityZone"],
+                "name": tags.get("overlay:name", ""),
+                "role": tags.get("overlay:role", ""),
+                "instance": instance["InstanceId"],
+                "state": instance["State"]["Name"],
+                "private_ip": instance.get("PrivateIpAddress", ""),
+                "floating": holders.get(eni, ""),
+            }
+        )
+    return rows
+
+
+def destroy(walk: Walk, region: str) -> None:
+    """Elastic IPs, then the instances, then their interfaces (terminating detaches them)."""
+    ec2 = walk.ec2(region)
+    for address in walk.tagged(region, "elastic-ip"):
+        if address.get("AssociationId"):
+            ec2.disassociate_address(AssociationId=address["AssociationId"])
+        walk.change(
+            "delete", "elastic-ip", region, logical_name(address), address.get("PublicIp", "")
+        )
+        ec2.release_address(AllocationId=address["AllocationId"])
+    instances = _members(walk, region)
+    if instances:
+        ids = [instance["InstanceId"] for instance in instances]
+        for instance in instances:
+            walk.change("delete", "instance", region, logical_name(instance))
+        ec2.terminate_instances(InstanceIds=ids)
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=ids)
+    for interface in walk.tagged(region, "network-interface"):
+        walk.change("delete", "network-interface", region, logical_name(interface))
+        ec2.delete_network_interface(NetworkInterfaceId=interface["NetworkInterfaceId"])
+
+
+def _members(walk: Walk, region: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The fleet's live pair members; the AMI builder is tagged with another role."""
+    filters = [
+        *walk.filters(name),
+        {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES},
+    ]
+    reservations = walk.ec2(region).describe_instances(Filters=filters)["Reservations"]
+    return [
+        instance
+        for reservation in reservations
+        for instance in reservation["Instances"]
+        if tag_map(instance).get("overlay:role") in ROLES
+    ]
+
+
+def _find_member(walk: Walk, region: str, name: str) -> str | None:
+    return first_id(_members(walk, region, name), "InstanceId")
+
+
+def _interface(
+    walk: Walk, region: str, name: str, subnet: str, group: str, addresses: list[str]
+) -> str:
+    """A network interface with fixed addresses, the first one primary."""
+    return walk.find_or_create_tagged(
+        "network-interface",
+        region,
+        name,
+        lambda: walk.ec2(region).create_network_interface(
+            SubnetId=subnet,
+            Groups=[group],
+            PrivateIpAddresses=[
+                {"PrivateIpAddress": address, "Primary": index == 0}
+                for index, address in enumerate(addresses)
+            ],
+            Description=f"overlay {name}",
+            TagSpecifications=walk.tags("network-interface", name),
+        )["NetworkInterface"]["NetworkInterfaceId"],
+        ", ".join(addresses),
+    )
+
+
+def _allocate_address(
+    walk: Walk,
+    ec2: Any,  # noqa: ANN401
+    name: str,
+    interface: str,
+    floating: str,
+) -> str:
+    allocation: str = ec2.allocate_address(
+        Domain="vpc", TagSpecifications=walk.tags("elastic-ip", name)
+    )["AllocationId"]
+    _associate(ec2, allocation, interface, floating)
+    return allocation
+
+
+def _associate(ec2: Any, allocation: str, interface: str, floating: str) -> None:  # noqa: ANN401
+    ec2.associate_address(
+        AllocationId=allocation,
+        NetworkInterfaceId=interface,
+        PrivateIpAddress=floating,
+        AllowReassociation=False,
+    )
+
+
+def _launch(
+    walk: Walk, region: str, az: str, name: str, role: str, image: str, ha: HaAgentSettings
+) -> str:
+    instance: str = walk.ec2(region).run_instances(
+        ImageId=image,
+        InstanceType=walk.fleet.instance_type,
+        MinCount=1,
+        MaxCount=1,
+        NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": ha.own_eni_id}],
+        UserData=MEMBER_USER_DATA.format(ha_toml=ha.toml(walk.fleet.ha)),
+        Placement={"AvailabilityZone": az, "GroupName": walk.name(az)},
+        MetadataOptions={"HttpTokens": "required"},
+        TagSpecifications=walk.tags("instance", name, role=role),
+    )["Instances"][0]["InstanceId"]
+    return instance
