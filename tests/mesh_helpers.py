@@ -3,11 +3,14 @@ and waiting for what the nodes' own timers change."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import trio
 
+from overlay.config import parse_config
 from overlay.linkstate import LinkMetrics, LinkState, LinkStatistics
+from overlay.shell.node import Node, open_node
 
 #: Fast probes and a 1 s detection time.
 FAST_PROBES = "probe_interval = 0.05\nprobe_multiplier = 20"
@@ -77,3 +80,14 @@ async def wait_for(predicate: Callable[[], bool], *, within: float) -> None:
             if predicate():
                 return
             await trio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def open_nodes(texts: Mapping[str, str]) -> AsyncIterator[dict[str, Node]]:
+    """Serve one node per ``{name: node.toml text}``, started in order, until the block ends."""
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = {}
+        for name, text in texts.items():
+            config = parse_config(text, source=f"{name}.toml")
+            nodes[name] = await stack.enter_async_context(open_node(config))
+        yield nodes

@@ -1,7 +1,9 @@
-"""Routing: the dialplan, and route tables computed from the link-state DB."""
+"""Routing: the dialplan and where each call goes, and route tables computed from the
+link-state DB."""
 
 from overlay.config import DialplanRule, DnsTarget, StaticTarget
 
+from ._calls import DEFAULT_RETRY_AFTER_S, CallRouter, DrainState
 from ._cost import (
     CostBreakdown,
     RoutingPolicy,
@@ -22,18 +24,24 @@ from ._routes import (
     build_graph,
     compute_routes,
 )
+from ._view import MAX_PATHS, RouteView
 
 __all__ = [
+    "DEFAULT_RETRY_AFTER_S",
+    "MAX_PATHS",
+    "CallRouter",
     "CostBreakdown",
     "Dialplan",
     "DialplanMatch",
     "DialplanRule",
     "DnsTarget",
+    "DrainState",
     "NoRoute",
     "Path",
     "Route",
     "RouteChange",
     "RouteTable",
+    "RouteView",
     "RoutingPolicy",
     "StaticTarget",
     "WeightFunction",

@@ -19,10 +19,8 @@ anchoring new calls on it), and sets the gRPC health of the server (``""``) to N
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -67,19 +65,24 @@ from overlay.noc import (
     new_override,
     summary,
 )
-from overlay.routing import Dialplan, choose_egress, link_cost, weight_function
+from overlay.routing import (
+    DEFAULT_RETRY_AFTER_S,
+    CallRouter,
+    DrainState,
+    link_cost,
+    weight_function,
+)
 from overlay.security import ALL_SOURCES, BlockedSource, source_key
+from overlay.shell.clock import wall_time
 from overlay.shell.events import EventHub, WatcherFellBehind
 from overlay.shell.mesh import Mesh
 from overlay.shell.transport import ALL_PEERS, Fault
-from overlay.sip import ProtocolError, SipUri, TelUri, parse_uri_untrusted
+from overlay.sip import ProtocolError, Refusal, SipUri, TelUri, parse_uri_untrusted
 from overlay.v1 import control_pb2
 
 log = structlog.get_logger("overlay.control")
 
 SERVICE = "overlay.v1.Control"
-#: Retry-After of the 503s of a draining node when Drain does not say (seconds).
-DEFAULT_RETRY_AFTER_S = 300
 MAX_RETRY_AFTER_S = 86_400
 DEFAULT_CALL_LIMIT = 1000
 DEFAULT_BLOCK_LIMIT = 1000
@@ -89,20 +92,6 @@ MAX_LOGGED_SOURCES = 20
 MAX_TEXT = 200
 
 RequestT = TypeVar("RequestT", bound=Message)
-
-
-@dataclass
-class DrainState:
-    """Whether the node takes new calls; changed only by the Control service.
-
-    ``since`` is wall-clock seconds since the epoch.
-    """
-
-    draining: bool = False
-    since: float = 0.0
-    reason: str = ""
-    by: str = ""
-    retry_after_s: int = DEFAULT_RETRY_AFTER_S
 
 
 class CallMedia(Protocol):
@@ -135,6 +124,7 @@ class ControlPlane:
         bridge: GrpcBridge,
         events: EventHub,
         calls: CallTracker,
+        router: CallRouter,
         drain: DrainState,
         access: AccessPolicy,
         counters: Callable[[], dict[str, int]],
@@ -153,7 +143,8 @@ class ControlPlane:
         self._counters = counters
         self._media = media
         self._blocks = blocks
-        self._dialplan = Dialplan(config.dialplan)
+        self._router = router
+        self._dialplan = router.dialplan
         self._rpcs: Counter[str] = Counter()
 
     def service(self) -> Service:
@@ -426,17 +417,9 @@ class ControlPlane:
             return None, f"503 Draining (Retry-After: {self._drain.retry_after_s})"
         if not rule.egress or self.node_id in rule.egress:
             return None, f"leaves the overlay here, to {match_out.target}"
-        mesh = self._mesh
-        egress = choose_egress(
-            rule.egress,
-            "",
-            self.node_id,
-            lambda node: mesh.reachable(node) and not mesh.draining(node),
-        )
-        if egress is None:
-            if any(mesh.reachable(node) for node in rule.egress):
-                return None, "503 Egress Draining"
-            return None, "503 No Route to Egress"
+        egress = self._router.choose(rule.egress, "", new_call=True)
+        if isinstance(egress, Refusal):
+            return None, f"{egress.status} {egress.reason}"
         picked = (
             "" if len(rule.egress) == 1 else " (the egress of each call is picked by its Call-ID)"
         )
@@ -584,7 +567,7 @@ class ControlPlane:
         already = state.draining
         who = self._by()
         if not already:
-            state.draining, state.since, state.by = True, time.time(), who
+            state.draining, state.since, state.by = True, wall_time(), who
             self._mesh.set_draining(True, now)
             self._bridge.set_serving("", False)
         state.reason, state.retry_after_s = reason, retry_after
@@ -634,7 +617,7 @@ class ControlPlane:
         expiry = request.WhichOneof("expiry")
         expires_at = None
         if expiry == "expires_at":
-            expires_at = now + (request.expires_at.ToNanoseconds() / 1e9 - time.time())
+            expires_at = now + (request.expires_at.ToNanoseconds() / 1e9 - wall_time())
         who = self._by()
         try:
             override = new_override(
@@ -842,7 +825,7 @@ def _timestamp(seconds: float) -> Timestamp:
 
 def _wall(at: float, now: float) -> float:
     """A trio-clock time ``at`` as wall-clock seconds since the epoch."""
-    return time.time() + (at - now)
+    return wall_time() + (at - now)
 
 
 def _hostport(host: str, port: int) -> str:

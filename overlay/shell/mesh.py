@@ -13,11 +13,13 @@
   arrives at ``_serve_flood`` (the *server* stream: its LSAs come in, our acks go out). A session
   is up while our client stream is. Everything sent to a peer passes ``Impairments`` first.
 * **Routes.** When the LSDB changes, a route computation is scheduled ``route_debounce`` seconds
-  later (a burst of LSAs costs one computation); the new ``RouteTable`` replaces ``routes`` in one
-  assignment, so readers always see a whole table, and every change is logged with its reason.
+  later (a burst of LSAs costs one computation); the new ``RouteTable`` is installed in the
+  node's ``RouteView`` in one assignment, so readers always see a whole table, and every change
+  is logged with its reason.
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
-  address; ``forward_address`` turns it into the current next hop's address, and when the next
-  hop toward some nodes changes, ``on_reroute`` tells the proxy so it resends what is pending.
+  address; the view turns it into the current next hop's address (``forward_address``), and
+  when the next hop toward some nodes changes, ``on_reroute`` tells the signalling pump so it
+  resends what is pending.
 * **Operators.** The Control service (``overlay.shell.control``) drains the node
   (``set_draining``: advertised in the LSA, so others stop using it as transit) and overrides
   links (``set_override``; ``overrides`` are applied to every set of links given to the
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -81,9 +83,9 @@ from overlay.noc import (
     OverrideCleared,
     RouteChanged,
 )
-from overlay.routing import NoRoute, RoutingPolicy, compute_routes
+from overlay.routing import RouteTable, RouteView, RoutingPolicy, compute_routes
 from overlay.shell.transport import DelayLine, Impairments
-from overlay.sip import NextHop, Peer
+from overlay.sip import Peer
 from overlay.v1 import linkstate_pb2
 
 log = structlog.get_logger("overlay.mesh")
@@ -91,8 +93,6 @@ log = structlog.get_logger("overlay.mesh")
 FLOOD_METHOD = "/overlay.v1.LinkState/Flood"
 HELLO_TIMEOUT = 2.0
 RECONNECT_DELAY = 0.2
-#: Paths a request's retransmissions rotate through: the best one and two alternates.
-MAX_PATHS = 3
 #: A wake-up this late (in probe intervals) means the event loop stalled (module notes).
 STALL_THRESHOLD = 0.5
 
@@ -112,6 +112,7 @@ class Mesh:
         self,
         config: NodeConfig,
         *,
+        view: RouteView,
         local_sip: Peer,
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
@@ -138,6 +139,7 @@ class Mesh:
         self.overrides = LinkOverrides()
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
+        self.view = view
         self._probe = ProbeConfig(
             interval=linkstate.probe_interval,
             multiplier=linkstate.probe_multiplier,
@@ -149,10 +151,6 @@ class Mesh:
             peer.node_id: LinkMonitor(peer.node_id, self._probe, now, admin_cost=peer.admin_cost)
             for peer in config.peers
         }
-        self._peer_sip = {
-            peer.node_id: Peer("udp", peer.sip[0], peer.sip[1]) for peer in config.peers
-        }
-        self._node_at_sip = {address: node_id for node_id, address in self._peer_sip.items()}
         self.flooder = Flooder(
             node.node_id,
             node.region,
@@ -166,7 +164,7 @@ class Mesh:
             now=now,
         )
         self.policy = RoutingPolicy()
-        self.routes, _ = compute_routes(
+        view.table, _ = compute_routes(
             self.flooder.lsdb.snapshot(), self.node_id, self.policy, None, now
         )
         self._routes_due: float | None = None
@@ -182,7 +180,11 @@ class Mesh:
         self.stalls_excused = 0
         self.bad_messages = 0
         self.flood_send_drops = 0
-        self.unroutable = 0  # SIP messages for a node we have no route to
+
+    @property
+    def routes(self) -> RouteTable:
+        """The route table in force (the one installed in the view)."""
+        return self.view.table
 
     # -- services -----------------------------------------------------------------------------
 
@@ -228,7 +230,7 @@ class Mesh:
 
     def _probe_answered(self, answer: ProbeAnswer, source: Peer, now: float) -> None:
         monitor = self.monitors.get(answer.responder)
-        expected = self._peer_sip.get(answer.responder)
+        expected = self.view.peers.get(answer.responder)
         if answer.sender != self.node_id or monitor is None or expected != source:
             self.bad_messages += 1
             return
@@ -247,7 +249,7 @@ class Mesh:
                 self.monitors[node_id].echo_answered(seq, received_at)
         for node_id, monitor in self.monitors.items():
             seq = monitor.next_probe(now)
-            peer = self._peer_sip[node_id]
+            peer = self.view.peers[node_id]
             self._send_sip(probe_request(self.node_id, self._local_sip, node_id, peer, seq), peer)
             if echo is not None and node_id in self._echo_peers:
                 echo.send_echo(node_id, monitor.next_echo(now))
@@ -303,62 +305,18 @@ class Mesh:
         ratio of the link they left on (the first hop toward that node)."""
         next_hops = self.routes.next_hops()
         for peer, (requests, retransmissions) in traffic.items():
-            hop = next_hops.get(self._node_at_sip.get(peer, ""))
+            hop = next_hops.get(self.view.node_at.get(peer, ""))
             if hop is not None:
                 self.monitors[hop].record_traffic(requests, retransmissions, now)
 
     # -- forwarding ---------------------------------------------------------------------------
 
-    def forward_address(self, peer: Peer) -> Peer | None:
-        """Where a SIP message for ``peer`` goes: unchanged unless ``peer`` is an overlay
-        node, then the current next hop toward it; ``None`` (counted) when there is none. A
-        ``NextHop`` is a neighbour the proxy core chose itself: unchanged too."""
-        node_id = self._node_at_sip.get(peer)
-        if node_id is None or isinstance(peer, NextHop):
-            return peer
-        try:
-            hop = self.routes.next_hop(node_id)
-        except NoRoute:
-            self.unroutable += 1
-            return None
-        return self._peer_sip[hop]
-
-    def paths(self, node_id: str) -> list[tuple[str, ...]]:
-        """The best path to ``node_id`` and its ranked alternates, at most MAX_PATHS."""
-        try:
-            route = self.routes.route(node_id)
-        except NoRoute:
-            return []
-        alternates = route.alternates[: MAX_PATHS - 1]
-        return [tuple(route.path), *(tuple(path.nodes) for path in alternates)]
-
-    def path(self, node_id: str) -> tuple[str, ...] | None:
-        """The path this node forwards on toward ``node_id``, or ``None`` (no route)."""
-        path = self.routes.paths.get(node_id)
-        return None if path is None else path.nodes
-
-    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> tuple[str, ...] | None:
-        """The best path to ``node_id`` that crosses none of ``avoid`` (see RouteTable)."""
-        return self.routes.path_avoiding(node_id, avoid)
-
-    def reachable(self, node_id: str) -> bool:
-        return node_id in self.routes.paths
-
     async def wait_reachable(self, node_id: str, *, until: float) -> bool:
         """Wait until there is a route to ``node_id`` (``True``) or ``until`` passes."""
         with trio.move_on_at(until):
-            while not self.reachable(node_id):
+            while not self.view.reachable(node_id):
                 await self._routes_changed.wait()
-        return self.reachable(node_id)
-
-    def draining(self, node_id: str) -> bool:
-        """Whether ``node_id`` advertises that it is draining (takes no new calls)."""
-        graph = self.routes.graph
-        return node_id in graph and bool(graph.nodes[node_id].get("draining", False))
-
-    def sip_address(self, node_id: str) -> Peer:
-        """A peer node's configured SIP address."""
-        return self._peer_sip[node_id]
+        return self.view.reachable(node_id)
 
     # -- flooding -----------------------------------------------------------------------------
 
@@ -542,13 +500,13 @@ class Mesh:
             self.flooder.lsdb.snapshot(), self.node_id, self.policy, self.routes, now
         )
         before = self.routes.next_hops()
-        self.routes = table
+        self.view.table = table
         self._routes_changed.set()
         self._routes_changed = trio.Event()
         moved = [
-            self._peer_sip[destination]
+            self.view.peers[destination]
             for destination, hop in table.next_hops().items()
-            if before.get(destination) != hop and destination in self._peer_sip
+            if before.get(destination) != hop and destination in self.view.peers
         ]
         if moved:
             self._on_reroute(moved)
@@ -577,7 +535,7 @@ class Mesh:
     def counters(self) -> dict[str, int]:
         """The mesh's own counters, by dotted name (the Control service's GetCounters)."""
         return {
-            "overlay.unroutable": self.unroutable,
+            "overlay.unroutable": self.view.unroutable,
             "overlay.bad_messages": self.bad_messages,
             "overlay.flood_send_drops": self.flood_send_drops,
             "overlay.stalls_excused": self.stalls_excused,

@@ -41,6 +41,10 @@ class EdgeSecurity:
         guard = edge_guard(config)
         return None if guard is None else cls(guard)
 
+    def admit_connection(self, host: str) -> bool:
+        """A blocked or denied source gets its TCP/TLS connection closed at accept."""
+        return self.guard.screen(host, trio.current_time())
+
     async def run(self) -> None:
         """Housekeeping and logging, until cancelled."""
         while True:

@@ -19,7 +19,7 @@ import structlog
 import trio
 
 from overlay.config import NodeConfig
-from overlay.shell.node import Node
+from overlay.shell.node import NodeTls, bind, open_node
 from overlay.shell.transport import BoundSocket, Steering
 
 log = structlog.get_logger("overlay")
@@ -28,15 +28,20 @@ log = structlog.get_logger("overlay")
 YOUNG_COLLECTION_INTERVAL = 0.1
 
 
-async def _serve_until_signal(node: Node, bound: list[BoundSocket]) -> None:
+async def _serve_until_signal(
+    config: NodeConfig,
+    tls: NodeTls | None,
+    bound: list[BoundSocket],
+    steering: Steering | None = None,
+) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             nursery.start_soon(collect_young, YOUNG_COLLECTION_INTERVAL)
-            await nursery.start(node.serve, bound)
-            async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+            async with open_node(config, bound=bound, steering=steering, tls=tls):
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
 
 
 def tune_garbage_collector() -> None:
@@ -73,13 +78,15 @@ def run_node(config: NodeConfig) -> int:
     """Serve ``config`` until SIGINT/SIGTERM; returns the process exit code.
 
     Raises:
+        TlsError: a TLS file cannot work (checked before any socket is bound).
         OSError: a listen address cannot be bound.
     """
     tune_garbage_collector()
     workers = config.sip.workers
-    bound = Node(config).bind()
+    tls = NodeTls.load(config)
+    bound = bind(config)
     if workers == 1:
-        trio.run(_serve_until_signal, Node(config), bound)
+        trio.run(_serve_until_signal, config, tls, bound)
         return 0
     pipes = Steering.open_pipes(workers)
     outbound = tuple(write for _, write in pipes)
@@ -93,7 +100,8 @@ def run_node(config: NodeConfig) -> int:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 steering = Steering(index, pipes[index][0], outbound)
-                trio.run(_serve_until_signal, Node(config, steering=steering), bound)
+                # Each worker loads its own TLS material (checked above, before the fork).
+                trio.run(_serve_until_signal, config, None, bound, steering)
             except BaseException:
                 log.exception("worker failed", worker=index)
                 os._exit(1)

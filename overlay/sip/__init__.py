@@ -5,8 +5,10 @@ See docs/internal/sip-api.md for the contract of the message layer exported here
 
 from ._admission import Admission, Reject
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import ANOMALY_KINDS, CallRefused, OverlayAnomaly, ProxyEvent, ResolveTarget
 from ._framing import StreamFramer
 from ._headers import CSeq, NameAddr, Via, canonical_name, split_list_untrusted
+from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
     REASON_PHRASES,
     Headers,
@@ -18,26 +20,10 @@ from ._message import (
     parse_message_untrusted,
     serialize,
 )
-from ._proxy import (
-    ANOMALY_KINDS,
-    OVERLAY_PATH,
-    Listener,
-    MediaDirection,
-    MediaHook,
-    MediaRefused,
-    NextHop,
-    OverlayAnomaly,
-    OverlayNodes,
-    OverlayRoutes,
-    ProxyConfig,
-    ProxyCore,
-    ProxyStatistics,
-    Refusal,
-    ResolveTarget,
-    Target,
-    overlay_route,
-)
+from ._proxy import ProxyConfig, ProxyCore, ProxyStatistics
+from ._relay import OVERLAY_PATH, NextHop, OverlayNodes, OverlayRoutes
 from ._steering import call_id_untrusted, steering_owner
+from ._targets import Listener, Locate, Refusal, Target, overlay_route
 from ._transaction import (
     Peer,
     TimerConfig,
@@ -47,7 +33,15 @@ from ._transaction import (
     TransactionTerminated,
     TransactionTimeout,
 )
-from ._uri import AbsoluteUri, Address, SipUri, TelUri, host_bare, parse_uri_untrusted
+from ._uri import (
+    AbsoluteUri,
+    Address,
+    SipUri,
+    TelUri,
+    host_bare,
+    host_reference,
+    parse_uri_untrusted,
+)
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -57,9 +51,11 @@ __all__ = [
     "Address",
     "Admission",
     "CSeq",
+    "CallRefused",
     "Headers",
     "Listener",
     "LocalProtocolError",
+    "Locate",
     "MediaDirection",
     "MediaHook",
     "MediaRefused",
@@ -73,6 +69,7 @@ __all__ = [
     "ProtocolError",
     "ProxyConfig",
     "ProxyCore",
+    "ProxyEvent",
     "ProxyStatistics",
     "Refusal",
     "Reject",
@@ -94,6 +91,7 @@ __all__ = [
     "call_id_untrusted",
     "canonical_name",
     "host_bare",
+    "host_reference",
     "make_error_response",
     "make_response",
     "overlay_route",

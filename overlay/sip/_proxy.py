@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 ``ProxyCore`` is the whole signalling node minus sockets and clocks. The shell calls
 ``receive_data(data, source, now)`` for each datagram or framed stream message, and after every
-call drains ``outbox`` (``(bytes, Peer)`` pairs to send) and ``next_event()`` (requests for the
-shell: ``ResolveTarget``, a DNS lookup per RFC 3263), answers lookups with ``resolved`` /
+call takes ``datagrams_to_send()`` (``(bytes, Peer)`` pairs to send) and drains ``next_event()``
+(``overlay.sip._events``: ``ResolveTarget``, a DNS lookup per RFC 3263 or a wait for a route;
+``CallRefused`` and ``OverlayAnomaly`` to log and report), answers lookups with ``resolved`` /
 ``resolution_failed``, and sleeps until ``get_timer()``, then calls ``handle_timer(now)``.
 
 A request goes through the steps of §16 in order:
@@ -15,8 +16,9 @@ A request goes through the steps of §16 in order:
 2. §16.4 route preprocessing: a Request-URI that is one of our Record-Route URIs (a strict router
    upstream) is replaced by the last Route; Route entries naming this node are removed.
 3. §16.5 target: the top remaining Route; else, in a dialog (To tag), the Request-URI; else the
-   dialplan (``locate``); a request addressed to the node itself is answered here (OPTIONS 200,
-   unknown methods 501, others 404).
+   dialplan (``locate``: ``overlay.routing.CallRouter``, which also picks the egress node of
+   an overlay call and refuses new calls while draining); a request addressed to the node
+   itself is answered here (OPTIONS 200, unknown methods 501, others 404).
 4. §16.6 forwarding: Max-Forwards decremented, Record-Route added by dialog-creating requests
    (two entries when the transport changes, RFC 5658), strict-route conversion, a fresh Via.
 
@@ -43,7 +45,8 @@ logical SIP hop between the ingress and the egress node: only those two add a Vi
 Record-Route (marked ``ovl=<node id>``), and the ingress pushes a Route naming the egress node
 (``Target.route``). Every message to another node is addressed to that node's own SIP address;
 the shell sends it to the current next hop toward it, so every retransmission follows the
-current best path. A node the message only crosses (a transit) relays it without state: a
+current best path. A node the message only crosses (a transit) relays it without state
+(``OverlayRelay``, ``overlay.sip._relay``): a
 request from another node's Via whose top Route names a third node goes on to that node; a
 response whose top Via is another node's goes back to that node. The egress's server
 transaction therefore sees the ingress's branch whatever path a copy took, and retransmissions
@@ -71,9 +74,10 @@ never taken for a new request; a request proxied twice by one node (its Via twic
 dropped rather than proxied as a second transaction. Each of these is counted and reported as
 an ``OverlayAnomaly`` event, which the shell logs.
 
-A ``MediaHook`` (the media plane, optional) sees every request that crosses the overlay's edge
-at this node, from outside into the overlay or out of it, and every response sent back to one
-(forwarded or generated); it may rewrite their bodies (SDP) or refuse the request.
+A ``MediaHook`` (``overlay.sip._media_hook``; the media plane, optional) sees every request that
+crosses the overlay's edge at this node, from outside into the overlay or out of it, and every
+response sent back to one (forwarded or generated); it may rewrite their bodies (SDP) or refuse
+the request.
 
 Edge security
 -------------
@@ -89,21 +93,19 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 
 from __future__ import annotations
 
-import enum
-import functools
 import heapq
-import ipaddress
 import itertools
 import secrets
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from ._admission import Admission, Reject
 from ._errors import RemoteProtocolError
+from ._events import CallRefused, ProxyEvent, ResolveTarget
 from ._headers import KNOWN_METHODS, NameAddr, Via
+from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
     Request,
     Response,
@@ -111,6 +113,18 @@ from ._message import (
     make_response,
     parse_message_untrusted,
     serialize,
+)
+from ._relay import OVERLAY_PATH, OverlayNodes, OverlayRelay, OverlayRoutes
+from ._targets import (
+    DEFAULT_PORTS,
+    Listener,
+    Locate,
+    OwnAddresses,
+    Refusal,
+    Target,
+    apply_target,
+    literal_peer,
+    uri_target,
 )
 from ._transaction import (
     MAGIC_COOKIE,
@@ -126,112 +140,9 @@ from ._uri import SipUri, TelUri, host_bare, parse_uri_untrusted
 
 #: Requests that create a dialog outside one, and so are Record-Routed (RFC 3261, 3265, 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
-#: Relays a message may cross inside the overlay: a bound beyond any sane path, which no
-#: message reaches while the crossed-nodes rule holds (module notes).
-MAX_OVERLAY_RELAYS = 16
-#: The header that lists the overlay nodes a request has crossed (module notes); between
-#: overlay nodes only: a node removes it from every request it proxies.
-OVERLAY_PATH = "Overlay-Path"
 #: What the node handles (Allow, RFC 3261 §20.5): it is no registrar, and it cannot relay
 #: registrations either (that needs Path, RFC 3327), so REGISTER gets 405 (§21.4.6).
 ALLOWED_METHODS = ", ".join(sorted(KNOWN_METHODS - {"REGISTER"}))
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """A local SIP address of this node."""
-
-    transport: str
-    host: str
-    port: int
-
-    @property
-    def hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def record_route(self, params: str = "", *, sips: bool = False) -> str:
-        """This listener as a Record-Route entry; a sips: URI for a sips: request on a TLS
-        listener (RFC 3261 §16.6 step 4), else sip: with its transport."""
-        if sips and self.transport == "tls":
-            return f"<sips:{self.hostport};lr{params}>"
-        transport = "" if self.transport == "udp" else f";transport={self.transport}"
-        return f"<sip:{self.hostport}{transport};lr{params}>"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where the dialplan sends a request, located per RFC 3263 unless ``host`` is an IP."""
-
-    host: str
-    port: int | None = None
-    transport: str | None = None
-    scheme: str = "sip"
-    request_uri: str | None = None  # a rewritten Request-URI, or None to keep it
-    route: str | None = None  # a Route to push first (the egress node of an overlay call)
-    #: An overlay node the shell has no route to yet: it resolves the target (``ResolveTarget``)
-    #: once a route appears, or refuses the request when none does in time.
-    await_route: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The dialplan matched, but the request cannot be sent now (its egress is unreachable,
-    the node is draining); ``retry_after`` seconds go in a Retry-After header (§20.33)."""
-
-    status: int
-    reason: str
-    retry_after: int | None = None
-
-
-class MediaDirection(enum.Enum):
-    """Where a message with a body crosses this node: into the overlay (from an endpoint, this
-    node is the edge it enters at) or out of it (toward an endpoint)."""
-
-    ENTERING = "entering"
-    LEAVING = "leaving"
-
-    def reverse(self) -> MediaDirection:
-        return (
-            MediaDirection.LEAVING if self is MediaDirection.ENTERING else MediaDirection.ENTERING
-        )
-
-
-class MediaRefused(Exception):
-    """Raised by a ``MediaHook`` for a request it cannot anchor (answered with ``status``)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-
-
-class MediaHook(Protocol):
-    """The media plane's view of the calls an edge node proxies (``overlay.media``).
-
-    It sees every request forwarded across the overlay's edge at this node, and every response
-    (forwarded or generated) to such a request, before it is sent, and may rewrite their bodies
-    (SDP); an ACK of a 2xx counts as such a request. It must not raise on a response or an ACK;
-    on another request it may raise ``MediaRefused``.
-    """
-
-    def request(self, request: Request, direction: MediaDirection, now: float) -> None: ...
-
-    def response(self, response: Response, direction: MediaDirection, now: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OverlayNodes:
-    """This node's place in the overlay: its node id and every other node's SIP address.
-
-    With it the core marks its Vias and Record-Routes with ``ovl=<node id>``, relays requests
-    and responses that only cross this node (see ``ProxyCore``), and answers overlay Vias at
-    the sending node's configured address.
-    """
-
-    node_id: str
-    peers: Mapping[str, Peer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,15 +154,6 @@ class ProxyConfig:
     user_agent: str = "overlay"
     max_message_size: int = 65535
     overlay: OverlayNodes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ResolveTarget:
-    """Ask the shell to locate ``target`` (RFC 3263) and call ``resolved(token, ...)``."""
-
-    token: int
-    target: Target
-    call_id: str = ""  # of the request waiting for it, for the shell's logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,59 +172,6 @@ class ProxyStatistics:
     retransmissions_absorbed: int
     transactions_client: int
     transactions_server: int
-
-
-class NextHop(Peer):
-    """A neighbour's address the shell sends to as it is: the core chose this overlay hop
-    itself (a relay avoiding the nodes a message has crossed). Any other overlay node's
-    address means "the current next hop toward that node"."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class OverlayAnomaly:
-    """A message a routing loop caught, or would have: for the shell to log and the NOC.
-
-    ``kind`` is one of ``ANOMALY_KINDS``; ``crossed`` the overlay nodes the message had crossed
-    before this one; ``destination`` the node it was going to.
-    """
-
-    kind: str
-    message: str  # the method, or the status of a response
-    call_id: str
-    destination: str
-    crossed: tuple[str, ...]
-
-
-#: ``OverlayAnomaly`` kinds: what happened, and whether the message went on.
-ANOMALY_KINDS = {
-    "loop": "came back to a node it had crossed; relayed on around it",
-    "avoided": "next hop was a node it had crossed; sent around it",
-    "dropped": "no path avoids the nodes it had crossed; dropped",
-    "duplicate": "proxied twice by one node (its Via twice on top); dropped",
-    "relay limit": "crossed too many overlay nodes; dropped",
-}
-
-
-Locate = Callable[[Request, "SipUri | TelUri"], Target | Refusal | None]
-
-
-class OverlayRoutes(Protocol):
-    """The overlay's current routes from this node, as the core reads them (``Mesh``)."""
-
-    def paths(self, node_id: str) -> Sequence[Sequence[str]]:
-        """The best path to ``node_id`` first, then ranked alternates; each lists node ids
-        from this node to that one. Empty when there is no route."""
-        ...
-
-    def path(self, node_id: str) -> Sequence[str] | None:
-        """The path to ``node_id`` this node forwards on, or ``None`` (no route)."""
-        ...
-
-    def path_avoiding(self, node_id: str, avoid: Collection[str]) -> Sequence[str] | None:
-        """The best path to ``node_id`` that crosses none of ``avoid``, or ``None``."""
-        ...
 
 
 class _Context:
@@ -372,21 +221,30 @@ class ProxyCore:
             raise ValueError("a proxy needs at least one listener")
         self.config = config
         self._locate = locate
-        self._overlay_routes = overlay_routes
         self._media = media
         self._admission = admission
-        self.transactions = TransactionLayer(
-            config.timers, detour=self._detour if config.overlay is not None else None
+        self._events: deque[ProxyEvent] = deque()
+        self._own = OwnAddresses(config.listeners)
+        self._relay = (
+            None
+            if config.overlay is None
+            else OverlayRelay(
+                config.overlay,
+                overlay_routes,
+                self._own,
+                send=self._send,
+                events=self._events.append,
+            )
         )
-        self.outbox = self.transactions.outbox
-        self._events: deque[ResolveTarget | OverlayAnomaly] = deque()
+        self.transactions = TransactionLayer(
+            config.timers, detour=None if self._relay is None else self._relay.detour
+        )
         self._pending: dict[int, tuple[_Context | None, Request]] = {}
         self._tokens = itertools.count(1)
         self._branches = itertools.count(1)
         self._nonce = secrets.token_hex(4)
         self._timer_heap: list[tuple[float, int, _Context]] = []
         self._timer_seq = itertools.count(1)
-        self._ours = {(listener.host, listener.port) for listener in config.listeners}
         self._by_transport: dict[str, Listener] = {}
         for listener in config.listeners:
             self._by_transport.setdefault(listener.transport, listener)
@@ -394,17 +252,11 @@ class ProxyCore:
         self._responses: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
         self._generated: Counter[int] = Counter()
-        self._relayed: Counter[str] = Counter()
-        self._anomalies: Counter[str] = Counter()
-        self._detoured = 0
         self._sips_refused = 0
         self._contexts = 0
-        overlay = config.overlay
-        self._overlay_peers: Mapping[str, Peer] = {} if overlay is None else overlay.peers
-        self._overlay_node_at = {address: node for node, address in self._overlay_peers.items()}
-        self._node_id = None if overlay is None else overlay.node_id
-        # The parameter that marks this node's Vias and Record-Routes as an overlay node's.
-        self._mark = "" if overlay is None else f";ovl={overlay.node_id}"
+        # Overlay nodes' addresses (empty without an overlay), tested for every message.
+        self._overlay_node_at = {} if self._relay is None else self._relay.node_at
+        self._mark = "" if self._relay is None else self._relay.mark
 
     # -- entry points ------------------------------------------------------------------------
 
@@ -429,8 +281,14 @@ class ProxyCore:
             self._drops[f"bad {error.reason}"] += 1
         self._drain_transaction_events(now)
 
-    def next_event(self) -> ResolveTarget | OverlayAnomaly | None:
+    def next_event(self) -> ProxyEvent | None:
         return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
+        """What to send since the last call, in order: ``(bytes, Peer)`` pairs. A pair whose
+        peer is an overlay node's address (not a ``NextHop``) goes to the current next hop
+        toward that node."""
+        return self.transactions.datagrams_to_send()
 
     def resolved(self, token: int, peers: list[Peer], now: float) -> None:
         """Deliver the result of a ``ResolveTarget``: next hops in RFC 3263 order."""
@@ -498,14 +356,15 @@ class ProxyCore:
 
     def statistics(self) -> ProxyStatistics:
         txn = self.transactions.statistics()
+        relay = self._relay
         return ProxyStatistics(
             requests=dict(self._requests),
             responses=dict(self._responses),
             drops=dict(self._drops),
             generated=dict(self._generated),
-            relayed=dict(self._relayed),
-            anomalies=dict(self._anomalies),
-            detoured=self._detoured,
+            relayed={} if relay is None else dict(relay.relayed),
+            anomalies={} if relay is None else dict(relay.anomalies),
+            detoured=0 if relay is None else relay.detoured,
             sips_refused=self._sips_refused,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
@@ -522,11 +381,14 @@ class ProxyCore:
         # the counters (and the metrics' label values) without bound.
         known = request.method in KNOWN_METHODS
         self._requests[request.method if known else "other"] += 1
-        origin = self._overlay_origin(request.top_via, source)
+        relay = self._relay
+        origin = None if relay is None else relay.origin(request.top_via, source)
         from_overlay = origin is not None
         if origin is None:
             _stamp_received(request, source)
-        elif self._relay_request(request, source) or self._proxied_twice(request, origin):
+        elif relay is not None and (
+            relay.relay_request(request, source) or relay.proxied_twice(request, origin)
+        ):
             return
         method = request.method
         if method == "ACK":
@@ -598,17 +460,17 @@ class ProxyCore:
         headers = forward.headers
         headers.remove(OVERLAY_PATH)  # the overlay's own: its path ends here
         # §16.4: a strict router upstream put our Record-Route URI in the Request-URI.
-        if "Route" in headers and self._is_our_uri(forward.uri, record_route=True):
+        if "Route" in headers and self._own.names(forward.uri, record_route=True):
             routes = headers.values("Route")
             forward.uri = NameAddr.parse_untrusted(routes[-1]).uri
             headers.remove("Route")
             for value in routes[:-1]:
                 headers.add("Route", value)
-        self._pop_own_routes(forward)
+        self._own.pop_routes(forward)
         target = self._next_hop_target(server, forward, now)
         if target is None:
             return
-        _apply_target(forward, target)
+        apply_target(forward, target)
         direction = self._media_direction(target, from_overlay=from_overlay)
         if direction is not None:
             assert self._media is not None
@@ -630,7 +492,7 @@ class ProxyCore:
         """Whether the request crosses the overlay's edge here, and which way."""
         if self._media is None:
             return None
-        peer = _literal_peer(target)
+        peer = literal_peer(target)
         to_overlay = peer is not None and peer in self._overlay_node_at
         if to_overlay == from_overlay:
             return None  # outside to outside (no overlay), or a node-to-node hop
@@ -651,22 +513,24 @@ class ProxyCore:
                 for value in [*routes[1:], f"<{forward.uri}>"]:
                     forward.headers.add("Route", value)
                 forward.uri = str(uri)
-            return _uri_target(uri)
+            return uri_target(uri)
         uri = parse_uri_untrusted(forward.uri)
         assert isinstance(uri, (SipUri, TelUri))  # checked by _validate
-        ours = isinstance(uri, SipUri) and self._is_our_uri(forward.uri)
+        ours = isinstance(uri, SipUri) and self._own.names(forward.uri)
         if ours and isinstance(uri, SipUri) and uri.user is None:
             self._answer_locally(server, request, now)
             return None
-        target = self._request_uri_target(forward, uri, ours=ours)
+        target = self._requesturi_target(forward, uri, ours=ours)
         if target is None:
             self._respond(server, 404, "Not Found", now)
         elif isinstance(target, Refusal):
+            if request.method == "INVITE" and request.to_tag is None:
+                self._events.append(CallRefused(request.call_id, target.status, target.reason))
             self._respond(server, target.status, target.reason, now, retry_after=target.retry_after)
             return None
         return target
 
-    def _request_uri_target(
+    def _requesturi_target(
         self, forward: Request, uri: SipUri | TelUri, *, ours: bool
     ) -> Target | Refusal | None:
         """§16.5 without a Route: the remote target of a dialog, else the dialplan.
@@ -675,7 +539,7 @@ class ProxyCore:
         dialog: peers that ignore Record-Route send their ACK and BYE to the proxy's address.
         """
         if forward.to_tag is not None and isinstance(uri, SipUri) and not ours:
-            return _uri_target(uri)
+            return uri_target(uri)
         return self._locate(forward, uri)
 
     def _answer_locally(self, server: Transaction, request: Request, now: float) -> None:
@@ -698,7 +562,7 @@ class ProxyCore:
         self._send_response(server, response, now)
 
     def _locate_hops(self, context: _Context, forward: Request, target: Target, now: float) -> None:
-        peer = _literal_peer(target)
+        peer = literal_peer(target)
         if peer is not None and target.await_route is None:
             self._add_next_hops(context, [peer], now)
             return
@@ -796,7 +660,7 @@ class ProxyCore:
         edge the media hook sees it: it carries the answer to a delayed offer."""
         forward = ack.copy()
         forward.headers.remove(OVERLAY_PATH)
-        self._pop_own_routes(forward)
+        self._own.pop_routes(forward)
         route = forward.headers.first_value("Route")
         max_forwards = ack.max_forwards
         if max_forwards == 0:
@@ -806,25 +670,25 @@ class ProxyCore:
         try:
             if route is not None:
                 uri = parse_uri_untrusted(NameAddr.parse_untrusted(route).uri)
-                target = _uri_target(uri) if isinstance(uri, SipUri) else None
+                target = uri_target(uri) if isinstance(uri, SipUri) else None
             else:
                 uri = parse_uri_untrusted(forward.uri)
                 target = None
                 if isinstance(uri, (SipUri, TelUri)):
-                    ours = isinstance(uri, SipUri) and self._is_our_uri(forward.uri)
-                    target = self._request_uri_target(forward, uri, ours=ours)
+                    ours = isinstance(uri, SipUri) and self._own.names(forward.uri)
+                    target = self._requesturi_target(forward, uri, ours=ours)
         except RemoteProtocolError:
             target = None
         if not isinstance(target, Target):
             self._drops["ACK without a route"] += 1
             return
-        _apply_target(forward, target)
+        apply_target(forward, target)
         direction = self._media_direction(target, from_overlay=from_overlay)
         if direction is not None:
             assert self._media is not None
             self._media.request(forward, direction, now)
         forward.headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
-        peer = _literal_peer(target)
+        peer = literal_peer(target)
         if peer is not None and target.await_route is None:
             self._send_stateless_request(forward, peer)
             return
@@ -842,15 +706,17 @@ class ProxyCore:
         branch = f"{MAGIC_COOKIE}{self._loop_hash(request)}.s{zlib.crc32(incoming.encode()):x}"
         out = request.copy()
         out.headers.insert_first("Via", _via(peer, listener, branch + self._mark))
-        self.outbox.append((serialize(out), peer))
+        self._send(serialize(out), peer)
 
     # -- responses ---------------------------------------------------------------------------
 
     def _receive_response(self, response: Response, source: Peer, now: float) -> None:
         self._responses[f"{response.status // 100}xx"] += 1
-        sender = self._overlay_sender(response.top_via, source)
+        relay = self._relay
+        sender = None if relay is None else relay.sender(response.top_via, source)
         if sender is not None:
-            self._relay_response(response, sender, source)
+            assert relay is not None
+            relay.relay_response(response, sender, source)
             return
         branch = self.transactions.receive_response(response, now)
         if branch is None:
@@ -911,7 +777,7 @@ class ProxyCore:
             return
         self._show_media(context, upstream, now)
         via = upstream.top_via
-        self.outbox.append((serialize(upstream), self._response_peer(via, server.peer)))
+        self._send(serialize(upstream), self._response_peer(via, server.peer))
 
     def _drain_transaction_events(self, now: float) -> None:
         events = self.transactions.events
@@ -967,162 +833,21 @@ class ProxyCore:
         else:
             self._reply(context, 408, "Request Timeout", now)
 
-    # -- overlay relaying ---------------------------------------------------------------------
-
-    def _overlay_origin(self, via: Via, source: Peer) -> str | None:
-        """The overlay node (this one included: a request of ours may come back) that added
-        ``via``, on a message that came from an overlay node: anyone else claiming to be one
-        is not believed."""
-        if source not in self._overlay_node_at:
-            return None
-        node = via.param("ovl")
-        return node if node in self._overlay_peers or node == self._node_id else None
-
-    def _overlay_sender(self, via: Via, source: Peer) -> str | None:
-        """As ``_overlay_origin``, another node's Via only."""
-        node = self._overlay_origin(via, source)
-        return None if node == self._node_id else node
-
-    def _overlay_route(self, request: Request) -> str | None:
-        """The other overlay node the top Route names once this node's own are skipped."""
-        for value in request.headers.values("Route"):
-            text = NameAddr.parse_untrusted(value).uri
-            if self._is_our_uri(text):
-                continue
-            uri = parse_uri_untrusted(text)
-            node = uri.param("ovl") if isinstance(uri, SipUri) else None
-            return node if node in self._overlay_peers else None
-        return None
-
-    def _relay_request(self, request: Request, source: Peer) -> bool:
-        """Relay a request from another node that is on its way to a third one (a transit).
-
-        Returns ``False`` when this node is where the request leaves the overlay.
-        """
-        destination = self._overlay_route(request)
-        if destination is None:
-            return False
-        crossed = self._crossed(
-            request.headers.get(OVERLAY_PATH), request.top_via.param("ovl"), source
-        )
-        hop = self._loop_free_hop(destination, crossed, request.method, request.call_id)
-        if hop is not None:
-            self._pop_own_routes(request)
-            assert self._node_id is not None
-            request.headers.set(OVERLAY_PATH, ".".join((*crossed, self._node_id)))
-            self._relayed["requests"] += 1
-            self.outbox.append((serialize(request), hop))
-        return True
-
-    def _relay_response(self, response: Response, sender: str, source: Peer) -> None:
-        """Send a response back toward the node whose Via is on top (a transit)."""
-        via = response.top_via
-        crossed = self._crossed(via.param("ovp"), None, source)
-        hop = self._loop_free_hop(sender, crossed, str(response.status), response.call_id)
-        if hop is None:
-            return
-        assert self._node_id is not None
-        path = ".".join((*crossed, self._node_id))
-        response.headers.replace_first_value("Via", str(via.with_param("ovp", path)))
-        self._relayed["responses"] += 1
-        self.outbox.append((serialize(response), hop))
-
-    def _proxied_twice(self, request: Request, origin: str) -> bool:
-        """Whether a request from the overlay, ending here, is one its origin already
-        proxied (a loop turned it into a new request there): dropped, not a second call."""
-        twice = origin == self._node_id  # ours, come back: we proxied it once already
-        if not twice:
-            vias = request.headers.values("Via")
-            twice = (
-                len(vias) > 1
-                and f";ovl={origin}" in vias[1]
-                and Via.parse_untrusted(vias[1]).param("ovl") == origin
-            )
-        if twice:
-            self._anomaly("duplicate", request.method, request.call_id, origin, (origin,))
-        return twice
-
-    def _crossed(self, listed: str | None, origin: str | None, source: Peer) -> tuple[str, ...]:
-        """The overlay nodes a relayed message has crossed: its origin, those it lists, and
-        the node it came from (the first relay learns the origin and that node only)."""
-        nodes = [] if origin is None else [origin]
-        if listed:
-            nodes.extend(listed.split("."))
-        previous = self._overlay_node_at.get(source)
-        if previous is not None:
-            nodes.append(previous)
-        return tuple(dict.fromkeys(nodes))
-
-    def _loop_free_hop(
-        self, destination: str, crossed: tuple[str, ...], message: str, call_id: str
-    ) -> Peer | None:
-        """The neighbour to hand a relayed message to: on the way to ``destination``, never a
-        node it has crossed (module notes); ``None`` (counted) when it must be dropped."""
-        node_id = self._node_id
-        assert node_id is not None
-        if len(crossed) >= MAX_OVERLAY_RELAYS:
-            self._anomaly("relay limit", message, call_id, destination, crossed)
-            return None
-        if node_id in crossed:
-            self._anomaly("loop", message, call_id, destination, crossed)
-        routes = self._overlay_routes
-        best = None if routes is None else routes.path(destination)
-        if routes is None or best is None:
-            return self._overlay_peers[destination]  # no route: the shell counts it
-        avoid = {*crossed, node_id}
-        if avoid.isdisjoint(best[1:]):
-            return self._neighbour(best[1], destination)
-        path = routes.path_avoiding(destination, avoid)
-        if path is None:
-            self._anomaly("dropped", message, call_id, destination, crossed)
-            return None
-        self._anomaly("avoided", message, call_id, destination, crossed)
-        return self._neighbour(path[1], destination)
-
-    def _neighbour(self, hop: str, destination: str) -> Peer:
-        """``hop`` as a ``NextHop``; a node the link state knows but the configuration does
-        not (a peer added elsewhere first) is left to the shell, by the destination's address."""
-        address = self._overlay_peers.get(hop)
-        return self._overlay_peers[destination] if address is None else NextHop(*address)
-
-    def _anomaly(
-        self, kind: str, message: str, call_id: str, destination: str, crossed: tuple[str, ...]
-    ) -> None:
-        self._anomalies[kind] += 1
-        self._events.append(OverlayAnomaly(kind, message, call_id, destination, crossed))
-
-    def _detour(self, txn: Transaction) -> tuple[bytes, Peer]:
-        """What a timer-driven retransmission to an overlay node sends: each copy takes the
-        next of the best path and its ranked alternates, source-routed through that path's
-        intermediate nodes, so a path that silently loses requests is bypassed at once."""
-        plain = (txn.request_bytes, txn.peer)
-        node = self._overlay_node_at.get(txn.peer)
-        if node is None or self._overlay_routes is None:
-            return plain
-        paths = self._overlay_routes.paths(node)
-        if len(paths) < 2:
-            return plain
-        index = txn.retransmissions % len(paths)
-        waypoints = [n for n in paths[index][1:-1] if n in self._overlay_peers]
-        if index == 0 or not waypoints:
-            return plain  # the best path: the shell's route table takes it
-        request = txn.request.copy()
-        for waypoint in reversed(waypoints):
-            request.headers.insert_first(
-                "Route", overlay_route(waypoint, self._overlay_peers[waypoint])
-            )
-        self._detoured += 1
-        return serialize(request), self._overlay_peers[waypoints[0]]
-
     def _response_peer(self, via: Via, source: Peer) -> Peer:
         """Where a response to ``via`` (received from ``source``) goes: an overlay node at its
         configured address."""
-        sender = self._overlay_sender(via, source)
+        relay = self._relay
+        sender = None if relay is None else relay.sender(via, source)
         if sender is not None:
-            return self._overlay_peers[sender]
+            assert relay is not None
+            return relay.peers[sender]
         return _via_response_peer(via, source)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _send(self, data: bytes, peer: Peer) -> None:
+        """Send outside any transaction (stateless forwarding, relaying, stateless answers)."""
+        self.transactions.send(data, peer)
 
     def _respond(
         self,
@@ -1172,7 +897,7 @@ class ProxyCore:
         if verdict.retry_after is not None:
             response.headers.add("Retry-After", str(verdict.retry_after))
         self._generated[verdict.status] += 1
-        self.outbox.append((serialize(response), _via_response_peer(request.top_via, source)))
+        self._send(serialize(response), _via_response_peer(request.top_via, source))
 
     def _reject_unparseable(self, error: RemoteProtocolError, source: Peer, now: float) -> None:
         self._drops[error.reason] += 1
@@ -1182,32 +907,11 @@ class ProxyCore:
         if self._admission is not None and 400 <= response.status < 500:
             self._admission.answered(source.host, response.status, now)
         self._generated[response.status] += 1
-        self.outbox.append((serialize(response), source))
+        self._send(serialize(response), source)
 
     def _listener_for(self, transport: str) -> Listener:
         listener = self._by_transport.get(transport)
         return listener if listener is not None else self.config.listeners[0]
-
-    def _is_our_uri(self, text: str, *, record_route: bool = False) -> bool:
-        """Whether ``text`` names this node (with ``record_route``: in our Record-Route form)."""
-        try:
-            uri = parse_uri_untrusted(text)
-        except RemoteProtocolError:
-            return False
-        if not isinstance(uri, SipUri):
-            return False
-        if record_route and (uri.user is not None or not uri.lr):
-            return False
-        port = uri.port if uri.port is not None else DEFAULT_PORTS.get(_uri_transport(uri), 5060)
-        return (host_bare(uri.host), port) in self._ours
-
-    def _pop_own_routes(self, request: Request) -> None:
-        headers = request.headers
-        while True:
-            route = headers.first_value("Route")
-            if route is None or not self._is_our_uri(NameAddr.parse_untrusted(route).uri):
-                return
-            headers.pop_first_value("Route")
 
     def _loop_hash(self, request: Request) -> str:
         """§16.6 step 8: the fields whose change makes a returning request a spiral."""
@@ -1231,7 +935,7 @@ class ProxyCore:
             if marker not in value:  # cheap text test first: most Vias are not ours
                 continue
             via = Via.parse_untrusted(value)
-            ours = (host_bare(via.host), via.port or 5060) in self._ours
+            ours = (host_bare(via.host), via.port or 5060) in self._own.addresses
             if ours and (via.branch or "").startswith(marker):
                 return True
         return False
@@ -1260,36 +964,6 @@ def _via_response_peer(via: Via, fallback: Peer) -> Peer:
     return Peer("udp", host, port)
 
 
-def overlay_route(node_id: str, address: Peer) -> str:
-    """The Route entry that names an overlay node (a waypoint, or the egress of a call)."""
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"<sip:{host}:{address.port};lr;ovl={node_id}>"
-
-
-def _apply_target(request: Request, target: Target) -> None:
-    if target.route is not None:
-        request.headers.insert_first("Route", target.route)
-    if target.request_uri is not None:
-        request.uri = target.request_uri
-
-
-def _uri_target(uri: SipUri) -> Target:
-    """The next hop a SIP URI names (RFC 3263 §4: maddr, transport, port)."""
-    transport = _uri_transport(uri) if uri.transport or uri.scheme == "sips" else None
-    return Target(
-        host=uri.maddr or host_bare(uri.host), port=uri.port, transport=transport, scheme=uri.scheme
-    )
-
-
-def _uri_transport(uri: SipUri) -> str:
-    """The transport a URI asks for: sips: is TLS unless it says udp (RFC 3261 §26.2.2:
-    ``sips:...;transport=tcp`` is TLS over TCP); sip: defaults to UDP."""
-    transport = (uri.transport or "").lower()
-    if uri.scheme == "sips":
-        return "udp" if transport == "udp" else "tls"
-    return transport or "udp"
-
-
 def _is_sips_request(request: Request) -> bool:
     """Whether the Request-URI or the next Route is a sips: URI: then every hop is TLS."""
     if request.uri[:5].lower() == "sips:":
@@ -1301,24 +975,6 @@ def _is_sips_request(request: Request) -> bool:
 def _via(peer: Peer, listener: Listener, branch: str) -> str:
     """Our Via for a request to ``peer``: the transport it really goes over (§18.1.1)."""
     return f"SIP/2.0/{peer.transport.upper()} {listener.hostport};branch={branch}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _literal_peer(target: Target) -> Peer | None:
-    """The peer of a target whose host is an IP literal (RFC 3263 §4.2 needs no DNS)."""
-    if not _is_ip_literal(target.host):
-        return None
-    transport = target.transport or "udp"
-    port = target.port or DEFAULT_PORTS.get(transport, 5060)
-    return Peer(transport, target.host, port)
 
 
 def _safe_reason(text: str) -> str:

@@ -6,7 +6,7 @@ A transaction is the request, its retransmissions and its responses between two 
 elements. ``TransactionLayer`` owns every transaction of a node; nobody else changes their state.
 Callers feed it parsed messages and the current time and read back three things:
 
-- what to send: ``(bytes, Peer)`` pairs in ``outbox``, drained by the shell;
+- what to send: ``(bytes, Peer)`` pairs from ``datagrams_to_send()``;
 - events for the transaction user (the proxy) in ``events``: ``TransactionTimeout`` and
   ``TransactionTerminated`` — requests and responses that must reach the user are returned
   directly by ``receive_request`` / ``receive_response`` instead, which keeps the hot path short;
@@ -356,7 +356,7 @@ class TransactionLayer:
         same bytes to the same peer."""
         self.timers = timers or TimerConfig()
         self._detour = detour
-        self.outbox: list[tuple[bytes, Peer]] = []
+        self._outbox: list[tuple[bytes, Peer]] = []
         self.events: list[TransactionEvent] = []
         self._client: dict[tuple[str, ...], Transaction] = {}
         self._server: dict[tuple[str, ...], Transaction] = {}
@@ -451,7 +451,7 @@ class TransactionLayer:
         txn = Transaction(kind, key, request, peer)
         txn.request_bytes = serialize(request)
         self._client[key] = txn
-        self.outbox.append((txn.request_bytes, peer))
+        self._outbox.append((txn.request_bytes, peer))
         self._requests_to[peer] += 1
         t1 = self.timers.t1
         if kind is Kind.INVITE_CLIENT:
@@ -505,7 +505,7 @@ class TransactionLayer:
             )
             if waiting:
                 # Not counted in the peer's traffic: the new path did not lose anything.
-                self.outbox.append((txn.request_bytes, txn.peer))
+                self._outbox.append((txn.request_bytes, txn.peer))
                 count += 1
         self._retransmissions_sent += count
         return count
@@ -531,6 +531,17 @@ class TransactionLayer:
                 continue
             del txn._timer_gen[which]
             self._fire(txn, which, None, now)
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        """Queue a message sent outside any transaction (stateless forwarding, relaying,
+        stateless answers), in order with the transactions' own."""
+        self._outbox.append((data, peer))
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Peer]]:
+        """What to send since the last call, in order: ``(bytes, Peer)`` pairs."""
+        out = self._outbox
+        self._outbox = []
+        return out
 
     def take_peer_traffic(self) -> dict[Peer, tuple[int, int]]:
         """``{next hop: (requests sent, retransmissions sent)}`` since the last call."""
@@ -603,14 +614,14 @@ class TransactionLayer:
     def _send(self, txn: Transaction, response: Response) -> None:
         data = serialize(response)
         txn.last_response = data
-        self.outbox.append((data, txn.peer))
+        self._outbox.append((data, txn.peer))
 
     # Actions, named in TRANSITIONS. Each takes (txn, response or None, now).
 
     def _do_retransmit_request(self, txn: Transaction, _r: Response | None, now: float) -> None:
         txn.retransmissions += 1
         detour = self._detour
-        self.outbox.append((txn.request_bytes, txn.peer) if detour is None else detour(txn))
+        self._outbox.append((txn.request_bytes, txn.peer) if detour is None else detour(txn))
         self._retransmissions_sent += 1
         self._retransmissions_to[txn.peer] += 1
         if txn.kind is Kind.INVITE_CLIENT:
@@ -646,12 +657,12 @@ class TransactionLayer:
         assert response is not None
         txn._timer_gen.clear()
         txn.ack = serialize(_ack_for(txn.request, response))
-        self.outbox.append((txn.ack, txn.peer))
+        self._outbox.append((txn.ack, txn.peer))
         self._arm(txn, Input.TIMER_D, now + (0.0 if txn.reliable else 32.0))
 
     def _do_resend_ack(self, txn: Transaction, _r: Response | None, _now: float) -> None:
         if txn.ack is not None:
-            self.outbox.append((txn.ack, txn.peer))
+            self._outbox.append((txn.ack, txn.peer))
 
     def _do_complete_client(self, txn: Transaction, _r: Response | None, now: float) -> None:
         txn._timer_gen.clear()
@@ -666,7 +677,7 @@ class TransactionLayer:
 
     def _do_resend_response(self, txn: Transaction, _r: Response | None, _now: float) -> None:
         if txn.last_response is not None:
-            self.outbox.append((txn.last_response, txn.peer))
+            self._outbox.append((txn.last_response, txn.peer))
 
     def _do_send_success(self, txn: Transaction, response: Response | None, now: float) -> None:
         assert response is not None
@@ -683,7 +694,7 @@ class TransactionLayer:
 
     def _do_retransmit_response(self, txn: Transaction, _r: Response | None, now: float) -> None:
         if txn.last_response is not None:
-            self.outbox.append((txn.last_response, txn.peer))
+            self._outbox.append((txn.last_response, txn.peer))
             self._retransmissions_sent += 1
         txn.interval = min(2 * txn.interval, self.timers.t2)
         self._arm(txn, Input.TIMER_G, now + txn.interval)

@@ -21,6 +21,7 @@ __all__ = [
     "SipUri",
     "TelUri",
     "host_bare",
+    "host_reference",
     "parse_uri_untrusted",
 ]
 
@@ -131,6 +132,12 @@ def host_bare(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         return host[1:-1]
     return host
+
+
+def host_reference(host: str) -> str:
+    """An IPv6 address in brackets, as URIs and ``host:port`` text want it (RFC 3986 §3.2.2,
+    RFC 5118): ``"::1"`` -> ``"[::1]"``; other hosts unchanged. The inverse of ``host_bare``."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _bad(reason: str) -> RemoteProtocolError:

@@ -19,11 +19,10 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from deploy.deployer import ALARM_METRICS, ALARM_NAMESPACE
 from overlay.aws import ClientFactory
-from overlay.config import CloudwatchSection, parse_config
+from overlay.config import CloudwatchSection
 from overlay.linkstate import LinkState
-from overlay.shell.node import Node
 from overlay.shell.telemetry._exporter import CloudWatchExporter
-from tests.mesh_helpers import link_statistics, mesh_config, wait_for
+from tests.mesh_helpers import link_statistics, mesh_config, open_nodes, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.trio]
 
@@ -122,15 +121,12 @@ async def test_a_node_publishes_its_links(
         f'\n[cloudwatch]\nfleet = "{FLEET}"\ninterval = 1.0\nsample_interval = 0.1\n'
         f'endpoint_url = "{aws.endpoint_url}"\n'
     )
-    a = Node(
-        parse_config(
-            mesh_config("cw-a", host_a, "cw-b", host_b, region=REGION, extra=export), source="a"
-        )
-    )
-    b = Node(parse_config(mesh_config("cw-b", host_b, "cw-a", host_a, region=REGION), source="b"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.serve)
-        await nursery.start(b.serve)
+    texts = {
+        "a": mesh_config("cw-a", host_a, "cw-b", host_b, region=REGION, extra=export),
+        "b": mesh_config("cw-b", host_b, "cw-a", host_a, region=REGION),
+    }
+    async with open_nodes(texts) as nodes:
+        a = nodes["a"]
         exporter = a.telemetry.exporter
         assert exporter is not None
         assert a.mesh is not None
@@ -140,7 +136,6 @@ async def test_a_node_publishes_its_links(
         # A round that sampled the link UP all along: the one after the next.
         await wait_for(lambda: exporter.batches_sent >= sent + 2, within=10)
         counters = a.counters()
-        nursery.cancel_scope.cancel()
     assert counters["cloudwatch.batches_sent"] >= 2
     assert not any(name.startswith("cloudwatch.failures.") for name in counters)
     cloudwatch = aws.client("cloudwatch", REGION)

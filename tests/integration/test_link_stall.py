@@ -14,10 +14,9 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from overlay.config import parse_config
 from overlay.linkstate import LinkState
 from overlay.shell.node import Node
-from tests.mesh_helpers import mesh_config, wait_for
+from tests.mesh_helpers import mesh_config, open_nodes, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +39,8 @@ async def test_links_survive_a_stall_of_the_nodes_own_event_loop(
         "stall-a": mesh_config("stall-a", a_host, "stall-b", b_host, region="lab"),
         "stall-b": mesh_config("stall-b", b_host, "stall-a", a_host, region="lab"),
     }
-    nodes = {name: Node(parse_config(text, source=f"{name}.toml")) for name, text in texts.items()}
     peers = {"stall-a": "stall-b", "stall-b": "stall-a"}
-    async with trio.open_nursery() as nursery:
-        for node in nodes.values():
-            await nursery.start(node.serve)
+    async with open_nodes(texts) as nodes:
         for name, node in nodes.items():
             await wait_for(
                 lambda n=node, p=peers[name]: link_state(n, p)[0] is LinkState.UP, within=10.0
@@ -60,4 +56,3 @@ async def test_links_survive_a_stall_of_the_nodes_own_event_loop(
             counters = node.counters()
             assert counters["overlay.stalls_excused"] >= 1
             assert counters["overlay.stalls_excused"] <= 2
-        nursery.cancel_scope.cancel()

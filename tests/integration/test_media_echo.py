@@ -15,12 +15,11 @@ import pytest
 import trio
 from google.protobuf.message import Message
 
-from overlay.config import parse_config
 from overlay.grpc import open_grpc_bridge
 from overlay.linkstate import LinkState, LinkStatistics
 from overlay.shell.node import Node
 from overlay.v1 import control_pb2
-from tests.mesh_helpers import mesh_config, wait_for
+from tests.mesh_helpers import mesh_config, open_nodes, wait_for
 
 
 def link(node: Node, neighbor: str) -> LinkStatistics:
@@ -50,10 +49,7 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
         "echo-a": mesh_config("echo-a", a_host, "echo-b", b_host, region="lab", media=True),
         "echo-b": mesh_config("echo-b", b_host, "echo-a", a_host, region="lab", media=True),
     }
-    nodes = {name: Node(parse_config(text, source=f"{name}.toml")) for name, text in texts.items()}
-    async with trio.open_nursery() as nursery:
-        for node in nodes.values():
-            await nursery.start(node.serve)
+    async with open_nodes(texts) as nodes:
         a, b = nodes["echo-a"], nodes["echo-b"]
 
         def media_answered(node: Node, neighbor: str) -> int:
@@ -103,7 +99,6 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
             answered = media_answered(a, "echo-b")
             await wait_for(lambda: media_answered(a, "echo-b") > answered + 5, within=5.0)
             assert a.counters()["media.drops.fault"] == dropped
-        nursery.cancel_scope.cancel()
 
 
 def serialize(message: Message) -> bytes:

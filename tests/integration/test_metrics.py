@@ -20,8 +20,7 @@ from overlay.config import parse_config
 from overlay.lab.node_process import NODE_PORT, node_config, open_node
 from overlay.lab.sipp import open_uas, run_uac
 from overlay.linkstate import LinkState
-from overlay.shell.node import Node
-from overlay.sip import Listener
+from overlay.shell.node import open_node as serve_node
 from tests.mesh_helpers import mesh_config, wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,17 +62,16 @@ async def test_scrape_shows_the_link_while_up_and_after_the_peer_stops(
     loopback_host: Callable[[], str],
 ) -> None:
     host_a, host_b = loopback_host(), loopback_host()
-    a = Node(parse_config(config("mx-a", host_a, "mx-b", host_b), source="a.toml"))
-    b = Node(parse_config(config("mx-b", host_b, "mx-a", host_a), source="b.toml"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.serve)
+    a_config = parse_config(config("mx-a", host_a, "mx-b", host_b), source="a.toml")
+    b_config = parse_config(config("mx-b", host_b, "mx-a", host_a), source="b.toml")
+    async with serve_node(a_config) as a, trio.open_nursery() as nursery:
         b_scope = trio.CancelScope()
 
-        async def run_b(
-            *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
-        ) -> None:
+        async def run_b(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
             with b_scope:
-                await b.serve(task_status=task_status)
+                async with serve_node(b_config):
+                    task_status.started()
+                    await trio.sleep_forever()
 
         await nursery.start(run_b)
         assert a.mesh is not None
@@ -84,7 +82,7 @@ async def test_scrape_shows_the_link_while_up_and_after_the_peer_stops(
             return stats.state is LinkState.UP and stats.probes_answered >= 20
 
         await wait_for(up_and_measured, within=15)
-        await wait_for(lambda: a.mesh is not None and a.mesh.reachable("mx-b"), within=5)
+        await wait_for(lambda: a.mesh is not None and a.mesh.view.reachable("mx-b"), within=5)
         assert a.telemetry.metrics_address is not None
         samples = await scrape(a.telemetry.metrics_address)
 
@@ -131,7 +129,7 @@ async def test_scrape_shows_the_link_while_up_and_after_the_peer_stops(
 
         b_scope.cancel()  # B stops: A declares the link down within the detection time
         await wait_for(lambda: monitor.state is LinkState.DOWN, within=5)
-        await wait_for(lambda: a.mesh is not None and not a.mesh.reachable("mx-b"), within=5)
+        await wait_for(lambda: a.mesh is not None and not a.mesh.view.reachable("mx-b"), within=5)
         samples = await scrape(a.telemetry.metrics_address)
         assert value(samples, "overlay_link_up", neighbor="mx-b") == 0
         assert value(samples, "overlay_link_state", neighbor="mx-b", state="DOWN") == 1

@@ -15,7 +15,7 @@ import trio.lowlevel
 import trio.testing
 
 from overlay.config import parse_config
-from overlay.shell.node import Node
+from overlay.shell.node import open_node
 from tests.integration.raw_sip import hostile_messages, invite, receive_all
 
 pytestmark = pytest.mark.integration
@@ -33,9 +33,8 @@ async def test_hostile_traffic_leaves_nothing_behind(
         f'[[dialplan]]\ntarget = "{sink_host}:{sink.getsockname()[1]}"\n',
         source="inline",
     )
-    node = Node(config)
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(node.serve)
+    async with open_node(config) as node:
+        [listener] = node.listeners
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
             await attacker.bind((attacker_host, 0))
             port = attacker.getsockname()[1]
@@ -45,14 +44,13 @@ async def test_hostile_traffic_leaves_nothing_behind(
                 await attacker.sendto(data[:65000], (listener.host, listener.port))
                 await trio.lowlevel.checkpoint()
             answers = await receive_all(attacker)
-        stats = node.statistics().proxy
+        stats = node.signalling.statistics().proxy
         assert stats.transactions_client > 0  # the valid INVITEs went on to the silent callee
         assert any(a.startswith(b"SIP/2.0 400 ") for a in answers)
         assert not any(a.startswith(b"SIP/2.0 408 ") for a in answers)  # Timer B still runs
         await trio.sleep(600)  # every RFC 3261 timer runs out
-        stats = node.statistics().proxy
+        stats = node.signalling.statistics().proxy
         assert (stats.transactions_client, stats.transactions_server) == (0, 0), stats
         assert stats.contexts == 0, stats
         assert stats.pending_resolutions == 0, stats
         sink.close()
-        nursery.cancel_scope.cancel()

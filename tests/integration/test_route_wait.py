@@ -12,15 +12,15 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from overlay.config import parse_config
-from overlay.shell.node import Node
+from overlay.config import NodeConfig, parse_config
+from overlay.shell.node import open_node
 from tests.integration.raw_sip import invite, udp_socket
 from tests.mesh_helpers import FAST_PROBES, mesh_config
 
 pytestmark = pytest.mark.integration
 
 
-def node(name: str, host: str, peer: str, peer_host: str, target: str, extra: str) -> Node:
+def node(name: str, host: str, peer: str, peer_host: str, target: str, extra: str) -> NodeConfig:
     text = mesh_config(
         name,
         host,
@@ -30,7 +30,7 @@ def node(name: str, host: str, peer: str, peer_host: str, target: str, extra: st
         linkstate=f"{FAST_PROBES}\n{extra}",
         extra=f'\n[[dialplan]]\ntarget = "{target}"\negress = ["wait-b"]\n',
     )
-    return Node(parse_config(text, source=f"{name}.toml"))
+    return parse_config(text, source=f"{name}.toml")
 
 
 async def first_line(sock: trio.socket.SocketType, *, within: float) -> bytes:
@@ -53,18 +53,16 @@ async def test_call_waits_for_its_egress_to_become_reachable(
     a = node("wait-a", a_host, "wait-b", b_host, target, "route_wait = 8")
     b = node("wait-b", b_host, "wait-a", a_host, target, "")
     with caller, callee:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.serve)
+        async with open_node(a) as ingress:
             await caller.sendto(invite(uac_host, caller.getsockname()[1]), (a_host, 5060))
             with trio.fail_after(2.0):
                 assert (await caller.recv(65535)).startswith(b"SIP/2.0 100")
             started = trio.current_time()
-            await nursery.start(b.serve)  # the egress comes up only now
-            line = await first_line(callee, within=8.0)
+            async with open_node(b):  # the egress comes up only now
+                line = await first_line(callee, within=8.0)
             assert line.startswith(b"INVITE sip:service@"), line
             assert trio.current_time() - started < 8.0
-            assert a.counters().get("sip.generated.503", 0) == 0
-            nursery.cancel_scope.cancel()
+            assert ingress.counters().get("sip.generated.503", 0) == 0
 
 
 @pytest.mark.trio
@@ -73,11 +71,9 @@ async def test_call_without_a_route_in_time_gets_503(loopback_host: Callable[[],
     caller = await udp_socket(uac_host)
     a = node("wait-a", a_host, "wait-b", b_host, "127.0.0.9:5060", "route_wait = 0.5")
     with caller:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(a.serve)
+        async with open_node(a):
             sent = trio.current_time()
             await caller.sendto(invite(uac_host, caller.getsockname()[1]), (a_host, 5060))
             line = await first_line(caller, within=3.0)
             assert line == b"SIP/2.0 503 No Route to Egress"
             assert 0.5 <= trio.current_time() - sent < 1.5
-            nursery.cancel_scope.cancel()

@@ -20,7 +20,7 @@ import trio
 from overlay.config import parse_config
 from overlay.lab.node_process import options_probe
 from overlay.lab.sipp import SippResult, open_uas, run_uac
-from overlay.shell.node import Node
+from overlay.shell.node import Node, open_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]
 
@@ -35,11 +35,9 @@ RESPONSIVE = 0.5
 @asynccontextmanager
 async def serving(config_text: str) -> AsyncIterator[tuple[Node, int]]:
     """A node from ``config_text`` serving until the block ends; yields it and its UDP port."""
-    node = Node(parse_config(config_text, source="node.toml"))
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(node.serve)
+    async with open_node(parse_config(config_text, source="node.toml")) as node:
+        [listener] = node.listeners
         yield node, listener.port
-        nursery.cancel_scope.cancel()
 
 
 async def probe_until(

@@ -12,11 +12,11 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from overlay.config import parse_config
 from overlay.lab.node_process import options_probe
 from overlay.lab.sipp import open_uas, run_uac
 from overlay.shell.node import Node
 from tests.integration.raw_sip import receive_all, udp_socket
+from tests.mesh_helpers import open_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]
 
@@ -68,7 +68,7 @@ async def wait_reachable(node: Node, peer: str, *, within: float) -> None:
     """Poll: the link comes up on the nodes' own probe timers, which signal no event."""
     with trio.fail_after(within):
         while True:
-            if node.mesh is not None and node.mesh.reachable(peer):
+            if node.mesh is not None and node.mesh.view.reachable(peer):
                 return
             await trio.sleep(0.05)
 
@@ -81,13 +81,8 @@ async def test_calls_and_probes_between_nodes_pass_the_tightest_limits(
     trunk, uas_host, stranger = loopback_host(), loopback_host(), loopback_host()
     # The overlay's edges Record-Route: the callee must honour it (the lab's callee too).
     async with open_uas(uas_host, scenario="uas_rr") as uas:
-        nodes = {
-            name: Node(parse_config(config(hosts, name, trunk, uas.address), source=name))
-            for name in hosts
-        }
-        async with trio.open_nursery() as nursery:
-            for node in nodes.values():
-                await nursery.start(node.serve)
+        texts = {name: config(hosts, name, trunk, uas.address) for name in hosts}
+        async with open_nodes(texts) as nodes:
             a = nodes["sec-a"]
             await wait_reachable(a, "sec-b", within=10.0)
             result = await run_uac(
@@ -104,7 +99,6 @@ async def test_calls_and_probes_between_nodes_pass_the_tightest_limits(
             assert a.mesh is not None
             link = a.mesh.monitors["sec-b"].statistics(trio.current_time())
             counters = {name: node.counters() for name, node in nodes.items()}
-            nursery.cancel_scope.cancel()
     assert (result.calls_successful, result.calls_failed) == (200, 0), result
     # B answered A's probes all along (a stall of this shared machine may cost one or two).
     assert link.probes_sent >= 10, link

@@ -16,7 +16,7 @@ import trio
 from overlay.config import parse_config
 from overlay.lab.node_process import options_probe
 from overlay.lab.sipp import open_uas
-from overlay.shell.node import Node
+from overlay.shell.node import Node, open_node
 from tests.integration.raw_sip import receive_all, udp_socket
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.sipvicious]
@@ -50,11 +50,8 @@ async def serving(node_host: str, uas: tuple[str, int], security: bool) -> Async
         + ("[security]\n" if security else "")
         + f'[[dialplan]]\nuser_prefix = "10"\ntarget = "{uas[0]}:{uas[1]}"\n'
     )
-    node = Node(parse_config(text, source="node.toml"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.serve)
+    async with open_node(parse_config(text, source="node.toml")) as node:
         yield node
-        nursery.cancel_scope.cancel()
 
 
 def _svmap(scanner: str, node_host: str, port: int) -> list[str]:

@@ -170,9 +170,7 @@ class Fabric:
                 break
             busy = False
             for node, h in self.cores.items():
-                outbox = list(h.proxy.outbox)
-                h.proxy.outbox.clear()
-                for data, peer in outbox:
+                for data, peer in h.proxy.datagrams_to_send():
                     destination = NODE_AT.get(peer)
                     if destination is None:
                         outside[peer].append(data)

@@ -142,9 +142,8 @@ class ProxyHarness:
 
     def _collect(self) -> dict[Peer, list[bytes]]:
         out: dict[Peer, list[bytes]] = defaultdict(list)
-        for data, peer in self.proxy.outbox:
+        for data, peer in self.proxy.datagrams_to_send():
             out[peer].append(data)
-        self.proxy.outbox.clear()
         return out
 
     def send(self, source: Peer, data: bytes) -> dict[Peer, list[bytes]]:
@@ -157,7 +156,7 @@ class ProxyHarness:
         return self._collect()
 
     def run_timers(self, seconds: float) -> None:
-        """``advance`` leaving what was sent in the proxy's outbox."""
+        """``advance`` leaving what was sent with the proxy."""
         end = self.now + seconds
         while (deadline := self.proxy.get_timer()) is not None and deadline <= end:
             self.now = max(self.now, deadline)

@@ -41,9 +41,7 @@ def run_until(layer: TransactionLayer, end: float) -> list[float]:
     sent_at = []
     while (deadline := layer.get_timer()) is not None and deadline <= end:
         layer.handle_timer(deadline)
-        if layer.outbox:
-            sent_at.extend([deadline] * len(layer.outbox))
-            layer.outbox.clear()
+        sent_at.extend([deadline] * len(layer.datagrams_to_send()))
     return sent_at
 
 
@@ -61,8 +59,8 @@ def terminated(layer: TransactionLayer) -> list[TransactionTerminated]:
 def test_invite_client_timer_a_doubles_and_timer_b_times_out() -> None:
     layer = TransactionLayer(TimerConfig(T1, T2, T4))
     txn = layer.send_request(req(), UAS, 0.0)
-    assert len(layer.outbox) == 1
-    layer.outbox.clear()
+    assert len(layer.datagrams_to_send()) == 1
+    layer.datagrams_to_send()
     sent = run_until(layer, 64 * T1)
     assert sent == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]  # A: T1, 2T1, 4T1, ... (no cap at T2)
     assert [e.transaction for e in timeouts(layer)] == [txn]
@@ -75,7 +73,7 @@ def test_invite_client_timer_a_doubles_and_timer_b_times_out() -> None:
 def test_invite_client_over_tcp_does_not_retransmit() -> None:
     layer = TransactionLayer()
     layer.send_request(req(), TCP_UAS, 0.0)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert run_until(layer, 64 * T1) == []
     assert len(timeouts(layer)) == 1
 
@@ -86,7 +84,7 @@ def test_invite_client_provisional_stops_timers_a_and_b() -> None:
     txn = layer.send_request(invite, UAS, 0.0)
     assert layer.receive_response(resp(invite, 180), 0.1) is txn
     assert txn.state is State.PROCEEDING
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert run_until(layer, 100.0) == []
     assert timeouts(layer) == []
     assert txn.state is State.PROCEEDING
@@ -101,7 +99,7 @@ def test_invite_client_2xx_accepted_retransmissions_pass_until_timer_m() -> None
     assert txn.state is State.ACCEPTED
     # RFC 6026: retransmitted 2xx go to the user (the proxy forwards them).
     assert layer.receive_response(ok, 0.6) is txn
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert run_until(layer, 0.1 + 64 * T1 - 0.01) == []
     assert txn.state is State.ACCEPTED
     run_until(layer, 0.1 + 64 * T1)
@@ -113,11 +111,11 @@ def test_invite_client_failure_sends_ack_and_absorbs_retransmissions() -> None:
     layer = TransactionLayer()
     invite = req()
     txn = layer.send_request(invite, UAS, 0.0)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     busy = resp(invite, 486)
     assert layer.receive_response(busy, 0.2) is txn
     assert txn.state is State.COMPLETED
-    [(ack_bytes, peer)] = layer.outbox
+    [(ack_bytes, peer)] = layer.datagrams_to_send()
     assert peer == UAS
     ack = parse(ack_bytes)
     assert isinstance(ack, Request)
@@ -127,10 +125,10 @@ def test_invite_client_failure_sends_ack_and_absorbs_retransmissions() -> None:
     assert len(ack.vias) == 1
     assert ack.to_tag == "callee-tag"
     assert (ack.cseq.number, ack.cseq.method) == (1, "ACK")
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert layer.receive_response(busy, 0.3) is None  # absorbed ...
-    assert [d for d, _ in layer.outbox] == [ack_bytes]  # ... and ACKed again
-    layer.outbox.clear()
+    assert [d for d, _ in layer.datagrams_to_send()] == [ack_bytes]  # ... and ACKed again
+    layer.datagrams_to_send()
     run_until(layer, 0.2 + 32.0)  # Timer D: 32 s over UDP
     assert txn.state is State.TERMINATED
     assert timeouts(layer) == []
@@ -162,7 +160,7 @@ def test_invite_client_transport_error() -> None:
 def test_non_invite_client_timer_e_caps_at_t2_and_timer_f_times_out() -> None:
     layer = TransactionLayer(TimerConfig(T1, T2, T4))
     txn = layer.send_request(req("OPTIONS"), UAS, 0.0)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     sent = run_until(layer, 64 * T1)
     # E: 0.5, then +1, +2, +4 (capped at T2), +4, ...
     assert sent == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
@@ -173,7 +171,7 @@ def test_non_invite_client_proceeding_retransmits_every_t2() -> None:
     layer = TransactionLayer(TimerConfig(T1, T2, T4))
     options = req("OPTIONS")
     txn = layer.send_request(options, UAS, 0.0)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert layer.receive_response(resp(options, 100), 0.1) is txn
     assert txn.state is State.PROCEEDING
     sent = run_until(layer, 10.0)
@@ -189,7 +187,7 @@ def test_non_invite_client_final_then_timer_k() -> None:
     assert layer.receive_response(ok, 0.1) is txn
     assert txn.state is State.COMPLETED
     assert layer.receive_response(ok, 0.2) is None  # retransmission absorbed
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     assert run_until(layer, 0.1 + T4) == []
     assert txn.state is State.TERMINATED
     assert timeouts(layer) == []
@@ -205,7 +203,7 @@ def test_invite_server_failure_retransmits_on_timer_g_until_ack() -> None:
     assert txn is not None
     layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.0)
     assert txn.state is State.COMPLETED
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     sent = run_until(layer, 8.0)
     assert sent == [0.5, 1.5, 3.5, 7.5]  # G: T1, 2T1, 4T1, then min(8T1, T2)
     ack = req("ACK", to_tag="x", cseq_method="ACK")
@@ -213,7 +211,7 @@ def test_invite_server_failure_retransmits_on_timer_g_until_ack() -> None:
     assert txn.state is State.CONFIRMED
     assert layer.receive_ack(ack, 8.1)  # retransmitted ACK absorbed
     assert layer.receive_request(invite, UAC, 8.2) is None
-    assert layer.outbox == []  # nothing resent in Confirmed
+    assert layer.datagrams_to_send() == []  # nothing resent in Confirmed
     run_until(layer, 8.0 + T4)
     assert txn.state is State.TERMINATED
 
@@ -235,10 +233,10 @@ def test_invite_server_absorbs_retransmissions_and_resends_provisional() -> None
     txn = layer.receive_request(invite, UAC, 0.0)
     assert txn is not None
     layer.send_response(txn, make_response(invite, 100), 0.0)
-    [(trying, _)] = layer.outbox
-    layer.outbox.clear()
+    [(trying, _)] = layer.datagrams_to_send()
+    layer.datagrams_to_send()
     assert layer.receive_request(invite, UAC, 0.5) is None
-    assert layer.outbox == [(trying, UAC)]
+    assert layer.datagrams_to_send() == [(trying, UAC)]
     assert layer.statistics().retransmissions_absorbed == 1
 
 
@@ -251,10 +249,10 @@ def test_invite_server_2xx_accepted_until_timer_l() -> None:
     layer.send_response(txn, ok, 0.0)
     assert txn.state is State.ACCEPTED
     layer.send_response(txn, ok, 1.0)  # a forwarded 2xx retransmission
-    assert len(layer.outbox) == 2
-    layer.outbox.clear()
+    assert len(layer.datagrams_to_send()) == 2
+    layer.datagrams_to_send()
     assert layer.receive_request(invite, UAC, 2.0) is None
-    assert layer.outbox == []  # Accepted absorbs INVITE retransmissions
+    assert layer.datagrams_to_send() == []  # Accepted absorbs INVITE retransmissions
     run_until(layer, 64 * 0.5)
     assert txn.state is State.TERMINATED
 
@@ -266,12 +264,12 @@ def test_invite_server_over_tcp_timer_i_is_zero() -> None:
     txn = layer.receive_request(invite, source, 0.0)
     assert txn is not None
     layer.send_response(txn, make_response(invite, 486, to_tag="x"), 0.0)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     layer.receive_ack(req("ACK", to_tag="x", cseq_method="ACK"), 1.0)
     assert layer.get_timer() == 1.0
     layer.handle_timer(1.0)
     assert txn.state is State.TERMINATED
-    assert layer.outbox == []  # no Timer G over TCP
+    assert layer.datagrams_to_send() == []  # no Timer G over TCP
 
 
 # -- non-INVITE server (§17.2.2) ----------------------------------------------------------------
@@ -284,18 +282,18 @@ def test_non_invite_server_paths_and_timer_j() -> None:
     assert txn is not None
     assert txn.state is State.TRYING
     assert layer.receive_request(bye, UAC, 0.1) is None
-    assert layer.outbox == []  # Trying: retransmission discarded
+    assert layer.datagrams_to_send() == []  # Trying: retransmission discarded
     layer.send_response(txn, make_response(bye, 100), 0.2)
     assert txn.state is State.PROCEEDING
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     layer.receive_request(bye, UAC, 0.3)
-    assert len(layer.outbox) == 1  # Proceeding: provisional resent
+    assert len(layer.datagrams_to_send()) == 1  # Proceeding: provisional resent
     layer.send_response(txn, make_response(bye, 200), 0.4)
     assert txn.state is State.COMPLETED
-    layer.outbox.clear()
+    layer.datagrams_to_send()
     layer.receive_request(bye, UAC, 0.5)
-    assert len(layer.outbox) == 1
-    assert b"200" in layer.outbox[0][0][:20]
+    [(data, _)] = layer.datagrams_to_send()
+    assert b"200" in data[:20]
     run_until(layer, 0.4 + 64 * T1)
     assert txn.state is State.TERMINATED
     assert layer.statistics().server == 0

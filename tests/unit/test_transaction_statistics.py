@@ -27,7 +27,7 @@ def req(method: str = "INVITE", **kwargs: object) -> Request:
 def finish(layer: TransactionLayer, until: float = 64 * T1 + 10) -> None:
     while (deadline := layer.get_timer()) is not None and deadline <= until:
         layer.handle_timer(deadline)
-    layer.outbox.clear()
+    layer.datagrams_to_send()
 
 
 def test_a_call_answered_then_ended_counts_once() -> None:

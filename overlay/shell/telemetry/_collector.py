@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -31,12 +31,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from overlay.config import NodeSection
 from overlay.linkstate import LinkState
-from overlay.shell.stall import StallStatistics
+from overlay.noc import CallTracker
+from overlay.shell.stall import StallStatistics, StallWatchdog
 
 if TYPE_CHECKING:
     from overlay.shell.mesh import Mesh
-    from overlay.shell.node import Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,20 +424,33 @@ class NodeCollector(Collector):
     Runs on the node's trio thread only: it reads the node's state without locks.
     """
 
-    def __init__(self, node: Node, worker: int) -> None:
+    def __init__(
+        self,
+        node: NodeSection,
+        worker: int,
+        *,
+        counters: Callable[[], Mapping[str, int]],
+        stalls: StallWatchdog,
+        calls: CallTracker | None,
+        mesh: Mesh | None,
+    ) -> None:
         self._node = node
         self._worker = worker
+        self._counters = counters
+        self._stalls = stalls
+        self._calls = calls
+        self._mesh = mesh
 
     def collect(self) -> Iterator[Metric]:
-        node = self._node.config.node
+        node = self._node
         info = InfoMetricFamily("overlay_node", "The node this worker belongs to")
         labels = {"node_id": node.node_id, "region": node.region, "az": node.az}
         info.add_metric([], {**labels, "worker": str(self._worker)})
         yield info
-        yield from counter_families(self._node.counters())
-        yield stall_histogram(self._node.stalls.statistics())
+        yield from counter_families(self._counters())
+        yield stall_histogram(self._stalls.statistics())
         now = trio.current_time()
-        calls = self._node.calls
+        calls = self._calls
         if calls is not None:
             yield GaugeMetricFamily(
                 "overlay_calls_active",
@@ -444,7 +458,7 @@ class NodeCollector(Collector):
                 "not yet ended by a BYE)",
                 value=calls.active(now),
             )
-        mesh = self._node.mesh
+        mesh = self._mesh
         if mesh is not None:
             yield from _link_families(mesh, now)
             yield from _route_families(mesh)

@@ -9,6 +9,7 @@ only worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,11 +17,15 @@ import trio
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.registry import CollectorRegistry
 
+from overlay.config import NodeConfig
+from overlay.noc import CallTracker
+from overlay.shell.stall import StallWatchdog
+
 from ._collector import NodeCollector
 from ._http import PATH, MetricsServer
 
 if TYPE_CHECKING:
-    from overlay.shell.node import Node
+    from overlay.shell.mesh import Mesh
 
     from ._exporter import CloudWatchExporter
 
@@ -28,17 +33,31 @@ log = structlog.get_logger("overlay.telemetry")
 
 
 class Telemetry:
-    """What ``[metrics]`` and ``[cloudwatch]`` ask for, for one worker of ``node``."""
+    """What ``[metrics]`` and ``[cloudwatch]`` ask for, for one worker of a node: what
+    ``/metrics`` shows is read, at each scrape, from the pieces given here."""
 
-    def __init__(self, node: Node, worker: int) -> None:
-        self._node = node
+    def __init__(
+        self,
+        config: NodeConfig,
+        worker: int,
+        *,
+        counters: Callable[[], Mapping[str, int]],
+        stalls: StallWatchdog,
+        calls: CallTracker | None,
+        mesh: Mesh | None,
+    ) -> None:
+        self._config = config
         self._worker = worker
+        self._collector = NodeCollector(
+            config.node, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh
+        )
+        self._mesh = mesh
         self.metrics_address: tuple[str, int] | None = None  # once serving
         self.server: MetricsServer | None = None
         self.exporter: CloudWatchExporter | None = None
 
     def counters(self) -> dict[str, int]:
-        """By dotted name, for ``Node.counters()``."""
+        """By dotted name, for the node's counters."""
         counters: dict[str, int] = {}
         if self.server is not None:
             counters["metrics.connections_refused"] = self.server.refused
@@ -54,11 +73,11 @@ class Telemetry:
         Raises:
             OSError: the ``[metrics]`` address cannot be bound.
         """
-        config = self._node.config
+        config = self._config
         async with trio.open_nursery() as nursery:
             if config.metrics is not None:
                 registry = CollectorRegistry()
-                registry.register(NodeCollector(self._node, self._worker))
+                registry.register(self._collector)
                 for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                     registry.register(standard)
                 self.server = MetricsServer(registry)
@@ -70,7 +89,7 @@ class Telemetry:
                 # Imported here: boto3 is loaded only by the nodes that export.
                 from ._exporter import CloudWatchExporter
 
-                mesh = self._node.mesh
+                mesh = self._mesh
                 assert mesh is not None  # [cloudwatch] needs [[peers]] (config)
                 monitors = mesh.monitors.values()
                 self.exporter = CloudWatchExporter(
