@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from overlay.sip import (
     Admission,
     Listener,
+    Locate,
     MediaHook,
     OverlayNodes,
     OverlayRoutes,
@@ -106,7 +107,8 @@ def parse(data: bytes) -> Request | Response:
 
 @dataclass
 class ProxyHarness:
-    """A proxy core with a hand-set clock and a static or DNS dialplan."""
+    """A proxy core with a hand-set clock and a static or DNS dialplan (``targets`` by
+    Request-URI user), or the node's own (``locate``, a ``CallRouter``'s)."""
 
     targets: dict[str, Target | Refusal] = field(
         default_factory=lambda: {"": Target("127.0.0.3", 5062)}
@@ -119,6 +121,7 @@ class ProxyHarness:
     overlay_routes: OverlayRoutes | None = None
     media: MediaHook | None = None
     admission: Admission | None = None
+    locate: Locate | None = None
     now: float = 0.0
 
     def __post_init__(self) -> None:
@@ -130,7 +133,7 @@ class ProxyHarness:
                 max_message_size=self.max_message_size,
                 overlay=self.overlay,
             ),
-            self._locate,
+            self._locate if self.locate is None else self.locate,
             self.overlay_routes,
             self.media,
             admission=self.admission,
