@@ -21,6 +21,7 @@ for is ``None``. Files are checked before any socket is bound (``NodeTls.load``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +48,6 @@ from overlay.shell.telemetry import Telemetry
 from overlay.shell.transport import BoundSocket, Impairments, Steering, bind_listeners
 from overlay.sip import (
     Listener,
-    MediaHook,
     OverlayNodes,
     Peer,
     ProxyConfig,
@@ -161,12 +161,9 @@ async def open_node(
     security = EdgeSecurity.for_config(config)
     stalls = StallWatchdog()
     media = None if config.media is None else MediaPlane(config)
-    peer_sip = {peer.node_id: Peer("udp", *peer.sip) for peer in config.peers}
-    view = RouteView(node_id, peer_sip) if config.peers else None
     edge = None if media is None else media.edge
-    calls = None if view is None else _call_book(edge, events)
-    hook: MediaHook | None = edge if calls is None else calls
-    access = None if view is None else _access(config, tls.grpc)
+    overlay = _OverlayParts.make(config, tls.grpc, edge, events) if config.peers else None
+    view = None if overlay is None else overlay.view
     router = CallRouter(
         node_id,
         Dialplan(config.dialplan),
@@ -183,41 +180,39 @@ async def open_node(
             record_route=config.sip.record_route,
             user_agent=config.sip.user_agent,
             max_message_size=config.sip.max_message_size,
-            overlay=None if view is None else OverlayNodes(node_id, peer_sip),
+            overlay=None if view is None else OverlayNodes(node_id, view.peers),
         ),
         router.locate,
         view,
-        hook,
+        edge if overlay is None else overlay.calls,
         admission=None if security is None else security.guard,
     )
-    impairments = _impairments(config)
     mesh = None
-    if view is not None:
-        assert impairments is not None  # made with [[peers]], as the view is
+    if overlay is not None:
         local = next(item for item in listeners if item.transport == "udp")
         # The mesh and the pump call each other: the mesh, made first, reaches the pump
         # through these two closures, which run only once both serve.
         mesh = Mesh(
             config,
-            view=view,
+            view=overlay.view,
             local_sip=Peer("udp", local.host, local.port),
             send_sip=lambda data, peer: pump.transport.send(data, peer),
             take_traffic=core.transactions.take_peer_traffic,
             on_reroute=lambda peers: pump.rerouted(peers),
-            impairments=impairments,
+            impairments=overlay.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=int(wall_time() * 1000),
             now=trio.current_time(),
             echo=media,
             events=events.publish,
-            access=access,
+            access=overlay.access,
         )
     pump = SignallingPump(
         config,
         core,
         tls=tls.sip,
         steering=steering,
-        impairments=impairments,
+        impairments=None if overlay is None else overlay.impairments,
         security=security,
         media=media,
         mesh=mesh,
@@ -230,37 +225,29 @@ async def open_node(
         counters.add(media.counters)
     if mesh is not None:
         counters.add(mesh.counters)
+    calls = None if overlay is None else overlay.calls
     telemetry = Telemetry(config, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh)
     counters.add(telemetry.counters)
     counters.add(stalls.counters)
     if security is not None:
         counters.add(security.guard.counters)
-    async with contextlib.AsyncExitStack() as stack:
-        # The bridge (a thread with grpcio's loop) outlives every task that uses it.
-        bridge = None
-        if mesh is not None:
-            bridge = await stack.enter_async_context(open_grpc_bridge(tls=tls.grpc))
-        nursery = await stack.enter_async_context(trio.open_nursery())
+    async with trio.open_nursery() as nursery:
         await nursery.start(pump.run, bound)
         if security is not None:
             nursery.start_soon(security.run)
         if media is not None:
             await nursery.start(_run_media, media)
         control = None
-        if mesh is not None:
-            # Made with [[peers]], as the mesh is.
-            assert bridge is not None
-            assert calls is not None
-            assert access is not None
-            control = ControlPlane(
+        if overlay is not None and mesh is not None:  # both, with [[peers]]
+            make_control = functools.partial(
+                ControlPlane,
                 config,
                 mesh=mesh,
-                bridge=bridge,
                 events=events,
-                calls=calls,
+                calls=overlay.calls,
                 router=router,
                 drain=drain,
-                access=access,
+                access=overlay.access,
                 counters=counters,
                 media=None
                 if media is None
@@ -269,14 +256,8 @@ async def open_node(
                 # this guard holds all of its blocks.
                 blocks=None if security is None else security.guard,
             )
+            control = await nursery.start(_serve_grpc, config, tls.grpc, mesh, make_control)
             counters.add(control.counters)
-            grpc = config.grpc
-            assert grpc is not None  # [[peers]] need [grpc] (config)
-            port = await bridge.start_server(
-                grpc.host, grpc.port, [*mesh.services(), control.service()]
-            )
-            log.info("grpc listening", host=grpc.host, port=port)
-            nursery.start_soon(mesh.run, bridge)
         await nursery.start(telemetry.run)
         # Started last: the set-up above is no stall of a serving node. It measures real
         # time: under a test's MockClock it has nothing to measure, and its 10 ms ticks would
@@ -304,6 +285,72 @@ async def open_node(
             nursery.cancel_scope.cancel()
 
 
+@dataclass(frozen=True, slots=True)
+class _OverlayParts:
+    """What only an overlay node (with ``[[peers]]``) has, before its mesh: the routes' view,
+    the call book, who may call its gRPC services, its links' fault injection."""
+
+    view: RouteView
+    calls: CallTracker
+    access: AccessPolicy
+    impairments: Impairments
+
+    @classmethod
+    def make(
+        cls,
+        config: NodeConfig,
+        tls: TlsCredentials | None,
+        edge: MediaEdge | None,
+        events: EventHub,
+    ) -> _OverlayParts:
+        peers = config.peers
+        count = None if edge is None else edge.sessions.of_call
+        if tls is None:
+            log.warning("gRPC without TLS (insecure = true): anyone who reaches it is operator")
+        return cls(
+            view=RouteView(
+                config.node.node_id, {peer.node_id: Peer("udp", *peer.sip) for peer in peers}
+            ),
+            # The call book sits in front of the media edge (with [media]).
+            calls=CallTracker(
+                edge,
+                media_sessions=None if count is None else lambda call_id: len(count(call_id)),
+                on_failed=events.publish,
+            ),
+            access=AccessPolicy(
+                config.node.node_id, [peer.node_id for peer in peers], secure=tls is not None
+            ),
+            impairments=Impairments(
+                # Seeded per node: a lab run's losses are reproducible.
+                rng=random.Random(config.node.node_id),
+                base_delay_ms={peer.node_id: peer.base_delay_ms for peer in peers},
+                addresses={peer.node_id: [peer.sip] for peer in peers},
+            ),
+        )
+
+
+async def _serve_grpc(
+    config: NodeConfig,
+    tls: TlsCredentials | None,
+    mesh: Mesh,
+    make_control: Callable[..., ControlPlane],
+    *,
+    task_status: trio.TaskStatus[ControlPlane] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The gRPC server of an overlay node (link-state flooding, the Control service made on
+    its bridge) and the mesh on it; reports the Control service once the server listens."""
+    grpc = config.grpc
+    assert grpc is not None  # [[peers]] need [grpc] (the configuration checks)
+    async with open_grpc_bridge(tls=tls) as bridge:
+        control = make_control(bridge=bridge)
+        port = await bridge.start_server(
+            grpc.host, grpc.port, [*mesh.services(), control.service()]
+        )
+        log.info("grpc listening", host=grpc.host, port=port)
+        task_status.started(control)
+        await mesh.run(bridge)
+
+
 async def _run_media(
     media: MediaPlane, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -314,34 +361,3 @@ async def _run_media(
         await media.run()
     finally:
         media.stop()
-
-
-def _impairments(config: NodeConfig) -> Impairments | None:
-    """The fault-injection layer of an overlay node's links (``None`` without peers)."""
-    if not config.peers:
-        return None
-    return Impairments(
-        # Seeded per node: a lab run's losses are reproducible.
-        rng=random.Random(config.node.node_id),
-        base_delay_ms={peer.node_id: peer.base_delay_ms for peer in config.peers},
-        addresses={peer.node_id: [peer.sip] for peer in config.peers},
-    )
-
-
-def _call_book(edge: MediaEdge | None, events: EventHub) -> CallTracker:
-    """The call book of an overlay node, in front of the media edge (with ``[media]``)."""
-    count = None if edge is None else edge.sessions.of_call
-    return CallTracker(
-        edge,
-        media_sessions=None if count is None else lambda call_id: len(count(call_id)),
-        on_failed=events.publish,
-    )
-
-
-def _access(config: NodeConfig, tls: TlsCredentials | None) -> AccessPolicy:
-    """Who may call the node's gRPC services: its peers flood, certificates give roles."""
-    if tls is None:
-        log.warning("gRPC without TLS (insecure = true): anyone who reaches it is operator")
-    return AccessPolicy(
-        config.node.node_id, [peer.node_id for peer in config.peers], secure=tls is not None
-    )
