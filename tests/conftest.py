@@ -1,7 +1,8 @@
 """Fixtures shared by every test directory.
 
-Only generic helpers live here. Harnesses for one package (the UAC <-> proxy <-> UAS pair of
-cores, the lab) go in that test directory's ``helpers.py`` (STYLE.md §9).
+Generic helpers live here, and the four-region lab that both chaos/ and integration/ test.
+Harnesses for one package (the UAC <-> proxy <-> UAS pair of cores) go in that test
+directory's helpers (STYLE.md §9).
 
 Addresses and ports
 -------------------
@@ -18,10 +19,13 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
 import pytest
+
+from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
+from overlay.lab.topology import REGIONS
 
 PortKind = Literal["udp", "tcp", "both"]
 
@@ -104,3 +108,14 @@ def free_port() -> Callable[..., int]:
         RuntimeError: no port pair found after 100 tries.
     """
     return _free_port
+
+
+@pytest.fixture
+async def lab(loopback_host: Callable[[], str]) -> AsyncIterator[Lab]:
+    """The four reference regions, one OS process each on its own loopback address, with
+    every link up and the ingress's path to the egress direct."""
+    hosts = {node_id: loopback_host() for node_id, _ in REGIONS}
+    async with open_lab(hosts, uas_host=loopback_host(), uac_host=loopback_host()) as lab:
+        await lab.wait_all_links_up(within=15)
+        await lab.wait_path(INGRESS, EGRESS, lambda path: path == [INGRESS, EGRESS], within=15)
+        yield lab

@@ -41,6 +41,7 @@ from typing import IO, Final
 import trio
 
 from overlay.lab._process import stop_process
+from overlay.sip import host_reference
 
 __all__ = [
     "SCENARIO_DIR",
@@ -396,7 +397,7 @@ async def run_uac(
     try:
         args = [
             binary,
-            f"{_host_for_uri(target[0])}:{target[1]}",
+            f"{host_reference(target[0])}:{target[1]}",
             *_scenario_args(scenario),
             *_common_args(local_host, free_port(local_host), transport, run),
             "-s", service,
@@ -419,10 +420,6 @@ async def run_uac(
         return _result(run, proc.returncode, trio.current_time() - started)
     finally:
         run.remove()
-
-
-def _host_for_uri(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class SippUas:

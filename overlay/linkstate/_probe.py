@@ -16,6 +16,7 @@ from overlay.sip import (
     RemoteProtocolError,
     Request,
     Response,
+    host_reference,
     make_response,
     parse_message_untrusted,
     serialize,
@@ -61,8 +62,7 @@ def probe_request(sender: str, local: Peer, responder: str, remote: Peer, seq: i
 
 
 def _hostport(peer: Peer) -> str:
-    host = f"[{peer.host}]" if ":" in peer.host else peer.host
-    return f"{host}:{peer.port}"
+    return f"{host_reference(peer.host)}:{peer.port}"
 
 
 def read_probe_untrusted(data: bytes) -> ProbeRequest | ProbeAnswer | None:

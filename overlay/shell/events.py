@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 from collections.abc import Callable, Collection, Iterator
 
 import trio
 
 from overlay.noc import KINDS, Event, Published, kind
+from overlay.shell.clock import wall_time
 
 #: Events a watcher may have waiting before it is dropped.
 WATCH_BUFFER = 1000
@@ -82,7 +82,7 @@ class EventHub:
         self,
         node_id: str,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_time,
         buffer: int = WATCH_BUFFER,
     ) -> None:
         self.node_id = node_id

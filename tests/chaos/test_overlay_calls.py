@@ -9,12 +9,11 @@ are read through each node's Control service, as a NOC tool would.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
 
-from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
+from overlay.lab.lab import EGRESS, INGRESS, Lab
 from overlay.lab.sipp import SippResult
 from overlay.lab.topology import REGIONS
 from overlay.v1 import control_pb2
@@ -23,15 +22,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.slow, pyte
 
 DIRECT = [INGRESS, EGRESS]
 RELAYED = "sip.relayed.requests"
-
-
-@pytest.fixture
-async def lab(loopback_host: Callable[[], str]) -> AsyncIterator[Lab]:
-    hosts = {node_id: loopback_host() for node_id, _ in REGIONS}
-    async with open_lab(hosts, uas_host=loopback_host(), uac_host=loopback_host()) as lab:
-        await lab.wait_all_links_up(within=15)
-        await lab.wait_path(INGRESS, EGRESS, lambda path: path == DIRECT, within=15)
-        yield lab
 
 
 async def relayed(lab: Lab, node_id: str) -> int:

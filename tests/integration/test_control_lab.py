@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import trio
 
 from overlay.grpc import Role
-from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
-from overlay.lab.topology import REGIONS
+from overlay.lab.lab import EGRESS, INGRESS, Lab
 from overlay.v1 import control_pb2 as c
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sipp, pytest.mark.trio]
@@ -25,15 +23,6 @@ KILLED = "use2"  # not on INGRESS's path to EGRESS
 #: From SIGKILL to the events at INGRESS: detection (3 probes of 100 ms) + route computation,
 #: with room for a loaded machine.
 EVENT_BOUND_S = 2.0
-
-
-@pytest.fixture
-async def lab(loopback_host: Callable[[], str]) -> AsyncIterator[Lab]:
-    hosts = {node_id: loopback_host() for node_id, _ in REGIONS}
-    async with open_lab(hosts, uas_host=loopback_host(), uac_host=loopback_host()) as lab:
-        await lab.wait_all_links_up(within=15)
-        await lab.wait_path(INGRESS, EGRESS, lambda path: path == DIRECT, within=15)
-        yield lab
 
 
 async def test_watch_events_shows_a_kill_as_it_happens(lab: Lab):

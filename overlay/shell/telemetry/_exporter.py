@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -29,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from overlay.aws import ClientFactory, error_code
 from overlay.config import CloudwatchSection
 from overlay.linkstate import LinkStatistics
+from overlay.shell.clock import wall_datetime
 
 from ._cloudwatch import Datum, LinkWindow, batches
 
@@ -103,7 +103,7 @@ class CloudWatchExporter:
             if trio.current_time() < next_round:
                 continue
             next_round += section.interval
-            for batch in batches(self._window.flush(datetime.now(UTC))):
+            for batch in batches(self._window.flush(wall_datetime())):
                 try:
                     queue.send_nowait(batch)
                 except trio.WouldBlock:

@@ -47,6 +47,7 @@ from dns.rdtypes.IN.NAPTR import NAPTR
 from dns.rdtypes.IN.SRV import SRV
 
 from overlay.config import DnsSection, DnsTarget, Scheme, Transport
+from overlay.sip import host_reference
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ def _name(name: str) -> str:
 
 
 def _describe(scheme: str, host: str, port: int | None, transport: str | None) -> str:
-    text = f"{scheme}:[{host}]" if ":" in host else f"{scheme}:{host}"
+    text = f"{scheme}:{host_reference(host)}"
     text += "" if port is None else f":{port}"
     return text + ("" if transport is None else f";transport={transport}")
 
