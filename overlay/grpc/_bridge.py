@@ -83,7 +83,7 @@ from ._service import (
     _StreamHandler,
     _UnaryHandler,
 )
-from ._status import _OK, RpcError, _Status, _status_for
+from ._status import _OK, _SHUTTING_DOWN, RpcError, _Status, _status_for
 from ._stream import _CLOSE, BridgedStream
 
 __all__ = ["GrpcBridge", "open_grpc_bridge"]
@@ -455,13 +455,9 @@ class GrpcBridge:
             async def serve_server_stream(
                 request: bytes, context: grpc.aio.ServicerContext
             ) -> None:
-                try:
-                    message = server_stream.request_deserializer(request)
-                except Exception as exc:
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the request: {exc}"
-                    )
-                    raise  # not reached: abort() raises
+                message = await self._decode_request(
+                    server_stream.request_deserializer, request, context
+                )
                 await self._serve_stream(method, server_stream, context, message)
 
             return grpc.unary_stream_rpc_method_handler(serve_server_stream)
@@ -490,6 +486,19 @@ class GrpcBridge:
         certificates = context.auth_context().get("x509_pem_cert") or [None]
         return Caller(context.peer(), certificates[0])
 
+    @staticmethod
+    async def _decode_request(
+        deserializer: Callable[[bytes], object], data: bytes, context: grpc.aio.ServicerContext
+    ) -> object:
+        """Loop thread: the request a server received; INVALID_ARGUMENT if it does not decode."""
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the request: {exc}"
+            )
+            raise  # not reached: abort() raises
+
     async def _unary_in_loop(
         self,
         target: str,
@@ -516,17 +525,11 @@ class GrpcBridge:
         data: bytes,
         context: grpc.aio.ServicerContext,
     ) -> bytes:
-        try:
-            request = handler.request_deserializer(data)
-        except Exception as exc:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode the request: {exc}"
-            )
-            raise  # not reached: abort() raises
+        request = await self._decode_request(handler.request_deserializer, data, context)
         reply: asyncio.Future[bytes | _Status] = self._loop.create_future()
         call = _UnaryCall(self, reply, self._caller_of(context))
         if not self._to_trio(self._start_unary, method, handler, request, call):
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            await context.abort(*_SHUTTING_DOWN)
         try:
             outcome = await reply
         except asyncio.CancelledError:  # client gone, deadline or server stopping
@@ -556,7 +559,7 @@ class GrpcBridge:
         end = _Status(grpc.StatusCode.CANCELLED, "the RPC was cancelled")
         try:
             if not self._to_trio(self._start_stream, method, handler, stream, caller, request):
-                end = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                end = _SHUTTING_DOWN
             else:
                 while True:
                     item = await side.outgoing.get()
@@ -590,16 +593,7 @@ class GrpcBridge:
         metadata: tuple[tuple[str, str | bytes], ...],
     ) -> None:
         call = self._channel(target).stream_stream(method)(timeout=deadline_s, metadata=metadata)
-        reader = self._loop.create_task(
-            self._pump_in(stream, call.read, response_deserializer, client=True, call=call)
-        )
-        writer = self._loop.create_task(self._client_writer(stream, call))
-        try:
-            await reader
-        finally:
-            call.cancel()
-            reader.cancel()
-            writer.cancel()
+        await self._run_client_call(stream, call, response_deserializer, write=True)
 
     async def _client_server_stream_in_loop(
         self,
@@ -614,14 +608,29 @@ class GrpcBridge:
         call = self._channel(target).unary_stream(method)(
             data, timeout=deadline_s, metadata=metadata
         )
+        await self._run_client_call(stream, call, response_deserializer, write=False)
+
+    async def _run_client_call(
+        self,
+        stream: BridgedStream,
+        call: grpc.aio.Call,
+        response_deserializer: Callable[[bytes], object],
+        *,
+        write: bool,
+    ) -> None:
+        """Pump the responses of ``call`` into ``stream`` until they end, and with ``write`` the
+        stream's messages into ``call``; then cancel the call."""
         reader = self._loop.create_task(
             self._pump_in(stream, call.read, response_deserializer, client=True, call=call)
         )
+        writer = self._loop.create_task(self._client_writer(stream, call)) if write else None
         try:
             await reader
         finally:
             call.cancel()
             reader.cancel()
+            if writer is not None:
+                writer.cancel()
 
     async def _client_writer(self, stream: BridgedStream, call: grpc.aio.StreamStreamCall) -> None:
         side = stream._loop_side
@@ -697,7 +706,7 @@ class GrpcBridge:
             if refusal is not None:
                 call.finish(refusal)
             elif self._closing and handler.is_async:
-                call.finish(_Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down"))
+                call.finish(_SHUTTING_DOWN)
             elif handler.is_async:
                 call.scope = trio.CancelScope()
                 # The task copies the context now: current_caller() works in it.
@@ -735,7 +744,7 @@ class GrpcBridge:
     ) -> None:
         refusal = method.refusal(caller)
         if refusal is None and self._closing:
-            refusal = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            refusal = _SHUTTING_DOWN
         if refusal is not None:
             self._to_loop(stream._loop_side.outgoing.put_nowait, refusal)
             return
@@ -772,7 +781,7 @@ class GrpcBridge:
         finally:
             self._stream_scopes.discard(scope)
             if self._closing and end.code is grpc.StatusCode.CANCELLED:
-                end = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+                end = _SHUTTING_DOWN
             self._to_loop(stream._loop_side.outgoing.put_nowait, end)
 
     # -- shutdown ---------------------------------------------------------------------------

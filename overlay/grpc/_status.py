@@ -54,6 +54,7 @@ class _Status(NamedTuple):
 
 
 _OK = _Status(grpc.StatusCode.OK, "the RPC has ended")
+_SHUTTING_DOWN = _Status(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
 
 def _status_for(exc: BaseException, method: str) -> _Status:
