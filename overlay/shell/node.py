@@ -44,7 +44,7 @@ from overlay.shell.mesh import Mesh
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.signalling import SignallingPump
 from overlay.shell.stall import StallWatchdog
-from overlay.shell.telemetry import Telemetry
+from overlay.shell.telemetry import NodeCollector, Telemetry
 from overlay.shell.transport import BoundSocket, Impairments, Steering, bind_listeners
 from overlay.sip import (
     Listener,
@@ -226,7 +226,10 @@ async def open_node(
     if mesh is not None:
         counters.add(mesh.counters)
     calls = None if overlay is None else overlay.calls
-    telemetry = Telemetry(config, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh)
+    collector = NodeCollector(
+        config.node, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh
+    )
+    telemetry = Telemetry(config, worker, collector, mesh)
     counters.add(telemetry.counters)
     counters.add(stalls.counters)
     if security is not None:

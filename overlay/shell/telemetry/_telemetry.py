@@ -9,7 +9,6 @@ only worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -18,8 +17,6 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.registry import CollectorRegistry
 
 from overlay.config import NodeConfig
-from overlay.noc import CallTracker
-from overlay.shell.stall import StallWatchdog
 
 from ._collector import NodeCollector
 from ._http import PATH, MetricsServer
@@ -33,24 +30,15 @@ log = structlog.get_logger("overlay.telemetry")
 
 
 class Telemetry:
-    """What ``[metrics]`` and ``[cloudwatch]`` ask for, for one worker of a node: what
-    ``/metrics`` shows is read, at each scrape, from the pieces given here."""
+    """What ``[metrics]`` and ``[cloudwatch]`` ask for, for one worker of a node:
+    ``/metrics`` serves ``collector``, the exporter sends the links of ``mesh``."""
 
     def __init__(
-        self,
-        config: NodeConfig,
-        worker: int,
-        *,
-        counters: Callable[[], Mapping[str, int]],
-        stalls: StallWatchdog,
-        calls: CallTracker | None,
-        mesh: Mesh | None,
+        self, config: NodeConfig, worker: int, collector: NodeCollector, mesh: Mesh | None
     ) -> None:
         self._config = config
         self._worker = worker
-        self._collector = NodeCollector(
-            config.node, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh
-        )
+        self._collector = collector
         self._mesh = mesh
         self.metrics_address: tuple[str, int] | None = None  # once serving
         self.server: MetricsServer | None = None
