@@ -74,6 +74,8 @@ import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from overlay.sip import host_reference
+
 from ._identities import Caller, TlsCredentials, _caller
 from ._service import (
     MethodHandler,
@@ -133,7 +135,7 @@ T = TypeVar("T")
 
 
 def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{host_reference(host)}:{port}"
 
 
 class GrpcBridge:
