@@ -2,7 +2,7 @@
 
 from ._codec import BadLsa, lsa_from_message_untrusted, lsa_to_message
 from ._flood import FloodConfig, Flooder, FloodStatistics, LsaAck, significant_change
-from ._lsa import LinkMetrics, Lsa
+from ._lsa import METRIC_NAMES, LinkMetrics, Lsa
 from ._lsdb import InstallResult, LinkStateDb
 from ._monitor import LinkMonitor, LinkState, LinkStatistics, ProbeConfig
 from ._probe import (
@@ -15,6 +15,7 @@ from ._probe import (
 )
 
 __all__ = [
+    "METRIC_NAMES",
     "PROBE_MARK",
     "BadLsa",
     "FloodConfig",

@@ -13,11 +13,13 @@ import re
 
 from overlay.v1 import linkstate_pb2
 
-from ._lsa import LinkMetrics, Lsa
+from ._lsa import METRIC_NAMES, LinkMetrics, Lsa
 
 MAX_LINKS = 1024
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
-_MAX_METRIC = 3_600_000.0  # one hour in ms: anything larger is nonsense, not a slow link
+_MAX_MS = 3_600_000.0  # one hour: anything larger is nonsense, not a slow link
+#: The largest value of each metric: ratios are fractions, the others milliseconds.
+_METRIC_LIMITS = {name: 1.0 if name.endswith("_ratio") else _MAX_MS for name in METRIC_NAMES}
 
 
 class BadLsa(Exception):
@@ -33,15 +35,7 @@ def lsa_to_message(lsa: Lsa) -> linkstate_pb2.Lsa:
         az=lsa.az,
         draining=lsa.draining,
         links=[
-            linkstate_pb2.Link(
-                neighbor=link.neighbor,
-                up=link.up,
-                rtt_ms=link.rtt_ms,
-                jitter_ms=link.jitter_ms,
-                loss_ratio=link.loss_ratio,
-                retrans_ratio=link.retrans_ratio,
-                admin_cost=link.admin_cost,
-            )
+            linkstate_pb2.Link(neighbor=link.neighbor, up=link.up, **link.measurements())
             for link in lsa.links
         ],
     )
@@ -68,25 +62,11 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         if link.neighbor in seen or link.neighbor == message.origin:
             raise BadLsa(f"duplicate or self link {link.neighbor!r}")
         seen.add(link.neighbor)
-        for name in ("rtt_ms", "jitter_ms", "admin_cost"):
-            value = getattr(link, name)
-            if not math.isfinite(value) or not 0.0 <= value <= _MAX_METRIC:
+        metrics = {name: getattr(link, name) for name in METRIC_NAMES}
+        for name, value in metrics.items():
+            if not math.isfinite(value) or not 0.0 <= value <= _METRIC_LIMITS[name]:
                 raise BadLsa(f"link {link.neighbor}: bad {name} {value!r}")
-        for name in ("loss_ratio", "retrans_ratio"):
-            value = getattr(link, name)
-            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise BadLsa(f"link {link.neighbor}: bad {name} {value!r}")
-        links.append(
-            LinkMetrics(
-                neighbor=link.neighbor,
-                up=link.up,
-                rtt_ms=link.rtt_ms,
-                jitter_ms=link.jitter_ms,
-                loss_ratio=link.loss_ratio,
-                retrans_ratio=link.retrans_ratio,
-                admin_cost=link.admin_cost,
-            )
-        )
+        links.append(LinkMetrics(link.neighbor, link.up, **metrics))
     links.sort(key=lambda item: item.neighbor)
     return Lsa(
         origin=message.origin,

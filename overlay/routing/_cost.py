@@ -57,8 +57,6 @@ import networkx as nx
 #: the edge.
 WeightFunction = Callable[[str, str, Mapping[str, Any]], float | None]
 
-_METRICS = ("rtt_ms", "jitter_ms", "loss_ratio", "retrans_ratio", "admin_cost")
-
 
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:

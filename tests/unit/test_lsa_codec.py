@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from overlay.linkstate import (
+    METRIC_NAMES,
     BadLsa,
     LinkMetrics,
     Lsa,
@@ -35,6 +36,18 @@ LSA = Lsa(
 def test_round_trip_through_bytes():
     data = lsa_to_message(LSA).SerializeToString()
     assert lsa_from_message_untrusted(linkstate_pb2.Lsa.FromString(data)) == LSA
+
+
+def test_every_metric_crosses_the_wire():
+    link = LinkMetrics("use1", True, 68.0, 1.5, 0.01, 0.02, 7.0)
+    lsa = Lsa("usw2", 1, 0.0, "us-west-2", "us-west-2a", (link,))
+    assert len(set(link.measurements().values())) == len(METRIC_NAMES)  # told apart
+    assert lsa_from_message_untrusted(lsa_to_message(lsa)) == lsa
+
+
+def test_metric_names_are_the_measurements_and_the_wire_fields():
+    assert tuple(LinkMetrics("use1", True).measurements()) == METRIC_NAMES
+    assert set(METRIC_NAMES) <= set(linkstate_pb2.Link.DESCRIPTOR.fields_by_name)
 
 
 def test_links_are_sorted_on_decode():

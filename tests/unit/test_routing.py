@@ -129,6 +129,7 @@ def test_graph_is_what_the_public_networkx_api_builds() -> None:
     net = Net()
     net.cut("usw1", "use2")
     net.report("use1", "usw2", up=False)
+    net.report("usw2", "use1", jitter_ms=1.5, loss_ratio=0.01, retrans_ratio=0.02, admin_cost=7.0)
     lsdb = net.lsdb()
     graph = build_graph(lsdb)
     expected = nx.DiGraph()
@@ -139,15 +140,8 @@ def test_graph_is_what_the_public_networkx_api_builds() -> None:
         for link in lsdb[origin].links:
             back = lsdb[link.neighbor].link(origin)
             if link.up and back is not None and back.up:
-                expected.add_edge(
-                    origin,
-                    link.neighbor,
-                    rtt_ms=link.rtt_ms,
-                    jitter_ms=link.jitter_ms,
-                    loss_ratio=link.loss_ratio,
-                    retrans_ratio=link.retrans_ratio,
-                    admin_cost=link.admin_cost,
-                )
+                # build_graph inlines measurements(): this checks that the two agree.
+                expected.add_edge(origin, link.neighbor, **link.measurements())
     assert nx.utils.graphs_equal(graph, expected)
     assert list(graph.nodes(data=True)) == list(expected.nodes(data=True))
     assert list(graph.edges(data=True)) == list(expected.edges(data=True))
