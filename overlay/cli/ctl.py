@@ -47,7 +47,7 @@ from overlay.grpc import (
     TlsCredentials,
     open_grpc_bridge,
 )
-from overlay.noc import KINDS, FaultInjected
+from overlay.noc import KINDS, FaultInjected, fault_from_message, fault_message, serialize
 from overlay.tls import TlsError, load_tls
 from overlay.v1 import control_pb2
 
@@ -223,7 +223,7 @@ def links(ctx: typer.Context) -> None:
         if link.HasField("override"):
             notes.append(f"override: {_override_text(link.override)}")
         if link.HasField("fault"):
-            notes.append(f"fault: {_fault_text(link.fault)}")
+            notes.append(f"fault: {fault_from_message(link.fault).describe()}")
         table.add_row(
             link.neighbor,
             control_pb2.LinkStatus.State.Name(link.state),
@@ -490,7 +490,7 @@ def watch(
                 target.address,
                 SERVICE + "WatchEvents",
                 request,
-                _serialize,
+                serialize,
                 control_pb2.Event.FromString,
             ) as stream:
                 while count is None or seen < count:
@@ -612,13 +612,11 @@ def fault(
     blackhole: Annotated[bool, typer.Option("--blackhole", help="drop everything")] = False,
 ) -> None:
     """Impair what this node sends to PEER, for game days (InjectFault, operator)."""
-    wire = control_pb2.Fault(
-        peer=peer, delay_ms=delay_ms, jitter_ms=jitter_ms, loss_ratio=loss, blackhole=blackhole
-    )
-    request = control_pb2.InjectFaultRequest(fault=wire)
+    injected = FaultInjected(peer, delay_ms, jitter_ms, loss, blackhole)
+    request = control_pb2.InjectFaultRequest(fault=fault_message(injected))
     response = _call(ctx, "InjectFault", request, control_pb2.InjectFaultResponse)
     if not _printed_json(ctx, response):
-        out.print(f"fault toward {peer}: {_fault_text(wire)}")
+        out.print(f"fault toward {peer}: {injected.describe()}")
 
 
 @app.command("clear-faults")
@@ -676,7 +674,7 @@ def _call(
             target.address,
             path or SERVICE + method,
             request,
-            _serialize,
+            serialize,
             response_type.FromString,
             timeout=target.timeout,
         )
@@ -708,11 +706,6 @@ def _run(target: Target, body: Callable[[GrpcBridge], Awaitable[None]]) -> None:
         if error.code in _REFUSED:
             raise typer.Exit(EXIT_REFUSED) from None
         raise typer.Exit(EXIT_RPC_ERROR) from None
-
-
-def _serialize(message: Message) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
 
 
 def _dict(message: Message) -> dict[str, Any]:
@@ -763,12 +756,6 @@ def _override_text(override: control_pb2.LinkOverride) -> str:
     who = f" by {override.set_by}" if override.set_by else ""
     why = f": {override.reason}" if override.reason else ""
     return f"{what} until {_time(override.expires_at)}{who}{why}"
-
-
-def _fault_text(fault: control_pb2.Fault) -> str:
-    return FaultInjected(
-        fault.peer, fault.delay_ms, fault.jitter_ms, fault.loss_ratio, fault.blackhole
-    ).describe()
 
 
 def _blocks_table(blocks: Iterable[control_pb2.BlockedSource]) -> Table:

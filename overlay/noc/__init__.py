@@ -22,6 +22,25 @@ from ._events import (
 )
 from ._explain import Candidate, LinkCost, RouteExplanation, Verdict, explain_route
 from ._overrides import MAX_OVERRIDE_S, LinkOverride, LinkOverrides, new_override
+from ._proto import (
+    Clocks,
+    blocked_source_message,
+    call_message,
+    candidate_message,
+    dialplan_match_message,
+    event_kind,
+    event_message,
+    fault_from_message,
+    fault_message,
+    hostport,
+    metrics_message,
+    override_message,
+    relay_message,
+    route_message,
+    serialize,
+    timestamp,
+    topology_node_message,
+)
 
 __all__ = [
     "KINDS",
@@ -32,6 +51,7 @@ __all__ = [
     "CallState",
     "CallTracker",
     "Candidate",
+    "Clocks",
     "DrainChanged",
     "Event",
     "EventSink",
@@ -48,8 +68,24 @@ __all__ = [
     "RouteExplanation",
     "SourcesUnblocked",
     "Verdict",
+    "blocked_source_message",
+    "call_message",
+    "candidate_message",
+    "dialplan_match_message",
+    "event_kind",
+    "event_message",
     "explain_route",
+    "fault_from_message",
+    "fault_message",
+    "hostport",
     "kind",
+    "metrics_message",
     "new_override",
+    "override_message",
+    "relay_message",
+    "route_message",
+    "serialize",
     "summary",
+    "timestamp",
+    "topology_node_message",
 ]

@@ -5,7 +5,8 @@ snapshot API and changed only through the methods its owner offers for that: the
 LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the call
 book (``overlay.noc.CallTracker``), the media plane's sessions and counters, the SIP edge
 guard's blocks (``blocks``, ``unblock``), the dialplan and the node's counters. The pure parts
-live in ``overlay.noc``: route explanations, events, overrides (roles: ``overlay.grpc``).
+live in ``overlay.noc``: route explanations, events, overrides, and the records as the service's
+messages (roles: ``overlay.grpc``).
 
 Every RPC is authorised first (``AccessPolicy``: viewer to read, operator to change; refusals
 are logged with the certificate's subject), and every outcome is counted by method and status
@@ -26,9 +27,8 @@ from typing import Any, Protocol, TypeVar
 import structlog
 import trio
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from overlay.config import DnsTarget, NodeConfig, StaticTarget
+from overlay.config import NodeConfig
 from overlay.grpc import (
     AccessPolicy,
     BridgedStream,
@@ -42,28 +42,35 @@ from overlay.grpc import (
     server_stream_handler,
     unary_handler,
 )
-from overlay.linkstate import LinkMetrics
 from overlay.media import MediaSession
 from overlay.noc import (
-    KINDS,
-    CallFailed,
     CallRecord,
     CallTracker,
-    Candidate,
+    Clocks,
     DrainChanged,
     FaultInjected,
     FaultsCleared,
-    LinkChanged,
-    LinkOverride,
     OverrideCleared,
     OverrideSet,
-    Published,
-    RouteChanged,
     SourcesUnblocked,
+    blocked_source_message,
+    call_message,
+    candidate_message,
+    dialplan_match_message,
+    event_kind,
+    event_message,
     explain_route,
-    kind,
+    fault_from_message,
+    fault_message,
+    hostport,
+    metrics_message,
     new_override,
-    summary,
+    override_message,
+    relay_message,
+    route_message,
+    serialize,
+    timestamp,
+    topology_node_message,
 )
 from overlay.routing import (
     DEFAULT_RETRY_AFTER_S,
@@ -169,11 +176,11 @@ class ControlPlane:
             "Unblock": (self.unblock, c.UnblockRequest),
         }
         methods = {
-            name: unary_handler(self._counted(name, fn), request.FromString, _serialize)
+            name: unary_handler(self._counted(name, fn), request.FromString, serialize)
             for name, (fn, request) in unary.items()
         }
         methods["WatchEvents"] = server_stream_handler(
-            self.watch_events, c.WatchEventsRequest.FromString, _serialize
+            self.watch_events, c.WatchEventsRequest.FromString, serialize
         )
         return Service(SERVICE, methods, self._authorize)
 
@@ -242,14 +249,14 @@ class ControlPlane:
             elif peer is not None:
                 info.region, info.az = peer.region, peer.az
             if peer is not None:
-                info.sip, info.grpc = _hostport(*peer.sip), _hostport(*peer.grpc)
+                info.sip, info.grpc = hostport(*peer.sip), hostport(*peer.grpc)
             elif node_id == self.node_id:
                 info.region, info.az = local.region, local.az
                 listen = self._config.sip.listen[0]
-                info.sip = _hostport(listen.host, listen.port)
+                info.sip = hostport(listen.host, listen.port)
                 grpc = self._config.grpc
                 if grpc is not None:
-                    info.grpc = _hostport(grpc.host, grpc.port)
+                    info.grpc = hostport(grpc.host, grpc.port)
             path = paths.get(node_id)
             if path is not None:
                 info.path.extend(path.nodes)
@@ -273,16 +280,7 @@ class ControlPlane:
         for origin in lsdb.origins():
             lsa = lsdb.get(origin, now)
             assert lsa is not None
-            nodes.append(
-                control_pb2.TopologyNode(
-                    node_id=origin,
-                    region=lsa.region,
-                    az=lsa.az,
-                    draining=lsa.draining,
-                    lsa_seq=lsa.seq,
-                    lsa_age_s=lsa.age,
-                )
-            )
+            nodes.append(topology_node_message(lsa))
             for link in lsa.links:
                 attributes = graph.succ.get(origin, {}).get(link.neighbor)
                 cost = None if attributes is None else weight(origin, link.neighbor, attributes)
@@ -292,14 +290,15 @@ class ControlPlane:
                         neighbor=link.neighbor,
                         up=link.up,
                         usable=attributes is not None,
-                        metrics=_metrics(link),
+                        metrics=metrics_message(link),
                         cost_ms=cost or 0.0,
                     )
                 )
         return control_pb2.GetTopologyResponse(node_id=self.node_id, nodes=nodes, links=links)
 
     def list_links(self, request: control_pb2.ListLinksRequest) -> control_pb2.ListLinksResponse:
-        now = trio.current_time()
+        clocks = _read_clocks()
+        now = clocks.now
         mesh = self._mesh
         faults = mesh.impairments.faults()
         sessions = set(mesh.flooder.sessions)
@@ -311,7 +310,7 @@ class ControlPlane:
                 neighbor=neighbor,
                 state=control_pb2.LinkStatus.State.Value(stats.state.value),
                 since_s=now - stats.since,
-                measured=_metrics(stats.metrics),
+                measured=metrics_message(stats.metrics),
                 probes_sent=stats.probes_sent,
                 probes_answered=stats.probes_answered,
                 probes_lost=stats.probes_lost,
@@ -320,16 +319,19 @@ class ControlPlane:
             advertised = None if own is None else own.link(neighbor)
             if advertised is not None:
                 link.advertised_up = advertised.up
-                link.advertised.CopyFrom(_metrics(advertised))
+                link.advertised.CopyFrom(metrics_message(advertised))
                 if advertised.up:
-                    link.cost_ms = link_cost(_attributes(advertised), mesh.policy) or 0.0
+                    link.cost_ms = link_cost(advertised.measurements(), mesh.policy) or 0.0
             override = mesh.overrides.get(neighbor)
             if override is not None:
-                link.override.CopyFrom(self._override_message(override, now))
+                link.override.CopyFrom(override_message(override, clocks))
             fault_peer = neighbor if neighbor in faults else ALL_PEERS
             fault = faults.get(fault_peer)
             if fault is not None:
-                link.fault.CopyFrom(_fault_message(fault_peer, fault))
+                in_force = FaultInjected(
+                    fault_peer, fault.delay_ms, fault.jitter_ms, fault.loss_ratio, fault.blackhole
+                )
+                link.fault.CopyFrom(fault_message(in_force))
             links.append(link)
         return control_pb2.ListLinksResponse(node_id=self.node_id, links=links)
 
@@ -337,20 +339,7 @@ class ControlPlane:
 
     def get_routes(self, request: control_pb2.GetRoutesRequest) -> control_pb2.GetRoutesResponse:
         table = self._mesh.routes
-        routes = []
-        for destination in sorted(table.routes):
-            route = table.routes[destination]
-            routes.append(
-                control_pb2.Route(
-                    destination=destination,
-                    path=list(route.path),
-                    cost_ms=route.cost,
-                    alternates=[
-                        control_pb2.Path(nodes=list(path.nodes), cost_ms=path.cost)
-                        for path in route.alternates
-                    ],
-                )
-            )
+        routes = [route_message(table.routes[destination]) for destination in sorted(table.routes)]
         return control_pb2.GetRoutesResponse(
             node_id=self.node_id,
             version=table.version,
@@ -383,8 +372,8 @@ class ControlPlane:
         response.hysteresis_margin_ms = explanation.hysteresis_margin_ms
         response.route_version = explanation.version
         if explanation.chosen is not None:
-            response.chosen.CopyFrom(_candidate_message(explanation.chosen))
-        response.rejected.extend(_candidate_message(c) for c in explanation.rejected)
+            response.chosen.CopyFrom(candidate_message(explanation.chosen))
+        response.rejected.extend(candidate_message(c) for c in explanation.rejected)
         if not response.outcome:
             chosen = explanation.chosen
             if chosen is None:
@@ -406,13 +395,7 @@ class ControlPlane:
         if match is None:
             return None, "404 Not Found: no dialplan rule matches"
         rule = match.rule
-        match_out.matched = True
-        match_out.rule_index = self._dialplan.rules.index(rule)
-        match_out.user_prefix = rule.user_prefix
-        match_out.domain = rule.domain or ""
-        match_out.egress = ", ".join(rule.egress)
-        match_out.target = _target_text(rule.target)
-        match_out.forwarded_user = match.user or ""
+        match_out.CopyFrom(dialplan_match_message(match, self._dialplan.rules.index(rule)))
         if self._drain.draining:
             return None, f"503 Draining (Retry-After: {self._drain.retry_after_s})"
         if not rule.egress or self.node_id in rule.egress:
@@ -428,78 +411,40 @@ class ControlPlane:
     # -- calls --------------------------------------------------------------------------------
 
     def list_calls(self, request: control_pb2.ListCallsRequest) -> control_pb2.ListCallsResponse:
-        now = trio.current_time()
+        clocks = _read_clocks()
         limit = request.limit or DEFAULT_CALL_LIMIT
-        records = self._calls.calls(now, include_ended=request.include_ended)
+        records = self._calls.calls(clocks.now, include_ended=request.include_ended)
         return control_pb2.ListCallsResponse(
             node_id=self.node_id,
-            calls=[self._call_message(record, now) for record in records[:limit]],
-            active=self._calls.active(now),
+            calls=[self._call_message(record, clocks) for record in records[:limit]],
+            active=self._calls.active(clocks.now),
         )
 
     def get_call(self, request: control_pb2.GetCallRequest) -> control_pb2.GetCallResponse:
         if not request.call_id:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "call_id: empty")
-        now = trio.current_time()
-        record = self._calls.get(request.call_id, now)
+        clocks = _read_clocks()
+        record = self._calls.get(request.call_id, clocks.now)
         if record is None:
             raise RpcError(
                 StatusCode.NOT_FOUND,
                 f"no call {request.call_id!r} anchored at {self.node_id} (live or recently ended)",
             )
-        return control_pb2.GetCallResponse(call=self._call_message(record, now))
+        return control_pb2.GetCallResponse(call=self._call_message(record, clocks))
 
-    def _call_message(self, record: CallRecord, now: float) -> control_pb2.Call:
-        call = control_pb2.Call(
-            call_id=record.call_id,
-            role=control_pb2.Call.Role.Value(record.role.value),
-            state=control_pb2.Call.State.Value(record.state.value),
-            from_uri=record.from_uri,
-            to_uri=record.to_uri,
-            request_uri=record.request_uri,
-            far_node=record.far_node,
-            started_at=_timestamp(_wall(record.started, now)),
-            age_s=now - record.started,
-            final_status=record.final_status,
-            final_reason=record.final_reason,
-            sip_requests=record.requests,
-            sip_responses=record.responses,
-        )
-        if record.answered is not None:
-            call.setup_ms = (record.answered - record.started) * 1000.0
+    def _call_message(self, record: CallRecord, clocks: Clocks) -> control_pb2.Call:
+        """``record`` with the path to its far node and its media relays."""
         path = self._mesh.routes.paths.get(record.far_node)
-        if path is not None:
-            call.path.extend(path.nodes)
-        if self._media is not None:
-            for session in self._media.sessions_of(record.call_id):
-                call.media.append(self._relay_message(session))
-        return call
-
-    def _relay_message(self, session: MediaSession) -> control_pb2.MediaRelay:
-        assert self._media is not None
-        relay = control_pb2.MediaRelay(
-            session_id=session.session_id,
-            side=session.side.value,
-            stream=session.index,
-            rtp_port=session.ports.rtp,
-            rtcp_port=session.ports.rtcp or 0,
+        media = self._media
+        relays = (
+            []
+            if media is None
+            else [
+                relay_message(session, media.session_counters(session.session_id))
+                for session in media.sessions_of(record.call_id)
+            ]
         )
-        if session.endpoint is not None:
-            relay.endpoint = _hostport(*session.endpoint)
-        if session.remote is not None:
-            relay.remote_node = session.remote.node_id
-            relay.remote_session_id = session.remote.session_id
-        counters = self._media.session_counters(session.session_id)
-        if counters is not None:
-            relay.packets_in = counters["packets_in"]
-            relay.packets_out = counters["packets_out"]
-            relay.bytes_in = counters["bytes_in"]
-            relay.bytes_out = counters["bytes_out"]
-            relay.drops = counters["drops"]
-            relay.latched = counters["latched"]
-            if counters["endpoint"] is not None:
-                relay.endpoint = _hostport(*counters["endpoint"])
-        return relay
+        return call_message(record, clocks, path=() if path is None else path.nodes, media=relays)
 
     # -- counters -----------------------------------------------------------------------------
 
@@ -529,8 +474,8 @@ class ControlPlane:
     ) -> None:
         kinds = set()
         for value in request.types:
-            name = control_pb2.EventType.Name(value) if value in _EVENT_TYPES else ""
-            if name not in KINDS:
+            name = event_kind(value)
+            if name is None:
                 self._rpcs["WatchEvents.INVALID_ARGUMENT"] += 1
                 raise RpcError(StatusCode.INVALID_ARGUMENT, f"types: unknown event type {value}")
             kinds.add(name)
@@ -548,7 +493,7 @@ class ControlPlane:
                             StatusCode.RESOURCE_EXHAUSTED,
                             f"{behind}: events were dropped; watch again",
                         ) from None
-                    await stream.send(_event_message(item))
+                    await stream.send(event_message(item))
             except StreamBroken:
                 return  # the watcher went away
 
@@ -604,7 +549,7 @@ class ControlPlane:
             active_calls=self._calls.active(now),
         )
         if state.draining:
-            status.since.CopyFrom(_timestamp(state.since))
+            status.since.CopyFrom(timestamp(state.since))
         return status
 
     # -- link overrides -----------------------------------------------------------------------
@@ -613,11 +558,12 @@ class ControlPlane:
         self, request: control_pb2.SetLinkOverrideRequest
     ) -> control_pb2.SetLinkOverrideResponse:
         self._check_peer("peer", request.peer)
-        now = trio.current_time()
+        clocks = _read_clocks()
+        now = clocks.now
         expiry = request.WhichOneof("expiry")
         expires_at = None
         if expiry == "expires_at":
-            expires_at = now + (request.expires_at.ToNanoseconds() / 1e9 - wall_time())
+            expires_at = clocks.node_time(request.expires_at)
         who = self._by()
         try:
             override = new_override(
@@ -643,7 +589,7 @@ class ControlPlane:
             replaced=None if replaced is None else replaced.describe(),
         )
         self._events.publish(OverrideSet(override), by=who)
-        return control_pb2.SetLinkOverrideResponse(override=self._override_message(override, now))
+        return control_pb2.SetLinkOverrideResponse(override=override_message(override, clocks))
 
     def clear_link_override(
         self, request: control_pb2.ClearLinkOverrideRequest
@@ -656,18 +602,6 @@ class ControlPlane:
             log.warning("link override cleared", peer=override.peer, by=who)
             self._events.publish(OverrideCleared(override, expired=False), by=who)
         return control_pb2.ClearLinkOverrideResponse(cleared=len(removed))
-
-    def _override_message(self, override: LinkOverride, now: float) -> control_pb2.LinkOverride:
-        message = control_pb2.LinkOverride(
-            peer=override.peer,
-            force_down=override.force_down,
-            expires_at=_timestamp(_wall(override.expires_at, now)),
-            set_by=override.set_by,
-            reason=override.reason,
-        )
-        if override.admin_cost_ms is not None:
-            message.admin_cost_ms = override.admin_cost_ms
-        return message
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -689,10 +623,7 @@ class ControlPlane:
         self._faults_changed()
         who = self._by()
         log.warning("fault injected", peer=wire.peer, fault=str(fault), by=who)
-        injected = FaultInjected(
-            wire.peer, fault.delay_ms, fault.jitter_ms, fault.loss_ratio, fault.blackhole
-        )
-        self._events.publish(injected, by=who)
+        self._events.publish(fault_from_message(wire), by=who)
         return control_pb2.InjectFaultResponse()
 
     def clear_faults(
@@ -722,19 +653,19 @@ class ControlPlane:
         )
         if self._blocks is None:
             return response
-        now = trio.current_time()
-        blocks = self._blocks.blocks(now)
+        clocks = _read_clocks()
+        blocks = self._blocks.blocks(clocks.now)
         limit = request.limit or DEFAULT_BLOCK_LIMIT
         response.blocked = len(blocks)
-        response.blocks.extend(_blocked_message(b, now) for b in reversed(blocks[-limit:]))
+        response.blocks.extend(blocked_source_message(b, clocks) for b in reversed(blocks[-limit:]))
         return response
 
     def unblock(self, request: control_pb2.UnblockRequest) -> control_pb2.UnblockResponse:
         source = request.source.strip()
-        now = trio.current_time()
+        clocks = _read_clocks()
         try:
             if self._blocks is not None:
-                lifted = self._blocks.unblock(source, now)
+                lifted = self._blocks.unblock(source, clocks.now)
             else:  # the node blocks nothing, but a bad argument is still one
                 lifted = []
                 if source != ALL_SOURCES:
@@ -753,7 +684,7 @@ class ControlPlane:
         if lifted:
             self._events.publish(SourcesUnblocked(source, sources), by=who)
         return control_pb2.UnblockResponse(
-            unblocked=len(lifted), blocks=[_blocked_message(block, now) for block in lifted]
+            unblocked=len(lifted), blocks=[blocked_source_message(b, clocks) for b in lifted]
         )
 
     # -- arguments ----------------------------------------------------------------------------
@@ -807,29 +738,12 @@ class MediaPlaneView:
         return counters
 
 
-# --- messages --------------------------------------------------------------------------------
-
-_EVENT_TYPES = frozenset(control_pb2.EventType.values())
+# --- clocks and request arguments ------------------------------------------------------------
 
 
-def _serialize(message: Message) -> bytes:
-    data: bytes = message.SerializeToString()
-    return data
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def _wall(at: float, now: float) -> float:
-    """A trio-clock time ``at`` as wall-clock seconds since the epoch."""
-    return wall_time() + (at - now)
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _read_clocks() -> Clocks:
+    """The node's clock and the wall clock, read now: an answer's times all convert alike."""
+    return Clocks(trio.current_time(), wall_time())
 
 
 def _text(field: str, text: str) -> str:
@@ -840,143 +754,6 @@ def _text(field: str, text: str) -> str:
             f"{field}: at most {MAX_TEXT} printable characters (no newlines)",
         )
     return text
-
-
-def _attributes(metrics: LinkMetrics) -> dict[str, float]:
-    """A link's metrics as the cost function reads an edge's attributes."""
-    return {
-        "rtt_ms": metrics.rtt_ms,
-        "jitter_ms": metrics.jitter_ms,
-        "loss_ratio": metrics.loss_ratio,
-        "retrans_ratio": metrics.retrans_ratio,
-        "admin_cost": metrics.admin_cost,
-    }
-
-
-def _metrics(metrics: LinkMetrics) -> control_pb2.LinkMetrics:
-    return control_pb2.LinkMetrics(
-        rtt_ms=metrics.rtt_ms,
-        jitter_ms=metrics.jitter_ms,
-        loss_ratio=metrics.loss_ratio,
-        retrans_ratio=metrics.retrans_ratio,
-        admin_cost_ms=metrics.admin_cost,
-    )
-
-
-def _fault_message(peer: str, fault: Fault) -> control_pb2.Fault:
-    return control_pb2.Fault(
-        peer=peer,
-        delay_ms=fault.delay_ms,
-        jitter_ms=fault.jitter_ms,
-        loss_ratio=fault.loss_ratio,
-        blackhole=fault.blackhole,
-    )
-
-
-def _blocked_message(block: BlockedSource, now: float) -> control_pb2.BlockedSource:
-    message = control_pb2.BlockedSource(
-        source=block.source,
-        reason=control_pb2.BlockedSource.Reason.Value(block.reason.name),
-        detail=block.detail,
-        since=_timestamp(_wall(block.since, now)),
-        until=_timestamp(_wall(block.until, now)),
-        dropped=block.dropped,
-    )
-    if block.last_dropped is not None:
-        message.last_dropped_at.CopyFrom(_timestamp(_wall(block.last_dropped, now)))
-    return message
-
-
-def _candidate_message(candidate: Candidate) -> control_pb2.Candidate:
-    return control_pb2.Candidate(
-        path=list(candidate.path),
-        first_hop=candidate.first_hop,
-        verdict=control_pb2.Candidate.Verdict.Value(candidate.verdict.value),
-        reason=candidate.reason,
-        cost_ms=candidate.cost_ms,
-        links=[
-            control_pb2.LinkCost(
-                from_node=link.from_node,
-                to_node=link.to_node,
-                rtt_ms=link.parts.rtt_ms,
-                jitter_ms=link.parts.jitter_ms,
-                loss_ms=link.parts.loss_ms,
-                retrans_ms=link.parts.retrans_ms,
-                admin_ms=link.parts.admin_ms,
-                hop_ms=link.parts.hop_ms,
-                policy_ms=link.parts.policy_ms,
-                total_ms=link.parts.total_ms,
-            )
-            for link in candidate.links
-        ],
-    )
-
-
-def _event_message(item: Published) -> control_pb2.Event:
-    event = item.event
-    message = control_pb2.Event(
-        seq=item.seq,
-        time=_timestamp(item.time),
-        node_id=item.node_id,
-        type=control_pb2.EventType.Value(kind(event)),
-        summary=summary(event),
-        by=item.by,
-    )
-    if isinstance(event, LinkChanged):
-        message.link.CopyFrom(
-            control_pb2.LinkEvent(neighbor=event.neighbor, metrics=_metrics(event.metrics))
-        )
-    elif isinstance(event, RouteChanged):
-        message.route.CopyFrom(
-            control_pb2.RouteEvent(
-                destination=event.destination,
-                old_path=list(event.old_path or ()),
-                new_path=list(event.new_path or ()),
-                reason=event.reason,
-                version=event.version,
-            )
-        )
-    elif isinstance(event, CallFailed):
-        message.call.CopyFrom(
-            control_pb2.CallEvent(
-                call_id=event.call_id,
-                far_node=event.far_node,
-                status=event.status,
-                reason=event.reason,
-            )
-        )
-    elif isinstance(event, FaultInjected):
-        fault = control_pb2.Fault(
-            peer=event.peer,
-            delay_ms=event.delay_ms,
-            jitter_ms=event.jitter_ms,
-            loss_ratio=event.loss_ratio,
-            blackhole=event.blackhole,
-        )
-        message.fault.CopyFrom(control_pb2.FaultEvent(fault=fault))
-    elif isinstance(event, FaultsCleared):
-        message.fault.CopyFrom(
-            control_pb2.FaultEvent(fault=control_pb2.Fault(peer=event.peer), cleared=event.cleared)
-        )
-    elif isinstance(event, DrainChanged):
-        message.drain.CopyFrom(control_pb2.DrainEvent(reason=event.reason))
-    elif isinstance(event, SourcesUnblocked):
-        message.unblock.CopyFrom(
-            control_pb2.UnblockEvent(source=event.source, sources=list(event.sources))
-        )
-    else:
-        override = event.override
-        wire = control_pb2.LinkOverride(
-            peer=override.peer,
-            force_down=override.force_down,
-            set_by=override.set_by,
-            reason=override.reason,
-        )
-        if override.admin_cost_ms is not None:
-            wire.admin_cost_ms = override.admin_cost_ms
-        expired = isinstance(event, OverrideCleared) and event.expired
-        message.override.CopyFrom(control_pb2.OverrideEvent(override=wire, expired=expired))
-    return message
 
 
 def _user_host(text: str) -> tuple[str | None, str]:
@@ -1002,9 +779,3 @@ def _user_host(text: str) -> tuple[str | None, str]:
     if isinstance(uri, TelUri):
         return uri.number, ""
     raise RpcError(StatusCode.INVALID_ARGUMENT, f"request_uri: not a SIP or tel URI: {text!r}")
-
-
-def _target_text(target: StaticTarget | DnsTarget) -> str:
-    if isinstance(target, StaticTarget):
-        return _hostport(target.host, target.port)
-    return f"{target.scheme}:{target.domain}"
