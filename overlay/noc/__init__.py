@@ -1,5 +1,6 @@
-"""The NOC's view of a node, without I/O: the call book, events, route explanations and link
-overrides (DESIGN.md "Control"; the Control service that serves them is ``overlay.shell.control``).
+"""The NOC's view of a node, without I/O: the call book, events, route explanations, link
+overrides, and their protobuf messages (``_proto``, shared by the Control service and
+``overlayctl``). DESIGN.md "Control"; the service that serves them is ``overlay.shell.control``.
 """
 
 from ._calls import CallRecord, CallRole, CallState, CallTracker
