@@ -6,33 +6,31 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
 from deploy.fleet import AzSpec, HaSpec, RegionSpec
+from deploy.render import (
+    NODE_TLS_FILES,
+    ROLES,
+    Member,
+    floating_ip,
+    member_files,
+)
 
-ROLES = ("active", "standby")
-#: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
-#: active's and the standby's own addresses.
-FLOATING_HOST, ROLE_HOSTS = 10, {"active": 11, "standby": 12}
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
-#: Where a member's mutual-TLS files live (``overlay certs node``). The operator installs them:
-#: user data is readable by anyone allowed DescribeInstanceAttribute, so it carries no keys.
-NODE_TLS_FILES = {
-    "ca": "/etc/overlay/tls/ca.pem",
-    "cert": "/etc/overlay/tls/node.pem",
-    "key": "/etc/overlay/tls/node.key",
-}
-
+#: A pair member's first boot: its files (``deploy.render``; the mutual-TLS files named there
+#: are the operator's to install: user data is readable by anyone allowed
+#: DescribeInstanceAttribute, so it carries no keys), then its services.
 MEMBER_USER_DATA = """#!/bin/bash
-# A pair member: the HA agent's settings, then (re)start it.
 set -euo pipefail
 install -d /etc/overlay
-cat >/etc/overlay/ha.toml <<'TOML'
+{files}cat >/etc/overlay/ha.toml <<'TOML'
 {ha_toml}TOML
+systemctl daemon-reload
+systemctl enable --now overlay.service
 systemctl restart overlay-ha.service
 """
 
@@ -76,11 +74,10 @@ def converge(
     walk: Walk, region: RegionSpec, az: AzSpec, subnet: str, group: str, image: str
 ) -> Pair:
     ec2 = walk.ec2(region.name)
-    network = ipaddress.ip_network(az.subnet_cidr)
-    floating = str(network[FLOATING_HOST])
+    floating = floating_ip(az)
     interfaces = {}
     for role in ROLES:
-        addresses = [str(network[ROLE_HOSTS[role]])]
+        addresses = [Member(region, az, role).own_ip()]
         if role == "active":
             addresses.append(floating)
         interfaces[role] = _interface(
@@ -110,7 +107,8 @@ def converge(
                 f"associate to {floating}",
             )
     for role in ROLES:
-        name = walk.name(f"{az.name}-{role}")
+        member = Member(region, az, role)
+        name = walk.name(member.id)
         peer = "standby" if role == "active" else "active"
         ha = HaAgentSettings(
             region=region.name,
@@ -118,14 +116,14 @@ def converge(
             peer_eni_id=interfaces[peer],
             floating_private_ip=floating,
             allocation_id=allocation,
-            peer_grpc=f"{network[ROLE_HOSTS[peer]]}:{walk.fleet.ports.grpc}",
+            peer_grpc=f"{member.own_ip(peer)}:{walk.fleet.ports.grpc}",
         )
         walk.find_or_create(
             "instance",
             region.name,
             name,
             functools.partial(_find_member, walk, region.name, name),
-            functools.partial(_launch, walk, region.name, az.name, name, role, image, ha),
+            functools.partial(_launch, walk, member, name, image, ha),
             f"{walk.fleet.instance_type} in {az.name}, placement group {walk.name(az.name)}",
         )
     return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
@@ -254,18 +252,20 @@ def _associate(ec2: Any, allocation: str, interface: str, floating: str) -> None
     )
 
 
-def _launch(
-    walk: Walk, region: str, az: str, name: str, role: str, image: str, ha: HaAgentSettings
-) -> str:
-    instance: str = walk.ec2(region).run_instances(
+def _launch(walk: Walk, member: Member, name: str, image: str, ha: HaAgentSettings) -> str:
+    files = "".join(
+        f"cat >{path} <<'FILE'\n{content}FILE\n"
+        for path, content in member_files(walk.fleet, member).items()
+    )
+    instance: str = walk.ec2(member.region.name).run_instances(
         ImageId=image,
         InstanceType=walk.fleet.instance_type,
         MinCount=1,
         MaxCount=1,
         NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": ha.own_eni_id}],
-        UserData=MEMBER_USER_DATA.format(ha_toml=ha.toml(walk.fleet.ha)),
-        Placement={"AvailabilityZone": az, "GroupName": walk.name(az)},
+        UserData=MEMBER_USER_DATA.format(files=files, ha_toml=ha.toml(walk.fleet.ha)),
+        Placement={"AvailabilityZone": member.az.name, "GroupName": walk.name(member.az.name)},
         MetadataOptions={"HttpTokens": "required"},
-        TagSpecifications=walk.tags("instance", name, role=role),
+        TagSpecifications=walk.tags("instance", name, role=member.role),
     )["Instances"][0]["InstanceId"]
     return instance

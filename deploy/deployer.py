@@ -35,10 +35,10 @@ from typing import Any
 
 from deploy import _alarms, _dns, _image, _network, _pairs
 from deploy._alarms import ALARM_METRICS, ALARM_NAMESPACE
-from deploy._pairs import NODE_TLS_FILES
 from deploy._walk import Change, DeployError, Walk
 from deploy.fleet import Fleet
 from deploy.placement import PlacementGroups
+from deploy.render import NODE_TLS_FILES
 from overlay.aws import ClientFactory
 
 __all__ = [

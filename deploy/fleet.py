@@ -10,6 +10,12 @@ optional ``[ports]``, ``[ha]`` and ``[alarms]`` tables, and one ``[[regions]]`` 
 whose ``[regions.azs]`` sub-table maps each availability zone to its subnet, one per line, so
 that an error points at the AZ's own line. Every AZ runs one active/standby pair of routers.
 
+The overlay itself: ``[[dialplan]]`` rules, as in a node's ``node.toml`` except that ``egress``
+names regions (a call leaves the overlay at one of that region's pairs); the optional
+``[linkstate]`` and ``[security]`` tables, and ``[media]``'s ``inactivity_timeout``, are every
+node's, with ``node.toml``'s keys. Each is checked here by the node's own parsers, so an error
+names fleet.toml's line; ``deploy.render`` makes every member's ``node.toml`` from them.
+
 Everything that can be checked without AWS is checked here. ``check_instance_type`` asks EC2
 whether the instance type exists and has enhanced networking; nothing else here calls AWS.
 """
@@ -19,7 +25,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import botocore.exceptions
@@ -30,27 +37,31 @@ from overlay.config import (
     Invalid,
     KeyPath,
     Table,
+    dialplan_rule,
     integer,
     kind,
+    linkstate_section,
     matching,
     network,
     parse_toml,
     read_text,
     seconds,
+    security_section,
     string,
 )
 
 
 @dataclass(frozen=True)
 class Ports:
-    """The routers' ports: SIP over UDP/TCP, SIP over TLS, the RTP range, gRPC (control) and
-    Prometheus metrics."""
+    """The routers' ports: SIP over UDP/TCP, SIP over TLS, the RTP range, gRPC (control), the
+    relays' overlay port (media between routers) and Prometheus metrics."""
 
     sip: int = 5060
     sip_tls: int = 5061
     rtp_first: int = 10000
     rtp_last: int = 20000
     grpc: int = 7000
+    relay: int = 7001
     metrics: int = 9100
 
 
@@ -93,6 +104,18 @@ class AlarmSpec:
 
 
 @dataclass(frozen=True)
+class OverlaySpec:
+    """What every node of the fleet is told, as fleet.toml has it (checked by the node's own
+    parsers): its dialplan (``egress`` naming regions), ``[linkstate]``, ``[security]``
+    (``None``: no edge security) and ``[media]``."""
+
+    dialplan: tuple[Mapping[str, object], ...] = ()
+    linkstate: Mapping[str, object] = field(default_factory=dict)
+    security: Mapping[str, object] | None = None
+    media: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Fleet:
     """A validated ``fleet.toml``; CIDRs are in ``ipaddress``'s normal form.
 
@@ -113,6 +136,7 @@ class Fleet:
     base_image_id: str | None
     ha: HaSpec
     alarms: AlarmSpec
+    overlay: OverlaySpec = field(default_factory=OverlaySpec)
 
 
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -204,7 +228,11 @@ def check_instance_type(fleet: Fleet, aws: ClientFactory, source: str) -> None:
 
 
 def _fleet(data: dict[str, object]) -> Fleet:
-    root = Table(data, (), ("fleet", "ports", "ha", "alarms", "regions"))
+    root = Table(
+        data,
+        (),
+        ("fleet", "ports", "ha", "alarms", "regions", "dialplan", "linkstate", "security", "media"),
+    )
     # [fleet] is read here, key by key, because builder_region must name one of the regions.
     fleet = root.require("fleet", lambda value, path: Table(value, path, _FLEET_KEYS))
     name = fleet.require("name", _fleet_name)
@@ -220,12 +248,21 @@ def _fleet(data: dict[str, object]) -> Fleet:
     ha = root.get("ha", _ha, HaSpec())
     alarms = root.get("alarms", _alarms, AlarmSpec())
     regions = root.require("regions", _regions)
+    if sum(len(region.azs) for region in regions) < 2:
+        # A node's gRPC server (the HA agents' health checks), relay and link state need peers.
+        raise Invalid(("regions", 0, "azs"), "an overlay needs at least two AZs (pairs) in all")
     if builder_region not in {region.name for region in regions}:
         raise Invalid(
             ("fleet", "builder_region"),
             f"must be one of the [[regions]] ({', '.join(r.name for r in regions)}),"
             f" got {builder_region!r}",
         )
+    overlay = OverlaySpec(
+        dialplan=root.get("dialplan", _dialplan(regions), ()),
+        linkstate=root.get("linkstate", _checked(linkstate_section), {}),
+        security=root.get("security", _checked(security_section), None),
+        media=root.get("media", _media, {}),
+    )
     return Fleet(
         name=name,
         instance_type=instance_type,
@@ -240,11 +277,55 @@ def _fleet(data: dict[str, object]) -> Fleet:
         base_image_id=base_image_id,
         ha=ha,
         alarms=alarms,
+        overlay=overlay,
     )
 
 
+def _checked(parse: Callable[[object, KeyPath], object]) -> Callable[..., Mapping[str, object]]:
+    """A node.toml table as written, once the node's own ``parse`` accepted it."""
+
+    def check(value: object, path: KeyPath) -> Mapping[str, object]:
+        parse(value, path)
+        assert isinstance(value, dict)  # the node's parser takes tables only
+        return value
+
+    return check
+
+
+def _media(value: object, path: KeyPath) -> Mapping[str, object]:
+    table = Table(value, path, ("inactivity_timeout",))
+    table.get("inactivity_timeout", seconds, None)
+    assert isinstance(value, dict)
+    return value
+
+
+def _dialplan(
+    regions: tuple[RegionSpec, ...],
+) -> Callable[[object, KeyPath], tuple[Mapping[str, object], ...]]:
+    """The fleet's ``[[dialplan]]``: node.toml's rules, whose ``egress`` names regions."""
+    names = [region.name for region in regions]
+
+    def rules(value: object, path: KeyPath) -> tuple[Mapping[str, object], ...]:
+        if not isinstance(value, list):
+            raise Invalid(path, f"must be an array of tables ([[dialplan]]), not {kind(value)}")
+        for index, entry in enumerate(value):
+            rule = dialplan_rule(entry, (*path, index))
+            for position, egress in enumerate(rule.egress):
+                if egress not in names:
+                    at = (*path, index, "egress")
+                    raise Invalid(
+                        (*at, position) if len(rule.egress) > 1 else at,
+                        f"must name regions of this fleet ({', '.join(names)}), got {egress!r}",
+                    )
+        return tuple(value)
+
+    return rules
+
+
 def _ports(value: object, path: KeyPath) -> Ports:
-    table = Table(value, path, ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc", "metrics"))
+    table = Table(
+        value, path, ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc", "relay", "metrics")
+    )
     d = Ports()
     ports = Ports(
         sip=table.get("sip", _port, d.sip),
@@ -252,6 +333,7 @@ def _ports(value: object, path: KeyPath) -> Ports:
         rtp_first=table.get("rtp_first", _port, d.rtp_first),
         rtp_last=table.get("rtp_last", _port, d.rtp_last),
         grpc=table.get("grpc", _port, d.grpc),
+        relay=table.get("relay", _port, d.relay),
         metrics=table.get("metrics", _port, d.metrics),
     )
 
@@ -273,6 +355,7 @@ def _ports(value: object, path: KeyPath) -> Ports:
         "sip": ports.sip,
         "sip_tls": ports.sip_tls,
         "grpc": ports.grpc,
+        "relay": ports.relay,
         "metrics": ports.metrics,
     }
     seen: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""``overlay deploy plan | apply | status | destroy``: a fleet on AWS from ``fleet.toml``.
+"""``overlay deploy render | plan | apply | status | destroy``: a fleet on AWS from ``fleet.toml``.
 
 Exit status: 0 done; 1 AWS refused a call (the message names it); 2 the fleet file is wrong.
 """
@@ -68,6 +68,35 @@ def _deployer(
         console.print(f"[red]overlay deploy: {error}[/]")
         raise typer.Exit(2) from None
     return Deployer(fleet, aws, Ec2PlacementGroups(aws), report=report)
+
+
+@app.command()
+def render(
+    fleet: FleetOption = Path("fleet.toml"),
+    member: Annotated[
+        str | None,
+        typer.Option("--member", help='one pair member, "<AZ>-active" or "<AZ>-standby"'),
+    ] = None,
+) -> None:
+    """Print the files every pair member boots with (node.toml, units); calls no AWS API."""
+    from deploy.fleet import load_fleet
+    from deploy.render import member_files, members
+    from overlay.config import ConfigError
+
+    try:
+        loaded = load_fleet(fleet)
+        chosen = [m for m in members(loaded) if member is None or m.id == member]
+        if not chosen:
+            known = ", ".join(m.id for m in members(loaded))
+            typer.echo(f"overlay deploy: no member {member!r} (members: {known})", err=True)
+            raise typer.Exit(2)
+        for each in chosen:
+            for path, text in member_files(loaded, each).items():
+                typer.echo(f"# ==> {each.id}: {path} <==")
+                typer.echo(text, nl=False)
+    except ConfigError as error:
+        typer.echo(f"overlay deploy: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _print_change(change: Change) -> None:

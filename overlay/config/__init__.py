@@ -61,7 +61,8 @@ from ._reader import (
     seconds,
     string,
 )
-from ._schema import TLS_KEYS, grpc_tls, parse_config
+from ._schema import TLS_KEYS, dialplan_rule, grpc_tls, linkstate_section, parse_config
+from ._security import security as security_section
 
 __all__ = [
     "LOG_LEVELS",
@@ -93,9 +94,11 @@ __all__ = [
     "TimerConfig",
     "Transport",
     "TrunkLimit",
+    "dialplan_rule",
     "grpc_tls",
     "integer",
     "kind",
+    "linkstate_section",
     "load_config",
     "matching",
     "network",
@@ -103,6 +106,7 @@ __all__ = [
     "parse_toml",
     "read_text",
     "seconds",
+    "security_section",
     "string",
 ]
 

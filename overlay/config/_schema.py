@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import re
 import urllib.parse
+from contextvars import ContextVar
 
 from overlay.media import media_id
 
@@ -60,14 +61,18 @@ _HOSTNAME = re.compile(
 )
 _TRANSPORTS: dict[str, Transport] = {"udp": "udp", "tcp": "tcp", "tls": "tls"}
 _DEFAULT_DNS_PORT = 53
+#: ``parse_config``'s ``check_files``, for the file readers it calls.
+_check_files: ContextVar[bool] = ContextVar("check_files", default=True)
 
 
-def parse_config(text: str, *, source: str) -> NodeConfig:
+def parse_config(text: str, *, source: str, check_files: bool = True) -> NodeConfig:
     """Parse and validate the TOML ``text`` of a node configuration.
 
     Args:
         text: the file contents.
         source: the file name used in error messages.
+        check_files: whether the files it names (certificates, keys) must be readable here;
+            ``False`` for a configuration made for another machine (``overlay deploy render``).
 
     Returns:
         The validated configuration, defaults filled in.
@@ -76,7 +81,11 @@ def parse_config(text: str, *, source: str) -> NodeConfig:
         ConfigError: on a TOML syntax error, an unknown key, a missing required key or a bad
             value; only the first problem is reported.
     """
-    return parse_toml(text, source=source, build=_node_config)
+    token = _check_files.set(check_files)
+    try:
+        return parse_toml(text, source=source, build=_node_config)
+    finally:
+        _check_files.reset(token)
 
 
 def _node_config(data: dict[str, object]) -> NodeConfig:
@@ -160,7 +169,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         dialplan=dialplan,
         grpc=grpc,
         media=media,
-        linkstate=root.get("linkstate", _linkstate, LinkstateSection()),
+        linkstate=root.get("linkstate", linkstate_section, LinkstateSection()),
         peers=peers,
         metrics=metrics,
         log=root.get("log", _log, LogSection()),
@@ -223,6 +232,8 @@ def _file(value: object, path: Path) -> str:
     text = string(value, path)
     if not text:
         raise Invalid(path, "must be a file path, not empty")
+    if not _check_files.get():
+        return text
     try:
         with open(text, "rb"):
             pass
@@ -319,7 +330,7 @@ def _http_url(value: object, path: Path) -> str:
     return text
 
 
-def _linkstate(value: object, path: Path) -> LinkstateSection:
+def linkstate_section(value: object, path: Path) -> LinkstateSection:
     table = Table(
         value,
         path,
@@ -470,10 +481,10 @@ def _dns(value: object, path: Path) -> DnsSection:
 def _dialplan(value: object, path: Path) -> tuple[DialplanRule, ...]:
     if not isinstance(value, list):
         raise Invalid(path, f"must be an array of tables ([[dialplan]]), not {kind(value)}")
-    return tuple(_rule(entry, (*path, index)) for index, entry in enumerate(value))
+    return tuple(dialplan_rule(entry, (*path, index)) for index, entry in enumerate(value))
 
 
-def _rule(value: object, path: Path) -> DialplanRule:
+def dialplan_rule(value: object, path: Path) -> DialplanRule:
     table = Table(
         value, path, ("user_prefix", "domain", "target", "transport", "strip_prefix", "egress")
     )

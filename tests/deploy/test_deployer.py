@@ -22,6 +22,7 @@ from botocore.stub import Stubber
 from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
+from deploy.render import member_files, members
 from overlay.aws import ClientFactory
 from overlay.ha import parse_ha_config
 from tests.deploy.route53_dns import serve_hosted_zone
@@ -146,6 +147,16 @@ async def test_plan_apply_again_status_destroy(
         assert ha.peer_eni_id != ha.own_eni_id
         assert ha.heartbeat_interval == fleet.ha.heartbeat_interval
         assert ha.peer_grpc_target.endswith(f":{fleet.ports.grpc}")
+        # And its node.toml, the one `overlay deploy render` prints for it.
+        files = dict(
+            chunk.split(" <<'FILE'\n", 1)
+            for chunk in params["UserData"].split("cat >")[1:]
+            if "<<'FILE'" in chunk
+        )
+        tags = {tag["Key"]: tag["Value"] for tag in params["TagSpecifications"][0]["Tags"]}
+        [member] = [m for m in members(fleet) if tags["overlay:name"] == f"{fleet.name}-{m.id}"]
+        for path, text in member_files(fleet, member).items():
+            assert files[path].split("FILE\n", 1)[0] == text
 
     # The security group: SIP from trunks and peers, gRPC only from peers and the NOC, metrics
     # only from the NOC.

@@ -89,7 +89,7 @@ name = "us-east-2"
 vpc_cidr = "10.22.0.0/16"
 srv_priority = 0
 srv_weight = 1
-azs = { us-east-2c = "10.22.3.0/24" }
+azs = { us-east-2c = "10.22.3.0/24", us-east-2a = "10.22.1.0/24" }
 """
 
 
@@ -162,7 +162,10 @@ def test_defaults() -> None:
     assert fleet.trunk_cidrs == ()
     assert fleet.peer_cidrs == ("10.22.0.0/16",)
     assert fleet.base_image_id is None
-    assert fleet.regions[0].azs == (AzSpec("us-east-2c", "10.22.3.0/24"),)
+    assert fleet.regions[0].azs == (
+        AzSpec("us-east-2c", "10.22.3.0/24"),
+        AzSpec("us-east-2a", "10.22.1.0/24"),
+    )
     assert isinstance(fleet.ha.hold_down, float)
 
 
@@ -308,7 +311,10 @@ def test_empty_azs_table() -> None:
 
 
 def test_azs_must_be_a_table() -> None:
-    text = MINIMAL.replace('azs = { us-east-2c = "10.22.3.0/24" }', 'azs = ["10.22.3.0/24"]')
+    text = MINIMAL.replace(
+        'azs = { us-east-2c = "10.22.3.0/24", us-east-2a = "10.22.1.0/24" }',
+        'azs = ["10.22.3.0/24"]',
+    )
     error = _error(text)
     assert (error.key, error.line) == ("regions[0].azs", 14)
     assert "AZ name = subnet CIDR, not an array" in error.reason
@@ -318,6 +324,12 @@ def test_azs_inline_table_errors_point_at_its_line() -> None:
     text = MINIMAL.replace('"10.22.3.0/24"', '"10.23.3.0/24"')
     error = _error(text)
     assert (error.key, error.line) == ("regions[0].azs.us-east-2c", 14)
+
+
+def test_an_overlay_needs_two_pairs() -> None:
+    error = _error(MINIMAL.replace(', us-east-2a = "10.22.1.0/24"', ""))
+    assert (error.key, error.line) == ("regions[0].azs", 14)
+    assert error.reason == "an overlay needs at least two AZs (pairs) in all"
 
 
 def test_regions_required() -> None:

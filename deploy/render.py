@@ -1,0 +1,207 @@
+"""What every pair member of a fleet boots with, made from fleet.toml alone.
+
+``overlay deploy render`` prints it for an operator to review and diff; the deployer writes the
+same files into each member's user data. Nothing here calls AWS: a member's addresses are fixed
+by its AZ's subnet (the floating address, then the active's and the standby's own), and the
+overlay's settings come from fleet.toml's ``[[dialplan]]``, ``[linkstate]``, ``[security]`` and
+``[media]``, which ``deploy.fleet`` checked with the node's own parsers.
+
+Each pair is one overlay node, named after its AZ, addressed by its floating address: the
+node of either member binds it (the standby's before it holds it: a non-local bind), so the
+moment the HA agent moves the address the standby's node receives what was the active's. The
+gRPC server listens on every address: the other nodes flood to the floating address, the
+pair's HA agents check each other's node at its own address. Every ``node.toml`` rendered is
+loaded by the node's own loader before it is shown or used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from deploy.fleet import AzSpec, Fleet, RegionSpec
+from overlay.config import parse_config
+
+ROLES = ("active", "standby")
+#: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
+#: active's and the standby's own addresses.
+FLOATING_HOST, ROLE_HOSTS = 10, {"active": 11, "standby": 12}
+
+CONFIG_DIR = "/etc/overlay"
+UNIT_DIR = "/etc/systemd/system"
+#: The appliance as the image installs it: its own virtualenv.
+OVERLAY_BIN = "/opt/overlay/bin/overlay"
+#: Where a member's mutual-TLS files live (``overlay certs node``).
+NODE_TLS_FILES = {
+    "ca": f"{CONFIG_DIR}/tls/ca.pem",
+    "cert": f"{CONFIG_DIR}/tls/node.pem",
+    "key": f"{CONFIG_DIR}/tls/node.key",
+}
+NODE_TOML = f"{CONFIG_DIR}/node.toml"
+NODE_UNIT = f"{UNIT_DIR}/overlay.service"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of an AZ's active/standby pair."""
+
+    region: RegionSpec
+    az: AzSpec
+    role: str
+
+    @property
+    def id(self) -> str:
+        """``"<AZ>-<role>"``, as ``overlay deploy render --member`` takes it."""
+        return f"{self.az.name}-{self.role}"
+
+    @property
+    def node_id(self) -> str:
+        """The overlay node of the pair: both members run it, one at a time holds its address."""
+        return self.az.name
+
+    @property
+    def floating_ip(self) -> str:
+        return floating_ip(self.az)
+
+    def own_ip(self, role: str | None = None) -> str:
+        """This member's own address, or its pair's ``role`` member's."""
+        return str(ipaddress.ip_network(self.az.subnet_cidr)[ROLE_HOSTS[role or self.role]])
+
+
+def floating_ip(az: AzSpec) -> str:
+    """The address an AZ's pair is reached at, whichever member holds it."""
+    return str(ipaddress.ip_network(az.subnet_cidr)[FLOATING_HOST])
+
+
+def members(fleet: Fleet) -> list[Member]:
+    """Every pair member of the fleet, region by region, AZ by AZ, the active first."""
+    return [
+        Member(region, az, role) for region in fleet.regions for az in region.azs for role in ROLES
+    ]
+
+
+def member_files(fleet: Fleet, member: Member) -> dict[str, str]:
+    """The files ``member`` boots with: path on the instance -> contents."""
+    return {NODE_TOML: node_toml(fleet, member), NODE_UNIT: NODE_SERVICE}
+
+
+def node_toml(fleet: Fleet, member: Member) -> str:
+    """``member``'s node.toml, checked by the node's own loader.
+
+    Raises:
+        ConfigError: the fleet makes a node configuration the node would refuse (a bug here or
+            a combination fleet.toml's checks missed), naming the rendered file and its line.
+    """
+    ports, overlay = fleet.ports, fleet.overlay
+    floating = member.floating_ip
+    tables: list[tuple[str, Mapping[str, object]]] = [
+        ("node", {"node_id": member.node_id, "region": member.region.name, "az": member.az.name}),
+        ("sip", {"listen": [f"udp:{floating}:{ports.sip}", f"tcp:{floating}:{ports.sip}"]}),
+        ("grpc", {"listen": f"0.0.0.0:{ports.grpc}", **NODE_TLS_FILES}),
+        (
+            "media",
+            {
+                "address": floating,
+                "overlay": f"{floating}:{ports.relay}",
+                "port_first": ports.rtp_first,
+                "port_last": ports.rtp_last,
+                **overlay.media,
+            },
+        ),
+        ("metrics", {"listen": f"0.0.0.0:{ports.metrics}"}),
+        ("log", {"format": "json"}),
+        ("cloudwatch", {"fleet": fleet.name}),
+    ]
+    if overlay.linkstate:
+        tables.append(("linkstate", overlay.linkstate))
+    if overlay.security is not None:
+        tables.append(("security", overlay.security))
+    peers = [
+        {
+            "node_id": az.name,
+            "region": region.name,
+            "az": az.name,
+            "sip": f"{floating_ip(az)}:{ports.sip}",
+            "grpc": f"{floating_ip(az)}:{ports.grpc}",
+            "media": f"{floating_ip(az)}:{ports.relay}",
+        }
+        for region in fleet.regions
+        for az in region.azs
+        if az.name != member.node_id
+    ]
+    node_ids = {region.name: [az.name for az in region.azs] for region in fleet.regions}
+    dialplan = [_rule(rule, node_ids) for rule in overlay.dialplan]
+    text = f"# {member.id}: made by `overlay deploy render` from fleet.toml; edit that instead.\n"
+    text += "".join(_table(name, values) for name, values in tables)
+    text += "".join(_table("peers", peer, array=True) for peer in peers)
+    text += "".join(_table("dialplan", rule, array=True) for rule in dialplan)
+    parse_config(text, source=f"{member.id}:{NODE_TOML}", check_files=False)
+    return text
+
+
+def _rule(rule: Mapping[str, object], node_ids: Mapping[str, list[str]]) -> dict[str, object]:
+    """A fleet dialplan rule as a node's: its egress regions become their pairs' nodes."""
+    node_rule = dict(rule)
+    egress = rule.get("egress")
+    if egress is not None:
+        regions = [egress] if isinstance(egress, str) else egress
+        assert isinstance(regions, list)  # checked by deploy.fleet
+        node_rule["egress"] = [node for region in regions for node in node_ids[str(region)]]
+    return node_rule
+
+
+NODE_SERVICE = f"""[Unit]
+Description=overlay SIP router node
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=overlay
+Group=overlay
+ExecStart={OVERLAY_BIN} node --config {NODE_TOML}
+Restart=always
+RestartSec=1
+LimitNOFILE=65536
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadOnlyPaths={CONFIG_DIR}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+# --- TOML -------------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _table(name: str, values: Mapping[str, object], *, array: bool = False) -> str:
+    header = f"[[{name}]]" if array else f"[{name}]"
+    lines = [f"{_key(key)} = {_value(value)}" for key, value in values.items()]
+    return "\n" + "\n".join([header, *lines]) + "\n"
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+
+
+def _value(value: object) -> str:
+    """A TOML value: JSON's string escapes are TOML basic strings' too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {type(value).__name__}")
