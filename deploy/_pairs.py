@@ -4,20 +4,14 @@ and two instances pinned to the AZ and its placement group, each told its peer b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
 
 from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
-from deploy.fleet import AzSpec, HaSpec, RegionSpec
-from deploy.render import (
-    NODE_TLS_FILES,
-    ROLES,
-    Member,
-    floating_ip,
-    member_files,
-)
+from deploy.fleet import AzSpec, RegionSpec
+from deploy.render import Member, floating_ip, member_files
+from overlay.ha import ROLES
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
@@ -27,35 +21,9 @@ LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 MEMBER_USER_DATA = """#!/bin/bash
 set -euo pipefail
 install -d /etc/overlay
-{files}cat >/etc/overlay/ha.toml <<'TOML'
-{ha_toml}TOML
-systemctl daemon-reload
-systemctl enable --now overlay.service
-systemctl restart overlay-ha.service
+{files}systemctl daemon-reload
+systemctl enable --now overlay.service overlay-ha.service
 """
-
-
-@dataclass(frozen=True)
-class HaAgentSettings:
-    """What ``overlay ha`` on one pair member needs (``overlay/ha/_config.py``)."""
-
-    region: str
-    own_eni_id: str
-    peer_eni_id: str
-    floating_private_ip: str
-    allocation_id: str
-    peer_grpc: str
-
-    def toml(self, timers: HaSpec) -> str:
-        lines = ["[ha]"]
-        lines += [f'{key} = "{value}"' for key, value in dataclasses.asdict(self).items()]
-        lines += [
-            f"heartbeat_interval = {timers.heartbeat_interval}",
-            f"dead_after = {timers.dead_after}",
-            f"hold_down = {timers.hold_down}",
-        ]
-        lines += [f'{key} = "{path}"' for key, path in NODE_TLS_FILES.items()]
-        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -109,21 +77,12 @@ def converge(
     for role in ROLES:
         member = Member(region, az, role)
         name = walk.name(member.id)
-        peer = "standby" if role == "active" else "active"
-        ha = HaAgentSettings(
-            region=region.name,
-            own_eni_id=interfaces[role],
-            peer_eni_id=interfaces[peer],
-            floating_private_ip=floating,
-            allocation_id=allocation,
-            peer_grpc=f"{member.own_ip(peer)}:{walk.fleet.ports.grpc}",
-        )
         walk.find_or_create(
             "instance",
             region.name,
             name,
             functools.partial(_find_member, walk, region.name, name),
-            functools.partial(_launch, walk, member, name, image, ha),
+            functools.partial(_launch, walk, member, name, image, interfaces[role]),
             f"{walk.fleet.instance_type} in {az.name}, placement group {walk.name(az.name)}",
         )
     return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
@@ -252,7 +211,7 @@ def _associate(ec2: Any, allocation: str, interface: str, floating: str) -> None
     )
 
 
-def _launch(walk: Walk, member: Member, name: str, image: str, ha: HaAgentSettings) -> str:
+def _launch(walk: Walk, member: Member, name: str, image: str, interface: str) -> str:
     files = "".join(
         f"cat >{path} <<'FILE'\n{content}FILE\n"
         for path, content in member_files(walk.fleet, member).items()
@@ -262,8 +221,8 @@ def _launch(walk: Walk, member: Member, name: str, image: str, ha: HaAgentSettin
         InstanceType=walk.fleet.instance_type,
         MinCount=1,
         MaxCount=1,
-        NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": ha.own_eni_id}],
-        UserData=MEMBER_USER_DATA.format(files=files, ha_toml=ha.toml(walk.fleet.ha)),
+        NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": interface}],
+        UserData=MEMBER_USER_DATA.format(files=files),
         Placement={"AvailabilityZone": member.az.name, "GroupName": walk.name(member.az.name)},
         MetadataOptions={"HttpTokens": "required"},
         TagSpecifications=walk.tags("instance", name, role=member.role),

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from deploy.fleet import AzSpec, Fleet, RegionSpec
 from overlay.config import parse_config
+from overlay.ha import ROLES, parse_ha_config
 
-ROLES = ("active", "standby")
 #: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
 #: active's and the standby's own addresses.
 FLOATING_HOST, ROLE_HOSTS = 10, {"active": 11, "standby": 12}
@@ -42,6 +42,8 @@ NODE_TLS_FILES = {
 }
 NODE_TOML = f"{CONFIG_DIR}/node.toml"
 NODE_UNIT = f"{UNIT_DIR}/overlay.service"
+HA_TOML = f"{CONFIG_DIR}/ha.toml"
+HA_UNIT = f"{UNIT_DIR}/overlay-ha.service"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Member:
     def floating_ip(self) -> str:
         return floating_ip(self.az)
 
+    @property
+    def peer_role(self) -> str:
+        return ROLES[1 - ROLES.index(self.role)]
+
     def own_ip(self, role: str | None = None) -> str:
         """This member's own address, or its pair's ``role`` member's."""
         return str(ipaddress.ip_network(self.az.subnet_cidr)[ROLE_HOSTS[role or self.role]])
@@ -85,7 +91,36 @@ def members(fleet: Fleet) -> list[Member]:
 
 def member_files(fleet: Fleet, member: Member) -> dict[str, str]:
     """The files ``member`` boots with: path on the instance -> contents."""
-    return {NODE_TOML: node_toml(fleet, member), NODE_UNIT: NODE_SERVICE}
+    return {
+        NODE_TOML: node_toml(fleet, member),
+        NODE_UNIT: NODE_SERVICE,
+        HA_TOML: ha_toml(fleet, member),
+        HA_UNIT: HA_SERVICE,
+    }
+
+
+def ha_toml(fleet: Fleet, member: Member) -> str:
+    """``member``'s ha.toml, checked by the agent's own loader: its pair named by the tags the
+    deployer gives the ENIs and the EIP, its peer's node checked at the peer's own address."""
+    values = {
+        "region": member.region.name,
+        "fleet": fleet.name,
+        "pair": member.az.name,
+        "role": member.role,
+        "floating_private_ip": member.floating_ip,
+        "peer_grpc": f"{member.own_ip(member.peer_role)}:{fleet.ports.grpc}",
+        "heartbeat_interval": fleet.ha.heartbeat_interval,
+        "dead_after": fleet.ha.dead_after,
+        "hold_down": fleet.ha.hold_down,
+        **NODE_TLS_FILES,
+    }
+    text = _header(member) + _table("ha", values)
+    parse_ha_config(text, source=f"{member.id}:{HA_TOML}", check_files=False)
+    return text
+
+
+def _header(member: Member) -> str:
+    return f"# {member.id}: made by `overlay deploy render` from fleet.toml; edit that instead.\n"
 
 
 def node_toml(fleet: Fleet, member: Member) -> str:
@@ -134,8 +169,7 @@ def node_toml(fleet: Fleet, member: Member) -> str:
     ]
     node_ids = {region.name: [az.name for az in region.azs] for region in fleet.regions}
     dialplan = [_rule(rule, node_ids) for rule in overlay.dialplan]
-    text = f"# {member.id}: made by `overlay deploy render` from fleet.toml; edit that instead.\n"
-    text += "".join(_table(name, values) for name, values in tables)
+    text = _header(member) + "".join(_table(name, values) for name, values in tables)
     text += "".join(_table("peers", peer, array=True) for peer in peers)
     text += "".join(_table("dialplan", rule, array=True) for rule in dialplan)
     parse_config(text, source=f"{member.id}:{NODE_TOML}", check_files=False)
@@ -166,6 +200,28 @@ ExecStart={OVERLAY_BIN} node --config {NODE_TOML}
 Restart=always
 RestartSec=1
 LimitNOFILE=65536
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ReadOnlyPaths={CONFIG_DIR}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+HA_SERVICE = f"""[Unit]
+Description=overlay HA agent (the pair's floating address)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+User=overlay
+Group=overlay
+ExecStart={OVERLAY_BIN} ha --config {HA_TOML} --log-json
+Restart=always
+RestartSec=5
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes

@@ -154,17 +154,26 @@ def ha(
     """Run the HA agent of one pair member (moves the floating address) until SIGINT/SIGTERM."""
     from overlay.aws import ClientFactory
     from overlay.config import ConfigError
-    from overlay.ha import load_agent_tls, load_ha_config, run_agent
+    from overlay.ha import API_ERRORS, find_pair, load_agent_tls, load_ha_config, run_agent
     from overlay.tls import TlsError
 
     try:
-        loaded = load_ha_config(config)
-        tls = load_agent_tls(loaded)
+        member = load_ha_config(config)
+        tls = load_agent_tls(member)
     except (ConfigError, TlsError) as exc:
         typer.echo(f"overlay: refusing to start: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(json=log_json, level=log_level.upper())
     aws = ClientFactory(endpoint_url=endpoint_url)
+    not_found: tuple[type[Exception], ...] = (LookupError, *API_ERRORS)
+    try:
+        ec2 = aws.client("ec2", member.region)
+        found = find_pair(ec2, fleet=member.fleet, pair=member.pair, role=member.role)
+    except not_found as exc:
+        # Exit 1: the service manager starts the agent again (the pair may be half made).
+        typer.echo(f"overlay: cannot find pair {member.pair}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    loaded = member.config(found)
 
     async def until_signalled() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -61,7 +61,14 @@ from ._reader import (
     seconds,
     string,
 )
-from ._schema import TLS_KEYS, dialplan_rule, grpc_tls, linkstate_section, parse_config
+from ._schema import (
+    TLS_KEYS,
+    dialplan_rule,
+    files_checked,
+    grpc_tls,
+    linkstate_section,
+    parse_config,
+)
 from ._security import security as security_section
 
 __all__ = [
@@ -95,6 +102,7 @@ __all__ = [
     "Transport",
     "TrunkLimit",
     "dialplan_rule",
+    "files_checked",
     "grpc_tls",
     "integer",
     "kind",

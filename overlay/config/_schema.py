@@ -6,10 +6,12 @@ error lines) is ``_reader``; this module is only the node's schema built from it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 from overlay.media import media_id
@@ -61,7 +63,7 @@ _HOSTNAME = re.compile(
 )
 _TRANSPORTS: dict[str, Transport] = {"udp": "udp", "tcp": "tcp", "tls": "tls"}
 _DEFAULT_DNS_PORT = 53
-#: ``parse_config``'s ``check_files``, for the file readers it calls.
+#: ``files_checked``'s flag, for the file readers.
 _check_files: ContextVar[bool] = ContextVar("check_files", default=True)
 
 
@@ -81,9 +83,17 @@ def parse_config(text: str, *, source: str, check_files: bool = True) -> NodeCon
         ConfigError: on a TOML syntax error, an unknown key, a missing required key or a bad
             value; only the first problem is reported.
     """
-    token = _check_files.set(check_files)
-    try:
+    with files_checked(check_files):
         return parse_toml(text, source=source, build=_node_config)
+
+
+@contextlib.contextmanager
+def files_checked(check: bool) -> Iterator[None]:
+    """While in it, file paths (certificates, keys) must be readable here (``check``), or only
+    well formed: a configuration made for another machine (``overlay deploy render``)."""
+    token = _check_files.set(check)
+    try:
+        yield
     finally:
         _check_files.reset(token)
 

@@ -6,7 +6,7 @@ address and when to move it.
 """
 
 from ._agent import HEALTH_CHECK_METHOD, HaAgent, HaAgentConfig, load_agent_tls, run_agent
-from ._config import load_ha_config, parse_ha_config
+from ._config import HaMember, load_ha_config, parse_ha_config
 from ._core import (
     AddressView,
     HaCore,
@@ -23,17 +23,19 @@ from ._core import (
     TakeoverSkipped,
     classify,
 )
-from ._ec2 import API_ERRORS, FloatingAddress, MoveReport
+from ._ec2 import API_ERRORS, ROLES, FloatingAddress, MoveReport, PairResources, find_pair
 
 __all__ = [
     "API_ERRORS",
     "HEALTH_CHECK_METHOD",
+    "ROLES",
     "AddressView",
     "FloatingAddress",
     "HaAgent",
     "HaAgentConfig",
     "HaCore",
     "HaEvent",
+    "HaMember",
     "HaState",
     "HaStateError",
     "HaStatistics",
@@ -41,11 +43,13 @@ __all__ = [
     "HolderChanged",
     "HolderCheck",
     "MoveReport",
+    "PairResources",
     "PeerAlive",
     "PeerDead",
     "Takeover",
     "TakeoverSkipped",
     "classify",
+    "find_pair",
     "load_agent_tls",
     "load_ha_config",
     "parse_ha_config",

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -43,6 +44,9 @@ from ._core import (
     TakeoverSkipped,
 )
 from ._ec2 import API_ERRORS, FloatingAddress
+
+if TYPE_CHECKING:
+    from ._config import HaMember
 
 __all__ = ["HEALTH_CHECK_METHOD", "HaAgent", "HaAgentConfig", "run_agent"]
 
@@ -258,7 +262,7 @@ class HaAgent:
         )
 
 
-def load_agent_tls(config: HaAgentConfig) -> TlsCredentials | None:
+def load_agent_tls(config: HaAgentConfig | HaMember) -> TlsCredentials | None:
     """Read and check the agent's TLS files (``config.tls_files``); ``None`` when insecure.
 
     Raises:

@@ -1,12 +1,12 @@
-"""``ha.toml``: what the HA agent of one pair member needs, written by the deployer at launch.
+"""``ha.toml``: what the HA agent of one pair member needs (``overlay deploy render`` makes it).
 
 ```toml
 [ha]
 region = "us-west-2"
-own_eni_id = "eni-0123456789abcdef0"
-peer_eni_id = "eni-0fedcba9876543210"
+fleet = "voice"            # the pair's ENIs and EIP are found by the deployer's tags:
+pair = "us-west-2a"        # overlay:name "<fleet>-<pair>-<role>" for an ENI, "<fleet>-<pair>"
+role = "active"            # for the EIP; role is "active" or "standby"
 floating_private_ip = "10.20.1.10"
-allocation_id = "eipalloc-0123456789abcdef0"
 peer_grpc = "10.20.1.12:7000"
 heartbeat_interval = 0.5   # optional, seconds
 dead_after = 3             # optional, missed heartbeats
@@ -17,21 +17,29 @@ cert = "/etc/overlay/tls/node.pem"  # node's own certificate will do), or insecu
 key = "/etc/overlay/tls/node.key"
 ```
 
+The file names the pair by tags, not by EC2 ids, so it is known before the fleet exists (and
+reviewable with ``overlay deploy render``); the agent finds the ids at start (``find_pair``).
 A bad file is refused with ``overlay.config.ConfigError`` naming the line and the key.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from overlay.config import (
     TLS_KEYS,
     Invalid,
+    KeyPath,
     Reader,
     Table,
+    files_checked,
     grpc_tls,
     integer,
+    matching,
     parse_toml,
     read_text,
     seconds,
@@ -39,13 +47,14 @@ from overlay.config import (
 )
 
 from ._agent import HaAgentConfig
+from ._ec2 import ROLES, PairResources
 
 _KEYS = (
     "region",
-    "own_eni_id",
-    "peer_eni_id",
+    "fleet",
+    "pair",
+    "role",
     "floating_private_ip",
-    "allocation_id",
     "peer_grpc",
     "heartbeat_interval",
     "dead_after",
@@ -53,9 +62,44 @@ _KEYS = (
     "api_check_interval",
     *TLS_KEYS,
 )
+_TIMINGS: dict[str, Reader[Any]] = {
+    "heartbeat_interval": seconds,
+    "dead_after": integer(1, 100),
+    "hold_down": seconds,
+    "api_check_interval": seconds,
+}
+_fleet = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (the fleet's name in fleet.toml)")
+_pair = matching(r"[a-z0-9-]{1,63}", "be the pair's AZ, such as us-west-2a")
 
 
-def load_ha_config(path: str | Path) -> HaAgentConfig:
+@dataclass(frozen=True, slots=True)
+class HaMember:
+    """One pair member as ha.toml names it; ``config`` once its ENIs and EIP are found."""
+
+    region: str
+    fleet: str
+    pair: str
+    role: str
+    floating_private_ip: str
+    peer_grpc_target: str
+    tls_files: tuple[str, str, str] | None
+    timings: Mapping[str, Any]  # HaAgentConfig's optional timings the file gives
+
+    def config(self, found: PairResources) -> HaAgentConfig:
+        """The agent's configuration with the ids ``find_pair`` found."""
+        return HaAgentConfig(
+            region=self.region,
+            own_eni_id=found.own_eni,
+            peer_eni_id=found.peer_eni,
+            floating_private_ip=self.floating_private_ip,
+            allocation_id=found.allocation_id,
+            peer_grpc_target=self.peer_grpc_target,
+            tls_files=self.tls_files,
+            **self.timings,
+        )
+
+
+def load_ha_config(path: str | Path) -> HaMember:
     """Read and check ``ha.toml``.
 
     Raises:
@@ -64,31 +108,47 @@ def load_ha_config(path: str | Path) -> HaAgentConfig:
     return parse_ha_config(read_text(path), source=str(path))
 
 
-def parse_ha_config(text: str, *, source: str = "ha.toml") -> HaAgentConfig:
-    return parse_toml(text, source=source, build=_build)
+def parse_ha_config(text: str, *, source: str = "ha.toml", check_files: bool = True) -> HaMember:
+    """``check_files``: whether the TLS files must be readable here (``False`` for a file made
+    for another machine)."""
+    with files_checked(check_files):
+        return parse_toml(text, source=source, build=_build)
 
 
-def _build(root: dict[str, object]) -> HaAgentConfig:
+def _build(root: dict[str, object]) -> HaMember:
     Table(root, (), ("ha",))
     table = Table(root.get("ha"), ("ha",), _KEYS)
-    optional: dict[str, Reader[Any]] = {
-        "heartbeat_interval": seconds,
-        "dead_after": integer(1, 100),
-        "hold_down": seconds,
-        "api_check_interval": seconds,
-    }
-    options = {key: table.require(key, read) for key, read in optional.items() if table.has(key)}
+    return HaMember(
+        region=table.require("region", string),
+        fleet=table.require("fleet", _fleet),
+        pair=table.require("pair", _pair),
+        role=table.require("role", _role),
+        floating_private_ip=table.require("floating_private_ip", _address),
+        peer_grpc_target=table.require("peer_grpc", _host_port),
+        tls_files=grpc_tls(table, ("ha",)),
+        timings={key: table.require(key, read) for key, read in _TIMINGS.items() if table.has(key)},
+    )
+
+
+def _role(value: object, path: KeyPath) -> str:
+    text = string(value, path)
+    if text not in ROLES:
+        raise Invalid(path, f"must be one of {', '.join(ROLES)}, got {text!r}")
+    return text
+
+
+def _address(value: object, path: KeyPath) -> str:
+    text = string(value, path)
     try:
-        return HaAgentConfig(
-            region=table.require("region", string),
-            own_eni_id=table.require("own_eni_id", string),
-            peer_eni_id=table.require("peer_eni_id", string),
-            floating_private_ip=table.require("floating_private_ip", string),
-            allocation_id=table.require("allocation_id", string),
-            peer_grpc_target=table.require("peer_grpc", string),
-            tls_files=grpc_tls(table, ("ha",)),
-            **options,
-        )
-    except ValueError as error:
-        # HaAgentConfig's own checks (an address that does not parse, the same ENI twice).
-        raise Invalid(("ha",), str(error)) from None
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise Invalid(path, f"must be an IP address, got {text!r}") from None
+    return text
+
+
+def _host_port(value: object, path: KeyPath) -> str:
+    text = string(value, path)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(path, f'must be "host:port", got {text!r}')
+    return text

@@ -22,7 +22,7 @@ import botocore.parsers
 
 from ._core import AddressView, Holder, classify
 
-__all__ = ["API_ERRORS", "FloatingAddress", "MoveReport"]
+__all__ = ["API_ERRORS", "ROLES", "FloatingAddress", "MoveReport", "PairResources", "find_pair"]
 
 #: What a failed EC2 call raises: an error answer, a transport or credentials problem, or an
 #: answer botocore cannot parse (an endpoint without the call). The agent survives all of them.
@@ -31,6 +31,59 @@ API_ERRORS: tuple[type[Exception], ...] = (
     botocore.exceptions.BotoCoreError,
     botocore.parsers.ResponseParserError,
 )
+
+
+#: The two members of a pair, as the deployer names and tags them.
+ROLES = ("active", "standby")
+
+
+@dataclass(frozen=True, slots=True)
+class PairResources:
+    """What the EC2 API calls a pair's floating address: both members' ENIs and the EIP."""
+
+    own_eni: str
+    peer_eni: str
+    allocation_id: str
+
+
+def find_pair(ec2: Any, *, fleet: str, pair: str, role: str) -> PairResources:  # noqa: ANN401
+    """Find a pair's ENIs and EIP by the tags the deployer gives them: ``overlay:fleet``, and
+    ``overlay:name`` ``<fleet>-<pair>-<role>`` for an ENI, ``<fleet>-<pair>`` for the EIP.
+
+    Raises:
+        LookupError: one of them is not there (named in the message).
+        One of :data:`API_ERRORS`.
+    """
+    peer = ROLES[1 - ROLES.index(role)]
+    names = {which: f"{fleet}-{pair}-{which}" for which in (role, peer)}
+    interfaces = ec2.describe_network_interfaces(Filters=_tagged(fleet, *names.values()))
+    by_name = {
+        _tag(interface, "overlay:name"): str(interface["NetworkInterfaceId"])
+        for interface in interfaces["NetworkInterfaces"]
+    }
+    addresses = ec2.describe_addresses(Filters=_tagged(fleet, f"{fleet}-{pair}"))["Addresses"]
+    missing = [f"network interface {name}" for name in names.values() if name not in by_name]
+    if not addresses:
+        missing.append(f"Elastic IP {fleet}-{pair}")
+    if missing:
+        raise LookupError(f"not found in the account: {', '.join(missing)}")
+    return PairResources(
+        by_name[names[role]], by_name[names[peer]], str(addresses[0]["AllocationId"])
+    )
+
+
+def _tagged(fleet: str, *names: str) -> list[dict[str, Any]]:
+    return [
+        {"Name": "tag:overlay:fleet", "Values": [fleet]},
+        {"Name": "tag:overlay:name", "Values": list(names)},
+    ]
+
+
+def _tag(resource: dict[str, Any], key: str) -> str:
+    for tag in resource.get("TagSet", resource.get("Tags", ())):
+        if tag["Key"] == key:
+            return str(tag["Value"])
+    return ""
 
 
 @dataclass(frozen=True, slots=True)

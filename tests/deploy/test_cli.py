@@ -26,10 +26,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
 
 HA_TOML = """[ha]
 region = "us-west-2"
-own_eni_id = "eni-0123456789abcdef0"
-peer_eni_id = "eni-0fedcba987654321f"
+fleet = "voice"
+pair = "us-west-2a"
+role = "active"
 floating_private_ip = "10.20.1.10"
-allocation_id = "eipalloc-0123456789abcdef0"
 peer_grpc = "10.20.1.12:7000"
 insecure = true
 """
@@ -55,11 +55,18 @@ def test_status_of_nothing_deployed(moto_endpoint: str) -> None:
 
 def test_ha_config_defaults_and_errors(tmp_path: Path) -> None:
     config = parse_ha_config(HA_TOML)
-    assert (config.heartbeat_interval, config.dead_after) == (0.5, 3)
+    assert (config.fleet, config.pair, config.role, config.timings) == (
+        "voice",
+        "us-west-2a",
+        "active",
+        {},
+    )
     with pytest.raises(ConfigError, match=r"ha.toml:1: ha.peer_grpc: required key is missing"):
         parse_ha_config(HA_TOML.replace('peer_grpc = "10.20.1.12:7000"\n', "dead_after = 2\n"))
-    with pytest.raises(ConfigError, match="both 'eni-0123456789abcdef0'"):
-        parse_ha_config(HA_TOML.replace("eni-0fedcba987654321f", "eni-0123456789abcdef0"))
+    with pytest.raises(ConfigError, match=r"ha.toml:5: ha.role: must be one of active, standby"):
+        parse_ha_config(HA_TOML.replace('role = "active"', 'role = "primary"'))
+    with pytest.raises(ConfigError, match=r"ha.toml:6: ha.floating_private_ip: must be an IP"):
+        parse_ha_config(HA_TOML.replace('"10.20.1.10"', '"10.20.1"'))
     assert config.tls_files is None
     # Mutual TLS toward the peer's health service, or plaintext only when asked for.
     with pytest.raises(ConfigError, match=r"ha.toml:1: ha: required: ca, cert, key"):

@@ -22,9 +22,9 @@ from botocore.stub import Stubber
 from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
-from deploy.render import member_files, members
+from deploy.render import HA_TOML, member_files, members
 from overlay.aws import ClientFactory
-from overlay.ha import parse_ha_config
+from overlay.ha import find_pair, parse_ha_config
 from tests.deploy.route53_dns import serve_hosted_zone
 
 pytestmark = pytest.mark.deploy
@@ -73,10 +73,7 @@ def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
 
 
 @pytest.mark.trio
-async def test_plan_apply_again_status_destroy(
-    aws: ClientFactory, fleet: Fleet, tmp_path: Path
-) -> None:
-    tls_dir = tmp_path
+async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet) -> None:
     placement = MemoryPlacementGroups()
     launched: list[dict[str, Any]] = []
     for region in fleet.regions:
@@ -132,31 +129,29 @@ async def test_plan_apply_again_status_destroy(
         az = params["Placement"]["AvailabilityZone"]
         assert params["Placement"]["GroupName"] == f"{fleet.name}-{az}"
         assert params["InstanceType"] == fleet.instance_type
-        # Each member's HA agent is told its own and its peer's interface and address.
-        ha_toml = params["UserData"].split("<<'TOML'\n", 1)[1].split("TOML\n", 1)[0]
-        # It dials its peer with the node's certificate, which the operator installs (user data
-        # carries no keys); here stand-in files take their place for the config check.
-        for key, path in NODE_TLS_FILES.items():
-            assert f'{key} = "{path}"' in ha_toml
-            stand_in = tls_dir / Path(path).name
-            stand_in.write_text("installed by the operator\n")
-            ha_toml = ha_toml.replace(path, str(stand_in))
-        ha = parse_ha_config(ha_toml)
-        assert ha.tls_files is not None
-        assert ha.own_eni_id == params["NetworkInterfaces"][0]["NetworkInterfaceId"]
-        assert ha.peer_eni_id != ha.own_eni_id
-        assert ha.heartbeat_interval == fleet.ha.heartbeat_interval
-        assert ha.peer_grpc_target.endswith(f":{fleet.ports.grpc}")
-        # And its node.toml, the one `overlay deploy render` prints for it.
-        files = dict(
-            chunk.split(" <<'FILE'\n", 1)
-            for chunk in params["UserData"].split("cat >")[1:]
-            if "<<'FILE'" in chunk
-        )
+        # It boots with the files `overlay deploy render` prints for it.
+        files = {
+            path: text.split("FILE\n", 1)[0]
+            for path, text in (
+                chunk.split(" <<'FILE'\n", 1) for chunk in params["UserData"].split("cat >")[1:]
+            )
+        }
         tags = {tag["Key"]: tag["Value"] for tag in params["TagSpecifications"][0]["Tags"]}
         [member] = [m for m in members(fleet) if tags["overlay:name"] == f"{fleet.name}-{m.id}"]
-        for path, text in member_files(fleet, member).items():
-            assert files[path].split("FILE\n", 1)[0] == text
+        assert files == member_files(fleet, member)
+        # Its HA agent finds its own and its peer's interface and the pair's EIP by the tags
+        # the deployer gave them; the node's certificate, which the operator installs (user
+        # data carries no keys), is only named.
+        ha = parse_ha_config(files[HA_TOML], check_files=False)
+        assert ha.tls_files == tuple(NODE_TLS_FILES.values())
+        found = find_pair(
+            aws.client("ec2", member.region.name), fleet=ha.fleet, pair=ha.pair, role=ha.role
+        )
+        assert found.own_eni == params["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        assert found.peer_eni != found.own_eni
+        config = ha.config(found)
+        assert config.heartbeat_interval == fleet.ha.heartbeat_interval
+        assert config.peer_grpc_target == f"{member.own_ip(member.peer_role)}:{fleet.ports.grpc}"
 
     # The security group: SIP from trunks and peers, gRPC only from peers and the NOC, metrics
     # only from the NOC.

@@ -9,9 +9,19 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.fleet import load_fleet, parse_fleet
-from deploy.render import NODE_TOML, NODE_UNIT, member_files, members, node_toml
+from deploy.render import (
+    HA_TOML,
+    HA_UNIT,
+    NODE_TOML,
+    NODE_UNIT,
+    ha_toml,
+    member_files,
+    members,
+    node_toml,
+)
 from overlay.cli import app
 from overlay.config import ConfigError, DnsTarget, StaticTarget, parse_config
+from overlay.ha import parse_ha_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
 
@@ -74,7 +84,23 @@ def test_both_members_of_a_pair_run_the_same_node() -> None:
     assert (active.id, standby.id) == ("us-west-2a-active", "us-west-2a-standby")
     body = [node_toml(fleet, m).split("\n", 1)[1] for m in (active, standby)]
     assert body[0] == body[1]
-    assert set(member_files(fleet, active)) == {NODE_TOML, NODE_UNIT}
+    assert set(member_files(fleet, active)) == {NODE_TOML, NODE_UNIT, HA_TOML, HA_UNIT}
+
+
+def test_each_members_ha_agent_watches_the_other_member() -> None:
+    fleet = load_fleet(EXAMPLE)
+    for member in members(fleet):
+        ha = parse_ha_config(ha_toml(fleet, member), source=member.id, check_files=False)
+        assert (ha.region, ha.fleet, ha.pair, ha.role) == (
+            member.region.name,
+            "voice",
+            member.az.name,
+            member.role,
+        )
+        assert ha.floating_private_ip == member.floating_ip
+        assert ha.peer_grpc_target == f"{member.own_ip(member.peer_role)}:7000"
+        assert member.own_ip(member.peer_role) != member.own_ip()
+        assert ha.timings == {"heartbeat_interval": 0.5, "dead_after": 3, "hold_down": 10.0}
 
 
 def test_linkstate_security_and_media_reach_every_node() -> None:
@@ -133,7 +159,7 @@ def test_render_prints_one_members_files() -> None:
         app, ["deploy", "render", "-f", str(EXAMPLE), "--member", "us-east-1b-standby"]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("# ==> us-east-1b-standby: ") == 2
+    assert result.output.count("# ==> us-east-1b-standby: ") == 4
     assert f"# ==> us-east-1b-standby: {NODE_TOML} <==" in result.output
     assert 'node_id = "us-east-1b"' in result.output
 
