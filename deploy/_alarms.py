@@ -1,7 +1,14 @@
-"""Per region, an SNS topic and a CloudWatch alarm on each link metric the nodes publish.
+"""Per region, an SNS topic, a CloudWatch alarm on each link metric the nodes publish, and a
+node-down alarm per pair.
+
+A link alarm treats missing data as not breaching: before the nodes run, or while a region has
+no link, there is nothing wrong with the links. A node-down alarm watches the heartbeat each
+node sends every exporter round (``NodeUp``) and treats missing data as breaching: a node that
+stopped sending is down, or cannot reach CloudWatch, which the NOC wants to know either way.
 
 Topics and alarms are found by their names (``<fleet>-<region>-alarms``, ``<fleet>-<region>-``
-and the metric), not by tags: CloudWatch and SNS have no tag filter on their list calls.
+and the metric, ``<fleet>-<region>-NodeDown-<AZ>``), not by tags: CloudWatch and SNS have no
+tag filter on their list calls.
 """
 
 from __future__ import annotations
@@ -10,13 +17,22 @@ import functools
 from typing import Any
 
 from deploy._walk import Walk
+from deploy.fleet import RegionSpec
 
 ALARM_NAMESPACE = "Overlay/Links"
 #: Link metrics the nodes publish (per Fleet and Region), and the fleet's threshold for each.
 ALARM_METRICS = {"LinkLossPct": "loss_pct", "LinkRttMs": "rtt_ms", "LinkRetransPct": "retrans_pct"}
 
 
-def converge(walk: Walk, region: str) -> None:
+#: The node heartbeat the node-down alarms watch (``overlay.shell.telemetry``).
+NODE_UP = "NodeUp"
+#: A node is down after this many exporter rounds (60 s each, the [cloudwatch] default)
+#: without its heartbeat.
+NODE_DOWN_PERIODS = 2
+
+
+def converge(walk: Walk, spec: RegionSpec) -> None:
+    region = spec.name
     name = walk.name(f"{region}-alarms")
     sns = walk.client("sns", region)
     topic = walk.find_or_create(
@@ -55,12 +71,45 @@ def converge(walk: Walk, region: str) -> None:
                 DatapointsToAlarm=2,
                 Threshold=threshold,
                 ComparisonOperator="GreaterThanThreshold",
-                TreatMissingData="breaching",
+                TreatMissingData="notBreaching",
                 AlarmActions=[topic],
                 OKActions=[topic],
                 Tags=[walk.fleet_tag()],
             ),
             f"{metric} > {threshold:g}",
+        )
+    for az in spec.azs:
+        alarm = f"{prefix}NodeDown-{az.name}"
+        if alarm in existing:
+            continue
+        walk.act(
+            "create",
+            "alarm",
+            region,
+            alarm,
+            functools.partial(
+                cloudwatch.put_metric_alarm,
+                AlarmName=alarm,
+                AlarmDescription=f"overlay {walk.fleet.name}: the node of pair {az.name} is down",
+                Namespace=ALARM_NAMESPACE,
+                MetricName=NODE_UP,
+                Dimensions=[
+                    {"Name": "Fleet", "Value": walk.fleet.name},
+                    {"Name": "Region", "Value": region},
+                    {"Name": "Node", "Value": az.name},
+                ],
+                Statistic="SampleCount",
+                Period=60,
+                EvaluationPeriods=NODE_DOWN_PERIODS,
+                DatapointsToAlarm=NODE_DOWN_PERIODS,
+                Threshold=1.0,
+                ComparisonOperator="LessThanThreshold",
+                TreatMissingData="breaching",
+                AlarmActions=[topic],
+                OKActions=[topic],
+                Tags=[walk.fleet_tag()],
+            ),
+            f"no heartbeat for {NODE_DOWN_PERIODS} minutes",
         )
 
 

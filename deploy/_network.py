@@ -1,5 +1,5 @@
 """A region's network: VPC, internet gateway and default route, a subnet per AZ, the security
-group, and a cluster placement group per AZ."""
+group, and a spread placement group per AZ (its pair's members on distinct racks)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from deploy._walk import Walk, logical_name
 from deploy.fleet import AzSpec, RegionSpec
+from deploy.placement import STRATEGY
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,23 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
         "attached, default route",
     )
     subnets = {az.name: _subnet(walk, region.name, vpc, az) for az in region.azs}
+    checkers = _health_checkers(ec2, region.name)
+    if checkers is None:
+        walk.change(
+            "differs",
+            "prefix-list",
+            region.name,
+            _HEALTH_CHECKERS.format(region=region.name),
+            "not in this region: Route 53's health checks of its pairs cannot reach SIP; add"
+            " AWS's ROUTE53_HEALTHCHECKS ranges to the security group by hand",
+        )
     group = walk.find_or_create_tagged(
         "security-group",
         region.name,
         name,
-        lambda: _create_security_group(walk, ec2, vpc, name),
-        "SIP/TLS/RTP from trunks and peers, gRPC from peers and NOC",
+        lambda: _create_security_group(walk, ec2, vpc, name, checkers),
+        "SIP/TLS/RTP from trunks and peers, the relays' port and gRPC from peers, gRPC from"
+        " the NOC, SIP/TCP from Route 53's health checkers",
     )
     existing = set(walk.placement.names(region.name, walk.fleet.name))
     for az in region.azs:
@@ -56,7 +68,7 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
                 region.name,
                 group_name,
                 functools.partial(walk.placement.create, region.name, walk.fleet.name, group_name),
-                "cluster",
+                STRATEGY,
             )
     return Network(subnets, group)
 
@@ -140,7 +152,26 @@ def _create_gateway(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: 
     return gateway_id
 
 
-def _create_security_group(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: ANN401
+#: AWS's managed prefix list of the Route 53 health checkers, where a region has one.
+_HEALTH_CHECKERS = "com.amazonaws.{region}.route53-healthchecks"
+
+
+def _health_checkers(ec2: Any, region: str) -> str | None:  # noqa: ANN401
+    """The id of the region's Route 53 health-checker prefix list, or ``None``."""
+    name = _HEALTH_CHECKERS.format(region=region)
+    lists = ec2.describe_managed_prefix_lists(
+        Filters=[{"Name": "prefix-list-name", "Values": [name]}]
+    )["PrefixLists"]
+    return None if not lists else str(lists[0]["PrefixListId"])
+
+
+def _create_security_group(
+    walk: Walk,
+    ec2: Any,  # noqa: ANN401
+    vpc: str,
+    name: str,
+    health_checkers: str | None,
+) -> str:
     fleet = walk.fleet
     group_id: str = ec2.create_security_group(
         GroupName=name,
@@ -155,20 +186,31 @@ def _create_security_group(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  #
         ("tcp", ports.sip, ports.sip, media),
         ("tcp", ports.sip_tls, ports.sip_tls, media),
         ("udp", ports.rtp_first, ports.rtp_last, media),
+        ("udp", ports.relay, ports.relay, fleet.peer_cidrs),  # media between the relays
         ("tcp", ports.grpc, ports.grpc, [*fleet.peer_cidrs, *fleet.noc_cidrs]),
         ("tcp", ports.metrics, ports.metrics, fleet.noc_cidrs),  # Prometheus scrapes
     ]
-    ec2.authorize_security_group_ingress(
-        GroupId=group_id,
-        IpPermissions=[
+    permissions: list[dict[str, Any]] = [
+        {
+            "IpProtocol": protocol,
+            "FromPort": first,
+            "ToPort": last,
+            "IpRanges": [{"CidrIp": cidr} for cidr in sorted(set(cidrs))],
+        }
+        for protocol, first, last, cidrs in rules
+        if cidrs
+    ]
+    if health_checkers is not None:
+        # Route 53 checks each pair's SIP over TCP (it cannot check UDP).
+        permissions.append(
             {
-                "IpProtocol": protocol,
-                "FromPort": first,
-                "ToPort": last,
-                "IpRanges": [{"CidrIp": cidr} for cidr in sorted(set(cidrs))],
+                "IpProtocol": "tcp",
+                "FromPort": ports.sip,
+                "ToPort": ports.sip,
+                "PrefixListIds": [
+                    {"PrefixListId": health_checkers, "Description": "Route 53 health checkers"}
+                ],
             }
-            for protocol, first, last, cidrs in rules
-            if cidrs
-        ],
-    )
+        )
+    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions)
     return group_id

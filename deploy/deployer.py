@@ -14,7 +14,7 @@ else in the account.
 
 Per region: a VPC with an internet gateway and a default route, a subnet per AZ, one security
 group (SIP, TLS and RTP from the trunks and the peer regions, gRPC only from the peers and the
-NOC), a cluster placement group per AZ (``deploy._network``), the overlay AMI
+NOC), a spread placement group per AZ (``deploy._network``), the overlay AMI
 (``deploy._image``), and per AZ an active/standby pair: two network interfaces with fixed
 addresses (the active's carries the pair's floating secondary address), two instances pinned
 to the AZ and its placement group, and an Elastic IP on the floating address
@@ -124,7 +124,7 @@ class Deployer:
                 for az in region.azs
             ]
             endpoints.append((region, pairs))
-            _alarms.converge(walk, region.name)
+            _alarms.converge(walk, region)
         _dns.converge(walk, endpoints, allow_special_use=self._allow_special_use)
         # Last, what exists under the fleet's tag unlike fleet.toml: reported, never touched.
         for region in regions:

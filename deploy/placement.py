@@ -1,10 +1,13 @@
-"""Cluster placement groups, behind an interface of their own.
+"""Spread placement groups, behind an interface of their own.
 
-A pair's two instances go into one cluster placement group per AZ (low latency between them,
-the best network throughput EC2 gives). ``Ec2PlacementGroups`` is the real thing. moto 5.2.5
-implements no placement-group call at all (every one answers HTTP 500), so the tests run the
-deployer with ``MemoryPlacementGroups`` and check the EC2 requests of ``Ec2PlacementGroups``
-separately, with botocore's Stubber.
+A pair's two instances go into one spread placement group per AZ: EC2 puts them on distinct
+racks (own network and power), so the rack that takes the active down cannot take its standby
+too. A cluster group would put them close together for latency, which a pair does not need:
+its members never carry traffic to each other, only health checks.
+
+``Ec2PlacementGroups`` is the real thing. moto 5.2.5 implements no placement-group call at all
+(every one answers HTTP 500), so the tests run the deployer with ``MemoryPlacementGroups`` and
+check the EC2 requests of ``Ec2PlacementGroups`` separately, with botocore's Stubber.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Protocol
 
 from overlay.aws import ClientFactory
 
-STRATEGY = "cluster"
+STRATEGY = "spread"
 
 
 class PlacementGroups(Protocol):

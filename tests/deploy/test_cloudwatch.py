@@ -189,7 +189,7 @@ async def test_failures_are_counted_and_backed_off_and_sending_resumes() -> None
     assert second - first >= 0.3  # paused after the throttle
     assert third - second >= 0.6  # and twice as long after the second failure in a row
     assert namespace == ALARM_NAMESPACE
-    assert data == 4 + 1 + 4  # use1's 4 metrics, usw1's loss, the 4 merged per region
+    assert data == 4 + 1 + 4 + 1  # use1's 4, usw1's loss, 4 per region, NodeUp
 
 
 async def test_a_stuck_sender_drops_batches_instead_of_piling_them_up() -> None:

@@ -84,6 +84,10 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         )
     # Something of the account's own, which destroy must leave alone.
     foreign = aws.client("ec2", "us-east-1").create_vpc(CidrBlock="10.99.0.0/16")["Vpc"]["VpcId"]
+    # AWS's managed list of the Route 53 health checkers, which moto lacks, in all regions
+    # but one (the deployer says where it is missing).
+    *checked, unchecked = fleet.regions
+    checkers = {region.name: health_checker_list(aws, region.name) for region in checked}
     # moto's Elastic IPs are 127.x addresses, which Route 53 would refuse to health-check.
     deployer = Deployer(
         fleet, aws, placement, wait_for_builder=stop_builder, allow_special_use_addresses=True
@@ -97,8 +101,14 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert kinds["instance"] == 2 * pairs
     assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
     assert kinds["placement-group"] == pairs
-    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions)
-    assert {change.action for change in planned} <= {"create", "update"}
+    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + pairs  # node down
+    assert {change.action for change in planned if change.kind != "prefix-list"} <= {
+        "create",
+        "update",
+    }
+    [missing] = [change for change in planned if change.kind == "prefix-list"]
+    assert (missing.action, missing.region) == ("differs", unchecked.name)
+    assert "cannot reach SIP" in missing.detail
     assert all(count == 0 for count in tagged(aws, fleet, "us-west-2").values())
 
     # apply: what the plan said, then nothing on a second run.
@@ -106,8 +116,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert Counter(c.kind for c in applied if c.kind != "record-sets") == Counter(
         c.kind for c in planned if c.kind != "record-sets"
     )
-    assert deployer.apply() == []
-    assert deployer.plan() == []
+    assert [c.kind for c in deployer.apply()] == ["prefix-list"]
+    assert [c.kind for c in deployer.plan()] == ["prefix-list"]
     for region in fleet.regions:
         azs = len(region.azs)
         assert tagged(aws, fleet, region.name) == {
@@ -163,6 +173,19 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert {r["CidrIp"] for r in grpc_rule["IpRanges"]} == {*fleet.peer_cidrs, *fleet.noc_cidrs}
     metrics = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.metrics)
     assert {r["CidrIp"] for r in metrics["IpRanges"]} == set(fleet.noc_cidrs)
+    relay = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.relay)
+    assert (relay["IpProtocol"], {r["CidrIp"] for r in relay["IpRanges"]}) == (
+        "udp",
+        set(fleet.peer_cidrs),
+    )
+    sip_tcp = [
+        r
+        for r in group["IpPermissions"]
+        if r.get("FromPort") == fleet.ports.sip and r["IpProtocol"] == "tcp"
+    ]
+    assert [p["PrefixListId"] for r in sip_tcp for p in r.get("PrefixListIds", ())] == [
+        checkers["us-west-2"]
+    ]
 
     # status: each active holds its pair's floating address.
     rows = deployer.status()
@@ -190,9 +213,19 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert len(checks) == pairs + sum(1 for region in fleet.regions if len(region.azs) > 1)
 
     # Alarms on the link metrics, wired to the region's topic.
+    east2 = next(region for region in fleet.regions if region.name == "us-east-2")
     alarms = aws.client("cloudwatch", "us-east-2").describe_alarms()["MetricAlarms"]
-    assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(ALARM_METRICS)
+    assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(
+        [*ALARM_METRICS, *["NodeUp"] * len(east2.azs)]
+    )
     assert all(alarm["AlarmActions"] for alarm in alarms)
+    # Links: no data is no fault. A node: no heartbeat is a node down.
+    missing = {alarm["MetricName"]: alarm["TreatMissingData"] for alarm in alarms}
+    assert missing == {**dict.fromkeys(ALARM_METRICS, "notBreaching"), "NodeUp": "breaching"}
+    node_alarms = [alarm for alarm in alarms if alarm["MetricName"] == "NodeUp"]
+    assert sorted(
+        d["Value"] for a in node_alarms for d in a["Dimensions"] if d["Name"] == "Node"
+    ) == [az.name for az in east2.azs]
 
     # plan against a changed description: what exists unlike it is shown, never touched.
     first, *others = fleet.regions
@@ -206,7 +239,7 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert {(c.action, c.kind) for c in report if c.action != "differs"} == {
         ("update", "record-sets")
     }
-    report = [c for c in report if c.action == "differs"]
+    report = [c for c in report if c.action == "differs" and c.kind != "prefix-list"]
     differs = Counter((c.kind, c.region) for c in report)
     assert differs[("instance", first.name)] == 2 * len(first.azs)  # type, and the AZ dropped
     assert differs[("subnet", first.name)] == len(first.azs) - 1
@@ -227,6 +260,17 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert deployer.destroy() == []
 
 
+def health_checker_list(aws: ClientFactory, region: str) -> str:
+    """A stand-in for AWS's managed prefix list of the Route 53 health checkers."""
+    created = aws.client("ec2", region).create_managed_prefix_list(
+        PrefixListName=f"com.amazonaws.{region}.route53-healthchecks",
+        MaxEntries=4,
+        AddressFamily="IPv4",
+        Entries=[{"Cidr": "15.177.0.0/18"}],
+    )
+    return str(created["PrefixList"]["PrefixListId"])
+
+
 def test_placement_group_requests(aws: ClientFactory) -> None:
     """What Ec2PlacementGroups asks EC2 for (moto implements none of it)."""
     ec2 = aws.client("ec2", "us-west-2")
@@ -237,7 +281,7 @@ def test_placement_group_requests(aws: ClientFactory) -> None:
             {},
             {
                 "GroupName": "voice-us-west-2a",
-                "Strategy": "cluster",
+                "Strategy": "spread",
                 "TagSpecifications": [
                     {
                         "ResourceType": "placement-group",

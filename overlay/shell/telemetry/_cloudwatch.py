@@ -10,6 +10,9 @@ exactly, so every round publishes each metric under two sets:
 - ``{Fleet, Region, Node, Neighbor}``: one link, for dashboards and for finding the link an
   alarm is about.
 
+Every round also sends ``NodeUp`` (1) under ``{Fleet, Region, Node}``, links or not: the
+deployer's node-down alarm of each pair fires when it stops coming.
+
 Each datum is a statistic set (SampleCount, Sum, Minimum, Maximum) of the samples taken since
 the previous round, one per ``sample_interval``, so a loss burst between two rounds still
 reaches the alarm's Maximum. An UP link is sampled for RTT and jitter (ms), loss and SIP
@@ -33,7 +36,14 @@ from overlay.linkstate import LinkState, LinkStatistics
 
 NAMESPACE = "Overlay/Links"
 RTT, JITTER, LOSS, RETRANS = "LinkRttMs", "LinkJitterMs", "LinkLossPct", "LinkRetransPct"
-UNITS = {RTT: "Milliseconds", JITTER: "Milliseconds", LOSS: "Percent", RETRANS: "Percent"}
+NODE_UP = "NodeUp"
+UNITS = {
+    RTT: "Milliseconds",
+    JITTER: "Milliseconds",
+    LOSS: "Percent",
+    RETRANS: "Percent",
+    NODE_UP: "Count",
+}
 
 MAX_DATA_PER_CALL = 1000
 MAX_REQUEST_BYTES = 1_000_000
@@ -130,6 +140,17 @@ class LinkWindow:
         data.extend(_datum(m, region, values, timestamp) for m, values in sorted(merged.items()))
         self._links.clear()
         return data
+
+    def node_up(self, timestamp: datetime) -> Datum:
+        """This round's heartbeat of the node (module notes)."""
+        node = [
+            {"Name": "Fleet", "Value": self._fleet},
+            {"Name": "Region", "Value": self._region},
+            {"Name": "Node", "Value": self._node_id},
+        ]
+        up = StatisticSet()
+        up.add(1.0)
+        return _datum(NODE_UP, node, up, timestamp)
 
 
 def _datum(

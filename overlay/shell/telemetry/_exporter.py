@@ -103,7 +103,8 @@ class CloudWatchExporter:
             if trio.current_time() < next_round:
                 continue
             next_round += section.interval
-            for batch in batches(self._window.flush(wall_datetime())):
+            now = wall_datetime()
+            for batch in batches([*self._window.flush(now), self._window.node_up(now)]):
                 try:
                     queue.send_nowait(batch)
                 except trio.WouldBlock:
