@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
-from deploy.fleet import AzSpec, RegionSpec
+from deploy.fleet import AzSpec, Fleet, RegionSpec
 from deploy.render import Member, floating_ip, member_files
+from overlay.aws import ClientFactory
 from overlay.ha import ROLES
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -82,10 +83,25 @@ def converge(
             region.name,
             name,
             functools.partial(_find_member, walk, region.name, name),
-            functools.partial(_launch, walk, member, name, image, interfaces[role]),
+            functools.partial(_launch, walk, member, name, image, interfaces[role], public_ip),
             f"{walk.fleet.instance_type} in {az.name}, placement group {walk.name(az.name)}",
         )
     return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
+
+
+def public_ips(aws: ClientFactory, fleet: Fleet) -> dict[str, str]:
+    """Each pair's Elastic IP, by AZ, as apply made them (none before)."""
+    found = {}
+    for region in fleet.regions:
+        addresses = aws.client("ec2", region.name).describe_addresses(
+            Filters=[{"Name": "tag:overlay:fleet", "Values": [fleet.name]}]
+        )["Addresses"]
+        by_name = {tag_map(address).get("overlay:name"): address for address in addresses}
+        for az in region.azs:
+            address = by_name.get(f"{fleet.name}-{az.name}")
+            if address is not None:
+                found[az.name] = str(address["PublicIp"])
+    return found
 
 
 def differences(walk: Walk, region: RegionSpec) -> None:
@@ -211,10 +227,13 @@ def _associate(ec2: Any, allocation: str, interface: str, floating: str) -> None
     )
 
 
-def _launch(walk: Walk, member: Member, name: str, image: str, interface: str) -> str:
+def _launch(
+    walk: Walk, member: Member, name: str, image: str, interface: str, public_ip: str
+) -> str:
+    advertise = None if public_ip == PENDING else public_ip
     files = "".join(
         f"cat >{path} <<'FILE'\n{content}FILE\n"
-        for path, content in member_files(walk.fleet, member).items()
+        for path, content in member_files(walk.fleet, member, advertise).items()
     )
     instance: str = walk.ec2(member.region.name).run_instances(
         ImageId=image,

@@ -89,10 +89,11 @@ def members(fleet: Fleet) -> list[Member]:
     ]
 
 
-def member_files(fleet: Fleet, member: Member) -> dict[str, str]:
-    """The files ``member`` boots with: path on the instance -> contents."""
+def member_files(fleet: Fleet, member: Member, public_ip: str | None = None) -> dict[str, str]:
+    """The files ``member`` boots with: path on the instance -> contents; ``public_ip`` is its
+    pair's Elastic IP once apply made it."""
     return {
-        NODE_TOML: node_toml(fleet, member),
+        NODE_TOML: node_toml(fleet, member, public_ip),
         NODE_UNIT: NODE_SERVICE,
         HA_TOML: ha_toml(fleet, member),
         HA_UNIT: HA_SERVICE,
@@ -123,8 +124,10 @@ def _header(member: Member) -> str:
     return f"# {member.id}: made by `overlay deploy render` from fleet.toml; edit that instead.\n"
 
 
-def node_toml(fleet: Fleet, member: Member) -> str:
-    """``member``'s node.toml, checked by the node's own loader.
+def node_toml(fleet: Fleet, member: Member, public_ip: str | None = None) -> str:
+    """``member``'s node.toml, checked by the node's own loader. With ``public_ip`` (its pair's
+    Elastic IP, 1:1 NAT to the floating address) the node shows the trunks that address, in
+    SIP (Via, Record-Route) and in SDP (``advertise``), and the overlay its private one.
 
     Raises:
         ConfigError: the fleet makes a node configuration the node would refuse (a bug here or
@@ -132,9 +135,16 @@ def node_toml(fleet: Fleet, member: Member) -> str:
     """
     ports, overlay = fleet.ports, fleet.overlay
     floating = member.floating_ip
+    advertise = {} if public_ip is None else {"advertise": public_ip}
     tables: list[tuple[str, Mapping[str, object]]] = [
         ("node", {"node_id": member.node_id, "region": member.region.name, "az": member.az.name}),
-        ("sip", {"listen": [f"udp:{floating}:{ports.sip}", f"tcp:{floating}:{ports.sip}"]}),
+        (
+            "sip",
+            {
+                "listen": [f"udp:{floating}:{ports.sip}", f"tcp:{floating}:{ports.sip}"],
+                **advertise,
+            },
+        ),
         ("grpc", {"listen": f"0.0.0.0:{ports.grpc}", **NODE_TLS_FILES}),
         (
             "media",
@@ -144,6 +154,7 @@ def node_toml(fleet: Fleet, member: Member) -> str:
                 "port_first": ports.rtp_first,
                 "port_last": ports.rtp_last,
                 **overlay.media,
+                **advertise,
             },
         ),
         ("metrics", {"listen": f"0.0.0.0:{ports.metrics}"}),

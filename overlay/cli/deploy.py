@@ -77,10 +77,21 @@ def render(
         str | None,
         typer.Option("--member", help='one pair member, "<AZ>-active" or "<AZ>-standby"'),
     ] = None,
+    addresses: Annotated[
+        bool,
+        typer.Option(
+            "--addresses",
+            help="read the pairs' Elastic IPs from the account (the nodes advertise them);"
+            " without it no AWS API is called",
+        ),
+    ] = False,
+    endpoint_url: EndpointOption = None,
 ) -> None:
-    """Print the files every pair member boots with (node.toml, units); calls no AWS API."""
+    """Print the files every pair member boots with (node.toml, ha.toml, units)."""
+    from deploy._pairs import public_ips
     from deploy.fleet import load_fleet
     from deploy.render import member_files, members
+    from overlay.aws import ClientFactory
     from overlay.config import ConfigError
 
     try:
@@ -90,8 +101,12 @@ def render(
             known = ", ".join(m.id for m in members(loaded))
             typer.echo(f"overlay deploy: no member {member!r} (members: {known})", err=True)
             raise typer.Exit(2)
+        public: dict[str, str] = {}
+        if addresses:
+            with _aws_errors():
+                public = public_ips(ClientFactory(endpoint_url=endpoint_url), loaded)
         for each in chosen:
-            for path, text in member_files(loaded, each).items():
+            for path, text in member_files(loaded, each, public.get(each.az.name)).items():
                 typer.echo(f"# ==> {each.id}: {path} <==")
                 typer.echo(text, nl=False)
     except ConfigError as error:

@@ -73,6 +73,9 @@ class SipSection:
     user_agent: str = "overlay"
     timers: TimerConfig = field(default_factory=TimerConfig)
     tls: SipTlsSection | None = None  # None: no TLS listener; outgoing TLS uses the system store
+    #: The address the world outside the overlay reaches the listeners at (a public address,
+    #: 1:1 NAT to theirs): in Via and Record-Route toward trunks; None: the listeners' own.
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class GrpcSection:
 class MediaSection:
     """``[media]``: the node's media relay (overlay.media, the fastpath).
 
-    ``address`` is where endpoint-facing relay ports are bound and what the SDP tells endpoints;
+    ``address`` is where endpoint-facing relay ports are bound and what the SDP tells endpoints,
+    unless ``advertise`` names the address they reach it at (a public address, 1:1 NAT to it);
     ``overlay`` is the relay's socket for the other nodes' relays (their ``[[peers]].media``);
     relay ports come from ``port_first``..``port_last`` (RTP even, RTCP next to it).
     """
@@ -155,6 +159,7 @@ class MediaSection:
     port_first: int = 20000
     port_last: int = 29999
     inactivity_timeout: float = 60.0
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)

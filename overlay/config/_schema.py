@@ -256,7 +256,7 @@ def _media(value: object, path: Path) -> MediaSection:
     table = Table(
         value,
         path,
-        ("address", "overlay", "port_first", "port_last", "inactivity_timeout"),
+        ("address", "overlay", "port_first", "port_last", "inactivity_timeout", "advertise"),
     )
     d = MediaSection("", ("", 0))
     address = table.require("address", _ip_address)
@@ -267,6 +267,7 @@ def _media(value: object, path: Path) -> MediaSection:
         port_first=table.get("port_first", port, d.port_first),
         port_last=table.get("port_last", port, d.port_last),
         inactivity_timeout=table.get("inactivity_timeout", seconds, d.inactivity_timeout),
+        advertise=table.get("advertise", _ip_address, None),
     )
     if section.port_first % 2:
         raise Invalid((*path, "port_first"), "must be even (RTP on even ports, RFC 3550)")
@@ -422,6 +423,7 @@ def _sip(value: object, path: Path) -> SipSection:
             "user_agent",
             "timers",
             "tls",
+            "advertise",
         ),
     )
     section = SipSection(
@@ -434,6 +436,7 @@ def _sip(value: object, path: Path) -> SipSection:
         user_agent=table.get("user_agent", _header_value, "overlay"),
         timers=table.get("timers", _timers, TimerConfig()),
         tls=table.get("tls", _sip_tls, None),
+        advertise=table.get("advertise", _ip_address, None),
     )
     if section.tls is None:
         for index, address in enumerate(section.listen):

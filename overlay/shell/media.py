@@ -63,7 +63,8 @@ class MediaPlane:
         sessions = MediaSessions(
             PortAllocator(media.port_first, media.port_last), timeout=media.inactivity_timeout
         )
-        self.edge = MediaEdge(node_id, media.address, sessions)
+        # The SDP tells endpoints the address they reach the relay at.
+        self.edge = MediaEdge(node_id, media.advertise or media.address, sessions)
         self.relay = fastpath.Relay(media_id(node_id), *media.overlay)
         self._address = media.address
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}

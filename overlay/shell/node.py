@@ -21,6 +21,7 @@ for is ``None``. Files are checked before any socket is bound (``NodeTls.load``)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -174,7 +175,10 @@ async def open_node(
     timers = config.sip.timers
     core = ProxyCore(
         ProxyConfig(
-            listeners=tuple(listeners),
+            listeners=tuple(
+                dataclasses.replace(listener, advertise=config.sip.advertise)
+                for listener in listeners
+            ),
             timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
             timer_c=timers.timer_c,
             record_route=config.sip.record_route,

@@ -513,14 +513,14 @@ class ProxyCore:
                 for value in [*routes[1:], f"<{forward.uri}>"]:
                     forward.headers.add("Route", value)
                 forward.uri = str(uri)
-            return uri_target(uri)
+            return self._route_target(uri)
         uri = parse_uri_untrusted(forward.uri)
         assert isinstance(uri, (SipUri, TelUri))  # checked by _validate
         ours = isinstance(uri, SipUri) and self._own.names(forward.uri)
         if ours and isinstance(uri, SipUri) and uri.user is None:
             self._answer_locally(server, request, now)
             return None
-        target = self._requesturi_target(forward, uri, ours=ours)
+        target = self._request_uri_target(forward, uri, ours=ours)
         if target is None:
             self._respond(server, 404, "Not Found", now)
         elif isinstance(target, Refusal):
@@ -530,7 +530,18 @@ class ProxyCore:
             return None
         return target
 
-    def _requesturi_target(
+    def _route_target(self, uri: SipUri) -> Target:
+        """The next hop a Route names. One an overlay node Record-Routed (``ovl=<node id>``)
+        is reached at that node's configured address, whatever address it showed the world
+        (``Listener.advertise``): between overlay nodes the hop is theirs."""
+        relay = self._relay
+        node = None if relay is None else uri.param("ovl")
+        if relay is not None and node is not None and node in relay.peers:
+            address = relay.peers[node]
+            return Target(address.host, address.port, address.transport)
+        return uri_target(uri)
+
+    def _request_uri_target(
         self, forward: Request, uri: SipUri | TelUri, *, ours: bool
     ) -> Target | Refusal | None:
         """§16.5 without a Route: the remote target of a dialog, else the dialplan.
@@ -670,13 +681,13 @@ class ProxyCore:
         try:
             if route is not None:
                 uri = parse_uri_untrusted(NameAddr.parse_untrusted(route).uri)
-                target = uri_target(uri) if isinstance(uri, SipUri) else None
+                target = self._route_target(uri) if isinstance(uri, SipUri) else None
             else:
                 uri = parse_uri_untrusted(forward.uri)
                 target = None
                 if isinstance(uri, (SipUri, TelUri)):
                     ours = isinstance(uri, SipUri) and self._own.names(forward.uri)
-                    target = self._requesturi_target(forward, uri, ours=ours)
+                    target = self._request_uri_target(forward, uri, ours=ours)
         except RemoteProtocolError:
             target = None
         if not isinstance(target, Target):

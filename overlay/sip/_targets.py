@@ -19,23 +19,34 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """A local SIP address of this node."""
+    """A local SIP address of this node; ``advertise``: the address the world outside the
+    overlay reaches it at, when that is not ``host`` (a public address, 1:1 NAT to ``host``:
+    Kamailio's ``advertise``). Other overlay nodes always reach it at ``host``."""
 
     transport: str
     host: str
     port: int
+    advertise: str | None = None
 
     @property
     def hostport(self) -> str:
-        return f"{host_reference(self.host)}:{self.port}"
+        """As the world outside the overlay reaches it."""
+        return self.hostport_for(public=True)
 
-    def record_route(self, params: str = "", *, sips: bool = False) -> str:
-        """This listener as a Record-Route entry; a sips: URI for a sips: request on a TLS
-        listener (RFC 3261 §16.6 step 4), else sip: with its transport."""
+    def hostport_for(self, *, public: bool) -> str:
+        """As the world outside (``public``) or another overlay node reaches it."""
+        host = self.advertise if public and self.advertise is not None else self.host
+        return f"{host_reference(host)}:{self.port}"
+
+    def record_route(self, params: str = "", *, sips: bool = False, public: bool = True) -> str:
+        """This listener as a Record-Route entry, for the side ``public`` says; a sips: URI
+        for a sips: request on a TLS listener (RFC 3261 §16.6 step 4), else sip: with its
+        transport."""
+        hostport = self.hostport_for(public=public)
         if sips and self.transport == "tls":
-            return f"<sips:{self.hostport};lr{params}>"
+            return f"<sips:{hostport};lr{params}>"
         transport = "" if self.transport == "udp" else f";transport={self.transport}"
-        return f"<sip:{self.hostport}{transport};lr{params}>"
+        return f"<sip:{hostport}{transport};lr{params}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +80,18 @@ Locate = Callable[[Request, SipUri | TelUri], Target | Refusal | None]
 
 
 class OwnAddresses:
-    """This node's listening addresses, to recognise URIs that name it (§16.4)."""
+    """This node's listening addresses, advertised ones too, to recognise URIs that name it
+    (§16.4)."""
 
     __slots__ = ("addresses",)
 
     def __init__(self, listeners: Iterable[Listener]) -> None:
-        self.addresses = {(listener.host, listener.port) for listener in listeners}
+        self.addresses = {
+            (host, listener.port)
+            for listener in listeners
+            for host in (listener.host, listener.advertise)
+            if host is not None
+        }
 
     def names(self, text: str, *, record_route: bool = False) -> bool:
         """Whether ``text`` names this node (with ``record_route``: in our Record-Route form)."""

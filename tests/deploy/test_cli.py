@@ -53,6 +53,17 @@ def test_status_of_nothing_deployed(moto_endpoint: str) -> None:
     assert "nothing deployed" in result.output
 
 
+@pytest.mark.deploy
+def test_render_reads_the_addresses_only_when_asked(moto_endpoint: str) -> None:
+    command = ["deploy", "render", "-f", str(EXAMPLE), "--member", "us-west-2a-active"]
+    offline = CliRunner().invoke(app, command)
+    online = CliRunner().invoke(app, [*command, "--addresses", "--endpoint-url", moto_endpoint])
+    assert (offline.exit_code, online.exit_code) == (0, 0), online.output
+    # Nothing deployed: no Elastic IP to advertise yet, and so the same files.
+    assert "advertise" not in online.output
+    assert online.output == offline.output
+
+
 def test_ha_config_defaults_and_errors(tmp_path: Path) -> None:
     config = parse_ha_config(HA_TOML)
     assert (config.fleet, config.pair, config.role, config.timings) == (

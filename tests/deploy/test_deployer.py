@@ -19,11 +19,13 @@ import dns.asyncresolver
 import pytest
 from botocore.stub import Stubber
 
+from deploy._pairs import public_ips
 from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
-from deploy.render import HA_TOML, member_files, members
+from deploy.render import HA_TOML, NODE_TOML, member_files, members
 from overlay.aws import ClientFactory
+from overlay.config import parse_config
 from overlay.ha import find_pair, parse_ha_config
 from tests.deploy.route53_dns import serve_hosted_zone
 
@@ -148,7 +150,12 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         }
         tags = {tag["Key"]: tag["Value"] for tag in params["TagSpecifications"][0]["Tags"]}
         [member] = [m for m in members(fleet) if tags["overlay:name"] == f"{fleet.name}-{m.id}"]
-        assert files == member_files(fleet, member)
+        # The node shows the trunks its pair's Elastic IP, in SIP and in SDP.
+        public_ip = public_ips(aws, fleet)[member.az.name]
+        assert files == member_files(fleet, member, public_ip)
+        node = parse_config(files[NODE_TOML], source=member.id, check_files=False)
+        assert node.media is not None
+        assert (node.sip.advertise, node.media.advertise) == (public_ip, public_ip)
         # Its HA agent finds its own and its peer's interface and the pair's EIP by the tags
         # the deployer gave them; the node's certificate, which the operator installs (user
         # data carries no keys), is only named.

@@ -110,12 +110,16 @@ class FabricRoutes:
 
 
 def core(
-    node: str, target: Target | Refusal, routes: FabricRoutes, media: MediaFactory
+    node: str,
+    target: Target | Refusal,
+    routes: FabricRoutes,
+    media: MediaFactory,
+    advertise: str | None = None,
 ) -> ProxyHarness:
     address = ADDRESSES[node]
     return ProxyHarness(
         targets={"": target},
-        listeners=(Listener("udp", address.host, address.port),),
+        listeners=(Listener("udp", address.host, address.port, advertise),),
         overlay=OverlayNodes(node, {n: a for n, a in ADDRESSES.items() if n != node}),
         overlay_routes=routes,
         media=media(node),
@@ -124,8 +128,12 @@ def core(
 
 class Fabric:
     def __init__(
-        self, ingress_target: Target | Refusal = TO_EGRESS, media: MediaFactory = RecordingMedia
+        self,
+        ingress_target: Target | Refusal = TO_EGRESS,
+        media: MediaFactory = RecordingMedia,
+        advertise: dict[str, str] | None = None,
     ) -> None:
+        """``advertise``: the public address of the nodes that have one (``[sip] advertise``)."""
         # The ingress's paths to the egress, best first (what Mesh.paths returns).
         self.paths: dict[str, list[list[str]]] = {}
         self.next_hop: dict[tuple[str, str], str] = {}  # (node, destination) -> next hop
@@ -136,7 +144,13 @@ class Fabric:
         unused = Target("127.0.0.99", 5060)  # transits only relay
         targets = {"ing": ingress_target, "egr": Target(UAS.host, UAS.port)}
         self.cores = {
-            node: core(node, targets.get(node, unused), FabricRoutes(self, node), media)
+            node: core(
+                node,
+                targets.get(node, unused),
+                FabricRoutes(self, node),
+                media,
+                (advertise or {}).get(node),
+            )
             for node in ("ing", "mid", "alt", "egr")
         }
         self.via("mid")

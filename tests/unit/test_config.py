@@ -555,3 +555,16 @@ def test_insecure_excludes_tls_files() -> None:
         "grpc.ca",
         "insecure = true runs without TLS: remove ca, cert and key",
     )
+
+
+def test_advertise_addresses() -> None:
+    config = parse_config(MINIMAL + 'advertise = "198.51.100.7"\n', source="node.toml")
+    assert config.sip.advertise == "198.51.100.7"
+    assert parse_config(MINIMAL, source="node.toml").sip.advertise is None
+    error = _error(MINIMAL + 'advertise = "sip.example.com"\n')
+    assert (error.key, error.line) == ("sip.advertise", 6)
+    media = parse_config(
+        MEDIA.replace("port_first = 30000", 'advertise = "198.51.100.8"'), source="n"
+    )
+    assert media.media is not None
+    assert (media.media.address, media.media.advertise) == ("127.0.0.11", "198.51.100.8")

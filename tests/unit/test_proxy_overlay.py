@@ -114,6 +114,41 @@ def test_callee_side_bye_goes_back_through_the_ingress() -> None:
     assert statuses(out, UAS) == [200]
 
 
+def test_trunks_see_only_public_addresses() -> None:
+    # Behind 1:1 NAT (an Elastic IP) each edge shows the world its public address, in Via and
+    # Record-Route; between the nodes a route names a node by its mark, and the hop goes to
+    # the node's own address: a dialog's requests come back through the overlay.
+    public = {"ing": "198.51.100.1", "egr": "198.51.100.3"}
+    fabric = Fabric(advertise=public)
+    invite = only_request(fabric.inject("ing", UAC, request()), UAS)
+    record_route = ["<sip:198.51.100.3:5060;lr;ovl=egr>", "<sip:198.51.100.1:5060;lr;ovl=ing>"]
+    assert invite.headers.values("Record-Route") == record_route
+    assert [via.host for via in invite.vias] == ["198.51.100.3", "198.51.100.1", "127.0.0.2"]
+    out = fabric.inject("egr", UAS, response_to(serialize(invite), 200))
+    assert statuses(out) == [200]
+    # The callee's BYE, along the Record-Route in order, and the caller's, reversed.
+    callee_bye = request(
+        "BYE",
+        uri="sip:bob@127.0.0.2:5061",
+        via_host="127.0.0.3:5062",
+        branch="z9hG4bK-callee-bye",
+        from_tag="callee-tag",
+        to_tag="caller-tag",
+        extra=tuple(f"Route: {route}" for route in record_route),
+    )
+    to_caller = only_request(fabric.inject("egr", UAS, callee_bye), UAC)
+    assert "Route" not in to_caller.headers
+    caller_bye = in_dialog("BYE", 2, "z9hG4bK-caller-bye", record_route[::-1])
+    to_callee = only_request(fabric.inject("ing", UAC, caller_bye), UAS)
+    assert to_callee.uri == "sip:alice@127.0.0.3:5062"
+    assert "Route" not in to_callee.headers
+    # Every hop between the nodes went to a node's own address, through the transit.
+    assert relayed(fabric, "mid")["requests"] == 3
+    # Nothing the trunks received names a node's own address.
+    for data in [*out[UAC], serialize(invite), serialize(to_caller), serialize(to_callee)]:
+        assert b"127.0.1." not in data
+
+
 def test_pending_invite_is_resent_over_the_new_path_at_once() -> None:
     fabric = Fabric()
     fabric.dead.add("mid")
