@@ -204,7 +204,12 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+# Ready once every part serves; a node whose event loop stops feeding the watchdog for 10 s is
+# killed and restarted (overlay.shell.systemd).
+Type=notify
+NotifyAccess=main
+WatchdogSec=10
+TimeoutStartSec=60
 User=overlay
 Group=overlay
 ExecStart={OVERLAY_BIN} node --config {NODE_TOML}

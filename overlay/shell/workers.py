@@ -5,7 +5,9 @@ worker reads the same UDP and TCP sockets. UDP datagrams are steered by Call-ID
 (``overlay.shell.transport.Steering``) so a call's state lives in one worker; a TCP connection stays
 with the worker that accepted or opened it. The parent only supervises: it forwards SIGTERM and
 SIGINT to the workers, and if one worker dies the others are stopped and the node exits with an
-error, for the service manager to restart it whole.
+error, for the service manager to restart it whole. Each worker tells the service manager it is
+ready and feeds its watchdog (``overlay.shell.systemd``; with several workers the unit needs
+``NotifyAccess=all``, and a wedged worker goes unnoticed while another still feeds it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 
 from overlay.config import NodeConfig
 from overlay.shell.node import NodeTls, bind, open_node
+from overlay.shell.systemd import Notifier
 from overlay.shell.transport import BoundSocket, Steering
 
 log = structlog.get_logger("overlay")
@@ -38,6 +41,7 @@ async def _serve_until_signal(
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             nursery.start_soon(collect_young, YOUNG_COLLECTION_INTERVAL)
             async with open_node(config, bound=bound, steering=steering, tls=tls):
+                nursery.start_soon(Notifier(os.environ).serve)
                 async for signum in signals:
                     log.info("stopping", signal=signal.Signals(signum).name)
                     break
