@@ -166,6 +166,8 @@ class GrpcBridge:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._health: Any = None  # grpc_health's asyncio HealthServicer, made on the loop thread
         self._tasks: set[asyncio.Task[None]] = set()
+        # Loop thread only: when each beaten health status turns NOT_SERVING (``beat``).
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
 
     # -- public API (trio thread) -----------------------------------------------------------
 
@@ -196,6 +198,13 @@ class GrpcBridge:
         """Set the health status of ``service`` (``""`` = the whole server) on every server."""
         self._check_open()
         self._to_loop(self._set_health_in_loop, service, serving)
+
+    def beat(self, service: str, *, ttl: float) -> None:
+        """``service`` is SERVING for ``ttl`` seconds from now, then NOT_SERVING unless beaten
+        again. For what only the trio thread can vouch for (its event loop turning): a status
+        set once would go on being reported from grpcio's thread however wedged trio is."""
+        self._check_open()
+        self._to_loop(self._beat_in_loop, service, ttl)
 
     @asynccontextmanager
     async def open_stream(
@@ -399,6 +408,18 @@ class GrpcBridge:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self._spawn(self._health.set(service, status))
+
+    def _beat_in_loop(self, service: str, ttl: float) -> None:
+        expiry = self._expiries.pop(service, None)
+        if expiry is None:
+            self._set_health_in_loop(service, True)
+        else:
+            expiry.cancel()
+        self._expiries[service] = self._loop.call_later(ttl, self._expire_in_loop, service)
+
+    def _expire_in_loop(self, service: str) -> None:
+        del self._expiries[service]
+        self._set_health_in_loop(service, False)
 
     async def _start_server_in_loop(self, address: str, services: Sequence[Service]) -> int:
         server = grpc.aio.server(options=_SERVER_OPTIONS)

@@ -5,7 +5,14 @@
 address and when to move it.
 """
 
-from ._agent import HEALTH_CHECK_METHOD, HaAgent, HaAgentConfig, load_agent_tls, run_agent
+from ._agent import (
+    HEALTH_CHECK_METHOD,
+    LIVENESS_SERVICE,
+    HaAgent,
+    HaAgentConfig,
+    load_agent_tls,
+    run_agent,
+)
 from ._config import HaMember, load_ha_config, parse_ha_config
 from ._core import (
     AddressView,
@@ -28,6 +35,7 @@ from ._ec2 import API_ERRORS, ROLES, FloatingAddress, MoveReport, PairResources,
 __all__ = [
     "API_ERRORS",
     "HEALTH_CHECK_METHOD",
+    "LIVENESS_SERVICE",
     "ROLES",
     "AddressView",
     "FloatingAddress",

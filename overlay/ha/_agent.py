@@ -48,12 +48,16 @@ from ._ec2 import API_ERRORS, FloatingAddress
 if TYPE_CHECKING:
     from ._config import HaMember
 
-__all__ = ["HEALTH_CHECK_METHOD", "HaAgent", "HaAgentConfig", "run_agent"]
+__all__ = ["HEALTH_CHECK_METHOD", "LIVENESS_SERVICE", "HaAgent", "HaAgentConfig", "run_agent"]
 
 log = structlog.get_logger("overlay.ha")
 
 #: The standard gRPC health check (grpc/grpc doc/health-checking.md), served by every node.
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+#: The health status a node keeps SERVING while its event loop turns (``GrpcBridge.beat``),
+#: whether or not it is draining: the server's own status (``""``) says whether it takes new
+#: calls, which a drained but live active does not, and must not lose its address for.
+LIVENESS_SERVICE = "overlay.v1.Liveness"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,8 @@ class HaAgentConfig:
         dead_after: consecutive missed heartbeats that make the peer dead.
         hold_down: seconds without takeover after a takeover or a recovery of the peer.
         api_check_interval: seconds between periodic readings of who holds the address.
-        health_service: the service name asked about (``""``: the node's server as a whole).
+        health_service: the health status asked about (by default the node's liveness, not the
+            server's ``""``, which drain sets NOT_SERVING).
         tls_files: the ``(ca, cert, key)`` PEM files the agent dials its peer with (mutual TLS:
             the node's own certificate will do); ``None``: plaintext (``insecure = true``).
 
@@ -90,7 +95,7 @@ class HaAgentConfig:
     dead_after: int = 3
     hold_down: float = 10.0
     api_check_interval: float = 5.0
-    health_service: str = ""
+    health_service: str = LIVENESS_SERVICE
     tls_files: tuple[str, str, str] | None = None
 
     def __post_init__(self) -> None:

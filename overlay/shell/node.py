@@ -33,7 +33,8 @@ import trio
 import trio.testing
 
 from overlay.config import NodeConfig
-from overlay.grpc import AccessPolicy, TlsCredentials, open_grpc_bridge
+from overlay.grpc import AccessPolicy, GrpcBridge, TlsCredentials, open_grpc_bridge
+from overlay.ha import LIVENESS_SERVICE
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
 from overlay.routing import CallRouter, Dialplan, DrainState, RouteView
@@ -58,6 +59,10 @@ from overlay.sip import (
 from overlay.tls import TlsContexts, TlsError, load_sip_tls, load_tls
 
 log = structlog.get_logger("overlay.node")
+
+#: Seconds the liveness status stays SERVING without a beat from the event loop: far above a
+#: stall the node lives through (tens of ms), below the HA agent's detection (1.5 s).
+LIVENESS_TTL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,14 +353,23 @@ async def _serve_grpc(
     its bridge) and the mesh on it; reports the Control service once the server listens."""
     grpc = config.grpc
     assert grpc is not None  # [[peers]] need [grpc] (the configuration checks)
-    async with open_grpc_bridge(tls=tls) as bridge:
+    async with open_grpc_bridge(tls=tls) as bridge, trio.open_nursery() as nursery:
         control = make_control(bridge=bridge)
         port = await bridge.start_server(
             grpc.host, grpc.port, [*mesh.services(), control.service()]
         )
+        nursery.start_soon(_beat_liveness, bridge)
         log.info("grpc listening", host=grpc.host, port=port)
         task_status.started(control)
         await mesh.run(bridge)
+
+
+async def _beat_liveness(bridge: GrpcBridge) -> None:
+    """Keep the liveness status the pair's HA agent checks SERVING while this event loop turns:
+    a wedged node then reads dead, a drained one alive (``LIVENESS_SERVICE``)."""
+    while True:
+        bridge.beat(LIVENESS_SERVICE, ttl=LIVENESS_TTL)
+        await trio.sleep(LIVENESS_TTL / 4)
 
 
 async def _run_media(

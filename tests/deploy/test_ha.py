@@ -27,6 +27,7 @@ import trio
 from overlay.aws import ClientFactory
 from overlay.grpc import GrpcBridge, TlsCredentials, open_grpc_bridge
 from overlay.ha import (
+    LIVENESS_SERVICE,
     FloatingAddress,
     HaAgent,
     HaAgentConfig,
@@ -146,14 +147,20 @@ def pair(aws: ClientFactory) -> Pair:
 
 @dataclass
 class Node:
-    """A node's gRPC server: the standard health service only, on a bridge of its own."""
+    """A node's gRPC server: the standard health service only, on a bridge of its own: the
+    server's status (``""``, drain) and its liveness (``LIVENESS_SERVICE``, its event loop)."""
 
     bridge: GrpcBridge
     target: str
     scope: trio.CancelScope
 
     def serving(self, serving: bool) -> None:
-        self.bridge.set_serving("", serving)
+        """Its event loop turns, or it is wedged (for its peer's agent: alive or dead)."""
+        self.bridge.set_serving(LIVENESS_SERVICE, serving)
+
+    def draining(self, draining: bool) -> None:
+        """The NOC drained it (or undrained it): it takes no new calls, and is alive."""
+        self.bridge.set_serving("", not draining)
 
     def stop(self) -> None:
         """The node dies: its server stops and its port refuses connections."""
@@ -166,6 +173,7 @@ async def serve_node(
     with trio.CancelScope() as scope:
         async with open_grpc_bridge(tls=tls) as bridge:
             port = await bridge.start_server(host, 0, [])
+            bridge.set_serving(LIVENESS_SERVICE, True)
             task_status.started(Node(bridge, f"{host}:{port}", scope))
             await trio.sleep_forever()
 
@@ -244,6 +252,23 @@ async def test_standby_takes_over_when_the_active_dies(
     ]
     [dead] = [e for e in logs if e["event"] == "peer dead"]
     assert dead["misses"] == DEAD_AFTER
+
+
+async def test_a_drained_active_is_not_taken_over(
+    pair: Pair, aws: ClientFactory, loopback_host: Callable[[], str]
+):
+    before = pair.where()
+    async with trio.open_nursery() as nursery:
+        active: Node = await nursery.start(serve_node, loopback_host())
+        config = pair.agent_config(own=pair.standby_eni, peer_target=active.target)
+        standby: HaAgent = await nursery.start(run_agent, config, aws)
+        await settled(standby, Holder.PEER)
+        active.draining(True)  # its calls go on; new ones go elsewhere
+        ok = standby.statistics().heartbeats_ok
+        stats = await wait_stats(standby, lambda s: s.heartbeats_ok >= ok + 3 * DEAD_AFTER)
+        nursery.cancel_scope.cancel()
+    assert (stats.heartbeats_missed, stats.peer_deaths, stats.takeovers) == (0, 0, 0)
+    assert pair.where() == before
 
 
 async def test_flapping_heartbeat_causes_no_takeover(

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from overlay.grpc import GrpcBridge, Role, RpcError, StreamBroken, open_grpc_bridge
+from overlay.ha import LIVENESS_SERVICE
 from overlay.lab.node_process import NodeProcess, open_node
 from overlay.lab.pki import ClientFiles, LabPki, make_lab_pki
 from overlay.sip import Request, Response, parse_message_untrusted
@@ -398,6 +399,9 @@ async def test_every_rpc_through_grpc(pair: Pair):
                 assert not drained.already_draining
                 await event("DRAIN")
                 assert await health(bridge, usw2) == health_pb2.HealthCheckResponse.NOT_SERVING
+                # Drained is not dead: the pair's HA agent, which asks its liveness, keeps off.
+                alive = await health(bridge, usw2, LIVENESS_SERVICE)
+                assert alive == health_pb2.HealthCheckResponse.SERVING
                 other = RawCall(pair, sip.caller, sip.callee)
                 other.call_id = "ctl-call-2@test"  # a new call, while the first is up
                 await other.send(other.request("INVITE", 1))
@@ -493,11 +497,11 @@ async def test_every_rpc_through_grpc(pair: Pair):
     assert [e.seq for e in events] == sorted(e.seq for e in events)
 
 
-async def health(bridge: GrpcBridge, target: str) -> int:
+async def health(bridge: GrpcBridge, target: str, service: str = "") -> int:
     response = await bridge.unary(
         target,
         "/grpc.health.v1.Health/Check",
-        health_pb2.HealthCheckRequest(service=""),
+        health_pb2.HealthCheckRequest(service=service),
         health_pb2.HealthCheckRequest.SerializeToString,
         health_pb2.HealthCheckResponse.FromString,
         timeout=5,

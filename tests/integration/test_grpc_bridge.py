@@ -617,6 +617,21 @@ async def test_health_serving_then_not_serving(bridge: GrpcBridge, target: str):
         assert await health_status(bridge, target, "overlay.v1.Control") == serving
 
 
+async def test_a_beaten_status_lapses_when_the_beats_stop(bridge: GrpcBridge, target: str):
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    with trio.fail_after(TIMEOUT):
+        for _ in range(4):  # beats closer together than the ttl keep it up
+            bridge.beat("overlay.v1.Liveness", ttl=0.3)
+            assert await health_status(bridge, target, "overlay.v1.Liveness") == serving
+            await trio.sleep(0.1)
+        await trio.sleep(0.5)  # no beat for longer than the ttl: as if trio were wedged
+        assert await health_status(bridge, target, "overlay.v1.Liveness") == not_serving
+        assert await health_status(bridge, target, "") == serving  # the server is not
+        bridge.beat("overlay.v1.Liveness", ttl=0.3)
+        assert await health_status(bridge, target, "overlay.v1.Liveness") == serving
+
+
 async def test_reflection_lists_the_services(bridge: GrpcBridge, target: str):
     with trio.fail_after(TIMEOUT):
         async with bridge.open_stream(
