@@ -40,7 +40,13 @@ class Pair:
 
 
 def converge(
-    walk: Walk, region: RegionSpec, az: AzSpec, subnet: str, group: str, image: str
+    walk: Walk,
+    region: RegionSpec,
+    az: AzSpec,
+    subnet: str,
+    group: str,
+    image: str,
+    profile: str,
 ) -> Pair:
     ec2 = walk.ec2(region.name)
     floating = floating_ip(az)
@@ -83,7 +89,9 @@ def converge(
             region.name,
             name,
             functools.partial(_find_member, walk, region.name, name),
-            functools.partial(_launch, walk, member, name, image, interfaces[role], public_ip),
+            functools.partial(
+                _launch, walk, member, name, image, interfaces[role], public_ip, profile
+            ),
             f"{walk.fleet.instance_type} in {az.name}, placement group {walk.name(az.name)}",
         )
     return Pair(region.name, az.name, interfaces, floating, allocation, public_ip)
@@ -228,7 +236,13 @@ def _associate(ec2: Any, allocation: str, interface: str, floating: str) -> None
 
 
 def _launch(
-    walk: Walk, member: Member, name: str, image: str, interface: str, public_ip: str
+    walk: Walk,
+    member: Member,
+    name: str,
+    image: str,
+    interface: str,
+    public_ip: str,
+    profile: str,
 ) -> str:
     advertise = None if public_ip == PENDING else public_ip
     files = "".join(
@@ -242,6 +256,7 @@ def _launch(
         MaxCount=1,
         NetworkInterfaces=[{"DeviceIndex": 0, "NetworkInterfaceId": interface}],
         UserData=MEMBER_USER_DATA.format(files=files),
+        IamInstanceProfile={"Name": profile},
         Placement={"AvailabilityZone": member.az.name, "GroupName": walk.name(member.az.name)},
         MetadataOptions={"HttpTokens": "required"},
         TagSpecifications=walk.tags("instance", name, role=member.role),

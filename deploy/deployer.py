@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from deploy import _alarms, _dns, _image, _network, _pairs
+from deploy import _alarms, _dns, _iam, _image, _network, _pairs
 from deploy._alarms import ALARM_METRICS, ALARM_NAMESPACE
 from deploy._walk import Change, DeployError, Walk
 from deploy.fleet import Fleet
@@ -96,6 +96,7 @@ class Deployer:
             _network.destroy_placement_groups(walk, region.name)
             _image.destroy(walk, region.name)
             _network.destroy(walk, region.name)
+        _iam.destroy(walk)
         return walk.changes
 
     def status(self) -> list[dict[str, str]]:
@@ -105,6 +106,7 @@ class Deployer:
 
     def _converge(self, walk: Walk) -> list[Change]:
         regions = self.fleet.regions
+        profile = _iam.converge(walk)
         networks = {region.name: _network.converge(walk, region) for region in regions}
         images = _image.converge(
             walk, networks, version=self._version, wait_for_builder=self._wait_for_builder
@@ -120,6 +122,7 @@ class Deployer:
                     network.subnets[az.name],
                     network.security_group,
                     images[region.name],
+                    profile,
                 )
                 for az in region.azs
             ]

@@ -20,7 +20,7 @@ import pytest
 from botocore.stub import Stubber
 
 from deploy._pairs import public_ips
-from deploy.deployer import ALARM_METRICS, NODE_TLS_FILES, Deployer
+from deploy.deployer import ALARM_METRICS, ALARM_NAMESPACE, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
 from deploy.render import HA_TOML, NODE_TOML, member_files, members
@@ -141,6 +141,7 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         az = params["Placement"]["AvailabilityZone"]
         assert params["Placement"]["GroupName"] == f"{fleet.name}-{az}"
         assert params["InstanceType"] == fleet.instance_type
+        assert params["IamInstanceProfile"] == {"Name": f"{fleet.name}-router"}
         # It boots with the files `overlay deploy render` prints for it.
         files = {
             path: text.split("FILE\n", 1)[0]
@@ -252,6 +253,20 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert differs[("subnet", first.name)] == len(first.azs) - 1
     assert all("destroy and apply to replace" in c.detail for c in report)
 
+    # The routers' role: find and move their own pair's address, publish link metrics.
+    iam = aws.client("iam", "us-east-1")
+    role = f"{fleet.name}-router"
+    [profile_role] = iam.get_instance_profile(InstanceProfileName=role)["InstanceProfile"]["Roles"]
+    assert profile_role["RoleName"] == role
+    document = iam.get_role_policy(RoleName=role, PolicyName=role)["PolicyDocument"]
+    statements = {s["Sid"]: s for s in document["Statement"]}
+    assert statements["MoveTheFloatingAddress"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/overlay:fleet": fleet.name}
+    }
+    assert statements["PublishLinkMetrics"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": ALARM_NAMESPACE}
+    }
+
     # destroy: everything the fleet made, and only that.
     destroyed = deployer.destroy()
     assert destroyed
@@ -262,6 +277,12 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     zone_name = fleet.dns_zone.rstrip(".") + "."
     assert all(z["Name"] != zone_name for z in route53.list_hosted_zones()["HostedZones"])
     assert route53.list_health_checks()["HealthChecks"] == []
+    assert not [r for r in iam.list_roles()["Roles"] if r["RoleName"] == role]
+    assert not [
+        p
+        for p in iam.list_instance_profiles()["InstanceProfiles"]
+        if p["InstanceProfileName"] == role
+    ]
     east = aws.client("ec2", "us-east-1")
     assert [v["VpcId"] for v in east.describe_vpcs(VpcIds=[foreign])["Vpcs"]] == [foreign]
     assert deployer.destroy() == []
