@@ -5,13 +5,17 @@ and two instances pinned to the AZ and its placement group, each told its peer b
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import botocore.exceptions
 
 from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
 from deploy.fleet import AzSpec, Fleet, RegionSpec
 from deploy.render import Member, floating_ip, member_files
-from overlay.aws import ClientFactory
+from overlay.aws import ClientFactory, error_code
 from overlay.ha import ROLES
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -249,7 +253,8 @@ def _launch(
         f"cat >{path} <<'FILE'\n{content}FILE\n"
         for path, content in member_files(walk.fleet, member, advertise).items()
     )
-    instance: str = walk.ec2(member.region.name).run_instances(
+    launch = functools.partial(
+        walk.ec2(member.region.name).run_instances,
         ImageId=image,
         InstanceType=walk.fleet.instance_type,
         MinCount=1,
@@ -260,5 +265,30 @@ def _launch(
         Placement={"AvailabilityZone": member.az.name, "GroupName": walk.name(member.az.name)},
         MetadataOptions={"HttpTokens": "required"},
         TagSpecifications=walk.tags("instance", name, role=member.role),
-    )["Instances"][0]["InstanceId"]
+    )
+    instance: str = once_profile_propagated(launch)["Instances"][0]["InstanceId"]
     return instance
+
+
+#: How long a new instance profile may take to reach EC2 (IAM is eventually consistent).
+PROFILE_PROPAGATION_S = 60.0
+PROFILE_RETRY_S = 5.0
+
+
+def once_profile_propagated(
+    launch: Callable[[], dict[str, Any]], *, sleep: Callable[[float], None] = time.sleep
+) -> dict[str, Any]:
+    """``launch()``, tried again while EC2 does not know the instance profile IAM just made
+    (``InvalidParameterValue`` naming it), for up to PROFILE_PROPAGATION_S."""
+    waited = 0.0
+    while True:
+        try:
+            return launch()
+        except botocore.exceptions.ClientError as error:
+            unknown_profile = error_code(error) == "InvalidParameterValue" and (
+                "iamInstanceProfile" in str(error)
+            )
+            if not unknown_profile or waited >= PROFILE_PROPAGATION_S:
+                raise
+        sleep(PROFILE_RETRY_S)
+        waited += PROFILE_RETRY_S

@@ -17,9 +17,15 @@ from typing import Any
 
 import dns.asyncresolver
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from deploy._pairs import public_ips
+from deploy._pairs import (
+    PROFILE_PROPAGATION_S,
+    PROFILE_RETRY_S,
+    once_profile_propagated,
+    public_ips,
+)
 from deploy.deployer import ALARM_METRICS, ALARM_NAMESPACE, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
@@ -332,3 +338,43 @@ def test_placement_group_requests(aws: ClientFactory) -> None:
         assert groups.names("us-west-2", "voice") == ["voice-us-west-2a"]
         groups.delete("us-west-2", "voice-us-west-2a")
         stub.assert_no_pending_responses()
+
+
+def test_a_launch_waits_for_the_new_instance_profile_to_reach_ec2() -> None:
+    unknown = ClientError(
+        {
+            "Error": {
+                "Code": "InvalidParameterValue",
+                "Message": "Value (voice-router) for"
+                " parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile"
+                " name",
+            }
+        },
+        "RunInstances",
+    )
+    answers: list[Exception | dict[str, Any]] = [unknown, unknown, {"Instances": ["i-1"]}]
+    slept: list[float] = []
+
+    def launch() -> dict[str, Any]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert once_profile_propagated(launch, sleep=slept.append) == {"Instances": ["i-1"]}
+    assert slept == [PROFILE_RETRY_S, PROFILE_RETRY_S]
+    # Any other refusal, or one that lasts, is the operator's to see.
+    other = ClientError({"Error": {"Code": "InvalidParameterValue", "Message": "x"}}, "Run")
+
+    def refused() -> dict[str, Any]:
+        raise other
+
+    with pytest.raises(ClientError):
+        once_profile_propagated(refused, sleep=slept.append)
+
+    def never() -> dict[str, Any]:
+        raise unknown
+
+    with pytest.raises(ClientError):
+        once_profile_propagated(never, sleep=slept.append)
+    assert sum(slept) >= PROFILE_PROPAGATION_S
