@@ -16,6 +16,7 @@ from deploy.placement import STRATEGY
 class Network:
     """What a region's pairs are placed in."""
 
+    vpc: str
     subnets: dict[str, str]  # AZ -> subnet id
     security_group: str
 
@@ -70,7 +71,7 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
                 functools.partial(walk.placement.create, region.name, walk.fleet.name, group_name),
                 STRATEGY,
             )
-    return Network(subnets, group)
+    return Network(vpc, subnets, group)
 
 
 def differences(walk: Walk, region: RegionSpec) -> None:

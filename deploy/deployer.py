@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from deploy import _alarms, _dns, _iam, _image, _network, _pairs
+from deploy import _alarms, _dns, _iam, _image, _network, _pairs, _peering
 from deploy._alarms import ALARM_METRICS, ALARM_NAMESPACE
 from deploy._walk import Change, DeployError, Walk
 from deploy.fleet import Fleet
@@ -90,6 +90,7 @@ class Deployer:
         """Delete every resource tagged with the fleet, in reverse dependency order."""
         walk = self._walk(execute=True)
         _dns.destroy(walk)
+        _peering.destroy(walk)
         for region in self.fleet.regions:
             _alarms.destroy(walk, region.name)
             _pairs.destroy(walk, region.name)
@@ -108,6 +109,7 @@ class Deployer:
         regions = self.fleet.regions
         profile = _iam.converge(walk)
         networks = {region.name: _network.converge(walk, region) for region in regions}
+        _peering.converge(walk, networks)
         images = _image.converge(
             walk, networks, version=self._version, wait_for_builder=self._wait_for_builder
         )

@@ -121,9 +121,14 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
 
     # apply: what the plan said, then nothing on a second run.
     applied = deployer.apply()
-    assert Counter(c.kind for c in applied if c.kind != "record-sets") == Counter(
-        c.kind for c in planned if c.kind != "record-sets"
+    # The routes over each peering come with it: a plan shows the connection alone.
+    later = {"record-sets", "route"}
+    assert Counter(c.kind for c in applied if c.kind not in later) == Counter(
+        c.kind for c in planned if c.kind not in later
     )
+    links = len(fleet.regions) * (len(fleet.regions) - 1) // 2
+    assert kinds["vpc-peering"] == links
+    assert Counter(c.kind for c in applied)["route"] == 2 * links
     assert [c.kind for c in deployer.apply()] == ["prefix-list"]
     assert [c.kind for c in deployer.plan()] == ["prefix-list"]
     for region in fleet.regions:
@@ -259,6 +264,25 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert differs[("subnet", first.name)] == len(first.azs) - 1
     assert all("destroy and apply to replace" in c.detail for c in report)
 
+    # Every VPC routes to every other over its peering connection.
+    for region in fleet.regions:
+        ec2 = aws.client("ec2", region.name)
+        [vpc] = ec2.describe_vpcs(Filters=[{"Name": "tag:overlay:fleet", "Values": [fleet.name]}])[
+            "Vpcs"
+        ]
+        [table] = ec2.describe_route_tables(
+            Filters=[
+                {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+                {"Name": "association.main", "Values": ["true"]},
+            ]
+        )["RouteTables"]
+        peered = {
+            route["DestinationCidrBlock"]
+            for route in table["Routes"]
+            if route.get("VpcPeeringConnectionId")
+        }
+        assert peered == {other.vpc_cidr for other in fleet.regions if other != region}
+
     # The routers' role: find and move their own pair's address, publish link metrics.
     iam = aws.client("iam", "us-east-1")
     role = f"{fleet.name}-router"
@@ -280,6 +304,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         assert all(count == 0 for count in tagged(aws, fleet, region.name).values())
         assert placement.names(region.name, fleet.name) == []
         assert aws.client("cloudwatch", region.name).describe_alarms()["MetricAlarms"] == []
+        connections = aws.client("ec2", region.name).describe_vpc_peering_connections()
+        assert {c["Status"]["Code"] for c in connections["VpcPeeringConnections"]} <= {"deleted"}
     zone_name = fleet.dns_zone.rstrip(".") + "."
     assert all(z["Name"] != zone_name for z in route53.list_hosted_zones()["HostedZones"])
     assert route53.list_health_checks()["HealthChecks"] == []
