@@ -45,41 +45,40 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
     cloudwatch = walk.client("cloudwatch", region)
     prefix = walk.name(f"{region}-")
     existing = set(_alarms(cloudwatch, prefix))
+    fleet = [{"Name": "Fleet", "Value": walk.fleet.name}, {"Name": "Region", "Value": region}]
+    wanted = {}
     for metric, threshold_field in ALARM_METRICS.items():
-        alarm = f"{prefix}{metric}"
-        if alarm in existing:
-            continue
         threshold = float(getattr(walk.fleet.alarms, threshold_field))
-        walk.act(
-            "create",
-            "alarm",
-            region,
-            alarm,
-            functools.partial(
-                cloudwatch.put_metric_alarm,
-                AlarmName=alarm,
-                AlarmDescription=f"overlay {walk.fleet.name}: {metric} on a link from {region}",
-                Namespace=ALARM_NAMESPACE,
-                MetricName=metric,
-                Dimensions=[
-                    {"Name": "Fleet", "Value": walk.fleet.name},
-                    {"Name": "Region", "Value": region},
-                ],
-                Statistic="Maximum",
-                Period=60,
-                EvaluationPeriods=3,
-                DatapointsToAlarm=2,
-                Threshold=threshold,
-                ComparisonOperator="GreaterThanThreshold",
-                TreatMissingData="notBreaching",
-                AlarmActions=[topic],
-                OKActions=[topic],
-                Tags=[walk.fleet_tag()],
-            ),
+        wanted[f"{prefix}{metric}"] = (
             f"{metric} > {threshold:g}",
+            {
+                "AlarmDescription": f"overlay {walk.fleet.name}: {metric} on a link from {region}",
+                "MetricName": metric,
+                "Dimensions": fleet,
+                "Statistic": "Maximum",
+                "EvaluationPeriods": 3,
+                "DatapointsToAlarm": 2,
+                "Threshold": threshold,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+            },
         )
     for az in spec.azs:
-        alarm = f"{prefix}NodeDown-{az.name}"
+        wanted[f"{prefix}NodeDown-{az.name}"] = (
+            f"no heartbeat for {NODE_DOWN_PERIODS} minutes",
+            {
+                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name}'s node is down",
+                "MetricName": NODE_UP,
+                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
+                "Statistic": "SampleCount",
+                "EvaluationPeriods": NODE_DOWN_PERIODS,
+                "DatapointsToAlarm": NODE_DOWN_PERIODS,
+                "Threshold": 1.0,
+                "ComparisonOperator": "LessThanThreshold",
+                "TreatMissingData": "breaching",
+            },
+        )
+    for alarm, (detail, rule) in wanted.items():
         if alarm in existing:
             continue
         walk.act(
@@ -90,26 +89,14 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
             functools.partial(
                 cloudwatch.put_metric_alarm,
                 AlarmName=alarm,
-                AlarmDescription=f"overlay {walk.fleet.name}: the node of pair {az.name} is down",
                 Namespace=ALARM_NAMESPACE,
-                MetricName=NODE_UP,
-                Dimensions=[
-                    {"Name": "Fleet", "Value": walk.fleet.name},
-                    {"Name": "Region", "Value": region},
-                    {"Name": "Node", "Value": az.name},
-                ],
-                Statistic="SampleCount",
                 Period=60,
-                EvaluationPeriods=NODE_DOWN_PERIODS,
-                DatapointsToAlarm=NODE_DOWN_PERIODS,
-                Threshold=1.0,
-                ComparisonOperator="LessThanThreshold",
-                TreatMissingData="breaching",
                 AlarmActions=[topic],
                 OKActions=[topic],
                 Tags=[walk.fleet_tag()],
+                **rule,
             ),
-            f"no heartbeat for {NODE_DOWN_PERIODS} minutes",
+            detail,
         )
 
 

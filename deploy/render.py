@@ -198,24 +198,17 @@ def _rule(rule: Mapping[str, object], node_ids: Mapping[str, list[str]]) -> dict
     return node_rule
 
 
-NODE_SERVICE = f"""[Unit]
-Description=overlay SIP router node
+def _unit(description: str, command: str, service: str) -> str:
+    """A systemd unit of the appliance: its own user, always restarted, a read-only system."""
+    return f"""[Unit]
+Description={description}
 Wants=network-online.target
 After=network-online.target
 
 [Service]
-# Ready once every part serves; a node whose event loop stops feeding the watchdog for 10 s is
-# killed and restarted (overlay.shell.systemd).
-Type=notify
-NotifyAccess=main
-WatchdogSec=10
-TimeoutStartSec=60
-User=overlay
+{service}User=overlay
 Group=overlay
-ExecStart={OVERLAY_BIN} node --config {NODE_TOML}
-Restart=always
-RestartSec=1
-LimitNOFILE=65536
+ExecStart={OVERLAY_BIN} {command}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
@@ -226,27 +219,21 @@ ReadOnlyPaths={CONFIG_DIR}
 WantedBy=multi-user.target
 """
 
-HA_SERVICE = f"""[Unit]
-Description=overlay HA agent (the pair's floating address)
-Wants=network-online.target
-After=network-online.target
 
-[Service]
-Type=simple
-User=overlay
-Group=overlay
-ExecStart={OVERLAY_BIN} ha --config {HA_TOML} --log-json
-Restart=always
-RestartSec=5
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-ReadOnlyPaths={CONFIG_DIR}
-
-[Install]
-WantedBy=multi-user.target
-"""
+NODE_SERVICE = _unit(
+    "overlay SIP router node",
+    f"node --config {NODE_TOML}",
+    # Ready once every part serves; a node whose event loop stops feeding the watchdog for
+    # 10 s is killed and restarted (overlay.shell.systemd).
+    "Type=notify\nNotifyAccess=main\nWatchdogSec=10\nTimeoutStartSec=60\n"
+    "Restart=always\nRestartSec=1\nLimitNOFILE=65536\n",
+)
+HA_SERVICE = _unit(
+    "overlay HA agent (the pair's floating address)",
+    f"ha --config {HA_TOML} --log-json",
+    # It exits while its pair is not found yet: started again.
+    "Type=simple\nRestart=always\nRestartSec=5\n",
+)
 
 
 # --- TOML -------------------------------------------------------------------------------------
