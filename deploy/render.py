@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from deploy.fleet import AzSpec, Fleet, RegionSpec
 from overlay.config import parse_config
-from overlay.ha import ROLES, parse_ha_config
+from overlay.ha import ROLES, parse_ha_config, peer_role
 
 #: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
 #: active's and the standby's own addresses.
@@ -70,7 +70,7 @@ class Member:
 
     @property
     def peer_role(self) -> str:
-        return ROLES[1 - ROLES.index(self.role)]
+        return peer_role(self.role)
 
     def own_ip(self, role: str | None = None) -> str:
         """This member's own address, or its pair's ``role`` member's."""

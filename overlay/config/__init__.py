@@ -66,6 +66,7 @@ from ._schema import (
     dialplan_rule,
     files_checked,
     grpc_tls,
+    ip_address,
     linkstate_section,
     parse_config,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "files_checked",
     "grpc_tls",
     "integer",
+    "ip_address",
     "kind",
     "linkstate_section",
     "load_config",

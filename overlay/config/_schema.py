@@ -259,7 +259,7 @@ def _media(value: object, path: Path) -> MediaSection:
         ("address", "overlay", "port_first", "port_last", "inactivity_timeout", "advertise"),
     )
     d = MediaSection("", ("", 0))
-    address = table.require("address", _ip_address)
+    address = table.require("address", ip_address)
     port = integer(1024, 65534)
     section = MediaSection(
         address=address,
@@ -267,7 +267,7 @@ def _media(value: object, path: Path) -> MediaSection:
         port_first=table.get("port_first", port, d.port_first),
         port_last=table.get("port_last", port, d.port_last),
         inactivity_timeout=table.get("inactivity_timeout", seconds, d.inactivity_timeout),
-        advertise=table.get("advertise", _ip_address, None),
+        advertise=table.get("advertise", ip_address, None),
     )
     if section.port_first % 2:
         raise Invalid((*path, "port_first"), "must be even (RTP on even ports, RFC 3550)")
@@ -436,7 +436,7 @@ def _sip(value: object, path: Path) -> SipSection:
         user_agent=table.get("user_agent", _header_value, "overlay"),
         timers=table.get("timers", _timers, TimerConfig()),
         tls=table.get("tls", _sip_tls, None),
-        advertise=table.get("advertise", _ip_address, None),
+        advertise=table.get("advertise", ip_address, None),
     )
     if section.tls is None:
         for index, address in enumerate(section.listen):
@@ -554,7 +554,7 @@ def _header_value(value: object, path: Path) -> str:
     return text
 
 
-def _ip_address(value: object, path: Path) -> str:
+def ip_address(value: object, path: Path) -> str:
     text = string(value, path)
     try:
         return str(ipaddress.ip_address(text))

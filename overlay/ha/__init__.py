@@ -30,7 +30,15 @@ from ._core import (
     TakeoverSkipped,
     classify,
 )
-from ._ec2 import API_ERRORS, ROLES, FloatingAddress, MoveReport, PairResources, find_pair
+from ._ec2 import (
+    API_ERRORS,
+    ROLES,
+    FloatingAddress,
+    MoveReport,
+    PairResources,
+    find_pair,
+    peer_role,
+)
 
 __all__ = [
     "API_ERRORS",
@@ -61,5 +69,6 @@ __all__ = [
     "load_agent_tls",
     "load_ha_config",
     "parse_ha_config",
+    "peer_role",
     "run_agent",
 ]

@@ -24,7 +24,6 @@ A bad file is refused with ``overlay.config.ConfigError`` naming the line and th
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from overlay.config import (
     files_checked,
     grpc_tls,
     integer,
+    ip_address,
     matching,
     parse_toml,
     read_text,
@@ -123,7 +123,7 @@ def _build(root: dict[str, object]) -> HaMember:
         fleet=table.require("fleet", _fleet),
         pair=table.require("pair", _pair),
         role=table.require("role", _role),
-        floating_private_ip=table.require("floating_private_ip", _address),
+        floating_private_ip=table.require("floating_private_ip", ip_address),
         peer_grpc_target=table.require("peer_grpc", _host_port),
         tls_files=grpc_tls(table, ("ha",)),
         timings={key: table.require(key, read) for key, read in _TIMINGS.items() if table.has(key)},
@@ -134,15 +134,6 @@ def _role(value: object, path: KeyPath) -> str:
     text = string(value, path)
     if text not in ROLES:
         raise Invalid(path, f"must be one of {', '.join(ROLES)}, got {text!r}")
-    return text
-
-
-def _address(value: object, path: KeyPath) -> str:
-    text = string(value, path)
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise Invalid(path, f"must be an IP address, got {text!r}") from None
     return text
 
 

@@ -22,7 +22,15 @@ import botocore.parsers
 
 from ._core import AddressView, Holder, classify
 
-__all__ = ["API_ERRORS", "ROLES", "FloatingAddress", "MoveReport", "PairResources", "find_pair"]
+__all__ = [
+    "API_ERRORS",
+    "ROLES",
+    "FloatingAddress",
+    "MoveReport",
+    "PairResources",
+    "find_pair",
+    "peer_role",
+]
 
 #: What a failed EC2 call raises: an error answer, a transport or credentials problem, or an
 #: answer botocore cannot parse (an endpoint without the call). The agent survives all of them.
@@ -35,6 +43,11 @@ API_ERRORS: tuple[type[Exception], ...] = (
 
 #: The two members of a pair, as the deployer names and tags them.
 ROLES = ("active", "standby")
+
+
+def peer_role(role: str) -> str:
+    """The other member's role."""
+    return ROLES[1 - ROLES.index(role)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +67,7 @@ def find_pair(ec2: Any, *, fleet: str, pair: str, role: str) -> PairResources:  
         LookupError: one of them is not there (named in the message).
         One of :data:`API_ERRORS`.
     """
-    peer = ROLES[1 - ROLES.index(role)]
+    peer = peer_role(role)
     names = {which: f"{fleet}-{pair}-{which}" for which in (role, peer)}
     interfaces = ec2.describe_network_interfaces(Filters=_tagged(fleet, *names.values()))
     by_name = {
