@@ -113,6 +113,8 @@ def ha_toml(fleet: Fleet, member: Member) -> str:
         "heartbeat_interval": fleet.ha.heartbeat_interval,
         "dead_after": fleet.ha.dead_after,
         "hold_down": fleet.ha.hold_down,
+        # The standby's node joins the mesh once the address is on its interface.
+        "interface": "auto",
         **NODE_TLS_FILES,
     }
     text = _header(member) + _table("ha", values)
@@ -160,6 +162,8 @@ def node_toml(fleet: Fleet, member: Member, public_ip: str | None = None) -> str
         ("metrics", {"listen": f"0.0.0.0:{ports.metrics}"}),
         ("log", {"format": "json"}),
         ("cloudwatch", {"fleet": fleet.name}),
+        # In the mesh only while the HA agent has given this member the address.
+        ("pair", {"address": floating}),
     ]
     if overlay.linkstate:
         tables.append(("linkstate", overlay.linkstate))

@@ -219,6 +219,21 @@ class CloudwatchSection:
     endpoint_url: str | None = None
 
 
+@dataclass(frozen=True)
+class PairSection:
+    """``[pair]``: this node is one member of an active/standby pair reached at ``address``.
+
+    Both members run the node; it joins the mesh (probes, flooding, dialling its peers) only
+    while ``address`` is assigned to this machine, which the pair's HA agent does for the
+    active. The standby's node is otherwise serving: bound to the address (a non-local bind),
+    gRPC and liveness up, ready the moment the address arrives. ``check_interval`` is how
+    often the node looks.
+    """
+
+    address: str
+    check_interval: float = 0.1
+
+
 Network: TypeAlias = IPv4Network | IPv6Network
 DenyAction: TypeAlias = Literal["drop", "reject"]
 LimitAction: TypeAlias = Literal["reject", "drop"]
@@ -308,3 +323,4 @@ class NodeConfig:
     log: LogSection = field(default_factory=LogSection)
     cloudwatch: CloudwatchSection | None = None
     security: SecuritySection | None = None  # None: no edge security at all
+    pair: PairSection | None = None  # None: not one of a pair, always in the mesh

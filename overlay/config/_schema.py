@@ -32,6 +32,7 @@ from ._model import (
     MetricsSection,
     NodeConfig,
     NodeSection,
+    PairSection,
     PeerConfig,
     SipSection,
     SipTlsSection,
@@ -115,6 +116,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             "log",
             "cloudwatch",
             "security",
+            "pair",
         ),
     )
     node = root.require("node", _node)
@@ -185,7 +187,34 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         log=root.get("log", _log, LogSection()),
         cloudwatch=cloudwatch,
         security=root.get("security", security, None),
+        pair=_pair_of(root, sip, peers),
     )
+
+
+def _pair_of(root: Table, sip: SipSection, peers: tuple[PeerConfig, ...]) -> PairSection | None:
+    pair: PairSection | None = root.get("pair", _pair, None)
+    if pair is None:
+        return None
+    if not peers:
+        raise Invalid(("pair",), "needs [[peers]]: a pair member holds back only from the mesh")
+    if pair.address not in {listen.host for listen in sip.listen}:
+        raise Invalid(
+            ("pair", "address"),
+            f"{pair.address} must be a sip.listen address: the pair is reached there",
+        )
+    return pair
+
+
+def _pair(value: object, path: Path) -> PairSection:
+    table = Table(value, path, ("address", "check_interval"))
+    interval = table.get("check_interval", seconds, PairSection("").check_interval)
+    if not 0 < interval <= _MAX_PAIR_CHECK_INTERVAL:
+        raise Invalid(
+            (*path, "check_interval"),
+            f"must be > 0 and <= {_MAX_PAIR_CHECK_INTERVAL:g} s: the standby's node joins the "
+            f"mesh that much after it gets the address, got {interval:g}",
+        )
+    return PairSection(address=table.require("address", ip_address), check_interval=interval)
 
 
 def _check_tls_egress(rule: DialplanRule, index: int, node_id: str, sip: SipSection) -> None:
@@ -298,6 +327,9 @@ def _log_level(value: object, path: Path) -> str:
     if text.upper() not in LOG_LEVELS:
         raise Invalid(path, f'must be "debug", "info", "warning" or "error", got {text!r}')
     return text.upper()
+
+
+_MAX_PAIR_CHECK_INTERVAL = 1.0
 
 
 def _cloudwatch(value: object, path: Path) -> CloudwatchSection:

@@ -39,9 +39,11 @@ from ._ec2 import (
     find_pair,
     peer_role,
 )
+from ._os import AUTO_INTERFACE, OsAddress, OsAddressError
 
 __all__ = [
     "API_ERRORS",
+    "AUTO_INTERFACE",
     "HEALTH_CHECK_METHOD",
     "LIVENESS_SERVICE",
     "ROLES",
@@ -59,6 +61,8 @@ __all__ = [
     "HolderChanged",
     "HolderCheck",
     "MoveReport",
+    "OsAddress",
+    "OsAddressError",
     "PairResources",
     "PeerAlive",
     "PeerDead",

@@ -36,6 +36,7 @@ from ._core import (
     HaCore,
     HaEvent,
     HaStatistics,
+    Holder,
     HolderChanged,
     HolderCheck,
     PeerAlive,
@@ -44,6 +45,7 @@ from ._core import (
     TakeoverSkipped,
 )
 from ._ec2 import API_ERRORS, FloatingAddress
+from ._os import OsAddress, OsAddressError
 
 if TYPE_CHECKING:
     from ._config import HaMember
@@ -79,6 +81,9 @@ class HaAgentConfig:
             server's ``""``, which drain sets NOT_SERVING).
         tls_files: the ``(ca, cert, key)`` PEM files the agent dials its peer with (mutual TLS:
             the node's own certificate will do); ``None``: plaintext (``insecure = true``).
+        interface: where the agent adds the floating address to this machine while the EC2 API
+            says it holds it, and removes it otherwise (``"auto"``: the interface it is routed
+            through); ``None``: the agent leaves the OS alone (something else configures it).
 
     Raises:
         ValueError: a value out of range, an IP that does not parse, the same ENI twice, or a
@@ -97,6 +102,7 @@ class HaAgentConfig:
     api_check_interval: float = 5.0
     health_service: str = LIVENESS_SERVICE
     tls_files: tuple[str, str, str] | None = None
+    interface: str | None = None
 
     def __post_init__(self) -> None:
         if self.own_eni_id == self.peer_eni_id:
@@ -130,6 +136,13 @@ class HaAgent:
             hold_down=config.hold_down,
             api_check_interval=config.api_check_interval,
         )
+        self._os = (
+            None
+            if config.interface is None
+            else OsAddress(config.floating_private_ip, config.interface)
+        )
+        self._os_present: bool | None = None  # as last configured; None: not yet
+        self.os_address_failures = 0
         self._wake = trio.Event()  # set when the heartbeat task fed the core
         self._changed = trio.lowlevel.ParkingLot()  # wait_until() callers
         self._log = log.bind(own_eni=config.own_eni_id, peer=config.peer_grpc_target)
@@ -221,6 +234,7 @@ class HaAgent:
                     core.holder_check_failed(trio.current_time(), repr(exc))
                 else:
                     core.holder_observed(holder, trio.current_time())
+                    await self._configure_os(holder is Holder.OURS)
             case Takeover(reason=reason):
                 await self._take_over(reason)
             case PeerDead(misses=misses, reason=reason):
@@ -254,6 +268,7 @@ class HaAgent:
             core.takeover_declined(report.holder_before, now)
             return
         core.takeover_succeeded(now, now - start)
+        await self._configure_os(True)
         stats = core.statistics()
         logger.warning(
             "takeover",
@@ -264,6 +279,26 @@ class HaAgent:
             holder_before=report.holder_before.name,
             steps=list(report.steps),
             takeovers=stats.takeovers,
+        )
+
+    async def _configure_os(self, present: bool) -> None:
+        """Make this machine's interfaces agree with the EC2 API: the address on it exactly
+        while it holds it. A failure is retried at the next reading of the holder."""
+        if self._os is None or self._os_present is present:
+            return
+        try:
+            device = await self._os.set_present(present)
+        except OsAddressError as exc:
+            self.os_address_failures += 1
+            self._log.error(
+                "cannot configure the floating address", present=present, error=str(exc)
+            )
+            return
+        self._os_present = present
+        self._log.warning(
+            "floating address added" if present else "floating address removed",
+            address=self._os.ip,
+            interface=device,
         )
 
 

@@ -12,6 +12,8 @@ heartbeat_interval = 0.5   # optional, seconds
 dead_after = 3             # optional, missed heartbeats
 hold_down = 10.0           # optional, seconds
 api_check_interval = 5.0   # optional, seconds
+interface = "auto"         # optional: add the address to this machine's interface while it
+                           # holds it ("auto": the one it is routed through); absent: never
 ca = "/etc/overlay/tls/ca.pem"      # mutual TLS toward the peer's health service (this
 cert = "/etc/overlay/tls/node.pem"  # node's own certificate will do), or insecure = true
 key = "/etc/overlay/tls/node.key"
@@ -60,13 +62,15 @@ _KEYS = (
     "dead_after",
     "hold_down",
     "api_check_interval",
+    "interface",
     *TLS_KEYS,
 )
-_TIMINGS: dict[str, Reader[Any]] = {
+_OPTIONAL: dict[str, Reader[Any]] = {
     "heartbeat_interval": seconds,
     "dead_after": integer(1, 100),
     "hold_down": seconds,
     "api_check_interval": seconds,
+    "interface": matching(r"[A-Za-z0-9_.:-]{1,15}", 'be "auto" or an interface name'),
 }
 _fleet = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (the fleet's name in fleet.toml)")
 _pair = matching(r"[a-z0-9-]{1,63}", "be the pair's AZ, such as us-west-2a")
@@ -83,7 +87,7 @@ class HaMember:
     floating_private_ip: str
     peer_grpc_target: str
     tls_files: tuple[str, str, str] | None
-    timings: Mapping[str, Any]  # HaAgentConfig's optional timings the file gives
+    options: Mapping[str, Any]  # HaAgentConfig's optional settings the file gives
 
     def config(self, found: PairResources) -> HaAgentConfig:
         """The agent's configuration with the ids ``find_pair`` found."""
@@ -95,7 +99,7 @@ class HaMember:
             allocation_id=found.allocation_id,
             peer_grpc_target=self.peer_grpc_target,
             tls_files=self.tls_files,
-            **self.timings,
+            **self.options,
         )
 
 
@@ -126,7 +130,9 @@ def _build(root: dict[str, object]) -> HaMember:
         floating_private_ip=table.require("floating_private_ip", ip_address),
         peer_grpc_target=table.require("peer_grpc", _host_port),
         tls_files=grpc_tls(table, ("ha",)),
-        timings={key: table.require(key, read) for key, read in _TIMINGS.items() if table.has(key)},
+        options={
+            key: table.require(key, read) for key, read in _OPTIONAL.items() if table.has(key)
+        },
     )
 
 

@@ -180,6 +180,9 @@ class Mesh:
         self.stalls_excused = 0
         self.bad_messages = 0
         self.flood_send_drops = 0
+        #: Whether the node takes part in the mesh: ``False`` for a pair's standby, which
+        #: neither probes nor floods, so it has no links to report (``overlay.shell.pair``).
+        self.joined = False
 
     @property
     def routes(self) -> RouteTable:

@@ -43,6 +43,7 @@ from overlay.shell.control import ControlPlane, MediaPlaneView
 from overlay.shell.events import EventHub
 from overlay.shell.media import MediaPlane
 from overlay.shell.mesh import Mesh
+from overlay.shell.pair import run_mesh
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.signalling import SignallingPump
 from overlay.shell.stall import StallWatchdog
@@ -361,7 +362,7 @@ async def _serve_grpc(
         nursery.start_soon(_beat_liveness, bridge)
         log.info("grpc listening", host=grpc.host, port=port)
         task_status.started(control)
-        await mesh.run(bridge)
+        await run_mesh(config.pair, mesh, bridge)
 
 
 async def _beat_liveness(bridge: GrpcBridge) -> None:

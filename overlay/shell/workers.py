@@ -22,10 +22,14 @@ import trio
 
 from overlay.config import NodeConfig
 from overlay.shell.node import NodeTls, bind, open_node
+from overlay.shell.pair import PairAddressLost
 from overlay.shell.systemd import Notifier
 from overlay.shell.transport import BoundSocket, Steering
 
 log = structlog.get_logger("overlay")
+
+#: The exit code of a pair member's node taken over (``overlay.shell.pair``).
+EXIT_PAIR_ADDRESS_LOST = 3
 
 #: Seconds between two young collections (``collect_young``).
 YOUNG_COLLECTION_INTERVAL = 0.1
@@ -79,7 +83,8 @@ async def collect_young(interval: float) -> None:
 
 
 def run_node(config: NodeConfig) -> int:
-    """Serve ``config`` until SIGINT/SIGTERM; returns the process exit code.
+    """Serve ``config`` until SIGINT/SIGTERM, or, for a pair member in the mesh, until its
+    pair's address leaves (``EXIT_PAIR_ADDRESS_LOST``); returns the process exit code.
 
     Raises:
         TlsError: a TLS file cannot work (checked before any socket is bound).
@@ -90,8 +95,12 @@ def run_node(config: NodeConfig) -> int:
     tls = NodeTls.load(config)
     bound = bind(config)
     if workers == 1:
-        trio.run(_serve_until_signal, config, tls, bound)
-        return 0
+        taken_over = False
+        try:
+            trio.run(_serve_until_signal, config, tls, bound)
+        except* PairAddressLost:  # logged where seen; the service manager restarts a standby
+            taken_over = True
+        return EXIT_PAIR_ADDRESS_LOST if taken_over else 0
     pipes = Steering.open_pipes(workers)
     outbound = tuple(write for _, write in pipes)
     # Signals that arrive between the forks and the children's own handlers must not kill the

@@ -66,7 +66,7 @@ def test_render_reads_the_addresses_only_when_asked(moto_endpoint: str) -> None:
 
 def test_ha_config_defaults_and_errors(tmp_path: Path) -> None:
     config = parse_ha_config(HA_TOML)
-    assert (config.fleet, config.pair, config.role, config.timings) == (
+    assert (config.fleet, config.pair, config.role, config.options) == (
         "voice",
         "us-west-2a",
         "active",

@@ -33,6 +33,7 @@ from overlay.ha import (
     HaAgentConfig,
     HaStatistics,
     Holder,
+    OsAddress,
     load_agent_tls,
     run_agent,
 )
@@ -90,7 +91,7 @@ class Pair:
                 return where
             await trio.sleep(0.02)
 
-    def agent_config(self, *, own: str, peer_target: str, **timing: float) -> HaAgentConfig:
+    def agent_config(self, *, own: str, peer_target: str, **timing: float | str) -> HaAgentConfig:
         return HaAgentConfig(
             region=REGION,
             own_eni_id=own,
@@ -210,11 +211,23 @@ async def test_standby_takes_over_when_the_active_dies(
     pair: Pair,
     aws: ClientFactory,
     loopback_host: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
 ):
+    # This machine's interfaces are not the test's: the OS side is recorded, not applied
+    # (tests/unit/test_ha_os.py applies it in a namespace of its own).
+    configured: list[bool] = []
+
+    async def set_present(self: OsAddress, present: bool) -> str:
+        configured.append(present)
+        return "ens5"
+
+    monkeypatch.setattr(OsAddress, "set_present", set_present)
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             active: Node = await nursery.start(serve_node, loopback_host())
-            config = pair.agent_config(own=pair.standby_eni, peer_target=active.target)
+            config = pair.agent_config(
+                own=pair.standby_eni, peer_target=active.target, interface="auto"
+            )
             standby: HaAgent = await nursery.start(run_agent, config, aws)
             await settled(standby, Holder.PEER)
 
@@ -252,6 +265,10 @@ async def test_standby_takes_over_when_the_active_dies(
     ]
     [dead] = [e for e in logs if e["event"] == "peer dead"]
     assert dead["misses"] == DEAD_AFTER
+    # Off this machine while the peer held the address, on it once taken over.
+    assert configured == [False, True]
+    [added] = [e for e in logs if e["event"] == "floating address added"]
+    assert (added["address"], added["interface"]) == (FLOATING_IP, "ens5")
 
 
 async def test_a_drained_active_is_not_taken_over(

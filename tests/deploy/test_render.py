@@ -65,6 +65,9 @@ def test_every_member_of_the_example_boots_with_a_node_toml_the_node_loads() -> 
         assert config.cloudwatch.fleet == "voice"
         assert config.grpc is not None
         assert not config.grpc.insecure
+        # Both members run the node; only the one holding the address is in the mesh.
+        assert config.pair is not None
+        assert config.pair.address == member.floating_ip
 
 
 def test_the_dialplan_egress_regions_become_their_pairs() -> None:
@@ -100,7 +103,12 @@ def test_each_members_ha_agent_watches_the_other_member() -> None:
         assert ha.floating_private_ip == member.floating_ip
         assert ha.peer_grpc_target == f"{member.own_ip(member.peer_role)}:7000"
         assert member.own_ip(member.peer_role) != member.own_ip()
-        assert ha.timings == {"heartbeat_interval": 0.5, "dead_after": 3, "hold_down": 10.0}
+        assert ha.options == {
+            "heartbeat_interval": 0.5,
+            "dead_after": 3,
+            "hold_down": 10.0,
+            "interface": "auto",
+        }
 
 
 def test_linkstate_security_and_media_reach_every_node() -> None:

@@ -83,7 +83,12 @@ class Telemetry:
                 self.exporter = CloudWatchExporter(
                     config.cloudwatch,
                     config.node.node_id,
-                    lambda: [monitor.statistics(trio.current_time()) for monitor in monitors],
+                    # A pair's standby has no links: its node is outside the mesh.
+                    lambda: (
+                        [monitor.statistics(trio.current_time()) for monitor in monitors]
+                        if mesh.joined
+                        else []
+                    ),
                 )
                 await nursery.start(self.exporter.run)
                 section = config.cloudwatch
