@@ -235,8 +235,10 @@ NODE_SERVICE = _unit(
 HA_SERVICE = _unit(
     "overlay HA agent (the pair's floating address)",
     f"ha --config {HA_TOML} --log-json",
-    # It exits while its pair is not found yet: started again.
-    "Type=simple\nRestart=always\nRestartSec=5\n",
+    # It exits while its pair is not found yet: started again. It adds and removes the
+    # floating address on the interface (iproute2): that capability, and no other.
+    "Type=simple\nRestart=always\nRestartSec=5\n"
+    "AmbientCapabilities=CAP_NET_ADMIN\nCapabilityBoundingSet=CAP_NET_ADMIN\n",
 )
 
 
