@@ -67,7 +67,7 @@ def converge(
         "elastic-ip",
         region.name,
         name,
-        lambda: _allocate_address(walk, ec2, name, interfaces["active"], floating),
+        lambda: _allocate_address(walk, ec2, name, region, az, interfaces["active"]),
         f"on {floating} of {walk.name(az.name + '-active')}",
     )
     public_ip = PENDING
@@ -220,13 +220,19 @@ def _allocate_address(
     walk: Walk,
     ec2: Any,  # noqa: ANN401
     name: str,
+    region: RegionSpec,
+    az: AzSpec,
     interface: str,
-    floating: str,
 ) -> str:
+    """The pair's Elastic IP: fleet.toml's ``public_ip`` (from the region's BYOIP pool, or
+    recovered), else one of Amazon's."""
+    chosen = {} if az.public_ip is None else {"Address": az.public_ip}
+    if region.public_ipv4_pool is not None:
+        chosen["PublicIpv4Pool"] = region.public_ipv4_pool
     allocation: str = ec2.allocate_address(
-        Domain="vpc", TagSpecifications=walk.tags("elastic-ip", name)
+        Domain="vpc", TagSpecifications=walk.tags("elastic-ip", name), **chosen
     )["AllocationId"]
-    _associate(ec2, allocation, interface, floating)
+    _associate(ec2, allocation, interface, floating_ip(az))
     return allocation
 
 

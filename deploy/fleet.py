@@ -39,6 +39,7 @@ from overlay.config import (
     Table,
     dialplan_rule,
     integer,
+    ip_address,
     kind,
     linkstate_section,
     matching,
@@ -67,10 +68,13 @@ class Ports:
 
 @dataclass(frozen=True)
 class AzSpec:
-    """An availability zone (``"us-west-2a"``) and the subnet of its active/standby pair."""
+    """An availability zone (``"us-west-2a"``) and the subnet of its active/standby pair;
+    ``public_ip``: the pair's Elastic IP when the carrier brings its own (an address of the
+    region's ``public_ipv4_pool``, or one the account held before), else Amazon's choice."""
 
     name: str
     subnet_cidr: str
+    public_ip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class RegionSpec:
     azs: tuple[AzSpec, ...]
     srv_priority: int
     srv_weight: int
+    public_ipv4_pool: str | None = None  # BYOIP: the pool the AZs' public_ip come from
 
 
 @dataclass(frozen=True)
@@ -405,7 +410,11 @@ def _regions(value: object, path: KeyPath) -> tuple[RegionSpec, ...]:
 
 
 def _region(value: object, path: KeyPath, previous: list[RegionSpec]) -> RegionSpec:
-    table = Table(value, path, ("name", "vpc_cidr", "srv_priority", "srv_weight", "azs"))
+    table = Table(
+        value,
+        path,
+        ("name", "vpc_cidr", "srv_priority", "srv_weight", "azs", "public_ipv4_pool"),
+    )
     name = table.require("name", _region_name)
     if name in {other.name for other in previous}:
         raise Invalid((*path, "name"), f"duplicate region {name!r}")
@@ -426,7 +435,11 @@ def _region(value: object, path: KeyPath, previous: list[RegionSpec]) -> RegionS
         azs=table.require("azs", azs),
         srv_priority=table.require("srv_priority", _srv_field),
         srv_weight=table.require("srv_weight", _srv_field),
+        public_ipv4_pool=table.get("public_ipv4_pool", _ipv4_pool, None),
     )
+
+
+_ipv4_pool = matching(r"ipv4pool-ec2-[0-9a-f]{8,17}", "be a public IPv4 pool id (ipv4pool-ec2-...)")
 
 
 def _azs(
@@ -434,6 +447,7 @@ def _azs(
 ) -> tuple[AzSpec, ...]:
     if not isinstance(value, dict):
         raise Invalid(path, f"must be a table of AZ name = subnet CIDR, not {kind(value)}")
+    public_ips: set[str] = set()
     if not value:
         raise Invalid(path, "needs at least one availability zone")
     azs: list[AzSpec] = []
@@ -445,6 +459,15 @@ def _azs(
                 az_path,
                 f"must be the region's name and one letter (e.g. {region}a), got {name!r}",
             )
+        public_ip = None
+        if isinstance(cidr, dict):  # { subnet = "...", public_ip = "..." }
+            table = Table(cidr, az_path, ("subnet", "public_ip"))
+            cidr = table.require("subnet", lambda value, _: value)
+            public_ip = table.get("public_ip", _public_ip, None)
+            if public_ip in public_ips:
+                raise Invalid((*az_path, "public_ip"), f"{public_ip} is another AZ's")
+            if public_ip is not None:
+                public_ips.add(public_ip)
         subnet = _aws_network(cidr, az_path)
         if not subnet.subnet_of(vpc):
             raise Invalid(az_path, f"subnet {subnet} is not inside the region's vpc_cidr {vpc}")
@@ -454,8 +477,19 @@ def _azs(
                     az_path,
                     f"subnet {subnet} overlaps the subnet of {other.name} ({other.subnet_cidr})",
                 )
-        azs.append(AzSpec(name, str(subnet)))
+        azs.append(AzSpec(name, str(subnet), public_ip))
     return tuple(azs)
+
+
+def _public_ip(value: object, path: KeyPath) -> str:
+    """An address trunks can reach: not private, loopback, link-local, multicast or reserved
+    (RFC 6598's shared space passes: the fleet-in-a-box test's "internet" uses it)."""
+    text = ip_address(value, path)
+    address = ipaddress.ip_address(text)
+    special = (address.is_private, address.is_loopback, address.is_link_local)
+    if address.version != 4 or any(special) or address.is_multicast or address.is_reserved:
+        raise Invalid(path, f"must be a public IPv4 address (an Elastic IP), got {text}")
+    return text
 
 
 # Leaf readers: (value, path) -> typed value, or Invalid naming the path.

@@ -58,7 +58,15 @@ def fleet(aws: ClientFactory) -> Fleet:
         VirtualizationType="hvm",
         BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
     )["ImageId"]
-    return dataclasses.replace(example, base_image_id=base)
+    # The first AZ brings its own public address (BYOIP), the others get Amazon's.
+    first, *others = example.regions
+    byoip = dataclasses.replace(first.azs[0], public_ip=BYOIP_ADDRESS)
+    first = dataclasses.replace(first, azs=(byoip, *first.azs[1:]))
+    return dataclasses.replace(example, base_image_id=base, regions=(first, *others))
+
+
+#: RFC 6598 shared space: public to the fleet's checks, routed nowhere.
+BYOIP_ADDRESS = "100.64.7.10"
 
 
 def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
@@ -164,6 +172,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         [member] = [m for m in members(fleet) if tags["overlay:name"] == f"{fleet.name}-{m.id}"]
         # The node shows the trunks its pair's Elastic IP, in SIP and in SDP.
         public_ip = public_ips(aws, fleet)[member.az.name]
+        if member.az.public_ip is not None:
+            assert public_ip == member.az.public_ip
         assert files == member_files(fleet, member, public_ip)
         node = parse_config(files[NODE_TOML], source=member.id, check_files=False)
         assert node.media is not None

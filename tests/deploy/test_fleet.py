@@ -326,6 +326,45 @@ def test_azs_inline_table_errors_point_at_its_line() -> None:
     assert (error.key, error.line) == ("regions[0].azs.us-east-2c", 14)
 
 
+BYOIP = GOOD.replace(
+    'us-east-1a = "10.30.1.0/24"',
+    'us-east-1a = { subnet = "10.30.1.0/24", public_ip = "100.64.7.10" }',
+).replace(
+    "srv_weight = 0\n", 'srv_weight = 0\npublic_ipv4_pool = "ipv4pool-ec2-0123456789abcdef0"\n'
+)
+
+
+def test_an_az_may_bring_its_own_public_address() -> None:
+    fleet = parse_fleet(BYOIP)
+    east = fleet.regions[1]
+    assert east.public_ipv4_pool == "ipv4pool-ec2-0123456789abcdef0"
+    assert east.azs == (AzSpec("us-east-1a", "10.30.1.0/24", "100.64.7.10"),)
+    assert fleet.regions[0].azs[0].public_ip is None
+    assert fleet.regions[0].public_ipv4_pool is None
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        ('"10.1.2.3"', "public_ip", "must be a public IPv4 address (an Elastic IP), got 10.1.2.3"),
+        ('"127.0.0.9"', "public_ip", "must be a public IPv4 address"),
+        ('"224.0.0.1"', "public_ip", "must be a public IPv4 address"),
+        ('"2001:db8::1"', "public_ip", "must be a public IPv4 address"),
+        ('"100.64.7"', "public_ip", "must be an IPv4 or IPv6 address"),
+    ],
+)
+def test_a_bad_public_address_is_refused_on_its_line(value: str, key: str, reason: str) -> None:
+    error = _error(BYOIP.replace('"100.64.7.10"', value))
+    assert (error.key, error.line) == (f"regions[1].azs.us-east-1a.{key}", 45)
+    assert error.reason.startswith(reason)
+
+
+def test_a_bad_pool_is_refused() -> None:
+    error = _error(BYOIP.replace("ipv4pool-ec2-0123456789abcdef0", "pool-1"))
+    assert error.key == "regions[1].public_ipv4_pool"
+    assert "ipv4pool-ec2-" in error.reason
+
+
 def test_an_overlay_needs_two_pairs() -> None:
     error = _error(MINIMAL.replace(', us-east-2a = "10.22.1.0/24"', ""))
     assert (error.key, error.line) == ("regions[0].azs", 14)
