@@ -1,10 +1,13 @@
 """Per region, an SNS topic, a CloudWatch alarm on each link metric the nodes publish, and a
-node-down alarm per pair.
+node-down and a takeover alarm per pair.
 
 A link alarm treats missing data as not breaching: before the nodes run, or while a region has
 no link, there is nothing wrong with the links. A node-down alarm watches the heartbeat each
 node sends every exporter round (``NodeUp``) and treats missing data as breaching: a node that
 stopped sending is down, or cannot reach CloudWatch, which the NOC wants to know either way.
+A takeover alarm fires for the minute in which a pair's HA agent reported a takeover
+(``overlay.ha.TAKEOVERS_METRIC``): the calls anchored on the old active ended, and its machine
+wants a look.
 
 Topics and alarms are found by their names (``<fleet>-<region>-alarms``, ``<fleet>-<region>-``
 and the metric, ``<fleet>-<region>-NodeDown-<AZ>``), not by tags: CloudWatch and SNS have no
@@ -18,8 +21,9 @@ from typing import Any
 
 from deploy._walk import Walk
 from deploy.fleet import RegionSpec
+from overlay.ha import TAKEOVERS_METRIC, TAKEOVERS_NAMESPACE
 
-ALARM_NAMESPACE = "Overlay/Links"
+ALARM_NAMESPACE = TAKEOVERS_NAMESPACE  # the nodes' metrics and the agents' takeovers
 #: Link metrics the nodes publish (per Fleet and Region), and the fleet's threshold for each.
 ALARM_METRICS = {"LinkLossPct": "loss_pct", "LinkRttMs": "rtt_ms", "LinkRetransPct": "retrans_pct"}
 
@@ -76,6 +80,19 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
                 "Threshold": 1.0,
                 "ComparisonOperator": "LessThanThreshold",
                 "TreatMissingData": "breaching",
+            },
+        )
+        wanted[f"{prefix}Takeover-{az.name}"] = (
+            "a takeover in the last minute",
+            {
+                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name} was taken over",
+                "MetricName": TAKEOVERS_METRIC,
+                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
+                "Statistic": "Sum",
+                "EvaluationPeriods": 1,
+                "Threshold": 1.0,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "TreatMissingData": "notBreaching",
             },
         )
     for alarm, (detail, rule) in wanted.items():

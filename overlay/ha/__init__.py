@@ -8,6 +8,8 @@ address and when to move it.
 from ._agent import (
     HEALTH_CHECK_METHOD,
     LIVENESS_SERVICE,
+    TAKEOVERS_METRIC,
+    TAKEOVERS_NAMESPACE,
     HaAgent,
     HaAgentConfig,
     load_agent_tls,
@@ -47,6 +49,8 @@ __all__ = [
     "HEALTH_CHECK_METHOD",
     "LIVENESS_SERVICE",
     "ROLES",
+    "TAKEOVERS_METRIC",
+    "TAKEOVERS_NAMESPACE",
     "AddressView",
     "FloatingAddress",
     "HaAgent",

@@ -17,12 +17,13 @@ on the trio thread.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -50,12 +51,24 @@ from ._os import OsAddress, OsAddressError
 if TYPE_CHECKING:
     from ._config import HaMember
 
-__all__ = ["HEALTH_CHECK_METHOD", "LIVENESS_SERVICE", "HaAgent", "HaAgentConfig", "run_agent"]
+__all__ = [
+    "HEALTH_CHECK_METHOD",
+    "LIVENESS_SERVICE",
+    "TAKEOVERS_METRIC",
+    "TAKEOVERS_NAMESPACE",
+    "HaAgent",
+    "HaAgentConfig",
+    "run_agent",
+]
 
 log = structlog.get_logger("overlay.ha")
 
 #: The standard gRPC health check (grpc/grpc doc/health-checking.md), served by every node.
 HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+#: A takeover, as the HA agent reports it to CloudWatch (the namespace of the nodes' own
+#: metrics, ``overlay.shell.telemetry``); the deployer's takeover alarm watches it.
+TAKEOVERS_METRIC = "Takeovers"
+TAKEOVERS_NAMESPACE = "Overlay/Links"
 #: The health status a node keeps SERVING while its event loop turns (``GrpcBridge.beat``),
 #: whether or not it is draining: the server's own status (``""``) says whether it takes new
 #: calls, which a drained but live active does not, and must not lose its address for.
@@ -81,6 +94,10 @@ class HaAgentConfig:
             server's ``""``, which drain sets NOT_SERVING).
         tls_files: the ``(ca, cert, key)`` PEM files the agent dials its peer with (mutual TLS:
             the node's own certificate will do); ``None``: plaintext (``insecure = true``).
+        fleet: the fleet's name (fleet.toml); with it, each takeover is reported to CloudWatch
+            (``TAKEOVERS_METRIC`` under Fleet, Region and Node = ``pair``) for the pair's
+            takeover alarm; ``None``: not reported (a pair outside a deployed fleet).
+        pair: the pair's name (its AZ), the metric's ``Node``.
         interface: where the agent adds the floating address to this machine while the EC2 API
             says it holds it, and removes it otherwise (``"auto"``: the interface it is routed
             through); ``None``: the agent leaves the OS alone (something else configures it).
@@ -103,6 +120,8 @@ class HaAgentConfig:
     health_service: str = LIVENESS_SERVICE
     tls_files: tuple[str, str, str] | None = None
     interface: str | None = None
+    fleet: str | None = None
+    pair: str = ""
 
     def __post_init__(self) -> None:
         if self.own_eni_id == self.peer_eni_id:
@@ -126,8 +145,16 @@ class HaAgent:
     Read it only through :meth:`statistics` and :meth:`wait_until`, on the trio thread.
     """
 
-    def __init__(self, config: HaAgentConfig, address: FloatingAddress, bridge: GrpcBridge) -> None:
+    def __init__(
+        self,
+        config: HaAgentConfig,
+        address: FloatingAddress,
+        bridge: GrpcBridge,
+        cloudwatch: Any = None,  # noqa: ANN401 (a boto3 client, with config.fleet)
+    ) -> None:
         self.config = config
+        self._cloudwatch = cloudwatch
+        self.report_failures = 0
         self._address = address
         self._bridge = bridge
         self._core = HaCore(
@@ -269,6 +296,7 @@ class HaAgent:
             return
         core.takeover_succeeded(now, now - start)
         await self._configure_os(True)
+        await self._report_takeover()
         stats = core.statistics()
         logger.warning(
             "takeover",
@@ -280,6 +308,41 @@ class HaAgent:
             steps=list(report.steps),
             takeovers=stats.takeovers,
         )
+
+    async def _report_takeover(self) -> None:
+        """One ``Takeovers`` datum for the pair's alarm; a failure is logged, never retried
+        (the takeover itself is done, and logged)."""
+        dimensions = self._takeover_dimensions()
+        if dimensions is None:
+            return
+        try:
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    self._cloudwatch.put_metric_data,
+                    Namespace=TAKEOVERS_NAMESPACE,
+                    MetricData=[
+                        {
+                            "MetricName": TAKEOVERS_METRIC,
+                            "Dimensions": dimensions,
+                            "Value": 1.0,
+                            "Unit": "Count",
+                        }
+                    ],
+                )
+            )
+        except API_ERRORS as exc:
+            self.report_failures += 1
+            self._log.error("cannot report the takeover to CloudWatch", error=repr(exc))
+
+    def _takeover_dimensions(self) -> list[dict[str, str]] | None:
+        config = self.config
+        if self._cloudwatch is None or config.fleet is None:
+            return None
+        return [
+            {"Name": "Fleet", "Value": config.fleet},
+            {"Name": "Region", "Value": config.region},
+            {"Name": "Node", "Value": config.pair},
+        ]
 
     async def _configure_os(self, present: bool) -> None:
         """Make this machine's interfaces agree with the EC2 API: the address on it exactly
@@ -347,7 +410,8 @@ async def run_agent(
         allocation_id=config.allocation_id,
     )
     async with open_grpc_bridge(tls=tls) as bridge, trio.open_nursery() as nursery:
-        agent = HaAgent(config, address, bridge)
+        cloudwatch = None if config.fleet is None else aws.client("cloudwatch", config.region)
+        agent = HaAgent(config, address, bridge, cloudwatch)
         nursery.start_soon(agent._decisions)
         nursery.start_soon(agent._heartbeats)
         agent._log.info(

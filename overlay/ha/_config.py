@@ -99,6 +99,8 @@ class HaMember:
             allocation_id=found.allocation_id,
             peer_grpc_target=self.peer_grpc_target,
             tls_files=self.tls_files,
+            fleet=self.fleet,
+            pair=self.pair,
             **self.options,
         )
 

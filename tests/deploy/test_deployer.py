@@ -117,7 +117,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert kinds["instance"] == 2 * pairs
     assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
     assert kinds["placement-group"] == pairs
-    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + pairs  # node down
+    # Per pair: node down and takeover.
+    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 2 * pairs
     assert {change.action for change in planned if change.kind != "prefix-list"} <= {
         "create",
         "update",
@@ -245,16 +246,22 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     east2 = next(region for region in fleet.regions if region.name == "us-east-2")
     alarms = aws.client("cloudwatch", "us-east-2").describe_alarms()["MetricAlarms"]
     assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(
-        [*ALARM_METRICS, *["NodeUp"] * len(east2.azs)]
+        [*ALARM_METRICS, *["NodeUp", "Takeovers"] * len(east2.azs)]
     )
     assert all(alarm["AlarmActions"] for alarm in alarms)
-    # Links: no data is no fault. A node: no heartbeat is a node down.
+    # Links: no data is no fault. A node: no heartbeat is a node down. A pair: no takeover
+    # reported is none made.
     missing = {alarm["MetricName"]: alarm["TreatMissingData"] for alarm in alarms}
-    assert missing == {**dict.fromkeys(ALARM_METRICS, "notBreaching"), "NodeUp": "breaching"}
-    node_alarms = [alarm for alarm in alarms if alarm["MetricName"] == "NodeUp"]
-    assert sorted(
-        d["Value"] for a in node_alarms for d in a["Dimensions"] if d["Name"] == "Node"
-    ) == [az.name for az in east2.azs]
+    assert missing == {
+        **dict.fromkeys(ALARM_METRICS, "notBreaching"),
+        "NodeUp": "breaching",
+        "Takeovers": "notBreaching",
+    }
+    for metric in ("NodeUp", "Takeovers"):
+        pair_alarms = [alarm for alarm in alarms if alarm["MetricName"] == metric]
+        assert sorted(
+            d["Value"] for a in pair_alarms for d in a["Dimensions"] if d["Name"] == "Node"
+        ) == [az.name for az in east2.azs]
 
     # plan against a changed description: what exists unlike it is shown, never touched.
     first, *others = fleet.regions

@@ -28,6 +28,8 @@ from overlay.aws import ClientFactory
 from overlay.grpc import GrpcBridge, TlsCredentials, open_grpc_bridge
 from overlay.ha import (
     LIVENESS_SERVICE,
+    TAKEOVERS_METRIC,
+    TAKEOVERS_NAMESPACE,
     FloatingAddress,
     HaAgent,
     HaAgentConfig,
@@ -226,7 +228,11 @@ async def test_standby_takes_over_when_the_active_dies(
         async with trio.open_nursery() as nursery:
             active: Node = await nursery.start(serve_node, loopback_host())
             config = pair.agent_config(
-                own=pair.standby_eni, peer_target=active.target, interface="auto"
+                own=pair.standby_eni,
+                peer_target=active.target,
+                interface="auto",
+                fleet="voice",
+                pair="us-west-2a",
             )
             standby: HaAgent = await nursery.start(run_agent, config, aws)
             await settled(standby, Holder.PEER)
@@ -267,6 +273,15 @@ async def test_standby_takes_over_when_the_active_dies(
     assert dead["misses"] == DEAD_AFTER
     # Off this machine while the peer held the address, on it once taken over.
     assert configured == [False, True]
+    # Reported for the pair's takeover alarm.
+    [metric] = aws.client("cloudwatch", REGION).list_metrics(
+        Namespace=TAKEOVERS_NAMESPACE, MetricName=TAKEOVERS_METRIC
+    )["Metrics"]
+    assert {d["Name"]: d["Value"] for d in metric["Dimensions"]} == {
+        "Fleet": "voice",
+        "Region": REGION,
+        "Node": "us-west-2a",
+    }
     [added] = [e for e in logs if e["event"] == "floating address added"]
     assert (added["address"], added["interface"]) == (FLOATING_IP, "ens5")
 
