@@ -20,14 +20,14 @@ from overlay.ha import ROLES
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
-#: A pair member's first boot: its files (``deploy.render``; the mutual-TLS files named there
-#: are the operator's to install: user data is readable by anyone allowed
-#: DescribeInstanceAttribute, so it carries no keys), then its services.
+#: A pair member's first boot: its files (``deploy.render``), then its services. User data is
+#: readable by anyone allowed DescribeInstanceAttribute, so it carries no keys: the mutual-TLS
+#: files come from SSM Parameter Store, fetched by overlay-secrets.service (``deploy._secrets``).
 MEMBER_USER_DATA = """#!/bin/bash
 set -euo pipefail
 install -d /etc/overlay
 {files}systemctl daemon-reload
-systemctl enable --now overlay.service overlay-ha.service
+systemctl enable --now overlay-secrets.service overlay.service overlay-ha.service
 """
 
 

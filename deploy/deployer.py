@@ -20,7 +20,9 @@ addresses (the active's carries the pair's floating secondary address), two inst
 to the AZ and its placement group, and an Elastic IP on the floating address
 (``deploy._pairs``). Globally: the DNS zone with SIP SRV/NAPTR and latency records
 (``deploy.records``) behind Route 53 health checks (``deploy._dns``), and per region an SNS
-topic with CloudWatch alarms on the link metrics the nodes publish (``deploy._alarms``).
+topic with CloudWatch alarms on the link metrics the nodes publish (``deploy._alarms``). Each
+member's TLS files are SecureString parameters in its region, made before the members that fetch
+them at boot, and rotated by ``rotate_certs`` (``deploy._secrets``).
 
 Each of those modules creates, compares and deletes its own resources through the one walk of
 ``deploy._walk``; this module only orders them, so both orders read in one place. Placement
@@ -30,10 +32,12 @@ groups go through ``deploy.placement`` (moto has none). Every AWS call goes thro
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from deploy import _alarms, _dns, _iam, _image, _network, _pairs, _peering
+from deploy import _alarms, _dns, _iam, _image, _network, _pairs, _peering, _secrets
 from deploy._alarms import ALARM_METRICS, ALARM_NAMESPACE
 from deploy._walk import Change, DeployError, Walk
 from deploy.fleet import Fleet
@@ -64,12 +68,20 @@ class Deployer:
         report: Callable[[Change], None] = lambda change: None,
         wait_for_builder: Callable[[Any, str], None] | None = None,
         allow_special_use_addresses: bool = False,
+        certs: Path | None = None,
     ) -> None:
         """``wait_for_builder(ec2, instance_id)`` returns once the AMI builder has installed
         the appliance and stopped itself (its user data ends with a shutdown); by default it
         is EC2's ``instance_stopped`` waiter. ``allow_special_use_addresses`` lets health
         checks name Elastic IPs Route 53 would refuse: only for an API stand-in (moto hands
-        out EIPs from 127.0.0.0/8)."""
+        out EIPs from 127.0.0.0/8). ``certs`` is the directory of the members' TLS files
+        (``deploy._secrets``), read and checked here, before any AWS call.
+
+        Raises:
+            DeployError: a TLS file is missing or wrong; the message names it.
+        """
+        self._secrets = _secrets.read(fleet, certs)
+        self._certs = certs
         self._allow_special_use = allow_special_use_addresses
         self.fleet = fleet
         self._wait_for_builder = wait_for_builder or _image.wait_stopped
@@ -94,6 +106,7 @@ class Deployer:
         for region in self.fleet.regions:
             _alarms.destroy(walk, region.name)
             _pairs.destroy(walk, region.name)
+            _secrets.destroy(walk, region.name)
             _network.destroy_placement_groups(walk, region.name)
             _image.destroy(walk, region.name)
             _network.destroy(walk, region.name)
@@ -105,9 +118,28 @@ class Deployer:
         walk = self._walk(execute=False)
         return [row for region in self.fleet.regions for row in _pairs.status(walk, region.name)]
 
+    def rotate_certs(self, *, sleep: Callable[[float], None] = time.sleep) -> list[Change]:
+        """Write the TLS files that changed as new parameter versions, then restart every
+        member to take them, one at a time, the standby of each pair first
+        (``deploy._secrets``); returns what was done.
+
+        Raises:
+            DeployError: no directory was given, a member is not running (nothing changed), or
+                a restart failed (those after it were not restarted); the message names it.
+        """
+        if self._certs is None:
+            raise DeployError("rotating needs the directory of the TLS files")
+        walk = self._walk(execute=True)
+        running = [row for region in self.fleet.regions for row in _pairs.status(walk, region.name)]
+        order = _secrets.restart_order(walk, running)
+        _secrets.converge(walk, self._secrets, overwrite=True)
+        _secrets.restart(walk, order, sleep=sleep)
+        return walk.changes
+
     def _converge(self, walk: Walk) -> list[Change]:
         regions = self.fleet.regions
         profile = _iam.converge(walk)
+        _secrets.converge(walk, self._secrets)
         networks = {region.name: _network.converge(walk, region) for region in regions}
         _peering.converge(walk, networks)
         images = _image.converge(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from deploy.fleet import AzSpec, Fleet, RegionSpec
 from overlay.config import parse_config
 from overlay.ha import ROLES, parse_ha_config, peer_role
+from overlay.secrets import FETCH_WAIT_S, TLS_PARAMETERS, member_path
 
 #: Host numbers inside each AZ's subnet (AWS reserves .0-.3): the floating address, then the
 #: active's and the standby's own addresses.
@@ -34,16 +35,16 @@ CONFIG_DIR = "/etc/overlay"
 UNIT_DIR = "/etc/systemd/system"
 #: The appliance as the image installs it: its own virtualenv.
 OVERLAY_BIN = "/opt/overlay/bin/overlay"
-#: Where a member's mutual-TLS files live (``overlay certs node``).
-NODE_TLS_FILES = {
-    "ca": f"{CONFIG_DIR}/tls/ca.pem",
-    "cert": f"{CONFIG_DIR}/tls/node.pem",
-    "key": f"{CONFIG_DIR}/tls/node.key",
-}
+#: Where a member's mutual-TLS files live: systemd's RuntimeDirectory (a tmpfs) of
+#: overlay-secrets.service, which fetches them from SSM Parameter Store (``overlay.secrets``).
+TLS_RUNTIME_DIR = "overlay/tls"
+TLS_DIR = f"/run/{TLS_RUNTIME_DIR}"
+NODE_TLS_FILES = {leaf: f"{TLS_DIR}/{name}" for leaf, name in TLS_PARAMETERS.items()}
 NODE_TOML = f"{CONFIG_DIR}/node.toml"
 NODE_UNIT = f"{UNIT_DIR}/overlay.service"
 HA_TOML = f"{CONFIG_DIR}/ha.toml"
 HA_UNIT = f"{UNIT_DIR}/overlay-ha.service"
+SECRETS_UNIT = f"{UNIT_DIR}/overlay-secrets.service"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def member_files(fleet: Fleet, member: Member, public_ip: str | None = None) -> 
         NODE_UNIT: NODE_SERVICE,
         HA_TOML: ha_toml(fleet, member),
         HA_UNIT: HA_SERVICE,
+        SECRETS_UNIT: secrets_service(fleet, member),
     }
 
 
@@ -202,13 +204,15 @@ def _rule(rule: Mapping[str, object], node_ids: Mapping[str, list[str]]) -> dict
     return node_rule
 
 
-def _unit(description: str, command: str, service: str) -> str:
-    """A systemd unit of the appliance: its own user, always restarted, a read-only system."""
+def _unit(description: str, command: str, service: str, *, needs: str = "") -> str:
+    """A systemd unit of the appliance: its own user, a read-only system; started after
+    ``needs`` has, and stopped or restarted with it."""
+    needed = f"Requires={needs}\nAfter={needs}\n" if needs else ""
     return f"""[Unit]
 Description={description}
 Wants=network-online.target
 After=network-online.target
-
+{needed}
 [Service]
 {service}User=overlay
 Group=overlay
@@ -231,6 +235,7 @@ NODE_SERVICE = _unit(
     # 10 s is killed and restarted (overlay.shell.systemd).
     "Type=notify\nNotifyAccess=main\nWatchdogSec=10\nTimeoutStartSec=60\n"
     "Restart=always\nRestartSec=1\nLimitNOFILE=65536\n",
+    needs="overlay-secrets.service",
 )
 HA_SERVICE = _unit(
     "overlay HA agent (the pair's floating address)",
@@ -239,7 +244,22 @@ HA_SERVICE = _unit(
     # floating address on the interface (iproute2): that capability, and no other.
     "Type=simple\nRestart=always\nRestartSec=5\n"
     "AmbientCapabilities=CAP_NET_ADMIN\nCapabilityBoundingSet=CAP_NET_ADMIN\n",
+    needs="overlay-secrets.service",
 )
+
+
+def secrets_service(fleet: Fleet, member: Member) -> str:
+    """The oneshot that fetches ``member``'s TLS files before its node and agent start: into a
+    tmpfs that outlives the fetch (RemainAfterExit) and its restarts (Preserve), for both to
+    read; bounded, as the fetch is, and a little longer."""
+    path = member_path(fleet.name, member.id)
+    return _unit(
+        "overlay TLS files from SSM Parameter Store",
+        f"secrets fetch --region {member.region.name} --path {path} --dir {TLS_DIR} --log-json",
+        f"Type=oneshot\nRemainAfterExit=yes\nTimeoutStartSec={FETCH_WAIT_S + 60:.0f}\n"
+        f"RuntimeDirectory={TLS_RUNTIME_DIR}\nRuntimeDirectoryMode=0700\n"
+        "RuntimeDirectoryPreserve=yes\n",
+    )
 
 
 # --- TOML -------------------------------------------------------------------------------------

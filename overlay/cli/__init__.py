@@ -189,9 +189,11 @@ def ha(
 def _add_subcommands() -> None:
     from overlay.cli.certs import app as certs_app
     from overlay.cli.deploy import app as deploy_app
+    from overlay.cli.secrets import app as secrets_app
 
     app.add_typer(deploy_app, name="deploy")
     app.add_typer(certs_app, name="certs")
+    app.add_typer(secrets_app, name="secrets")
 
 
 _add_subcommands()

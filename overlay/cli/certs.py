@@ -72,9 +72,17 @@ def node(
     """Issue NODE_ID's certificate: it serves gRPC and floods link state as that node."""
     if not _NODE_ID.fullmatch(node_id):
         _usage(f"node id {node_id!r} must match [a-z0-9-]{{1,63}}")
-    ca = _ca(directory)
+    write_node(open_ca(directory), directory, node_id, address, days=days, force=force)
+
+
+def write_node(
+    ca: Issued, directory: Path, node_id: str, addresses: list[str], *, days: int, force: bool
+) -> None:
+    """Issue ``node_id``'s certificate with ``ca`` into ``directory`` (``node``; also
+    ``overlay deploy certs``): exits 2 on a bad address, 1 when a file exists or cannot be
+    written."""
     try:
-        issued = issue_node(ca, node_id, address, now=_now(), days=days)
+        issued = issue_node(ca, node_id, addresses, now=_now(), days=days)
     except ValueError as exc:
         _usage(str(exc))
     _write(issued, directory, node_id, force)
@@ -92,7 +100,7 @@ def client(
     """Issue a NOC client certificate for NAME with a role, for overlayctl and other tools."""
     if not _CLIENT_NAME.fullmatch(name):
         _usage(f"name {name!r}: letters, digits, '.', '_' and '-' only, at most 64")
-    ca = _ca(directory)
+    ca = open_ca(directory)
     issued = issue_client(ca, name, Role(role.value), now=_now(), days=days)
     _write(issued, directory, name, force)
     typer.echo(f"{role.value} certificate written to {directory / name}.pem and .key")
@@ -110,7 +118,8 @@ def show(cert: Annotated[Path, typer.Argument(help="a certificate (PEM)")]) -> N
     typer.echo(f"subject: {identity.subject}\nroles:   {roles}\nnode:    {identity.node_id or '-'}")
 
 
-def _ca(directory: Path) -> Issued:
+def open_ca(directory: Path) -> Issued:
+    """The CA in ``directory``; exits 1 when there is none."""
     try:
         return load_ca(directory / "ca.pem", directory / "ca.key")
     except TlsError as exc:

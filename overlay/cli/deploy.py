@@ -1,6 +1,8 @@
-"""``overlay deploy render | plan | apply | status | destroy``: a fleet on AWS from ``fleet.toml``.
+"""``overlay deploy render | certs | plan | apply | rotate-certs | status | destroy``: a fleet on
+AWS from ``fleet.toml``.
 
-Exit status: 0 done; 1 AWS refused a call (the message names it); 2 the fleet file is wrong.
+Exit status: 0 done; 1 AWS refused a call or a step failed (the message names it); 2 the fleet
+file or a TLS file is wrong (nothing was changed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ console = Console()
 FleetOption = Annotated[
     Path, typer.Option("--fleet", "-f", help="the fleet description", show_default=True)
 ]
+CertsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--certs",
+        help="the members' TLS files: ca.pem and each pair's <AZ>.pem and .key (`overlay deploy"
+        " certs` writes them); uploaded as SecureString parameters where missing",
+    ),
+]
 EndpointOption = Annotated[
     str | None,
     typer.Option(
@@ -40,6 +50,8 @@ def _aws_errors() -> Iterator[None]:
     """AWS failures as one line and exit status 1, not a traceback."""
     import botocore.exceptions
 
+    from deploy.deployer import DeployError
+
     try:
         yield
     except botocore.exceptions.NoCredentialsError:
@@ -48,12 +60,18 @@ def _aws_errors() -> Iterator[None]:
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         console.print(f"[red]aws: {error}[/]")
         raise typer.Exit(1) from None
+    except DeployError as error:
+        console.print(f"[red]overlay deploy: {error}[/]")
+        raise typer.Exit(1) from None
 
 
 def _deployer(
-    fleet_path: Path, endpoint_url: str | None, report: Callable[[Change], None]
+    fleet_path: Path,
+    endpoint_url: str | None,
+    report: Callable[[Change], None],
+    certs: Path | None = None,
 ) -> Deployer:
-    from deploy.deployer import Deployer
+    from deploy.deployer import Deployer, DeployError
     from deploy.fleet import check_instance_type, load_fleet
     from deploy.placement import Ec2PlacementGroups
     from overlay.aws import ClientFactory
@@ -62,12 +80,14 @@ def _deployer(
     aws = ClientFactory(endpoint_url=endpoint_url)
     try:
         fleet = load_fleet(fleet_path)
+        # The TLS files are read and checked first: a bad one is refused before any AWS call.
+        deployer = Deployer(fleet, aws, Ec2PlacementGroups(aws), report=report, certs=certs)
         with _aws_errors():
             check_instance_type(fleet, aws, str(fleet_path))
-    except ConfigError as error:
+    except (ConfigError, DeployError) as error:
         console.print(f"[red]overlay deploy: {error}[/]")
         raise typer.Exit(2) from None
-    return Deployer(fleet, aws, Ec2PlacementGroups(aws), report=report)
+    return deployer
 
 
 @app.command()
@@ -127,21 +147,100 @@ def _actions(changes: list[Change]) -> list[Change]:
 
 
 @app.command()
-def plan(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption = None) -> None:
+def plan(
+    fleet: FleetOption = Path("fleet.toml"),
+    certs: CertsOption = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
     """Show what apply would create or change; changes nothing."""
-    deployer = _deployer(fleet, endpoint_url, _print_change)
+    deployer = _deployer(fleet, endpoint_url, _print_change, certs)
     with _aws_errors(), console.status("reading the account…"):
         changes = _actions(deployer.plan())
     console.print(f"{len(changes)} change(s)" if changes else "no changes: the fleet is in place")
 
 
 @app.command()
-def apply(fleet: FleetOption = Path("fleet.toml"), endpoint_url: EndpointOption = None) -> None:
-    """Create what is missing (idempotent: a second apply changes nothing)."""
-    deployer = _deployer(fleet, endpoint_url, _print_change)
+def apply(
+    fleet: FleetOption = Path("fleet.toml"),
+    certs: CertsOption = None,
+    endpoint_url: EndpointOption = None,
+) -> None:
+    """Create what is missing (idempotent: a second apply changes nothing).
+
+    With --certs, the members' TLS parameters too; one whose file changed is reported and left:
+    rotate-certs writes it and restarts the members to take it.
+    """
+    deployer = _deployer(fleet, endpoint_url, _print_change, certs)
     with _aws_errors(), console.status("applying…"):
         changes = _actions(deployer.apply())
     console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
+
+
+@app.command("rotate-certs")
+def rotate_certs(
+    certs: Annotated[
+        Path, typer.Option("--certs", help="the members' TLS files, as for apply --certs")
+    ],
+    fleet: FleetOption = Path("fleet.toml"),
+    endpoint_url: EndpointOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Write the TLS files that changed as new parameter versions, then restart every member to
+    take them: one at a time, through SSM Run Command, each once the one before succeeded.
+
+    Until calls are shared within a pair (issue 16), restarting a member's node drops the calls
+    anchored on it: so each pair's standby (the member without the pair's address) goes first,
+    then its active. The first restart that fails stops the rotation, naming the member; run
+    it again once fixed (every member is restarted again).
+    """
+    deployer = _deployer(fleet, endpoint_url, _print_change, certs)
+    if not yes:
+        typer.confirm(
+            f"Restart every member of fleet {deployer.fleet.name!r}, dropping the active"
+            " members' calls?",
+            abort=True,
+        )
+    with _aws_errors(), console.status("rotating…"):
+        changes = deployer.rotate_certs()
+    restarted = sum(1 for change in changes if change.kind == "instance")
+    console.print(f"rotated: {restarted} member(s) restarted")
+
+
+@app.command()
+def certs(
+    directory: Annotated[
+        Path, typer.Argument(help="the CA's directory (`overlay certs init`); written there")
+    ],
+    fleet: FleetOption = Path("fleet.toml"),
+    days: Annotated[int, typer.Option(min=1, help="validity in days")] = 397,
+    force: Annotated[bool, typer.Option("--force", help="issue existing ones again")] = False,
+) -> None:
+    """Issue each pair's node certificate, <AZ>.pem and .key, with the CA in DIRECTORY.
+
+    For the pair's node id and the addresses its gRPC server is dialled at: the floating one
+    (by the other nodes) and both members' own (by the pair's HA agents). Existing ones are
+    kept without --force. The CA's key is only read here: apply and rotate-certs upload
+    ca.pem and the node files, never ca.key. No AWS call.
+    """
+    from deploy.fleet import load_fleet
+    from deploy.render import members
+    from overlay.cli.certs import open_ca, write_node
+    from overlay.config import ConfigError
+    from overlay.ha import ROLES
+
+    try:
+        loaded = load_fleet(fleet)
+    except ConfigError as error:
+        typer.echo(f"overlay deploy: {error}", err=True)
+        raise typer.Exit(2) from None
+    ca = open_ca(directory)
+    pairs = {member.node_id: member for member in members(loaded)}
+    for node_id, member in pairs.items():
+        if (directory / f"{node_id}.pem").exists() and not force:
+            typer.echo(f"kept {directory / node_id}.pem")
+            continue
+        addresses = [member.floating_ip, *(member.own_ip(role) for role in ROLES)]
+        write_node(ca, directory, node_id, addresses, days=days, force=force)
 
 
 @app.command()

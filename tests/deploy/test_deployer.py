@@ -33,6 +33,7 @@ from deploy.render import HA_TOML, NODE_TOML, member_files, members
 from overlay.aws import ClientFactory
 from overlay.config import parse_config
 from overlay.ha import find_pair, parse_ha_config
+from tests.deploy.fleet_certs import fleet_certs
 from tests.deploy.route53_dns import serve_hosted_zone
 
 pytestmark = pytest.mark.deploy
@@ -89,7 +90,9 @@ def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
 
 
 @pytest.mark.trio
-async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet) -> None:
+async def test_plan_apply_again_status_destroy(
+    aws: ClientFactory, fleet: Fleet, tmp_path: Path
+) -> None:
     placement = MemoryPlacementGroups()
     launched: list[dict[str, Any]] = []
     for region in fleet.regions:
@@ -106,7 +109,12 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     checkers = {region.name: health_checker_list(aws, region.name) for region in checked}
     # moto's Elastic IPs are 127.x addresses, which Route 53 would refuse to health-check.
     deployer = Deployer(
-        fleet, aws, placement, wait_for_builder=stop_builder, allow_special_use_addresses=True
+        fleet,
+        aws,
+        placement,
+        wait_for_builder=stop_builder,
+        allow_special_use_addresses=True,
+        certs=fleet_certs(tmp_path / "tls", EXAMPLE),
     )
 
     # plan: everything to create, nothing created.
@@ -117,6 +125,7 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
     assert kinds["instance"] == 2 * pairs
     assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
     assert kinds["placement-group"] == pairs
+    assert kinds["parameter"] == 3 * 2 * pairs  # the CA, the certificate and the key of each
     # Per pair: node down and takeover.
     assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 2 * pairs
     assert {change.action for change in planned if change.kind != "prefix-list"} <= {
@@ -180,8 +189,8 @@ async def test_plan_apply_again_status_destroy(aws: ClientFactory, fleet: Fleet)
         assert node.media is not None
         assert (node.sip.advertise, node.media.advertise) == (public_ip, public_ip)
         # Its HA agent finds its own and its peer's interface and the pair's EIP by the tags
-        # the deployer gave them; the node's certificate, which the operator installs (user
-        # data carries no keys), is only named.
+        # the deployer gave them; the node's certificate, fetched from Parameter Store at boot
+        # (user data carries no keys), is only named.
         ha = parse_ha_config(files[HA_TOML], check_files=False)
         assert ha.tls_files == tuple(NODE_TLS_FILES.values())
         found = find_pair(

@@ -12,8 +12,11 @@ from deploy.fleet import load_fleet, parse_fleet
 from deploy.render import (
     HA_TOML,
     HA_UNIT,
+    NODE_TLS_FILES,
     NODE_TOML,
     NODE_UNIT,
+    SECRETS_UNIT,
+    TLS_DIR,
     ha_toml,
     member_files,
     members,
@@ -87,7 +90,36 @@ def test_both_members_of_a_pair_run_the_same_node() -> None:
     assert (active.id, standby.id) == ("us-west-2a-active", "us-west-2a-standby")
     body = [node_toml(fleet, m).split("\n", 1)[1] for m in (active, standby)]
     assert body[0] == body[1]
-    assert set(member_files(fleet, active)) == {NODE_TOML, NODE_UNIT, HA_TOML, HA_UNIT}
+    assert set(member_files(fleet, active)) == {
+        NODE_TOML,
+        NODE_UNIT,
+        HA_TOML,
+        HA_UNIT,
+        SECRETS_UNIT,
+    }
+
+
+def test_each_member_fetches_its_own_tls_files_before_its_node_and_agent_start() -> None:
+    fleet = load_fleet(EXAMPLE)
+    for member in members(fleet):
+        files = member_files(fleet, member)
+        unit = files[SECRETS_UNIT]
+        assert "Type=oneshot\nRemainAfterExit=yes\n" in unit
+        assert "RuntimeDirectory=overlay/tls\nRuntimeDirectoryMode=0700\n" in unit
+        assert "RuntimeDirectoryPreserve=yes\n" in unit
+        assert (
+            f"secrets fetch --region {member.region.name}"
+            f" --path /overlay/voice/{member.id} --dir {TLS_DIR} --log-json"
+        ) in unit
+        for service in (files[NODE_UNIT], files[HA_UNIT]):
+            assert "Requires=overlay-secrets.service\nAfter=overlay-secrets.service\n" in service
+        # The node and the agent read what the fetch writes, in the RuntimeDirectory.
+        node = parse_config(files[NODE_TOML], source=member.id, check_files=False)
+        assert node.grpc is not None
+        assert (node.grpc.ca, node.grpc.cert, node.grpc.key) == tuple(NODE_TLS_FILES.values())
+        assert all(path.startswith(f"{TLS_DIR}/") for path in NODE_TLS_FILES.values())
+        ha = parse_ha_config(files[HA_TOML], source=member.id, check_files=False)
+        assert ha.tls_files == tuple(NODE_TLS_FILES.values())
 
 
 def test_each_members_ha_agent_watches_the_other_member() -> None:
@@ -167,7 +199,7 @@ def test_render_prints_one_members_files() -> None:
         app, ["deploy", "render", "-f", str(EXAMPLE), "--member", "us-east-1b-standby"]
     )
     assert result.exit_code == 0, result.output
-    assert result.output.count("# ==> us-east-1b-standby: ") == 4
+    assert result.output.count("# ==> us-east-1b-standby: ") == 5
     assert f"# ==> us-east-1b-standby: {NODE_TOML} <==" in result.output
     assert 'node_id = "us-east-1b"' in result.output
 
