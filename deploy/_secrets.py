@@ -41,7 +41,7 @@ from overlay.secrets import TLS_PARAMETERS, member_path
 from overlay.tls import TlsError, load_tls
 
 #: What SSM's standard tier holds in one parameter (the advanced tier costs money).
-STANDARD_TIER_CHARS = 4096
+STANDARD_TIER_BYTES = 4096
 #: Names per GetParameters / DeleteParameters call.
 BATCH = 10
 #: What a member runs to take new files: the fetch, then the node and the agent, which need it.
@@ -101,9 +101,9 @@ def read(fleet: Fleet, directory: Path | None) -> list[Secret]:
         if node != member.node_id:
             raise DeployError(f"{files['cert']}: for node {node}, not {member.node_id}")
         for leaf, pem in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
-            if len(pem) > STANDARD_TIER_CHARS:
+            if len(pem) > STANDARD_TIER_BYTES:
                 raise DeployError(
-                    f"{files[leaf]}: {len(pem)} bytes, a parameter holds {STANDARD_TIER_CHARS}"
+                    f"{files[leaf]}: {len(pem)} bytes, a parameter holds {STANDARD_TIER_BYTES}"
                 )
             secrets.append(Secret(member.region.name, f"{path}/{leaf}", files[leaf], pem.decode()))
     return secrets

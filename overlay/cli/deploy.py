@@ -167,8 +167,8 @@ def apply(
 ) -> None:
     """Create what is missing (idempotent: a second apply changes nothing).
 
-    With --certs, the members' TLS parameters too; one whose file changed is reported and left:
-    rotate-certs writes it and restarts the members to take it.
+    With --certs, the members' TLS parameters too; one whose file changed is
+    reported and left: rotate-certs writes it and restarts the members.
     """
     deployer = _deployer(fleet, endpoint_url, _print_change, certs)
     with _aws_errors(), console.status("applying…"):
@@ -188,10 +188,11 @@ def rotate_certs(
     """Write the TLS files that changed as new parameter versions, then restart every member to
     take them: one at a time, through SSM Run Command, each once the one before succeeded.
 
-    Until calls are shared within a pair (issue 16), restarting a member's node drops the calls
-    anchored on it: so each pair's standby (the member without the pair's address) goes first,
-    then its active. The first restart that fails stops the rotation, naming the member; run
-    it again once fixed (every member is restarted again).
+    Until calls are shared within a pair (issue 16), restarting a member's node
+    drops the calls anchored on it: so each pair's standby (the member without
+    the pair's address) goes first, then its active. The first restart that
+    fails stops the rotation, naming the member; run it again once fixed
+    (every member is restarted again).
     """
     deployer = _deployer(fleet, endpoint_url, _print_change, certs)
     if not yes:
@@ -217,10 +218,11 @@ def certs(
 ) -> None:
     """Issue each pair's node certificate, <AZ>.pem and .key, with the CA in DIRECTORY.
 
-    For the pair's node id and the addresses its gRPC server is dialled at: the floating one
-    (by the other nodes) and both members' own (by the pair's HA agents). Existing ones are
-    kept without --force. The CA's key is only read here: apply and rotate-certs upload
-    ca.pem and the node files, never ca.key. No AWS call.
+    For the pair's node id and the addresses its gRPC server is dialled at:
+    the floating one (by the other nodes) and both members' own (by the pair's
+    HA agents). Existing ones are kept without --force. The CA's key is only
+    read here: apply and rotate-certs upload ca.pem and the node files, never
+    ca.key. No AWS call.
     """
     from deploy.fleet import load_fleet
     from deploy.render import members

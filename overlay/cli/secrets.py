@@ -40,8 +40,9 @@ def fetch(
 ) -> None:
     """Write PATH's ca, cert and key, decrypted, to DIR as ca.pem, node.pem and node.key.
 
-    The directory is made mode 0700 and each file 0600, replaced whole (written beside, then
-    renamed); run as root, both go to the service user, ``overlay``.
+    The directory is made mode 0700 and each file 0600, replaced whole
+    (written beside, then renamed); run as root, both go to the service
+    user, overlay (left root's, with a log line, when there is none).
     """
     from overlay.aws import ClientFactory
     from overlay.cli import configure_logging
