@@ -50,6 +50,7 @@ VPC.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import ipaddress
 import itertools
@@ -144,7 +145,7 @@ def unavailable() -> str | None:
     missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
         return f"the fabric needs {', '.join(missing)}"
-    probe = f"fbprobe{os.getpid()}"
+    probe = f"fb{secrets.token_hex(2)}-probe"
     try:
         run(["ip", "netns", "add", probe])
     except CommandError as error:
@@ -225,7 +226,6 @@ class Fabric:
         self._namespaces: list[str] = []
         self._gateways: dict[str, _Gateway] = {}
         self._instances: dict[str, Instance] = {}
-        self._retired: list[Instance] = []
         self._numbers = itertools.count()
         self._transit_links = itertools.count()
         self._runs = itertools.count()
@@ -348,8 +348,10 @@ class Fabric:
 
     def start_reconciler(self, *, interval: float = 0.1, full_interval: float = 1.0) -> None:
         """Sync from a background thread until ``stop_reconciler`` or ``close``: the addresses
-        every ``interval`` seconds, everything every ``full_interval``. Failures go to
-        ``errors`` and ``changes``; the thread carries on."""
+        every ``interval`` seconds (two calls per region: a takeover is followed fast),
+        everything every ``full_interval`` (six per region: the fleet's shape changes seldom,
+        and moto's CPU is shared with the fleet). Failures go to ``errors`` and ``changes``;
+        the thread carries on."""
         with self._lock:
             self._check_open()
             if self._thread is not None:
@@ -429,12 +431,18 @@ class Fabric:
         return units
 
     def boot_all(self, *, timeout: float = 60.0) -> dict[str, list[str]]:
-        """Boot every mirrored instance not booted yet; instance id -> units started."""
-        return {
-            instance.id: self.boot(instance.id, timeout=timeout)
-            for instance in sorted(self.instances.values(), key=lambda i: i.id)
-            if not instance.booted
-        }
+        """Boot every mirrored instance not booted yet, all at once (as a fleet boots).
+
+        Returns:
+            Instance id -> the units started, in their order.
+
+        Raises:
+            BootError: the first failure, once every boot has ended.
+        """
+        pending = sorted(instance.id for instance in self.instances.values() if not instance.booted)
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(pending))) as pool:
+            booting = {id_: pool.submit(self.boot, id_, timeout=timeout) for id_ in pending}
+        return {id_: future.result() for id_, future in booting.items()}
 
     def wait_ready(self, instance_id: str, unit: str, timeout: float) -> None:
         """``Instance.wait_ready``: return once the notify ``unit`` said ``READY=1``."""
@@ -657,7 +665,7 @@ class Fabric:
             netns=netns,
             veth=f"{self.prefix}n{next(self._numbers)}",
             directory=self.run_dir / view.id,
-            env=self._instance_env(view.region),
+            env=self.environment(view.region),
             track=self._track,
         )
         self._add_namespace(netns, {"net.ipv4.ip_nonlocal_bind": "1"})
@@ -687,7 +695,6 @@ class Fabric:
         gateway = self._gateways.get(instance.vpc)
         if gateway is not None:
             gateway.hosts = {a: i for a, i in gateway.hosts.items() if i != instance_id}
-        self._retired.append(instance)
         self._change(f"instance {instance_id}: removed")
 
     def _apply_addresses(self, enis: list[Eni], eips: list[Eip]) -> None:
@@ -774,7 +781,10 @@ class Fabric:
     def _vpcs(self) -> dict[str, Vpc]:
         return {vpc_id: gateway.vpc for vpc_id, gateway in self._gateways.items()}
 
-    def _instance_env(self, region: str) -> dict[str, str]:
+    def environment(self, region: str) -> dict[str, str]:
+        """The environment of a process speaking to moto as an instance of ``region`` does:
+        the endpoint, dummy credentials, the region, no AWS files (e.g. for the deployer's CLI
+        run by the test)."""
         return {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root",
