@@ -25,12 +25,14 @@ no clock: the agent (the trio shell) feeds it what happened and when, and does w
   milliseconds apart) and reports :meth:`HaCore.takeover_succeeded`,
   :meth:`HaCore.takeover_declined` (the re-read found nothing to move) or
   :meth:`HaCore.takeover_failed` (retried with a fresh reading at the next periodic check).
-* **Hold-down.** After a takeover, after the peer came back from the dead, and after the API
-  showed that the peer took the address from us, no takeover is decided for ``hold_down``
-  seconds. A heartbeat that flaps across the dead line therefore moves the address at most once
-  per hold-down instead of on every flap, and two members that cannot hear each other (a
-  partition: each thinks the other is dead) move it at most once per hold-down each. A peer that
-  is still dead when the hold-down ends is checked again at once (:meth:`HaCore.handle_timer`).
+* **Hold-down.** When the agent starts, until the peer first answers (both members boot
+  together; the peer's node may not serve yet), after a takeover, after the peer came back from
+  the dead, and after the API showed that the peer took the address from us, no takeover is
+  decided for ``hold_down`` seconds. A heartbeat that flaps across the dead line therefore moves
+  the address at most once per hold-down instead of on every flap, and two members that cannot
+  hear each other (a partition: each thinks the other is dead) move it at most once per hold-
+  down each. A peer that is still dead when the hold-down ends is checked again at once
+  (:meth:`HaCore.handle_timer`).
 
 Every event carries a ``reason`` for the log. Rule 1 (as in h11's ``_state.py``): only
 ``_set_state`` changes the state, and only along ``_TRANSITIONS``; any other call order is a bug
@@ -286,7 +288,10 @@ class HaCore:
         self._last_answer: float | None = None  # when the peer last answered a heartbeat
         self._check_outstanding = False  # a HolderCheck was emitted and not answered yet
         self._next_check = now  # the first reading tells the agent its role
-        self._hold_until: float | None = None
+        # Both members boot together and a node takes seconds to serve: until it first
+        # answers, the peer gets a hold-down from the start before its silence costs it the
+        # address.
+        self._hold_until: float | None = now + hold_down
         self._recheck_at: float | None = None  # PEER_DEAD: decide again then (end of hold-down)
         self._stats = collections.Counter[str]()
         self._last_takeover_duration: float | None = None
@@ -303,10 +308,16 @@ class HaCore:
         self._expect(_Input.HEARTBEAT_OK)
         was_dead = self.peer_dead
         misses = self._misses
+        first = self._last_answer is None
         self._misses = 0
         self._last_answer = now
         self._stats["heartbeats_ok"] += 1
-        if was_dead:
+        if first:  # the peer's node is up: no start-up hold-down any more, nor a recovery
+            self._hold_until = None
+            self._recheck_at = None
+            if was_dead:
+                self._emit(PeerAlive(now, f"the peer answered first after {misses} misses"))
+        elif was_dead:
             self._stats["peer_recoveries"] += 1
             self._hold(now)
             self._recheck_at = None

@@ -41,7 +41,9 @@ class Pair:
     the address ours), unless ``answer`` is False: then they wait in ``pending``.
     """
 
-    def __init__(self, holder: Holder = Holder.PEER, *, answer: bool = True) -> None:
+    def __init__(
+        self, holder: Holder = Holder.PEER, *, answer: bool = True, up: bool = True
+    ) -> None:
         self.now = 0.0
         self.holder = holder
         self.answer = answer
@@ -52,6 +54,8 @@ class Pair:
         self.pending: list[HaEvent] = []
         self.api_moves = 0
         self.advance(0.0)
+        if up:  # the peer's node answered once: no start-up hold-down
+            self.core.heartbeat_succeeded(0.0)
 
     def pump(self) -> None:
         while (event := self.core.next_event()) is not None:
@@ -138,7 +142,7 @@ def test_peer_alive_never_takes_over():
     assert not pair.of_type(Takeover)
     assert not pair.of_type(PeerDead)
     assert stats.state is HaState.WATCHING
-    assert stats.heartbeats_ok == 400
+    assert stats.heartbeats_ok == 1 + 400  # the one Pair starts with
     assert stats.api_checks == 41
     assert (stats.takeovers, stats.peer_deaths, stats.heartbeats_missed) == (0, 0, 0)
 
@@ -210,6 +214,29 @@ def test_stranger_holding_the_address_is_left_alone():
 
 
 # --- hold-down -------------------------------------------------------------------------------
+
+
+def test_a_peer_that_never_answered_gets_a_hold_down_from_the_start():
+    """Both members boot together: the standby's agent may run before the active's node."""
+    pair = Pair(Holder.PEER, up=False)
+    pair.beats("---")  # not up yet
+    [(_, skipped)] = pair.of_type(TakeoverSkipped)
+    assert skipped.reason.startswith("hold-down for ")
+    pair.beats("+")  # up: the hold-down ends with its first answer, no recovery's starts
+    [(_, alive)] = pair.of_type(PeerAlive)
+    assert alive.hold_down_until == pair.now
+    pair.beats("---")  # a real death, at once after
+    assert pair.api_moves == 1
+
+
+def test_a_peer_that_never_comes_up_is_taken_over_after_the_hold_down():
+    pair = Pair(Holder.PEER, up=False)
+    pair.beats("-", int(HOLD_DOWN / INTERVAL) - 1)
+    assert pair.api_moves == 0
+    pair.beats("--")
+    assert pair.api_moves == 1
+    [(at, _)] = pair.of_type(Takeover)
+    assert at == HOLD_DOWN
 
 
 def test_flapping_after_takeover_moves_at_most_once_per_hold_down():
