@@ -30,8 +30,8 @@ no clock: the agent (the trio shell) feeds it what happened and when, and does w
   the dead, and after the API showed that the peer took the address from us, no takeover is
   decided for ``hold_down`` seconds. A heartbeat that flaps across the dead line therefore moves
   the address at most once per hold-down instead of on every flap, and two members that cannot
-  hear each other (a partition: each thinks the other is dead) move it at most once per hold-
-  down each. A peer that is still dead when the hold-down ends is checked again at once
+  hear each other (a partition: each thinks the other is dead) move it at most once per
+  hold-down each. A peer that is still dead when the hold-down ends is checked again at once
   (:meth:`HaCore.handle_timer`).
 
 Every event carries a ``reason`` for the log. Rule 1 (as in h11's ``_state.py``): only
