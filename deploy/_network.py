@@ -1,5 +1,6 @@
 """A region's network: VPC, internet gateway and default route, a subnet per AZ, the security
-group, and a spread placement group per AZ (its pair's members on distinct racks)."""
+group, and a spread placement group per AZ (its pair's members on distinct racks); in the
+builder region, an S3 gateway endpoint (the AMI builder's only way out)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from deploy._walk import Walk, logical_name
+from deploy._walk import Walk, first_id, logical_name
 from deploy.fleet import AzSpec, RegionSpec
 from deploy.placement import STRATEGY
 
@@ -74,6 +75,20 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
     return Network(vpc, subnets, group)
 
 
+def s3_endpoint(walk: Walk, region: str, vpc: str) -> str:
+    """The VPC's S3 gateway endpoint, on the main route table the subnets use: the AMI builder,
+    with no public address, reaches the artifacts bucket through it and nothing else."""
+    name = walk.name(f"{region}-s3")
+    return walk.find_or_create(
+        "vpc-endpoint",
+        region,
+        name,
+        lambda: first_id(_endpoints(walk, region, name), "VpcEndpointId"),
+        lambda: _create_s3_endpoint(walk, region, vpc, name),
+        f"S3 gateway ({_S3.format(region=region)}) on the main route table",
+    )
+
+
 def differences(walk: Walk, region: RegionSpec) -> None:
     """The region's VPC and subnets that are not as fleet.toml says."""
     for vpc in walk.tagged(region.name, "vpc"):
@@ -105,6 +120,9 @@ def destroy_placement_groups(walk: Walk, region: str) -> None:
 def destroy(walk: Walk, region: str) -> None:
     """Once nothing is left in the VPC."""
     ec2 = walk.ec2(region)
+    for endpoint in _endpoints(walk, region):
+        walk.change("delete", "vpc-endpoint", region, logical_name(endpoint))
+        ec2.delete_vpc_endpoints(VpcEndpointIds=[endpoint["VpcEndpointId"]])
     for group in walk.tagged(region, "security-group"):
         walk.change("delete", "security-group", region, group["GroupName"])
         ec2.delete_security_group(GroupId=group["GroupId"])
@@ -143,14 +161,44 @@ def _create_gateway(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: 
     gateway = ec2.create_internet_gateway(TagSpecifications=walk.tags("internet-gateway", name))
     gateway_id: str = gateway["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=gateway_id, VpcId=vpc)
-    table = ec2.describe_route_tables(
+    table = _main_route_table(ec2, vpc)
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway_id)
+    return gateway_id
+
+
+def _main_route_table(ec2: Any, vpc: str) -> str:  # noqa: ANN401
+    """The VPC's main route table: the subnets are associated with no other."""
+    tables = ec2.describe_route_tables(
         Filters=[
             {"Name": "vpc-id", "Values": [vpc]},
             {"Name": "association.main", "Values": ["true"]},
         ]
-    )["RouteTables"][0]["RouteTableId"]
-    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway_id)
-    return gateway_id
+    )["RouteTables"]
+    return str(tables[0]["RouteTableId"])
+
+
+_S3 = "com.amazonaws.{region}.s3"
+#: Endpoints gone or going, which EC2 lists for a while (its docs capitalize states, its
+#: answers do not).
+_DEAD_ENDPOINT_STATES = {"deleting", "deleted", "rejected", "failed", "expired"}
+
+
+def _endpoints(walk: Walk, region: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The fleet's live VPC endpoints in ``region`` (only ``name`` when given)."""
+    listed = walk.ec2(region).describe_vpc_endpoints(Filters=walk.filters(name))["VpcEndpoints"]
+    return [e for e in listed if e["State"].lower() not in _DEAD_ENDPOINT_STATES]
+
+
+def _create_s3_endpoint(walk: Walk, region: str, vpc: str, name: str) -> str:
+    ec2 = walk.ec2(region)
+    endpoint: str = ec2.create_vpc_endpoint(
+        VpcEndpointType="Gateway",
+        VpcId=vpc,
+        ServiceName=_S3.format(region=region),
+        RouteTableIds=[_main_route_table(ec2, vpc)],
+        TagSpecifications=walk.tags("vpc-endpoint", name),
+    )["VpcEndpoint"]["VpcEndpointId"]
+    return endpoint
 
 
 #: AWS's managed prefix list of the Route 53 health checkers, where a region has one.

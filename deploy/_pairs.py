@@ -12,6 +12,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from deploy._image import write_file
 from deploy._walk import PENDING, Walk, first_id, logical_name, tag_map
 from deploy.fleet import AzSpec, Fleet, RegionSpec
 from deploy.render import Member, floating_ip, member_files
@@ -256,7 +257,7 @@ def _launch(
 ) -> str:
     advertise = None if public_ip == PENDING else public_ip
     files = "".join(
-        f"cat >{path} <<'FILE'\n{content}FILE\n"
+        write_file(path, content)
         for path, content in member_files(walk.fleet, member, advertise).items()
     )
     launch = functools.partial(

@@ -24,6 +24,11 @@ topic with CloudWatch alarms on the link metrics the nodes publish (``deploy._al
 member's TLS files are SecureString parameters in its region, made before the members that fetch
 them at boot, and rotated by ``rotate_certs`` (``deploy._secrets``).
 
+The AMI is baked in the builder region from the fleet's wheelhouse (``deploy._wheelhouse``),
+uploaded to the fleet's artifacts bucket (``deploy._artifacts``), which the builder, with no
+public address, reaches through its VPC's S3 gateway endpoint. The base image is resolved and
+checked before anything is made.
+
 Each of those modules creates, compares and deletes its own resources through the one walk of
 ``deploy._walk``; this module only orders them, so both orders read in one place. Placement
 groups go through ``deploy.placement`` (moto has none). Every AWS call goes through
@@ -37,9 +42,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy import _alarms, _dns, _iam, _image, _network, _pairs, _peering, _secrets
+from deploy import _alarms, _artifacts, _dns, _iam, _image, _network, _pairs, _peering, _secrets
 from deploy._alarms import ALARM_METRICS, ALARM_NAMESPACE
 from deploy._walk import Change, DeployError, Walk
+from deploy._wheelhouse import Wheelhouse
 from deploy.fleet import Fleet
 from deploy.placement import PlacementGroups
 from deploy.render import NODE_TLS_FILES
@@ -64,18 +70,20 @@ class Deployer:
         aws: ClientFactory,
         placement: PlacementGroups,
         *,
-        version: str = "0.1.0",
+        wheelhouse: Wheelhouse | None = None,
         report: Callable[[Change], None] = lambda change: None,
         wait_for_builder: Callable[[Any, str], None] | None = None,
         allow_special_use_addresses: bool = False,
         certs: Path | None = None,
     ) -> None:
         """``wait_for_builder(ec2, instance_id)`` returns once the AMI builder has installed
-        the appliance and stopped itself (its user data ends with a shutdown); by default it
-        is EC2's ``instance_stopped`` waiter. ``allow_special_use_addresses`` lets health
-        checks name Elastic IPs Route 53 would refuse: only for an API stand-in (moto hands
-        out EIPs from 127.0.0.0/8). ``certs`` is the directory of the members' TLS files
-        (``deploy._secrets``), read and checked here, before any AWS call.
+        the appliance and stopped itself (its user data ends with a power-off); by default
+        ``_image.wait_for_bake``, which reads the builder's verdict from its console.
+        ``wheelhouse`` is what the AMI is baked from: plan and apply need it.
+        ``allow_special_use_addresses`` lets health checks name Elastic IPs Route 53 would
+        refuse: only for an API stand-in (moto hands out EIPs from 127.0.0.0/8). ``certs`` is
+        the directory of the members' TLS files (``deploy._secrets``), read and checked here,
+        before any AWS call.
 
         Raises:
             DeployError: a TLS file is missing or wrong; the message names it.
@@ -84,10 +92,10 @@ class Deployer:
         self._certs = certs
         self._allow_special_use = allow_special_use_addresses
         self.fleet = fleet
-        self._wait_for_builder = wait_for_builder or _image.wait_stopped
+        self._wait_for_builder = wait_for_builder or _image.wait_for_bake
         self._aws = aws
         self._placement = placement
-        self._version = version
+        self._wheelhouse = wheelhouse
         self._report = report
 
     def plan(self) -> list[Change]:
@@ -110,6 +118,7 @@ class Deployer:
             _network.destroy_placement_groups(walk, region.name)
             _image.destroy(walk, region.name)
             _network.destroy(walk, region.name)
+        _artifacts.destroy(walk)
         _iam.destroy(walk)
         return walk.changes
 
@@ -137,13 +146,20 @@ class Deployer:
         return walk.changes
 
     def _converge(self, walk: Walk) -> list[Change]:
+        if self._wheelhouse is None:
+            raise DeployError("plan and apply bake the AMI from a wheelhouse: none was given")
+        # What could stop a bake, first: nothing is made for a fleet that cannot be baked.
+        base = _image.base_image(walk)
         regions = self.fleet.regions
         profile = _iam.converge(walk)
         _secrets.converge(walk, self._secrets)
         networks = {region.name: _network.converge(walk, region) for region in regions}
         _peering.converge(walk, networks)
+        builder = self.fleet.builder_region
+        _network.s3_endpoint(walk, builder, networks[builder].vpc)
+        artifacts = _artifacts.converge(walk, self._wheelhouse)
         images = _image.converge(
-            walk, networks, version=self._version, wait_for_builder=self._wait_for_builder
+            walk, networks, base, artifacts, wait_for_builder=self._wait_for_builder
         )
         endpoints = []
         for region in regions:

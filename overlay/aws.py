@@ -60,14 +60,20 @@ class ClientFactory:
             user_agent_extra="overlay-deploy",
         )
         self._clients: dict[tuple[str, str], Any] = {}
+        # S3 signs with SigV4 at the bucket's regional name: a presigned URL then works from a
+        # VPC whose only way out is the region's S3 gateway endpoint (deploy._image's builder).
+        self._s3_config = self._config.merge(
+            botocore.config.Config(signature_version="s3v4", s3={"addressing_style": "virtual"})
+        )
 
     def client(self, service: str, region: str) -> Any:  # noqa: ANN401  (boto3 has no types)
         """The client for ``service`` in ``region`` (Route 53 and IAM are global: any region)."""
         key = (service, region)
         client = self._clients.get(key)
         if client is None:
+            config = self._s3_config if service == "s3" else self._config
             client = self._session.client(
-                service, region_name=region, endpoint_url=self.endpoint_url, config=self._config
+                service, region_name=region, endpoint_url=self.endpoint_url, config=config
             )
             self._clients[key] = client
         return client

@@ -1,12 +1,13 @@
-"""``overlay deploy render | certs | plan | apply | rotate-certs | status | destroy``: a fleet on
-AWS from ``fleet.toml``.
+"""``overlay deploy render | certs | wheelhouse | plan | apply | rotate-certs | status | destroy``:
+a fleet on AWS from ``fleet.toml``.
 
 Exit status: 0 done; 1 AWS refused a call or a step failed (the message names it); 2 the fleet
-file or a TLS file is wrong (nothing was changed).
+file, a TLS file or the wheelhouse is wrong (nothing was changed).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from deploy._wheelhouse import Wheelhouse
     from deploy.deployer import Change, Deployer
 
 app = typer.Typer(
@@ -33,6 +35,14 @@ CertsOption = Annotated[
         "--certs",
         help="the members' TLS files: ca.pem and each pair's <AZ>.pem and .key (`overlay deploy"
         " certs` writes them); uploaded as SecureString parameters where missing",
+    ),
+]
+WheelhouseOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--wheelhouse",
+        help="the wheels the AMI is baked from (`overlay deploy wheelhouse` builds them);"
+        " default: built now from this checkout",
     ),
 ]
 EndpointOption = Annotated[
@@ -70,6 +80,7 @@ def _deployer(
     endpoint_url: str | None,
     report: Callable[[Change], None],
     certs: Path | None = None,
+    wheelhouse: Callable[[], Wheelhouse] | None = None,
 ) -> Deployer:
     from deploy.deployer import Deployer, DeployError
     from deploy.fleet import check_instance_type, load_fleet
@@ -80,14 +91,32 @@ def _deployer(
     aws = ClientFactory(endpoint_url=endpoint_url)
     try:
         fleet = load_fleet(fleet_path)
-        # The TLS files are read and checked first: a bad one is refused before any AWS call.
-        deployer = Deployer(fleet, aws, Ec2PlacementGroups(aws), report=report, certs=certs)
+        # The wheelhouse and the TLS files are checked first: a bad one is refused before any
+        # AWS call.
+        house = None if wheelhouse is None else wheelhouse()
+        deployer = Deployer(
+            fleet, aws, Ec2PlacementGroups(aws), wheelhouse=house, report=report, certs=certs
+        )
         with _aws_errors():
             check_instance_type(fleet, aws, str(fleet_path))
     except (ConfigError, DeployError) as error:
         console.print(f"[red]overlay deploy: {error}[/]")
         raise typer.Exit(2) from None
     return deployer
+
+
+def _wheelhouse(given: Path | None, scratch: Path) -> Wheelhouse:
+    """``given``, checked, or one built now into ``scratch``; no AWS call either way."""
+    from deploy._walk import DeployError
+    from deploy._wheelhouse import build_wheelhouse, load_wheelhouse, project_dir
+
+    if given is not None:
+        return load_wheelhouse(given)
+    project = project_dir()
+    if project is None:
+        raise DeployError("no checkout here to build the wheelhouse from: pass --wheelhouse")
+    with console.status(f"building the wheelhouse (pip wheel {project})…"):
+        return build_wheelhouse(project, scratch)
 
 
 @app.command()
@@ -146,16 +175,41 @@ def _actions(changes: list[Change]) -> list[Change]:
     return [change for change in changes if change.action != "differs"]
 
 
+@app.command("wheelhouse")
+def wheelhouse_command(
+    directory: Annotated[Path, typer.Argument(help="where the wheels go (made if missing)")],
+) -> None:
+    """Build the wheels the AMI is baked from, for plan and apply --wheelhouse: pip wheel of
+    this checkout and its dependencies, for Debian 12's Python (3.11, which must run this).
+    No AWS call."""
+    from deploy._walk import DeployError
+
+    try:
+        house = _wheelhouse(None, directory)
+    except DeployError as error:
+        console.print(f"[red]overlay deploy: {error}[/]")
+        raise typer.Exit(2) from None
+    console.print(f"overlay {house.version}: {len(house.wheels)} wheels in {directory}")
+
+
 @app.command()
 def plan(
     fleet: FleetOption = Path("fleet.toml"),
     certs: CertsOption = None,
+    wheelhouse: WheelhouseOption = None,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Show what apply would create or change; changes nothing."""
-    deployer = _deployer(fleet, endpoint_url, _print_change, certs)
-    with _aws_errors(), console.status("reading the account…"):
-        changes = _actions(deployer.plan())
+    with tempfile.TemporaryDirectory(prefix="overlay-wheelhouse-") as scratch:
+        deployer = _deployer(
+            fleet,
+            endpoint_url,
+            _print_change,
+            certs,
+            lambda: _wheelhouse(wheelhouse, Path(scratch)),
+        )
+        with _aws_errors(), console.status("reading the account…"):
+            changes = _actions(deployer.plan())
     console.print(f"{len(changes)} change(s)" if changes else "no changes: the fleet is in place")
 
 
@@ -163,6 +217,7 @@ def plan(
 def apply(
     fleet: FleetOption = Path("fleet.toml"),
     certs: CertsOption = None,
+    wheelhouse: WheelhouseOption = None,
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Create what is missing (idempotent: a second apply changes nothing).
@@ -170,9 +225,16 @@ def apply(
     With --certs, the members' TLS parameters too; one whose file changed is
     reported and left: rotate-certs writes it and restarts the members.
     """
-    deployer = _deployer(fleet, endpoint_url, _print_change, certs)
-    with _aws_errors(), console.status("applying…"):
-        changes = _actions(deployer.apply())
+    with tempfile.TemporaryDirectory(prefix="overlay-wheelhouse-") as scratch:
+        deployer = _deployer(
+            fleet,
+            endpoint_url,
+            _print_change,
+            certs,
+            lambda: _wheelhouse(wheelhouse, Path(scratch)),
+        )
+        with _aws_errors(), console.status("applying…"):
+            changes = _actions(deployer.apply())
     console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
 
 

@@ -9,9 +9,11 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
+from overlay.aws import ClientFactory
 from overlay.cli import app
 from overlay.config import ConfigError
 from overlay.ha import parse_ha_config
+from tests.deploy.bake import fake_wheelhouse
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +53,30 @@ def test_status_of_nothing_deployed(moto_endpoint: str) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "nothing deployed" in result.output
+
+
+@pytest.mark.deploy
+def test_plan_refuses_a_wheelhouse_or_a_base_image_it_cannot_bake(
+    aws: ClientFactory, tmp_path: Path
+) -> None:
+    command = ["deploy", "plan", "-f", str(EXAMPLE), "--endpoint-url", str(aws.endpoint_url)]
+    wrong = tmp_path / "wrong"
+    fake_wheelhouse(wrong)
+    (wrong / "grpcio-1.85.4-cp312-cp312-manylinux_2_17_x86_64.whl").write_bytes(b"")
+    result = CliRunner().invoke(app, [*command, "--wheelhouse", str(wrong)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # as the terminal wrapped it
+    assert "grpcio-1.85.4-cp312-cp312-manylinux_2_17_x86_64.whl is for cp312" in said
+    assert "the image is Debian 12 (CPython 3.11" in said
+    # moto has no Debian: the image cannot be baked, and the plan says so before anything.
+    right = tmp_path / "right"
+    fake_wheelhouse(right)
+    result = CliRunner().invoke(app, [*command, "--wheelhouse", str(right)])
+    assert result.exit_code == 1, result.output
+    assert "/aws/service/debian/release/12/latest/amd64" in " ".join(result.output.split())
+    assert "+ " not in result.output
+    vpcs = aws.client("ec2", "us-west-2").describe_vpcs()["Vpcs"]
+    assert [vpc for vpc in vpcs if not vpc["IsDefault"]] == []
 
 
 @pytest.mark.deploy

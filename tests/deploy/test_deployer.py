@@ -3,8 +3,8 @@
 moto cannot show everything (notes/moto.md): it has no placement groups (the deployer runs with
 ``MemoryPlacementGroups``, and the EC2 requests of ``Ec2PlacementGroups`` are checked with
 botocore's Stubber), it drops ``Placement.GroupName`` from run_instances (the request is
-recorded on its way out and checked), and it runs no user data (the AMI builder never powers
-itself off, so the test stops it, standing in for the builder's final ``shutdown``).
+recorded on its way out and checked), and it runs no user data and has canned console output
+(the AMI builder's power-off and verdict are stood in for by tests/deploy/bake.py).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
+from deploy._image import BAKE_OK
 from deploy._pairs import (
     PROFILE_PROPAGATION_S,
     PROFILE_RETRY_S,
     once_profile_propagated,
     public_ips,
 )
+from deploy._wheelhouse import Wheelhouse
 from deploy.deployer import ALARM_METRICS, ALARM_NAMESPACE, NODE_TLS_FILES, Deployer
 from deploy.fleet import Fleet, load_fleet
 from deploy.placement import Ec2PlacementGroups, MemoryPlacementGroups
@@ -33,6 +35,7 @@ from deploy.render import HA_TOML, NODE_TOML, member_files, members
 from overlay.aws import ClientFactory
 from overlay.config import parse_config
 from overlay.ha import find_pair, parse_ha_config
+from tests.deploy.bake import console_says, debian_image, fake_wheelhouse, powers_off
 from tests.deploy.fleet_certs import fleet_certs
 from tests.deploy.route53_dns import serve_hosted_zone
 
@@ -42,23 +45,21 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "fleet.example.toml"
 
 
 def stop_builder(ec2: Any, instance: str) -> None:  # noqa: ANN401
-    """What the builder's user data does last on EC2 (moto runs no user data)."""
-    ec2.stop_instances(InstanceIds=[instance])
-    ec2.get_waiter("instance_stopped").wait(
-        InstanceIds=[instance], WaiterConfig={"Delay": 1, "MaxAttempts": 5}
-    )
+    """What the builder's user data does last on EC2 (moto runs no user data): it prints its
+    verdict, which the deployer's waiter reads from its console, and powers off."""
+    console_says(ec2, f"{BAKE_OK} 0.1.0\n")
+    powers_off(ec2, instance)
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path) -> Wheelhouse:
+    return fake_wheelhouse(tmp_path / "wheelhouse")
 
 
 @pytest.fixture
 def fleet(aws: ClientFactory) -> Fleet:
     example = load_fleet(EXAMPLE)
-    base = aws.client("ec2", example.builder_region).register_image(
-        Name="debian-12-amd64",
-        Architecture="x86_64",
-        RootDeviceName="/dev/xvda",
-        VirtualizationType="hvm",
-        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
-    )["ImageId"]
+    base = debian_image(aws, example.builder_region)
     # The first AZ brings its own public address (BYOIP), the others get Amazon's.
     first, *others = example.regions
     byoip = dataclasses.replace(first.azs[0], public_ip=BYOIP_ADDRESS)
@@ -91,7 +92,7 @@ def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
 
 @pytest.mark.trio
 async def test_plan_apply_again_status_destroy(
-    aws: ClientFactory, fleet: Fleet, tmp_path: Path
+    aws: ClientFactory, fleet: Fleet, wheelhouse: Wheelhouse, tmp_path: Path
 ) -> None:
     placement = MemoryPlacementGroups()
     launched: list[dict[str, Any]] = []
@@ -112,6 +113,7 @@ async def test_plan_apply_again_status_destroy(
         fleet,
         aws,
         placement,
+        wheelhouse=wheelhouse,
         wait_for_builder=stop_builder,
         allow_special_use_addresses=True,
         certs=fleet_certs(tmp_path / "tls", EXAMPLE),
@@ -125,6 +127,8 @@ async def test_plan_apply_again_status_destroy(
     assert kinds["instance"] == 2 * pairs
     assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
     assert kinds["placement-group"] == pairs
+    # The AMI's: the artifacts bucket, the wheelhouse in it, the builder's way to it.
+    assert (kinds["bucket"], kinds["wheelhouse"], kinds["vpc-endpoint"]) == (1, 1, 1)
     assert kinds["parameter"] == 3 * 2 * pairs  # the CA, the certificate and the key of each
     # Per pair: node down and takeover.
     assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 2 * pairs
@@ -164,7 +168,8 @@ async def test_plan_apply_again_status_destroy(
         )
     # Every pair member went into its AZ's placement group (moto drops the group: the
     # request is what shows it).
-    pair_launches = [p for p in launched if p.get("NetworkInterfaces")]
+    # The AMI builder launches into a subnet, each member on its own interface.
+    pair_launches = [p for p in launched if "SubnetId" not in p["NetworkInterfaces"][0]]
     assert len(pair_launches) == 2 * pairs
     for params in pair_launches:
         az = params["Placement"]["AvailabilityZone"]
@@ -279,7 +284,7 @@ async def test_plan_apply_again_status_destroy(
         instance_type="c6in.xlarge",
         regions=(dataclasses.replace(first, azs=first.azs[:1]), *others),
     )
-    report = Deployer(changed, aws, placement).plan()
+    report = Deployer(changed, aws, placement, wheelhouse=wheelhouse).plan()
     # The records would follow the description (one address fewer); nothing else is touched.
     assert {(c.action, c.kind) for c in report if c.action != "differs"} == {
         ("update", "record-sets")
@@ -343,6 +348,9 @@ async def test_plan_apply_again_status_destroy(
     ]
     east = aws.client("ec2", "us-east-1")
     assert [v["VpcId"] for v in east.describe_vpcs(VpcIds=[foreign])["Vpcs"]] == [foreign]
+    assert aws.client("s3", fleet.builder_region).list_buckets()["Buckets"] == []
+    endpoints = aws.client("ec2", fleet.builder_region).describe_vpc_endpoints()
+    assert {e["State"] for e in endpoints["VpcEndpoints"]} <= {"deleted"}
     assert deployer.destroy() == []
 
 

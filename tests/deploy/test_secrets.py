@@ -37,6 +37,7 @@ from overlay.aws import ClientFactory
 from overlay.cli import app
 from overlay.grpc import identity_of
 from overlay.tls import load_tls
+from tests.deploy.bake import any_wheelhouse, debian_image
 from tests.deploy.fleet_certs import fleet_certs
 from tests.deploy.test_deployer import stop_builder
 
@@ -69,13 +70,7 @@ MEMBERS = ["us-west-2a-active", "us-west-2a-standby", "us-west-2b-active", "us-w
 
 @pytest.fixture
 def fleet_file(aws: ClientFactory, tmp_path: Path) -> Path:
-    base = aws.client("ec2", REGION).register_image(
-        Name="debian-12-amd64",
-        Architecture="x86_64",
-        RootDeviceName="/dev/xvda",
-        VirtualizationType="hvm",
-        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
-    )["ImageId"]
+    base = debian_image(aws, REGION)
     path = tmp_path / "fleet.toml"
     path.write_text(FLEET.format(base=base))
     return path
@@ -96,6 +91,7 @@ def deployer(fleet: Fleet, aws: ClientFactory, certs: Path | None) -> Deployer:
         fleet,
         aws,
         MemoryPlacementGroups(),
+        wheelhouse=any_wheelhouse(),
         wait_for_builder=stop_builder,
         allow_special_use_addresses=True,
         certs=certs,
