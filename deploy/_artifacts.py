@@ -34,6 +34,30 @@ WHEELHOUSE_DAYS = 30
 #: temporary credentials, a URL ends with the session that signed it, whichever comes first.
 PRESIGNED_S = 2 * 3600
 
+LIFECYCLE: dict[str, Any] = {
+    "Rules": [
+        {
+            "ID": "old-wheelhouses",
+            "Status": "Enabled",
+            "Filter": {"Prefix": WHEELHOUSES},
+            "Expiration": {"Days": WHEELHOUSE_DAYS},
+        },
+        {
+            # Their URLs expired long before.
+            "ID": "old-bake-manifests",
+            "Status": "Enabled",
+            "Filter": {"Prefix": BAKES},
+            "Expiration": {"Days": 1},
+        },
+        {
+            "ID": "unfinished-uploads",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        },
+    ]
+}
+
 
 @dataclass(frozen=True)
 class Artifacts:
@@ -156,31 +180,6 @@ def _create(walk: Walk, name: str) -> str:
     s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=LIFECYCLE)
     s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": walk.tag_list(name)})
     return name
-
-
-LIFECYCLE: dict[str, Any] = {
-    "Rules": [
-        {
-            "ID": "old-wheelhouses",
-            "Status": "Enabled",
-            "Filter": {"Prefix": WHEELHOUSES},
-            "Expiration": {"Days": WHEELHOUSE_DAYS},
-        },
-        {
-            # Their URLs expired long before.
-            "ID": "old-bake-manifests",
-            "Status": "Enabled",
-            "Filter": {"Prefix": BAKES},
-            "Expiration": {"Days": 1},
-        },
-        {
-            "ID": "unfinished-uploads",
-            "Status": "Enabled",
-            "Filter": {"Prefix": ""},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-        },
-    ]
-}
 
 
 def _objects(walk: Walk, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:

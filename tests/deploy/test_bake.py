@@ -197,9 +197,8 @@ def test_the_builder_reaches_s3_alone_and_installs_from_presigned_urls(
     endpoint = _network.s3_endpoint(walk, region, network.vpc)
     assert _network.s3_endpoint(walk, region, network.vpc) == endpoint
     artifacts = _artifacts.converge(walk, house)
-    images = _image.converge(
-        walk, {region: network}, fleet.base_image_id or "", artifacts, wait_for_builder=powers_off
-    )
+    base = _image.base_image(walk)
+    images = _image.converge(walk, {region: network}, base, artifacts, wait_for_builder=powers_off)
 
     # The VPC's way to S3: a gateway endpoint on the main route table, tagged.
     [described] = ec2.describe_vpc_endpoints(VpcEndpointIds=[endpoint])["VpcEndpoints"]
