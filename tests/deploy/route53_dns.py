@@ -7,6 +7,7 @@ test can resolve what deploy wrote with a real resolver.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -59,7 +60,24 @@ async def serve_hosted_zone(
     Raises:
         ValueError: the zone has an alias record set, which this fake cannot answer.
     """
-    rrsets = await trio.to_thread.run_sync(_list_record_sets, aws, zone_id, page_size)
+    zone = await trio.to_thread.run_sync(
+        functools.partial(
+            hosted_zone, aws, zone_id, client_region=client_region, page_size=page_size
+        )
+    )
+    async with serve_zone(zone, host) as address:
+        yield address
+
+
+def hosted_zone(
+    aws: ClientFactory, zone_id: str, *, client_region: str, page_size: int | None = None
+) -> Zone:
+    """The hosted zone as ``serve_hosted_zone`` serves it (read now, routing policies its way).
+
+    Raises:
+        ValueError: the zone has an alias record set, which this fake cannot answer.
+    """
+    rrsets = _list_record_sets(aws, zone_id, page_size)
     records: dict[str, dict[str, list[str]]] = {}
     for name, rdtype, chosen in _choose(rrsets, client_region):
         if "AliasTarget" in chosen:
@@ -67,9 +85,7 @@ async def serve_hosted_zone(
         values = [record["Value"] for record in chosen["ResourceRecords"]]
         records.setdefault(name, {})[rdtype] = values
     ttls = [int(rrset["TTL"]) for rrset in rrsets if rrset["Type"] not in SKIPPED_TYPES]
-    zone = Zone(records, ttl=min(ttls, default=300))
-    async with serve_zone(zone, host) as address:
-        yield address
+    return Zone(records, ttl=min(ttls, default=300))
 
 
 def _list_record_sets(
