@@ -220,6 +220,18 @@ class CloudwatchSection:
 
 
 @dataclass(frozen=True)
+class HealthSection:
+    """``[health]``: ``GET /ready`` for load balancers and DNS health checks (Route 53): 200
+    while the node takes new calls, 503 with the reason while it drains or, as a pair's
+    standby, is out of the mesh. Nothing else is served there: no counter leaves through it.
+    With several workers, worker 0 serves it.
+    """
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class PairSection:
     """``[pair]``: this node is one member of an active/standby pair reached at ``address``.
 
@@ -324,3 +336,4 @@ class NodeConfig:
     cloudwatch: CloudwatchSection | None = None
     security: SecuritySection | None = None  # None: no edge security at all
     pair: PairSection | None = None  # None: not one of a pair, always in the mesh
+    health: HealthSection | None = None

@@ -24,6 +24,7 @@ from ._model import (
     DnsSection,
     DnsTarget,
     GrpcSection,
+    HealthSection,
     LinkstateSection,
     ListenAddress,
     LogFormat,
@@ -117,6 +118,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             "cloudwatch",
             "security",
             "pair",
+            "health",
         ),
     )
     node = root.require("node", _node)
@@ -188,6 +190,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         cloudwatch=cloudwatch,
         security=root.get("security", security, None),
         pair=_pair_of(root, sip, peers),
+        health=root.get("health", _health, None),
     )
 
 
@@ -311,6 +314,12 @@ def _metrics(value: object, path: Path) -> MetricsSection:
     table = Table(value, path, ("listen",))
     host, port = table.require("listen", _ip_port_any)
     return MetricsSection(host, port)
+
+
+def _health(value: object, path: Path) -> HealthSection:
+    table = Table(value, path, ("listen",))
+    host, port = table.require("listen", _ip_port_any)
+    return HealthSection(host, port)
 
 
 def _log(value: object, path: Path) -> LogSection:

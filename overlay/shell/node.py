@@ -239,7 +239,16 @@ async def open_node(
     collector = NodeCollector(
         config.node, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh
     )
-    telemetry = Telemetry(config, worker, collector, mesh)
+
+    def readiness() -> str | None:
+        """Why the node takes no new calls (``[health]``'s ``/ready``), or ``None``."""
+        if drain.draining:
+            return "draining"
+        if mesh is not None and not mesh.joined:
+            return "standby: out of the mesh until it holds the pair's address"
+        return None
+
+    telemetry = Telemetry(config, worker, collector, mesh, readiness)
     counters.add(telemetry.counters)
     counters.add(stalls.counters)
     if security is not None:

@@ -8,6 +8,7 @@ two workers serves each worker's counters on a port of its own.
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,30 @@ def config(node_id: str, host: str, peer_id: str, peer_host: str) -> str:
     return mesh_config(
         node_id, host, peer_id, peer_host, region="us-west-2", media=True, extra=metrics
     )
+
+
+@pytest.mark.trio
+async def test_ready_follows_drain(loopback_host: Callable[[], str]) -> None:
+    """What a Route 53 HTTP check of ``[health]`` sees: 503 while the node drains."""
+    host, peer = loopback_host(), loopback_host()
+    health = f'[health]\nlisten = "{host}:0"\n'
+    loaded = parse_config(config("mx-a", host, "mx-b", peer) + health, source="a.toml")
+    async with serve_node(loaded) as node:
+        assert node.telemetry.health_address is not None
+        host, port = node.telemetry.health_address
+
+        def status() -> int:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}/ready", timeout=5) as reply:
+                    return int(reply.status)
+            except urllib.error.HTTPError as error:
+                return error.code
+
+        assert await trio.to_thread.run_sync(status) == 200
+        node.drain.draining = True
+        assert await trio.to_thread.run_sync(status) == 503
+        node.drain.draining = False
+        assert await trio.to_thread.run_sync(status) == 200
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[str, str]:

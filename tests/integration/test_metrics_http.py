@@ -196,3 +196,21 @@ async def receive_until_closed(stream: trio.SocketStream) -> bytes:
         while chunk := await stream.receive_some(65536):
             data += chunk
     return data
+
+
+async def test_ready_says_whether_the_node_takes_new_calls(
+    loopback_host: Callable[[], str],
+) -> None:
+    """``[health]``'s server: /ready only, 200 or 503 with the reason, HEAD as GET."""
+    why: str | None = None
+    server = MetricsServer(ready=lambda: why)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(server.serve, loopback_host(), 0)
+        assert (await call(address, "GET", "/ready"))[::2] == (200, b"ready\n")
+        why = "draining"
+        assert (await call(address, "GET", "/ready"))[::2] == (503, b"not ready: draining\n")
+        assert (await call(address, "HEAD", "/ready"))[::2] == (503, b"")
+        # No counter leaves through it.
+        status, _, body = await call(address, "GET", "/metrics")
+        assert (status, body) == (404, b"not found; served here: /ready\n")
+        nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""The node's ``/metrics`` endpoint: HTTP/1.1 parsed by h11, served by trio on the node's thread.
+"""The node's ``/metrics`` and ``/ready`` endpoints: HTTP/1.1 parsed by h11, served by trio on the
+node's thread.
 
 Why not ``prometheus_client.start_http_server``: it serves from a thread of its own, so the
 collector would read the proxy core, the link monitors and the route table while the trio
@@ -11,13 +12,15 @@ it costs is the rendering itself (about a millisecond per hundred series) on the
 Each connection is one task; it may carry several requests (keep-alive, as Prometheus uses)
 and is closed when idle for ``IDLE_TIMEOUT``, on bad HTTP (400), or when the client closes.
 At most ``MAX_CONNECTIONS`` are served at once; more are closed at once, so a misbehaving
-client cannot pile up tasks on the node. Only ``GET`` and ``HEAD`` of ``/metrics`` are served;
-the response is the Prometheus text format or OpenMetrics (by ``Accept``), gzipped when asked.
+client cannot pile up tasks on the node. Only ``GET`` and ``HEAD`` are served: of ``/metrics``,
+the Prometheus text format or OpenMetrics (by ``Accept``), gzipped when asked; of ``/ready``
+(a server given ``ready``, on its own address: ``[health]``), 200 or 503 with the reason.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 
 import h11
 import structlog
@@ -28,6 +31,7 @@ from prometheus_client.registry import CollectorRegistry
 log = structlog.get_logger("overlay.telemetry")
 
 PATH = "/metrics"
+READY_PATH = "/ready"
 MAX_CONNECTIONS = 16
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait for (the rest of) a request
 MAX_REQUEST_HEAD = 16 * 1024  # bytes of request line and headers
@@ -35,10 +39,18 @@ _RECEIVE_SIZE = 4096
 
 
 class MetricsServer:
-    """Serves ``registry`` on ``/metrics``; see the module docstring."""
+    """Serves ``registry`` on ``/metrics`` and, with ``ready`` (which says why the node is not
+    ready, or ``None``), ``/ready``; see the module docstring."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        ready: Callable[[], str | None] | None = None,
+    ) -> None:
         self._registry = registry
+        self._ready = ready
+        self._paths = [path for path, on in ((PATH, registry), (READY_PATH, ready)) if on]
         self.connections = 0  # being served now
         self.refused = 0  # connections closed at once, over MAX_CONNECTIONS
         self.bad_requests = 0
@@ -112,9 +124,18 @@ class MetricsServer:
             allow = [("Allow", "GET, HEAD")]
             await _send(conn, stream, 405, b"only GET and HEAD\n", allow, close=True)
             return
-        if target != PATH:
-            await _send(conn, stream, 404, f"not found; metrics are at {PATH}\n".encode())
+        if target not in self._paths:
+            served = " and ".join(self._paths)
+            await _send(conn, stream, 404, f"not found; served here: {served}\n".encode())
             return
+        head = method == "HEAD"
+        if target == READY_PATH:
+            assert self._ready is not None
+            why = self._ready()
+            status, text = (200, "ready") if why is None else (503, f"not ready: {why}")
+            await _send(conn, stream, status, f"{text}\n".encode(), head=head)
+            return
+        assert self._registry is not None
         headers = {name.decode("latin-1").lower(): value for name, value in request.headers}
         accept = headers.get("accept", b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
@@ -130,7 +151,7 @@ class MetricsServer:
         if gzip_accepted(headers.get("accept-encoding", b"").decode("latin-1")):
             body = gzip.compress(body, compresslevel=1)
             extra.append(("Content-Encoding", "gzip"))
-        await _send(conn, stream, 200, body, extra, head=method == "HEAD")
+        await _send(conn, stream, 200, body, extra, head=head)
 
 
 async def _next_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:

@@ -9,6 +9,7 @@ only worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -19,7 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 from overlay.config import NodeConfig
 
 from ._collector import NodeCollector
-from ._http import PATH, MetricsServer
+from ._http import PATH, READY_PATH, MetricsServer
 
 if TYPE_CHECKING:
     from overlay.shell.mesh import Mesh
@@ -34,9 +35,17 @@ class Telemetry:
     ``/metrics`` serves ``collector``, the exporter sends the links of ``mesh``."""
 
     def __init__(
-        self, config: NodeConfig, worker: int, collector: NodeCollector, mesh: Mesh | None
+        self,
+        config: NodeConfig,
+        worker: int,
+        collector: NodeCollector,
+        mesh: Mesh | None,
+        ready: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``ready`` says why the node takes no new calls now, or ``None`` (``[health]``)."""
         self._config = config
+        self._ready = ready
+        self.health_address: tuple[str, int] | None = None  # once serving
         self._worker = worker
         self._collector = collector
         self._mesh = mesh
@@ -73,6 +82,12 @@ class Telemetry:
                 host, port = await nursery.start(self.server.serve, config.metrics.host, port)
                 self.metrics_address = (host, port)
                 log.info("metrics listening", host=host, port=port, path=PATH)
+            if config.health is not None and self._worker == 0:
+                health = MetricsServer(ready=self._ready)
+                listen = config.health
+                host, port = await nursery.start(health.serve, listen.host, listen.port)
+                self.health_address = (host, port)
+                log.info("health listening", host=host, port=port, path=READY_PATH)
             if config.cloudwatch is not None:
                 # Imported here: boto3 is loaded only by the nodes that export.
                 from ._exporter import CloudWatchExporter
