@@ -33,14 +33,17 @@ Respond = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 def answer(client: Any, operation: str, respond: Respond) -> None:  # noqa: ANN401
-    """Answer ``operation`` with what ``respond(request)`` returns, where it returns something."""
+    """Answer ``operation`` with what ``respond(request)`` returns, where it returns something
+    (an error, when that holds an ``Error``)."""
     service = client.meta.service_model.service_id.hyphenize()
 
     def before_call(
         params: dict[str, Any], **_: object
     ) -> tuple[AWSResponse, dict[str, Any]] | None:
         parsed = respond(params)
-        return None if parsed is None else (AWSResponse(params["url"], 200, {}, None), parsed)
+        if parsed is None:
+            return None
+        return AWSResponse(params["url"], 400 if "Error" in parsed else 200, {}, None), parsed
 
     client.meta.events.register(f"before-call.{service}.{operation}", before_call)
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.awsrequest import AWSResponse
 from cryptography import x509
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
@@ -37,7 +36,7 @@ from overlay.aws import ClientFactory
 from overlay.cli import app
 from overlay.grpc import identity_of
 from overlay.tls import load_tls
-from tests.deploy.bake import any_wheelhouse, debian_image
+from tests.deploy.bake import answer, any_wheelhouse, debian_image
 from tests.deploy.fleet_certs import fleet_certs
 from tests.deploy.test_deployer import stop_builder
 
@@ -219,8 +218,10 @@ def test_a_missing_or_wrong_file_is_refused_before_any_aws_call(
     assert recording.asked == []
     (certs / "us-west-2b.pem").write_text("not a certificate\n")
     command = ["deploy", "apply", "-f", str(fleet_file), "--certs", str(certs)]
+    # A wheelhouse given: none is built (a minute of pip) before the files are read.
+    wheels = ["--wheelhouse", str(any_wheelhouse().path)]
     result = CliRunner(env={"COLUMNS": "400"}).invoke(
-        app, [*command, "--endpoint-url", moto_endpoint]
+        app, [*command, *wheels, "--endpoint-url", moto_endpoint]
     )
     assert result.exit_code == 2, result.output
     assert f"{certs / 'us-west-2b.pem'}: not a PEM certificate" in result.output
@@ -333,18 +334,14 @@ def record_sends(ssm: Any) -> list[dict[str, Any]]:  # noqa: ANN401
     return sent
 
 
-def answer_invocations(ssm: Any, answer: Callable[[str], dict[str, Any] | None]) -> None:  # noqa: ANN401
-    """GetCommandInvocation answered by ``answer(instance_id)`` (an HTTP status with the parsed
-    answer), or by moto when it gives ``None``: the boundary where a failure is injected."""
-
-    def before_call(params: dict[str, Any], **_: object) -> tuple[AWSResponse, Any] | None:
-        parsed = answer(json.loads(params["body"])["InstanceId"])
-        if parsed is None:
-            return None
-        status = 400 if "Error" in parsed else 200
-        return AWSResponse(params["url"], status, {}, None), parsed
-
-    ssm.meta.events.register("before-call.ssm.GetCommandInvocation", before_call)
+def answer_invocations(ssm: Any, respond: Callable[[str], dict[str, Any] | None]) -> None:  # noqa: ANN401
+    """GetCommandInvocation answered by ``respond(instance_id)``, or by moto when it gives
+    ``None``: the boundary where a failure is injected."""
+    answer(
+        ssm,
+        "GetCommandInvocation",
+        lambda request: respond(json.loads(request["body"])["InstanceId"]),
+    )
 
 
 def test_rotation_writes_new_versions_then_restarts_pair_by_pair_the_standby_first(
