@@ -175,7 +175,7 @@ def restart_order(walk: Walk, rows: Sequence[dict[str, str]]) -> list[dict[str, 
                 row = by_name.get(walk.name(member.id))
                 if row is None or row["state"] != "running":
                     state = "no instance" if row is None else row["state"]
-                    raise DeployError(f"{member.id}: {state}; nothing rotated (apply first)")
+                    raise DeployError(f"{member.id}: {state}; nothing rotated (each must run)")
                 pair.append(row)
             order += sorted(pair, key=lambda row: (bool(row["floating"]), row["role"] == "active"))
     return order
