@@ -16,6 +16,7 @@ from deploy.records import (
     sip_record_sets,
     validate_change_batch,
 )
+from overlay.config import READY_PATH
 
 
 def converge(
@@ -54,10 +55,10 @@ def converge(
                 functools.partial(
                     health_check_config,
                     pair.public_ip,
-                    fleet.ports.sip,
+                    fleet.ports.health,
                     allow_special_use=allow_special_use,
                 ),
-                f"TCP {pair.public_ip}:{fleet.ports.sip}",
+                f"HTTP {pair.public_ip}:{fleet.ports.health}{READY_PATH}",
             )
             for pair in pairs
         ]

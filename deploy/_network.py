@@ -238,6 +238,7 @@ def _create_security_group(
         ("udp", ports.relay, ports.relay, fleet.peer_cidrs),  # media between the relays
         ("tcp", ports.grpc, ports.grpc, [*fleet.peer_cidrs, *fleet.noc_cidrs]),
         ("tcp", ports.metrics, ports.metrics, fleet.noc_cidrs),  # Prometheus scrapes
+        ("tcp", ports.health, ports.health, fleet.noc_cidrs),
     ]
     permissions: list[dict[str, Any]] = [
         {
@@ -250,12 +251,12 @@ def _create_security_group(
         if cidrs
     ]
     if health_checkers is not None:
-        # Route 53 checks each pair's SIP over TCP (it cannot check UDP).
+        # Route 53 asks each pair's node whether it takes new calls (HTTP /ready).
         permissions.append(
             {
                 "IpProtocol": "tcp",
-                "FromPort": ports.sip,
-                "ToPort": ports.sip,
+                "FromPort": ports.health,
+                "ToPort": ports.health,
                 "PrefixListIds": [
                     {"PrefixListId": health_checkers, "Description": "Route 53 health checkers"}
                 ],

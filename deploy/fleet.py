@@ -55,7 +55,8 @@ from overlay.config import (
 @dataclass(frozen=True)
 class Ports:
     """The routers' ports: SIP over UDP/TCP, SIP over TLS, the RTP range, gRPC (control), the
-    relays' overlay port (media between routers) and Prometheus metrics."""
+    relays' overlay port (media between routers), Prometheus metrics, and the readiness
+    Route 53 checks (``[health]``'s ``/ready``)."""
 
     sip: int = 5060
     sip_tls: int = 5061
@@ -64,6 +65,7 @@ class Ports:
     grpc: int = 7000
     relay: int = 7001
     metrics: int = 9100
+    health: int = 9101
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,9 @@ def _dialplan(
 
 def _ports(value: object, path: KeyPath) -> Ports:
     table = Table(
-        value, path, ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc", "relay", "metrics")
+        value,
+        path,
+        ("sip", "sip_tls", "rtp_first", "rtp_last", "grpc", "relay", "metrics", "health"),
     )
     d = Ports()
     ports = Ports(
@@ -340,6 +344,7 @@ def _ports(value: object, path: KeyPath) -> Ports:
         grpc=table.get("grpc", _port, d.grpc),
         relay=table.get("relay", _port, d.relay),
         metrics=table.get("metrics", _port, d.metrics),
+        health=table.get("health", _port, d.health),
     )
 
     # A rule broken by a default is blamed on the key that was written.
@@ -362,6 +367,7 @@ def _ports(value: object, path: KeyPath) -> Ports:
         "grpc": ports.grpc,
         "relay": ports.relay,
         "metrics": ports.metrics,
+        "health": ports.health,
     }
     seen: dict[int, str] = {}
     for key, port in signalling.items():

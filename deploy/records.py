@@ -50,6 +50,8 @@ import dns.rdataclass
 import dns.rdatatype
 from dns.rdtypes.IN.NAPTR import NAPTR
 
+from overlay.config import READY_PATH
+
 __all__ = [
     "AWS_REGIONS",
     "RecordError",
@@ -268,15 +270,17 @@ def sip_record_sets(
 def health_check_config(
     address: str, port: int, *, allow_special_use: bool = False
 ) -> dict[str, Any]:
-    """A Route 53 ``HealthCheckConfig`` that checks a SIP router by TCP connect.
+    """A Route 53 ``HealthCheckConfig`` that asks a SIP router whether it takes new calls.
 
-    Route 53 cannot check UDP, so the check connects to the TCP SIP port every 10 s and calls
-    the endpoint unhealthy after 3 failures in a row. One check per address; a region whose
-    latency record set lists several addresses can gate it on a CALCULATED check over them.
+    Route 53 cannot check UDP, and a TCP connect to SIP would not see a node that drains, so the
+    check asks the node's ``[health]`` endpoint (``GET /ready``: 200, or 503 while it drains or
+    stands by) every 10 s and calls the endpoint unhealthy after 3 failures in a row. One check
+    per address; a region whose latency record set lists several addresses can gate it on a
+    CALCULATED check over them.
 
     Args:
         address: the public IPv4 or IPv6 address to check.
-        port: the TCP port to connect to.
+        port: the node's ``[health]`` port.
         allow_special_use: accept addresses Route 53 refuses to check (RFC 5735, RFC 6598,
             RFC 5156 ranges: private, loopback, documentation, multicast...). Only for tests:
             moto's EIPs come from 127.0.0.0/8 and test data from the documentation ranges.
@@ -295,9 +299,10 @@ def health_check_config(
             " special-use range (RFC 5735, RFC 6598, RFC 5156)"
         )
     return {
-        "Type": "TCP",
+        "Type": "HTTP",
         "IPAddress": address,
         "Port": port,
+        "ResourcePath": READY_PATH,
         "RequestInterval": 10,
         "FailureThreshold": 3,
     }

@@ -162,6 +162,8 @@ def node_toml(fleet: Fleet, member: Member, public_ip: str | None = None) -> str
             },
         ),
         ("metrics", {"listen": f"0.0.0.0:{ports.metrics}"}),
+        # What Route 53 checks: 503 while draining or standing by.
+        ("health", {"listen": f"0.0.0.0:{ports.health}"}),
         ("log", {"format": "json"}),
         ("cloudwatch", {"fleet": fleet.name}),
         # In the mesh only while the HA agent has given this member the address.

@@ -25,6 +25,7 @@ from ._errors import ConfigError
 from ._lines import Path as KeyPath
 from ._model import (
     LOG_LEVELS,
+    READY_PATH,
     CloudwatchSection,
     DialplanRule,
     DnsSection,
@@ -75,6 +76,7 @@ from ._security import security as security_section
 
 __all__ = [
     "LOG_LEVELS",
+    "READY_PATH",
     "TLS_KEYS",
     "CloudwatchSection",
     "ConfigError",

@@ -219,6 +219,10 @@ class CloudwatchSection:
     endpoint_url: str | None = None
 
 
+#: Where ``[health]`` answers (the deployer's Route 53 checks ask there).
+READY_PATH = "/ready"
+
+
 @dataclass(frozen=True)
 class HealthSection:
     """``[health]``: ``GET /ready`` for load balancers and DNS health checks (Route 53): 200

@@ -222,14 +222,13 @@ async def test_plan_apply_again_status_destroy(
         "udp",
         set(fleet.peer_cidrs),
     )
-    sip_tcp = [
-        r
-        for r in group["IpPermissions"]
-        if r.get("FromPort") == fleet.ports.sip and r["IpProtocol"] == "tcp"
-    ]
-    assert [p["PrefixListId"] for r in sip_tcp for p in r.get("PrefixListIds", ())] == [
+    # Route 53's checkers ask /ready on the health port (the NOC may too), nothing else.
+    health = [r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.health]
+    assert [p["PrefixListId"] for r in health for p in r.get("PrefixListIds", ())] == [
         checkers["us-west-2"]
     ]
+    assert {c["CidrIp"] for r in health for c in r["IpRanges"]} == set(fleet.noc_cidrs)
+    assert not [r for r in group["IpPermissions"] if r.get("PrefixListIds") and r not in health]
 
     # status: each active holds its pair's floating address.
     rows = deployer.status()
@@ -255,6 +254,10 @@ async def test_plan_apply_again_status_destroy(
         assert sorted(r.address for r in nearest) == sorted(row["floating"] for row in east)
     checks = route53.list_health_checks()["HealthChecks"]
     assert len(checks) == pairs + sum(1 for region in fleet.regions if len(region.azs) > 1)
+    # Each pair's: whether its node takes new calls (503 while it drains).
+    asked = [c["HealthCheckConfig"] for c in checks if c["HealthCheckConfig"]["Type"] == "HTTP"]
+    assert len(asked) == pairs
+    assert {(c["Port"], c["ResourcePath"]) for c in asked} == {(fleet.ports.health, "/ready")}
 
     # Alarms on the link metrics, wired to the region's topic.
     east2 = next(region for region in fleet.regions if region.name == "us-east-2")

@@ -188,10 +188,11 @@ def test_region_list_is_route53s() -> None:
 
 def test_health_check_is_tcp_on_the_sip_port() -> None:
     # A public address as data only; nothing is sent to it.
-    assert health_check_config("3.1.2.3", 5060) == {
-        "Type": "TCP",
+    assert health_check_config("3.1.2.3", 9101) == {
+        "Type": "HTTP",
         "IPAddress": "3.1.2.3",
-        "Port": 5060,
+        "Port": 9101,
+        "ResourcePath": "/ready",
         "RequestInterval": 10,
         "FailureThreshold": 3,
     }
@@ -512,11 +513,11 @@ def published(aws: ClientFactory) -> Published:
     endpoints = []
     for endpoint in FLEET:
         # Documentation addresses: real Route 53 would refuse to check them, moto does not.
-        config = health_check_config(endpoint.addresses[0], 5060, allow_special_use=True)
+        config = health_check_config(endpoint.addresses[0], 9101, allow_special_use=True)
         check = route53.create_health_check(
             CallerReference=f"sip-{endpoint.region}", HealthCheckConfig=config
         )["HealthCheck"]
-        assert check["HealthCheckConfig"]["Type"] == "TCP"
+        assert check["HealthCheckConfig"]["Type"] == "HTTP"
         endpoints.append(dataclasses.replace(endpoint, health_check_id=check["Id"]))
     batch = _create(*sip_record_sets(ZONE, endpoints, sip_port=5060, sip_tls_port=5061))
     existing = route53.list_resource_record_sets(HostedZoneId=zone_id)["ResourceRecordSets"]

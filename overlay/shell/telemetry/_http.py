@@ -28,10 +28,11 @@ import trio
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
+from overlay.config import READY_PATH
+
 log = structlog.get_logger("overlay.telemetry")
 
 PATH = "/metrics"
-READY_PATH = "/ready"
 MAX_CONNECTIONS = 16
 IDLE_TIMEOUT = 30.0  # seconds a connection may wait for (the rest of) a request
 MAX_REQUEST_HEAD = 16 * 1024  # bytes of request line and headers

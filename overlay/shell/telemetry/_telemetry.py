@@ -17,10 +17,10 @@ import trio
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.registry import CollectorRegistry
 
-from overlay.config import NodeConfig
+from overlay.config import READY_PATH, NodeConfig
 
 from ._collector import NodeCollector
-from ._http import PATH, READY_PATH, MetricsServer
+from ._http import PATH, MetricsServer
 
 if TYPE_CHECKING:
     from overlay.shell.mesh import Mesh
