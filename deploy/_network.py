@@ -29,10 +29,8 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
         "vpc",
         region.name,
         name,
-        lambda: ec2.create_vpc(CidrBlock=region.vpc_cidr, TagSpecifications=walk.tags("vpc", name))[
-            "Vpc"
-        ]["VpcId"],
-        region.vpc_cidr,
+        lambda: _create_vpc(walk, ec2, region.vpc_cidr, name),
+        f"{region.vpc_cidr}, DNS hostnames (the API endpoints' private names)",
     )
     walk.find_or_create_tagged(
         "internet-gateway",
@@ -49,7 +47,7 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
             "prefix-list",
             region.name,
             _HEALTH_CHECKERS.format(region=region.name),
-            "not in this region: Route 53's health checks of its pairs cannot reach SIP; add"
+            "not in this region: Route 53's health checks of its pairs cannot reach /ready; add"
             " AWS's ROUTE53_HEALTHCHECKS ranges to the security group by hand",
         )
     group = walk.find_or_create_tagged(
@@ -58,7 +56,7 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
         name,
         lambda: _create_security_group(walk, ec2, vpc, name, checkers),
         "SIP/TLS/RTP from trunks and peers, the relays' port and gRPC from peers, gRPC from"
-        " the NOC, SIP/TCP from Route 53's health checkers",
+        " the NOC, /ready from Route 53's health checkers",
     )
     existing = set(walk.placement.names(region.name, walk.fleet.name))
     for az in region.azs:
@@ -72,6 +70,7 @@ def converge(walk: Walk, region: RegionSpec) -> Network:
                 functools.partial(walk.placement.create, region.name, walk.fleet.name, group_name),
                 STRATEGY,
             )
+    api_endpoints(walk, region.name, vpc, list(subnets.values()))
     return Network(vpc, subnets, group)
 
 
@@ -83,10 +82,85 @@ def s3_endpoint(walk: Walk, region: str, vpc: str) -> str:
         "vpc-endpoint",
         region,
         name,
-        lambda: first_id(_endpoints(walk, region, name), "VpcEndpointId"),
+        functools.partial(_endpoint_id, walk, region, name),
         lambda: _create_s3_endpoint(walk, region, vpc, name),
         f"S3 gateway ({_S3.format(region=region)}) on the main route table",
     )
+
+
+#: The AWS APIs a member calls: the HA agent (EC2, its takeover metric), the node's exporter
+#: (CloudWatch), the TLS files' fetch and Run Command (SSM and the agent's two channels).
+API_SERVICES = ("ec2", "monitoring", "ssm", "ssmmessages", "ec2messages")
+
+
+def api_endpoints(walk: Walk, region: str, vpc: str, subnets: list[str]) -> None:
+    """An interface endpoint per AWS API the members call, in every AZ's subnet, with private
+    DNS: members have no public address of their own (only the active's floating one has an
+    Elastic IP), and the standby must reach EC2 to take over. Reached on 443 from the VPC."""
+    ec2 = walk.ec2(region)
+    group_name = walk.name(f"{region}-endpoints")
+    group = walk.find_or_create_tagged(
+        "security-group",
+        region,
+        group_name,
+        lambda: _create_endpoint_group(walk, ec2, vpc, group_name),
+        "HTTPS from the VPC, to the AWS API endpoints",
+    )
+    for service in API_SERVICES:
+        name = walk.name(f"{region}-{service}")
+        walk.find_or_create(
+            "vpc-endpoint",
+            region,
+            name,
+            functools.partial(_endpoint_id, walk, region, name),
+            functools.partial(
+                _create_api_endpoint, walk, ec2, f"com.amazonaws.{region}.{service}", name,
+                vpc, subnets, group,
+            ),
+            f"interface, private DNS, in {len(subnets)} subnet(s)",
+        )  # fmt: skip
+
+
+def _endpoint_id(walk: Walk, region: str, name: str) -> str | None:
+    return first_id(_endpoints(walk, region, name), "VpcEndpointId")
+
+
+def _create_api_endpoint(
+    walk: Walk,
+    ec2: Any,  # noqa: ANN401
+    service: str,
+    name: str,
+    vpc: str,
+    subnets: list[str],
+    group: str,
+) -> str:
+    endpoint: str = ec2.create_vpc_endpoint(
+        VpcEndpointType="Interface",
+        VpcId=vpc,
+        ServiceName=service,
+        SubnetIds=subnets,
+        SecurityGroupIds=[group],
+        PrivateDnsEnabled=True,
+        TagSpecifications=walk.tags("vpc-endpoint", name),
+    )["VpcEndpoint"]["VpcEndpointId"]
+    return endpoint
+
+
+def _create_endpoint_group(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: ANN401
+    cidr = ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"][0]["CidrBlock"]
+    group: str = ec2.create_security_group(
+        GroupName=name,
+        Description=f"overlay {walk.fleet.name}: AWS API endpoints",
+        VpcId=vpc,
+        TagSpecifications=walk.tags("security-group", name),
+    )["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": cidr}]}
+        ],
+    )
+    return group
 
 
 def differences(walk: Walk, region: RegionSpec) -> None:
@@ -139,6 +213,14 @@ def destroy(walk: Walk, region: str) -> None:
     for vpc in walk.tagged(region, "vpc"):
         walk.change("delete", "vpc", region, logical_name(vpc))
         ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def _create_vpc(walk: Walk, ec2: Any, cidr: str, name: str) -> str:  # noqa: ANN401
+    vpc: str = ec2.create_vpc(CidrBlock=cidr, TagSpecifications=walk.tags("vpc", name))["Vpc"][
+        "VpcId"
+    ]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    return vpc
 
 
 def _subnet(walk: Walk, region: str, vpc: str, az: AzSpec) -> str:

@@ -31,6 +31,7 @@ from deploy._image import (
     builder_user_data,
     wait_for_bake,
 )
+from deploy._network import API_SERVICES
 from deploy._walk import Change, DeployError, Walk
 from deploy._wheelhouse import build_wheelhouse, load_wheelhouse, project_dir
 from deploy.deployer import Deployer
@@ -354,10 +355,11 @@ def test_the_base_image_defaults_to_debian_12_from_its_ssm_parameter(
         unpinned, aws, MemoryPlacementGroups(), wheelhouse=fake_wheelhouse(tmp_path)
     ).plan()
     kinds = Counter(c.kind for c in planned)
+    # One region: the builder's S3 gateway, and the members' API endpoints.
     assert (kinds["bucket"], kinds["wheelhouse"], kinds["vpc-endpoint"], kinds["image"]) == (
         1,
         1,
-        1,
+        1 + len(API_SERVICES),
         1,
     )
     [image] = [c for c in planned if c.kind == "image"]

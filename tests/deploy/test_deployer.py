@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from deploy._image import BAKE_OK
+from deploy._network import API_SERVICES
 from deploy._pairs import (
     PROFILE_PROPAGATION_S,
     PROFILE_RETRY_S,
@@ -127,8 +128,10 @@ async def test_plan_apply_again_status_destroy(
     assert kinds["instance"] == 2 * pairs
     assert kinds["image"] == len(fleet.regions)  # baked once, copied to the three others
     assert kinds["placement-group"] == pairs
-    # The AMI's: the artifacts bucket, the wheelhouse in it, the builder's way to it.
-    assert (kinds["bucket"], kinds["wheelhouse"], kinds["vpc-endpoint"]) == (1, 1, 1)
+    # The AMI's: the artifacts bucket, the wheelhouse in it, the builder's way to it; per
+    # region, the members' ways to the AWS APIs (they have no public address of their own).
+    assert (kinds["bucket"], kinds["wheelhouse"]) == (1, 1)
+    assert kinds["vpc-endpoint"] == 1 + len(API_SERVICES) * len(fleet.regions)
     assert kinds["parameter"] == 3 * 2 * pairs  # the CA, the certificate and the key of each
     # Per pair: node down and takeover.
     assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 2 * pairs
@@ -138,7 +141,7 @@ async def test_plan_apply_again_status_destroy(
     }
     [missing] = [change for change in planned if change.kind == "prefix-list"]
     assert (missing.action, missing.region) == ("differs", unchecked.name)
-    assert "cannot reach SIP" in missing.detail
+    assert "cannot reach /ready" in missing.detail
     assert all(count == 0 for count in tagged(aws, fleet, "us-west-2").values())
 
     # apply: what the plan said, then nothing on a second run.
@@ -211,7 +214,7 @@ async def test_plan_apply_again_status_destroy(
     # only from the NOC.
     ec2 = aws.client("ec2", "us-west-2")
     [group] = ec2.describe_security_groups(
-        Filters=[{"Name": "tag:overlay:fleet", "Values": [fleet.name]}]
+        Filters=[{"Name": "tag:overlay:name", "Values": [f"{fleet.name}-us-west-2"]}]
     )["SecurityGroups"]
     grpc_rule = next(r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.grpc)
     assert {r["CidrIp"] for r in grpc_rule["IpRanges"]} == {*fleet.peer_cidrs, *fleet.noc_cidrs}
@@ -222,6 +225,16 @@ async def test_plan_apply_again_status_destroy(
         "udp",
         set(fleet.peer_cidrs),
     )
+    # The members reach the AWS APIs they call through interface endpoints (private DNS).
+    interfaces = [
+        e
+        for e in ec2.describe_vpc_endpoints()["VpcEndpoints"]
+        if e["VpcEndpointType"] == "Interface"
+    ]
+    assert sorted(
+        e["ServiceName"].removeprefix("com.amazonaws.us-west-2.") for e in interfaces
+    ) == (sorted(API_SERVICES))
+    assert all(e["PrivateDnsEnabled"] for e in interfaces)
     # Route 53's checkers ask /ready on the health port (the NOC may too), nothing else.
     health = [r for r in group["IpPermissions"] if r.get("FromPort") == fleet.ports.health]
     assert [p["PrefixListId"] for r in health for p in r.get("PrefixListIds", ())] == [
