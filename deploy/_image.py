@@ -45,6 +45,10 @@ ARCHITECTURE = "x86_64"  # the wheelhouse's (deploy._wheelhouse)
 BAKE_OK, BAKE_FAILED = "overlay-bake: ok", "overlay-bake: FAILED"
 
 SYSCTL_CONF = "/etc/sysctl.d/60-overlay.conf"
+#: Run Command's agent for Debian, as AWS publishes it in each region's bucket.
+SSM_AGENT = (
+    "https://s3.{region}.amazonaws.com/amazon-ssm-{region}/latest/debian_amd64/amazon-ssm-agent.deb"
+)
 SYSCTL = """\
 # overlay (the AMI bake). A standby's node binds its pair's floating address before it
 # holds it: a non-local bind.
@@ -113,6 +117,17 @@ python3 -m venv --without-pip "$root@venv"
     --isolated --no-index --no-cache-dir --find-links "$wheelhouse" "overlay==@version"
 rm -rf "$wheelhouse"
 
+# Run Command's agent (overlay deploy rotate-certs restarts members through it), from AWS's
+# own bucket in the region, through the same gateway endpoint. Not under a scratch root.
+if [ -z "$root" ]; then
+    agent=$(mktemp --suffix=.deb)
+    python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+        @ssm_agent "$agent"
+    dpkg -i "$agent"
+    rm -f "$agent"
+    systemctl enable amazon-ssm-agent
+fi
+
 # The units run as overlay: a system user with no shell and no home; useradd leaves its
 # password locked.
 useradd --system --user-group --no-create-home --home-dir /nonexistent \\
@@ -136,11 +151,13 @@ def write_file(path: str, content: str) -> str:
     return f"cat >{path} <<'FILE'\n{content}FILE\n"
 
 
-def builder_user_data(manifest_url: str, version: str, pip_wheel: str) -> str:
-    """The builder's script (module notes); ``manifest_url`` is the wheelhouse's manifest."""
+def builder_user_data(manifest_url: str, version: str, pip_wheel: str, region: str) -> str:
+    """The builder's script (module notes); ``manifest_url`` is the wheelhouse's manifest,
+    ``region`` the builder's (where the SSM agent comes from)."""
     venv = PurePosixPath(OVERLAY_BIN).parents[1]
     return BUILDER_USER_DATA.substitute(
         version=version,
+        ssm_agent=shlex.quote(SSM_AGENT.format(region=region)),
         manifest=shlex.quote(manifest_url),
         pip_wheel=pip_wheel,
         venv=venv,
@@ -333,7 +350,9 @@ def _bake(
                 "AssociatePublicIpAddress": False,
             }
         ],
-        UserData=builder_user_data(manifest, wheelhouse.version, wheelhouse.pip_wheel),
+        UserData=builder_user_data(
+            manifest, wheelhouse.version, wheelhouse.pip_wheel, fleet.builder_region
+        ),
         InstanceInitiatedShutdownBehavior="stop",
         MetadataOptions={"HttpTokens": "required"},
         TagSpecifications=walk.tags("instance", f"{name}-builder", role="builder"),

@@ -28,6 +28,7 @@ from deploy._image import (
     CONSOLE_WAIT_S,
     DEBIAN_12,
     IMAGE_FILES,
+    SSM_AGENT,
     builder_user_data,
     wait_for_bake,
 )
@@ -230,8 +231,11 @@ def test_the_builder_reaches_s3_alone_and_installs_from_presigned_urls(
     for internet in ("apt", "pypi", "curl", "wget", "--index-url"):
         assert internet not in commands.lower()
     assert "--no-index" in commands
-    # One URL, the manifest's, presigned.
-    [manifest_url] = [word.strip("'") for word in commands.split() if "://" in word]
+    # Two URLs, both S3 in the region (the gateway endpoint): the manifest's, presigned, and
+    # AWS's own SSM agent package.
+    manifest_url, agent_url = (word.strip("'") for word in commands.split() if "://" in word)
+    assert agent_url == SSM_AGENT.format(region=region)
+    assert agent_url.startswith(f"https://s3.{region}.amazonaws.com/amazon-ssm-{region}/")
     assert "/bakes/" in manifest_url
     assert "X-Amz-Signature=" in manifest_url
     # The manifest's presigned URLs serve the wheelhouse, as the builder checks it.
@@ -463,6 +467,7 @@ def test_the_user_data_installs_for_real_under_a_scratch_root(
         _artifacts.presign_manifest(walk, artifacts, "overlay-router-0.1.0"),
         house.version,
         house.pip_wheel,
+        fleet.builder_region,
     )
     root = tmp_path / "root"
     done, calls = run_user_data(script, root)
@@ -498,7 +503,7 @@ def test_the_user_data_reports_a_failed_step_and_powers_off(
         Bucket=artifacts.bucket, Key=artifacts.prefix + house.pip_wheel, Body=b"tampered"
     )
     done, calls = run_user_data(
-        builder_user_data(manifest, "0.1.0", house.pip_wheel), tmp_path / "root"
+        builder_user_data(manifest, "0.1.0", house.pip_wheel, "us-east-2"), tmp_path / "root"
     )
     assert done.returncode != 0
     assert f"{house.pip_wheel}: SHA-256" in done.stderr
