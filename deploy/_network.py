@@ -148,18 +148,26 @@ def _create_api_endpoint(
 
 def _create_endpoint_group(walk: Walk, ec2: Any, vpc: str, name: str) -> str:  # noqa: ANN401
     cidr = ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"][0]["CidrBlock"]
+    https = {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": cidr}]}
+    return _security_group(walk, ec2, vpc, name, "AWS API endpoints", [https])
+
+
+def _security_group(
+    walk: Walk,
+    ec2: Any,  # noqa: ANN401
+    vpc: str,
+    name: str,
+    purpose: str,
+    permissions: list[dict[str, Any]],
+) -> str:
+    """A tagged security group of the fleet that lets ``permissions`` in."""
     group: str = ec2.create_security_group(
         GroupName=name,
-        Description=f"overlay {walk.fleet.name}: AWS API endpoints",
+        Description=f"overlay {walk.fleet.name}: {purpose}",
         VpcId=vpc,
         TagSpecifications=walk.tags("security-group", name),
     )["GroupId"]
-    ec2.authorize_security_group_ingress(
-        GroupId=group,
-        IpPermissions=[
-            {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": cidr}]}
-        ],
-    )
+    ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=permissions)
     return group
 
 
@@ -304,12 +312,6 @@ def _create_security_group(
     health_checkers: str | None,
 ) -> str:
     fleet = walk.fleet
-    group_id: str = ec2.create_security_group(
-        GroupName=name,
-        Description=f"overlay {fleet.name}: SIP edge and overlay peers",
-        VpcId=vpc,
-        TagSpecifications=walk.tags("security-group", name),
-    )["GroupId"]
     media = [*fleet.trunk_cidrs, *fleet.peer_cidrs]
     ports = fleet.ports
     rules = [
@@ -344,5 +346,4 @@ def _create_security_group(
                 ],
             }
         )
-    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=permissions)
-    return group_id
+    return _security_group(walk, ec2, vpc, name, "SIP edge and overlay peers", permissions)

@@ -200,16 +200,9 @@ def plan(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Show what apply would create or change; changes nothing."""
-    with tempfile.TemporaryDirectory(prefix="overlay-wheelhouse-") as scratch:
-        deployer = _deployer(
-            fleet,
-            endpoint_url,
-            _print_change,
-            certs,
-            lambda: _wheelhouse(wheelhouse, Path(scratch)),
-        )
-        with _aws_errors(), console.status("reading the account…"):
-            changes = _actions(deployer.plan())
+    changes = _converge(
+        fleet, certs, wheelhouse, endpoint_url, "reading the account…", lambda d: d.plan()
+    )
     console.print(f"{len(changes)} change(s)" if changes else "no changes: the fleet is in place")
 
 
@@ -225,6 +218,20 @@ def apply(
     With --certs, the members' TLS parameters too; one whose file changed is
     reported and left: rotate-certs writes it and restarts the members.
     """
+    changes = _converge(fleet, certs, wheelhouse, endpoint_url, "applying…", lambda d: d.apply())
+    console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
+
+
+def _converge(
+    fleet: Path,
+    certs: Path | None,
+    wheelhouse: Path | None,
+    endpoint_url: str | None,
+    status: str,
+    converge: Callable[[Deployer], list[Change]],
+) -> list[Change]:
+    """``converge`` (a plan or an apply) with a wheelhouse built in a scratch directory unless
+    one is given; the changes planned or made."""
     with tempfile.TemporaryDirectory(prefix="overlay-wheelhouse-") as scratch:
         deployer = _deployer(
             fleet,
@@ -233,9 +240,8 @@ def apply(
             certs,
             lambda: _wheelhouse(wheelhouse, Path(scratch)),
         )
-        with _aws_errors(), console.status("applying…"):
-            changes = _actions(deployer.apply())
-    console.print(f"{len(changes)} change(s) applied" if changes else "no changes")
+        with _aws_errors(), console.status(status):
+            return _actions(converge(deployer))
 
 
 @app.command("rotate-certs")

@@ -4,12 +4,9 @@ the test's own (``unshare --net``: nothing outside it is touched)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import textwrap
 
-import pytest
+from tests.unit.own_netns import run_in_own_netns
 
 SCRIPT = textwrap.dedent(
     """
@@ -53,19 +50,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_the_address_is_added_and_removed_idempotently() -> None:
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0 and "Operation not permitted" in result.stderr:
-        pytest.skip("no permission to make a network namespace")
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
+    seen = json.loads(run_in_own_netns(SCRIPT))
     assert seen["added_on"] == "ens5"  # found through the route to the address's subnet
     assert seen["held"] is True
     assert seen["addresses"] == ["10.99.0.10", "10.99.0.11"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,6 +11,7 @@ import trio.testing
 from overlay.config import ConfigError, PairSection, parse_config
 from overlay.shell import pair
 from overlay.shell.pair import PairAddressLost, run_mesh
+from tests.unit.own_netns import run_in_own_netns
 
 BASE = """\
 [node]
@@ -59,7 +57,6 @@ def test_pair_needs_peers() -> None:
         parse_config(alone + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
 def test_holds_address_follows_the_kernel() -> None:
     """In a network namespace of its own: an address on the subnet but not assigned is not
     held (though a non-local bind would take it), and is the moment it is assigned."""
@@ -82,17 +79,7 @@ def test_holds_address_follows_the_kernel() -> None:
         print(seen)
         """
     )
-    result = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0 and "Operation not permitted" in result.stderr:
-        pytest.skip("no permission to make a network namespace")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[True, False, False, True, False]"
+    assert run_in_own_netns(script).strip() == "[True, False, False, True, False]"
 
 
 class FakeMesh:
