@@ -4,6 +4,7 @@ has several), and the SIP SRV/NAPTR/latency record sets of ``deploy.records`` be
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -150,7 +151,7 @@ def _create_zone(walk: Walk) -> str:
         walk.route53()
         .create_hosted_zone(
             Name=fleet.dns_zone,
-            CallerReference=f"overlay-{fleet.name}-{fleet.dns_zone}",
+            CallerReference=_caller_reference(f"overlay-{fleet.name}-{fleet.dns_zone}"),
             HostedZoneConfig={"Comment": f"overlay fleet {fleet.name}"},
         )["HostedZone"]["Id"]
         .split("/")[-1]
@@ -166,10 +167,17 @@ def _any_healthy(children: list[str]) -> dict[str, Any]:
 
 def _create_health_check(walk: Walk, name: str, config: dict[str, Any]) -> str:
     check: str = walk.route53().create_health_check(
-        CallerReference=f"overlay-{name}", HealthCheckConfig=config
+        CallerReference=_caller_reference(f"overlay-{name}"), HealthCheckConfig=config
     )["HealthCheck"]["Id"]
     _tag(walk, "healthcheck", check, name)
     return check
+
+
+def _caller_reference(name: str) -> str:
+    """Unique per creation: Route 53 refuses, for days, a reference of a deleted resource, and
+    the fleet's resources are found by their tags anyway (a fleet destroyed and applied again
+    would otherwise fail)."""
+    return f"{name}-{uuid.uuid4().hex[:12]}"
 
 
 def _tag(walk: Walk, resource_type: str, resource_id: str, name: str) -> None:

@@ -85,6 +85,7 @@ def tagged(aws: ClientFactory, fleet: Fleet, region: str) -> dict[str, int]:
         ),
         "elastic-ip": len(ec2.describe_addresses(Filters=filters)["Addresses"]),
         "image": len(ec2.describe_images(Owners=["self"], Filters=filters)["Images"]),
+        "snapshot": len(ec2.describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]),
         "network-interface": len(
             ec2.describe_network_interfaces(Filters=filters)["NetworkInterfaces"]
         ),
@@ -164,6 +165,7 @@ async def test_plan_apply_again_status_destroy(
             "instance": 2 * azs,
             "elastic-ip": azs,
             "image": 1,
+            "snapshot": 1,  # the image's, tagged (the operator's policy fences its deletion)
             "network-interface": 2 * azs,
         }
         assert placement.names(region.name, fleet.name) == sorted(

@@ -186,7 +186,7 @@ def test_region_list_is_route53s() -> None:
 # Health checks
 
 
-def test_health_check_is_tcp_on_the_sip_port() -> None:
+def test_health_check_asks_the_node_whether_it_is_ready() -> None:
     # A public address as data only; nothing is sent to it.
     assert health_check_config("3.1.2.3", 9101) == {
         "Type": "HTTP",

@@ -61,9 +61,13 @@ OVERLAY = Path(sys.executable).parent / "overlay"
 CALLS = 200
 RATE = 20  # calls per second
 HOLD_MS = 3000
-#: The HA agent's bound: dead_after heartbeats (fleet.toml's [ha] defaults, 3 x 0.5 s), the
-#: EC2 moves, the OS address, the standby's node joining the mesh and its links coming up.
-TAKEOVER_BOUND_S = 15.0
+#: The HA agent's detection: dead_after heartbeats (fleet.toml's [ha] defaults, 3 x 0.5 s).
+DETECTION_S = 1.5
+#: After it, the EC2 moves on moto (measured: the address moved 1.7 s after the kill).
+MOVE_S = 1.0
+#: The first call after the kill (measured 5.1-8.4 s, in steps of a failed probe call): the
+#: move, the OS address, the standby's node joining the mesh and its links and routes coming up.
+TAKEOVER_BOUND_S = 12.0
 #: The packet rate of g711a.pcap (SIPp's own file: 236 packets in 7.05 s), which each side
 #: plays from the ACK until the BYE: about HOLD_MS of it per call and direction.
 PCAP_PPS = 236 / 7.05
@@ -380,7 +384,7 @@ def test_fleet_in_a_box(tmp_path: Path) -> None:
         fabric.kill(ingress)
         standby = box.members[f"{INGRESS}a-standby"]
         while holding(box, INGRESS, f"{INGRESS}a-active") != standby:
-            assert time.monotonic() - killed < TAKEOVER_BOUND_S, "no takeover"
+            assert time.monotonic() - killed < DETECTION_S + MOVE_S, "no takeover in time"
             time.sleep(0.05)  # polling the EC2 API, as the fabric does
         moved = time.monotonic() - killed
         recovered = None
@@ -448,5 +452,5 @@ def tagged_resources(box: Box) -> list[str]:
     iam = box.aws.client("iam", "us-east-1")
     left += [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(FLEET)]
     s3 = box.aws.client("s3", BUILDER)
-    left += [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith(FLEET)]
+    left += [b["Name"] for b in s3.list_buckets()["Buckets"] if f"-{FLEET}-" in b["Name"]]
     return left
