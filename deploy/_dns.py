@@ -85,7 +85,12 @@ def converge(
         walk.change("create", "record-sets", "global", fleet.dns_zone, "SIP SRV/NAPTR/A")
         return
     desired = sip_record_sets(
-        fleet.dns_zone, regions, sip_port=fleet.ports.sip, sip_tls_port=fleet.ports.sip_tls
+        fleet.dns_zone,
+        regions,
+        sip_port=fleet.ports.sip,
+        # The members serve no SIP over TLS (fleet.toml gives no trunk-facing certificate):
+        # published, a TLS client would try it first and wait.
+        sip_tls_port=None,
     )
     current = _record_sets(walk, zone)
     changes = [

@@ -317,7 +317,6 @@ def _create_security_group(
     rules = [
         ("udp", ports.sip, ports.sip, media),
         ("tcp", ports.sip, ports.sip, media),
-        ("tcp", ports.sip_tls, ports.sip_tls, media),
         ("udp", ports.rtp_first, ports.rtp_last, media),
         ("udp", ports.relay, ports.relay, fleet.peer_cidrs),  # media between the relays
         ("tcp", ports.grpc, ports.grpc, [*fleet.peer_cidrs, *fleet.noc_cidrs]),

@@ -193,7 +193,7 @@ def sip_record_sets(
     endpoints: Sequence[RegionEndpoint],
     *,
     sip_port: int,
-    sip_tls_port: int,
+    sip_tls_port: int | None,
     ttl: int = 60,
 ) -> list[dict[str, Any]]:
     """The Route 53 record sets that publish the fleet's SIP service in ``zone``.
@@ -205,7 +205,8 @@ def sip_record_sets(
         zone: the hosted zone's name, e.g. ``"voice.example.com"`` (final dot optional).
         endpoints: one per region, each region once.
         sip_port: the SIP port for UDP and TCP (``_sip._udp``, ``_sip._tcp``).
-        sip_tls_port: the SIP-over-TLS port (``_sips._tcp``).
+        sip_tls_port: the SIP-over-TLS port (``_sips._tcp``); ``None``: the routers serve no
+            TLS, and neither the NAPTR nor an SRV set names it (a client would try it first).
         ttl: TTL of every record set, in seconds.
 
     Returns:
@@ -241,19 +242,15 @@ def sip_record_sets(
         return record_set(f"{service}.{origin}", "SRV", values)
 
     # RFC 3263 §4.1: the client takes the lowest order it supports; TLS first, UDP last.
+    services = [(20, "SIP+D2T", "_sip._tcp", sip_port), (30, "SIP+D2U", "_sip._udp", sip_port)]
+    if sip_tls_port is not None:
+        services.insert(0, (10, "SIPS+D2T", "_sips._tcp", sip_tls_port))
     naptr = [
-        f'{order} 0 "S" "{service}" "" {target}.{origin}'
-        for order, service, target in (
-            (10, "SIPS+D2T", "_sips._tcp"),
-            (20, "SIP+D2T", "_sip._tcp"),
-            (30, "SIP+D2U", "_sip._udp"),
-        )
+        f'{order} 0 "S" "{service}" "" {target}.{origin}' for order, service, target, _ in services
     ]
     rrsets = [
         record_set(origin, "NAPTR", naptr),
-        srv("_sips._tcp", sip_tls_port),
-        srv("_sip._tcp", sip_port),
-        srv("_sip._udp", sip_port),
+        *(srv(target, port) for _, _, target, port in services),
     ]
     rrsets += [record_set(host, "A", endpoint.addresses) for endpoint, host in hosts]
     for endpoint, _ in hosts:

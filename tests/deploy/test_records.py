@@ -79,6 +79,17 @@ def test_naptr_orders_tls_then_tcp_then_udp() -> None:
     ]
 
 
+def test_without_tls_neither_naptr_nor_srv_names_it() -> None:
+    """Routers that serve no TLS: a client must not be sent to try it first."""
+    rrsets = _sets(sip_tls_port=None)
+    [naptr] = _find(rrsets, "voice.example.com.", "NAPTR")
+    assert _values(naptr) == [
+        '20 0 "S" "SIP+D2T" "" _sip._tcp.voice.example.com.',
+        '30 0 "S" "SIP+D2U" "" _sip._udp.voice.example.com.',
+    ]
+    assert not [r for r in rrsets if r["Name"].startswith("_sips.")]
+
+
 @pytest.mark.parametrize(
     ("service", "port"),
     [("_sip._udp", 5060), ("_sip._tcp", 5060), ("_sips._tcp", 5061)],
