@@ -5,9 +5,12 @@ A link alarm treats missing data as not breaching: before the nodes run, or whil
 no link, there is nothing wrong with the links. A node-down alarm watches the heartbeat each
 node sends every exporter round (``NodeUp``) and treats missing data as breaching: a node that
 stopped sending is down, or cannot reach CloudWatch, which the NOC wants to know either way.
-A takeover alarm fires for the minute in which a pair's HA agent reported a takeover
-(``overlay.ha.TAKEOVERS_METRIC``): the calls anchored on the old active ended, and its machine
-wants a look.
+A pair-degraded alarm fires when an agent reports its peer dead for two minutes, or stops
+reporting (``overlay.ha.PEER_UP_METRIC``): a dead standby takes no call down, only the pair's
+redundancy, and nothing else would show it (the node-down heartbeat is the pair's node's, which
+either member sends). A takeover alarm fires for the minute in which a pair's HA agent reported
+a takeover (``overlay.ha.TAKEOVERS_METRIC``): the calls anchored on the old active ended, and
+its machine wants a look.
 
 Topics and alarms are found by their names (``<fleet>-<region>-alarms``, ``<fleet>-<region>-``
 and the metric, ``<fleet>-<region>-NodeDown-<AZ>``), not by tags: CloudWatch and SNS have no
@@ -21,7 +24,7 @@ from typing import Any
 
 from deploy._walk import Walk
 from deploy.fleet import RegionSpec
-from overlay.ha import TAKEOVERS_METRIC, TAKEOVERS_NAMESPACE
+from overlay.ha import PEER_UP_METRIC, TAKEOVERS_METRIC, TAKEOVERS_NAMESPACE
 
 ALARM_NAMESPACE = TAKEOVERS_NAMESPACE  # the nodes' metrics and the agents' takeovers
 #: Link metrics the nodes publish (per Fleet and Region), and the fleet's threshold for each.
@@ -75,6 +78,20 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
                 "MetricName": NODE_UP,
                 "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
                 "Statistic": "SampleCount",
+                "EvaluationPeriods": NODE_DOWN_PERIODS,
+                "DatapointsToAlarm": NODE_DOWN_PERIODS,
+                "Threshold": 1.0,
+                "ComparisonOperator": "LessThanThreshold",
+                "TreatMissingData": "breaching",
+            },
+        )
+        wanted[f"{prefix}PairDegraded-{az.name}"] = (
+            f"a member's peer dead for {NODE_DOWN_PERIODS} minutes",
+            {
+                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name} has lost a member",
+                "MetricName": PEER_UP_METRIC,
+                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
+                "Statistic": "Minimum",
                 "EvaluationPeriods": NODE_DOWN_PERIODS,
                 "DatapointsToAlarm": NODE_DOWN_PERIODS,
                 "Threshold": 1.0,

@@ -8,6 +8,7 @@ address and when to move it.
 from ._agent import (
     HEALTH_CHECK_METHOD,
     LIVENESS_SERVICE,
+    PEER_UP_METRIC,
     TAKEOVERS_METRIC,
     TAKEOVERS_NAMESPACE,
     HaAgent,
@@ -48,6 +49,7 @@ __all__ = [
     "AUTO_INTERFACE",
     "HEALTH_CHECK_METHOD",
     "LIVENESS_SERVICE",
+    "PEER_UP_METRIC",
     "ROLES",
     "TAKEOVERS_METRIC",
     "TAKEOVERS_NAMESPACE",

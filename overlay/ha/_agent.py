@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEALTH_CHECK_METHOD",
     "LIVENESS_SERVICE",
+    "PEER_UP_METRIC",
     "TAKEOVERS_METRIC",
     "TAKEOVERS_NAMESPACE",
     "HaAgent",
@@ -68,6 +69,9 @@ HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 #: A takeover, as the HA agent reports it to CloudWatch (the namespace of the nodes' own
 #: metrics, ``overlay.shell.telemetry``); the deployer's takeover alarm watches it.
 TAKEOVERS_METRIC = "Takeovers"
+#: Whether the agent's peer answers (1) or is dead (0), sent every ``report_interval``: the
+#: pair-degraded alarm watches it, as a dead standby takes nothing down but the redundancy.
+PEER_UP_METRIC = "PeerUp"
 TAKEOVERS_NAMESPACE = "Overlay/Links"
 #: The health status a node keeps SERVING while its event loop turns (``GrpcBridge.beat``),
 #: whether or not it is draining: the server's own status (``""``) says whether it takes new
@@ -98,6 +102,7 @@ class HaAgentConfig:
             (``TAKEOVERS_METRIC`` under Fleet, Region and Node = ``pair``) for the pair's
             takeover alarm; ``None``: not reported (a pair outside a deployed fleet).
         pair: the pair's name (its AZ), the metric's ``Node``.
+        report_interval: seconds between two ``PEER_UP_METRIC`` data (with ``fleet``).
         interface: where the agent adds the floating address to this machine while the EC2 API
             says it holds it, and removes it otherwise (``"auto"``: the interface it is routed
             through); ``None``: the agent leaves the OS alone (something else configures it).
@@ -122,6 +127,7 @@ class HaAgentConfig:
     interface: str | None = None
     fleet: str | None = None
     pair: str = ""
+    report_interval: float = 60.0
 
     def __post_init__(self) -> None:
         if self.own_eni_id == self.peer_eni_id:
@@ -130,7 +136,7 @@ class HaAgentConfig:
         host, _, port = self.peer_grpc_target.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"peer_grpc_target must be host:port, not {self.peer_grpc_target!r}")
-        for name in ("heartbeat_interval", "api_check_interval"):
+        for name in ("heartbeat_interval", "api_check_interval", "report_interval"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.dead_after < 1:
@@ -310,31 +316,37 @@ class HaAgent:
         )
 
     async def _report_takeover(self) -> None:
-        """One ``Takeovers`` datum for the pair's alarm; a failure is logged, never retried
-        (the takeover itself is done, and logged)."""
-        dimensions = self._takeover_dimensions()
+        """One ``Takeovers`` datum for the pair's alarm."""
+        await self._report(TAKEOVERS_METRIC, 1.0, "Count")
+
+    async def _report_peer(self) -> None:
+        """Every ``report_interval``, whether the peer answers, for the pair-degraded alarm."""
+        if self._pair_dimensions() is None:
+            return
+        while True:
+            await trio.sleep(self.config.report_interval)
+            await self._report(PEER_UP_METRIC, 0.0 if self._core.peer_dead else 1.0, "None")
+
+    async def _report(self, metric: str, value: float, unit: str) -> None:
+        """One datum for the pair's alarms; a failure is logged and counted, never retried
+        (what it reports is done, and logged)."""
+        dimensions = self._pair_dimensions()
         if dimensions is None:
             return
+        datum = {"MetricName": metric, "Dimensions": dimensions, "Value": value, "Unit": unit}
         try:
             await trio.to_thread.run_sync(
                 functools.partial(
                     self._cloudwatch.put_metric_data,
                     Namespace=TAKEOVERS_NAMESPACE,
-                    MetricData=[
-                        {
-                            "MetricName": TAKEOVERS_METRIC,
-                            "Dimensions": dimensions,
-                            "Value": 1.0,
-                            "Unit": "Count",
-                        }
-                    ],
+                    MetricData=[datum],
                 )
             )
         except API_ERRORS as exc:
             self.report_failures += 1
-            self._log.error("cannot report the takeover to CloudWatch", error=repr(exc))
+            self._log.error("cannot report to CloudWatch", metric=metric, error=repr(exc))
 
-    def _takeover_dimensions(self) -> list[dict[str, str]] | None:
+    def _pair_dimensions(self) -> list[dict[str, str]] | None:
         config = self.config
         if self._cloudwatch is None or config.fleet is None:
             return None
@@ -414,6 +426,7 @@ async def run_agent(
         agent = HaAgent(config, address, bridge, cloudwatch)
         nursery.start_soon(agent._decisions)
         nursery.start_soon(agent._heartbeats)
+        nursery.start_soon(agent._report_peer)
         agent._log.info(
             "HA agent started",
             floating_ip=config.floating_private_ip,

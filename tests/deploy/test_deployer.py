@@ -134,8 +134,8 @@ async def test_plan_apply_again_status_destroy(
     assert (kinds["bucket"], kinds["wheelhouse"]) == (1, 1)
     assert kinds["vpc-endpoint"] == 1 + len(API_SERVICES) * len(fleet.regions)
     assert kinds["parameter"] == 3 * 2 * pairs  # the CA, the certificate and the key of each
-    # Per pair: node down and takeover.
-    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 2 * pairs
+    # Per pair: node down, pair degraded and takeover.
+    assert kinds["alarm"] == len(ALARM_METRICS) * len(fleet.regions) + 3 * pairs
     assert {change.action for change in planned if change.kind != "prefix-list"} <= {
         "create",
         "update",
@@ -278,7 +278,7 @@ async def test_plan_apply_again_status_destroy(
     east2 = next(region for region in fleet.regions if region.name == "us-east-2")
     alarms = aws.client("cloudwatch", "us-east-2").describe_alarms()["MetricAlarms"]
     assert sorted(alarm["MetricName"] for alarm in alarms) == sorted(
-        [*ALARM_METRICS, *["NodeUp", "Takeovers"] * len(east2.azs)]
+        [*ALARM_METRICS, *["NodeUp", "PeerUp", "Takeovers"] * len(east2.azs)]
     )
     assert all(alarm["AlarmActions"] for alarm in alarms)
     # Links: no data is no fault. A node: no heartbeat is a node down. A pair: no takeover
@@ -287,9 +287,10 @@ async def test_plan_apply_again_status_destroy(
     assert missing == {
         **dict.fromkeys(ALARM_METRICS, "notBreaching"),
         "NodeUp": "breaching",
+        "PeerUp": "breaching",
         "Takeovers": "notBreaching",
     }
-    for metric in ("NodeUp", "Takeovers"):
+    for metric in ("NodeUp", "PeerUp", "Takeovers"):
         pair_alarms = [alarm for alarm in alarms if alarm["MetricName"] == metric]
         assert sorted(
             d["Value"] for a in pair_alarms for d in a["Dimensions"] if d["Name"] == "Node"

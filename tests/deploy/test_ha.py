@@ -14,6 +14,7 @@ used only to shape a flapping heartbeat.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +29,7 @@ from overlay.aws import ClientFactory
 from overlay.grpc import GrpcBridge, TlsCredentials, open_grpc_bridge
 from overlay.ha import (
     LIVENESS_SERVICE,
+    PEER_UP_METRIC,
     TAKEOVERS_METRIC,
     TAKEOVERS_NAMESPACE,
     FloatingAddress,
@@ -233,6 +235,7 @@ async def test_standby_takes_over_when_the_active_dies(
                 interface="auto",
                 fleet="voice",
                 pair="us-west-2a",
+                report_interval=0.3,
             )
             standby: HaAgent = await nursery.start(run_agent, config, aws)
             await settled(standby, Holder.PEER)
@@ -243,6 +246,10 @@ async def test_standby_takes_over_when_the_active_dies(
                 where = await pair.wait_held_by(pair.standby_eni)
             moved_after = trio.current_time() - died
             stats = await wait_stats(standby, lambda s: s.takeovers == 1)
+            with trio.fail_after(3):  # the next PeerUp datum says the peer is dead
+                # CloudWatch tells no one: read back.
+                while (0.0, 1.0) not in await trio.to_thread.run_sync(peer_up, aws):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
     # Detection takes DEAD_AFTER missed heartbeats; the API calls take milliseconds on moto.
@@ -273,17 +280,37 @@ async def test_standby_takes_over_when_the_active_dies(
     assert dead["misses"] == DEAD_AFTER
     # Off this machine while the peer held the address, on it once taken over.
     assert configured == [False, True]
-    # Reported for the pair's takeover alarm.
-    [metric] = aws.client("cloudwatch", REGION).list_metrics(
-        Namespace=TAKEOVERS_NAMESPACE, MetricName=TAKEOVERS_METRIC
-    )["Metrics"]
-    assert {d["Name"]: d["Value"] for d in metric["Dimensions"]} == {
-        "Fleet": "voice",
-        "Region": REGION,
-        "Node": "us-west-2a",
-    }
+    # Reported for the pair's takeover and pair-degraded alarms: the peer up, then dead.
+    cloudwatch = aws.client("cloudwatch", REGION)
+    [metric] = cloudwatch.list_metrics(Namespace=TAKEOVERS_NAMESPACE, MetricName=TAKEOVERS_METRIC)[
+        "Metrics"
+    ]
+    assert metric["Dimensions"] == PAIR_DIMENSIONS
+    assert peer_up(aws) == [(0.0, 1.0)]
     [added] = [e for e in logs if e["event"] == "floating address added"]
     assert (added["address"], added["interface"]) == (FLOATING_IP, "ens5")
+
+
+PAIR_DIMENSIONS = [
+    {"Name": "Fleet", "Value": "voice"},
+    {"Name": "Region", "Value": REGION},
+    {"Name": "Node", "Value": "us-west-2a"},
+]
+
+
+def peer_up(aws: ClientFactory) -> list[tuple[float, float]]:
+    """The lowest and highest PeerUp reported in the last minutes, in one hour's bucket."""
+    now = datetime.datetime.now(datetime.UTC)
+    points = aws.client("cloudwatch", REGION).get_metric_statistics(
+        Namespace=TAKEOVERS_NAMESPACE,
+        MetricName=PEER_UP_METRIC,
+        Dimensions=PAIR_DIMENSIONS,
+        StartTime=now - datetime.timedelta(minutes=5),
+        EndTime=now + datetime.timedelta(minutes=1),
+        Period=3600,
+        Statistics=["Minimum", "Maximum"],
+    )["Datapoints"]
+    return [(p["Minimum"], p["Maximum"]) for p in points]
 
 
 async def test_a_drained_active_is_not_taken_over(
