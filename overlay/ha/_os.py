@@ -40,8 +40,8 @@ class OsAddress:
         device = await self._device()
         if present:
             await _ip("addr", "replace", self._prefix, "dev", device)
-        elif await self._assigned_to() is not None:
-            await _ip("addr", "del", self._prefix, "dev", device)
+        elif (assigned := await self._assigned_to()) is not None:
+            await _ip("addr", "del", self._prefix, "dev", assigned)  # wherever it was put
         return device
 
     async def _device(self) -> str:
