@@ -302,7 +302,6 @@ class HaAgent:
             return
         core.takeover_succeeded(now, now - start)
         await self._configure_os(True)
-        await self._report_takeover()
         stats = core.statistics()
         logger.warning(
             "takeover",
@@ -314,10 +313,7 @@ class HaAgent:
             steps=list(report.steps),
             takeovers=stats.takeovers,
         )
-
-    async def _report_takeover(self) -> None:
-        """One ``Takeovers`` datum for the pair's alarm."""
-        await self._report(TAKEOVERS_METRIC, 1.0, "Count")
+        await self._report(TAKEOVERS_METRIC, 1.0, "Count")  # for the pair's takeover alarm
 
     async def _report_peer(self) -> None:
         """Every ``report_interval``, whether the peer answers, for the pair-degraded alarm."""
