@@ -71,47 +71,11 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
             },
         )
     for az in spec.azs:
-        wanted[f"{prefix}NodeDown-{az.name}"] = (
-            f"no heartbeat for {NODE_DOWN_PERIODS} minutes",
-            {
-                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name}'s node is down",
-                "MetricName": NODE_UP,
-                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
-                "Statistic": "SampleCount",
-                "EvaluationPeriods": NODE_DOWN_PERIODS,
-                "DatapointsToAlarm": NODE_DOWN_PERIODS,
-                "Threshold": 1.0,
-                "ComparisonOperator": "LessThanThreshold",
-                "TreatMissingData": "breaching",
-            },
-        )
-        wanted[f"{prefix}PairDegraded-{az.name}"] = (
-            f"a member's peer dead for {NODE_DOWN_PERIODS} minutes",
-            {
-                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name} has lost a member",
-                "MetricName": PEER_UP_METRIC,
-                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
-                "Statistic": "Minimum",
-                "EvaluationPeriods": NODE_DOWN_PERIODS,
-                "DatapointsToAlarm": NODE_DOWN_PERIODS,
-                "Threshold": 1.0,
-                "ComparisonOperator": "LessThanThreshold",
-                "TreatMissingData": "breaching",
-            },
-        )
-        wanted[f"{prefix}Takeover-{az.name}"] = (
-            "a takeover in the last minute",
-            {
-                "AlarmDescription": f"overlay {walk.fleet.name}: pair {az.name} was taken over",
-                "MetricName": TAKEOVERS_METRIC,
-                "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}],
-                "Statistic": "Sum",
-                "EvaluationPeriods": 1,
-                "Threshold": 1.0,
-                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-                "TreatMissingData": "notBreaching",
-            },
-        )
+        for alarm, (detail, rule) in _pair_alarms(walk.fleet.name, az.name).items():
+            wanted[f"{prefix}{alarm}-{az.name}"] = (
+                detail,
+                {**rule, "Dimensions": [*fleet, {"Name": "Node", "Value": az.name}]},
+            )
     for alarm, (detail, rule) in wanted.items():
         if alarm in existing:
             continue
@@ -132,6 +96,49 @@ def converge(walk: Walk, spec: RegionSpec) -> None:
             ),
             detail,
         )
+
+
+def _pair_alarms(fleet: str, pair: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """A pair's alarms by name: what each says, and its rule (the dimensions aside)."""
+    lost = {  # a heartbeat missing for NODE_DOWN_PERIODS minutes, or reporting a loss
+        "EvaluationPeriods": NODE_DOWN_PERIODS,
+        "DatapointsToAlarm": NODE_DOWN_PERIODS,
+        "Threshold": 1.0,
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "breaching",
+    }
+    return {
+        "NodeDown": (
+            f"no heartbeat for {NODE_DOWN_PERIODS} minutes",
+            {
+                "AlarmDescription": f"overlay {fleet}: pair {pair}'s node is down",
+                "MetricName": NODE_UP,
+                "Statistic": "SampleCount",
+                **lost,
+            },
+        ),
+        "PairDegraded": (
+            f"a member's peer dead for {NODE_DOWN_PERIODS} minutes",
+            {
+                "AlarmDescription": f"overlay {fleet}: pair {pair} has lost a member",
+                "MetricName": PEER_UP_METRIC,
+                "Statistic": "Minimum",
+                **lost,
+            },
+        ),
+        "Takeover": (
+            "a takeover in the last minute",
+            {
+                "AlarmDescription": f"overlay {fleet}: pair {pair} was taken over",
+                "MetricName": TAKEOVERS_METRIC,
+                "Statistic": "Sum",
+                "EvaluationPeriods": 1,
+                "Threshold": 1.0,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "TreatMissingData": "notBreaching",
+            },
+        ),
+    }
 
 
 def destroy(walk: Walk, region: str) -> None:
