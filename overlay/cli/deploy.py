@@ -287,8 +287,9 @@ def certs(
     """Issue each pair's node certificate, <AZ>.pem and .key, with the CA in DIRECTORY.
 
     For the pair's node id and the addresses its gRPC server is dialled at:
-    the floating one (by the other nodes) and both members' own (by the pair's
-    HA agents). Existing ones are kept without --force. The CA's key is only
+    the floating one (by the other nodes), both members' own (by the pair's
+    HA agents) and the pair's public_ip when fleet.toml gives one (by the NOC,
+    through the Elastic IP). Existing ones are kept without --force. The CA's key is only
     read here: apply and rotate-certs upload ca.pem and the node files, never
     ca.key. No AWS call.
     """
@@ -309,7 +310,8 @@ def certs(
         if (directory / f"{node_id}.pem").exists() and not force:
             typer.echo(f"kept {directory / node_id}.pem")
             continue
-        addresses = [member.floating_ip, *(member.own_ip(role) for role in ROLES)]
+        public = [] if member.az.public_ip is None else [member.az.public_ip]
+        addresses = [member.floating_ip, *(member.own_ip(role) for role in ROLES), *public]
         write_node(ca, directory, node_id, addresses, days=days, force=force)
 
 

@@ -118,7 +118,15 @@ def of_kind(changes: list[Change], kind: str) -> list[Change]:
 
 
 def test_deploy_certs_issues_each_pairs_certificate_once(fleet_file: Path, tmp_path: Path) -> None:
+    # us-west-2b brings its own public address: the NOC may dial the pair there.
+    fleet_file.write_text(
+        fleet_file.read_text().replace(
+            'us-west-2b = "10.20.2.0/24"',
+            'us-west-2b = { subnet = "10.20.2.0/24", public_ip = "100.64.7.20" }',
+        )
+    )
     directory = fleet_certs(tmp_path / "tls", fleet_file)
+    public = {"us-west-2a": set(), "us-west-2b": {"100.64.7.20"}}
     for az, subnet in (("us-west-2a", "10.20.1"), ("us-west-2b", "10.20.2")):
         pem = (directory / f"{az}.pem").read_bytes()
         assert identity_of(pem).node_id == az
@@ -126,8 +134,9 @@ def test_deploy_certs_issues_each_pairs_certificate_once(fleet_file: Path, tmp_p
             x509.SubjectAlternativeName
         )
         addresses = {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
-        # The floating address (the other nodes), both members' own (the pair's HA agents).
-        assert addresses == {f"{subnet}.10", f"{subnet}.11", f"{subnet}.12"}
+        # The floating address (the other nodes), both members' own (the pair's HA agents),
+        # its public one when known (the NOC).
+        assert addresses == {f"{subnet}.10", f"{subnet}.11", f"{subnet}.12", *public[az]}
         assert stat.S_IMODE((directory / f"{az}.key").stat().st_mode) == 0o600
     again = CliRunner().invoke(app, ["deploy", "certs", str(directory), "-f", str(fleet_file)])
     assert again.exit_code == 0, again.output
