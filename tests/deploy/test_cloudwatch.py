@@ -108,9 +108,11 @@ async def test_link_metrics_reach_the_alarms_dimensions(aws: ClientFactory) -> N
         Namespace=ALARM_NAMESPACE, Dimensions=[{"Name": "Neighbor", "Value": "use2"}]
     )
     assert listed["Metrics"] == []
-    # One sample per sample_interval (0.1 s) went into each round (0.5 s).
+    # One sample per sample_interval (0.1 s) went into each round (0.5 s). A batch in flight
+    # when the exporter was cancelled may have reached CloudWatch uncounted (its thread is
+    # waited for, the count after it is not made).
     count = sum(statistic(cloudwatch, "LinkRttMs", use1, "SampleCount"))
-    assert 4 * exporter.batches_sent <= count <= 6 * exporter.batches_sent
+    assert 4 * exporter.batches_sent <= count <= 6 * (exporter.batches_sent + 1)
 
 
 async def test_a_node_publishes_its_links(
