@@ -5,7 +5,8 @@ instead: ``RtpEndpoint`` sends a 20 ms packetised stream (172-byte packets: a 12
 and 160 bytes of payload, as G.711 would) and records what arrives, and ``Caller`` / ``Callee``
 are just enough of a SIP UA (RFC 3261 §8 and §12: INVITE with an SDP offer, 200 with the
 answer, ACK and BYE along the route set) to set up one call whose SDP names the endpoints.
-Everything is bounded in time; retransmissions are the UAs' own (every T1 until answered).
+Everything is bounded in time; retransmissions are the UAs' own: the caller's INVITE every T1
+until answered, the callee's 2xx every T1, doubling up to T2, until the ACK (§13.3.1.4).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from overlay.sip import (
 PTIME = 0.020
 PAYLOAD = bytes(160)
 T1 = 0.5
+T2 = 4.0
 RTP_VERSION = 0x80
 PCMU = 0
 
@@ -243,6 +245,7 @@ class CalleeCall:
 
     media: tuple[str, int]
     offer_media: tuple[str, int] | None  # None until the ACK's answer of a delayed offer
+    answered: bool = False
     acked: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
 
@@ -272,7 +275,25 @@ class Callee:
         return call.offer_media
 
     async def serve(self) -> None:
-        """Answer INVITEs (200 with SDP) and BYEs (200) until cancelled."""
+        """Answer INVITEs (200 with SDP, sent again until the ACK) and BYEs (200) until
+        cancelled."""
+        async with trio.open_nursery() as nursery:
+            await self._serve(nursery)
+
+    async def _send_until_acked(self, call: CalleeCall, ok: Response, to: tuple[str, int]) -> None:
+        """RFC 3261 §13.3.1.4: a UAS sends its 2xx again, every T1 doubling up to T2, until the
+        ACK (or a BYE) comes, for 64·T1 at most. No proxy on the way retransmits a 2xx, so one
+        lost in the overlay would otherwise leave the call half set up."""
+        interval = T1
+        with trio.move_on_after(64 * T1):
+            while True:
+                await trio.sleep(interval)
+                if call.acked.is_set() or call.ended.is_set():
+                    return
+                await self.sip.send(ok, to)
+                interval = min(2 * interval, T2)
+
+    async def _serve(self, nursery: trio.Nursery) -> None:
         while True:
             message, source = await self.sip.receive()
             if not isinstance(message, Request):
@@ -294,6 +315,9 @@ class Callee:
                 ok.headers.add("Content-Type", "application/sdp")
                 ok.body = sdp_for(call.media, "callee")
                 await self.sip.send(ok, to)
+                if not call.answered:
+                    call.answered = True
+                    nursery.start_soon(self._send_until_acked, call, ok, to)
             elif message.method == "ACK":
                 if (call := self.calls.get(message.call_id)) is not None:
                     if message.body:
