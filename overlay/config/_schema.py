@@ -311,15 +311,17 @@ def _media(value: object, path: Path) -> MediaSection:
 
 
 def _metrics(value: object, path: Path) -> MetricsSection:
-    table = Table(value, path, ("listen",))
-    host, port = table.require("listen", _ip_port_any)
-    return MetricsSection(host, port)
+    return MetricsSection(*_listen_only(value, path))
 
 
 def _health(value: object, path: Path) -> HealthSection:
-    table = Table(value, path, ("listen",))
-    host, port = table.require("listen", _ip_port_any)
-    return HealthSection(host, port)
+    return HealthSection(*_listen_only(value, path))
+
+
+def _listen_only(value: object, path: Path) -> tuple[str, int]:
+    """The address of a table whose one key is ``listen = "host:port"``."""
+    listen: tuple[str, int] = Table(value, path, ("listen",)).require("listen", _ip_port_any)
+    return listen
 
 
 def _log(value: object, path: Path) -> LogSection:
