@@ -57,6 +57,18 @@ def ip(netns: str | None, *commands: str) -> None:
     run(["ip", *where, "-batch", "-"], stdin="".join(f"{command}\n" for command in commands))
 
 
+def route_changes(current: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
+    """The iproute2 commands that turn the routes ``current`` into ``wanted`` (destination ->
+    what follows it in ``route replace``: "via ... dev ...")."""
+    commands = [f"route del {destination}" for destination in current.keys() - wanted.keys()]
+    commands += [
+        f"route replace {destination} {spec}"
+        for destination, spec in wanted.items()
+        if current.get(destination) != spec
+    ]
+    return commands
+
+
 def namespaces() -> list[str]:
     """Every network namespace ``ip netns`` knows, by name."""
     return [line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line.strip()]

@@ -98,6 +98,7 @@ from tests.fleet._netns import (
     load_nat,
     namespaces,
     root_links,
+    route_changes,
     run,
     spawn,
 )
@@ -638,14 +639,7 @@ class Fabric:
             elif target in gateway.links:
                 device, via = gateway.links[target]
                 wanted[destination] = f"via {via} dev {device}"
-        commands = [
-            f"route del {destination}" for destination in gateway.routes.keys() - wanted.keys()
-        ]
-        commands += [
-            f"route replace {destination} {spec}"
-            for destination, spec in wanted.items()
-            if gateway.routes.get(destination) != spec
-        ]
+        commands = route_changes(gateway.routes, wanted)
         if commands:
             ip(gateway.netns, *commands)
             for command in sorted(commands):
@@ -717,12 +711,11 @@ class Fabric:
             for gateway in self._gateways.values()
             for public in gateway.nat
         }
-        commands = [f"route del {public}/32" for public in self._inet_routes.keys() - wanted.keys()]
-        commands += [
-            f"route replace {public}/32 via {via}"
-            for public, via in wanted.items()
-            if self._inet_routes.get(public) != via
-        ]
+
+        def specs(routes: Mapping[str, str]) -> dict[str, str]:
+            return {f"{public}/32": f"via {via}" for public, via in routes.items()}
+
+        commands = route_changes(specs(self._inet_routes), specs(wanted))
         if commands:
             ip(self._inet, *commands)
         self._inet_routes = wanted

@@ -54,7 +54,6 @@ pytestmark = [
 FLEET = "box"
 ZONE = "voice.box.example"
 INGRESS, EGRESS, OTHER = "us-west-2", "us-east-1", "us-east-2"
-REGIONS = [INGRESS, EGRESS, OTHER]
 BUILDER = OTHER
 SCENARIOS = Path(__file__).parent / "scenarios"
 OVERLAY = Path(sys.executable).parent / "overlay"
@@ -76,10 +75,40 @@ PCAP_PPS = 236 / 7.05
 RTP_DELIVERED = 0.97
 
 
-def fleet_toml(callee: str, public: Iterator[ipaddress.IPv4Address]) -> str:
-    def az(subnet: str) -> str:
-        return f'{{ subnet = "{subnet}", public_ip = "{next(public)}" }}'
+#: Each region's VPC, the SRV priority of its routers (the ingress's first) and its AZs, each a
+#: /24 of the VPC in turn.
+VPCS = {
+    INGRESS: (ipaddress.ip_network("10.20.0.0/16"), 10, "a"),
+    EGRESS: (ipaddress.ip_network("10.30.0.0/16"), 20, "a"),
+    OTHER: (ipaddress.ip_network("10.40.0.0/16"), 20, "ab"),
+}
+REGIONS = list(VPCS)
 
+
+#: Where no trunk may see an address of: every VPC of the fleet, and more.
+PRIVATE = ipaddress.ip_network("10.0.0.0/8")
+
+
+def fleet_toml(callee: str, public: Iterator[ipaddress.IPv4Address]) -> str:
+    regions = ""
+    for region, (vpc, priority, azs) in VPCS.items():
+        subnets = itertools.islice(vpc.subnets(new_prefix=24), 1, None)
+        lines = [
+            f'{region}{az} = {{ subnet = "{subnet}", public_ip = "{next(public)}" }}'
+            for az, subnet in zip(azs, subnets, strict=False)
+        ]
+        regions += (
+            f"""
+[[regions]]
+name = "{region}"
+vpc_cidr = "{vpc}"
+srv_priority = {priority}
+srv_weight = 100
+[regions.azs]
+"""
+            + "\n".join(lines)
+            + "\n"
+        )
     return f"""\
 [fleet]
 name = "{FLEET}"
@@ -89,32 +118,7 @@ ami_name = "overlay"
 builder_region = "{BUILDER}"
 noc_cidrs = ["100.64.0.0/16"]
 trunk_cidrs = ["100.64.0.0/16"]
-
-[[regions]]
-name = "{INGRESS}"
-vpc_cidr = "10.20.0.0/16"
-srv_priority = 10
-srv_weight = 100
-[regions.azs]
-{INGRESS}a = {az("10.20.1.0/24")}
-
-[[regions]]
-name = "{EGRESS}"
-vpc_cidr = "10.30.0.0/16"
-srv_priority = 20
-srv_weight = 100
-[regions.azs]
-{EGRESS}a = {az("10.30.1.0/24")}
-
-[[regions]]
-name = "{OTHER}"
-vpc_cidr = "10.40.0.0/16"
-srv_priority = 20
-srv_weight = 100
-[regions.azs]
-{OTHER}a = {az("10.40.1.0/24")}
-{OTHER}b = {az("10.40.2.0/24")}
-
+{regions}
 [[dialplan]]
 user_prefix = "+1212"
 target = "{callee}:5060"
@@ -290,13 +294,12 @@ def place_calls(
         uas.wait(timeout=10)
     stats = parse_stat_csv((run / "stat.csv").read_text())
     received = counters.read()
-    vpcs = [ipaddress.ip_network(cidr) for cidr in ("10.0.0.0/8",)]
     private = sorted(
         {
             found
             for name in ("caller.msg", "callee.msg")
             for found in re.findall(r"\b\d+\.\d+\.\d+\.\d+\b", (run / name).read_text())
-            if any(ipaddress.ip_address(found) in vpc for vpc in vpcs)
+            if ipaddress.ip_address(found) in PRIVATE
         }
     )
     return Calls(
