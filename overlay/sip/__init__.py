@@ -23,7 +23,7 @@ from ._message import (
 from ._proxy import ProxyConfig, ProxyCore, ProxyStatistics
 from ._relay import OVERLAY_PATH, NextHop, OverlayNodes, OverlayRoutes
 from ._steering import call_id_untrusted, steering_owner
-from ._targets import Listener, Locate, Refusal, Target, overlay_route
+from ._targets import Listener, Locate, NextHopHealth, Refusal, Target, overlay_route
 from ._transaction import (
     Peer,
     TimerConfig,
@@ -62,6 +62,7 @@ __all__ = [
     "Message",
     "NameAddr",
     "NextHop",
+    "NextHopHealth",
     "OverlayAnomaly",
     "OverlayNodes",
     "OverlayRoutes",

@@ -119,6 +119,7 @@ from ._targets import (
     DEFAULT_PORTS,
     Listener,
     Locate,
+    NextHopHealth,
     OwnAddresses,
     Refusal,
     Target,
@@ -216,6 +217,7 @@ class ProxyCore:
         media: MediaHook | None = None,
         *,
         admission: Admission | None = None,
+        next_hop_health: NextHopHealth | None = None,
     ) -> None:
         if not config.listeners:
             raise ValueError("a proxy needs at least one listener")
@@ -223,6 +225,7 @@ class ProxyCore:
         self._locate = locate
         self._media = media
         self._admission = admission
+        self._health = next_hop_health
         self._events: deque[ProxyEvent] = deque()
         self._own = OwnAddresses(config.listeners)
         self._relay = (
@@ -593,6 +596,11 @@ class ProxyCore:
                 context.server, 480, "SIPS Not Allowed", now, context.media, warning=warning
             )
             return
+        health = self._health
+        if health is not None and len(allowed) > 1:
+            overlay = self._overlay_node_at
+            if not any(peer in overlay for peer in allowed):
+                allowed = health.order(allowed, now)
         context.next_hops.extend(allowed)
         self._try_next_hop(context, now)
 

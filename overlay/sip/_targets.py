@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ._errors import RemoteProtocolError
 from ._headers import NameAddr
@@ -77,6 +78,15 @@ class Refusal:
 #: The dialplan as the proxy core asks it (``overlay.routing.CallRouter.locate``): a target,
 #: a refusal, or ``None`` (no rule matches: 404).
 Locate = Callable[[Request, SipUri | TelUri], Target | Refusal | None]
+
+
+class NextHopHealth(Protocol):
+    """What the core asks before it tries the next hops of a request outside the overlay (a
+    trunk's RFC 3263 list): the same peers, those known to be down moved last
+    (``overlay.routing.TrunkHealth``). Never drops one: a trunk that ignores probes must not be
+    black-holed."""
+
+    def order(self, peers: Sequence[Peer], now: float) -> list[Peer]: ...
 
 
 class OwnAddresses:
