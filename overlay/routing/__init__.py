@@ -1,5 +1,5 @@
-"""Routing: the dialplan and where each call goes, and route tables computed from the
-link-state DB."""
+"""Routing: the dialplan and where each call goes, route tables computed from the
+link-state DB, and the probed health of the trunks calls leave to."""
 
 from overlay.config import DialplanRule, DnsTarget, StaticTarget
 
@@ -14,7 +14,7 @@ from ._cost import (
     path_cost,
     weight_function,
 )
-from ._dialplan import Dialplan, DialplanMatch, choose_egress
+from ._dialplan import Dialplan, DialplanMatch, choose_egress, order_egress
 from ._routes import (
     NoRoute,
     Path,
@@ -24,11 +24,13 @@ from ._routes import (
     build_graph,
     compute_routes,
 )
+from ._trunks import TRUNK_MARK, TrunkHealth, TrunkStateChanged, TrunkStatistics, trunk_name
 from ._view import MAX_PATHS, RouteView
 
 __all__ = [
     "DEFAULT_RETRY_AFTER_S",
     "MAX_PATHS",
+    "TRUNK_MARK",
     "CallRouter",
     "CostBreakdown",
     "Dialplan",
@@ -44,6 +46,9 @@ __all__ = [
     "RouteView",
     "RoutingPolicy",
     "StaticTarget",
+    "TrunkHealth",
+    "TrunkStateChanged",
+    "TrunkStatistics",
     "WeightFunction",
     "build_graph",
     "choose_egress",
@@ -51,6 +56,8 @@ __all__ = [
     "cost_breakdown",
     "link_breakdowns",
     "link_cost",
+    "order_egress",
     "path_cost",
+    "trunk_name",
     "weight_function",
 ]

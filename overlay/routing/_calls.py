@@ -1,11 +1,13 @@
 """Where a new request goes: the dialplan's rule, the egress node of an overlay call, and the
 refusals of a draining node or an unreachable egress (the proxy core's ``locate``).
 
-An overlay call is sent to its egress node, which applies the rule's target itself. The egress
-is chosen among the rule's ``egress`` nodes by ``choose_egress`` among those reachable (and,
-for a new call, not draining). When none is reachable but one would be chosen, the call may
-wait ``linkstate.route_wait`` for a route to it (``Target.await_route``): a peer's pause or a
-link in hold-down then costs set-up time instead of the call.
+An overlay call is sent to its egress node, which applies the rule's target itself. The rule's
+``egress`` nodes that are reachable (and, for a new call, not draining) are put in fail-over
+order by ``order_egress``: the call goes to the first, and the others ride along in
+``Target.alternates`` for the proxy core to try when that one fails the call before answering.
+When none is reachable but one would be chosen, the call may wait ``linkstate.route_wait`` for
+a route to it (``Target.await_route``): a peer's pause or a link in hold-down then costs set-up
+time instead of the call.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from overlay.config import DnsTarget, StaticTarget
 from overlay.sip import Refusal, Request, SipUri, Target, TelUri, overlay_route
 
-from ._dialplan import Dialplan, choose_egress
+from ._dialplan import Dialplan, choose_egress, order_egress
 from ._view import RouteView
 
 #: Retry-After of a draining node's 503, unless the operator's Drain says otherwise.
@@ -74,14 +76,16 @@ class CallRouter:
         if new_call and self._drain.draining:
             return Refusal(503, "Draining", self._drain.retry_after_s)
         if match.rule.egress:
-            egress = self.choose(match.rule.egress, request.call_id, new_call=new_call)
-            if isinstance(egress, Refusal):
+            order = self.egress_order(match.rule.egress, request.call_id, new_call=new_call)
+            if isinstance(order, Refusal):
                 waiting = None
-                if egress.reason == "No Route to Egress":
+                if order.reason == "No Route to Egress":
                     waiting = self._awaiting_route(match.rule.egress, request, new_call=new_call)
-                return egress if waiting is None else waiting
-            if egress != self.node_id:
-                return self._toward_egress(egress)
+                return order if waiting is None else waiting
+            if order[0] != self.node_id:
+                alternates = tuple(self._toward_egress(node) for node in order[1:])
+                first = self._toward_egress(order[0])
+                return dataclasses.replace(first, alternates=alternates) if alternates else first
         request_uri = None
         if match.user != user and isinstance(uri, SipUri):
             request_uri = str(dataclasses.replace(uri, user=match.user))
@@ -93,21 +97,30 @@ class CallRouter:
 
     def choose(self, candidates: tuple[str, ...], call_id: str, *, new_call: bool) -> str | Refusal:
         """The egress node of a call among a rule's ``egress`` nodes (this one if it is one),
-        or why there is none: every reachable one is draining (a new call), or none is
-        reachable."""
+        or why there is none (see ``egress_order``)."""
+        order = self.egress_order(candidates, call_id, new_call=new_call)
+        return order if isinstance(order, Refusal) else order[0]
+
+    def egress_order(
+        self, candidates: tuple[str, ...], call_id: str, *, new_call: bool
+    ) -> list[str] | Refusal:
+        """The egress nodes a call tries, in order (``order_egress``), or why there is none:
+        every reachable one is draining (a new call), or none is reachable."""
         view = self._view
-        egress = choose_egress(
-            candidates,
-            call_id,
-            self.node_id,
-            lambda node_id: (
-                view is not None
-                and view.reachable(node_id)
-                and not (new_call and view.draining(node_id))
-            ),
-        )
-        if egress is not None:
-            return egress
+        if view is None:
+            order = [self.node_id] if self.node_id in candidates else []
+        else:
+            order = order_egress(
+                candidates,
+                call_id,
+                self.node_id,
+                lambda node_id: (
+                    view.reachable(node_id) and not (new_call and view.draining(node_id))
+                ),
+                view.region,
+            )
+        if order:
+            return order
         if view is not None and any(view.reachable(node_id) for node_id in candidates):
             return Refusal(503, "Egress Draining")
         return Refusal(503, "No Route to Egress")
@@ -134,4 +147,5 @@ class CallRouter:
         """An overlay call: to the egress node, which applies the dialplan's target itself."""
         assert self._view is not None  # an egress other than this node: an overlay node
         address = self._view.sip_address(egress)
-        return Target(address.host, address.port, "udp", route=overlay_route(egress, address))
+        route = overlay_route(egress, address)
+        return Target(address.host, address.port, "udp", route=route, egress=egress)

@@ -89,13 +89,8 @@ class Dialplan:
 def choose_egress(
     candidates: tuple[str, ...], call_id: str, node_id: str, reachable: Callable[[str], bool]
 ) -> str | None:
-    """The node a new call is anchored on, among a rule's ``egress`` nodes.
-
-    This node when it is one of them: the call then stays in the AZ it entered. Otherwise the
-    reachable candidate with the highest rendezvous hash of (candidate, Call-ID) (RFC 2991's
-    "highest random weight"): calls spread evenly over the AZs, a retransmitted INVITE lands on
-    the same node, and when one AZ dies only the calls it would have taken move elsewhere.
-    ``None`` when no candidate is reachable.
+    """The node a new call is anchored on, among a rule's ``egress`` nodes: the first of
+    ``order_egress``, or ``None`` when no candidate is reachable.
 
     Examples:
         >>> up = {"use1-a", "use1-b"}.__contains__
@@ -108,15 +103,43 @@ def choose_egress(
         >>> choose_egress(("use1-a",), "c1@h", "usw2-a", lambda node: False) is None
         True
     """
+    order = order_egress(candidates, call_id, node_id, reachable)
+    return order[0] if order else None
+
+
+def order_egress(
+    candidates: tuple[str, ...],
+    call_id: str,
+    node_id: str,
+    usable: Callable[[str], bool],
+    region_of: Callable[[str], str | None] = lambda _node: None,
+) -> list[str]:
+    """The usable egress nodes of a new call, in the order it tries them (a fail-over set).
+
+    This node alone when it is one of them: the call then stays in the AZ it entered, and its
+    trunks' own RFC 3263 list is the fail-over. Otherwise the candidates are grouped by region
+    in the order the rule names them (a region's AZs, then the next region: ``egress`` is an
+    ordered list of regions); within a region, by falling rendezvous hash of (candidate,
+    Call-ID) (RFC 2991's "highest random weight"), so calls spread evenly over its AZs, a
+    retransmitted INVITE lands on the same node, and when one AZ dies only the calls it would
+    have taken move elsewhere. Nodes of unknown region (``region_of`` gives ``None``) share
+    one group.
+
+    Examples:
+        >>> regions = {"use1-a": "us-east-1", "use1-b": "us-east-1", "usw2-a": "us-west-2"}
+        >>> order = order_egress(
+        ...     ("usw2-a", "use1-a", "use1-b"), "c1@h", "euw1-a", lambda n: True, regions.get
+        ... )
+        >>> order[0], sorted(order[1:])
+        ('usw2-a', ['use1-a', 'use1-b'])
+    """
     if node_id in candidates:
-        return node_id
-    best: str | None = None
-    best_weight = b""
+        return [node_id]
+    groups: dict[str | None, list[tuple[bytes, str]]] = {}
     for candidate in candidates:
-        if not reachable(candidate):
+        if not usable(candidate):
             continue
         key = f"{candidate}\x00{call_id}".encode()
         weight = hashlib.blake2b(key, digest_size=8).digest()
-        if best is None or weight > best_weight:
-            best, best_weight = candidate, weight
-    return best
+        groups.setdefault(region_of(candidate), []).append((weight, candidate))
+    return [node for group in groups.values() for _, node in sorted(group, reverse=True)]

@@ -70,6 +70,11 @@ class RouteView:
         graph = self.table.graph
         return node_id in graph and bool(graph.nodes[node_id].get("draining", False))
 
+    def region(self, node_id: str) -> str | None:
+        """The region ``node_id`` advertises, or ``None`` (unknown, or not reachable)."""
+        graph = self.table.graph
+        return graph.nodes[node_id].get("region") or None if node_id in graph else None
+
     def sip_address(self, node_id: str) -> Peer:
         """A peer node's configured SIP address."""
         return self.peers[node_id]

@@ -5,7 +5,15 @@ See docs/internal/sip-api.md for the contract of the message layer exported here
 
 from ._admission import Admission, Reject
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._events import ANOMALY_KINDS, CallRefused, OverlayAnomaly, ProxyEvent, ResolveTarget
+from ._events import (
+    ANOMALY_KINDS,
+    FAILOVER_CAUSES,
+    CallRefused,
+    EgressFailedOver,
+    OverlayAnomaly,
+    ProxyEvent,
+    ResolveTarget,
+)
 from ._framing import StreamFramer
 from ._headers import CSeq, NameAddr, Via, canonical_name, split_list_untrusted
 from ._media_hook import MediaDirection, MediaHook, MediaRefused
@@ -45,6 +53,7 @@ from ._uri import (
 
 __all__ = [
     "ANOMALY_KINDS",
+    "FAILOVER_CAUSES",
     "OVERLAY_PATH",
     "REASON_PHRASES",
     "AbsoluteUri",
@@ -52,6 +61,7 @@ __all__ = [
     "Admission",
     "CSeq",
     "CallRefused",
+    "EgressFailedOver",
     "Headers",
     "Listener",
     "LocalProtocolError",

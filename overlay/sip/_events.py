@@ -28,6 +28,29 @@ class CallRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressFailedOver:
+    """A new call left its egress node for the next one of its rule before any final answer
+    (``cause``: one of ``FAILOVER_CAUSES``); the caller still sees one call. ``attempt`` counts
+    the egress nodes tried so far, this one included (2 for the first fail-over)."""
+
+    call_id: str
+    failed: str
+    egress: str
+    cause: str
+    attempt: int
+
+
+#: ``EgressFailedOver`` causes.
+FAILOVER_CAUSES = {
+    "no answer": "not even a 100 Trying within [sip.timers] fr",
+    "408": "the egress answered 408 Request Timeout",
+    "503": "the egress answered 503 Service Unavailable",
+    "timeout": "Timer B fired, or the connection to the egress failed",
+    "egress lost": "the mesh lost every route to the egress before its final answer",
+}
+
+
+@dataclass(frozen=True, slots=True)
 class OverlayAnomaly:
     """A message a routing loop caught, or would have: for the shell to log and the NOC.
 
@@ -52,4 +75,4 @@ ANOMALY_KINDS = {
 }
 
 #: Everything ``ProxyCore.next_event`` returns.
-ProxyEvent = ResolveTarget | CallRefused | OverlayAnomaly
+ProxyEvent = ResolveTarget | CallRefused | EgressFailedOver | OverlayAnomaly

@@ -33,7 +33,20 @@ A forwarded request owns a ``_Context`` (the §16 "response context"): the serve
 ordered next-hop list (RFC 3263 §4.3: on a transport error, a timeout or a 503 the next one is
 tried), the current client transaction and Timer C. Provisional responses other than 100 and every
 2xx are forwarded at once; a final error is forwarded when no next hop is left. 503 becomes 500
-(§16.7 step 6), a timeout becomes 408 for INVITE; for non-INVITE nothing is sent (RFC 4320 §4.2).
+(§16.7 step 6; toward another overlay node it stays 503, so the ingress can fail the call over), a
+timeout becomes 408 for INVITE; for non-INVITE nothing is sent (RFC 4320 §4.2).
+
+An INVITE with somewhere else to go does not wait Timer B for a silent next hop: with no
+response at all, not even 100, within ``ProxyConfig.fr`` (Kamailio's ``fr_timer``), its branch
+is abandoned (no more retransmissions, no CANCEL before a 1xx: §9.1) and the next hop tried. An
+abandoned branch's late 1xx draws a CANCEL, its late 2xx is still forwarded (§16.7 step 5: the
+caller ACKs and BYEs the extra dialog, §13.2.2.4), its late error is absorbed.
+
+Egress fail-over: a new call's ``Target.alternates`` are the rule's other egress nodes in order.
+When its egress fails it before a final answer (no answer within ``fr``, 408, 503, Timer B or a
+transport error, or ``overlay_nodes_lost``), the same request, media offer included, is sent to
+the next one on a fresh branch (§16.6) and an ``EgressFailedOver`` event says so; the caller
+sees one call, and an error only once every egress has failed.
 CANCEL (§16.10) is answered 200 at once and forwarded on the branch once it has a provisional
 response. ACKs for 2xx and stray 2xx retransmissions are forwarded statelessly; responses that
 match no transaction are dropped (RFC 6026 §8.5).
@@ -103,7 +116,7 @@ from dataclasses import dataclass, field
 
 from ._admission import Admission, Reject
 from ._errors import RemoteProtocolError
-from ._events import CallRefused, ProxyEvent, ResolveTarget
+from ._events import CallRefused, EgressFailedOver, ProxyEvent, ResolveTarget
 from ._headers import KNOWN_METHODS, NameAddr, Via
 from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
@@ -155,6 +168,8 @@ class ProxyConfig:
     user_agent: str = "overlay"
     max_message_size: int = 65535
     overlay: OverlayNodes | None = None
+    #: Seconds an INVITE waits for any response before its next hop is tried (0: Timer B).
+    fr: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,8 @@ class ProxyStatistics:
     anomalies: dict[str, int]  # OverlayAnomaly events, by kind
     detoured: int  # retransmissions sent over an alternate overlay path
     sips_refused: int  # sips: requests answered 480 as no TLS leads to their next hop
+    failovers: dict[str, int]  # EgressFailedOver events, by cause
+    late_answers: int  # 2xx of abandoned branches, forwarded (the caller ends the extra dialog)
     contexts: int
     pending_resolutions: int
     retransmissions_sent: int
@@ -179,24 +196,35 @@ class _Context:
     """The response context of one forwarded request (§16)."""
 
     __slots__ = (
+        "alternates",
         "branch",
         "cancel_pending",
         "cancelled",
+        "egress",
+        "egress_tries",
         "forward",
+        "fr_gen",
+        "from_overlay",
         "media",
         "next_hops",
         "provisional",
         "replied",
+        "route",
         "server",
         "timed_out",
         "timer_c_gen",
     )
 
-    def __init__(self, server: Transaction, forward: Request) -> None:
+    def __init__(self, server: Transaction, forward: Request, target: Target) -> None:
         self.server = server
         self.forward = forward  # the request to send, without our Via
         self.media: MediaDirection | None = None  # set when it crosses the overlay's edge here
+        self.from_overlay = False  # its upstream is another overlay node
         self.next_hops: deque[Peer] = deque()
+        self.alternates: deque[Target] = deque(target.alternates)
+        self.egress = target.egress  # the overlay node it goes to, if any
+        self.route = target.route  # the Route pushed for it
+        self.egress_tries = 1
         self.branch: Transaction | None = None
         self.provisional = False
         self.cancelled = False
@@ -204,6 +232,17 @@ class _Context:
         self.timed_out = False
         self.replied = False
         self.timer_c_gen = 0
+        self.fr_gen = 0
+
+
+class _Abandoned:
+    """The owner of a branch its context moved on from (``TransactionLayer.abandon``)."""
+
+    __slots__ = ("cancelled", "context")
+
+    def __init__(self, context: _Context) -> None:
+        self.context = context
+        self.cancelled = False
 
 
 class ProxyCore:
@@ -256,6 +295,8 @@ class ProxyCore:
         self._drops: Counter[str] = Counter()
         self._generated: Counter[int] = Counter()
         self._sips_refused = 0
+        self._failovers: Counter[str] = Counter()
+        self._late_answers = 0
         self._contexts = 0
         # Overlay nodes' addresses (empty without an overlay), tested for every message.
         self._overlay_node_at = {} if self._relay is None else self._relay.node_at
@@ -333,6 +374,27 @@ class ProxyCore:
         self.transactions.transport_error(peer, now)
         self._drain_transaction_events(now)
 
+    def overlay_nodes_lost(self, nodes: Collection[str], now: float) -> None:
+        """The mesh has no route left to ``nodes``: calls whose egress is one of them and that
+        have another egress, and no final answer yet, fail over to it now."""
+        relay = self._relay
+        if relay is None:
+            return
+        peers = {relay.peers[node] for node in nodes if node in relay.peers}
+        for txn in self.transactions.clients_to(peers):
+            context = txn.owner
+            if (
+                isinstance(context, _Context)
+                and context.branch is txn
+                and txn.kind is Kind.INVITE_CLIENT
+                and txn.state in (State.CALLING, State.PROCEEDING)
+                and context.alternates
+                and not (context.replied or context.cancelled)
+            ):
+                self._abandon_branch(context, txn, now)
+                self._fail_over(context, "egress lost", now)
+        self._drain_transaction_events(now)
+
     def retransmit_toward(self, peers: Collection[Peer]) -> int:
         """The path toward ``peers`` changed: resend their unanswered requests now, over the
         new path, instead of waiting for the retransmission timer. Returns how many."""
@@ -341,7 +403,7 @@ class ProxyCore:
     def get_timer(self) -> float | None:
         deadline = self.transactions.get_timer()
         heap = self._timer_heap
-        while heap and heap[0][2].timer_c_gen != heap[0][1]:
+        while heap and heap[0][1] not in (heap[0][2].timer_c_gen, heap[0][2].fr_gen):
             heapq.heappop(heap)
         if heap and (deadline is None or heap[0][0] < deadline):
             return heap[0][0]
@@ -355,6 +417,9 @@ class ProxyCore:
             if context.timer_c_gen == gen:
                 context.timer_c_gen = 0
                 self._timer_c_fired(context, now)
+            elif context.fr_gen == gen:
+                context.fr_gen = 0
+                self._fr_fired(context, now)
         self._drain_transaction_events(now)
 
     def statistics(self) -> ProxyStatistics:
@@ -369,6 +434,8 @@ class ProxyCore:
             anomalies={} if relay is None else dict(relay.anomalies),
             detoured=0 if relay is None else relay.detoured,
             sips_refused=self._sips_refused,
+            failovers=dict(self._failovers),
+            late_answers=self._late_answers,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
             retransmissions_sent=txn.retransmissions_sent,
@@ -485,8 +552,9 @@ class ProxyCore:
         # §16.6 step 3: Max-Forwards.
         max_forwards = request.max_forwards
         headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
-        context = _Context(server, forward)
+        context = _Context(server, forward, target)
         context.media = direction
+        context.from_overlay = from_overlay
         server.owner = context
         self._contexts += 1
         self._locate_hops(context, forward, target, now)
@@ -621,6 +689,57 @@ class ProxyCore:
         context.branch = branch
         if request.method == "INVITE":
             self._arm_timer_c(context, now)
+            if self.config.fr > 0 and (context.next_hops or context.alternates):
+                context.fr_gen = gen = next(self._timer_seq)
+                heapq.heappush(self._timer_heap, (now + self.config.fr, gen, context))
+
+    def _move_on(self, context: _Context, cause: str, now: float, *, next_hop: bool) -> bool:
+        """Try the next hop (when ``next_hop``: RFC 3263 §4.3), else the next egress; False
+        when there is neither."""
+        if next_hop and context.next_hops:
+            self._try_next_hop(context, now)
+        elif context.alternates and not context.next_hops:
+            self._fail_over(context, cause, now)
+        else:
+            return False
+        return True
+
+    def _fail_over(self, context: _Context, cause: str, now: float) -> None:
+        """Send the call to its next egress node: the same request, another pushed Route."""
+        target = context.alternates.popleft()
+        context.next_hops.clear()
+        forward = context.forward
+        if context.route is not None and forward.headers.first_value("Route") == context.route:
+            forward.headers.pop_first_value("Route")
+        apply_target(forward, target)
+        failed = context.egress or ""
+        context.egress, context.route = target.egress, target.route
+        context.egress_tries += 1
+        self._failovers[cause] += 1
+        self._events.append(
+            EgressFailedOver(
+                forward.call_id, failed, target.egress or "", cause, context.egress_tries
+            )
+        )
+        self._locate_hops(context, forward, target, now)
+
+    def _abandon_branch(self, context: _Context, branch: Transaction, now: float) -> None:
+        """Leave ``branch`` for the next hop: it stops retransmitting, and its late answers
+        reach ``_late_response``."""
+        self.transactions.abandon(branch, now)
+        branch.owner = _Abandoned(context)
+        context.branch = None
+        context.fr_gen = 0
+
+    def _fr_fired(self, context: _Context, now: float) -> None:
+        branch = context.branch
+        if context.replied or context.cancelled or branch is None:
+            return
+        if branch.state is not State.CALLING or not (context.next_hops or context.alternates):
+            return  # answered, if only with 100; or nowhere else to go: Timer B decides
+        self._drops["next hop silent past fr"] += 1
+        self._abandon_branch(context, branch, now)
+        self._move_on(context, "no answer", now, next_hop=True)
 
     def _prepare(self, forward: Request, received: Request, peer: Peer) -> Request:
         """A copy of ``forward`` with Record-Route and our Via for sending to ``peer``."""
@@ -661,6 +780,11 @@ class ProxyCore:
     def _send_cancel(self, context: _Context, now: float) -> None:
         branch = context.branch
         assert branch is not None
+        self._cancel_branch(branch, now)
+        context.cancel_pending = False
+
+    def _cancel_branch(self, branch: Transaction, now: float) -> None:
+        """§9.1: a CANCEL for the INVITE of ``branch``, on its own owner-less transaction."""
         invite = branch.request
         cancel = Request("CANCEL", invite.uri, invite.headers.copy())
         headers = cancel.headers
@@ -672,7 +796,6 @@ class ProxyCore:
         headers.set("CSeq", f"{invite.cseq.number} CANCEL")
         txn = self.transactions.send_request(cancel, branch.peer, now)
         txn.owner = None
-        context.cancel_pending = False
 
     def _forward_ack(self, ack: Request, now: float, *, from_overlay: bool) -> None:
         """An ACK for a 2xx: routed like any in-dialog request, without a transaction. At an
@@ -743,6 +866,9 @@ class ProxyCore:
             # transactions ended is still owed to the caller (RFC 6026 covers the rest).
             return
         context = branch.owner
+        if isinstance(context, _Abandoned):
+            self._late_response(context, branch, response, now)
+            return
         if not isinstance(context, _Context) or context.branch is not branch:
             return  # a response to our CANCEL, or to a branch we gave up on
         status = response.status
@@ -760,22 +886,54 @@ class ProxyCore:
             if status != 100 and not context.replied:
                 self._send_upstream(context, upstream, now)
             return
-        context.timer_c_gen = 0
+        context.timer_c_gen = context.fr_gen = 0
         if status < 300:
             self._forward_success(context, upstream, now)
             return
-        if status == 503 and context.next_hops and not context.cancelled:
-            self._try_next_hop(context, now)
+        if (
+            status in (408, 503)
+            and not (context.cancelled or context.replied)
+            and self._move_on(context, str(status), now, next_hop=status == 503)
+        ):
             return
         if context.replied:
             return
         if context.timed_out and status == 487:
             self._reply(context, 408, "Request Timeout", now)
         elif status == 503:
-            self._reply(context, 500, "Next Hop Unavailable", now)
+            # §16.7 step 6, except toward the ingress: the overlay is one hop, and it fails over.
+            self._reply(context, 503 if context.from_overlay else 500, "Next Hop Unavailable", now)
         else:
             context.replied = True
             self._send_upstream(context, upstream, now)
+
+    def _late_response(
+        self, abandoned: _Abandoned, branch: Transaction, response: Response, now: float
+    ) -> None:
+        """A response on a branch its context moved on from: a 1xx draws a CANCEL (now
+        allowed, §9.1), a 2xx still goes upstream (§16.7 step 5); an error is absorbed."""
+        status = response.status
+        if status < 200:
+            if not abandoned.cancelled:
+                abandoned.cancelled = True
+                self._cancel_branch(branch, now)
+            return
+        if status < 300:
+            upstream = response.copy()
+            upstream.headers.pop_first_value("Via")
+            if "Via" not in upstream.headers:
+                return
+            self._late_answers += 1
+            context = abandoned.context
+            if not context.replied and context.branch is not None:
+                # §16.7 step 10: answered; the branch that replaced this one is cancelled.
+                context.alternates.clear()
+                context.next_hops.clear()
+                if context.provisional:
+                    self._send_cancel(context, now)
+                else:
+                    context.cancel_pending = True
+            self._forward_success(context, upstream, now)
 
     def _send_upstream(self, context: _Context, upstream: Response, now: float) -> None:
         """Forward a response on the server transaction, past the media hook at an edge."""
@@ -824,9 +982,8 @@ class ProxyCore:
             return
         if context.cancelled:
             self._reply(context, 487, "Request Terminated", now)
-        elif context.next_hops:
+        elif self._move_on(context, "timeout", now, next_hop=True):
             self._drops["next hop timeout" if not event.transport_error else "next hop down"] += 1
-            self._try_next_hop(context, now)
         elif txn.request.method != "INVITE":
             # RFC 4320 §4.2: no 408 for non-INVITE; the upstream times out on its own.
             context.replied = True

@@ -63,6 +63,12 @@ class Target:
     #: An overlay node the shell has no route to yet: it resolves the target (``ResolveTarget``)
     #: once a route appears, or refuses the request when none does in time.
     await_route: str | None = None
+    #: The egress node of an overlay call (``route`` names it).
+    egress: str | None = None
+    #: Where a new call goes next when this target's egress fails it (no answer within
+    #: ``ProxyConfig.fr``, 408, 503, or the node is lost): the rule's other egress nodes in
+    #: fail-over order (``overlay.routing.order_egress``).
+    alternates: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class State(enum.Enum):
     COMPLETED = "Completed"
     CONFIRMED = "Confirmed"
     ACCEPTED = "Accepted"
+    ABANDONED = "Abandoned"
     TERMINATED = "Terminated"
 
 
@@ -114,12 +115,24 @@ TRANSITIONS: dict[Kind, dict[State, _Row]] = {
             I.SUCCESS: (S.ACCEPTED, "accept"),
             I.FAILURE: (S.COMPLETED, "ack_failure"),
             I.TRANSPORT_ERROR: (S.TERMINATED, "transport_failure"),
+            I.ABANDON: (S.ABANDONED, "abandon_client"),
+        },
+        # Ours: the user moved on to another next hop before any response (``abandon``). No
+        # retransmissions; responses still reach the user (a 1xx to CANCEL, a 2xx to forward,
+        # §16.7 step 5); Timer B, still armed, ends it quietly.
+        S.ABANDONED: {
+            I.PROVISIONAL: (S.ABANDONED, "pass_late"),
+            I.SUCCESS: (S.ACCEPTED, "accept"),
+            I.FAILURE: (S.COMPLETED, "ack_failure"),
+            I.TRANSPORT_ERROR: (S.TERMINATED, "terminate"),
+            I.TIMER_B: (S.TERMINATED, "terminate"),
         },
         S.PROCEEDING: {
             I.PROVISIONAL: (S.PROCEEDING, "pass_response"),
             I.SUCCESS: (S.ACCEPTED, "accept"),
             I.FAILURE: (S.COMPLETED, "ack_failure"),
             I.TRANSPORT_ERROR: (S.TERMINATED, "transport_failure"),
+            I.ABANDON: (S.ABANDONED, "abandon_client"),
         },
         S.COMPLETED: {
             I.PROVISIONAL: (S.COMPLETED, None),
@@ -434,7 +447,9 @@ class TransactionLayer:
         self._fire(txn, _status_input(response.status), response, now)
 
     def abandon(self, txn: Transaction, now: float) -> None:
-        """End a non-INVITE server transaction without a final response (RFC 4320 §4.2)."""
+        """End a non-INVITE server transaction without a final response (RFC 4320 §4.2), or
+        stop an INVITE client transaction that got no response at all from retransmitting:
+        its user tries another next hop (its late responses still come back)."""
         self._fire(txn, Input.ABANDON, None, now)
 
     # -- client side -------------------------------------------------------------------------
@@ -489,6 +504,10 @@ class TransactionLayer:
         for table in (self._client, self._server):
             for txn in [t for t in table.values() if t.peer == peer]:
                 self._fire(txn, Input.TRANSPORT_ERROR, None, now)
+
+    def clients_to(self, peers: Collection[Peer]) -> list[Transaction]:
+        """The client transactions sending to ``peers``."""
+        return [txn for txn in self._client.values() if txn.peer in peers]
 
     def retransmit_to(self, peers: Collection[Peer]) -> int:
         """Resend now every request to ``peers`` that no response has reached yet (its path
@@ -581,12 +600,12 @@ class TransactionLayer:
                 f"cannot take {event.value}",
                 status_hint=None,
             ) from None
-        txn.state = new_state
+        old_state, txn.state = txn.state, new_state
         passed = action in _PASSING_ACTIONS
         if action is not None:
             self._actions[action](txn, response, now)
         if new_state is State.TERMINATED:
-            self._count_end(txn, event)
+            self._count_end(txn, Input.ABANDON if old_state is State.ABANDONED else event)
             self._forget(txn)
         return passed
 
@@ -648,6 +667,14 @@ class TransactionLayer:
             # §17.1.1.2: a provisional response stops Timer B as well; the proxy's Timer C
             # takes over.
             txn._timer_gen.pop(Input.TIMER_B, None)
+
+    def _do_abandon_client(self, txn: Transaction, _r: Response | None, now: float) -> None:
+        txn._timer_gen.pop(Input.TIMER_A, None)
+        if Input.TIMER_B not in txn._timer_gen:  # Proceeding: a 1xx had stopped it
+            self._arm(txn, Input.TIMER_B, now + 64 * self.timers.t1)
+
+    def _do_pass_late(self, _txn: Transaction, _r: Response | None, _now: float) -> None:
+        pass
 
     def _do_accept(self, txn: Transaction, _r: Response | None, now: float) -> None:
         txn._timer_gen.clear()
@@ -727,7 +754,9 @@ def _outside_dialog(request: Request) -> bool:
         return True
 
 
-_PASSING_ACTIONS = frozenset({"pass_response", "accept", "ack_failure", "complete_client"})
+_PASSING_ACTIONS = frozenset(
+    {"pass_response", "pass_late", "accept", "ack_failure", "complete_client"}
+)
 _CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
 
 

@@ -115,6 +115,7 @@ class ProxyHarness:
     )
     t1: float = 0.5
     timer_c: float = 180.0
+    fr: float = 1.0
     max_message_size: int = 65535
     listeners: tuple[Listener, ...] = (PROXY,)
     overlay: OverlayNodes | None = None
@@ -132,6 +133,7 @@ class ProxyHarness:
                 timer_c=self.timer_c,
                 max_message_size=self.max_message_size,
                 overlay=self.overlay,
+                fr=self.fr,
             ),
             self._locate if self.locate is None else self.locate,
             self.overlay_routes,

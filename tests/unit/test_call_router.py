@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from overlay.config import DialplanRule, StaticTarget
 from overlay.linkstate import LinkMetrics, Lsa
-from overlay.routing import CallRouter, Dialplan, DrainState, RouteView, RoutingPolicy
+from overlay.routing import (
+    CallRouter,
+    Dialplan,
+    DrainState,
+    RouteView,
+    RoutingPolicy,
+    order_egress,
+)
 from overlay.routing import compute_routes as routes_of
 from overlay.sip import (
     CallRefused,
@@ -63,7 +70,41 @@ def locate(router: CallRouter, **fields: object) -> Target | Refusal | None:
 
 def test_a_call_goes_to_its_egress_node_which_applies_the_target_itself() -> None:
     target = locate(router())
-    assert target == Target("127.0.9.1", 5060, "udp", route="<sip:127.0.9.1:5060;lr;ovl=egress-a>")
+    assert target == Target(
+        "127.0.9.1", 5060, "udp", route="<sip:127.0.9.1:5060;lr;ovl=egress-a>", egress="egress-a"
+    )
+
+
+def test_a_call_carries_the_rules_other_egress_nodes_as_its_fail_over_set() -> None:
+    target = locate(router(egress=tuple(PEERS)))
+    assert isinstance(target, Target)
+    assert {target.egress, *(alternate.egress for alternate in target.alternates)} == set(PEERS)
+    assert all(not alternate.alternates for alternate in target.alternates)
+    # An unreachable or draining egress is not in it.
+    for quiet in (
+        router(egress=tuple(PEERS), up={"egress-b"}),
+        router(egress=tuple(PEERS), draining_peers={"egress-a"}),
+    ):
+        target = locate(quiet)
+        assert isinstance(target, Target)
+        assert (target.egress, target.alternates) == ("egress-b", ())
+
+
+def test_the_fail_over_set_takes_a_regions_nodes_before_the_next_regions() -> None:
+    regions = {"usw2-a": "us-west-2", "use1-a": "us-east-1", "use1-b": "us-east-1"}
+    for call in range(50):
+        order = order_egress(
+            ("use1-a", "usw2-a", "use1-b"), f"call-{call}", SELF, lambda _n: True, regions.get
+        )
+        assert sorted(order[:2]) == ["use1-a", "use1-b"]
+        assert order[2] == "usw2-a"
+    # Within a region calls spread over its nodes; this node, when it is one, takes them all.
+    firsts = {
+        order_egress(("use1-a", "use1-b"), f"call-{n}", SELF, lambda _n: True, regions.get)[0]
+        for n in range(50)
+    }
+    assert firsts == {"use1-a", "use1-b"}
+    assert order_egress(("use1-a", SELF), "c", SELF, lambda _n: True) == [SELF]
 
 
 def test_a_call_leaves_here_when_this_node_is_one_of_the_egress_nodes() -> None:

@@ -265,7 +265,7 @@ def test_503_fails_over_to_the_next_resolved_target_then_becomes_500() -> None:
 
 
 def test_timeout_fails_over_to_the_next_target() -> None:
-    h = ProxyHarness(t1=0.05, targets={"": Target("trunk.example.com")})
+    h = ProxyHarness(t1=0.05, fr=0, targets={"": Target("trunk.example.com")})
     h.send(UAC, request())
     [event] = h.resolve_events()
     h.resolved(event.token, [UAS, UAS2])
