@@ -49,6 +49,7 @@ from ._model import (
     TimerConfig,
     Transport,
     TrunkLimit,
+    TrunksSection,
 )
 from ._reader import (
     Invalid,
@@ -71,6 +72,7 @@ from ._schema import (
     ip_address,
     linkstate_section,
     parse_config,
+    trunks_section,
 )
 from ._security import security as security_section
 
@@ -106,6 +108,7 @@ __all__ = [
     "TimerConfig",
     "Transport",
     "TrunkLimit",
+    "TrunksSection",
     "dialplan_rule",
     "files_checked",
     "grpc_tls",
@@ -122,6 +125,7 @@ __all__ = [
     "seconds",
     "security_section",
     "string",
+    "trunks_section",
 ]
 
 

@@ -180,6 +180,29 @@ class LinkstateSection:
 
 
 @dataclass(frozen=True)
+class TrunksSection:
+    """``[trunks]``: OPTIONS probes to the trunks this node sends calls to, each address of
+    their RFC 3263 lists (``overlay.routing.TrunkHealth``): a trunk silent for
+    ``probe_multiplier * probe_interval`` is tried after the live ones, never left out.
+
+    ``reply_codes`` are the final responses that prove a trunk alive; empty: any final
+    response (a 404 or 405 comes from a live SIP stack). A 408 never does: a proxy in front
+    of a dead trunk makes one itself (the trap Kamailio's ``ds_ping_reply_codes`` warns of).
+    """
+
+    enabled: bool = True
+    probe_interval: float = 0.25
+    probe_multiplier: int = 4
+    hold_down: float = 5.0
+    probe_timeout: float = 1.0
+    reply_codes: tuple[int, ...] = ()
+
+    @property
+    def detection_time(self) -> float:
+        return self.probe_multiplier * self.probe_interval
+
+
+@dataclass(frozen=True)
 class MetricsSection:
     """``[metrics]``: the Prometheus ``/metrics`` HTTP endpoint (``overlay.shell.telemetry``).
 
@@ -341,3 +364,4 @@ class NodeConfig:
     security: SecuritySection | None = None  # None: no edge security at all
     pair: PairSection | None = None  # None: not one of a pair, always in the mesh
     health: HealthSection | None = None
+    trunks: TrunksSection = field(default_factory=TrunksSection)

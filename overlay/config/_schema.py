@@ -40,6 +40,7 @@ from ._model import (
     StaticTarget,
     TimerConfig,
     Transport,
+    TrunksSection,
 )
 from ._reader import (
     Invalid,
@@ -119,6 +120,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             "security",
             "pair",
             "health",
+            "trunks",
         ),
     )
     node = root.require("node", _node)
@@ -191,6 +193,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         security=root.get("security", security, None),
         pair=_pair_of(root, sip, peers),
         health=root.get("health", _health, None),
+        trunks=root.get("trunks", trunks_section, TrunksSection()),
     )
 
 
@@ -417,6 +420,53 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
     if section.max_age <= section.refresh_interval:
         raise Invalid((*path, "max_age"), "must be > refresh_interval (live LSAs would age out)")
     return section
+
+def trunks_section(value: object, path: Path) -> TrunksSection:
+    table = Table(
+        value,
+        path,
+        (
+            "enabled",
+            "probe_interval",
+            "probe_multiplier",
+            "hold_down",
+            "probe_timeout",
+            "reply_codes",
+        ),
+    )
+    d = TrunksSection()
+    section = TrunksSection(
+        enabled=table.get("enabled", boolean, d.enabled),
+        probe_interval=table.get("probe_interval", seconds, d.probe_interval),
+        probe_multiplier=table.get("probe_multiplier", _multiplier, d.probe_multiplier),
+        hold_down=table.get("hold_down", seconds, d.hold_down),
+        probe_timeout=table.get("probe_timeout", seconds, d.probe_timeout),
+        reply_codes=table.get("reply_codes", _reply_codes, d.reply_codes),
+    )
+    if section.probe_timeout < section.probe_interval:
+        raise Invalid((*path, "probe_timeout"), "must be >= probe_interval")
+    return section
+
+
+_final_status = integer(200, 699)
+
+
+def _reply_codes(value: object, path: Path) -> tuple[int, ...]:
+    """Final status codes that prove a trunk alive; a 408 is refused (``TrunksSection``)."""
+    if not isinstance(value, list):
+        raise Invalid(path, f"must be an array of status codes, not {kind(value)}")
+    codes: list[int] = []
+    for index, item in enumerate(value):
+        code = _final_status(item, (*path, index))
+        if code == 408:
+            raise Invalid(
+                (*path, index),
+                "408 never proves a trunk alive: a proxy in front of a dead trunk answers it",
+            )
+        if code in codes:
+            raise Invalid((*path, index), f"names {code} twice")
+        codes.append(code)
+    return tuple(codes)
 
 
 def _peers(value: object, path: Path) -> tuple[PeerConfig, ...]:
