@@ -106,6 +106,7 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import secrets
@@ -197,6 +198,7 @@ class _Context:
 
     __slots__ = (
         "alternates",
+        "attempts",
         "branch",
         "cancel_pending",
         "cancelled",
@@ -225,6 +227,7 @@ class _Context:
         self.egress = target.egress  # the overlay node it goes to, if any
         self.route = target.route  # the Route pushed for it
         self.egress_tries = 1
+        self.attempts = 0  # branches sent so far
         self.branch: Transaction | None = None
         self.provisional = False
         self.cancelled = False
@@ -284,7 +287,14 @@ class ProxyCore:
         self._pending: dict[int, tuple[_Context | None, Request]] = {}
         self._tokens = itertools.count(1)
         self._branches = itertools.count(1)
-        self._nonce = secrets.token_hex(4)
+        # The To tag of the node's own answers, and part of its branches. An overlay node's
+        # derives from its node id, which the two members of a pair share: an ACK or a
+        # retransmission that reaches the standby after a takeover still matches.
+        self._nonce = (
+            secrets.token_hex(4)
+            if config.overlay is None
+            else hashlib.blake2b(config.overlay.node_id.encode(), digest_size=4).hexdigest()
+        )
         self._timer_heap: list[tuple[float, int, _Context]] = []
         self._timer_seq = itertools.count(1)
         self._by_transport: dict[str, Listener] = {}
@@ -682,7 +692,8 @@ class ProxyCore:
     def _try_next_hop(self, context: _Context, now: float) -> None:
         """Send on a new client transaction to the next hop in the list."""
         peer = context.next_hops.popleft()
-        request = self._prepare(context.forward, context.server.request, peer)
+        context.attempts += 1
+        request = self._prepare(context, peer)
         context.provisional = False
         branch = self.transactions.send_request(request, peer, now)
         branch.owner = context
@@ -741,9 +752,10 @@ class ProxyCore:
         self._abandon_branch(context, branch, now)
         self._move_on(context, "no answer", now, next_hop=True)
 
-    def _prepare(self, forward: Request, received: Request, peer: Peer) -> Request:
-        """A copy of ``forward`` with Record-Route and our Via for sending to ``peer``."""
-        out = forward.copy()
+    def _prepare(self, context: _Context, peer: Peer) -> Request:
+        """A copy of the request to forward with Record-Route and our Via for ``peer``."""
+        received = context.server.request
+        out = context.forward.copy()
         headers = out.headers
         listener = self._listener_for(peer.transport)
         if self.config.record_route and out.method in DIALOG_CREATING and received.to_tag is None:
@@ -752,9 +764,24 @@ class ProxyCore:
             if inbound != listener:  # RFC 5658 double Record-Route
                 headers.insert_first("Record-Route", inbound.record_route(self._mark, sips=sips))
             headers.insert_first("Record-Route", listener.record_route(self._mark, sips=sips))
-        branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._nonce}{next(self._branches):x}"
+        branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._branch_id(context)}"
         headers.insert_first("Via", _via(peer, listener, branch + self._mark))
         return out
+
+    def _branch_id(self, context: _Context) -> str:
+        """The unique part of a forwarded request's branch (§16.6 step 8): for an incoming
+        request with an RFC 3261 branch, a hash of what identifies its transaction and of the
+        attempt, so the two members of a pair forward a retransmission that reaches the
+        standby after a takeover on the branch the active used, and the next hop absorbs it
+        as one (no 481 for a BYE the active had forwarded). Random otherwise (RFC 2543)."""
+        key = context.server.key
+        if key[0] == "2543":
+            return f"{self._nonce}{next(self._branches):x}"
+        request = context.server.request
+        seed = "\0".join(
+            (self._nonce, *key, request.call_id, str(request.cseq.number), str(context.attempts))
+        )
+        return hashlib.blake2b(seed.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
     def _receive_cancel(
         self, cancel: Request, source: Peer, invite: Transaction, now: float

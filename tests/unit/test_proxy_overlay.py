@@ -319,3 +319,23 @@ def test_call_that_finds_no_route_in_time_is_refused_503() -> None:
     assert isinstance(refused, Response)
     assert (refused.status, refused.reason) == (503, "No Route to Egress")
     assert media_of(fabric, "ing").seen[-1] == ("503", "leaving")  # the call book hears of it
+
+
+def test_two_members_of_a_pair_forward_a_request_on_the_same_branch() -> None:
+    """A BYE the caller retransmits to the standby after a takeover leaves with the branch
+    the active used: the next hop absorbs it as a retransmission (no 481)."""
+    branches = []
+    for _ in range(2):  # the active, then its standby: same node id, separate processes
+        fabric = Fabric()
+        bye = only_request(
+            fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye", [EGRESS_ROUTE])),
+            UAS,
+        )
+        branches.append([via.branch for via in bye.vias])
+    assert branches[0] == branches[1]
+    # Another transaction, or another attempt at this one, gets another branch.
+    fabric = Fabric()
+    other = only_request(
+        fabric.inject("ing", UAC, in_dialog("BYE", 3, "z9hG4bK-bye-2", [EGRESS_ROUTE])), UAS
+    )
+    assert [via.branch for via in other.vias][:2] != branches[0][:2]
