@@ -7,8 +7,15 @@ Nothing here opens a socket or reads a clock: the node pushes the results to the
 docs/internal/media.md for the contracts between these pieces, the fastpath and the node.
 """
 
-from ._edge import AddSession, MediaCommand, MediaEdge, RemoveSession, media_id
-from ._ports import PortAllocator, PortPair, PortsExhausted, PortStatistics
+from ._edge import (
+    AddSession,
+    CallMediaState,
+    MediaCommand,
+    MediaEdge,
+    RemoveSession,
+    media_id,
+)
+from ._ports import PortAllocator, PortPair, PortsExhausted, PortStatistics, PortTaken
 from ._sdp import (
     DIRECTIONS,
     MAX_MEDIA,
@@ -30,13 +37,21 @@ from ._sdp import (
     set_overlay_session,
     strip_overlay_sessions,
 )
-from ._sessions import EndReason, MediaSession, MediaSessions, MediaStatistics, Side
+from ._sessions import (
+    EndReason,
+    MediaSession,
+    MediaSessions,
+    MediaStatistics,
+    SessionState,
+    Side,
+)
 
 __all__ = [
     "DIRECTIONS",
     "MAX_MEDIA",
     "MAX_SDP_SIZE",
     "AddSession",
+    "CallMediaState",
     "Connection",
     "EndReason",
     "MediaCommand",
@@ -51,11 +66,13 @@ __all__ = [
     "PortAllocator",
     "PortPair",
     "PortStatistics",
+    "PortTaken",
     "PortsExhausted",
     "RemoveSession",
     "Rtcp",
     "Sdp",
     "SdpLine",
+    "SessionState",
     "Side",
     "bump_version",
     "direction_of",

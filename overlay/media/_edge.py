@@ -25,6 +25,11 @@ the ACK) is anchored the same way with the roles turned round: the 2xx's SDP is 
 out as an offer, and the ACK's as the answer that starts forwarding. The proxy core shows this
 hook the ACK of a 2xx for that. An offer in a provisional response (reliable 1xx, RFC 3262) is
 not anchored: it is passed through and counted.
+
+Pair replication (issue 16, docs/internal/pair-state-design.md §3, §4): ``call_state`` reads
+everything the edge keeps of one call as a plain ``CallMediaState``, and a standby applies it
+with ``restore_call``, as a diff, so relay sessions that did not change keep their sockets. A
+standby's sessions are foreign until ``MediaSessions.promote``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from overlay.sip import (
+    LocalProtocolError,
     MediaDirection,
     MediaRefused,
     Message,
@@ -55,7 +61,7 @@ from ._sdp import (
     set_overlay_session,
     strip_overlay_sessions,
 )
-from ._sessions import EndReason, MediaSession, MediaSessions, Side
+from ._sessions import EndReason, MediaSession, MediaSessions, SessionState, Side
 
 SDP = "application/sdp"
 
@@ -67,9 +73,17 @@ def media_id(node_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class AddSession:
-    """Start forwarding a session: the shell calls the fastpath's ``add_session``."""
+    """Start forwarding a session: the shell calls the fastpath's ``add_session``.
+
+    ``rtp_latched`` / ``rtcp_latched``: sources the relay session starts latched on (the
+    fastpath's ``latched`` and ``rtcp_latched``), set when a standby restores a session its
+    active's relay had latched (``MediaEdge.restore_call``), so that nobody else can take the
+    port during a takeover; ``None`` for a session learning its endpoint from its packets.
+    """
 
     session: MediaSession
+    rtp_latched: tuple[str, int] | None = None
+    rtcp_latched: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,36 @@ class RemoveSession:
 
 
 MediaCommand = AddSession | RemoveSession
+
+
+@dataclass(frozen=True, slots=True)
+class CallMediaState:
+    """Everything a ``MediaEdge`` keeps of one call, in plain values (strings, numbers, bytes,
+    tuples, enums and frozen records), for pair replication (issue 16): ``call_state`` reads it
+    on the active, ``restore_call`` applies it on the standby. ``CallMediaState(call_id)``, with
+    nothing else, is a call the edge keeps nothing for.
+
+    The sessions travel inside it, not beside it, because restoring what the relay forwards
+    needs them restored first; the wire record may still carry them as a list of its own.
+
+    Attributes:
+        call_id: the SIP Call-ID.
+        caller_tag: the From tag of the initial INVITE, once seen.
+        answered: the INVITE got a 2xx.
+        delayed: the last INVITE had no SDP (the offer comes in the 2xx).
+        origins: the SDP last sent to each endpoint (``OriginKeeper.last``), serialised.
+        sessions: the call's media sessions (``MediaSessions.snapshot``).
+        forwarding: the sessions as the fastpath was last given them; one may differ from its
+            entry in ``sessions`` while a re-offer waits for its answer.
+    """
+
+    call_id: str
+    caller_tag: str | None = None
+    answered: bool = False
+    delayed: bool = False
+    origins: tuple[tuple[Side, bytes], ...] = ()
+    sessions: tuple[SessionState, ...] = ()
+    forwarding: tuple[MediaSession, ...] = ()
 
 
 class MediaEdge:
@@ -92,7 +136,7 @@ class MediaEdge:
         self._answered: set[str] = set()  # calls whose INVITE got a 2xx
         self._delayed: set[str] = set()  # calls whose last INVITE had no SDP: 2xx offers
         self._origins: dict[tuple[str, Side], OriginKeeper] = {}
-        self._forwarding: dict[int, MediaSession] = {}  # what the fastpath has, by session id
+        self._forwarding: dict[int, AddSession] = {}  # what the fastpath has, by session id
         self.counters: Counter[str] = Counter()
 
     # -- MediaHook ----------------------------------------------------------------------------
@@ -193,9 +237,92 @@ class MediaEdge:
             if not self.sessions.of_call(session.call_id):
                 self._forget(session.call_id)  # a call that never saw its BYE
 
-    def activity(self, session_id: int, now: float) -> None:
-        """The fastpath saw packets of the session since the last look."""
+    def activity(
+        self,
+        session_id: int,
+        now: float,
+        *,
+        rtp_latched: tuple[str, int] | None = None,
+        rtcp_latched: tuple[str, int] | None = None,
+    ) -> None:
+        """The fastpath saw packets of the session since the last look, and its relay session
+        has latched these sources (``None``: not yet), kept for pair replication."""
         self.sessions.touch(session_id, now)
+        self.sessions.set_latched(session_id, rtp_latched, rtcp_latched)
+
+    # -- pair replication ---------------------------------------------------------------------
+
+    def call_state(self, call_id: str) -> CallMediaState:
+        """All this edge keeps of ``call_id``, read back for the standby (pair replication,
+        issue 16; ``CallMediaState(call_id)`` for a call it keeps nothing for)."""
+        sessions = self.sessions.snapshot(call_id)
+        forwarding = (self._forwarding.get(state.session.session_id) for state in sessions)
+        return CallMediaState(
+            call_id=call_id,
+            caller_tag=self._caller_tag.get(call_id),
+            answered=call_id in self._answered,
+            delayed=call_id in self._delayed,
+            origins=tuple(
+                (side, serialize_sdp(last))
+                for side in Side
+                if (keeper := self._origins.get((call_id, side))) is not None
+                and (last := keeper.last) is not None
+            ),
+            sessions=sessions,
+            forwarding=tuple(command.session for command in forwarding if command is not None),
+        )
+
+    def restore_call(self, state: CallMediaState) -> None:
+        """Make the call what the active's ``state`` says (pair replication's standby, issue
+        16), as a diff: sessions the state no longer has end (``EndReason.REPLICA``), the others
+        are restored foreign with their ids and ports (``MediaSessions.restore``), and
+        ``commands`` gets a ``RemoveSession`` / ``AddSession`` only for relay sessions that
+        changed, so the others keep their sockets. A forwarded session starts latched where the
+        active's relay had latched. Restoring ``CallMediaState(call_id)`` forgets the call.
+
+        Raises:
+            LocalProtocolError: the state does not fit (a session of another call, a forwarded
+                session that is not among the sessions, or what ``MediaSessions.restore``
+                refuses).
+            ValueError, PortTaken: a new session's ports are outside this node's range or held.
+            After an error the call may be partly restored; pair replication then resyncs.
+        """
+        call_id = state.call_id
+        wanted = {item.session.session_id: item for item in state.sessions}
+        if any(item.session.call_id != call_id for item in state.sessions):
+            raise LocalProtocolError(f"Media state of {call_id!r} has another call's session")
+        if any(session.session_id not in wanted for session in state.forwarding):
+            raise LocalProtocolError(f"Media state of {call_id!r} forwards an unknown session")
+        for session in self.sessions.of_call(call_id):
+            if session.session_id not in wanted:
+                self.sessions.end(session.session_id, EndReason.REPLICA)
+                self._stop_forwarding(session.session_id)
+        for item in state.sessions:
+            self.sessions.restore(item)
+        forwarded = {session.session_id: session for session in state.forwarding}
+        for item in state.sessions:
+            session_id = item.session.session_id
+            relayed = forwarded.get(session_id)
+            if relayed is None:
+                self._stop_forwarding(session_id)
+                continue
+            command = AddSession(relayed, item.rtp_latched, item.rtcp_latched)
+            if self._forwarding.get(session_id) == command:
+                continue  # unchanged: the relay session keeps its sockets
+            self._stop_forwarding(session_id)
+            self._forwarding[session_id] = command
+            self.commands.append(command)
+        _put(self._caller_tag, call_id, state.caller_tag)
+        _mark(self._answered, call_id, state.answered)
+        _mark(self._delayed, call_id, state.delayed)
+        origins = dict(state.origins)
+        for side in Side:
+            data = origins.get(side)
+            keeper = self._origins.get((call_id, side))
+            if data is None:
+                self._origins.pop((call_id, side), None)
+            elif keeper is None or keeper.last is None or serialize_sdp(keeper.last) != data:
+                self._origins[(call_id, side)] = OriginKeeper(parse_sdp_untrusted(data))
 
     # -- the two edges ------------------------------------------------------------------------
 
@@ -254,11 +381,14 @@ class MediaEdge:
         for session in self.sessions.of_call(call_id):
             if session.side is not side or session.remote is None:
                 continue
-            if self._forwarding.get(session.session_id) == session:
+            forwarded = self._forwarding.get(session.session_id)
+            if forwarded is not None and forwarded.session == session:
                 continue  # unchanged (a retransmitted 2xx)
             self._stop_forwarding(session.session_id)
-            self._forwarding[session.session_id] = session
-            self.commands.append(AddSession(session))
+            self._forwarding[session.session_id] = command = AddSession(session)
+            self.commands.append(command)
+            # A new relay session latches afresh: what the old one latched no longer holds.
+            self.sessions.set_latched(session.session_id, None, None)
 
     def _stop_forwarding(self, session_id: int) -> None:
         if self._forwarding.pop(session_id, None) is not None:
@@ -291,6 +421,20 @@ class MediaEdge:
         """The endpoint that sent ``message`` (a response: the one its request came from)."""
         caller = self._caller_tag.get(message.call_id)
         return Side.CALLER if caller is None or message.from_tag == caller else Side.CALLEE
+
+
+def _put(book: dict[str, str], call_id: str, value: str | None) -> None:
+    if value is None:
+        book.pop(call_id, None)
+    else:
+        book[call_id] = value
+
+
+def _mark(calls: set[str], call_id: str, member: bool) -> None:
+    if member:
+        calls.add(call_id)
+    else:
+        calls.discard(call_id)
 
 
 def _other(side: Side) -> Side:

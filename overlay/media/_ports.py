@@ -11,7 +11,9 @@ for new ports and rewriting the SDP again.
 Free slots wait in one FIFO queue. ``allocate`` takes the slot at the front and ``release`` puts
 freed slots at the back, so a port is reused as late as possible: a late RTP packet of an ended
 call then reaches a closed socket (or, at worst, a call set up long after), not the call set up
-right after it. Both are O(1) per slot.
+right after it. ``take`` claims one given slot wherever it waits (a standby restoring the ports
+its active used, pair replication): the queue is an insertion-ordered dict, not a deque, so that
+taking from the middle is O(1) too, as ``allocate`` and ``release`` are per slot.
 
 Ports are held by *owners*, any hashable key (the media sessions use session ids); an owner may
 hold several slots and ``release(owner)`` frees them all. Nothing here opens a socket: the shell
@@ -20,11 +22,11 @@ binds the ports it is given and closes them before releasing.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["PortAllocator", "PortPair", "PortStatistics", "PortsExhausted"]
+__all__ = ["PortAllocator", "PortPair", "PortStatistics", "PortTaken", "PortsExhausted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,10 @@ class PortsExhausted(Exception):
     """Every slot of the range is held; nothing was allocated."""
 
 
+class PortTaken(Exception):
+    """``take`` asked for a slot that is held already; nothing was taken."""
+
+
 class PortAllocator:
     """Hands out RTP/RTCP port pairs from ``first``..``last`` (both included).
 
@@ -66,7 +72,7 @@ class PortAllocator:
         ValueError: the range is outside 1..65535 or holds no whole pair.
     """
 
-    __slots__ = ("_capacity", "_exhausted", "_first", "_free", "_held", "_last")
+    __slots__ = ("_capacity", "_exhausted", "_first", "_free", "_held", "_last", "_start")
 
     def __init__(self, first: int, last: int) -> None:
         if not 1 <= first <= last <= 65535:
@@ -76,7 +82,9 @@ class PortAllocator:
             raise ValueError(f"port range {first}..{last} holds no even/odd pair")
         self._first = first
         self._last = last
-        self._free: deque[int] = deque(range(start, last, 2))
+        self._start = start
+        # The FIFO queue of free slots (by RTP port): popitem(last=False) takes the front.
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(start, last, 2))
         self._capacity = len(self._free)
         self._held: dict[Hashable, list[PortPair]] = {}
         self._exhausted = 0
@@ -115,7 +123,34 @@ class PortAllocator:
                 f"all {self._capacity} RTP/RTCP port pairs of {self._first}..{self._last}"
                 " are in use"
             )
-        rtp = self._free.popleft()
+        rtp, _ = self._free.popitem(last=False)
+        pair = PortPair(rtp, None if rtcp_mux else rtp + 1)
+        self._held.setdefault(owner, []).append(pair)
+        return pair
+
+    def take(self, owner: Hashable, rtp: int, *, rtcp_mux: bool = False) -> PortPair:
+        """Take the slot of RTP port ``rtp`` for ``owner``, wherever it waits in the queue.
+
+        Pair replication (issue 16) calls it, through ``MediaSessions.restore``, when a standby
+        restores a session of its active: the endpoint and the far edge already send to the
+        ports the active gave the session, so the standby must hold the very same ones.
+
+        Args:
+            owner: who holds the slot until ``release(owner)``.
+            rtp: the slot's RTP port: even, in this allocator's range.
+            rtcp_mux: return ``PortPair(rtp, None)``; ``rtp + 1`` is reserved all the same.
+
+        Raises:
+            ValueError: ``rtp`` is not the RTP port of a slot of this range (odd, or outside).
+            PortTaken: the slot is held (by ``owner`` too); nothing was taken.
+        """
+        if rtp % 2 or not self._start <= rtp < self._last:
+            raise ValueError(
+                f"port {rtp} is not the RTP port of a pair of {self._first}..{self._last}"
+            )
+        if rtp not in self._free:
+            raise PortTaken(f"RTP/RTCP port pair {rtp}/{rtp + 1} is in use")
+        del self._free[rtp]
         pair = PortPair(rtp, None if rtcp_mux else rtp + 1)
         self._held.setdefault(owner, []).append(pair)
         return pair
@@ -129,7 +164,8 @@ class PortAllocator:
         pairs = self._held.pop(owner, None)
         if pairs is None:
             return 0
-        self._free.extend(pair.rtp for pair in pairs)
+        for pair in pairs:
+            self._free[pair.rtp] = None  # to the back of the queue
         return len(pairs)
 
     def held_by(self, owner: Hashable) -> list[PortPair]:

@@ -796,8 +796,16 @@ class OriginKeeper:
 
     __slots__ = ("_last",)
 
-    def __init__(self) -> None:
-        self._last: Sdp | None = None
+    def __init__(self, last: Sdp | None = None) -> None:
+        """``last``: the SDP last sent to the endpoint, when a standby restores the keeper of
+        its active (pair replication, issue 16, through ``MediaEdge.restore_call``)."""
+        self._last = last
+
+    @property
+    def last(self) -> Sdp | None:
+        """The SDP last sent to the endpoint (``None`` before the first), which pair
+        replication carries to the standby (``MediaEdge.call_state``)."""
+        return self._last
 
     def apply(self, sdp: Sdp) -> Sdp:
         """Returns the SDP to send to the endpoint (see the class docstring)."""

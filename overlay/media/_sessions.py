@@ -26,6 +26,14 @@ answered no media needs to flow (ringing without early media is the rule), so un
 ``confirm_call`` the longer ``setup_timeout`` applies; it only guards against a call whose
 signalling outcome was never reported.
 
+Pair replication (issue 16, docs/internal/pair-state-design.md §3-§5): the active's sessions
+are read back per call (``snapshot``, a ``SessionState`` each, with the relay's latched
+addresses the node reports through ``set_latched``), and a standby puts them back with
+``restore``: same session ids, same ports (``PortAllocator.take``). Restored sessions are
+*foreign*: the active owns them, so they have no inactivity clock here, neither expire nor are
+touched, and end only when the active's state says so. ``promote(now)``, at takeover, makes them
+this node's own, their inactivity clock starting at ``now``.
+
 Deadlines sit in one heap, fixed up lazily: every session has one current entry (its sequence
 number is in ``_scheduled``); a touch only records the time, and an entry found due early is
 pushed again at the session's real deadline. Entries of ended sessions are dropped as they
@@ -45,7 +53,14 @@ from overlay.sip import LocalProtocolError
 from ._ports import PortAllocator, PortPair
 from ._sdp import MAX_MEDIA, OverlaySession
 
-__all__ = ["EndReason", "MediaSession", "MediaSessions", "MediaStatistics", "Side"]
+__all__ = [
+    "EndReason",
+    "MediaSession",
+    "MediaSessions",
+    "MediaStatistics",
+    "SessionState",
+    "Side",
+]
 
 _MAX_SESSION_ID = (1 << 64) - 1
 _ID_ATTEMPTS = 100
@@ -64,6 +79,7 @@ class EndReason(enum.Enum):
     FAILED = "failed"  # the INVITE got a final failure response or timed out
     TIMEOUT = "timeout"  # no media for too long
     REMOVED = "removed"  # a re-offer disabled (port 0) or dropped the stream
+    REPLICA = "replica"  # a standby: the active's state of the call no longer has it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,7 +92,8 @@ class MediaSession:
         ports: the relay ports the endpoint sends to; ``rtcp`` is ``None`` under rtcp-mux.
         endpoint: where the endpoint wants media (``endpoint_of`` its SDP), if known.
         remote: the other edge's session, once its SDP has been seen.
-        created: the ``now`` of ``create``.
+        created: the ``now`` of ``create``; a restored session keeps its active's value, on
+            the active's clock (informational only: nothing here reads it).
     """
 
     session_id: int
@@ -90,6 +107,30 @@ class MediaSession:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SessionState:
+    """What pair replication carries of one session (issue 16): plain values only (strings,
+    numbers, ``None``, tuples, enums and the frozen records ``MediaSession``, ``PortPair``,
+    ``OverlaySession``), so the replication's encoder maps it field by field.
+
+    ``MediaSessions.snapshot`` builds them on the active and ``MediaSessions.restore`` puts them
+    back on the standby (both through ``MediaEdge.call_state`` / ``restore_call``).
+
+    Attributes:
+        session: the session as it is.
+        confirmed: its call was answered (``confirm_call``): once promoted it ends after
+            ``timeout`` of silence, not ``setup_timeout``.
+        rtp_latched, rtcp_latched: the sources the relay latched for RTP and for RTCP (on its
+            own RTCP port; ``None`` under rtcp-mux), as last reported by ``set_latched``;
+            ``None`` until the endpoint's first packet of that kind.
+    """
+
+    session: MediaSession
+    confirmed: bool = False
+    rtp_latched: tuple[str, int] | None = None
+    rtcp_latched: tuple[str, int] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MediaStatistics:
     sessions: int
     calls: int
@@ -99,6 +140,9 @@ class MediaStatistics:
     ports_free: int
     ports_exhausted: int  # sessions refused for lack of ports
     timers_pending: int
+    # Sessions a standby restored from its active: created + restored = ended + live.
+    restored: int = 0
+    foreign: int = 0  # live sessions restored and not promoted yet
 
 
 def _random_session_id() -> int:
@@ -141,11 +185,14 @@ class MediaSessions:
         self._by_leg: dict[_Leg, int] = {}
         self._by_call: dict[str, dict[int, None]] = {}  # insertion-ordered sets
         self._confirmed: set[str] = set()
-        self._last_active: dict[int, float] = {}
+        self._last_active: dict[int, float] = {}  # own sessions only
+        self._foreign: set[int] = set()  # restored, not promoted: no inactivity clock
+        self._latched: dict[int, tuple[tuple[str, int] | None, tuple[str, int] | None]] = {}
         self._heap: list[tuple[float, int, int]] = []  # (deadline, seq, session id)
         self._scheduled: dict[int, int] = {}  # session id -> seq of its current heap entry
         self._seq = 0
         self._created = 0
+        self._restored = 0
         self._ended = dict.fromkeys((reason.value for reason in EndReason), 0)
 
     # -- reading ------------------------------------------------------------------------------
@@ -179,6 +226,18 @@ class MediaSessions:
             ports_free=2 * ports.free,
             ports_exhausted=ports.exhausted,
             timers_pending=len(self._heap),
+            restored=self._restored,
+            foreign=len(self._foreign),
+        )
+
+    def snapshot(self, call_id: str) -> tuple[SessionState, ...]:
+        """The state of every session of a call, in creation order (empty for an unknown
+        call), as pair replication carries it to the standby (issue 16; read through
+        ``MediaEdge.call_state``)."""
+        confirmed = call_id in self._confirmed
+        return tuple(
+            SessionState(self._sessions[key], confirmed, *self._latched_of(key))
+            for key in self._by_call.get(call_id, ())
         )
 
     # -- changes ------------------------------------------------------------------------------
@@ -244,7 +303,112 @@ class MediaSessions:
         if session is None:
             return None
         rtp = session.ports.rtp
+        if rtcp_mux:
+            self._set_latched(session_id, self._latched_of(session_id)[0], None)
         return self._update(session_id, ports=PortPair(rtp, None if rtcp_mux else rtp + 1))
+
+    def set_latched(
+        self,
+        session_id: int,
+        rtp: tuple[str, int] | None,
+        rtcp: tuple[str, int] | None,
+    ) -> bool:
+        """Record the sources the relay latched for the session (``None``: none yet), as the
+        node reads them from the fastpath's counters, so that pair replication can start the
+        standby's relay session latched on them (issue 16, ``snapshot``).
+
+        Returns:
+            whether this changed what was recorded (False for an unknown session).
+
+        Raises:
+            LocalProtocolError: an RTCP source for a session under rtcp-mux (no RTCP port).
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        if rtcp is not None and session.ports.rtcp is None:
+            raise LocalProtocolError("An rtcp-mux media session has no RTCP source to latch")
+        return self._set_latched(session_id, rtp, rtcp)
+
+    def restore(self, state: SessionState) -> MediaSession:
+        """Make a session what the active's ``state`` says: same id, leg and ports; a
+        *foreign* session (see the module docstring) until ``promote``.
+
+        Pair replication calls it on the standby for every session of a replicated call,
+        through ``MediaEdge.restore_call`` (issue 16). It is a diff: a session that exists
+        already is updated in place (a state equal to it changes nothing) and keeps its ports;
+        a new one takes the active's ports (``PortAllocator.take``). An own session restored
+        becomes foreign. Ending the sessions the active no longer has is the caller's part
+        (``end`` with ``EndReason.REPLICA``).
+
+        Returns:
+            the session, as restored.
+
+        Raises:
+            LocalProtocolError: the state does not fit: a session id out of range, an index out
+                of range, a leg held by another session, an existing session of another leg or
+                slot, RTCP ports that are not RTP + 1, or an RTCP source under rtcp-mux.
+            ValueError: the ports are outside this node's range.
+            PortTaken: another session holds the ports.
+            Nothing is changed when it raises.
+        """
+        session = state.session
+        session_id = session.session_id
+        leg = (session.call_id, session.side, session.index)
+        ports = session.ports
+        if not 0 < session_id <= _MAX_SESSION_ID:
+            raise LocalProtocolError(f"Media session id {session_id} out of range")
+        if not 0 <= session.index < MAX_MEDIA:
+            raise LocalProtocolError(f"Media index {session.index} out of range")
+        if ports.rtcp not in (None, ports.rtp + 1):
+            raise LocalProtocolError(f"Media ports {ports} are not an RTP/RTCP pair")
+        if state.rtcp_latched is not None and ports.rtcp is None:
+            raise LocalProtocolError("An rtcp-mux media session has no RTCP source to latch")
+        existing = self._sessions.get(session_id)
+        if existing is None:
+            if leg in self._by_leg:
+                raise LocalProtocolError(
+                    f"Media session exists for {session.side.value} stream {session.index}"
+                )
+            self._ports.take(session_id, ports.rtp, rtcp_mux=ports.rtcp is None)
+            self._by_leg[leg] = session_id
+            self._by_call.setdefault(session.call_id, {})[session_id] = None
+            self._restored += 1
+        else:
+            if (existing.call_id, existing.side, existing.index) != leg:
+                raise LocalProtocolError(f"Media session {session_id:#x} is another leg")
+            if existing.ports.rtp != ports.rtp:
+                raise LocalProtocolError(f"Media session {session_id:#x} holds other ports")
+            self._last_active.pop(session_id, None)
+            self._scheduled.pop(session_id, None)  # its heap entries are now stale
+        self._sessions[session_id] = session
+        self._foreign.add(session_id)
+        self._set_latched(session_id, state.rtp_latched, state.rtcp_latched)
+        call_id = session.call_id
+        if not state.confirmed:
+            self._confirmed.discard(call_id)  # own deadlines move later: fixed up lazily
+        elif call_id not in self._confirmed:
+            self._confirmed.add(call_id)
+            for key in self._by_call[call_id]:
+                if key not in self._foreign:
+                    self._schedule(key)  # the deadline may move earlier: a new heap entry
+        return session
+
+    def promote(self, now: float) -> list[MediaSession]:
+        """Make every foreign session this node's own: the node took over from its active
+        (pair replication's takeover, issue 16). Their inactivity clock starts at ``now``.
+
+        Returns:
+            the sessions promoted, in creation order.
+        """
+        promoted = [
+            session for session in self._sessions.values() if session.session_id in self._foreign
+        ]
+        self._foreign.clear()
+        for session in promoted:
+            self._last_active[session.session_id] = now
+            self._schedule(session.session_id)
+        return promoted
 
     def confirm_call(self, call_id: str, now: float) -> None:
         """The call was answered (a 2xx to its INVITE): its sessions now end after ``timeout``
@@ -255,15 +419,18 @@ class MediaSessions:
             return
         self._confirmed.add(call_id)
         for session_id in sessions:
+            if session_id in self._foreign:
+                continue  # no clock until promoted
             self._last_active[session_id] = max(self._last_active[session_id], now)
             self._schedule(session_id)  # the deadline may move earlier: a new heap entry
 
     def touch(self, session_id: int, now: float) -> bool:
         """The session had traffic at ``now``. Returns False for an unknown session (the
-        counters of an ended one may still be read once)."""
+        counters of an ended one may still be read once). A foreign session is known but keeps
+        no clock: the touch changes nothing."""
         last = self._last_active.get(session_id)
         if last is None:
-            return False
+            return session_id in self._foreign
         if now > last:
             self._last_active[session_id] = now
         return True
@@ -323,6 +490,20 @@ class MediaSessions:
         self._sessions[session_id] = session
         return session
 
+    def _latched_of(self, session_id: int) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+        return self._latched.get(session_id, (None, None))
+
+    def _set_latched(
+        self, session_id: int, rtp: tuple[str, int] | None, rtcp: tuple[str, int] | None
+    ) -> bool:
+        if self._latched_of(session_id) == (rtp, rtcp):
+            return False
+        if rtp is None and rtcp is None:
+            del self._latched[session_id]
+        else:
+            self._latched[session_id] = (rtp, rtcp)
+        return True
+
     def _deadline(self, session_id: int) -> float:
         call_id = self._sessions[session_id].call_id
         timeout = self._timeout if call_id in self._confirmed else self._setup_timeout
@@ -363,8 +544,11 @@ class MediaSessions:
         if not call:
             del self._by_call[session.call_id]
             self._confirmed.discard(session.call_id)
-        del self._last_active[session_id]
-        del self._scheduled[session_id]  # its heap entries are now stale
+        # A foreign session has neither: it keeps no clock.
+        self._last_active.pop(session_id, None)
+        self._scheduled.pop(session_id, None)  # its heap entries are now stale
+        self._foreign.discard(session_id)
+        self._latched.pop(session_id, None)
         self._ports.release(session_id)
         self._ended[reason.value] += 1
         return session

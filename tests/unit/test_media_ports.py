@@ -1,4 +1,5 @@
-"""Relay port allocation: even/odd pairs, rtcp-mux, exhaustion, delayed (LRU) reuse."""
+"""Relay port allocation: even/odd pairs, rtcp-mux, exhaustion, delayed (LRU) reuse, and
+taking a given pair (a standby restoring its active's ports)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.media import PortAllocator, PortPair, PortsExhausted, PortStatistics
+from overlay.media import PortAllocator, PortPair, PortsExhausted, PortStatistics, PortTaken
 
 
 def test_pairs_are_even_and_odd():
@@ -106,21 +107,85 @@ def test_large_range_is_fast():
     assert ports.in_use == 0
 
 
+def test_take_claims_the_given_pair_wherever_it_waits():
+    ports = PortAllocator(20000, 20009)  # five pairs
+    assert ports.take("restored", 20004) == PortPair(20004, 20005)
+    assert ports.take("muxed", 20008, rtcp_mux=True) == PortPair(20008, None)
+    assert ports.held_by("restored") == [PortPair(20004, 20005)]
+    assert (ports.in_use, ports.free_count) == (2, 3)
+    # allocate skips what was taken, in queue order.
+    assert [ports.allocate(index).rtp for index in range(3)] == [20000, 20002, 20006]
+    with pytest.raises(PortsExhausted):
+        ports.allocate("none left")
+    # A taken pair released goes to the back of the queue like any other.
+    assert ports.release("restored") == 1
+    assert ports.allocate("again") == PortPair(20004, 20005)
+
+
+def test_take_fails_clearly_and_changes_nothing():
+    ports = PortAllocator(20001, 20010)  # pairs 20002..20008
+    ports.allocate("a")
+    ports.take("b", 20006)
+    before = ports.statistics()
+    for rtp in (20002, 20006):  # allocated, taken: by another owner or the same one
+        for owner in ("c", "b"):
+            with pytest.raises(PortTaken, match=f"port pair {rtp}/{rtp + 1} is in use"):
+                ports.take(owner, rtp)
+    for rtp in (20000, 20003, 20010, 30000, 0):  # outside the range, odd, no RTCP port
+        with pytest.raises(ValueError, match=f"port {rtp} is not the RTP port of a pair"):
+            ports.take("c", rtp)
+    assert ports.statistics() == before
+    assert ports.held_by("c") == []
+    assert [ports.allocate(index).rtp for index in range(2)] == [20004, 20008]
+
+
+def test_taking_a_whole_large_range_in_any_order_is_fast():
+    # O(1) per take: a standby restoring 32767 sessions of its active.
+    ports = PortAllocator(1, 65535)
+    slots = list(range(2, 65535, 2))
+    for rtp in reversed(slots):
+        ports.take(rtp, rtp)
+    assert ports.free_count == 0
+    for rtp in slots:
+        ports.release(rtp)
+    assert ports.allocate("first freed") == PortPair(2, 3)
+
+
 @settings(max_examples=300, derandomize=True, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["allocate", "release"]), st.integers(0, 12), st.booleans()),
+        st.tuples(
+            st.sampled_from(["allocate", "release", "take"]),
+            st.integers(0, 12),
+            st.booleans(),
+            st.integers(0, 10),  # the slot to take; 10 is outside the range
+        ),
         max_size=200,
     )
 )
-def test_against_a_model(operations: list[tuple[str, int, bool]]):
+def test_against_a_model(operations: list[tuple[str, int, bool, int]]):
     """A plain FIFO model: no port is ever held twice, freed slots are reused in release order,
-    and releasing everything gives every port back."""
+    a taken slot leaves the queue wherever it waits, and releasing everything gives every port
+    back."""
     ports = PortAllocator(30000, 30019)  # ten pairs
     free = deque(range(30000, 30020, 2))
     held: dict[int, list[int]] = {}
-    for operation, owner, mux in operations:
-        if operation == "allocate":
+    for operation, owner, mux, slot in operations:
+        if operation == "take":
+            rtp = 30000 + 2 * slot
+            if slot == 10:
+                with pytest.raises(ValueError, match="not the RTP port"):
+                    ports.take(owner, rtp)
+            elif rtp not in free:
+                with pytest.raises(PortTaken):
+                    ports.take(owner, rtp, rtcp_mux=mux)
+            else:
+                assert ports.take(owner, rtp, rtcp_mux=mux) == PortPair(
+                    rtp, None if mux else rtp + 1
+                )
+                free.remove(rtp)
+                held.setdefault(owner, []).append(rtp)
+        elif operation == "allocate":
             if not free:
                 with pytest.raises(PortsExhausted):
                     ports.allocate(owner)
