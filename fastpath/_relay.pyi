@@ -101,6 +101,9 @@ class Relay:
         endpoint: tuple[str, int] | None,
         remote_node: int,
         remote_session: int,
+        *,
+        latched: bool = False,
+        rtcp_latched: tuple[str, int] | None = None,
     ) -> None:
         """Open the sockets of one endpoint leg and start relaying it.
 
@@ -121,12 +124,20 @@ class Relay:
                 RTCP goes to its port + 1 until the endpoint's RTCP arrives.
             remote_node: media id of the other edge.
             remote_session: the session id at the other edge, 1..2**64-1.
+            latched: ``endpoint`` is where RTP was latched already (a standby restoring the
+                session of its active, pair replication, issue 16): the session starts latched
+                on it, so a stranger's datagrams are dropped (``unknown_source``) from the
+                first, and nobody can take the port during a takeover.
+            rtcp_latched: likewise for RTCP, a source latched already on the RTCP port. It is
+                apart from ``latched`` because an endpoint may have latched one and not the
+                other (a recvonly endpoint sends RTCP reports and no RTP).
 
         Raises:
             ValueError: the session id exists already, an id is 0, an address is not numeric
-                or of another family than ``local_host``, or both ports are equal.
+                or of another family than ``local_host``, both ports are equal, ``latched``
+                without an ``endpoint``, or ``rtcp_latched`` without an ``rtcp_port``.
             OverflowError: a number out of its range.
-            TypeError: an argument of the wrong type.
+            TypeError: an argument of the wrong type (``latched`` must be a bool).
             OSError: a port cannot be bound (e.g. in use); the message names host:port.
             RuntimeError: the relay is stopped.
         """

@@ -247,7 +247,10 @@ cdef struct cmd_t:
     uint32_t remote_node
     uint64_t remote_session
     int has_endpoint
+    int latched  # C_ADD: the endpoint starts latched (a session restored from a replica)
+    int has_rtcp_latched
     sockaddr_storage endpoint
+    sockaddr_storage rtcp_latched
     nhtable_t* table  # C_NEXT_HOPS: the new table in, the old one out
     addrtable_t* addrs  # C_PEERS, C_FAULTS: the new table in, the old one out (NULL: none)
     uint32_t n_echo  # C_TAKE_ECHO out: malloc'ed arrays the caller frees
@@ -771,12 +774,15 @@ cdef int exec_add(relay_t* r, cmd_t* c) noexcept nogil:
     s.remote_session = c.remote_session
     if c.has_endpoint:
         memcpy(&s.rtp_addr, &c.endpoint, sizeof(sockaddr_storage))
-        s.rtp_state = A_INITIAL
+        s.rtp_state = A_LATCHED if c.latched else A_INITIAL
         if c.rtcp_fd >= 0:
             memcpy(&s.rtcp_addr, &c.endpoint, sizeof(sockaddr_storage))
             if fp_addr_port(&c.endpoint) < 65535:
                 fp_addr_set_port(&s.rtcp_addr, fp_addr_port(&c.endpoint) + 1)
             s.rtcp_state = A_INITIAL
+    if c.has_rtcp_latched:
+        memcpy(&s.rtcp_addr, &c.rtcp_latched, sizeof(sockaddr_storage))
+        s.rtcp_state = A_LATCHED
     sess_index_put(r.sess_index, r.sess_index_mask, c.sid, slot)
     r.sess_count += 1
     ev.events = EPOLLIN
@@ -1331,7 +1337,7 @@ cdef class Relay:
             raise OSError(err, f"the fastpath loop failed: {os.strerror(err)}")
 
     def add_session(self, session_id, local_host, rtp_port, rtcp_port, endpoint, remote_node,
-                    remote_session):
+                    remote_session, *, latched=False, rtcp_latched=None):
         cdef relay_t* r = self._r
         cdef cmd_t c
         cdef sockaddr_storage local_rtp, local_rtcp
@@ -1370,6 +1376,26 @@ cdef class Relay:
                 raise ValueError(f"endpoint {_host_port(ep_host, ep_port)} and local host "
                                  f"{local_host} are not of the same address family")
             c.has_endpoint = 1
+        if not isinstance(latched, bool):
+            raise TypeError(f"latched must be a bool, not {type(latched).__name__}")
+        if latched:
+            if endpoint is None:
+                raise ValueError("latched needs the endpoint it latched on")
+            c.latched = 1
+        if rtcp_latched is not None:
+            if rtcp_port is None:
+                raise ValueError("rtcp_latched needs an RTCP port (not rtcp-mux)")
+            try:
+                ep_host, ep_port = rtcp_latched
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"rtcp_latched must be a (host, port) tuple or None, not {rtcp_latched!r}"
+                ) from None
+            ep_port = _checked_int(ep_port, "rtcp_latched port", 1, 65535)
+            if _parse_addr(ep_host, ep_port, "rtcp_latched", &c.rtcp_latched) != family:
+                raise ValueError(f"rtcp_latched {_host_port(ep_host, ep_port)} and local host "
+                                 f"{local_host} are not of the same address family")
+            c.has_rtcp_latched = 1
         pthread_mutex_lock(&r.table_lock)
         known = sess_find(r, c.sid) >= 0
         pthread_mutex_unlock(&r.table_lock)
@@ -1624,6 +1650,7 @@ cdef class Relay:
                 _format_addr(&copy.rtcp_addr) if copy.rtcp_state != A_NONE else None
             ),
             "latched": copy.rtp_state == A_LATCHED,
+            "rtcp_latched": copy.rtcp_state == A_LATCHED,
             "rtp_port": copy.rtp_port,
             "rtcp_port": copy.rtcp_port if copy.rtcp_port >= 0 else None,
         }

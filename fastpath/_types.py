@@ -13,7 +13,9 @@ class SessionCounters(TypedDict):
     of this session dropped, whatever the reason. ``last_seen`` is the CLOCK_MONOTONIC time
     (``time.monotonic()``) of the last datagram accepted from the endpoint, ``None`` before the
     first. ``endpoint`` / ``rtcp_endpoint`` are where RTP / RTCP are delivered (``None`` while
-    unknown); ``latched`` tells whether ``endpoint`` was learnt from the endpoint's packets.
+    unknown); ``latched`` tells whether ``endpoint`` was learnt from the endpoint's packets,
+    ``rtcp_latched`` whether ``rtcp_endpoint`` was (else it is the RTP endpoint's port + 1), or
+    whether ``add_session`` started them latched.
     """
 
     packets_in: int
@@ -25,6 +27,7 @@ class SessionCounters(TypedDict):
     endpoint: tuple[str, int] | None
     rtcp_endpoint: tuple[str, int] | None
     latched: bool
+    rtcp_latched: bool
     rtp_port: int
     rtcp_port: int | None
 

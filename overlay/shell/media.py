@@ -8,9 +8,13 @@ only code that calls it:
 * when the route table changes (``set_routes``), the relay's next-hop table is replaced as a
   whole: destination node → the media address of the next hop node, so live calls follow the
   new path with their next packet;
-* every ``ACTIVITY_INTERVAL`` (``run``), each session's packet counters are read: a session
-  with new packets from its endpoint is touched, and sessions silent past the inactivity
-  timeout are ended (their ports freed);
+* every ``ACTIVITY_INTERVAL`` (``run``, one ``poll`` each), each session's packet counters are
+  read: a session with new packets from its endpoint is touched, the sources its relay session
+  latched are noted in the edge's book (pair replication carries them to the standby), and
+  sessions silent past the inactivity timeout are ended (their ports freed);
+* a session a standby restored from its active (``MediaEdge.restore_call``) is added to the
+  relay latched where the active's relay had latched, so no stranger takes its port while the
+  pair takes over;
 * the mesh sends an echo to every neighbour's relay with each probe round (``send_echo``) and
   collects the answers (``take_echo_replies``), so link state measures the media path too;
 * the relay's overlay socket takes datagrams only from the ``[[peers]]`` media addresses
@@ -95,15 +99,18 @@ class MediaPlane:
         session = command.session
         remote = session.remote
         assert remote is not None
+        latched = command.rtp_latched
         try:
             self.relay.add_session(
                 session.session_id,
                 self._address,
                 session.ports.rtp,
                 session.ports.rtcp,
-                session.endpoint,
+                session.endpoint if latched is None else latched,
                 media_id(remote.node_id),
                 remote.session_id,
+                latched=latched is not None,
+                rtcp_latched=command.rtcp_latched,
             )
         except (OSError, ValueError) as error:
             self.failures["add session"] += 1
@@ -189,17 +196,26 @@ class MediaPlane:
         return counters
 
     async def run(self) -> None:
-        """Read the sessions' activity and end the silent ones, until cancelled."""
+        """``poll`` every ``ACTIVITY_INTERVAL``, until cancelled."""
         while True:
             await trio.sleep(ACTIVITY_INTERVAL)
-            now = trio.current_time()
-            for session_id, seen in list(self._packets.items()):
-                try:
-                    packets = self.relay.session_counters(session_id)["packets_in"]
-                except KeyError:
-                    continue
-                if packets != seen:
-                    self._packets[session_id] = packets
-                    self.edge.activity(session_id, now)
-            self.edge.handle_timer(now)
-            self.apply()
+            self.poll(trio.current_time())
+
+    def poll(self, now: float) -> None:
+        """Read the sessions' activity and latched sources, and end the silent ones."""
+        for session_id, seen in list(self._packets.items()):
+            try:
+                counters = self.relay.session_counters(session_id)
+            except KeyError:
+                continue
+            packets = counters["packets_in"]
+            if packets != seen:  # latching, too, happens only on a packet from the endpoint
+                self._packets[session_id] = packets
+                self.edge.activity(
+                    session_id,
+                    now,
+                    rtp_latched=counters["endpoint"] if counters["latched"] else None,
+                    rtcp_latched=counters["rtcp_endpoint"] if counters["rtcp_latched"] else None,
+                )
+        self.edge.handle_timer(now)
+        self.apply()

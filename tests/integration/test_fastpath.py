@@ -374,6 +374,75 @@ def test_latching_drops_other_sources_and_replaces_the_sdp_address(net: Net) -> 
     wait_until(lambda: drops(b.relay) == {"unknown_source": 1}, "the drop at B")
 
 
+def test_a_session_added_latched_takes_only_its_replicated_sources(net: Net) -> None:
+    """A standby's relay restores a session of its active (pair replication) latched on the
+    sources the active's relay had latched: media flows to them at once, before they send,
+    and a stranger cannot take the ports during the takeover."""
+    a, b = net.node(A_ID), net.node(B_ID)
+    link(a, b)
+    endpoint, endpoint_rtcp = net.udp(), net.udp()  # RTCP not on RTP + 1: a NAT's choice
+    sid_a, sid_b = net.session_id(), net.session_id()
+    a.relay.add_session(
+        sid_a, a.host, 0, 0, endpoint.getsockname(), B_ID, sid_b,
+        latched=True, rtcp_latched=endpoint_rtcp.getsockname(),
+    )  # fmt: skip
+    far, far_rtcp = net.socket_pair()
+    b.relay.add_session(sid_b, b.host, 0, 0, far.getsockname(), A_ID, sid_a)
+    leg_a = Leg(a, sid_a, endpoint, endpoint_rtcp)
+    leg_b = Leg(b, sid_b, far, far_rtcp)
+    counters = a.relay.session_counters(sid_a)
+    assert (counters["latched"], counters["rtcp_latched"]) == (True, True)
+    assert counters["endpoint"] == endpoint.getsockname()
+    assert counters["rtcp_endpoint"] == endpoint_rtcp.getsockname()
+
+    # The far side's media reaches the latched sources before they sent anything.
+    far.sendto(rtp(1), leg_b.rtp_address)
+    assert recv(endpoint) == (rtp(1), leg_a.rtp_address)
+    far_rtcp.sendto(rtcp_sender_report(), leg_b.rtcp_address)
+    assert recv(endpoint_rtcp) == (rtcp_sender_report(), leg_a.rtcp_address)
+    # A stranger is dropped on both ports, from its first datagram.
+    stranger = net.udp()
+    stranger.sendto(rtp(2, tag=666), leg_a.rtp_address)
+    stranger.sendto(rtcp_sender_report(0x666), leg_a.rtcp_address)
+    wait_until(lambda: drops(a.relay) == {"unknown_source": 2}, "the stranger's drops")
+    assert_silent(far)
+    assert_silent(far_rtcp)
+    assert_silent(stranger)
+    # The latched sources themselves go through, and stay latched.
+    exchange(leg_a, leg_b, count=2)
+    endpoint_rtcp.sendto(rtcp_sender_report(), leg_a.rtcp_address)
+    assert recv(far_rtcp) == (rtcp_sender_report(), leg_b.rtcp_address)
+    counters = a.relay.session_counters(sid_a)
+    assert counters["endpoint"] == endpoint.getsockname()
+    assert counters["rtcp_endpoint"] == endpoint_rtcp.getsockname()
+    assert drops(a.relay) == {"unknown_source": 2}
+
+
+def test_rtcp_latched_alone_leaves_rtp_to_learn(net: Net) -> None:
+    """A recvonly endpoint had only its RTCP reports latched on the active: the restored session
+    holds RTCP and still learns RTP from the first packet, as any session does."""
+    a, b = net.node(A_ID), net.node(B_ID)
+    link(a, b)
+    sdp_endpoint, reports = net.udp(), net.udp()
+    sid_a, sid_b = net.session_id(), net.session_id()
+    a.relay.add_session(
+        sid_a, a.host, 0, 0, sdp_endpoint.getsockname(), B_ID, sid_b,
+        rtcp_latched=reports.getsockname(),
+    )  # fmt: skip
+    counters = a.relay.session_counters(sid_a)
+    assert (counters["latched"], counters["rtcp_latched"]) == (False, True)
+    far = net.udp()
+    b.relay.add_session(sid_b, b.host, 0, None, far.getsockname(), A_ID, sid_a)
+    natted = net.udp()
+    rtp_port = counters["rtp_port"]
+    natted.sendto(rtp(1), (a.host, rtp_port))
+    assert recv(far)[0] == rtp(1)
+    counters = a.relay.session_counters(sid_a)
+    assert (counters["latched"], counters["endpoint"]) == (True, natted.getsockname())
+    # Latching RTP does not move the RTCP source already latched.
+    assert (counters["rtcp_latched"], counters["rtcp_endpoint"]) == (True, reports.getsockname())
+
+
 def test_a_call_with_both_legs_on_one_node(net: Net) -> None:
     a = net.node(A_ID)
     e1, e2 = net.udp(), net.udp()
@@ -642,8 +711,13 @@ def test_errors_from_calls(net: Net) -> None:
         endpoint: object = None,
         node: object = B_ID,
         remote: object = 1,
+        latched: object = False,
+        rtcp_latched: object = None,
     ) -> Callable[[], None]:
-        return lambda: a.relay.add_session(sid, host, rtp_port, rtcp_port, endpoint, node, remote)  # type: ignore[arg-type]
+        return lambda: a.relay.add_session(
+            sid, host, rtp_port, rtcp_port, endpoint, node, remote,  # type: ignore[arg-type]
+            latched=latched, rtcp_latched=rtcp_latched,  # type: ignore[arg-type]
+        )  # fmt: skip
 
     def hops(table: object) -> Callable[[], None]:
         return lambda: a.relay.set_next_hops(table)  # type: ignore[arg-type]
@@ -665,6 +739,12 @@ def test_errors_from_calls(net: Net) -> None:
         (OverflowError, "endpoint port", add(endpoint=(a.host, 0))),
         (TypeError, "endpoint", add(endpoint="x")),
         (TypeError, "session_id", add(sid="9")),
+        (ValueError, "latched needs the endpoint", add(latched=True)),
+        (TypeError, "latched must be a bool", add(latched=1, endpoint=(a.host, 5))),
+        (ValueError, "needs an RTCP port", add(rtcp_latched=(a.host, 5))),
+        (ValueError, "same address family", add(rtcp_port=0, rtcp_latched=("::1", 5))),
+        (TypeError, "rtcp_latched must be", add(rtcp_port=0, rtcp_latched="x")),
+        (OverflowError, "rtcp_latched port", add(rtcp_port=0, rtcp_latched=(a.host, 0))),
         (OverflowError, "node_media_id", lambda: Relay(2**32, "127.0.0.1", 0)),
         (ValueError, "numeric", lambda: Relay(1, "", 0)),
         (OverflowError, "overlay_port", lambda: Relay(1, "127.0.0.1", -1)),

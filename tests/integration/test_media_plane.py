@@ -1,4 +1,5 @@
-"""The node's media plane over real loopback UDP: who its relay takes from, what faults drop.
+"""The node's media plane over real loopback UDP: who its relay takes from, what faults drop,
+and the sessions a standby restores from its active (pair replication).
 
 The peers' relays are plain sockets bound at the ``[[peers]].media`` addresses of the node's
 config, so what the node's relay accepts from them and sends to them is what a real peer's relay
@@ -29,7 +30,15 @@ from overlay.config import (
     PeerConfig,
     SipSection,
 )
-from overlay.media import media_id
+from overlay.media import (
+    CallMediaState,
+    MediaSession,
+    OverlaySession,
+    PortPair,
+    SessionState,
+    Side,
+    media_id,
+)
 from overlay.shell.media import MediaPlane
 
 pytestmark = pytest.mark.integration
@@ -168,3 +177,76 @@ def test_a_fault_drops_the_echo_replies_to_that_peer(bed: Bed) -> None:
     assert bed.peers["plane-c"].recvfrom(65536) == (echo_reply("plane-c", b"probe"), bed.overlay)
     bed.wait_drops("fault", 1)
     assert_silent(bed.peers["plane-b"])
+
+
+def restored_call(call_id: str, session_id: int, port: int, latched: tuple[str, int] | None):
+    """The media state of a call as a standby receives it: one answered caller stream on relay
+    port ``port``, forwarded toward session 0xB0B0 of plane-b, latched on ``latched``."""
+    session = MediaSession(
+        session_id,
+        call_id,
+        Side.CALLER,
+        0,
+        PortPair(port, port + 1),
+        0.0,
+        endpoint=("192.0.2.1", 4000),  # what its SDP said; the relay latched elsewhere
+        remote=OverlaySession("plane-b", 0xB0B0),
+    )
+    return CallMediaState(
+        call_id,
+        caller_tag="caller-tag",
+        answered=True,
+        sessions=(SessionState(session, confirmed=True, rtp_latched=latched),),
+        forwarding=(session,),
+    )
+
+
+def test_a_restored_session_starts_latched_where_the_active_latched(bed: Bed) -> None:
+    plane, host = bed.plane, bed.overlay[0]
+    plane.set_routes({"plane-b": "plane-b"})
+    endpoint, stranger = bed.udp(None, 0), bed.udp(None, 0)
+    source = endpoint.getsockname()
+    plane.edge.restore_call(restored_call("call@h", 0x5E55, 21000, source))
+    plane.apply()
+    counters = plane.relay.session_counters(0x5E55)
+    assert (counters["rtp_port"], counters["latched"], counters["endpoint"]) == (
+        21000,
+        True,
+        source,
+    )
+
+    # Media from the far edge reaches the endpoint at once; a stranger is dropped.
+    peer = bed.peers["plane-b"]
+    packet = b"\x80\x00" + bytes(170)
+    peer.sendto(
+        encode_header(Header(media_id(NODE), media_id("plane-b"), 0x5E55), packet), bed.overlay
+    )
+    assert endpoint.recvfrom(65536) == (packet, (host, 21000))
+    stranger.sendto(packet, (host, 21000))
+    bed.wait_drops("unknown_source", 1)
+    endpoint.sendto(packet, (host, 21000))
+    header, payload = decode_header_untrusted(peer.recv(65536))
+    assert (header.destination, header.session, payload) == (media_id("plane-b"), 0xB0B0, packet)
+
+    # The same state again keeps the relay session (its counters go on); an empty one ends it.
+    plane.edge.restore_call(restored_call("call@h", 0x5E55, 21000, source))
+    plane.apply()
+    assert plane.relay.session_counters(0x5E55)["packets_in"] == 1
+    plane.edge.restore_call(CallMediaState("call@h"))
+    plane.apply()
+    assert plane.counters()["media.relay_sessions"] == 0
+    assert plane.counters()["media.ports_in_use"] == 0
+
+
+def test_poll_notes_what_the_relay_latched(bed: Bed) -> None:
+    plane, host = bed.plane, bed.overlay[0]
+    plane.set_routes({"plane-b": "plane-b"})
+    plane.edge.restore_call(restored_call("call@h", 0x5E56, 21002, None))
+    plane.apply()
+    assert plane.relay.session_counters(0x5E56)["latched"] is False
+    natted = bed.udp(None, 0)
+    natted.sendto(b"\x80\x00" + bytes(170), (host, 21002))
+    bed.peers["plane-b"].recv(65536)
+    plane.poll(1.0)
+    [state] = plane.edge.call_state("call@h").sessions
+    assert (state.rtp_latched, state.rtcp_latched) == (natted.getsockname(), None)
