@@ -15,6 +15,10 @@ failure). Calls are never kept forever: one that got no final response within
 ``setup_timeout``, or an answered one whose media sessions all timed out, ends when the book is
 next read; ended calls move to a history of the ``history`` most recent; and beyond
 ``max_calls`` live calls the oldest is forgotten (counted in ``evicted``).
+
+Pair replication (issue 16, docs/internal/pair-state-design.md §3, §4) reads a call's record
+with ``live`` on the active and puts it back with ``restore`` on the standby, which then
+answers the NOC about the active's calls and, after a takeover, keeps booking them.
 """
 
 from __future__ import annotations
@@ -180,6 +184,31 @@ class CallTracker:
         self._expire(now)
         return len(self._live)
 
+    def live(self, call_id: str) -> CallRecord | None:
+        """The record of a call not over, or ``None``, as it is: unlike ``get`` it expires
+        nothing, so reading it changes no state. Pair replication (issue 16) reads each call it
+        replicates with it; ``None`` means the call is over (or unknown) here.
+        """
+        return self._live.get(call_id)
+
+    # -- pair replication ---------------------------------------------------------------------
+
+    def restore(self, record: CallRecord) -> None:
+        """Take a call's record from the active of this pair (pair replication's standby,
+        issue 16): a live record replaces this call's, or joins the live calls (the oldest
+        forgotten beyond ``max_calls``, as for a new call); an over one moves a live call to
+        the history, and is ignored for a call not live here (restoring it twice changes
+        nothing). No event is raised: the active reported the failure already.
+
+        The record's times (``started``, ``answered``, ``ended``) are taken as they are, on
+        the clock of the ``now`` this tracker is given: the two members' trio clocks differ
+        (trio starts each at a random offset), so pair replication moves them onto this
+        node's clock before restoring, or a restored call would time out at once or never.
+        """
+        if not record.state.over and record.call_id not in self._live:
+            self._make_room()
+        self._put(record)
+
     # -- internals ----------------------------------------------------------------------------
 
     def _start(self, invite: Request, direction: MediaDirection, now: float) -> CallRecord:
@@ -194,11 +223,15 @@ class CallTracker:
             far_node=_egress_of(invite) if entering else (invite.top_via.param("ovl") or ""),
             started=now,
         )
+        self._make_room()
+        self._put(record)
+        return record
+
+    def _make_room(self) -> None:
+        """Room for one more live call: forget the oldest beyond ``max_calls``."""
         while len(self._live) >= self._max_calls:
             self._live.popitem(last=False)
             self.evicted += 1
-        self._put(record)
-        return record
 
     def _response(self, record: CallRecord, response: Response, now: float) -> None:
         record = dataclasses.replace(record, responses=record.responses + 1)

@@ -3,6 +3,8 @@ by the unit-test fabric: an ingress, a transit and an egress, a caller and a cal
 
 from __future__ import annotations
 
+import dataclasses
+
 from overlay.noc import CallFailed, CallRecord, CallRole, CallState, CallTracker
 from overlay.sip import MediaHook, MediaRefused
 from tests.unit.overlay_fabric import Fabric, RecordingMedia
@@ -143,3 +145,69 @@ def test_the_book_is_bounded():
     assert tracker.evicted == 1
     assert tracker.get("c1@h", 0.0) is not None
     assert tracker.get("c0@h", 0.0) is None
+
+
+# -- pair replication: live on the active, restore on the standby -----------------------------
+
+
+def test_records_restored_on_a_standby_give_the_same_book():
+    edges = Edges()
+    answered = edges.invite("answered@h")
+    edges.answer(answered, 200)
+    edges.invite("ringing@h")
+    active = edges.trackers["ing"]
+    now = edges.fabric.cores["ing"].now
+    standby = CallTracker(on_failed=edges.failed.append)
+    for record in reversed(active.calls(now)):  # oldest first, as the active booked them
+        live = active.live(record.call_id)
+        assert live == record
+        standby.restore(live)
+        standby.restore(live)  # twice changes nothing
+    assert standby.calls(now) == active.calls(now)
+    assert standby.live("answered@h") == active.live("answered@h")
+    assert standby.live("unknown@h") is None
+
+    # The call ends on the active: its over record moves the standby's to the history, once.
+    edges.fabric.cores["ing"].now += 1.0
+    route_set = ("Route: <sip:127.0.1.1:5060;lr;ovl=ing>", "Route: <sip:127.0.1.3:5060;lr;ovl=egr>")
+    bye = request(
+        "BYE", call_id="answered@h", to_tag="callee-tag", cseq=2, branch="z9hG4bK-bye2",
+        extra=route_set,
+    )  # fmt: skip
+    edges.fabric.inject("ing", UAC, bye)
+    assert active.live("answered@h") is None
+    [ended] = [r for r in active.calls(now, include_ended=True) if r.call_id == "answered@h"]
+    assert ended.state is CallState.ENDED
+    standby.restore(ended)
+    standby.restore(ended)
+    assert standby.calls(now, include_ended=True) == active.calls(now, include_ended=True)
+    assert edges.failed == []  # restoring raises no event
+
+
+def test_live_reads_without_expiring():
+    tracker = CallTracker(setup_timeout=10.0)
+    record = CallRecord("c@h", CallRole.INGRESS, CallState.TRYING, "", "", "", "egr", 0.0)
+    tracker.restore(record)
+    assert tracker.live("c@h") == record  # past its setup timeout, still as it was
+    assert tracker.get("c@h", 11.0) is not None  # get expires it first
+    assert tracker.live("c@h") is None
+    assert tracker.calls(11.0, include_ended=True)[0].final_reason == "no final response"
+
+
+def test_restored_calls_keep_the_book_bounded():
+    tracker = CallTracker(max_calls=2)
+    records = [
+        CallRecord(f"c{n}@h", CallRole.EGRESS, CallState.RINGING, "", "", "", "ing", float(n))
+        for n in range(3)
+    ]
+    for record in records:
+        tracker.restore(record)
+    assert [c.call_id for c in tracker.calls(3.0)] == ["c2@h", "c1@h"]
+    assert tracker.evicted == 1
+    # An update of a live call takes no room.
+    tracker.restore(dataclasses.replace(records[1], state=CallState.ANSWERED, answered=3.0))
+    assert tracker.evicted == 1
+    assert tracker.live("c1@h") is not None
+    # An over record of a call not live here is ignored.
+    tracker.restore(dataclasses.replace(records[0], state=CallState.ENDED, ended=4.0))
+    assert tracker.calls(4.0, include_ended=True) == tracker.calls(4.0)
