@@ -339,7 +339,8 @@ class MediaSessions:
         already is updated in place (a state equal to it changes nothing) and keeps its ports;
         a new one takes the active's ports (``PortAllocator.take``). An own session restored
         becomes foreign. Ending the sessions the active no longer has is the caller's part
-        (``end`` with ``EndReason.REPLICA``).
+        (``end`` with ``EndReason.REPLICA``). There is no flag for restoring an own session:
+        only a standby restores, and ``promote`` is how its sessions become its own.
 
         Returns:
             the session, as restored.
