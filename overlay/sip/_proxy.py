@@ -106,6 +106,7 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import itertools
@@ -116,11 +117,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ._admission import Admission, Reject
+from ._dialogs import DialogBook
 from ._errors import RemoteProtocolError
 from ._events import CallRefused, EgressFailedOver, ProxyEvent, ResolveTarget
 from ._headers import KNOWN_METHODS, NameAddr, Via
 from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
+    Headers,
     Request,
     Response,
     make_error_response,
@@ -171,6 +174,8 @@ class ProxyConfig:
     overlay: OverlayNodes | None = None
     #: Seconds an INVITE waits for any response before its next hop is tried (0: Timer B).
     fr: float = 1.0
+    #: Seconds a call's far edge may stay unreachable before this edge ends the call.
+    far_edge_wait: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +189,8 @@ class ProxyStatistics:
     detoured: int  # retransmissions sent over an alternate overlay path
     sips_refused: int  # sips: requests answered 480 as no TLS leads to their next hop
     failovers: dict[str, int]  # EgressFailedOver events, by cause
+    calls_ended: int  # calls this edge ended itself with a BYE, their far edge lost
+    dialogs: int  # calls in the dialog book (``overlay.sip._dialogs``)
     late_answers: int  # 2xx of abandoned branches, forwarded (the caller ends the extra dialog)
     contexts: int
     pending_resolutions: int
@@ -204,6 +211,7 @@ class _Context:
         "cancelled",
         "egress",
         "egress_tries",
+        "far_node",
         "forward",
         "fr_gen",
         "from_overlay",
@@ -222,6 +230,7 @@ class _Context:
         self.forward = forward  # the request to send, without our Via
         self.media: MediaDirection | None = None  # set when it crosses the overlay's edge here
         self.from_overlay = False  # its upstream is another overlay node
+        self.far_node = ""  # the node it came from, when ``from_overlay``
         self.next_hops: deque[Peer] = deque()
         self.alternates: deque[Target] = deque(target.alternates)
         self.egress = target.egress  # the overlay node it goes to, if any
@@ -281,6 +290,10 @@ class ProxyCore:
                 events=self._events.append,
             )
         )
+        self._routes = overlay_routes
+        self._dialogs = None if config.overlay is None else DialogBook(config.overlay.node_id)
+        self._lost_checks: deque[tuple[float, str]] = deque()  # (when, node), by time
+        self._calls_ended = 0
         self.transactions = TransactionLayer(
             config.timers, detour=None if self._relay is None else self._relay.detour
         )
@@ -403,7 +416,42 @@ class ProxyCore:
             ):
                 self._abandon_branch(context, txn, now)
                 self._fail_over(context, "egress lost", now)
+        if self._dialogs is not None:
+            when = now + self.config.far_edge_wait
+            self._lost_checks.extend((when, node) for node in nodes)
         self._drain_transaction_events(now)
+
+    def end_call(self, call_id: str, text: str, now: float) -> bool:
+        """End an established call toward this edge's party: a BYE as its far party would
+        have sent it (§12.2.1.1), with ``Reason: Q.850;cause=41;text=...`` (RFC 3326), on a
+        transaction of its own whose answer is absorbed. The media hook sees it, so the call
+        book and the media plane end the call too. False when the call is not in the book."""
+        dialog = None if self._dialogs is None else self._dialogs.end(call_id, now)
+        if dialog is None:
+            return False
+        headers = Headers()
+        for route in dialog.route_set:
+            headers.add("Route", route)
+        headers.add("Max-Forwards", "70")
+        headers.add("From", dialog.far)
+        headers.add("To", dialog.party)
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", f"{dialog.far_cseq + 1} BYE")
+        quoted = _safe_reason(text).replace('"', "")
+        headers.add("Reason", f'Q.850;cause=41;text="{quoted}"')
+        headers.add("User-Agent", self.config.user_agent)
+        bye = Request("BYE", dialog.target, headers)
+        if self._media is not None:
+            # The media plane ends the call's sessions even if it refuses the request.
+            with contextlib.suppress(MediaRefused):
+                self._media.request(bye, MediaDirection.LEAVING, now)
+        listener = self._listener_for(dialog.peer.transport)
+        seed = f"{self._nonce}\0{call_id}\0end".encode("utf-8", "surrogateescape")
+        branch = MAGIC_COOKIE + hashlib.blake2b(seed, digest_size=8).hexdigest()
+        headers.insert_first("Via", _via(dialog.peer, listener, branch + self._mark))
+        self.transactions.send_request(bye, dialog.peer, now).owner = None
+        self._calls_ended += 1
+        return True
 
     def retransmit_toward(self, peers: Collection[Peer]) -> int:
         """The path toward ``peers`` changed: resend their unanswered requests now, over the
@@ -416,7 +464,9 @@ class ProxyCore:
         while heap and heap[0][1] not in (heap[0][2].timer_c_gen, heap[0][2].fr_gen):
             heapq.heappop(heap)
         if heap and (deadline is None or heap[0][0] < deadline):
-            return heap[0][0]
+            deadline = heap[0][0]
+        if self._lost_checks and (deadline is None or self._lost_checks[0][0] < deadline):
+            deadline = self._lost_checks[0][0]
         return deadline
 
     def handle_timer(self, now: float) -> None:
@@ -430,7 +480,18 @@ class ProxyCore:
             elif context.fr_gen == gen:
                 context.fr_gen = 0
                 self._fr_fired(context, now)
+        checks = self._lost_checks
+        while checks and checks[0][0] <= now:
+            self._far_edge_wait_over(checks.popleft()[1], now)
         self._drain_transaction_events(now)
+
+    def _far_edge_wait_over(self, node: str, now: float) -> None:
+        """``far_edge_wait`` after ``node`` was lost: still unreachable, its calls end here."""
+        routes, dialogs = self._routes, self._dialogs
+        if dialogs is None or (routes is not None and routes.path(node) is not None):
+            return
+        for call_id in dialogs.toward(node):
+            self.end_call(call_id, f"far edge {node} lost", now)
 
     def statistics(self) -> ProxyStatistics:
         txn = self.transactions.statistics()
@@ -445,6 +506,8 @@ class ProxyCore:
             detoured=0 if relay is None else relay.detoured,
             sips_refused=self._sips_refused,
             failovers=dict(self._failovers),
+            calls_ended=self._calls_ended,
+            dialogs=0 if self._dialogs is None else len(self._dialogs),
             late_answers=self._late_answers,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
@@ -505,7 +568,7 @@ class ProxyCore:
         try:
             problem = self._validate(request)
             if problem is None:
-                self._route(server, request, now, from_overlay=from_overlay)
+                self._route(server, request, now, origin=origin)
                 return
             status, reason = problem
         except RemoteProtocolError as error:
@@ -531,10 +594,23 @@ class ProxyCore:
         return None
 
     def _route(
-        self, server: Transaction, request: Request, now: float, *, from_overlay: bool
+        self, server: Transaction, request: Request, now: float, *, origin: str | None
     ) -> None:
+        from_overlay = origin is not None
         if request.method == "REGISTER":
             self._respond_with_allow(server, 405, now)
+            return
+        dialogs = self._dialogs
+        if (
+            request.to_tag is not None
+            and dialogs is not None
+            and dialogs.ended(request.call_id, now)
+        ):
+            # This edge ended the call (its far edge was lost): answer for the far party.
+            if request.method == "BYE":
+                self._respond(server, 200, "OK", now)
+            else:
+                self._respond(server, 481, "Call/Transaction Does Not Exist", now)
             return
         forward = request.copy()
         headers = forward.headers
@@ -562,9 +638,12 @@ class ProxyCore:
         # §16.6 step 3: Max-Forwards.
         max_forwards = request.max_forwards
         headers.set("Max-Forwards", str(69 if max_forwards is None else max_forwards - 1))
+        if direction is not None and dialogs is not None and request.to_tag is not None:
+            dialogs.request(forward, direction)
         context = _Context(server, forward, target)
         context.media = direction
         context.from_overlay = from_overlay
+        context.far_node = origin or ""
         server.owner = context
         self._contexts += 1
         self._locate_hops(context, forward, target, now)
@@ -915,7 +994,7 @@ class ProxyCore:
             return
         context.timer_c_gen = context.fr_gen = 0
         if status < 300:
-            self._forward_success(context, upstream, now)
+            self._forward_success(context, upstream, now, branch.peer)
             return
         if (
             status in (408, 503)
@@ -960,7 +1039,7 @@ class ProxyCore:
                     self._send_cancel(context, now)
                 else:
                     context.cancel_pending = True
-            self._forward_success(context, upstream, now)
+            self._forward_success(context, upstream, now, branch.peer)
 
     def _send_upstream(self, context: _Context, upstream: Response, now: float) -> None:
         """Forward a response on the server transaction, past the media hook at an edge."""
@@ -972,10 +1051,28 @@ class ProxyCore:
             assert self._media is not None
             self._media.response(upstream, context.media.reverse(), now)
 
-    def _forward_success(self, context: _Context, upstream: Response, now: float) -> None:
-        """Every 2xx goes upstream, even after another final response (§16.7 step 5)."""
+    def _forward_success(
+        self, context: _Context, upstream: Response, now: float, source: Peer
+    ) -> None:
+        """Every 2xx goes upstream, even after another final response (§16.7 step 5). At an
+        edge the first one of a call goes in the dialog book."""
         server = context.server
         context.replied = True
+        dialogs, request = self._dialogs, server.request
+        if (
+            dialogs is not None
+            and context.media is not None
+            and request.method == "INVITE"
+            and request.to_tag is None
+        ):
+            dialogs.answered(
+                request,
+                upstream,
+                context.media,
+                far_node=context.far_node or context.egress or "",
+                invite_peer=server.peer,
+                answer_peer=source,
+            )
         if server.state in (State.PROCEEDING, State.TRYING, State.ACCEPTED):
             self._send_upstream(context, upstream, now)
             return

@@ -37,7 +37,7 @@ ADDRESSES = {
 }
 NODE_AT = {address: node for node, address in ADDRESSES.items()}
 EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
-TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE)
+TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE, egress="egr")
 #: Rounds of delivery a test's messages may take: a message still moving after this is looping.
 MAX_ROUNDS = 50
 

@@ -34,7 +34,7 @@ def failovers(h: ProxyHarness) -> list[EgressFailedOver]:
 
 def two_egresses(**cores: Target) -> Fabric:
     """``ing`` sends calls to ``egr`` first, then ``alt``; ``egr`` reaches UAS, ``alt`` UAS2."""
-    fabric = Fabric(replace(TO_EGRESS, egress="egr", alternates=(TO_ALT,)))
+    fabric = Fabric(replace(TO_EGRESS, alternates=(TO_ALT,)))
     fabric.via(None)
     fabric.cores["alt"].targets[""] = Target(UAS2.host, UAS2.port)
     for node, target in cores.items():
