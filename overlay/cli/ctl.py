@@ -242,6 +242,39 @@ def links(ctx: typer.Context) -> None:
 
 
 @app.command()
+def trunks(ctx: typer.Context) -> None:
+    """The trunks this node sends calls to: probe state, RTT, loss, last answer (ListTrunks)."""
+    response = _call(
+        ctx, "ListTrunks", control_pb2.ListTrunksRequest(), control_pb2.ListTrunksResponse
+    )
+    if _printed_json(ctx, response):
+        return
+    if not response.enabled:
+        out.print(f"{response.node_id}: trunk probes are off ([trunks] enabled = false)")
+        return
+    table = _table("trunk", "targets", "state", "for", "rtt", "loss", "last", "silent", "probes")
+    for trunk in response.trunks:
+        table.add_row(
+            trunk.trunk,
+            ", ".join(trunk.targets),
+            control_pb2.TrunkStatus.State.Name(trunk.state),
+            f"{trunk.since_s:.0f}s",
+            _ms(trunk.rtt_ms) if trunk.probes_answered else "",
+            _percent(trunk.loss_ratio),
+            str(trunk.last_status or ""),
+            f"{trunk.silent_s:.1f}s" if trunk.HasField("silent_s") else "never heard",
+            f"{trunk.probes_answered}/{trunk.probes_sent}",
+        )
+    out.print(
+        f"{response.node_id}'s trunks ({response.all_down_tried} call(s) found every address "
+        "down and tried them in order anyway)"
+    )
+    out.print(table)
+    for line in response.unresolved:
+        out.print(f"lookup failed: {line}")
+
+
+@app.command()
 def routes(ctx: typer.Context) -> None:
     """The route table: best path and ranked alternates per destination (GetRoutes)."""
     response = _call(

@@ -421,6 +421,7 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
         raise Invalid((*path, "max_age"), "must be > refresh_interval (live LSAs would age out)")
     return section
 
+
 def trunks_section(value: object, path: Path) -> TrunksSection:
     table = Table(
         value,

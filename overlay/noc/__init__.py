@@ -18,6 +18,7 @@ from ._events import (
     Published,
     RouteChanged,
     SourcesUnblocked,
+    TrunkChanged,
     kind,
     summary,
 )
@@ -41,6 +42,7 @@ from ._proto import (
     serialize,
     timestamp,
     topology_node_message,
+    trunk_status_message,
 )
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "RouteChanged",
     "RouteExplanation",
     "SourcesUnblocked",
+    "TrunkChanged",
     "Verdict",
     "blocked_source_message",
     "call_message",
@@ -89,4 +92,5 @@ __all__ = [
     "summary",
     "timestamp",
     "topology_node_message",
+    "trunk_status_message",
 ]

@@ -47,6 +47,19 @@ class CallFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TrunkChanged:
+    """The probes' verdict on a trunk address this node sends calls to changed (up or down;
+    ``overlay.routing.TrunkHealth``)."""
+
+    trunk: str  # "udp:198.51.100.7:5060"
+    targets: tuple[str, ...]  # the dialplan targets that lead to it
+    up: bool
+    rtt_ms: float
+    last_status: int  # the last final response to a probe, 0 while none
+    silent_ms: float | None  # since the last answer that proved it alive; None: never one
+
+
+@dataclass(frozen=True, slots=True)
 class FaultInjected:
     """An operator impaired what this node sends to ``peer`` (``"*"``: every peer)."""
 
@@ -112,6 +125,7 @@ Event = (
     | OverrideSet
     | OverrideCleared
     | SourcesUnblocked
+    | TrunkChanged
 )
 
 #: Where the node's pieces report events: ``EventHub.publish`` (its result is not used).
@@ -150,6 +164,8 @@ KINDS = (
     "LINK_OVERRIDE_SET",
     "LINK_OVERRIDE_CLEARED",
     "SOURCES_UNBLOCKED",
+    "TRUNK_UP",
+    "TRUNK_DOWN",
 )
 
 
@@ -159,6 +175,8 @@ def kind(event: Event) -> str:
         return "LINK_UP" if event.up else "LINK_DOWN"
     if isinstance(event, DrainChanged):
         return "DRAIN" if event.draining else "UNDRAIN"
+    if isinstance(event, TrunkChanged):
+        return "TRUNK_UP" if event.up else "TRUNK_DOWN"
     return _KIND_OF[type(event)]
 
 
@@ -190,6 +208,8 @@ def summary(event: Event) -> str:
         return f"route to {event.destination}: {old} ⇒ {'→'.join(event.new_path)} ({event.reason})"
     if isinstance(event, CallFailed):
         return f"call {event.call_id} failed: {event.status} {event.reason}"
+    if isinstance(event, TrunkChanged):
+        return _trunk_summary(event)
     if isinstance(event, FaultInjected):
         return f"fault toward {_peer(event.peer)}: {event.describe()}"
     if isinstance(event, FaultsCleared):
@@ -209,6 +229,18 @@ def summary(event: Event) -> str:
     return f"override of the link to {o.peer} ({o.describe()}) " + (
         "expired" if event.expired else "cleared"
     )
+
+
+def _trunk_summary(event: TrunkChanged) -> str:
+    """``"trunk udp:198.51.100.7:5060 (sip:carrier.example) down: silent 1.0 s"``."""
+    name = f"trunk {event.trunk}" + (f" ({', '.join(event.targets)})" if event.targets else "")
+    if event.up:
+        return f"{name} up (rtt {event.rtt_ms:.1f} ms)"
+    if event.silent_ms is None:
+        answered = "never answered" if not event.last_status else f"last {event.last_status}"
+        return f"{name} down: {answered}"
+    last = f", last {event.last_status}" if event.last_status else ""
+    return f"{name} down: silent {event.silent_ms / 1000:.1f} s{last}"
 
 
 def _peer(peer: str) -> str:

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from overlay.config import DnsTarget, StaticTarget
 from overlay.linkstate import LinkMetrics, Lsa
 from overlay.media import MediaSession
-from overlay.routing import DialplanMatch, Path, Route
+from overlay.routing import DialplanMatch, Path, Route, TrunkStatistics, trunk_name
 from overlay.security import BlockedSource
 from overlay.sip import host_reference
 from overlay.v1 import control_pb2
@@ -37,6 +37,7 @@ from ._events import (
     Published,
     RouteChanged,
     SourcesUnblocked,
+    TrunkChanged,
     kind,
     summary,
 )
@@ -142,6 +143,28 @@ def fault_from_message(message: control_pb2.Fault) -> FaultInjected:
     return FaultInjected(
         message.peer, message.delay_ms, message.jitter_ms, message.loss_ratio, message.blackhole
     )
+
+
+# --- trunks ----------------------------------------------------------------------------------
+
+
+def trunk_status_message(stats: TrunkStatistics, now: float) -> control_pb2.TrunkStatus:
+    """One trunk address as ListTrunks shows it (``now``: the node's clock, for ages)."""
+    message = control_pb2.TrunkStatus(
+        trunk=trunk_name(stats.trunk),
+        targets=list(stats.targets),
+        state=control_pb2.TrunkStatus.State.Value(stats.state.value),
+        since_s=now - stats.since,
+        rtt_ms=stats.rtt_ms,
+        loss_ratio=stats.loss_ratio,
+        probes_sent=stats.probes_sent,
+        probes_answered=stats.probes_answered,
+        probes_lost=stats.probes_lost,
+        last_status=stats.last_status,
+    )
+    if stats.silent_ms is not None:
+        message.silent_s = stats.silent_ms / 1000
+    return message
 
 
 # --- routes ----------------------------------------------------------------------------------
@@ -327,6 +350,15 @@ def event_message(item: Published) -> control_pb2.Event:
     elif isinstance(event, SourcesUnblocked):
         message.unblock.CopyFrom(
             control_pb2.UnblockEvent(source=event.source, sources=list(event.sources))
+        )
+    elif isinstance(event, TrunkChanged):
+        message.trunk.CopyFrom(
+            control_pb2.TrunkEvent(
+                trunk=event.trunk,
+                targets=list(event.targets),
+                rtt_ms=event.rtt_ms,
+                last_status=event.last_status,
+            )
         )
     else:
         expired = isinstance(event, OverrideCleared) and event.expired

@@ -2,11 +2,12 @@
 
 ``ControlPlane`` answers the Control RPCs from the node's pieces, each read through its public
 snapshot API and changed only through the methods its owner offers for that: the mesh (links,
-LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the call
-book (``overlay.noc.CallTracker``), the media plane's sessions and counters, the SIP edge
-guard's blocks (``blocks``, ``unblock``), the dialplan and the node's counters. The pure parts
-live in ``overlay.noc``: route explanations, events, overrides, and the records as the service's
-messages (roles: ``overlay.grpc``).
+LSDB, routes; ``set_draining``, ``set_override``, faults through its ``Impairments``), the
+trunk prober (``TrunkHealth.statistics``), the call book (``overlay.noc.CallTracker``), the
+media plane's sessions and counters, the SIP edge guard's blocks (``blocks``, ``unblock``),
+the dialplan and the node's counters. The pure parts live in ``overlay.noc``: route
+explanations, events, overrides, and the records as the service's messages (roles:
+``overlay.grpc``).
 
 Every RPC is authorised first (``AccessPolicy``: viewer to read, operator to change; refusals
 are logged with the certificate's subject), and every outcome is counted by method and status
@@ -71,6 +72,7 @@ from overlay.noc import (
     serialize,
     timestamp,
     topology_node_message,
+    trunk_status_message,
 )
 from overlay.routing import (
     DEFAULT_RETRY_AFTER_S,
@@ -84,6 +86,7 @@ from overlay.shell.clock import wall_time
 from overlay.shell.events import EventHub, WatcherFellBehind
 from overlay.shell.mesh import Mesh
 from overlay.shell.transport import ALL_PEERS, Fault
+from overlay.shell.trunks import TrunkProber
 from overlay.sip import ProtocolError, Refusal, SipUri, TelUri, parse_uri_untrusted
 from overlay.v1 import control_pb2
 
@@ -137,6 +140,7 @@ class ControlPlane:
         counters: Callable[[], dict[str, int]],
         media: CallMedia | None = None,
         blocks: SourceBlocks | None = None,
+        trunks: TrunkProber | None = None,
     ) -> None:
         self.node_id = config.node.node_id
         self._config = config
@@ -150,6 +154,7 @@ class ControlPlane:
         self._counters = counters
         self._media = media
         self._blocks = blocks
+        self._trunks = trunks
         self._router = router
         self._dialplan = router.dialplan
         self._rpcs: Counter[str] = Counter()
@@ -161,6 +166,7 @@ class ControlPlane:
             "ListNodes": (self.list_nodes, c.ListNodesRequest),
             "GetTopology": (self.get_topology, c.GetTopologyRequest),
             "ListLinks": (self.list_links, c.ListLinksRequest),
+            "ListTrunks": (self.list_trunks, c.ListTrunksRequest),
             "GetRoutes": (self.get_routes, c.GetRoutesRequest),
             "ExplainRoute": (self.explain_route, c.ExplainRouteRequest),
             "ListCalls": (self.list_calls, c.ListCallsRequest),
@@ -334,6 +340,23 @@ class ControlPlane:
                 link.fault.CopyFrom(fault_message(in_force))
             links.append(link)
         return control_pb2.ListLinksResponse(node_id=self.node_id, links=links)
+
+    def list_trunks(self, request: control_pb2.ListTrunksRequest) -> control_pb2.ListTrunksResponse:
+        response = control_pb2.ListTrunksResponse(
+            node_id=self.node_id, enabled=self._config.trunks.enabled
+        )
+        prober = self._trunks
+        if prober is None:
+            return response
+        now = trio.current_time()
+        health = prober.health
+        response.trunks.extend(trunk_status_message(s, now) for s in health.statistics(now))
+        response.unresolved.extend(
+            why if why.startswith(name) else f"{name}: {why}"
+            for name, why in sorted(prober.unresolved.items())
+        )
+        response.all_down_tried = health.all_down_tried
+        return response
 
     # -- routes -------------------------------------------------------------------------------
 

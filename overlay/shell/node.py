@@ -12,6 +12,9 @@ This module is composition only. The parts and what they do:
 * ``EdgeSecurity`` (``[security]``): the guard the core screens every message through, which the
   transport tells when its receive loop falls behind the socket, and which screens every TCP
   and TLS connection's source at accept, before any TLS handshake;
+* ``TrunkProber`` (``[trunks]``, ``overlay.shell.trunks``): OPTIONS to the trunks this node
+  sends calls to; its ``TrunkHealth`` is the core's ``next_hop_health``, which tries trunks
+  that stopped answering after the others;
 * ``Telemetry`` (``[metrics]``, ``[cloudwatch]``), the stall watchdog, the event hub.
 
 Every part is made before any task starts; a part a section of the configuration does not ask
@@ -37,7 +40,7 @@ from overlay.grpc import AccessPolicy, GrpcBridge, TlsCredentials, open_grpc_bri
 from overlay.ha import LIVENESS_SERVICE
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
-from overlay.routing import CallRouter, Dialplan, DrainState, RouteView
+from overlay.routing import CallRouter, Dialplan, DrainState, RouteView, TrunkHealth
 from overlay.shell.clock import wall_datetime, wall_time
 from overlay.shell.control import ControlPlane, MediaPlaneView
 from overlay.shell.events import EventHub
@@ -48,7 +51,14 @@ from overlay.shell.security import EdgeSecurity
 from overlay.shell.signalling import SignallingPump
 from overlay.shell.stall import StallWatchdog
 from overlay.shell.telemetry import NodeCollector, Telemetry
-from overlay.shell.transport import BoundSocket, Impairments, Steering, bind_listeners
+from overlay.shell.transport import (
+    BoundSocket,
+    Impairments,
+    SipResolver,
+    Steering,
+    bind_listeners,
+)
+from overlay.shell.trunks import TrunkProber, trunk_targets
 from overlay.sip import (
     Listener,
     OverlayNodes,
@@ -130,6 +140,7 @@ class Node:
     calls: CallTracker | None
     mesh: Mesh | None
     control: ControlPlane | None
+    trunks: TrunkProber | None = None
 
 
 def bind(config: NodeConfig) -> list[BoundSocket]:
@@ -179,12 +190,14 @@ async def open_node(
         route_wait=bool(config.linkstate.route_wait),
     )
     timers = config.sip.timers
+    public = tuple(
+        dataclasses.replace(listener, advertise=config.sip.advertise) for listener in listeners
+    )
+    resolver = SipResolver(config.dns)  # one cache for calls and trunk probes
+    trunks = _trunk_prober(config, public, steering, resolver, events)
     core = ProxyCore(
         ProxyConfig(
-            listeners=tuple(
-                dataclasses.replace(listener, advertise=config.sip.advertise)
-                for listener in listeners
-            ),
+            listeners=public,
             timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
             timer_c=timers.timer_c,
             record_route=config.sip.record_route,
@@ -196,6 +209,7 @@ async def open_node(
         view,
         edge if overlay is None else overlay.calls,
         admission=None if security is None else security.guard,
+        next_hop_health=None if trunks is None else trunks.health,
     )
     mesh = None
     if overlay is not None:
@@ -228,16 +242,26 @@ async def open_node(
         mesh=mesh,
         view=view,
         events=events.publish,
+        resolver=resolver,
+        trunks=trunks,
     )
     counters = CounterSources()
     counters.add(pump.counters)
+    if trunks is not None:
+        counters.add(trunks.counters)
     if media is not None:
         counters.add(media.counters)
     if mesh is not None:
         counters.add(mesh.counters)
     calls = None if overlay is None else overlay.calls
     collector = NodeCollector(
-        config.node, worker, counters=counters, stalls=stalls, calls=calls, mesh=mesh
+        config.node,
+        worker,
+        counters=counters,
+        stalls=stalls,
+        calls=calls,
+        mesh=mesh,
+        trunks=None if trunks is None else trunks.health,
     )
 
     def readiness() -> str | None:
@@ -255,6 +279,8 @@ async def open_node(
         counters.add(security.guard.counters)
     async with trio.open_nursery() as nursery:
         await nursery.start(pump.run, bound)
+        if trunks is not None:
+            await nursery.start(trunks.run, pump.transport)
         if security is not None:
             nursery.start_soon(security.run)
         if media is not None:
@@ -277,6 +303,7 @@ async def open_node(
                 # One worker serves an overlay node (sip.workers must be 1 with [[peers]]):
                 # this guard holds all of its blocks.
                 blocks=None if security is None else security.guard,
+                trunks=trunks,
             )
             control = await nursery.start(_serve_grpc, config, tls.grpc, mesh, make_control)
             counters.add(control.counters)
@@ -302,6 +329,7 @@ async def open_node(
                 calls=calls,
                 mesh=mesh,
                 control=control,
+                trunks=trunks,
             )
         finally:
             nursery.cancel_scope.cancel()
@@ -349,6 +377,37 @@ class _OverlayParts:
                 addresses={peer.node_id: [peer.sip] for peer in peers},
             ),
         )
+
+
+def _trunk_prober(
+    config: NodeConfig,
+    listeners: tuple[Listener, ...],
+    steering: Steering | None,
+    resolver: SipResolver,
+    events: EventHub,
+) -> TrunkProber | None:
+    """The prober of the trunks this node sends calls to, ``None`` with ``[trunks] enabled =
+    false`` or no dialplan rule whose calls leave here.
+
+    With several workers each worker probes for itself: workers are processes, each with its
+    own proxy core to order next hops for, and probe answers are steered back to the worker
+    that sent the probe (``overlay.shell.trunks``).
+    """
+    targets = trunk_targets(config)
+    if not config.trunks.enabled or not targets:
+        return None
+    health = TrunkHealth(
+        config.node.node_id,
+        config.trunks,
+        listeners=listeners,
+        user_agent=config.sip.user_agent,
+        now=trio.current_time(),
+        # Wall-clock milliseconds: a restarted node does not reuse its probes' Call-IDs.
+        first_probe=int(wall_time() * 1000),
+        worker=0 if steering is None else steering.index,
+        workers=1 if steering is None else len(steering.outbound),
+    )
+    return TrunkProber(health, targets, resolver=resolver, events=events.publish)
 
 
 async def _serve_grpc(

@@ -1,11 +1,12 @@
 """The signalling pump: the one loop between the SIP sockets and the proxy core.
 
 Everything runs on the node's trio thread. The transport hands each message to ``_deliver``
-(a link probe goes to the mesh instead); the proxy core decides everything else itself: the
-dialplan and the egress of a new call (``overlay.routing.CallRouter``), the media hook, edge
-security. ``_flush`` then sends what the core produced, each message for an overlay node to the
-current next hop toward it (``RouteView.forward_address``), passes the media plane's commands
-to the relay, and acts on the core's events before the next message is read:
+(a link probe goes to the mesh instead, an answer to a trunk probe to the ``TrunkProber``);
+the proxy core decides everything else itself: the dialplan and the egress of a new call
+(``overlay.routing.CallRouter``), the media hook, edge security. ``_flush`` then sends what
+the core produced, each message for an overlay node to the current next hop toward it
+(``RouteView.forward_address``), passes the media plane's commands to the relay, and acts on
+the core's events before the next message is read:
 
 * ``ResolveTarget``: an RFC 3263 lookup, or a wait for a route to an egress node
   (``linkstate.route_wait``), each in its own task, answered back into the core;
@@ -34,7 +35,7 @@ import trio
 from overlay.config import NodeConfig
 from overlay.linkstate import PROBE_MARK
 from overlay.noc import CallFailed, EventSink
-from overlay.routing import RouteView
+from overlay.routing import TRUNK_MARK, RouteView
 from overlay.shell.media import MediaPlane
 from overlay.shell.mesh import Mesh
 from overlay.shell.security import EdgeSecurity
@@ -47,6 +48,7 @@ from overlay.shell.transport import (
     Steering,
     TransportStatistics,
 )
+from overlay.shell.trunks import TrunkProber
 from overlay.sip import (
     ANOMALY_KINDS,
     CallRefused,
@@ -88,6 +90,8 @@ class SignallingPump:
         mesh: Mesh | None,
         view: RouteView | None,
         events: EventSink,
+        resolver: SipResolver | None = None,
+        trunks: TrunkProber | None = None,
     ) -> None:
         sip = config.sip
         self.core = core
@@ -98,7 +102,8 @@ class SignallingPump:
         self._mesh = mesh
         self._view = view
         self._events = events
-        self._resolver = SipResolver(config.dns)
+        self._resolver = SipResolver(config.dns) if resolver is None else resolver
+        self._trunks = trunks
         self.transport = SipTransport(
             deliver=self._deliver,
             transport_error=self._transport_error,
@@ -180,6 +185,9 @@ class SignallingPump:
     def _deliver(self, data: bytes, peer: Peer) -> None:
         mesh = self._mesh
         if mesh is not None and PROBE_MARK in data and mesh.handle_probe(data, peer):
+            return
+        trunks = self._trunks
+        if trunks is not None and TRUNK_MARK in data and trunks.handle_answer(data, peer):
             return
         try:
             self.core.receive_data(data, peer, trio.current_time())

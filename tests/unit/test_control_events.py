@@ -21,6 +21,7 @@ from overlay.noc import (
     OverrideSet,
     RouteChanged,
     SourcesUnblocked,
+    TrunkChanged,
     kind,
     summary,
 )
@@ -77,6 +78,26 @@ OVERRIDE = LinkOverride("use1", 500.0, False, 2000.0, "olga", "fibre work")
             SourcesUnblocked("*", ("192.0.2.66", "2001:db8::/64")),
             "SOURCES_UNBLOCKED",
             "unblocked every blocked source: 2 block(s) lifted",
+        ),
+        (
+            TrunkChanged("udp:192.0.2.7:5060", ("sip:carrier.example",), True, 12.34, 200, 8.0),
+            "TRUNK_UP",
+            "trunk udp:192.0.2.7:5060 (sip:carrier.example) up (rtt 12.3 ms)",
+        ),
+        (
+            TrunkChanged("udp:192.0.2.7:5060", ("sip:carrier.example",), False, 12.3, 200, 1003),
+            "TRUNK_DOWN",
+            "trunk udp:192.0.2.7:5060 (sip:carrier.example) down: silent 1.0 s, last 200",
+        ),
+        (
+            TrunkChanged("tcp:192.0.2.8:5060", (), False, 0.0, 0, None),
+            "TRUNK_DOWN",
+            "trunk tcp:192.0.2.8:5060 down: never answered",
+        ),
+        (
+            TrunkChanged("udp:192.0.2.9:5060", ("192.0.2.9:5060",), False, 0.0, 408, None),
+            "TRUNK_DOWN",
+            "trunk udp:192.0.2.9:5060 (192.0.2.9:5060) down: last 408",
         ),
     ],
 )

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf.message import Message
 
 from overlay.config import DialplanRule, DnsTarget, StaticTarget
-from overlay.linkstate import METRIC_NAMES, LinkMetrics, Lsa
+from overlay.linkstate import METRIC_NAMES, LinkMetrics, LinkState, Lsa
 from overlay.media import MediaSession, OverlaySession, PortPair, Side
 from overlay.noc import (
     KINDS,
@@ -31,6 +31,7 @@ from overlay.noc import (
     Published,
     RouteChanged,
     SourcesUnblocked,
+    TrunkChanged,
     Verdict,
     blocked_source_message,
     call_message,
@@ -47,9 +48,11 @@ from overlay.noc import (
     route_message,
     serialize,
     topology_node_message,
+    trunk_status_message,
 )
-from overlay.routing import CostBreakdown, DialplanMatch, Path, Route
+from overlay.routing import CostBreakdown, DialplanMatch, Path, Route, TrunkStatistics
 from overlay.security import BlockedSource, BlockReason
+from overlay.sip import Peer
 from overlay.v1 import control_pb2
 
 # The node's clock read 100 s when the wall clock read 2023-11-14T22:13:20Z.
@@ -244,6 +247,16 @@ def test_blocked_source_has_its_last_drop_only_once_there_was_one() -> None:
             control_pb2.UnblockEvent(source="*", sources=["192.0.2.66"]),
         ),
         (
+            TrunkChanged("udp:192.0.2.7:5060", ("sip:carrier.example",), False, 12.5, 404, 1e3),
+            "trunk",
+            control_pb2.TrunkEvent(
+                trunk="udp:192.0.2.7:5060",
+                targets=["sip:carrier.example"],
+                rtt_ms=12.5,
+                last_status=404,
+            ),
+        ),
+        (
             OverrideSet(OVERRIDE),
             "override",
             control_pb2.OverrideEvent(override=override_message(OVERRIDE)),
@@ -266,6 +279,33 @@ def test_event_carries_its_kind_summary_and_details(
     assert event_kind(message.type) is not None
     assert message.WhichOneof("detail") == part
     assert getattr(message, part) == expected
+
+
+@pytest.mark.parametrize("silent_ms", [1250.0, None])
+def test_trunk_status(silent_ms: float | None) -> None:
+    stats = TrunkStatistics(
+        trunk=Peer("tls", "2001:db8::7", 5061),
+        targets=("sips:carrier.example",),
+        state=LinkState.DOWN,
+        since=90.0,
+        rtt_ms=21.5,
+        loss_ratio=0.25,
+        probes_sent=40,
+        probes_answered=30,
+        probes_lost=10,
+        last_status=503,
+        silent_ms=silent_ms,
+    )
+    message = trunk_status_message(stats, 100.0)
+    assert message.trunk == "tls:[2001:db8::7]:5061"
+    assert list(message.targets) == ["sips:carrier.example"]
+    assert message.state == control_pb2.TrunkStatus.DOWN
+    assert (message.since_s, message.rtt_ms, message.loss_ratio) == (10.0, 21.5, 0.25)
+    assert (message.probes_sent, message.probes_answered, message.probes_lost) == (40, 30, 10)
+    assert message.last_status == 503
+    assert message.HasField("silent_s") is (silent_ms is not None)
+    if silent_ms is not None:
+        assert message.silent_s == 1.25
 
 
 def test_event_kinds_are_the_event_types_but_unspecified() -> None:

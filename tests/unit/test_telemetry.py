@@ -15,7 +15,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from overlay.config import TrunksSection
 from overlay.linkstate import LinkState
+from overlay.routing import TrunkHealth
 from overlay.shell.stall import StallWatchdog
 from overlay.shell.telemetry import (
     COUNTER_FAMILIES,
@@ -26,7 +28,8 @@ from overlay.shell.telemetry import (
     encoded_size,
     link_values,
 )
-from overlay.shell.telemetry._collector import stall_histogram
+from overlay.shell.telemetry._collector import _trunk_families, stall_histogram
+from overlay.sip import Listener, Peer, Request, make_response, parse_message_untrusted, serialize
 from tests.mesh_helpers import link_statistics
 
 # -- dotted counters -> families -----------------------------------------------------------------
@@ -72,6 +75,13 @@ MAPPED = [
     ("security.lifted", "overlay_security_lifts_total", {}),
     ("security.overload.shed", "overlay_security_overload_shed_total", {}),
     ("loop.stalls", "overlay_loop_stalls_total", {}),
+    ("trunks.all_down_tried", "overlay_trunks_all_down_tried_total", {}),
+    ("trunks.down", "overlay_trunks_down", {}),
+    ("trunks.probes_sent", "overlay_trunks_probes_sent_total", {}),
+    ("trunks.answers", "overlay_trunk_answers_total", {"kind": "answers"}),
+    ("trunks.stray_answers", "overlay_trunk_answers_total", {"kind": "stray_answers"}),
+    ("trunks.lookup_failures", "overlay_trunk_lookups_total", {"result": "lookup_failures"}),
+    ("trunks.unprobed", "overlay_trunks_unprobed_total", {}),
     ("something.new", "overlay_counter", {"name": "something.new"}),
 ]
 
@@ -134,6 +144,41 @@ def test_loop_stall_histogram() -> None:
     assert samples["overlay_loop_stall_seconds_bucket", "+Inf"] == 3
     assert samples["overlay_loop_stall_seconds_count", None] == 3
     assert samples["overlay_loop_stall_seconds_sum", None] == pytest.approx(0.3024)
+
+
+def test_trunk_families() -> None:
+    trunks = TrunkHealth(
+        "usw2",
+        TrunksSection(),
+        listeners=[Listener("udp", "127.0.0.1", 5060)],
+        user_agent="o",
+        now=0.0,
+    )
+    live, silent = Peer("udp", "127.0.1.1", 5060), Peer("udp", "127.0.1.2", 5060)
+    trunks.set_trunks({"sip:carrier.example": [live, silent]}, 0.0)
+    for step in range(8):
+        now = step * 0.25
+        trunks.handle_timer(now)
+        for data, peer in trunks.datagrams_to_send(now):
+            if peer == live:
+                request = parse_message_untrusted(data)
+                assert isinstance(request, Request)
+                answer = serialize(make_response(request, 200, to_tag="t"))
+                assert trunks.receive_answer_untrusted(answer, live, now + 0.012)
+    registry = CollectorRegistry()
+    registry.register(Fixed(list(_trunk_families(trunks, 2.0))))
+    text = generate_latest(registry).decode()
+    samples = {
+        (sample.name, sample.labels.get("trunk")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples["overlay_trunk_up", "udp:127.0.1.1:5060"] == 1.0
+    assert samples["overlay_trunk_up", "udp:127.0.1.2:5060"] == 0.0
+    assert samples["overlay_trunk_rtt_ms", "udp:127.0.1.1:5060"] == pytest.approx(12.0)
+    assert ("overlay_trunk_rtt_ms", "udp:127.0.1.2:5060") not in samples  # never answered
+    assert samples["overlay_trunk_probes_sent_total", "udp:127.0.1.2:5060"] == 8
+    assert samples["overlay_trunk_probes_answered_total", "udp:127.0.1.1:5060"] == 8
 
 
 def test_families_without_samples_are_left_out() -> None:

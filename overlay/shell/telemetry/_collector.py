@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from overlay.config import NodeSection
 from overlay.linkstate import LinkState
 from overlay.noc import CallTracker
+from overlay.routing import TrunkHealth, trunk_name
 from overlay.shell.stall import StallStatistics, StallWatchdog
 
 if TYPE_CHECKING:
@@ -317,6 +318,34 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "Times the node went into overload",
     ),
     _counter(
+        "overlay_trunks_all_down_tried",
+        r"trunks\.all_down_tried",
+        "Calls whose every trunk address was DOWN, tried in RFC 3263 order anyway",
+    ),
+    _gauge("overlay_trunks_down", r"trunks\.down", "Trunk addresses DOWN now"),
+    _counter(
+        "overlay_trunks_probes_sent",
+        r"trunks\.probes_sent",
+        "OPTIONS probes sent to trunk addresses (every trunk)",
+    ),
+    _counter(
+        "overlay_trunk_answers",
+        r"trunks\.(?P<kind>answers|answers_not_alive|stray_answers)",
+        "Answers to trunk probes, by kind: answers (all), answers_not_alive (a final status "
+        "that proves nothing: 408, or not in reply_codes), stray_answers (from another host, "
+        "for no probe of ours, or too late)",
+    ),
+    _counter(
+        "overlay_trunk_lookups",
+        r"trunks\.(?P<result>lookups|lookup_failures)",
+        "RFC 3263 lookups of DNS trunk targets (lookups), and those that failed",
+    ),
+    _counter(
+        "overlay_trunks_unprobed",
+        r"trunks\.unprobed",
+        "Trunk probes not made: no listener of the trunk's transport",
+    ),
+    _counter(
         "overlay_metrics_connections_refused",
         r"metrics\.connections_refused",
         "Connections to /metrics closed at once: too many open",
@@ -433,6 +462,7 @@ class NodeCollector(Collector):
         stalls: StallWatchdog,
         calls: CallTracker | None,
         mesh: Mesh | None,
+        trunks: TrunkHealth | None = None,
     ) -> None:
         self._node = node
         self._worker = worker
@@ -440,6 +470,7 @@ class NodeCollector(Collector):
         self._stalls = stalls
         self._calls = calls
         self._mesh = mesh
+        self._trunks = trunks
 
     def collect(self) -> Iterator[Metric]:
         node = self._node
@@ -463,6 +494,8 @@ class NodeCollector(Collector):
             yield from _link_families(mesh, now)
             yield from _route_families(mesh)
             yield from _flood_families(mesh)
+        if self._trunks is not None:
+            yield from _trunk_families(self._trunks, now)
 
 
 def stall_histogram(stats: StallStatistics) -> HistogramMetricFamily:
@@ -539,6 +572,40 @@ def _link_families(mesh: Mesh, now: float) -> Iterator[Metric]:
             answered.add_metric([neighbor, "media"], stats.media.answered)
             lost.add_metric([neighbor, "media"], stats.media.lost)
     yield from (up, state, age, rtt, jitter, loss, retrans, sent, answered, lost)
+
+
+def _trunk_families(trunks: TrunkHealth, now: float) -> Iterator[Metric]:
+    """One series per trunk address probed, ``trunk`` = ``udp:198.51.100.7:5060``. The RTT is
+    in milliseconds, as ListTrunks and the events give it (docs/metrics.md)."""
+    label = ["trunk"]
+    up = GaugeMetricFamily(
+        "overlay_trunk_up",
+        "1 unless the trunk address is DOWN (no probe answered for the detection time)",
+        labels=label,
+    )
+    rtt = GaugeMetricFamily(
+        "overlay_trunk_rtt_ms",
+        "Smoothed round-trip time of the trunk's answers to probes, milliseconds (answered)",
+        labels=label,
+    )
+    sent = CounterMetricFamily("overlay_trunk_probes_sent", "Probes sent", labels=label)
+    answered = CounterMetricFamily(
+        "overlay_trunk_probes_answered",
+        "Probes answered with a response that proves the trunk alive",
+        labels=label,
+    )
+    lost = CounterMetricFamily(
+        "overlay_trunk_probes_lost", "Probes without such an answer in time", labels=label
+    )
+    for stats in trunks.statistics(now):
+        name = [trunk_name(stats.trunk)]
+        up.add_metric(name, 0.0 if stats.state is LinkState.DOWN else 1.0)
+        if stats.probes_answered:
+            rtt.add_metric(name, stats.rtt_ms)
+        sent.add_metric(name, stats.probes_sent)
+        answered.add_metric(name, stats.probes_answered)
+        lost.add_metric(name, stats.probes_lost)
+    yield from (up, rtt, sent, answered, lost)
 
 
 def _route_families(mesh: Mesh) -> Iterator[Metric]:

@@ -231,12 +231,17 @@ class SipResolver:
         self._max_cache_entries = max_cache_entries
         self._cache: dict[tuple[str, str], _CacheEntry] = {}
 
-    async def resolve(self, target: DnsTarget | SipTarget) -> list[ResolvedTarget]:
+    async def resolve(
+        self, target: DnsTarget | SipTarget, *, expiries: list[float] | None = None
+    ) -> list[ResolvedTarget]:
         """Find the addresses to try for ``target``, best first.
 
         Args:
             target: a dialplan ``DnsTarget`` or ``(scheme, host, port, transport)`` from a URI;
                 scheme "sip"/"sips", transport "udp"/"tcp"/"tls" (any case) or ``None``.
+            expiries: when given, gets the time (``clock``'s) each DNS answer used leaves the
+                cache; the list found holds until the earliest (RFC 3263 §4.3: TTLs apply).
+                Nothing is added for an IP literal.
 
         Returns:
             A non-empty list of targets without duplicates.
@@ -249,11 +254,12 @@ class SipResolver:
         scheme, host, port, transport = _normalize(target)
         described = _describe(scheme, host, port, transport)
         asked: list[str] = []
+        noted = [] if expiries is None else expiries
         # dnspython has its own lifetime; whichever deadline passes first, the outcome is one.
         with trio.move_on_after(self._timeout), contextlib.suppress(dns.exception.Timeout):
             try:
                 targets = await self._run(
-                    _locate(scheme, host, port, transport, self._rng), host, asked
+                    _locate(scheme, host, port, transport, self._rng), host, asked, noted
                 )
             except _NoSuchDomain:
                 raise ResolutionError(f"{described}: {host} does not exist (NXDOMAIN)") from None
@@ -267,41 +273,49 @@ class SipResolver:
             return targets
         raise ResolutionError(f"{described}: no DNS answer within {self._timeout} s ({asked[-1]})")
 
-    async def _run(self, steps: _Steps, host: str, asked: list[str]) -> list[ResolvedTarget]:
-        """Drive ``_locate`` through DNS, noting each question in ``asked``."""
+    async def _run(
+        self, steps: _Steps, host: str, asked: list[str], expiries: list[float]
+    ) -> list[ResolvedTarget]:
+        """Drive ``_locate`` through DNS, noting each question in ``asked`` and when each
+        answer expires in ``expiries``."""
         try:
             query = next(steps)
             while True:
                 asked.append(f"{query.kind} {query.name}")
-                query = steps.send(await self._answer(query, is_target=query.name == host))
+                answer = await self._answer(query, expiries, is_target=query.name == host)
+                query = steps.send(answer)
         except StopIteration as done:
             return _finished(done)
 
-    async def _answer(self, query: _Query, *, is_target: bool) -> _Answer:
+    async def _answer(self, query: _Query, expiries: list[float], *, is_target: bool) -> _Answer:
         """Answer one step; NXDOMAIN of the target domain itself ends the resolution."""
         try:
             if query.kind == "NAPTR":
-                naptrs = await self._lookup(query.name, "NAPTR")
+                naptrs = await self._lookup(query.name, "NAPTR", expiries)
                 return [_naptr_record(rd) for rd in naptrs if isinstance(rd, NAPTR)]
             if query.kind == "SRV":
-                servers = await self._lookup(query.name, "SRV")
+                servers = await self._lookup(query.name, "SRV", expiries)
                 return [_srv_record(rd) for rd in servers if isinstance(rd, SRV)]
-            addresses = await self._lookup(query.name, "A")
-            addresses += await self._lookup(query.name, "AAAA")
+            addresses = await self._lookup(query.name, "A", expiries)
+            addresses += await self._lookup(query.name, "AAAA", expiries)
             return [rd.to_text() for rd in addresses]
         except _NoSuchDomain:
             if is_target:
                 raise
             return []
 
-    async def _lookup(self, name: str, rdtype: str) -> tuple[dns.rdata.Rdata, ...]:
-        """Records of one type from the cache or DNS; raises ``_NoSuchDomain`` on NXDOMAIN."""
+    async def _lookup(
+        self, name: str, rdtype: str, expiries: list[float]
+    ) -> tuple[dns.rdata.Rdata, ...]:
+        """Records of one type from the cache or DNS, noting when they expire in ``expiries``;
+        raises ``_NoSuchDomain`` on NXDOMAIN."""
         now = self._clock()
         entry = self._cache.get((name, rdtype))
         if entry is None or entry[0] <= now:
             ttl, records = await self._query(name, rdtype)
             entry = (now + ttl, records)
             self._store((name, rdtype), entry, now)
+        expiries.append(entry[0])
         if entry[1] is None:
             raise _NoSuchDomain
         return entry[1]
