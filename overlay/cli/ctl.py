@@ -405,6 +405,11 @@ def call(ctx: typer.Context, call_id: Annotated[str, typer.Argument(help="the Ca
         f"from {c.from_uri} to {c.to_uri} (Request-URI {c.request_uri})\n"
         f"started {_time(c.started_at)} ({c.age_s:.0f} s ago)"
         + (f", answered after {c.setup_ms:.0f} ms" if c.setup_ms else "")
+        + (
+            f" (egress {c.egress_tries} tried, {c.setup_extra_ms:.0f} ms lost to failed ones)"
+            if c.egress_tries > 1
+            else ""
+        )
         + (f"; final {c.final_status} {c.final_reason}" if c.final_status else "")
         + f"\nSIP messages across the edge: {c.sip_requests} requests, {c.sip_responses} responses"
     )

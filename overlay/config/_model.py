@@ -41,6 +41,9 @@ class TimerConfig:
     t2: float = 4.0
     t4: float = 5.0
     timer_c: float = 180.0
+    #: An INVITE with another next hop or egress to try waits this long for any response,
+    #: not Timer B (Kamailio's fr_timer); 0: Timer B only.
+    fr: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,9 @@ class LinkstateSection:
     #: How long a new call whose egress nodes are all unreachable waits for a route before
     #: 503: a blip (a peer's pause, a link in hold-down) costs set-up time, not the call.
     route_wait: float = 2.5
+    #: How long a call's far edge node may stay unreachable (a transit reroute may repair
+    #: it) before this edge ends the call toward its own party with a BYE.
+    far_edge_wait: float = 1.0
 
 
 @dataclass(frozen=True)

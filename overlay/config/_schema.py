@@ -401,6 +401,7 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
             "retransmit_interval",
             "route_debounce",
             "route_wait",
+            "far_edge_wait",
         ),
     )
     d = LinkstateSection()
@@ -414,6 +415,7 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
         retransmit_interval=table.get("retransmit_interval", seconds, d.retransmit_interval),
         route_debounce=table.get("route_debounce", seconds, d.route_debounce),
         route_wait=table.get("route_wait", seconds_or_off, d.route_wait),
+        far_edge_wait=table.get("far_edge_wait", seconds, d.far_edge_wait),
     )
     if section.probe_timeout < section.probe_interval:
         raise Invalid((*path, "probe_timeout"), "must be >= probe_interval")
@@ -561,7 +563,7 @@ def _sip_tls(value: object, path: Path) -> SipTlsSection:
 
 
 def _timers(value: object, path: Path) -> TimerConfig:
-    table = Table(value, path, ("t1", "t2", "t4", "timer_c"))
+    table = Table(value, path, ("t1", "t2", "t4", "timer_c", "fr"))
     default = TimerConfig()
     t1 = table.get("t1", seconds, default.t1)
     t2 = table.get("t2", seconds, default.t2)
@@ -574,6 +576,7 @@ def _timers(value: object, path: Path) -> TimerConfig:
         t2=t2,
         t4=table.get("t4", seconds, default.t4),
         timer_c=table.get("timer_c", seconds, default.timer_c),
+        fr=table.get("fr", seconds_or_off, default.fr),
     )
 
 

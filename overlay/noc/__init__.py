@@ -7,6 +7,7 @@ from ._calls import CallRecord, CallRole, CallState, CallTracker
 from ._events import (
     KINDS,
     CallFailed,
+    CallFailedOver,
     DrainChanged,
     Event,
     EventSink,
@@ -49,6 +50,7 @@ __all__ = [
     "KINDS",
     "MAX_OVERRIDE_S",
     "CallFailed",
+    "CallFailedOver",
     "CallRecord",
     "CallRole",
     "CallState",

@@ -84,6 +84,9 @@ class CallRecord:
             ended call what ended it.
         requests, responses: messages of the call that crossed the edge here.
         had_media: the media plane anchored streams of it when it was answered.
+        egress_tries: egress nodes the call was sent to (an ingress's record; more than 1
+            after a fail-over, ``failed_over``).
+        setup_extra: seconds of set-up spent on egress nodes that failed the call, 0 if none.
     """
 
     call_id: str
@@ -101,6 +104,8 @@ class CallRecord:
     requests: int = 1
     responses: int = 0
     had_media: bool = False
+    egress_tries: int = 1
+    setup_extra: float = 0.0
 
 
 class CallTracker:
@@ -143,7 +148,7 @@ class CallTracker:
         elif record is not None:
             record = dataclasses.replace(record, requests=record.requests + 1)
             if request.method == "BYE":
-                record = self._over(record, CallState.ENDED, now, 0, "BYE")
+                record = self._over(record, CallState.ENDED, now, 0, _bye_reason(request))
             self._put(record)
         if self._media is None:
             return
@@ -190,6 +195,18 @@ class CallTracker:
         replicates with it; ``None`` means the call is over (or unknown) here.
         """
         return self._live.get(call_id)
+
+    def failed_over(self, call_id: str, egress: str, attempt: int, now: float) -> None:
+        """A new call entering here went on to ``egress`` (the proxy core's
+        ``EgressFailedOver``): its far node changes, and the time so far is extra set-up."""
+        record = self._live.get(call_id)
+        if record is None or record.state.over:
+            return
+        self._put(
+            dataclasses.replace(
+                record, far_node=egress, egress_tries=attempt, setup_extra=now - record.started
+            )
+        )
 
     # -- pair replication ---------------------------------------------------------------------
 
@@ -294,6 +311,16 @@ class CallTracker:
                 and self._media_sessions(record.call_id) == 0
             ):
                 self._put(self._over(record, CallState.ENDED, now, 0, "media timed out"))
+
+
+def _bye_reason(bye: Request) -> str:
+    """``"BYE"``, with the RFC 3326 Reason text when it has one: ``"BYE (far edge use1 lost)"``."""
+    reason = bye.headers.get("Reason") or ""
+    start = reason.find('text="')
+    if start < 0:
+        return "BYE"
+    text = reason[start + 6 :].split('"', 1)[0]
+    return f"BYE ({text})" if text else "BYE"
 
 
 def _uri_of(header: str | None) -> str:

@@ -47,6 +47,18 @@ class CallFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class CallFailedOver:
+    """A new call entering here went on to the next egress of its rule (``overlay.sip.
+    EgressFailedOver``): the caller still sees one call."""
+
+    call_id: str
+    failed: str
+    egress: str
+    cause: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class TrunkChanged:
     """The probes' verdict on a trunk address this node sends calls to changed (up or down;
     ``overlay.routing.TrunkHealth``)."""
@@ -119,6 +131,7 @@ Event = (
     LinkChanged
     | RouteChanged
     | CallFailed
+    | CallFailedOver
     | FaultInjected
     | FaultsCleared
     | DrainChanged
@@ -164,6 +177,7 @@ KINDS = (
     "LINK_OVERRIDE_SET",
     "LINK_OVERRIDE_CLEARED",
     "SOURCES_UNBLOCKED",
+    "CALL_FAILED_OVER",
     "TRUNK_UP",
     "TRUNK_DOWN",
 )
@@ -188,6 +202,7 @@ _KIND_OF: dict[type, str] = {
     OverrideSet: "LINK_OVERRIDE_SET",
     OverrideCleared: "LINK_OVERRIDE_CLEARED",
     SourcesUnblocked: "SOURCES_UNBLOCKED",
+    CallFailedOver: "CALL_FAILED_OVER",
 }
 
 
@@ -208,6 +223,11 @@ def summary(event: Event) -> str:
         return f"route to {event.destination}: {old} ⇒ {'→'.join(event.new_path)} ({event.reason})"
     if isinstance(event, CallFailed):
         return f"call {event.call_id} failed: {event.status} {event.reason}"
+    if isinstance(event, CallFailedOver):
+        return (
+            f"call {event.call_id} failed over from {event.failed} to {event.egress} "
+            f"({event.cause}, attempt {event.attempt})"
+        )
     if isinstance(event, TrunkChanged):
         return _trunk_summary(event)
     if isinstance(event, FaultInjected):

@@ -29,6 +29,7 @@ from ._calls import CallRecord
 from ._events import (
     KINDS,
     CallFailed,
+    CallFailedOver,
     DrainChanged,
     FaultInjected,
     FaultsCleared,
@@ -258,6 +259,8 @@ def call_message(
     )
     if record.answered is not None:
         call.setup_ms = (record.answered - record.started) * 1000.0
+    call.egress_tries = record.egress_tries
+    call.setup_extra_ms = record.setup_extra * 1000.0
     return call
 
 
@@ -337,6 +340,16 @@ def event_message(item: Published) -> control_pb2.Event:
                 far_node=event.far_node,
                 status=event.status,
                 reason=event.reason,
+            )
+        )
+    elif isinstance(event, CallFailedOver):
+        message.failover.CopyFrom(
+            control_pb2.FailoverEvent(
+                call_id=event.call_id,
+                failed=event.failed,
+                egress=event.egress,
+                cause=event.cause,
+                attempt=event.attempt,
             )
         )
     elif isinstance(event, FaultInjected):

@@ -19,7 +19,7 @@
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
   address; the view turns it into the current next hop's address (``forward_address``), and
   when the next hop toward some nodes changes, ``on_reroute`` tells the signalling pump so it
-  resends what is pending.
+  resends what is pending, and which nodes it lost every route to (their calls fail over).
 * **Operators.** The Control service (``overlay.shell.control``) drains the node
   (``set_draining``: advertised in the LSA, so others stop using it as transit) and overrides
   links (``set_override``; ``overrides`` are applied to every set of links given to the
@@ -116,7 +116,7 @@ class Mesh:
         local_sip: Peer,
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
-        on_reroute: Callable[[list[Peer]], None],
+        on_reroute: Callable[[list[Peer], list[str]], None],
         impairments: Impairments,
         initial_seq: int,
         now: float,
@@ -511,8 +511,9 @@ class Mesh:
             for destination, hop in table.next_hops().items()
             if before.get(destination) != hop and destination in self.view.peers
         ]
-        if moved:
-            self._on_reroute(moved)
+        lost = [destination for destination in before if destination not in table.paths]
+        if moved or lost:
+            self._on_reroute(moved, lost)
         for change in changes:
             log.info(
                 "route changed",

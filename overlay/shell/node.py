@@ -200,6 +200,8 @@ async def open_node(
             listeners=public,
             timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
             timer_c=timers.timer_c,
+            fr=timers.fr,
+            far_edge_wait=config.linkstate.far_edge_wait,
             record_route=config.sip.record_route,
             user_agent=config.sip.user_agent,
             max_message_size=config.sip.max_message_size,
@@ -222,7 +224,7 @@ async def open_node(
             local_sip=Peer("udp", local.host, local.port),
             send_sip=lambda data, peer: pump.transport.send(data, peer),
             take_traffic=core.transactions.take_peer_traffic,
-            on_reroute=lambda peers: pump.rerouted(peers),
+            on_reroute=lambda peers, lost: pump.rerouted(peers, lost),
             impairments=overlay.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=int(wall_time() * 1000),
@@ -244,6 +246,7 @@ async def open_node(
         events=events.publish,
         resolver=resolver,
         trunks=trunks,
+        calls=None if overlay is None else overlay.calls,
     )
     counters = CounterSources()
     counters.add(pump.counters)

@@ -12,11 +12,13 @@ the core's events before the next message is read:
   (``linkstate.route_wait``), each in its own task, answered back into the core;
 * ``CallRefused``: a new call the dialplan's answer refused, logged and published to the NOC
   as a failed call;
+* ``EgressFailedOver``: a new call handed to the next egress of its rule, logged and published;
 * ``OverlayAnomaly``: a message a routing loop caught, logged.
 
 The timer task sleeps until the core's next deadline; ``_flush`` wakes it early when a new
 deadline comes before the one it sleeps on. When the mesh moves the path toward some nodes,
-``rerouted`` resends their pending requests at once.
+``rerouted`` resends their pending requests at once, and fails the calls whose egress it lost
+over to their next egress.
 
 SIP over TLS (``[sip.tls]``): when ``_resolve`` locates a TLS target by name, it tells the
 transport to check the certificates of the connections it opens to the addresses found against
@@ -34,7 +36,7 @@ import trio
 
 from overlay.config import NodeConfig
 from overlay.linkstate import PROBE_MARK
-from overlay.noc import CallFailed, EventSink
+from overlay.noc import CallFailed, CallFailedOver, CallTracker, EventSink
 from overlay.routing import TRUNK_MARK, RouteView
 from overlay.shell.media import MediaPlane
 from overlay.shell.mesh import Mesh
@@ -52,6 +54,7 @@ from overlay.shell.trunks import TrunkProber
 from overlay.sip import (
     ANOMALY_KINDS,
     CallRefused,
+    EgressFailedOver,
     OverlayAnomaly,
     Peer,
     ProxyCore,
@@ -92,9 +95,11 @@ class SignallingPump:
         events: EventSink,
         resolver: SipResolver | None = None,
         trunks: TrunkProber | None = None,
+        calls: CallTracker | None = None,
     ) -> None:
         sip = config.sip
         self.core = core
+        self._calls = calls
         self.internal_errors = 0
         self._worker = 0 if steering is None else steering.index
         self._route_wait = config.linkstate.route_wait
@@ -138,11 +143,14 @@ class SignallingPump:
             async for event in self._lookups_out:
                 nursery.start_soon(self._resolve, event)
 
-    def rerouted(self, peers: list[Peer]) -> None:
-        """The mesh moved the path toward ``peers``: resend their pending requests now."""
+    def rerouted(self, peers: list[Peer], lost: list[str]) -> None:
+        """The mesh moved the path toward ``peers`` (resend their pending requests now) and
+        lost every route to the nodes ``lost`` (their calls go to their next egress)."""
         resent = self.core.retransmit_toward(peers)
         if resent:
             log.info("resent pending requests over new paths", requests=resent)
+        if lost:
+            self.core.overlay_nodes_lost(lost, trio.current_time())
         if self._media is not None and self._view is not None:
             self._media.set_routes(self._view.table.next_hops())
         self._flush()
@@ -165,6 +173,7 @@ class SignallingPump:
             "transport.tcp_connections": stats.transport.tcp_connections,
             "transport.tls_connections": stats.transport.tls_connections,
             "sip.sips_refused": proxy.sips_refused,
+            "sip.late_answers": proxy.late_answers,
         }
         groups: dict[str, dict[str, int]] = {
             "sip.requests": proxy.requests,
@@ -173,6 +182,7 @@ class SignallingPump:
             "overlay.anomalies": proxy.anomalies,
             "sip.drops": proxy.drops,
             "sip.generated": {str(status): n for status, n in proxy.generated.items()},
+            "sip.egress_failovers": {c.replace(" ", "_"): n for c, n in proxy.failovers.items()},
             "transport": stats.transport.counters,
         }
         for prefix, group in groups.items():
@@ -222,6 +232,8 @@ class SignallingPump:
                 self._lookups_in.send_nowait(event)
             elif isinstance(event, CallRefused):
                 self._refused(event)
+            elif isinstance(event, EgressFailedOver):
+                self._failed_over(event)
             else:
                 _log_anomaly(event)
         deadline = core.get_timer()
@@ -234,6 +246,21 @@ class SignallingPump:
         self._events(CallFailed(event.call_id, "", event.status, event.reason))
         emit = log.info if event.reason == "Draining" else log.warning
         emit("call refused", call_id=event.call_id, status=event.status, reason=event.reason)
+
+    def _failed_over(self, event: EgressFailedOver) -> None:
+        log.warning(
+            "call failed over to the next egress",
+            call_id=event.call_id,
+            failed=event.failed,
+            egress=event.egress,
+            cause=event.cause,
+            attempt=event.attempt,
+        )
+        self._events(
+            CallFailedOver(event.call_id, event.failed, event.egress, event.cause, event.attempt)
+        )
+        if self._calls is not None:
+            self._calls.failed_over(event.call_id, event.egress, event.attempt, trio.current_time())
 
     # -- lookups -----------------------------------------------------------------------------
 

@@ -211,3 +211,26 @@ def test_restored_calls_keep_the_book_bounded():
     # An over record of a call not live here is ignored.
     tracker.restore(dataclasses.replace(records[0], state=CallState.ENDED, ended=4.0))
     assert tracker.calls(4.0, include_ended=True) == tracker.calls(4.0)
+
+
+def test_a_call_ended_by_its_surviving_edge_says_why_in_the_book():
+    edges = Edges()
+    edges.answer(edges.invite(), 200)
+    fabric = edges.fabric
+    fabric.cut.add(frozenset(("ing", "egr")))
+    fabric.next_hop.pop(("ing", "egr"))
+    fabric.cores["ing"].proxy.overlay_nodes_lost({"egr"}, 0.0)
+    fabric.advance("ing", 1.0)
+    (record,) = edges.calls("ing", ended=True)
+    assert (record.state, record.final_reason) == (CallState.ENDED, "BYE (far edge egr lost)")
+
+
+def test_a_failed_over_call_names_its_new_egress_and_the_time_lost():
+    edges = Edges()
+    edges.invite()
+    tracker = edges.trackers["ing"]
+    tracker.failed_over("call-1@127.0.0.2", "alt", 2, 1.25)
+    (record,) = edges.calls("ing")
+    assert (record.far_node, record.egress_tries, record.setup_extra) == ("alt", 2, 1.25)
+    tracker.failed_over("unknown@h", "alt", 2, 1.0)  # a call not here: nothing happens
+    assert len(edges.calls("ing")) == 1

@@ -11,6 +11,7 @@ from overlay.linkstate import LinkMetrics
 from overlay.noc import (
     KINDS,
     CallFailed,
+    CallFailedOver,
     DrainChanged,
     Event,
     FaultInjected,
@@ -73,6 +74,11 @@ OVERRIDE = LinkOverride("use1", 500.0, False, 2000.0, "olga", "fibre work")
             OverrideCleared(OVERRIDE, expired=True),
             "LINK_OVERRIDE_CLEARED",
             "override of the link to use1 (admin cost 500 ms) expired",
+        ),
+        (
+            CallFailedOver("c1@h", "use1-a", "use1-b", "no answer", 2),
+            "CALL_FAILED_OVER",
+            "call c1@h failed over from use1-a to use1-b (no answer, attempt 2)",
         ),
         (
             SourcesUnblocked("*", ("192.0.2.66", "2001:db8::/64")),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from overlay.sip import Peer, Request, Response, serialize
 from overlay.sip._dialogs import DialogBook
 from overlay.sip._media_hook import MediaDirection
-from tests.unit.overlay_fabric import Fabric
+from tests.unit.overlay_fabric import Fabric, RecordingMedia
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 ROUTES = ["<sip:127.0.1.1:5060;lr;ovl=ing>", "<sip:127.0.1.3:5060;lr;ovl=egr>"]
@@ -62,6 +62,7 @@ def test_the_ingress_ends_a_call_whose_egress_is_lost_toward_the_caller() -> Non
     assert bye.headers.get("Reason") == 'Q.850;cause=41;text="far edge egr lost"'
     assert bye.cseq.number == 1
     assert "Route" not in bye.headers  # no proxy between the caller and the ingress
+    assert isinstance(ing.media, RecordingMedia)
     assert ing.media.seen[-1] == ("BYE", "leaving")  # the call book and media plane see it
     assert fabric.settle() == {}
     assert not fabric.inject("ing", UAC, response_to(serialize(bye), 200))  # absorbed
