@@ -4,6 +4,7 @@ See docs/internal/sip-api.md for the contract of the message layer exported here
 """
 
 from ._admission import Admission, Reject
+from ._dialogs import DialogBook, EdgeDialog
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     ANOMALY_KINDS,
@@ -61,6 +62,8 @@ __all__ = [
     "Admission",
     "CSeq",
     "CallRefused",
+    "DialogBook",
+    "EdgeDialog",
     "EgressFailedOver",
     "Headers",
     "Listener",

@@ -74,7 +74,21 @@ class DialogBook:
         return len(self._dialogs)
 
     def get(self, call_id: str) -> EdgeDialog | None:
+        """A call's entry: pair replication (issue 16) reads it on the active."""
         return self._dialogs.get(call_id)
+
+    def restore(self, dialog: EdgeDialog) -> None:
+        """Put the active's entry of a call in this book (pair replication's standby), so
+        after a takeover this node can end the call as its active would have."""
+        self._dialogs.pop(dialog.call_id, None)
+        while len(self._dialogs) >= self._max:
+            self._dialogs.popitem(last=False)
+            self.evicted += 1
+        self._dialogs[dialog.call_id] = dialog
+
+    def forget(self, call_id: str) -> None:
+        """Drop a call's entry (pair replication's standby: the active's call is over)."""
+        self._dialogs.pop(call_id, None)
 
     def answered(
         self,
@@ -121,10 +135,7 @@ class DialogBook:
                 )
         except RemoteProtocolError:
             return
-        while len(self._dialogs) >= self._max:
-            self._dialogs.popitem(last=False)
-            self.evicted += 1
-        self._dialogs[call_id] = dialog
+        self.restore(dialog)
 
     def request(self, request: Request, direction: MediaDirection) -> None:
         """An in-dialog request crossing the edge here: a BYE ends the entry; one from the far

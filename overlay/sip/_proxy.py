@@ -291,7 +291,8 @@ class ProxyCore:
             )
         )
         self._routes = overlay_routes
-        self._dialogs = None if config.overlay is None else DialogBook(config.overlay.node_id)
+        #: The edge's answered calls (``overlay.sip._dialogs``); ``None`` outside an overlay.
+        self.dialogs = None if config.overlay is None else DialogBook(config.overlay.node_id)
         self._lost_checks: deque[tuple[float, str]] = deque()  # (when, node), by time
         self._calls_ended = 0
         self.transactions = TransactionLayer(
@@ -416,7 +417,7 @@ class ProxyCore:
             ):
                 self._abandon_branch(context, txn, now)
                 self._fail_over(context, "egress lost", now)
-        if self._dialogs is not None:
+        if self.dialogs is not None:
             when = now + self.config.far_edge_wait
             self._lost_checks.extend((when, node) for node in nodes)
         self._drain_transaction_events(now)
@@ -426,7 +427,7 @@ class ProxyCore:
         have sent it (§12.2.1.1), with ``Reason: Q.850;cause=41;text=...`` (RFC 3326), on a
         transaction of its own whose answer is absorbed. The media hook sees it, so the call
         book and the media plane end the call too. False when the call is not in the book."""
-        dialog = None if self._dialogs is None else self._dialogs.end(call_id, now)
+        dialog = None if self.dialogs is None else self.dialogs.end(call_id, now)
         if dialog is None:
             return False
         headers = Headers()
@@ -487,7 +488,7 @@ class ProxyCore:
 
     def _far_edge_wait_over(self, node: str, now: float) -> None:
         """``far_edge_wait`` after ``node`` was lost: still unreachable, its calls end here."""
-        routes, dialogs = self._routes, self._dialogs
+        routes, dialogs = self._routes, self.dialogs
         if dialogs is None or (routes is not None and routes.path(node) is not None):
             return
         for call_id in dialogs.toward(node):
@@ -507,7 +508,7 @@ class ProxyCore:
             sips_refused=self._sips_refused,
             failovers=dict(self._failovers),
             calls_ended=self._calls_ended,
-            dialogs=0 if self._dialogs is None else len(self._dialogs),
+            dialogs=0 if self.dialogs is None else len(self.dialogs),
             late_answers=self._late_answers,
             contexts=self._contexts,
             pending_resolutions=len(self._pending),
@@ -600,7 +601,7 @@ class ProxyCore:
         if request.method == "REGISTER":
             self._respond_with_allow(server, 405, now)
             return
-        dialogs = self._dialogs
+        dialogs = self.dialogs
         if (
             request.to_tag is not None
             and dialogs is not None
@@ -1058,7 +1059,7 @@ class ProxyCore:
         edge the first one of a call goes in the dialog book."""
         server = context.server
         context.replied = True
-        dialogs, request = self._dialogs, server.request
+        dialogs, request = self.dialogs, server.request
         if (
             dialogs is not None
             and context.media is not None

@@ -151,3 +151,18 @@ def test_the_book_is_bounded() -> None:
             answer_peer=UAS,
         )
     assert (len(book), book.evicted, book.toward("egr")) == (2, 1, ["c1", "c2"])
+
+
+def test_a_restored_entry_is_the_actives() -> None:
+    """Pair replication's standby takes the active's entries as they are."""
+    fabric = answered_call()
+    active = fabric.cores["ing"].proxy.dialogs
+    assert active is not None
+    dialog = active.get("call-1@127.0.0.2")
+    assert dialog is not None
+    standby = DialogBook("ing", max_dialogs=1)
+    standby.restore(dialog)
+    standby.restore(dialog)
+    assert (standby.get(dialog.call_id), len(standby), standby.evicted) == (dialog, 1, 0)
+    standby.forget(dialog.call_id)
+    assert len(standby) == 0
