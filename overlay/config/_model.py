@@ -277,6 +277,9 @@ class PairSection:
 
     address: str
     check_interval: float = 0.1
+    #: Advertised in the LSA: how long peers keep this node as a destination after it falls
+    #: silent (its standby taking over: detection plus the address move, with a margin).
+    takeover_grace: float = 4.0
 
 
 Network: TypeAlias = IPv4Network | IPv6Network

@@ -212,15 +212,27 @@ def _pair_of(root: Table, sip: SipSection, peers: tuple[PeerConfig, ...]) -> Pai
 
 
 def _pair(value: object, path: Path) -> PairSection:
-    table = Table(value, path, ("address", "check_interval"))
-    interval = table.get("check_interval", seconds, PairSection("").check_interval)
+    table = Table(value, path, ("address", "check_interval", "takeover_grace"))
+    default = PairSection("")
+    interval = table.get("check_interval", seconds, default.check_interval)
+    grace = table.get("takeover_grace", seconds, default.takeover_grace)
+    if grace > _MAX_TAKEOVER_GRACE:
+        raise Invalid(
+            (*path, "takeover_grace"),
+            f"must be <= {_MAX_TAKEOVER_GRACE:g} s: peers hold a silent pair's calls that "
+            f"long before ending them, got {grace:g}",
+        )
     if not 0 < interval <= _MAX_PAIR_CHECK_INTERVAL:
         raise Invalid(
             (*path, "check_interval"),
             f"must be > 0 and <= {_MAX_PAIR_CHECK_INTERVAL:g} s: the standby's node joins the "
             f"mesh that much after it gets the address, got {interval:g}",
         )
-    return PairSection(address=table.require("address", ip_address), check_interval=interval)
+    return PairSection(
+        address=table.require("address", ip_address),
+        check_interval=interval,
+        takeover_grace=grace,
+    )
 
 
 def _check_tls_egress(rule: DialplanRule, index: int, node_id: str, sip: SipSection) -> None:
@@ -344,6 +356,7 @@ def _log_level(value: object, path: Path) -> str:
 
 
 _MAX_PAIR_CHECK_INTERVAL = 1.0
+_MAX_TAKEOVER_GRACE = 60.0  # the LSA codec refuses more
 
 
 def _cloudwatch(value: object, path: Path) -> CloudwatchSection:

@@ -18,6 +18,7 @@ from ._lsa import METRIC_NAMES, LinkMetrics, Lsa
 MAX_LINKS = 1024
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
 _MAX_MS = 3_600_000.0  # one hour: anything larger is nonsense, not a slow link
+_MAX_GRACE_S = 60.0  # a takeover longer than this is a dead node
 #: The largest value of each metric: ratios are fractions, the others milliseconds.
 _METRIC_LIMITS = {name: 1.0 if name.endswith("_ratio") else _MAX_MS for name in METRIC_NAMES}
 
@@ -34,8 +35,11 @@ def lsa_to_message(lsa: Lsa) -> linkstate_pb2.Lsa:
         region=lsa.region,
         az=lsa.az,
         draining=lsa.draining,
+        takeover_grace_s=lsa.takeover_grace_s,
         links=[
-            linkstate_pb2.Link(neighbor=link.neighbor, up=link.up, **link.measurements())
+            linkstate_pb2.Link(
+                neighbor=link.neighbor, up=link.up, grace=link.grace, **link.measurements()
+            )
             for link in lsa.links
         ],
     )
@@ -52,6 +56,9 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         raise BadLsa(f"bad age {message.age!r}")
     if len(message.links) > MAX_LINKS:
         raise BadLsa(f"{len(message.links)} links (limit {MAX_LINKS})")
+    grace = message.takeover_grace_s
+    if not math.isfinite(grace) or not 0.0 <= grace <= _MAX_GRACE_S:
+        raise BadLsa(f"bad takeover_grace_s {grace!r}")
     for name, value in (("region", message.region), ("az", message.az)):
         if len(value) > 64 or not value.isprintable():
             raise BadLsa(f"bad {name} {value[:64]!r}")
@@ -66,7 +73,7 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         for name, value in metrics.items():
             if not math.isfinite(value) or not 0.0 <= value <= _METRIC_LIMITS[name]:
                 raise BadLsa(f"link {link.neighbor}: bad {name} {value!r}")
-        links.append(LinkMetrics(link.neighbor, link.up, **metrics))
+        links.append(LinkMetrics(link.neighbor, link.up, **metrics, grace=link.grace and link.up))
     links.sort(key=lambda item: item.neighbor)
     return Lsa(
         origin=message.origin,
@@ -76,6 +83,7 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         az=message.az,
         links=tuple(links),
         draining=message.draining,
+        takeover_grace_s=grace,
     )
 
 

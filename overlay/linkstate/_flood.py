@@ -114,8 +114,10 @@ class Flooder:
         *,
         initial_seq: int,
         now: float,
+        takeover_grace_s: float = 0.0,
     ) -> None:
         self.node_id = node_id
+        self._takeover_grace_s = takeover_grace_s
         self._region = region
         self._az = az
         self._config = config
@@ -155,7 +157,8 @@ class Flooder:
         self._links = tuple(sorted(links, key=lambda link: link.neighbor))
         current = {link.neighbor: link for link in self._links}
         if current.keys() != self._advertised.keys() or any(
-            old.up != current[name].up for name, old in self._advertised.items()
+            (old.up, old.grace) != (current[name].up, current[name].grace)
+            for name, old in self._advertised.items()
         ):
             self._originate(now)
             return
@@ -176,7 +179,16 @@ class Flooder:
 
     def _originate(self, now: float) -> None:
         self._seq += 1
-        lsa = Lsa(self.node_id, self._seq, 0.0, self._region, self._az, self._links, self._draining)
+        lsa = Lsa(
+            self.node_id,
+            self._seq,
+            0.0,
+            self._region,
+            self._az,
+            self._links,
+            self._draining,
+            self._takeover_grace_s,
+        )
         self.lsdb.install(lsa, now)
         self._advertised = {link.neighbor: link for link in self._links}
         self._last_originated = now

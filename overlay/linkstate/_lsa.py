@@ -19,7 +19,8 @@ class LinkMetrics:
     is the fraction of recent probes lost (0..1); ``retrans_ratio`` is SIP retransmissions sent
     to that peer per request sent on real traffic (0..1, capped); ``admin_cost`` is the operator's
     extra cost in milliseconds (config, later an override with expiry). A link that is not ``up``
-    carries no meaningful metrics.
+    carries no meaningful metrics. ``grace``: the peer is a pair member that fell silent and is
+    in its takeover grace (``Lsa.takeover_grace_s``): ``up`` stays true, with the last metrics.
     """
 
     neighbor: str
@@ -29,6 +30,7 @@ class LinkMetrics:
     loss_ratio: float = 0.0
     retrans_ratio: float = 0.0
     admin_cost: float = 0.0
+    grace: bool = False
 
     def measurements(self) -> dict[str, float]:
         """The metrics by name (``METRIC_NAMES``), as a routing graph's edge attributes and the
@@ -46,7 +48,9 @@ class LinkMetrics:
 
 #: The names of a link's metrics: the fields of ``LinkMetrics`` but whom it leads to and whether
 #: it is up. Those named ``*_ratio`` are fractions (0..1), the others milliseconds.
-METRIC_NAMES = tuple(f.name for f in fields(LinkMetrics) if f.name not in ("neighbor", "up"))
+METRIC_NAMES = tuple(
+    f.name for f in fields(LinkMetrics) if f.name not in ("neighbor", "up", "grace")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,9 @@ class Lsa:
 
     ``links`` is sorted by neighbor id, so that equal states compare (and serialise) equal.
     ``draining`` marks a node that takes no new calls as transit or edge (NOC Drain, later).
+    ``takeover_grace_s`` (a pair member's, else 0) is how long its peers keep it as a
+    destination after it falls silent, for its standby to take its address over (RFC 3623's
+    graceful-restart helper mode, for a pair).
     """
 
     origin: str
@@ -64,6 +71,7 @@ class Lsa:
     az: str
     links: tuple[LinkMetrics, ...]
     draining: bool = False
+    takeover_grace_s: float = 0.0
 
     def link(self, neighbor: str) -> LinkMetrics | None:
         """The origin's link to ``neighbor``, or ``None`` when it does not report one."""

@@ -18,6 +18,14 @@ back, so answers that arrive late, out of order or after later probes still give
 * **Up.** A new link (INIT) comes UP on its first ``multiplier`` consecutive answers. A link that
   went DOWN comes UP again only after it has been healthy (no gap longer than the detection time)
   for ``hold_down`` seconds, so a flapping path stays out of the routing graph.
+* **Takeover grace.** A peer that is one member of an active/standby pair advertises how long
+  its standby needs to take its address over (``Lsa.takeover_grace_s``, set here as ``grace``).
+  Its link then goes from UP to GRACE, not DOWN, at the detection time, and stays advertised up
+  (``LinkMetrics.grace``) with its last metrics: routing keeps the peer as a destination but
+  no longer a transit, so media and in-dialog requests keep flowing to its address. An answer
+  within the grace brings the link UP at once, without hold-down (a new holder of the address,
+  not a flapping path); silence for the whole grace makes it DOWN. This is OSPF's graceful
+  restart helper mode (RFC 3623) for a pair.
 * **SIP retransmissions.** The proxy reports, per peer, how many requests it sent and how many of
   them it had to retransmit on real traffic; ``retrans_ratio`` is the ratio over a sliding
   window of ``retrans_window`` seconds.
@@ -52,6 +60,7 @@ _JITTER_GAIN = 1.0 / 16.0
 class LinkState(enum.Enum):
     INIT = "INIT"
     UP = "UP"
+    GRACE = "GRACE"
     DOWN = "DOWN"
 
 
@@ -191,6 +200,7 @@ class LinkMonitor:
     ) -> None:
         self.neighbor = neighbor
         self.admin_cost = admin_cost
+        self.grace = 0.0  # the peer's takeover grace, seconds (from its LSA; 0: no pair)
         self._config = config
         self.state = LinkState.INIT
         self.since = now
@@ -277,6 +287,8 @@ class LinkMonitor:
         ]
         if self._last_heard is not None and self.state is LinkState.UP:
             deadlines.append(self._last_heard + self._config.detection_time)
+        if self.state is LinkState.GRACE:
+            deadlines.append(self.since + self.grace)
         if self.state is LinkState.DOWN and self._healthy_since is not None:
             deadlines.append(self._healthy_since + self._config.hold_down)
         return min(deadlines) if deadlines else None
@@ -288,7 +300,14 @@ class LinkMonitor:
         if silent:
             self._healthy_since = None
             self._streak = 0
-            new = LinkState.DOWN if self.state is LinkState.UP else self.state
+            if self.state is LinkState.UP:
+                new = LinkState.GRACE if self.grace > 0 else LinkState.DOWN
+            elif self.state is LinkState.GRACE and now - self.since >= self.grace:
+                new = LinkState.DOWN
+            else:
+                new = self.state
+        elif self.state is LinkState.GRACE:
+            new = LinkState.UP
         elif self.state is LinkState.INIT:
             new = LinkState.UP if self._streak >= config.multiplier else LinkState.INIT
         elif self.state is LinkState.DOWN:
@@ -301,7 +320,7 @@ class LinkMonitor:
             return None
         if new is LinkState.UP:
             # Loss is measured on a live link: the probes nobody answered while the peer was
-            # still starting, or while the link was down, say nothing about the path now.
+            # still starting, down or being taken over, say nothing about the path now.
             self._signalling.restart_loss(now)
             self._media.restart_loss(now)
         self.state = new
@@ -320,7 +339,8 @@ class LinkMonitor:
         media = self._media.statistics()
         return LinkMetrics(
             neighbor=self.neighbor,
-            up=self.state is LinkState.UP,
+            up=self.state in (LinkState.UP, LinkState.GRACE),
+            grace=self.state is LinkState.GRACE,
             rtt_ms=signalling.rtt_ms,
             jitter_ms=max(signalling.jitter_ms, media.jitter_ms),
             loss_ratio=max(signalling.loss_ratio, media.loss_ratio),

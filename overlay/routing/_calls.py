@@ -104,8 +104,9 @@ class CallRouter:
     def egress_order(
         self, candidates: tuple[str, ...], call_id: str, *, new_call: bool
     ) -> list[str] | Refusal:
-        """The egress nodes a call tries, in order (``order_egress``), or why there is none:
-        every reachable one is draining (a new call), or none is reachable."""
+        """The egress nodes a call tries, in order (``order_egress``; for a new call, those in
+        takeover grace last), or why there is none: every reachable one is draining (a new
+        call), or none is reachable."""
         view = self._view
         if view is None:
             order = [self.node_id] if self.node_id in candidates else []
@@ -119,6 +120,11 @@ class CallRouter:
                 ),
                 view.region,
             )
+            if new_call:
+                # A pair member in takeover grace last: its standby is taking over, so a new
+                # call goes there only when no other egress can take it (and then waits for
+                # the takeover on its INVITE's retransmissions).
+                order.sort(key=view.in_grace)
         if order:
             return order
         if view is not None and any(view.reachable(node_id) for node_id in candidates):

@@ -332,9 +332,12 @@ def build_graph(lsdb: Mapping[str, Lsa]) -> nx.DiGraph:
         lsdb: origin node id → its newest LSA.
 
     Returns:
-        A new graph: one node per origin (attributes ``region``, ``az``, ``draining``), added in
-        sorted order; an edge u→v when u reports v up and v reports u up, with u's metrics
-        (``LinkMetrics.measurements()``) as attributes.
+        A new graph: one node per origin (attributes ``region``, ``az``, ``draining``,
+        ``grace``), added in sorted order; an edge u→v when u reports v up and v reports u up,
+        with u's metrics (``LinkMetrics.measurements()``) as attributes, except when v reports
+        u in takeover grace (``LinkMetrics.grace``: u fell silent). A node its peers hold in
+        grace so keeps its edges in (it stays a destination) and loses its edges out (no path
+        crosses it); it is ``grace`` when no peer reports it plainly up.
 
     Examples:
         >>> from overlay.linkstate import LinkMetrics, Lsa
@@ -360,16 +363,24 @@ def build_graph(lsdb: Mapping[str, Lsa]) -> nx.DiGraph:
         for origin in origins
     }
     nodes: dict[str, dict[str, object]] = {}
+    graced: set[str] = set()
+    plainly_up: set[str] = set()
     for origin in origins:
         lsa = lsdb[origin]
         nodes[origin] = {"region": lsa.region, "az": lsa.az, "draining": lsa.draining}
+        for neighbor, link in up[origin].items():
+            (graced if link.grace else plainly_up).add(neighbor)
+    for origin in graced - plainly_up:
+        if origin in nodes:
+            nodes[origin]["grace"] = True
     succ: dict[str, dict[str, dict[str, float]]] = {origin: {} for origin in origins}
     pred: dict[str, dict[str, dict[str, float]]] = {origin: {} for origin in origins}
     no_links: dict[str, LinkMetrics] = {}
     for u in origins:
         out = succ[u]
         for v, link in up[u].items():
-            if u in up.get(v, no_links) and u != v:
+            back = up.get(v, no_links).get(u)
+            if back is not None and not back.grace and u != v:
                 # LinkMetrics.measurements() inlined: a call per edge would cost some 5% of the
                 # build (89,700 edges at 300 nodes); a unit test checks that the two agree.
                 # Only floats: the garbage collector does not track these dicts.

@@ -70,6 +70,12 @@ class RouteView:
         graph = self.table.graph
         return node_id in graph and bool(graph.nodes[node_id].get("draining", False))
 
+    def in_grace(self, node_id: str) -> bool:
+        """Whether ``node_id`` is a pair member its peers hold in takeover grace: reachable
+        for its calls, not for new ones (``build_graph``)."""
+        graph = self.table.graph
+        return node_id in graph and bool(graph.nodes[node_id].get("grace", False))
+
     def region(self, node_id: str) -> str | None:
         """The region ``node_id`` advertises, or ``None`` (unknown, or not reachable)."""
         graph = self.table.graph

@@ -162,6 +162,7 @@ class Mesh:
             ),
             initial_seq=initial_seq,
             now=now,
+            takeover_grace_s=0.0 if config.pair is None else config.pair.takeover_grace,
         )
         self.policy = RoutingPolicy()
         view.table, _ = compute_routes(
@@ -261,7 +262,7 @@ class Mesh:
         metrics = monitor.metrics(now)
         # A link going down reroutes calls and starts a hold-down: the NOC must see it at
         # WARNING, with how long the neighbour had been silent.
-        emit = log.warning if monitor.state is LinkState.DOWN else log.info
+        emit = log.info if monitor.state is LinkState.UP else log.warning
         emit(
             "link " + monitor.state.value.lower(),
             neighbor=monitor.neighbor,
@@ -270,7 +271,7 @@ class Mesh:
             silent_ms=monitor.silent_ms(now),
         )
         if self._events is not None:
-            self._events(LinkChanged(monitor.neighbor, metrics.up, metrics))
+            self._events(LinkChanged(monitor.neighbor, monitor.state is LinkState.UP, metrics))
         self._update_links(now)
 
     def _update_links(self, now: float) -> None:
@@ -499,10 +500,13 @@ class Mesh:
         self._after_input(now)
 
     def _compute_routes(self, now: float) -> None:
-        table, changes = compute_routes(
-            self.flooder.lsdb.snapshot(), self.node_id, self.policy, self.routes, now
-        )
+        lsdb = self.flooder.lsdb.snapshot()
+        for neighbor, monitor in self.monitors.items():
+            lsa = lsdb.get(neighbor)
+            monitor.grace = 0.0 if lsa is None else lsa.takeover_grace_s
+        table, changes = compute_routes(lsdb, self.node_id, self.policy, self.routes, now)
         before = self.routes.next_hops()
+        graced_before = {node for node in before if self.view.in_grace(node)}
         self.view.table = table
         self._routes_changed.set()
         self._routes_changed = trio.Event()
@@ -511,7 +515,13 @@ class Mesh:
             for destination, hop in table.next_hops().items()
             if before.get(destination) != hop and destination in self.view.peers
         ]
-        lost = [destination for destination in before if destination not in table.paths]
+        # Lost: no route left, or (new calls' fail-over) a pair member just taken into grace.
+        lost = [
+            destination
+            for destination in before
+            if destination not in table.paths
+            or (destination not in graced_before and self.view.in_grace(destination))
+        ]
         if moved or lost:
             self._on_reroute(moved, lost)
         for change in changes:

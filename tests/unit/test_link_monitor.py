@@ -285,3 +285,40 @@ def test_peer_that_stays_silent_after_a_stall_is_still_detected_in_time():
         t += 0.01
     assert monitor.state is LinkState.DOWN
     assert due <= t <= due + 0.011
+
+
+def test_a_silent_pair_member_is_held_in_grace_then_up_at_once_when_its_standby_answers():
+    monitor = LinkMonitor("pair", CONFIG, 0.0)
+    monitor.grace = 4.0
+    now, _ = run_probes(monitor, 0.0, 5)
+    assert monitor.state is LinkState.UP
+    now, changes = run_probes(monitor, now, 10, lost=set(range(10)))
+    assert changes == [LinkState.GRACE]
+    metrics = monitor.metrics(now)
+    assert (metrics.up, metrics.grace) == (True, True)  # kept as a destination
+    assert metrics.rtt_ms == pytest.approx(50.0)  # with its last metrics
+    deadline = monitor.get_timer()
+    assert deadline is not None
+    assert deadline <= monitor.since + 4.0  # the grace's end is a timer
+    # The standby holds the address: its first answer brings the link up, no hold-down.
+    _, changes = run_probes(monitor, now, 1)
+    assert changes == [LinkState.UP]
+    assert monitor.metrics(now).loss_ratio == 0.0  # the takeover's silence is no path loss
+
+
+def test_grace_runs_out_into_down():
+    monitor = LinkMonitor("pair", CONFIG, 0.0)
+    monitor.grace = 1.0
+    now, _ = run_probes(monitor, 0.0, 5)
+    start = now
+    now, changes = run_probes(monitor, now, 15, lost=set(range(15)))
+    assert changes == [LinkState.GRACE, LinkState.DOWN]
+    assert monitor.since - start == pytest.approx(1.0 + CONFIG.detection_time, abs=0.11)
+    assert not monitor.metrics(now).up
+
+
+def test_without_grace_a_silent_link_goes_down_as_before():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    _, changes = run_probes(monitor, now, 5, lost=set(range(5)))
+    assert changes == [LinkState.DOWN]
