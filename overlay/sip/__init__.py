@@ -16,6 +16,7 @@ from ._events import (
     ResolveTarget,
 )
 from ._framing import StreamFramer
+from ._handover import InviteHandover
 from ._headers import CSeq, NameAddr, Via, canonical_name, split_list_untrusted
 from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
@@ -66,6 +67,7 @@ __all__ = [
     "EdgeDialog",
     "EgressFailedOver",
     "Headers",
+    "InviteHandover",
     "Listener",
     "LocalProtocolError",
     "Locate",

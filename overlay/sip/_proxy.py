@@ -118,8 +118,9 @@ from dataclasses import dataclass, field
 
 from ._admission import Admission, Reject
 from ._dialogs import DialogBook
-from ._errors import RemoteProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import CallRefused, EgressFailedOver, ProxyEvent, ResolveTarget
+from ._handover import InviteHandover
 from ._headers import KNOWN_METHODS, NameAddr, Via
 from ._media_hook import MediaDirection, MediaHook, MediaRefused
 from ._message import (
@@ -222,6 +223,7 @@ class _Context:
         "route",
         "server",
         "timed_out",
+        "timer_c_at",
         "timer_c_gen",
     )
 
@@ -244,6 +246,7 @@ class _Context:
         self.timed_out = False
         self.replied = False
         self.timer_c_gen = 0
+        self.timer_c_at = 0.0
         self.fr_gen = 0
 
 
@@ -294,6 +297,10 @@ class ProxyCore:
         #: The edge's answered calls (``overlay.sip._dialogs``); ``None`` outside an overlay.
         self.dialogs = None if config.overlay is None else DialogBook(config.overlay.node_id)
         self._lost_checks: deque[tuple[float, str]] = deque()  # (when, node), by time
+        # INVITE contexts at the overlay's edge by Call-ID, for pair replication; and on a
+        # standby, the active's, kept until ``promote``.
+        self._edge_invites: dict[str, list[_Context]] = {}
+        self._handed_over: dict[str, list[InviteHandover]] = {}
         self._calls_ended = 0
         self.transactions = TransactionLayer(
             config.timers, detour=None if self._relay is None else self._relay.detour
@@ -453,6 +460,98 @@ class ProxyCore:
         self.transactions.send_request(bye, dialog.peer, now).owner = None
         self._calls_ended += 1
         return True
+
+    # -- pair replication (issue 16) ----------------------------------------------------------
+
+    def invite_handovers(self, call_id: str, now: float) -> list[InviteHandover]:
+        """The response contexts of a call's INVITEs that cross the overlay's edge here, as
+        the active of a pair streams them to its standby: those not answered with an error
+        (such a one only waits for its ACK)."""
+        return [
+            _handover(context, now)
+            for context in self._edge_invites.get(call_id, ())
+            if context.server.last_status < 300
+        ]
+
+    def restore_handovers(self, call_id: str, handovers: Sequence[InviteHandover]) -> None:
+        """Keep the active's contexts of a call (the standby), replacing what it had; none:
+        the call's INVITEs are over there. They come alive with ``promote``."""
+        if handovers:
+            self._handed_over[call_id] = list(handovers)
+        else:
+            self._handed_over.pop(call_id, None)
+
+    def promote(self, now: float) -> int:
+        """This standby took its pair's address over: every kept context becomes live, its
+        transactions taken over as they were (a branch still Calling sends its INVITE again
+        at once), so a call that was being set up completes. Returns how many."""
+        adopted = 0
+        handed_over, self._handed_over = self._handed_over, {}
+        for handovers in handed_over.values():
+            for handover in handovers:
+                try:
+                    self._adopt(handover, now)
+                    adopted += 1
+                except (RemoteProtocolError, LocalProtocolError):
+                    self._drops["hand-over not taken"] += 1
+        self._drain_transaction_events(now)
+        return adopted
+
+    def _adopt(self, handover: InviteHandover, now: float) -> None:
+        request = parse_message_untrusted(handover.request)
+        forward = parse_message_untrusted(handover.forward)
+        if not isinstance(request, Request) or not isinstance(forward, Request):
+            raise RemoteProtocolError("a hand-over that is not a request", status_hint=None)
+        server = Transaction(Kind.INVITE_SERVER, handover.server_key, request, handover.server_peer)
+        server.last_response = handover.last_response
+        server.last_status = handover.last_status
+        server.state = State.ACCEPTED if handover.last_status >= 200 else State.PROCEEDING
+        target = Target(
+            "", alternates=handover.alternates, egress=handover.egress, route=handover.route
+        )
+        context = _Context(server, forward, target)
+        context.media = None if handover.media is None else MediaDirection(handover.media)
+        context.from_overlay = handover.from_overlay
+        context.far_node = handover.far_node
+        context.next_hops.extend(handover.next_hops)
+        context.attempts = handover.attempts
+        context.egress_tries = handover.egress_tries
+        context.provisional = handover.provisional
+        context.replied = handover.replied
+        context.cancelled = handover.cancelled
+        branch = None
+        if handover.branch is not None and handover.branch_peer is not None:
+            sent = parse_message_untrusted(handover.branch)
+            if not isinstance(sent, Request):
+                raise RemoteProtocolError(
+                    "a hand-over branch that is not a request", status_hint=None
+                )
+            key = (sent.top_via.branch or "", "INVITE")
+            branch = Transaction(Kind.INVITE_CLIENT, key, sent, handover.branch_peer)
+            branch.request_bytes = handover.branch
+            branch.state = (
+                State.ACCEPTED
+                if handover.replied
+                else State.PROCEEDING
+                if handover.provisional
+                else State.CALLING
+            )
+        self.transactions.adopt(server, now)
+        server.owner = context
+        self._contexts += 1
+        if context.media is not None:
+            self._edge_invites.setdefault(request.call_id, []).append(context)
+        if branch is None:
+            if not context.replied and not self._move_on(context, "timeout", now, next_hop=True):
+                self._reply(context, 408, "Request Timeout", now)
+            return
+        self.transactions.adopt(branch, now)
+        branch.owner = context
+        context.branch = branch
+        if not context.replied:
+            self._arm_timer_c(context, now, handover.timer_c_left)
+            if branch.state is State.CALLING:
+                self._arm_fr(context, now)
 
     def retransmit_toward(self, peers: Collection[Peer]) -> int:
         """The path toward ``peers`` changed: resend their unanswered requests now, over the
@@ -647,6 +746,8 @@ class ProxyCore:
         context.far_node = origin or ""
         server.owner = context
         self._contexts += 1
+        if direction is not None and request.method == "INVITE":
+            self._edge_invites.setdefault(request.call_id, []).append(context)
         self._locate_hops(context, forward, target, now)
 
     def _media_direction(self, target: Target, *, from_overlay: bool) -> MediaDirection | None:
@@ -780,9 +881,7 @@ class ProxyCore:
         context.branch = branch
         if request.method == "INVITE":
             self._arm_timer_c(context, now)
-            if self.config.fr > 0 and (context.next_hops or context.alternates):
-                context.fr_gen = gen = next(self._timer_seq)
-                heapq.heappush(self._timer_heap, (now + self.config.fr, gen, context))
+            self._arm_fr(context, now)
 
     def _move_on(self, context: _Context, cause: str, now: float, *, next_hop: bool) -> bool:
         """Try the next hop (when ``next_hop``: RFC 3263 §4.3), else the next egress; False
@@ -1093,6 +1192,7 @@ class ProxyCore:
                     txn = event.transaction
                     if isinstance(txn.owner, _Context) and txn is txn.owner.server:
                         self._contexts -= 1
+                        self._forget_edge_invite(txn.owner)
                     # Break the transaction <-> context cycle so reference counting frees
                     # both: the node runs with the cyclic collector's full passes off.
                     txn.owner = None
@@ -1120,10 +1220,25 @@ class ProxyCore:
 
     # -- Timer C (§16.6 step 11, §16.8) ------------------------------------------------------
 
-    def _arm_timer_c(self, context: _Context, now: float) -> None:
+    def _arm_timer_c(self, context: _Context, now: float, seconds: float | None = None) -> None:
         gen = next(self._timer_seq)
         context.timer_c_gen = gen
-        heapq.heappush(self._timer_heap, (now + self.config.timer_c, gen, context))
+        context.timer_c_at = now + (self.config.timer_c if seconds is None else seconds)
+        heapq.heappush(self._timer_heap, (context.timer_c_at, gen, context))
+
+    def _arm_fr(self, context: _Context, now: float) -> None:
+        """``fr`` for a branch just sent, when the context has somewhere else to go."""
+        if self.config.fr > 0 and (context.next_hops or context.alternates):
+            context.fr_gen = gen = next(self._timer_seq)
+            heapq.heappush(self._timer_heap, (now + self.config.fr, gen, context))
+
+    def _forget_edge_invite(self, context: _Context) -> None:
+        call_id = context.server.request.call_id
+        contexts = self._edge_invites.get(call_id)
+        if contexts is not None and context in contexts:
+            contexts.remove(context)
+            if not contexts:
+                del self._edge_invites[call_id]
 
     def _timer_c_fired(self, context: _Context, now: float) -> None:
         if context.replied or context.branch is None:
@@ -1240,6 +1355,34 @@ class ProxyCore:
             if ours and (via.branch or "").startswith(marker):
                 return True
         return False
+
+
+def _handover(context: _Context, now: float) -> InviteHandover:
+    server, branch = context.server, context.branch
+    return InviteHandover(
+        call_id=server.request.call_id,
+        server_key=server.key,
+        server_peer=server.peer,
+        request=serialize(server.request),
+        last_response=server.last_response,
+        last_status=server.last_status,
+        forward=serialize(context.forward),
+        media=None if context.media is None else context.media.value,
+        from_overlay=context.from_overlay,
+        far_node=context.far_node,
+        egress=context.egress,
+        route=context.route,
+        alternates=tuple(context.alternates),
+        next_hops=tuple(context.next_hops),
+        attempts=context.attempts,
+        egress_tries=context.egress_tries,
+        branch=None if branch is None else branch.request_bytes,
+        branch_peer=None if branch is None else branch.peer,
+        provisional=context.provisional,
+        replied=context.replied,
+        cancelled=context.cancelled,
+        timer_c_left=max(0.0, context.timer_c_at - now) if context.timer_c_gen else None,
+    )
 
 
 def _stamp_received(request: Request, source: Peer) -> None:

@@ -505,6 +505,33 @@ class TransactionLayer:
             for txn in [t for t in table.values() if t.peer == peer]:
                 self._fire(txn, Input.TRANSPORT_ERROR, None, now)
 
+    def adopt(self, txn: Transaction, now: float) -> None:
+        """Take over an INVITE transaction another node ran (a pair's standby promoted, issue
+        16), in the state it had there: its timers start afresh from ``now``, and one still
+        Calling sends its request again at once.
+
+        Raises:
+            LocalProtocolError: its key is in use, or its kind and state cannot be taken over.
+        """
+        client = txn.kind is Kind.INVITE_CLIENT
+        table = self._client if client else self._server
+        if txn.key in table:
+            raise LocalProtocolError(f"transaction {txn.key} already exists", status_hint=None)
+        t1 = self.timers.t1
+        state = txn.state
+        if client and state is State.CALLING:
+            self._outbox.append((txn.request_bytes, txn.peer))
+            self._requests_to[txn.peer] += 1
+            if not txn.reliable:
+                txn.interval = t1
+                self._arm(txn, Input.TIMER_A, now + t1)
+            self._arm(txn, Input.TIMER_B, now + 64 * t1)
+        elif state is State.ACCEPTED:
+            self._arm(txn, Input.TIMER_M if client else Input.TIMER_L, now + 64 * t1)
+        elif state is not State.PROCEEDING or txn.kind not in _INVITE_KINDS:
+            raise LocalProtocolError(f"cannot adopt {txn!r}", status_hint=None)
+        table[txn.key] = txn
+
     def clients_to(self, peers: Collection[Peer]) -> list[Transaction]:
         """The client transactions sending to ``peers``."""
         return [txn for txn in self._client.values() if txn.peer in peers]
@@ -758,6 +785,7 @@ _PASSING_ACTIONS = frozenset(
     {"pass_response", "pass_late", "accept", "ack_failure", "complete_client"}
 )
 _CLIENT_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.NON_INVITE_CLIENT})
+_INVITE_KINDS = frozenset({Kind.INVITE_CLIENT, Kind.INVITE_SERVER})
 
 
 def _ack_for(invite: Request, response: Response) -> Request:
