@@ -357,3 +357,34 @@ def test_peer_traffic_counts_requests_and_retransmissions_per_next_hop() -> None
     assert layer.take_peer_traffic() == {}
     run_until(layer, 3.6)  # A and E again at 3.5
     assert layer.take_peer_traffic() == {UAS: (0, 2)}
+
+
+def test_an_adopted_calling_invite_is_sent_again_and_times_out_from_the_takeover() -> None:
+    from overlay.sip import Transaction, serialize
+    from overlay.sip._transaction import Kind
+
+    invite = req(branch="z9hG4bK-adopted")
+    txn = Transaction(Kind.INVITE_CLIENT, ("z9hG4bK-adopted", "INVITE"), invite, UAS)
+    txn.request_bytes = serialize(invite)
+    layer = TransactionLayer()
+    layer.adopt(txn, 100.0)
+    assert layer.datagrams_to_send() == [(txn.request_bytes, UAS)]  # at once, same bytes
+    assert layer.get_timer() == pytest.approx(100.0 + T1)  # Timer A from the takeover
+    with pytest.raises(LocalProtocolError, match="already exists"):
+        layer.adopt(txn, 100.0)
+    run_until(layer, 100.0 + 64 * T1)
+    assert [type(e) for e in layer.events] == [TransactionTimeout, TransactionTerminated]
+
+
+def test_only_invite_transactions_in_a_waiting_state_are_adopted() -> None:
+    from overlay.sip import Transaction
+    from overlay.sip._transaction import Kind
+
+    bye = Transaction(Kind.NON_INVITE_CLIENT, ("z9hG4bK-b", "BYE"), req("BYE"), UAS)
+    with pytest.raises(LocalProtocolError, match="cannot adopt"):
+        TransactionLayer().adopt(bye, 0.0)
+    server = Transaction(Kind.INVITE_SERVER, ("k",), req(), UAC)
+    server.state = State.ACCEPTED
+    layer = TransactionLayer()
+    layer.adopt(server, 0.0)
+    assert layer.get_timer() == pytest.approx(64 * T1)  # Timer L
