@@ -19,6 +19,7 @@ MAX_LINKS = 1024
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
 _MAX_MS = 3_600_000.0  # one hour: anything larger is nonsense, not a slow link
 _MAX_GRACE_S = 60.0  # a takeover longer than this is a dead node
+_MAX_EPOCH_BYTES = 32
 #: The largest value of each metric: ratios are fractions, the others milliseconds.
 _METRIC_LIMITS = {name: 1.0 if name.endswith("_ratio") else _MAX_MS for name in METRIC_NAMES}
 
@@ -36,6 +37,7 @@ def lsa_to_message(lsa: Lsa) -> linkstate_pb2.Lsa:
         az=lsa.az,
         draining=lsa.draining,
         takeover_grace_s=lsa.takeover_grace_s,
+        state_epoch=lsa.state_epoch,
         links=[
             linkstate_pb2.Link(
                 neighbor=link.neighbor, up=link.up, grace=link.grace, **link.measurements()
@@ -56,6 +58,8 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         raise BadLsa(f"bad age {message.age!r}")
     if len(message.links) > MAX_LINKS:
         raise BadLsa(f"{len(message.links)} links (limit {MAX_LINKS})")
+    if len(message.state_epoch) > _MAX_EPOCH_BYTES:
+        raise BadLsa(f"state_epoch of {len(message.state_epoch)} bytes")
     grace = message.takeover_grace_s
     if not math.isfinite(grace) or not 0.0 <= grace <= _MAX_GRACE_S:
         raise BadLsa(f"bad takeover_grace_s {grace!r}")
@@ -84,6 +88,7 @@ def lsa_from_message_untrusted(message: linkstate_pb2.Lsa) -> Lsa:
         links=tuple(links),
         draining=message.draining,
         takeover_grace_s=grace,
+        state_epoch=message.state_epoch,
     )
 
 

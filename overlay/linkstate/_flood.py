@@ -115,9 +115,11 @@ class Flooder:
         initial_seq: int,
         now: float,
         takeover_grace_s: float = 0.0,
+        state_epoch: bytes = b"",
     ) -> None:
         self.node_id = node_id
         self._takeover_grace_s = takeover_grace_s
+        self.state_epoch = state_epoch
         self._region = region
         self._az = az
         self._config = config
@@ -172,6 +174,13 @@ class Flooder:
             elif self._originate_due is None:
                 self._originate_due = due
 
+    def set_epoch(self, epoch: bytes, now: float) -> None:
+        """Advertise another call-state epoch: a pair's standby that took over keeps the one
+        its active advertised (its calls live on here)."""
+        if epoch != self.state_epoch:
+            self.state_epoch = epoch
+            self._originate(now)
+
     def set_draining(self, draining: bool, now: float) -> None:
         if draining != self._draining:
             self._draining = draining
@@ -188,6 +197,7 @@ class Flooder:
             self._links,
             self._draining,
             self._takeover_grace_s,
+            self.state_epoch,
         )
         self.lsdb.install(lsa, now)
         self._advertised = {link.neighbor: link for link in self._links}

@@ -72,6 +72,9 @@ class Lsa:
     links: tuple[LinkMetrics, ...]
     draining: bool = False
     takeover_grace_s: float = 0.0
+    #: Random per start of the origin's call state (a pair's promoted standby keeps the one
+    #: its active had): when it changes, the calls anchored there are gone.
+    state_epoch: bytes = b""
 
     def link(self, neighbor: str) -> LinkMetrics | None:
         """The origin's link to ``neighbor``, or ``None`` when it does not report one."""

@@ -19,7 +19,8 @@
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
   address; the view turns it into the current next hop's address (``forward_address``), and
   when the next hop toward some nodes changes, ``on_reroute`` tells the signalling pump so it
-  resends what is pending, and which nodes it lost every route to (their calls fail over).
+  resends what is pending, which nodes it lost every route to (their calls fail over), and
+  which advertise a new call-state epoch (restarted without their calls: ours with them end).
 * **Operators.** The Control service (``overlay.shell.control``) drains the node
   (``set_draining``: advertised in the LSA, so others stop using it as transit) and overrides
   links (``set_override``; ``overrides`` are applied to every set of links given to the
@@ -116,10 +117,11 @@ class Mesh:
         local_sip: Peer,
         send_sip: Callable[[bytes, Peer], None],
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
-        on_reroute: Callable[[list[Peer], list[str]], None],
+        on_reroute: Callable[[list[Peer], list[str], list[str]], None],
         impairments: Impairments,
         initial_seq: int,
         now: float,
+        state_epoch: bytes = b"",
         echo: MediaEcho | None = None,
         events: EventSink | None = None,
         access: AccessPolicy | None = None,
@@ -163,7 +165,9 @@ class Mesh:
             initial_seq=initial_seq,
             now=now,
             takeover_grace_s=0.0 if config.pair is None else config.pair.takeover_grace,
+            state_epoch=state_epoch,
         )
+        self._epochs: dict[str, bytes] = {}  # the call-state epoch each origin advertised
         self.policy = RoutingPolicy()
         view.table, _ = compute_routes(
             self.flooder.lsdb.snapshot(), self.node_id, self.policy, None, now
@@ -504,6 +508,14 @@ class Mesh:
         for neighbor, monitor in self.monitors.items():
             lsa = lsdb.get(neighbor)
             monitor.grace = 0.0 if lsa is None else lsa.takeover_grace_s
+        restarted = []
+        for origin, lsa in lsdb.items():
+            known = self._epochs.get(origin)
+            if known and lsa.state_epoch and known != lsa.state_epoch and origin != self.node_id:
+                restarted.append(origin)  # its calls are gone: end ours with them at once
+                log.warning("peer restarted without its calls", peer=origin)
+            if lsa.state_epoch:
+                self._epochs[origin] = lsa.state_epoch
         table, changes = compute_routes(lsdb, self.node_id, self.policy, self.routes, now)
         before = self.routes.next_hops()
         graced_before = {node for node in before if self.view.in_grace(node)}
@@ -522,8 +534,8 @@ class Mesh:
             if destination not in table.paths
             or (destination not in graced_before and self.view.in_grace(destination))
         ]
-        if moved or lost:
-            self._on_reroute(moved, lost)
+        if moved or lost or restarted:
+            self._on_reroute(moved, lost, restarted)
         for change in changes:
             log.info(
                 "route changed",

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import random
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,11 +225,13 @@ async def open_node(
             local_sip=Peer("udp", local.host, local.port),
             send_sip=lambda data, peer: pump.transport.send(data, peer),
             take_traffic=core.transactions.take_peer_traffic,
-            on_reroute=lambda peers, lost: pump.rerouted(peers, lost),
+            on_reroute=lambda peers, lost, restarted: pump.rerouted(peers, lost, restarted),
             impairments=overlay.impairments,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=int(wall_time() * 1000),
             now=trio.current_time(),
+            # This start's call state: peers that see it change end the calls they had here.
+            state_epoch=secrets.token_bytes(16),
             echo=media,
             events=events.publish,
             access=overlay.access,

@@ -143,14 +143,17 @@ class SignallingPump:
             async for event in self._lookups_out:
                 nursery.start_soon(self._resolve, event)
 
-    def rerouted(self, peers: list[Peer], lost: list[str]) -> None:
-        """The mesh moved the path toward ``peers`` (resend their pending requests now) and
-        lost every route to the nodes ``lost`` (their calls go to their next egress)."""
+    def rerouted(self, peers: list[Peer], lost: list[str], restarted: list[str]) -> None:
+        """The mesh moved the path toward ``peers`` (resend their pending requests now), lost
+        every route to the nodes ``lost`` (their calls go to their next egress), and saw the
+        nodes ``restarted`` come back without their calls (ours with them end now)."""
         resent = self.core.retransmit_toward(peers)
         if resent:
             log.info("resent pending requests over new paths", requests=resent)
         if lost:
             self.core.overlay_nodes_lost(lost, trio.current_time())
+        if restarted:
+            self.core.overlay_nodes_lost(restarted, trio.current_time(), restarted=True)
         if self._media is not None and self._view is not None:
             self._media.set_routes(self._view.table.next_hops())
         self._flush()

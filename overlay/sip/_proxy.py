@@ -405,9 +405,13 @@ class ProxyCore:
         self.transactions.transport_error(peer, now)
         self._drain_transaction_events(now)
 
-    def overlay_nodes_lost(self, nodes: Collection[str], now: float) -> None:
-        """The mesh has no route left to ``nodes``: calls whose egress is one of them and that
-        have another egress, and no final answer yet, fail over to it now."""
+    def overlay_nodes_lost(
+        self, nodes: Collection[str], now: float, *, restarted: bool = False
+    ) -> None:
+        """The mesh has no route left to ``nodes`` (or, ``restarted``, they came back without
+        their calls): calls whose egress is one of them and that have another egress, and no
+        final answer yet, fail over to it now. Established calls with them end after
+        ``far_edge_wait`` if they are still unreachable then, or at once when ``restarted``."""
         relay = self._relay
         if relay is None:
             return
@@ -424,7 +428,11 @@ class ProxyCore:
             ):
                 self._abandon_branch(context, txn, now)
                 self._fail_over(context, "egress lost", now)
-        if self.dialogs is not None:
+        if self.dialogs is not None and restarted:
+            for node in nodes:
+                for call_id in self.dialogs.toward(node):
+                    self.end_call(call_id, f"far edge {node} restarted", now)
+        elif self.dialogs is not None:
             when = now + self.config.far_edge_wait
             self._lost_checks.extend((when, node) for node in nodes)
         self._drain_transaction_events(now)

@@ -166,3 +166,12 @@ def test_a_restored_entry_is_the_actives() -> None:
     assert (standby.get(dialog.call_id), len(standby), standby.evicted) == (dialog, 1, 0)
     standby.forget(dialog.call_id)
     assert len(standby) == 0
+
+
+def test_a_far_edge_back_without_its_calls_ends_them_at_once() -> None:
+    fabric = answered_call()
+    ing = fabric.cores["ing"]
+    ing.proxy.overlay_nodes_lost({"egr"}, ing.now, restarted=True)
+    bye = only(fabric.settle(), UAC)
+    assert isinstance(bye, Request)
+    assert bye.headers.get("Reason") == 'Q.850;cause=41;text="far edge egr restarted"'

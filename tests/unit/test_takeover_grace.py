@@ -3,10 +3,12 @@ last path, never a transit, the last choice for new calls; and its LSA on the wi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from overlay.config import DialplanRule, StaticTarget
-from overlay.linkstate import LinkMetrics, Lsa
+from overlay.linkstate import FloodConfig, Flooder, LinkMetrics, Lsa
 from overlay.linkstate._codec import BadLsa, lsa_from_message_untrusted, lsa_to_message
 from overlay.routing import (
     CallRouter,
@@ -96,3 +98,20 @@ def test_a_bad_grace_is_refused() -> None:
         message.takeover_grace_s = bad
         with pytest.raises(BadLsa, match="takeover_grace_s"):
             lsa_from_message_untrusted(message)
+
+
+def test_the_call_state_epoch_crosses_the_wire_and_a_new_one_is_advertised() -> None:
+    lsa = dataclasses.replace(lsdb(set())["x"], state_epoch=b"\x01" * 16)
+    assert lsa_from_message_untrusted(lsa_to_message(lsa)).state_epoch == b"\x01" * 16
+    message = lsa_to_message(lsa)
+    message.state_epoch = b"\x00" * 33
+    with pytest.raises(BadLsa, match="state_epoch"):
+        lsa_from_message_untrusted(message)
+    flooder = Flooder("x", "r", "", FloodConfig(), initial_seq=1, now=0.0, state_epoch=b"a")
+    before = flooder.lsdb.get("x", 0.0)
+    flooder.set_epoch(b"b", 1.0)  # a standby that took over keeps its active's epoch
+    after = flooder.lsdb.get("x", 1.0)
+    assert before is not None
+    assert after is not None
+    assert (before.state_epoch, after.state_epoch) == (b"a", b"b")
+    assert after.seq == before.seq + 1
