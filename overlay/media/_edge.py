@@ -231,11 +231,15 @@ class MediaEdge:
 
     # -- time ---------------------------------------------------------------------------------
 
-    def handle_timer(self, now: float) -> None:
-        for session in self.sessions.expire(now):
+    def handle_timer(self, now: float) -> list[MediaSession]:
+        """End the sessions silent past their timeout; returns them, so that pair replication
+        reads their calls again."""
+        expired = self.sessions.expire(now)
+        for session in expired:
             self._stop_forwarding(session.session_id)
             if not self.sessions.of_call(session.call_id):
                 self._forget(session.call_id)  # a call that never saw its BYE
+        return expired
 
     def activity(
         self,
@@ -244,11 +248,12 @@ class MediaEdge:
         *,
         rtp_latched: tuple[str, int] | None = None,
         rtcp_latched: tuple[str, int] | None = None,
-    ) -> None:
+    ) -> bool:
         """The fastpath saw packets of the session since the last look, and its relay session
-        has latched these sources (``None``: not yet), kept for pair replication."""
+        has latched these sources (``None``: not yet), kept for pair replication. Returns
+        whether the latched sources changed: pair replication then carries the call again."""
         self.sessions.touch(session_id, now)
-        self.sessions.set_latched(session_id, rtp_latched, rtcp_latched)
+        return self.sessions.set_latched(session_id, rtp_latched, rtcp_latched)
 
     # -- pair replication ---------------------------------------------------------------------
 

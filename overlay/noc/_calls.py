@@ -17,8 +17,10 @@ next read; ended calls move to a history of the ``history`` most recent; and bey
 ``max_calls`` live calls the oldest is forgotten (counted in ``evicted``).
 
 Pair replication (issue 16, docs/internal/pair-state-design.md §3, §4) reads a call's record
-with ``live`` on the active and puts it back with ``restore`` on the standby, which then
-answers the NOC about the active's calls and, after a takeover, keeps booking them.
+with ``live`` (or, once over, ``final``) on the active and puts it back with ``restore`` on the
+standby, which then answers the NOC about the active's calls and, after a takeover, keeps
+booking them. ``on_change`` tells it which calls to read again: every message the book sees
+may change a call's state at its other owners too (the dialog book, the media edge).
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class CallTracker:
         media_sessions: how many media sessions a call has now (the media plane's book), to end
             answered calls whose media timed out; ``None`` without a media plane.
         on_failed: called with a ``CallFailed`` for every call that fails.
+        on_change: called with a call's id for every message of it the book sees and every
+            change of its record (pair replication marks the call to read it again). The
+            attribute of that name may be set later: the node sets it once its replication,
+            which reads the core this book is the hook of, exists.
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class CallTracker:
         *,
         media_sessions: Callable[[str], int] | None = None,
         on_failed: Callable[[CallFailed], object] | None = None,
+        on_change: Callable[[str], object] | None = None,
         setup_timeout: float = SETUP_TIMEOUT,
         history: int = HISTORY,
         max_calls: int = MAX_CALLS,
@@ -131,6 +138,7 @@ class CallTracker:
         self._media = media
         self._media_sessions = media_sessions
         self._on_failed = on_failed
+        self.on_change = on_change
         self._setup_timeout = setup_timeout
         self._max_calls = max_calls
         self._live: OrderedDict[str, CallRecord] = OrderedDict()  # oldest first
@@ -142,6 +150,7 @@ class CallTracker:
 
     def request(self, request: Request, direction: MediaDirection, now: float) -> None:
         call_id = request.call_id
+        self._changed(call_id)
         record = self._live.get(call_id)
         if record is None and request.method == "INVITE" and request.to_tag is None:
             record = self._start(request, direction, now)
@@ -160,6 +169,7 @@ class CallTracker:
             raise
 
     def response(self, response: Response, direction: MediaDirection, now: float) -> None:
+        self._changed(response.call_id)
         record = self._live.get(response.call_id)
         if record is not None:
             self._response(record, response, now)
@@ -182,7 +192,7 @@ class CallTracker:
         record = self._live.get(call_id)
         if record is not None:
             return record
-        return next((r for r in reversed(self._history) if r.call_id == call_id), None)
+        return self.final(call_id)
 
     def active(self, now: float) -> int:
         """Calls not over."""
@@ -195,6 +205,11 @@ class CallTracker:
         replicates with it; ``None`` means the call is over (or unknown) here.
         """
         return self._live.get(call_id)
+
+    def final(self, call_id: str) -> CallRecord | None:
+        """The last record of a call over, from the recent history, or ``None``; like ``live``
+        it expires nothing. Pair replication tells the standby how a call ended with it."""
+        return next((r for r in reversed(self._history) if r.call_id == call_id), None)
 
     def failed_over(self, call_id: str, egress: str, attempt: int, now: float) -> None:
         """A new call entering here went on to ``egress`` (the proxy core's
@@ -247,8 +262,9 @@ class CallTracker:
     def _make_room(self) -> None:
         """Room for one more live call: forget the oldest beyond ``max_calls``."""
         while len(self._live) >= self._max_calls:
-            self._live.popitem(last=False)
+            call_id, _ = self._live.popitem(last=False)
             self.evicted += 1
+            self._changed(call_id)
 
     def _response(self, record: CallRecord, response: Response, now: float) -> None:
         record = dataclasses.replace(record, responses=record.responses + 1)
@@ -295,6 +311,7 @@ class CallTracker:
 
     def _put(self, record: CallRecord) -> None:
         """Store the new snapshot: over calls move to the history."""
+        self._changed(record.call_id)
         if record.state.over:
             if self._live.pop(record.call_id, None) is not None:
                 self._history.append(record)
@@ -311,6 +328,10 @@ class CallTracker:
                 and self._media_sessions(record.call_id) == 0
             ):
                 self._put(self._over(record, CallState.ENDED, now, 0, "media timed out"))
+
+    def _changed(self, call_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(call_id)
 
 
 def _bye_reason(bye: Request) -> str:
