@@ -29,13 +29,16 @@ not anchored: it is passed through and counted.
 Pair replication (issue 16, docs/internal/pair-state-design.md §3, §4): ``call_state`` reads
 everything the edge keeps of one call as a plain ``CallMediaState``, and a standby applies it
 with ``restore_call``, as a diff, so relay sessions that did not change keep their sockets. A
-standby's sessions are foreign until ``MediaSessions.promote``.
+standby's sessions are foreign until ``MediaSessions.promote``. The call book in front of the
+edge tells replication of every message; ``on_change`` tells it of what changes without one:
+a source the relay latched anew, a session timed out.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from overlay.sip import (
@@ -138,6 +141,8 @@ class MediaEdge:
         self._origins: dict[tuple[str, Side], OriginKeeper] = {}
         self._forwarding: dict[int, AddSession] = {}  # what the fastpath has, by session id
         self.counters: Counter[str] = Counter()
+        #: Called with a call's id when its state changes without a message (module notes).
+        self.on_change: Callable[[str], object] | None = None
 
     # -- MediaHook ----------------------------------------------------------------------------
 
@@ -231,15 +236,12 @@ class MediaEdge:
 
     # -- time ---------------------------------------------------------------------------------
 
-    def handle_timer(self, now: float) -> list[MediaSession]:
-        """End the sessions silent past their timeout; returns them, so that pair replication
-        reads their calls again."""
-        expired = self.sessions.expire(now)
-        for session in expired:
+    def handle_timer(self, now: float) -> None:
+        for session in self.sessions.expire(now):
             self._stop_forwarding(session.session_id)
             if not self.sessions.of_call(session.call_id):
                 self._forget(session.call_id)  # a call that never saw its BYE
-        return expired
+            self._changed(session.call_id)
 
     def activity(
         self,
@@ -248,12 +250,13 @@ class MediaEdge:
         *,
         rtp_latched: tuple[str, int] | None = None,
         rtcp_latched: tuple[str, int] | None = None,
-    ) -> bool:
+    ) -> None:
         """The fastpath saw packets of the session since the last look, and its relay session
-        has latched these sources (``None``: not yet), kept for pair replication. Returns
-        whether the latched sources changed: pair replication then carries the call again."""
+        has latched these sources (``None``: not yet), kept for pair replication."""
         self.sessions.touch(session_id, now)
-        return self.sessions.set_latched(session_id, rtp_latched, rtcp_latched)
+        session = self.sessions.get(session_id)
+        if session is not None and self.sessions.set_latched(session_id, rtp_latched, rtcp_latched):
+            self._changed(session.call_id)
 
     # -- pair replication ---------------------------------------------------------------------
 
@@ -421,6 +424,10 @@ class MediaEdge:
         self._delayed.discard(call_id)
         for side in Side:
             self._origins.pop((call_id, side), None)
+
+    def _changed(self, call_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(call_id)
 
     def _side_of(self, message: Message) -> Side:
         """The endpoint that sent ``message`` (a response: the one its request came from)."""

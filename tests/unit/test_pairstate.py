@@ -84,7 +84,7 @@ class Active:
         assert dialogs is not None
         self.dialogs: DialogBook = dialogs
         self.log = ReplicaLog(EPOCH, self.calls, self.dialogs, self.edge)
-        self.calls.on_change = self.log.mark
+        self.calls.on_change = self.edge.on_change = self.log.mark
 
     def _hook(self, node: str) -> CallTracker:
         edge = media_edge(node, 0x1000 if node == "ing" else 0x2000)
@@ -123,10 +123,9 @@ class Active:
 
     def latch(self, call_id: str, source: tuple[str, int]) -> None:
         """The relay latched ``source`` for the call's caller stream (as ``MediaPlane.poll``
-        reports it; the node marks the call when it changed)."""
+        reports it)."""
         [session] = self.edge.sessions.of_call(call_id)
-        if self.edge.activity(session.session_id, self.now, rtp_latched=source):
-            self.log.mark(call_id)
+        self.edge.activity(session.session_id, self.now, rtp_latched=source)
 
     def follow(self, store: ReplicaStore) -> list[pair_pb2.StateBatch]:
         return self.log.follow(store.epoch, store.applied_seq, self.now, self.wall())
@@ -456,9 +455,15 @@ def test_an_epoch_is_sixteen_bytes() -> None:
         ReplicaLog(b"short", active.calls, None, None)
 
 
-def test_the_media_edge_reports_the_sessions_it_timed_out() -> None:
+def test_the_media_edge_marks_what_changes_without_a_message() -> None:
+    marked: list[str] = []
     active = Active()
     call_id = active.call(1)
+    active.edge.on_change = marked.append
     [session] = active.edge.sessions.of_call(call_id)
-    assert active.edge.handle_timer(active.now + 10_000.0) == [session]
+    active.edge.activity(session.session_id, 1.0, rtp_latched=("192.0.2.7", 40000))
+    active.edge.activity(session.session_id, 2.0, rtp_latched=("192.0.2.7", 40000))
+    assert marked == [call_id]  # a new source, then only more packets from it
+    active.edge.handle_timer(active.now + 10_000.0)
+    assert marked == [call_id, call_id]
     assert active.edge.call_state(call_id) == CallMediaState(call_id)
