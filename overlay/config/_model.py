@@ -264,15 +264,24 @@ class HealthSection:
     port: int
 
 
+PairHold: TypeAlias = Literal["kernel", "file"]
+
+
 @dataclass(frozen=True)
 class PairSection:
     """``[pair]``: this node is one member of an active/standby pair reached at ``address``.
 
     Both members run the node; it joins the mesh (probes, flooding, dialling its peers) only
-    while ``address`` is assigned to this machine, which the pair's HA agent does for the
-    active. The standby's node is otherwise serving: bound to the address (a non-local bind),
-    gRPC and liveness up, ready the moment the address arrives. ``check_interval`` is how
-    often the node looks.
+    while it holds ``address``, which the pair's HA agent gives the active. The standby's node
+    is otherwise serving: gRPC and liveness up, ready the moment it holds. ``check_interval``
+    is how often the node looks.
+
+    ``hold`` says how it knows. ``"kernel"``: the address is assigned to one of this
+    machine's interfaces; the standby binds it beforehand (a non-local bind). ``"file"``: the
+    file ``hold_file`` names ``member`` (the HA agent writes it in place of the interface).
+    That is the lab's mode, where two members share one machine and every 127/8 address is
+    local to both, so neither a kernel test nor two binds of one address:port can work: the
+    standby binds its SIP sockets, its relay and the pair's gRPC address only once it holds.
     """
 
     address: str
@@ -280,6 +289,9 @@ class PairSection:
     #: Advertised in the LSA: how long peers keep this node as a destination after it falls
     #: silent (its standby taking over: detection plus the address move, with a margin).
     takeover_grace: float = 4.0
+    hold: PairHold = "kernel"
+    hold_file: str | None = None  # with hold = "file" only, and then required
+    member: str | None = None  # with hold = "file" only, and then required
 
 
 Network: TypeAlias = IPv4Network | IPv6Network

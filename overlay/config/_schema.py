@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import os
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 
 from overlay.media import media_id
@@ -33,6 +34,7 @@ from ._model import (
     MetricsSection,
     NodeConfig,
     NodeSection,
+    PairHold,
     PairSection,
     PeerConfig,
     SipSection,
@@ -168,6 +170,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
                 f"needs region: node.region {node.region!r} is not an AWS region name",
             )
         cloudwatch = dataclasses.replace(cloudwatch, region=node.region)
+    health = root.get("health", _health, None)
     dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
     for index, rule in enumerate(dialplan):
         for position, egress in enumerate(rule.egress):
@@ -191,13 +194,20 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         log=root.get("log", _log, LogSection()),
         cloudwatch=cloudwatch,
         security=root.get("security", security, None),
-        pair=_pair_of(root, sip, peers),
-        health=root.get("health", _health, None),
+        pair=_pair_of(root, sip, peers, {"grpc": grpc, "metrics": metrics, "health": health}),
+        health=health,
         trunks=root.get("trunks", trunks_section, TrunksSection()),
     )
 
 
-def _pair_of(root: Table, sip: SipSection, peers: tuple[PeerConfig, ...]) -> PairSection | None:
+def _pair_of(
+    root: Table,
+    sip: SipSection,
+    peers: tuple[PeerConfig, ...],
+    own: Mapping[str, GrpcSection | MetricsSection | HealthSection | None],
+) -> PairSection | None:
+    """``[pair]``, checked against the sections it constrains; ``own``: the sections whose
+    ``listen`` each member serves for itself, by name."""
     pair: PairSection | None = root.get("pair", _pair, None)
     if pair is None:
         return None
@@ -208,11 +218,49 @@ def _pair_of(root: Table, sip: SipSection, peers: tuple[PeerConfig, ...]) -> Pai
             ("pair", "address"),
             f"{pair.address} must be a sip.listen address: the pair is reached there",
         )
+    if pair.hold == "file":
+        _check_held_by_file(pair.address, sip, own)
     return pair
 
 
+def _check_held_by_file(
+    address: str,
+    sip: SipSection,
+    own: Mapping[str, GrpcSection | MetricsSection | HealthSection | None],
+) -> None:
+    """With ``hold = "file"`` both members share one machine: the SIP sockets are bound only
+    once the member holds the address, though their ports are advertised from the start, and
+    what each member serves for itself needs an address of its own (two processes cannot
+    bind one address:port, and a wildcard takes the port on every address)."""
+    for index, listen in enumerate(sip.listen):
+        if listen.port == 0:
+            raise Invalid(
+                ("sip", "listen", index),
+                'needs a port with [pair] hold = "file": it is bound only once the pair\'s '
+                "address is held, and advertised before",
+            )
+    for section, served in own.items():
+        if served is None:
+            continue
+        if served.host == address or ipaddress.ip_address(served.host).is_unspecified:
+            also = " (the holder serves gRPC there too, on this port)" if section == "grpc" else ""
+            raise Invalid(
+                (section, "listen"),
+                f'must be this member\'s own address with [pair] hold = "file": both members '
+                f"share the machine, and {address} is its holder's{also}",
+            )
+
+
+#: A member's name in the hold file: one line, no path or shell meaning.
+_MEMBER = r"[a-z0-9.-]{1,63}"
+
+
 def _pair(value: object, path: Path) -> PairSection:
-    table = Table(value, path, ("address", "check_interval", "takeover_grace"))
+    table = Table(
+        value,
+        path,
+        ("address", "check_interval", "takeover_grace", "hold", "hold_file", "member"),
+    )
     default = PairSection("")
     interval = table.get("check_interval", seconds, default.check_interval)
     grace = table.get("takeover_grace", seconds, default.takeover_grace)
@@ -228,11 +276,40 @@ def _pair(value: object, path: Path) -> PairSection:
             f"must be > 0 and <= {_MAX_PAIR_CHECK_INTERVAL:g} s: the standby's node joins the "
             f"mesh that much after it gets the address, got {interval:g}",
         )
+    hold = table.get("hold", _pair_hold, default.hold)
+    if hold == "kernel":
+        for key in ("hold_file", "member"):
+            if table.has(key):
+                raise Invalid(
+                    (*path, key),
+                    'only with hold = "file": the kernel says whether this machine holds the '
+                    "address",
+                )
+        hold_file = member = None
+    else:
+        hold_file = table.require("hold_file", _hold_file)
+        member = table.require("member", matching(_MEMBER, f"match {_MEMBER}"))
     return PairSection(
         address=table.require("address", ip_address),
         check_interval=interval,
         takeover_grace=grace,
+        hold=hold,
+        hold_file=hold_file,
+        member=member,
     )
+
+
+_pair_hold: Reader[PairHold] = choice({"kernel": "kernel", "file": "file"})
+
+
+def _hold_file(value: object, path: Path) -> str:
+    """An absolute path whose directory exists here (the file itself comes and goes)."""
+    text = string(value, path)
+    if not text.startswith("/"):
+        raise Invalid(path, f"must be an absolute path, got {text!r}")
+    if _check_files.get() and not os.path.isdir(os.path.dirname(text)):
+        raise Invalid(path, f"{os.path.dirname(text)} is not a directory here")
+    return text
 
 
 def _check_tls_egress(rule: DialplanRule, index: int, node_id: str, sip: SipSection) -> None:

@@ -2,7 +2,9 @@
 
 ``run_agent`` (the trio shell, ``_agent``) checks the peer's gRPC health and drives ``HaCore``
 (sans-IO decisions, ``_core``), which asks ``FloatingAddress`` (boto3, ``_ec2``) who holds the
-address and when to move it.
+address and when to move it. The agent keeps the machine in step: the address on its interface
+(``OsAddress``), or, for two members on one machine (the lab), a file naming the holder
+(``HoldFile``), which the nodes read with ``read_holder``.
 """
 
 from ._agent import (
@@ -42,6 +44,7 @@ from ._ec2 import (
     find_pair,
     peer_role,
 )
+from ._hold import HoldFile, read_holder
 from ._os import AUTO_INTERFACE, OsAddress, OsAddressError
 
 __all__ = [
@@ -63,6 +66,7 @@ __all__ = [
     "HaState",
     "HaStateError",
     "HaStatistics",
+    "HoldFile",
     "Holder",
     "HolderChanged",
     "HolderCheck",
@@ -80,5 +84,6 @@ __all__ = [
     "load_ha_config",
     "parse_ha_config",
     "peer_role",
+    "read_holder",
     "run_agent",
 ]

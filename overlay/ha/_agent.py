@@ -46,6 +46,7 @@ from ._core import (
     TakeoverSkipped,
 )
 from ._ec2 import API_ERRORS, FloatingAddress
+from ._hold import HoldFile
 from ._os import OsAddress, OsAddressError
 
 if TYPE_CHECKING:
@@ -106,10 +107,13 @@ class HaAgentConfig:
         interface: where the agent adds the floating address to this machine while the EC2 API
             says it holds it, and removes it otherwise (``"auto"``: the interface it is routed
             through); ``None``: the agent leaves the OS alone (something else configures it).
+        hold_file: instead of an interface, the file that names the member holding the address
+            (``overlay.ha._hold``: two members on one machine, the lab); with ``member``.
+        member: this member's name in ``hold_file`` (its node's ``[pair] member``).
 
     Raises:
-        ValueError: a value out of range, an IP that does not parse, the same ENI twice, or a
-            target without a port.
+        ValueError: a value out of range, an IP that does not parse, the same ENI twice, a
+            target without a port, or ``hold_file`` with ``interface`` or without ``member``.
     """
 
     region: str
@@ -128,8 +132,14 @@ class HaAgentConfig:
     fleet: str | None = None
     pair: str = ""
     report_interval: float = 60.0
+    hold_file: str | None = None
+    member: str | None = None
 
     def __post_init__(self) -> None:
+        if (self.hold_file is None) != (self.member is None):
+            raise ValueError("hold_file and member go together")
+        if self.hold_file is not None and self.interface is not None:
+            raise ValueError("hold_file stands for interface: give one or the other")
         if self.own_eni_id == self.peer_eni_id:
             raise ValueError(f"own_eni_id and peer_eni_id are both {self.own_eni_id!r}")
         ipaddress.ip_address(self.floating_private_ip)  # ValueError names the bad value
@@ -169,11 +179,11 @@ class HaAgent:
             hold_down=config.hold_down,
             api_check_interval=config.api_check_interval,
         )
-        self._os = (
-            None
-            if config.interface is None
-            else OsAddress(config.floating_private_ip, config.interface)
-        )
+        self._os: OsAddress | HoldFile | None = None
+        if config.hold_file is not None and config.member is not None:
+            self._os = HoldFile(config.floating_private_ip, config.hold_file, config.member)
+        elif config.interface is not None:
+            self._os = OsAddress(config.floating_private_ip, config.interface)
         self._os_present: bool | None = None  # as last configured; None: not yet
         self.os_address_failures = 0
         self._wake = trio.Event()  # set when the heartbeat task fed the core
@@ -369,7 +379,7 @@ class HaAgent:
         self._log.warning(
             "floating address added" if present else "floating address removed",
             address=self._os.ip,
-            interface=device,
+            interface=device,  # a hold file's path, for a HoldFile
         )
 
 

@@ -14,6 +14,9 @@ hold_down = 10.0           # optional, seconds
 api_check_interval = 5.0   # optional, seconds
 interface = "auto"         # optional: add the address to this machine's interface while it
                            # holds it ("auto": the one it is routed through); absent: never
+hold_file = "/run/overlay/use1.hold"  # optional, instead of interface: write member into this
+member = "use1.1"                     # file while holding (both members on one machine: the
+                                      # lab; the nodes' [pair] hold = "file")
 ca = "/etc/overlay/tls/ca.pem"      # mutual TLS toward the peer's health service (this
 cert = "/etc/overlay/tls/node.pem"  # node's own certificate will do), or insecure = true
 key = "/etc/overlay/tls/node.key"
@@ -63,6 +66,8 @@ _KEYS = (
     "hold_down",
     "api_check_interval",
     "interface",
+    "hold_file",
+    "member",
     *TLS_KEYS,
 )
 _OPTIONAL: dict[str, Reader[Any]] = {
@@ -71,6 +76,8 @@ _OPTIONAL: dict[str, Reader[Any]] = {
     "hold_down": seconds,
     "api_check_interval": seconds,
     "interface": matching(r"[A-Za-z0-9_.:-]{1,15}", 'be "auto" or an interface name'),
+    "hold_file": matching(r"/.+", "be an absolute path"),
+    "member": matching(r"[a-z0-9.-]{1,63}", "match [a-z0-9.-]{1,63} (the node's [pair] member)"),
 }
 _fleet = matching(r"[a-z0-9-]{1,32}", "match [a-z0-9-]{1,32} (the fleet's name in fleet.toml)")
 _pair = matching(r"[a-z0-9-]{1,63}", "be the pair's AZ, such as us-west-2a")
@@ -124,6 +131,13 @@ def parse_ha_config(text: str, *, source: str = "ha.toml", check_files: bool = T
 def _build(root: dict[str, object]) -> HaMember:
     Table(root, (), ("ha",))
     table = Table(root.get("ha"), ("ha",), _KEYS)
+    for key, other in (("hold_file", "member"), ("member", "hold_file")):
+        if table.has(key) and not table.has(other):
+            raise Invalid(("ha", key), f"needs {other}: the file names the member that holds")
+    if table.has("hold_file") and table.has("interface"):
+        raise Invalid(
+            ("ha", "hold_file"), "stands for interface (two members on one machine): give one"
+        )
     return HaMember(
         region=table.require("region", string),
         fleet=table.require("fleet", _fleet),

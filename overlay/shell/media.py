@@ -22,7 +22,14 @@ only code that calls it:
   (``media.drops.unknown_peer``), so nobody can inject media into a call or use the relay as a
   reflector;
 * fault injection (``set_faults``) drops some or all of what the relay sends to a peer's
-  relay, as ``Impairments`` does for signalling.
+  relay, as ``Impairments`` does for signalling;
+* the gate (``relay_held``, ``release_relay``): a pair member that holds the pair's address by
+  file (``[pair] hold = "file"``, two members on one machine: the lab) shares its media address
+  and overlay port with the other member, so until it holds the address its relay binds nothing
+  there: its overlay socket waits on a spare port, and no command reaches it. The edge's book
+  keeps every session meanwhile, a standby's restored ones (pair replication) included.
+  ``release_relay`` then binds the overlay address and adds the sessions the book has now, in
+  one sweep: what they are, not the history of commands that made them.
 
 A command the relay refuses (a port taken by another program) costs that stream, not the
 node: it is logged and counted in ``failures``.
@@ -39,6 +46,7 @@ import structlog
 import trio
 
 import fastpath
+from fastpath import SessionCounters
 from overlay.config import NodeConfig
 from overlay.media import (
     AddSession,
@@ -64,29 +72,93 @@ class MediaPlane:
         media = config.media
         assert media is not None
         node_id = config.node.node_id
+        self._node_id = node_id
         sessions = MediaSessions(
             PortAllocator(media.port_first, media.port_last), timeout=media.inactivity_timeout
         )
         # The SDP tells endpoints the address they reach the relay at.
         self.edge = MediaEdge(node_id, media.advertise or media.address, sessions)
-        self.relay = fastpath.Relay(media_id(node_id), *media.overlay)
         self._address = media.address
+        self._overlay = media.overlay
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
         self._node_of_media_id = {media_id(node): node for node in self._node_media}
-        # Peers' relays send from their overlay address, the one configured here.
-        self.relay.set_peers(self._node_media.values())
+        pair = config.pair
+        self._held = pair is not None and pair.hold == "file"
+        # Held, the overlay socket takes a spare port until release_relay (module notes).
+        self.relay = self._new_relay(0 if self._held else media.overlay[1])
+        self._running = False
+        # As last set, for the relay release_relay makes.
+        self._next_hops: dict[int, tuple[str, int]] = {}
+        self._faults: dict[tuple[str, int], tuple[float, bool]] = {}
         self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
         self.failures: Counter[str] = Counter()
 
+    def _new_relay(self, overlay_port: int) -> fastpath.Relay:
+        relay = fastpath.Relay(media_id(self._node_id), self._overlay[0], overlay_port)
+        # Peers' relays send from their overlay address, the one configured here.
+        relay.set_peers(self._node_media.values())
+        return relay
+
     def start(self) -> None:
         self.relay.start()
+        self._running = True
 
     def stop(self) -> None:
+        self._running = False
         self.relay.stop()
 
+    @property
+    def relay_held(self) -> bool:
+        """Whether the gate holds the relay back (module notes): ``True`` from the start for a
+        pair member that holds by file, until ``release_relay``."""
+        return self._held
+
+    def release_relay(self) -> int:
+        """Open the gate: bind the overlay address and hand the relay, in one sweep, every
+        session the edge forwards now, each latched where the book says its endpoints were
+        (a standby's restored sessions: where its active's relay had latched them).
+
+        Returns:
+            How many sessions the relay was given (a refused one is counted in ``failures``).
+
+        Raises:
+            RuntimeError: the gate is not held.
+            OSError: the overlay address cannot be bound (the gate stays held).
+        """
+        if not self._held:
+            raise RuntimeError("the relay is not held")
+        parked, self.relay = self.relay, self._new_relay(self._overlay[1])
+        self.relay.set_next_hops(self._next_hops)
+        self.relay.set_faults(self._faults)
+        if self._running:
+            self.relay.start()
+        parked.stop()
+        self._held = False
+        added = 0
+        for call_id in sorted({session.call_id for session in self.edge.sessions}):
+            state = self.edge.call_state(call_id)
+            book = {item.session.session_id: item for item in state.sessions}
+            for session in state.forwarding:
+                entry = book[session.session_id]
+                self._add(AddSession(session, entry.rtp_latched, entry.rtcp_latched))
+                added += 1
+        return added
+
+    def session_counters(self, session_id: int) -> SessionCounters:
+        """The relay session's counters (of the relay in use: ``release_relay`` replaces it).
+
+        Raises:
+            KeyError: the relay has no such session.
+        """
+        return self.relay.session_counters(session_id)
+
     def apply(self) -> None:
-        """Pass the edge's pending commands to the relay."""
+        """Pass the edge's pending commands to the relay (dropped while the gate holds it:
+        ``release_relay`` reads the sessions from the book instead)."""
         commands = self.edge.commands
+        if self._held:
+            commands.clear()
+            return
         for command in commands:
             if isinstance(command, AddSession):
                 self._add(command)
@@ -125,6 +197,7 @@ class MediaPlane:
             for destination, hop in next_hops.items()
             if (address := self._node_media.get(hop)) is not None
         }
+        self._next_hops = table
         self.relay.set_next_hops(table)
 
     def set_faults(self, faults: Mapping[str, tuple[float, bool]]) -> None:
@@ -149,6 +222,7 @@ class MediaPlane:
             fault = faults.get(node, every)
             if fault is not None:
                 table[address] = fault
+        self._faults = table
         self.relay.set_faults(table)
 
     def send_echo(self, neighbor: str, seq: int) -> None:

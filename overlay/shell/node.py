@@ -19,16 +19,24 @@ This module is composition only. The parts and what they do:
 
 Every part is made before any task starts; a part a section of the configuration does not ask
 for is ``None``. Files are checked before any socket is bound (``NodeTls.load``).
+
+A pair member that holds the pair's address by file (``[pair] hold = "file"``: two members on
+one machine, the lab) binds nothing of that address until it holds it: then, in one sweep
+(``_serve_grpc``), its SIP sockets (the pump and the trunk prober start on them), its relay
+(``MediaPlane.release_relay``) and a second gRPC server at the pair's address, which its peers
+dial for flooding and the NOC for control. Its own gRPC address serves from the start: the HA
+agent's heartbeats and pair replication reach each member there, whichever holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import random
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +55,7 @@ from overlay.shell.control import ControlPlane, MediaPlaneView
 from overlay.shell.events import EventHub
 from overlay.shell.media import MediaPlane
 from overlay.shell.mesh import Mesh
-from overlay.shell.pair import run_mesh
+from overlay.shell.pair import run_mesh, wait_held
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.signalling import SignallingPump
 from overlay.shell.stall import StallWatchdog
@@ -75,6 +83,9 @@ log = structlog.get_logger("overlay.node")
 #: Seconds the liveness status stays SERVING without a beat from the event loop: far above a
 #: stall the node lives through (tens of ms), below the HA agent's detection (1.5 s).
 LIVENESS_TTL = 1.0
+#: Seconds a member that came to hold the pair's address by file waits for its ports to be let
+#: go: a previous holder still running leaves within its check_interval (``PairAddressLost``).
+HELD_BIND_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,17 +175,29 @@ async def open_node(
     """Serve ``config`` on ``bound`` sockets (by default freshly bound ones) until the block
     ends; the node yielded is serving, its listeners' real ports known.
 
+    A pair member that holds by file binds its SIP sockets once it holds the pair's address
+    (module notes): ``bound`` must then be ``None``, and the listeners are the configured ones.
+
     Raises:
         TlsError: a TLS file cannot work (checked before any socket is bound).
         OSError: an address cannot be bound.
+        ValueError: ``bound`` given to a member that holds by file.
     """
     if tls is None:
         tls = NodeTls.load(config)
-    if bound is None:
+    held_by_file = config.pair is not None and config.pair.hold == "file"
+    if held_by_file and bound is not None:
+        raise ValueError('a [pair] hold = "file" member binds its SIP sockets when it holds')
+    if bound is None and not held_by_file:
         bound = bind(config)
     node_id = config.node.node_id
     worker = 0 if steering is None else steering.index
-    listeners = [item.listener for item in bound]
+    listeners = (
+        # Every port is given (the configuration checks): what bind() makes once held.
+        [Listener(a.transport, a.host, a.port) for a in config.sip.listen]
+        if bound is None
+        else [item.listener for item in bound]
+    )
     events = EventHub(node_id)
     drain = DrainState()
     security = EdgeSecurity.for_config(config)
@@ -284,9 +307,14 @@ async def open_node(
     if security is not None:
         counters.add(security.guard.counters)
     async with trio.open_nursery() as nursery:
-        await nursery.start(pump.run, bound)
-        if trunks is not None:
-            await nursery.start(trunks.run, pump.transport)
+
+        async def serve_sip(sockets: list[BoundSocket]) -> None:
+            await nursery.start(pump.run, sockets)
+            if trunks is not None:  # its probes leave through the pump's sockets
+                await nursery.start(trunks.run, pump.transport)
+
+        if bound is not None:
+            await serve_sip(bound)
         if security is not None:
             nursery.start_soon(security.run)
         if media is not None:
@@ -305,13 +333,23 @@ async def open_node(
                 counters=counters,
                 media=None
                 if media is None
-                else MediaPlaneView(media.edge.sessions.of_call, media.relay, media.set_faults),
+                else MediaPlaneView(media.edge.sessions.of_call, media, media.set_faults),
                 # One worker serves an overlay node (sip.workers must be 1 with [[peers]]):
                 # this guard holds all of its blocks.
                 blocks=None if security is None else security.guard,
                 trunks=trunks,
             )
-            control = await nursery.start(_serve_grpc, config, tls.grpc, mesh, make_control)
+            take_address = None
+            if bound is None:
+
+                async def take_address() -> tuple[int, int]:
+                    sockets = await _bind_held(config)
+                    await serve_sip(sockets)
+                    return len(sockets), 0 if media is None else media.release_relay()
+
+            control = await nursery.start(
+                _serve_grpc, config, tls.grpc, mesh, make_control, take_address
+            )
             counters.add(control.counters)
         await nursery.start(telemetry.run)
         # Started last: the set-up above is no stall of a serving node. It measures real
@@ -421,22 +459,57 @@ async def _serve_grpc(
     tls: TlsCredentials | None,
     mesh: Mesh,
     make_control: Callable[..., ControlPlane],
+    take_address: Callable[[], Awaitable[tuple[int, int]]] | None,
     *,
     task_status: trio.TaskStatus[ControlPlane] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The gRPC server of an overlay node (link-state flooding, the Control service made on
-    its bridge) and the mesh on it; reports the Control service once the server listens."""
+    its bridge) and the mesh on it; reports the Control service once the server listens.
+
+    ``take_address``: a member that holds by file binds with it, once it holds, what it waits
+    to bind (its SIP sockets and relay; it returns how many sockets and relay sessions), then
+    serves gRPC at the pair's address too, all timed as one sweep (module notes)."""
     grpc = config.grpc
     assert grpc is not None  # [[peers]] need [grpc] (the configuration checks)
     async with open_grpc_bridge(tls=tls) as bridge, trio.open_nursery() as nursery:
         control = make_control(bridge=bridge)
-        port = await bridge.start_server(
-            grpc.host, grpc.port, [*mesh.services(), control.service()]
-        )
+        services = [*mesh.services(), control.service()]
+        port = await bridge.start_server(grpc.host, grpc.port, services)
         nursery.start_soon(_beat_liveness, bridge)
         log.info("grpc listening", host=grpc.host, port=port)
         task_status.started(control)
+        if config.pair is not None and take_address is not None:
+            await wait_held(config.pair)
+            start = trio.current_time()
+            sockets, sessions = await take_address()
+            await bridge.start_server(config.pair.address, port, services)
+            log.warning(
+                "pair address held: bound in one sweep",
+                address=config.pair.address,
+                sip_sockets=sockets,
+                relay_sessions=sessions,
+                sweep_ms=round((trio.current_time() - start) * 1000, 2),
+            )
         await run_mesh(config.pair, mesh, bridge)
+
+
+async def _bind_held(config: NodeConfig) -> list[BoundSocket]:
+    """``bind(config)`` for a member that has just come to hold the pair's address by file,
+    waiting up to ``HELD_BIND_WAIT`` for a previous holder to let go of its ports.
+
+    Raises:
+        OSError: an address cannot be bound (still in use after the wait, or another error).
+    """
+    assert config.pair is not None
+    deadline = trio.current_time() + HELD_BIND_WAIT
+    while True:
+        try:
+            return bind(config)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or trio.current_time() >= deadline:
+                raise
+            log.warning("pair address held, its ports not yet let go", error=str(exc))
+        await trio.sleep(config.pair.check_interval)
 
 
 async def _beat_liveness(bridge: GrpcBridge) -> None:

@@ -8,6 +8,11 @@ own routing (a datagram socket "connected" to a local address takes that address
 source, to any other address the interface's primary) and joins the mesh then. A node that
 loses the address was taken over: it stops (``PairAddressLost``) and its service manager
 starts it again, as a standby, with nothing left of the old mesh sessions.
+
+With ``[pair] hold = "file"`` (two members on one machine: the lab) the kernel cannot tell,
+since every 127/8 address is local to both: the member holds the address while the hold file
+the HA agent writes names it (``overlay.ha.read_holder``). Such a standby binds nothing of the
+pair's address before it holds it (``wait_held``; the node binds then, in one sweep).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import trio
 
 from overlay.config import PairSection
 from overlay.grpc import GrpcBridge
+from overlay.ha import read_holder
 
 from .mesh import Mesh
 
@@ -43,6 +49,23 @@ def holds_address(address: str) -> bool:
         return bool(probe.getsockname()[0] == address)
 
 
+def holds(pair: PairSection) -> bool:
+    """Whether this member holds the pair's address, told as ``pair.hold`` says."""
+    if pair.hold_file is not None:  # hold = "file" (the configuration sets it then only)
+        return read_holder(pair.hold_file) == pair.member
+    return holds_address(pair.address)
+
+
+async def wait_held(pair: PairSection) -> None:
+    """Return once this member holds the pair's address (at once if it does)."""
+    if not holds(pair):
+        log.info("standby: waiting for the pair's address", address=pair.address, hold=pair.hold)
+        # Polled: the kernel tells no one when an address is added (short of netlink); the
+        # hold file is polled alike, so both modes join within one check_interval.
+        while not holds(pair):  # noqa: ASYNC110
+            await trio.sleep(pair.check_interval)
+
+
 async def run_mesh(pair: PairSection | None, mesh: Mesh, bridge: GrpcBridge) -> None:
     """Run ``mesh`` for as long as the node runs, or, for a pair member, from the moment it
     holds the pair's address until it loses it.
@@ -54,16 +77,12 @@ async def run_mesh(pair: PairSection | None, mesh: Mesh, bridge: GrpcBridge) -> 
         mesh.joined = True
         await mesh.run(bridge)
         return
-    if not holds_address(pair.address):
-        log.info("standby: waiting for the pair's address", address=pair.address)
-        # Polled: the kernel tells no one when an address is added (short of netlink).
-        while not holds_address(pair.address):  # noqa: ASYNC110
-            await trio.sleep(pair.check_interval)
+    await wait_held(pair)
     log.warning("pair address held: joining the mesh", address=pair.address)
     mesh.joined = True
     async with trio.open_nursery() as nursery:
         nursery.start_soon(mesh.run, bridge)
-        while holds_address(pair.address):  # noqa: ASYNC110
+        while holds(pair):  # noqa: ASYNC110
             await trio.sleep(pair.check_interval)
         log.error("pair address lost: leaving the mesh and stopping", address=pair.address)
         raise PairAddressLost(f"the pair's address {pair.address} left this machine")

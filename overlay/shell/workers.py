@@ -38,7 +38,7 @@ YOUNG_COLLECTION_INTERVAL = 0.1
 async def _serve_until_signal(
     config: NodeConfig,
     tls: NodeTls | None,
-    bound: list[BoundSocket],
+    bound: list[BoundSocket] | None,
     steering: Steering | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
@@ -93,7 +93,10 @@ def run_node(config: NodeConfig) -> int:
     tune_garbage_collector()
     workers = config.sip.workers
     tls = NodeTls.load(config)
-    bound = bind(config)
+    # A pair member that holds by file binds once it holds (overlay.shell.node); a pair is an
+    # overlay node, so it has one worker.
+    held_by_file = config.pair is not None and config.pair.hold == "file"
+    bound = None if held_by_file else bind(config)
     if workers == 1:
         taken_over = False
         try:
@@ -101,6 +104,7 @@ def run_node(config: NodeConfig) -> int:
         except* PairAddressLost:  # logged where seen; the service manager restarts a standby
             taken_over = True
         return EXIT_PAIR_ADDRESS_LOST if taken_over else 0
+    assert bound is not None
     pipes = Steering.open_pipes(workers)
     outbound = tuple(write for _, write in pipes)
     # Signals that arrive between the forks and the children's own handlers must not kill the
