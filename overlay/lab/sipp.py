@@ -468,6 +468,11 @@ async def open_uas(
     Yields once SIPp owns its SIP socket, so a caller can send to it at once.  On exit SIPp is
     stopped (SIGTERM, then SIGKILL) and reaped, and ``uas.result()`` holds its statistics.
 
+    It answers OPTIONS (and INFO, NOTIFY, UPDATE) 200 by itself (``-aa``), as a trunk answers
+    the probes of the nodes that send it calls (``[trunks]``); SIPp counts each such request
+    in ``calls_attempted`` (and in no failure), so a UAS behind a node sees more "calls" than
+    were placed.
+
     Args:
         local_host: address to listen on (127.0.0.x).
         port: SIP port; 0 picks one free for both UDP and TCP.
@@ -489,6 +494,7 @@ async def open_uas(
             *_scenario_args(scenario),
             *_common_args(local_host, port, transport, run),
             "-timeout", f"{max_seconds:g}s",
+            "-aa",
             *extra_args,
         ]  # fmt: skip
         started = trio.current_time()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import trio
 
+from overlay.routing import TRUNK_MARK
+
 NODE_PORT = 5060
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
 
@@ -36,13 +38,24 @@ async def udp_socket(host: str) -> trio.socket.SocketType:
 
 
 async def receive_all(sock: trio.socket.SocketType, quiet: float = 0.3) -> list[bytes]:
-    """Every datagram until ``quiet`` seconds pass without one."""
+    """Every datagram until ``quiet`` seconds pass without one.
+
+    A node's trunk probes (``[trunks]``: an OPTIONS every 0.25 s to a socket the dialplan sends
+    calls to) are left out, and do not count as traffic: this socket never answers them.
+    """
     received = []
     while True:
         with trio.move_on_after(quiet) as scope:
-            received.append(await sock.recv(65535))
+            while is_trunk_probe(data := await sock.recv(65535)):
+                pass
+            received.append(data)
         if scope.cancelled_caught:
             return received
+
+
+def is_trunk_probe(data: bytes) -> bool:
+    """Whether ``data`` is a node's OPTIONS to a trunk (``overlay.routing.TrunkHealth``)."""
+    return data.startswith(b"OPTIONS ") and TRUNK_MARK in data
 
 
 def hostile_messages(uac_host: str) -> list[bytes]:

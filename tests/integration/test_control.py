@@ -312,6 +312,23 @@ async def test_every_rpc_through_grpc(pair: Pair):
             assert state["use2"].state != c.LinkStatus.UP
             assert not state["use2"].advertised_up
 
+            # use1 is the egress: it probes the callee's address, which answers nothing.
+            callee = f"{pair.callee[0]}:{pair.callee[1]}"
+            egress = await call(
+                bridge, pair.target("use1"), "ListTrunks", c.ListTrunksRequest(),
+                c.ListTrunksResponse,
+            )  # fmt: skip
+            assert egress.enabled
+            ((trunk,),) = [egress.trunks]
+            assert (trunk.trunk, list(trunk.targets)) == (f"udp:{callee}", [callee])
+            assert trunk.state in (c.TrunkStatus.INIT, c.TrunkStatus.DOWN)
+            assert trunk.probes_sent >= 1
+            assert trunk.probes_answered == 0
+            ingress = await call(
+                bridge, usw2, "ListTrunks", c.ListTrunksRequest(), c.ListTrunksResponse
+            )
+            assert (ingress.node_id, list(ingress.trunks)) == ("usw2", [])
+
             routes = await call(
                 bridge, usw2, "GetRoutes", c.GetRoutesRequest(), c.GetRoutesResponse
             )
@@ -529,6 +546,7 @@ VIEWER_CALLS = [
     ("ListNodes", c.ListNodesRequest(), c.ListNodesResponse),
     ("GetTopology", c.GetTopologyRequest(), c.GetTopologyResponse),
     ("ListLinks", c.ListLinksRequest(), c.ListLinksResponse),
+    ("ListTrunks", c.ListTrunksRequest(), c.ListTrunksResponse),
     ("GetRoutes", c.GetRoutesRequest(), c.GetRoutesResponse),
     ("ExplainRoute", c.ExplainRouteRequest(node_id="use1"), c.ExplainRouteResponse),
     ("ListCalls", c.ListCallsRequest(), c.ListCallsResponse),
@@ -726,6 +744,7 @@ async def test_reflection_and_health_work_for_standard_clients(pair: Pair):
         "ListNodes",
         "GetTopology",
         "ListLinks",
+        "ListTrunks",
         "GetRoutes",
         "ExplainRoute",
         "ListCalls",
@@ -781,6 +800,13 @@ async def test_every_command_through_overlayctl(pair: Pair):
         }
         links = await overlayctl_json(pair, "links")
         assert {link["neighbor"]: link["state"] for link in links["links"]}["use1"] == "UP"
+        trunks = await overlayctl_json(pair, "trunks", node="use1")
+        callee = f"{pair.callee[0]}:{pair.callee[1]}"
+        assert [t["trunk"] for t in trunks["trunks"]] == [f"udp:{callee}"]
+        assert trunks["trunks"][0]["targets"] == [callee]
+        code, out, err = await overlayctl(pair, "trunks", node="use1")  # the human table
+        assert (code, err) == (0, "")
+        assert f"udp:{callee}" in out
         routes = await overlayctl_json(pair, "routes")
         assert routes["routes"][0]["path"] == ["usw2", "use1"]
         explained = await overlayctl_json(pair, "explain", "+14155550100")

@@ -14,7 +14,7 @@ import trio
 
 from overlay.config import NodeConfig, parse_config
 from overlay.shell.node import open_node
-from tests.integration.raw_sip import invite, udp_socket
+from tests.integration.raw_sip import invite, is_trunk_probe, udp_socket
 from tests.mesh_helpers import FAST_PROBES, mesh_config
 
 pytestmark = pytest.mark.integration
@@ -34,12 +34,12 @@ def node(name: str, host: str, peer: str, peer_host: str, target: str, extra: st
 
 
 async def first_line(sock: trio.socket.SocketType, *, within: float) -> bytes:
-    """The first line of the next message that is not a 100 Trying."""
+    """The first line of the next message that is not a 100 Trying or a trunk probe."""
     with trio.fail_after(within):
         while True:
             data = await sock.recv(65535)
             line = data.split(b"\r\n", 1)[0]
-            if not line.startswith(b"SIP/2.0 100"):
+            if not line.startswith(b"SIP/2.0 100") and not is_trunk_probe(data):
                 return line
 
 

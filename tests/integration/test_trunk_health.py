@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ import trio
 
 from overlay.config import NodeConfig, parse_config
 from overlay.grpc import open_grpc_bridge
+from overlay.lab.node_process import node_config as process_node_config
+from overlay.lab.node_process import open_node as open_process_node
 from overlay.lab.sipp import open_uas, run_uac
 from overlay.noc import Published, TrunkChanged
 from overlay.shell.events import Watcher
@@ -36,6 +40,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.trio]
 
 NODE_ID = "trunk-a"
 GRPC_PORT = 7000  # mesh_config's
+METRICS_PORT = 9100  # worker i serves on 9100 + i (each test has addresses of its own)
 DETECTION = 1.0  # [trunks] defaults: probe_interval 0.25 x probe_multiplier 4
 CALLS = 20
 #: Set-up time of a call through the node to the live trunk, INVITE to 200 at the caller. A
@@ -134,8 +139,7 @@ async def two_trunks(loopback_host: Callable[[], str]) -> AsyncIterator[TwoTrunk
     live_host, silent_host, dns_host = (loopback_host() for _ in range(3))
     with silent_socket(silent_host) as silent:
         silent_port = silent.getsockname()[1]
-        # -aa: SIPp answers OPTIONS (and INFO, NOTIFY, UPDATE) 200 by itself.
-        async with open_uas(live_host, extra_args=["-aa"]) as uas:
+        async with open_uas(live_host) as uas:  # it answers OPTIONS (-aa)
             zone = Zone(
                 {
                     "trunk.example": {"SRV": []},
@@ -286,3 +290,50 @@ async def test_the_prober_follows_the_srv_records_at_their_ttl(
             trunks = await list_trunks(host)
             assert [trunk.trunk for trunk in trunks.trunks] == [event.trunk]
             assert node_trunks.counters()["trunks.lookups"] >= 2
+
+
+@pytest.mark.sipp
+async def test_each_worker_probes_and_hears_its_own_answers(
+    loopback_host: Callable[[], str],
+) -> None:
+    # Two worker processes share the node's sockets; each probes the trunk itself, and the
+    # Call-IDs it picks steer the answers back to it, so each sees the trunk UP.
+    node_host, uas_host = loopback_host(), loopback_host()
+    async with open_uas(uas_host) as uas:
+        config = process_node_config(
+            host=node_host,
+            port=5060,
+            target=f"{uas.host}:{uas.port}",
+            workers=2,
+            extra=f'[metrics]\nlisten = "{node_host}:{METRICS_PORT}"\n',
+        )
+        trunk = f'overlay_trunk_up{{trunk="udp:{uas.host}:{uas.port}"}} 1.0'
+        async with open_process_node(config, host=node_host, port=5060):
+            # Another process's state: no event reaches the test, so poll, bounded.
+            pages = []
+            with trio.fail_after(10):
+                for worker in (0, 1):
+                    while True:
+                        page = await metrics_page(node_host, METRICS_PORT + worker)
+                        if trunk in page:
+                            break
+                        await trio.sleep(0.1)
+                    pages.append(page)
+    for page in pages:
+        assert "overlay_trunk_probes_answered_total" in page
+        assert 'overlay_trunk_answers_total{kind="stray_answers"} 0.0' in page
+
+
+async def metrics_page(host: str, port: int) -> str:
+    """A worker's /metrics page; "" while it does not listen yet (the node is ready once one
+    worker answers SIP)."""
+
+    def get() -> str:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+                body: bytes = response.read()
+                return body.decode()
+        except urllib.error.URLError:
+            return ""
+
+    return await trio.to_thread.run_sync(get)
