@@ -177,6 +177,8 @@ class SignallingPump:
             "transport.tls_connections": stats.transport.tls_connections,
             "sip.sips_refused": proxy.sips_refused,
             "sip.late_answers": proxy.late_answers,
+            "sip.calls_ended_far_edge": proxy.calls_ended,
+            "sip.dialogs": proxy.dialogs,
         }
         groups: dict[str, dict[str, int]] = {
             "sip.requests": proxy.requests,

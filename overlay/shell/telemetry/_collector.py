@@ -120,6 +120,27 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "sips: requests answered 480 because no TLS leads to their next hop (RFC 5630)",
     ),
     _counter(
+        "overlay_calls_failed_over",
+        r"sip\.egress_failovers\.(?P<cause>.+)",
+        "New calls handed to the next egress of their rule before any final answer, by cause "
+        "(no_answer, 408, 503, timeout, egress_lost)",
+    ),
+    _counter(
+        "overlay_calls_late_answers",
+        r"sip\.late_answers",
+        "2xx answers of branches a call had moved on from, forwarded to the caller",
+    ),
+    _counter(
+        "overlay_calls_ended_far_edge",
+        r"sip\.calls_ended_far_edge",
+        "Answered calls this edge ended itself with a BYE: their far edge node was lost",
+    ),
+    _gauge(
+        "overlay_sip_dialogs",
+        r"sip\.dialogs",
+        "Answered calls in this edge's dialog book (what it needs to end one itself)",
+    ),
+    _counter(
         "overlay_sip_relayed",
         r"sip\.relayed\.(?P<kind>.+)",
         "Overlay SIP messages this node only relayed as a transit node, by kind",
@@ -419,6 +440,43 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "overlay_control_calls_evicted",
         r"control\.calls\.evicted",
         "Ended calls dropped from the call book to bound its size",
+    ),
+    _gauge(
+        "overlay_pair_replication_following",
+        r"pair\.replication\.following",
+        "1 while the pair's replication stream is up (the active serving its follower, or the "
+        "standby following), else 0",
+    ),
+    _gauge(
+        "overlay_pair_replication_lag_seconds",
+        r"pair\.replication\.lag_ms",
+        "The standby's wall clock minus the sending time of the last batch it applied",
+        scale=1e-3,
+    ),
+    _gauge(
+        "overlay_pair_replication_lag_records",
+        r"pair\.replication\.lag_records",
+        "Records the active made that the standby had not applied at its last report",
+    ),
+    _gauge(
+        "overlay_pair_replication_calls",
+        r"pair\.replication\.calls",
+        "Calls the standby holds the active's state of",
+    ),
+    _counter(
+        "overlay_pair_replication_resyncs",
+        r"pair\.replication\.resyncs",
+        "Snapshots the active sent, or the standby applied, the first one included",
+    ),
+    _counter(
+        "overlay_pair_replication_overruns",
+        r"pair\.replication\.overruns",
+        "Replication streams the active dropped because the standby fell behind",
+    ),
+    _counter(
+        "overlay_pair_replication_split_brains",
+        r"pair\.replication\.split_brains",
+        "Follow streams refused because the other member held the pair's address too",
     ),
 )
 
