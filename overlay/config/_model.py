@@ -289,6 +289,10 @@ class PairSection:
     #: Advertised in the LSA: how long peers keep this node as a destination after it falls
     #: silent (its standby taking over: detection plus the address move, with a margin).
     takeover_grace: float = 4.0
+    #: The other member's ``[grpc]`` address: while this member does not hold the pair's
+    #: address it dials there to follow the active's calls (pair replication,
+    #: ``overlay.shell.replication``); ``None``: it never follows.
+    peer_grpc: tuple[str, int] | None = None
     hold: PairHold = "kernel"
     hold_file: str | None = None  # with hold = "file" only, and then required
     member: str | None = None  # with hold = "file" only, and then required

@@ -259,7 +259,7 @@ def _pair(value: object, path: Path) -> PairSection:
     table = Table(
         value,
         path,
-        ("address", "check_interval", "takeover_grace", "hold", "hold_file", "member"),
+        ("address", "check_interval", "takeover_grace", "hold", "hold_file", "member", "peer_grpc"),
     )
     default = PairSection("")
     interval = table.get("check_interval", seconds, default.check_interval)
@@ -293,6 +293,7 @@ def _pair(value: object, path: Path) -> PairSection:
         address=table.require("address", ip_address),
         check_interval=interval,
         takeover_grace=grace,
+        peer_grpc=table.get("peer_grpc", _ip_port, None),
         hold=hold,
         hold_file=hold_file,
         member=member,

@@ -8,7 +8,9 @@ Every gRPC client of a node presents a certificate signed by the overlay's CA (m
   that change the node (``OPERATOR_METHODS``).
 * ``urn:overlay:node:<node_id>``: an overlay node. A node may open a link-state flooding stream
   to a peer that lists it in ``[[peers]]``, as itself (the stream's Hello must name the node
-  of the certificate, which ``overlay.shell.mesh`` checks), and call nothing else.
+  of the certificate, which ``overlay.shell.mesh`` checks), and call nothing else; except that
+  the two members of a pair, which share one node id and so one certificate's identity, may
+  follow each other's call state (``PairState``, ``overlay.shell.replication``).
 * The common name: who it is, for logs and for the ``by`` of events (``"alice"``).
 
 A node run with ``insecure = true`` has no TLS: nobody is authenticated and every caller may do
@@ -166,6 +168,22 @@ class AccessPolicy:
                 StatusCode.PERMISSION_DENIED,
                 f"node {identity.node_id} is not a peer of {self._node_id}",
             )
+
+    def authorize_pair(self, method: str, caller: Caller) -> None:
+        """The ``authorize`` of overlay.v1.PairState: only a certificate naming this very node,
+        which the other member of its pair holds too (a peer's would read the pair's calls).
+
+        Raises:
+            RpcError: UNAUTHENTICATED without a certificate, PERMISSION_DENIED for any other.
+        """
+        identity = self._identity(caller)
+        if identity is None or identity.node_id == self._node_id:
+            return
+        raise RpcError(
+            StatusCode.PERMISSION_DENIED,
+            f"only the other member of {self._node_id}'s pair may follow its state; "
+            f"{identity.describe()} is not",
+        )
 
     def _identity(self, caller: Caller) -> Identity | None:
         """The caller's identity, or ``None`` when the server does not authenticate."""

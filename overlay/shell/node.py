@@ -15,6 +15,10 @@ This module is composition only. The parts and what they do:
 * ``TrunkProber`` (``[trunks]``, ``overlay.shell.trunks``): OPTIONS to the trunks this node
   sends calls to; its ``TrunkHealth`` is the core's ``next_hop_health``, which tries trunks
   that stopped answering after the others;
+* ``PairReplication`` (``[pair]``, ``overlay.shell.replication``): the active serves its calls
+  to the standby on the gRPC server (``PairState``), the standby follows them into its own call
+  book, dialog book and media edge; the call book and the media edge mark the calls that
+  changed, and the pump sends them at the end of each turn;
 * ``Telemetry`` (``[metrics]``, ``[cloudwatch]``), the stall watchdog, the event hub.
 
 Every part is made before any task starts; a part a section of the configuration does not ask
@@ -55,7 +59,8 @@ from overlay.shell.control import ControlPlane, MediaPlaneView
 from overlay.shell.events import EventHub
 from overlay.shell.media import MediaPlane
 from overlay.shell.mesh import Mesh
-from overlay.shell.pair import run_mesh, wait_held
+from overlay.shell.pair import holds, run_mesh, wait_held
+from overlay.shell.replication import PairReplication
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.signalling import SignallingPump
 from overlay.shell.stall import StallWatchdog
@@ -237,6 +242,7 @@ async def open_node(
         admission=None if security is None else security.guard,
         next_hop_health=None if trunks is None else trunks.health,
     )
+    replication = _pair_replication(config, overlay, core, media)
     mesh = None
     if overlay is not None:
         local = next(item for item in listeners if item.transport == "udp")
@@ -273,6 +279,7 @@ async def open_node(
         resolver=resolver,
         trunks=trunks,
         calls=None if overlay is None else overlay.calls,
+        replicate=None if replication is None else replication.flush,
     )
     counters = CounterSources()
     counters.add(pump.counters)
@@ -282,6 +289,8 @@ async def open_node(
         counters.add(media.counters)
     if mesh is not None:
         counters.add(mesh.counters)
+    if replication is not None:
+        counters.add(replication.counters)
     calls = None if overlay is None else overlay.calls
     collector = NodeCollector(
         config.node,
@@ -348,7 +357,12 @@ async def open_node(
                     return len(sockets), 0 if media is None else media.release_relay()
 
             control = await nursery.start(
-                _serve_grpc, config, tls.grpc, mesh, make_control, take_address
+                functools.partial(_serve_grpc, replication=replication),
+                config,
+                tls.grpc,
+                mesh,
+                make_control,
+                take_address,
             )
             counters.add(control.counters)
         await nursery.start(telemetry.run)
@@ -423,6 +437,33 @@ class _OverlayParts:
         )
 
 
+def _pair_replication(
+    config: NodeConfig,
+    overlay: _OverlayParts | None,
+    core: ProxyCore,
+    media: MediaPlane | None,
+) -> PairReplication | None:
+    """A pair member's replication, marked by the call book and the media edge whose calls it
+    reads; ``None`` outside a pair."""
+    pair = config.pair
+    if pair is None or overlay is None:  # [pair] needs [[peers]] (the configuration checks)
+        return None
+    replication = PairReplication(
+        config.node.node_id,
+        peer=pair.peer_grpc,
+        holds=functools.partial(holds, pair),
+        access=overlay.access,
+        calls=overlay.calls,
+        dialogs=core.dialogs,
+        edge=None if media is None else media.edge,
+        apply_media=None if media is None else media.apply,
+    )
+    overlay.calls.on_change = replication.log.mark
+    if media is not None:
+        media.edge.on_change = replication.log.mark
+    return replication
+
+
 def _trunk_prober(
     config: NodeConfig,
     listeners: tuple[Listener, ...],
@@ -461,10 +502,12 @@ async def _serve_grpc(
     make_control: Callable[..., ControlPlane],
     take_address: Callable[[], Awaitable[tuple[int, int]]] | None,
     *,
+    replication: PairReplication | None = None,
     task_status: trio.TaskStatus[ControlPlane] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The gRPC server of an overlay node (link-state flooding, the Control service made on
-    its bridge) and the mesh on it; reports the Control service once the server listens.
+    its bridge; a pair member's ``replication``, its PairState service and its task) and the
+    mesh on it; reports the Control service once the server listens.
 
     ``take_address``: a member that holds by file binds with it, once it holds, what it waits
     to bind (its SIP sockets and relay; it returns how many sockets and relay sessions), then
@@ -474,8 +517,12 @@ async def _serve_grpc(
     async with open_grpc_bridge(tls=tls) as bridge, trio.open_nursery() as nursery:
         control = make_control(bridge=bridge)
         services = [*mesh.services(), control.service()]
+        if replication is not None:
+            services.append(replication.service())
         port = await bridge.start_server(grpc.host, grpc.port, services)
         nursery.start_soon(_beat_liveness, bridge)
+        if replication is not None:
+            nursery.start_soon(replication.run, bridge)
         log.info("grpc listening", host=grpc.host, port=port)
         task_status.started(control)
         if config.pair is not None and take_address is not None:

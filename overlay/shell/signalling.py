@@ -15,6 +15,9 @@ the core's events before the next message is read:
 * ``EgressFailedOver``: a new call handed to the next egress of its rule, logged and published;
 * ``OverlayAnomaly``: a message a routing loop caught, logged.
 
+Last, ``replicate`` (a pair member's ``PairReplication.flush``) sends the standby what the turn
+changed, without waiting.
+
 The timer task sleeps until the core's next deadline; ``_flush`` wakes it early when a new
 deadline comes before the one it sleeps on. When the mesh moves the path toward some nodes,
 ``rerouted`` resends their pending requests at once, and fails the calls whose egress it lost
@@ -28,7 +31,7 @@ that name (RFC 5922 §7.2); a target given as an IP address is checked against t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -96,10 +99,12 @@ class SignallingPump:
         resolver: SipResolver | None = None,
         trunks: TrunkProber | None = None,
         calls: CallTracker | None = None,
+        replicate: Callable[[], None] | None = None,
     ) -> None:
         sip = config.sip
         self.core = core
         self._calls = calls
+        self._replicate = replicate
         self.internal_errors = 0
         self._worker = 0 if steering is None else steering.index
         self._route_wait = config.linkstate.route_wait
@@ -241,6 +246,8 @@ class SignallingPump:
                 self._failed_over(event)
             else:
                 _log_anomaly(event)
+        if self._replicate is not None:
+            self._replicate()
         deadline = core.get_timer()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()

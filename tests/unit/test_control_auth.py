@@ -103,3 +103,20 @@ def test_secure_server_without_a_client_certificate_is_unauthenticated():
 def test_who_is_the_certificate_subject(ca: Issued):
     assert policy().who(caller(issue_client(ca, "olga", Role.OPERATOR, now=NOW))) == "olga"
     assert policy().who(None) == ""
+
+
+def test_only_the_other_member_of_the_pair_follows_its_state(ca: Issued):
+    other_member = caller(issue_node(ca, "usw2", ["127.0.0.12"], now=NOW))
+    policy().authorize_pair("Follow", other_member)
+    peer = caller(issue_node(ca, "use1", ["127.0.0.14"], now=NOW))
+    error = refused(policy().authorize_pair, "Follow", peer)
+    assert (error.code, error.message) == (
+        StatusCode.PERMISSION_DENIED,
+        "only the other member of usw2's pair may follow its state; use1 (node use1) is not",
+    )
+    operator = caller(issue_client(ca, "olga", Role.OPERATOR, now=NOW))
+    assert refused(policy().authorize_pair, "Follow", operator).code is StatusCode.PERMISSION_DENIED
+    assert refused(policy().authorize_pair, "Follow", caller(None)).code is (
+        StatusCode.UNAUTHENTICATED
+    )
+    policy(secure=False).authorize_pair("Follow", caller(None))

@@ -51,6 +51,15 @@ def test_bad_pair_section_refused(section: str, message: str) -> None:
     assert message in str(caught.value)
 
 
+def test_peer_grpc_is_where_a_standby_follows_its_active() -> None:
+    section = '[pair]\naddress = "10.20.1.10"\npeer_grpc = "{}"\n'
+    config = parse_config(BASE + section.format("10.20.1.12:7000"), source="node.toml")
+    assert config.pair is not None
+    assert config.pair.peer_grpc == ("10.20.1.12", 7000)
+    with pytest.raises(ConfigError, match=r"node\.toml:\d+: pair\.peer_grpc: needs a port"):
+        parse_config(BASE + section.format("10.20.1.12"), source="node.toml")
+
+
 def test_pair_needs_peers() -> None:
     alone = BASE.split("[[peers]]")[0].replace("[grpc]\nlisten", "[grpc]\nlisten", 1)
     with pytest.raises(ConfigError, match=r"pair: needs \[\[peers\]\]"):

@@ -1,0 +1,372 @@
+"""Pair state replication over gRPC: the active serves its calls, the standby follows them.
+
+Both members of a pair run this; which part works depends on who holds the pair's address
+(docs/internal/pair-state-design.md §4, proto/overlay/v1/pair.proto).
+
+**The active** serves ``overlay.v1.PairState`` on the node's gRPC server, to one follower at a
+time (a newer stream replaces an older one). On ``Follow`` it sends what ``ReplicaLog.follow``
+says (a snapshot, unless the follower is up to date), then every batch ``flush`` makes. The
+signalling pump calls ``flush`` at the end of every turn, and a tick every ``REPORT_INTERVAL``
+catches what changed outside signalling (a relay latching a new source, a media timeout).
+Signalling never waits: a batch goes to the follower's stream through a bounded channel with
+``send_nowait``; when ``BATCH_BUFFER`` batches already wait there, the stream is dropped and
+counted in ``pair.replication.overruns``, and the follower, dialling again, takes a snapshot.
+A follower that says it holds the address too is a split brain: refused, logged, counted.
+
+**The standby** (the member that does not hold the address) dials ``[pair] peer_grpc`` with
+the node's own certificate, says what it holds (``FollowerHello``), applies every batch into
+its own objects (``ReplicaStore``, then the relay: ``apply_media``) and reports what it applied
+every ``REPORT_INTERVAL``. A broken stream or a batch that does not follow (``ResyncNeeded``)
+makes it dial again, at once after a resync, else after a backoff from ``RECONNECT_DELAY``
+doubling to ``MAX_RECONNECT_DELAY``. It stops following the moment it holds the address.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from overlay.grpc import (
+    AccessPolicy,
+    BridgedStream,
+    GrpcBridge,
+    RpcError,
+    Service,
+    StatusCode,
+    StreamBroken,
+    stream_handler,
+)
+from overlay.media import MediaEdge
+from overlay.noc import CallTracker
+from overlay.pairstate import EPOCH_SIZE, ReplicaLog, ReplicaStore, ResyncNeeded
+from overlay.shell.clock import wall_time
+from overlay.sip import DialogBook, host_reference
+from overlay.v1 import pair_pb2
+
+log = structlog.get_logger("overlay.pair")
+
+SERVICE = "overlay.v1.PairState"
+FOLLOW_METHOD = f"/{SERVICE}/Follow"
+#: Seconds between the follower's Applied reports, and between the active's flushes of what
+#: changed outside signalling.
+REPORT_INTERVAL = 0.1
+#: Batches waiting for one follower (beyond those gRPC holds): one more drops its stream.
+BATCH_BUFFER = 64
+HELLO_TIMEOUT = 2.0
+RECONNECT_DELAY = 0.1
+MAX_RECONNECT_DELAY = 2.0
+
+
+class _Follower:
+    """One follower's stream, at the active: the channel ``flush`` feeds, and why the active
+    dropped it (``None``: it was not dropped)."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[pair_pb2.StateBatch](BATCH_BUFFER)
+        self.scope = trio.CancelScope()
+        self.dropped: RpcError | None = None
+
+    def drop(self, code: StatusCode, why: str) -> None:
+        self.dropped = RpcError(code, why)
+        self.scope.cancel()
+
+
+class PairReplication:
+    """See the module docstring.
+
+    Args:
+        node_id: the pair's node id (both members have it).
+        peer: ``[pair] peer_grpc``, the other member's gRPC address; ``None``: never follow.
+        holds: whether this member holds the pair's address now.
+        access: who may follow (``AccessPolicy.authorize_pair``).
+        calls, dialogs, edge: this node's owners of call state (``dialogs``, ``edge``: ``None``
+            without a dialog book or a media plane).
+        apply_media: hands the media edge's commands to the relay (``MediaPlane.apply``).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        peer: tuple[str, int] | None,
+        holds: Callable[[], bool],
+        access: AccessPolicy,
+        calls: CallTracker,
+        dialogs: DialogBook | None,
+        edge: MediaEdge | None,
+        apply_media: Callable[[], None] | None,
+    ) -> None:
+        self._node_id = node_id
+        self._target = None if peer is None else f"{host_reference(peer[0])}:{peer[1]}"
+        self._holds = holds
+        self._access = access
+        self._apply_media = apply_media
+        # A node starts without a replica of its own: a new epoch (a promoted standby, which
+        # would keep the one it followed, is a later step).
+        self.log = ReplicaLog(secrets.token_bytes(EPOCH_SIZE), calls, dialogs, edge)
+        self.store = ReplicaStore(calls, dialogs, edge)
+        # The active's side.
+        self._follower: _Follower | None = None
+        self._reported = pair_pb2.Applied()  # the follower's last report
+        self.snapshots_sent = 0
+        self.overruns = 0
+        self.split_brains = 0
+        # The standby's side.
+        self._standby = False  # follows (or tries to): its counters are the store's
+        self._following = False  # a stream to the active is up
+
+    # -- the active -----------------------------------------------------------------------
+
+    def service(self) -> Service:
+        """``overlay.v1.PairState`` for the node's gRPC server."""
+        follow = stream_handler(
+            self._serve_follow,
+            pair_pb2.FollowerReport.FromString,
+            pair_pb2.StateBatch.SerializeToString,
+        )
+        return Service(SERVICE, {"Follow": follow}, self._access.authorize_pair)
+
+    def flush(self) -> None:
+        """Send what changed since the last flush to the follower, never waiting (module
+        notes). Called by the signalling pump once per turn."""
+        batch = self.log.flush(trio.current_time(), wall_time())
+        follower = self._follower
+        if batch is None or follower is None:
+            return
+        try:
+            follower.send.send_nowait(batch)
+        except trio.WouldBlock:
+            self.overruns += 1
+            log.warning("pair follower fell behind: its stream is dropped", batches=BATCH_BUFFER)
+            follower.drop(StatusCode.RESOURCE_EXHAUSTED, f"{BATCH_BUFFER} batches behind")
+            self._unfollow(follower)
+
+    def _unfollow(self, follower: _Follower) -> None:
+        if self._follower is follower:
+            self._follower = None
+            self.log.unfollow()
+
+    async def _serve_follow(self, stream: BridgedStream) -> None:
+        try:
+            hello = await self._hello(stream)
+        except (trio.EndOfChannel, StreamBroken):
+            return  # gone before it said anything
+        follower = _Follower()
+        if self._follower is not None:
+            self._follower.drop(StatusCode.ABORTED, "a newer stream of the follower replaced it")
+        self._follower = follower
+        batches = self.log.follow(hello.epoch, hello.applied_seq, trio.current_time(), wall_time())
+        if batches:
+            self.snapshots_sent += 1
+        log.info(
+            "pair follower connected",
+            peer=stream.peer,
+            snapshot_calls=sum(len(batch.records) for batch in batches) if batches else None,
+            seq=self.log.last_seq,
+        )
+        try:
+            with follower.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._take_reports, stream, nursery.cancel_scope)
+                    await self._send_batches(stream, batches, follower)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._unfollow(follower)
+            follower.receive.close()
+        dropped = follower.dropped
+        log.info("pair follower gone", peer=stream.peer, dropped=dropped and dropped.message)
+        if dropped is not None:
+            raise dropped
+
+    async def _send_batches(
+        self, stream: BridgedStream, snapshot: list[pair_pb2.StateBatch], follower: _Follower
+    ) -> None:
+        """The snapshot, then every batch ``flush`` hands the follower, in order."""
+        try:
+            for batch in snapshot:
+                await stream.send(batch)
+            async for batch in follower.receive:
+                await stream.send(batch)
+        except StreamBroken:
+            pass  # the follower went away: it dials again when it can
+
+    async def _hello(self, stream: BridgedStream) -> pair_pb2.FollowerHello:
+        """The follower's first message, checked (module notes).
+
+        Raises:
+            RpcError: no Hello in time, another node's, a split brain, or this member is no
+                active to follow.
+            trio.EndOfChannel, StreamBroken: the follower went first.
+        """
+        first = None
+        with trio.move_on_after(HELLO_TIMEOUT):
+            first = await stream.receive()
+        if first is None or not first.HasField("hello"):
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "a Follow stream starts with a Hello")
+        hello: pair_pb2.FollowerHello = first.hello
+        if hello.node_id != self._node_id:
+            raise RpcError(
+                StatusCode.PERMISSION_DENIED,
+                f"{hello.node_id!r} is not this pair's node ({self._node_id!r})",
+            )
+        if not self._holds():
+            raise RpcError(
+                StatusCode.UNAVAILABLE, "this member does not hold the pair's address: no active"
+            )
+        if hello.holds_address:
+            self.split_brains += 1
+            log.error(
+                "split brain: the other member of the pair holds the address too; "
+                "its Follow stream is refused",
+                peer=stream.peer,
+            )
+            raise RpcError(
+                StatusCode.FAILED_PRECONDITION, "split brain: both members hold the address"
+            )
+        return hello
+
+    async def _take_reports(self, stream: BridgedStream, scope: trio.CancelScope) -> None:
+        """Read the follower's Applied reports; end the stream when it goes."""
+        try:
+            while True:
+                report = await stream.receive()
+                if report.HasField("applied"):
+                    self._reported = report.applied
+        except (trio.EndOfChannel, StreamBroken):
+            scope.cancel()
+
+    # -- the standby ----------------------------------------------------------------------
+
+    async def run(self, bridge: GrpcBridge) -> None:
+        """Flush every ``REPORT_INTERVAL``, and follow the active while this member does not
+        hold the address (with a ``peer``), until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick)
+            if self._target is not None:
+                nursery.start_soon(self._follow, bridge, self._target)
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            self.flush()
+
+    async def _follow(self, bridge: GrpcBridge, target: str) -> None:
+        if self._holds():
+            return  # the active: nobody to follow (it stops when it loses the address)
+        self._standby = True
+        delay = RECONNECT_DELAY
+        failures = 0  # dials in a row that never got a whole state: only the first is logged
+        while not self._holds():
+            why = await self._follow_once(bridge, target)
+            if why is None:  # resynchronising: dial again at once
+                delay = RECONNECT_DELAY
+                continue
+            if self._following:
+                log.warning("pair follower: the stream to the active ended", why=why)
+                self._following, delay, failures = False, RECONNECT_DELAY, 0
+            elif failures == 0:
+                log.warning("pair follower: no state from the active", target=target, why=why)
+            failures += 1
+            await trio.sleep(delay)
+            delay = min(2 * delay, MAX_RECONNECT_DELAY)
+        self._standby = self._following = False
+        log.warning("pair address held: no longer following the other member")
+
+    async def _follow_once(self, bridge: GrpcBridge, target: str) -> str | None:
+        """One stream to the active; returns why it ended (``None``: a resync is needed, which
+        also ends ``_following``)."""
+        store = self.store
+        hello = pair_pb2.FollowerHello(
+            node_id=self._node_id,
+            epoch=store.epoch,
+            applied_seq=store.applied_seq,
+            holds_address=self._holds(),
+        )
+        why: str | None = "this member holds the pair's address"  # unless said otherwise
+        async with bridge.open_stream(
+            target,
+            FOLLOW_METHOD,
+            pair_pb2.FollowerReport.SerializeToString,
+            pair_pb2.StateBatch.FromString,
+        ) as stream:
+            try:
+                stream.send_nowait(pair_pb2.FollowerReport(hello=hello))
+            except StreamBroken as error:
+                return f"{error.code.name}: {error.details}"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report, stream, nursery.cancel_scope)
+                why = await self._take_batches(stream)
+                nursery.cancel_scope.cancel()
+        if why is None:
+            self._following = False
+        return why
+
+    async def _take_batches(self, stream: BridgedStream) -> str | None:
+        """Apply the active's batches until the stream ends; returns why (``None``: resync)."""
+        store = self.store
+        try:
+            while True:
+                batch = await stream.receive()
+                store.apply(batch, trio.current_time(), wall_time())
+                if self._apply_media is not None:
+                    self._apply_media()
+                if not self._following and store.epoch:
+                    self._following = True
+                    log.info("following the active", calls=store.calls, seq=store.applied_seq)
+        except ResyncNeeded as error:
+            log.warning("pair follower: resync", reason=str(error))
+            return None
+        except trio.EndOfChannel:
+            return "the active ended the stream"
+        except StreamBroken as error:
+            return f"{error.code.name}: {error.details}"
+
+    async def _report(self, stream: BridgedStream, scope: trio.CancelScope) -> None:
+        """Applied every ``REPORT_INTERVAL``; stop following once this member holds."""
+        store = self.store
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            if self._holds():
+                scope.cancel()
+                return
+            applied = pair_pb2.Applied(
+                seq=store.applied_seq, lag_ms=store.lag_ms, calls=store.calls
+            )
+            try:
+                stream.send_nowait(pair_pb2.FollowerReport(applied=applied))
+            except trio.WouldBlock:
+                continue  # the next report says the same, later
+            except StreamBroken:
+                return  # _take_batches sees the end too
+
+    # -- reading --------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """By dotted name: the standby's own figures while it follows, else the active's (the
+        follower's last report; ``lag_records`` only the active knows)."""
+        if self._standby:
+            store = self.store
+            return {
+                "pair.replication.following": int(self._following),
+                "pair.replication.lag_ms": _ms(store.lag_ms),
+                "pair.replication.calls": store.calls,
+                "pair.replication.resyncs": store.snapshots,
+            }
+        reported = self._reported
+        return {
+            "pair.replication.following": int(self._follower is not None),
+            "pair.replication.lag_ms": _ms(reported.lag_ms),
+            "pair.replication.lag_records": max(0, self.log.last_seq - reported.seq),
+            "pair.replication.calls": reported.calls,
+            "pair.replication.resyncs": self.snapshots_sent,
+            "pair.replication.overruns": self.overruns,
+            "pair.replication.split_brains": self.split_brains,
+        }
+
+
+def _ms(value: float) -> int:
+    return round(value) if math.isfinite(value) else 0
