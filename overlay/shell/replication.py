@@ -3,22 +3,24 @@
 Both members of a pair run this; which part works depends on who holds the pair's address
 (docs/internal/pair-state-design.md §4, proto/overlay/v1/pair.proto).
 
-**The active** serves ``overlay.v1.PairState`` on the node's gRPC server, to one follower at a
-time (a newer stream replaces an older one). On ``Follow`` it sends what ``ReplicaLog.follow``
-says (a snapshot, unless the follower is up to date), then every batch ``flush`` makes. The
-signalling pump calls ``flush`` at the end of every turn, and a tick every ``REPORT_INTERVAL``
-catches what changed outside signalling (a relay latching a new source, a media timeout).
-Signalling never waits: a batch goes to the follower's stream through a bounded channel with
-``send_nowait``; when ``BATCH_BUFFER`` batches already wait there, the stream is dropped and
-counted in ``pair.replication.overruns``, and the follower, dialling again, takes a snapshot.
-A follower that says it holds the address too is a split brain: refused, logged, counted.
+**The active** (``PairReplication``) serves ``overlay.v1.PairState`` on the node's gRPC
+server, to one follower at a time (a newer stream replaces an older one). On ``Follow`` it sends
+what ``ReplicaLog.follow`` says (a snapshot, unless the follower is up to date), then every batch
+``flush`` makes. The signalling pump calls ``flush`` at the end of every turn, and a tick every
+``REPORT_INTERVAL`` catches what changed outside signalling (a relay latching a new source, a
+media timeout). Signalling never waits: a batch goes to the follower's stream through a bounded
+channel with ``send_nowait``; when ``BATCH_BUFFER`` batches already wait there, the stream is
+dropped and counted in ``pair.replication.overruns``, and the follower, dialling again, takes a
+snapshot. A follower that says it holds the address too is a split brain: refused, logged,
+counted. A member that does not hold the address serves no one.
 
-**The standby** (the member that does not hold the address) dials ``[pair] peer_grpc`` with
-the node's own certificate, says what it holds (``FollowerHello``), applies every batch into
-its own objects (``ReplicaStore``, then the relay: ``apply_media``) and reports what it applied
-every ``REPORT_INTERVAL``. A broken stream or a batch that does not follow (``ResyncNeeded``)
-makes it dial again, at once after a resync, else after a backoff from ``RECONNECT_DELAY``
-doubling to ``MAX_RECONNECT_DELAY``. It stops following the moment it holds the address.
+**The standby** (``PairFollower``, on the member that does not hold the address) dials
+``[pair] peer_grpc`` with the node's own certificate, says what it holds (``FollowerHello``),
+applies every batch into its own objects (``ReplicaStore``, then the relay: ``apply_media``)
+and reports what it applied every ``REPORT_INTERVAL``. A broken stream or a batch that does not
+follow (``ResyncNeeded``) makes it dial again, at once after a resync, else after a backoff from
+``RECONNECT_DELAY`` doubling to ``MAX_RECONNECT_DELAY``. It stops following the moment it holds
+the address.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ RECONNECT_DELAY = 0.1
 MAX_RECONNECT_DELAY = 2.0
 
 
-class _Follower:
+class _Stream:
     """One follower's stream, at the active: the channel ``flush`` feeds, and why the active
     dropped it (``None``: it was not dropped)."""
 
@@ -76,7 +78,8 @@ class _Follower:
 
 
 class PairReplication:
-    """See the module docstring.
+    """A pair member's replication: the active's part, and (with a ``peer``) the standby's
+    ``PairFollower``; see the module docstring.
 
     Args:
         node_id: the pair's node id (both members have it).
@@ -101,25 +104,27 @@ class PairReplication:
         apply_media: Callable[[], None] | None,
     ) -> None:
         self._node_id = node_id
-        self._target = None if peer is None else f"{host_reference(peer[0])}:{peer[1]}"
         self._holds = holds
         self._access = access
-        self._apply_media = apply_media
         # A node starts without a replica of its own: a new epoch (a promoted standby, which
         # would keep the one it followed, is a later step).
         self.log = ReplicaLog(secrets.token_bytes(EPOCH_SIZE), calls, dialogs, edge)
-        self.store = ReplicaStore(calls, dialogs, edge)
-        # The active's side.
-        self._follower: _Follower | None = None
+        self.follower = (
+            None
+            if peer is None
+            else PairFollower(
+                node_id,
+                f"{host_reference(peer[0])}:{peer[1]}",
+                ReplicaStore(calls, dialogs, edge),
+                holds=holds,
+                apply_media=apply_media,
+            )
+        )
+        self._stream: _Stream | None = None
         self._reported = pair_pb2.Applied()  # the follower's last report
         self.snapshots_sent = 0
         self.overruns = 0
         self.split_brains = 0
-        # The standby's side.
-        self._standby = False  # follows (or tries to): its counters are the store's
-        self._following = False  # a stream to the active is up
-
-    # -- the active -----------------------------------------------------------------------
 
     def service(self) -> Service:
         """``overlay.v1.PairState`` for the node's gRPC server."""
@@ -130,24 +135,52 @@ class PairReplication:
         )
         return Service(SERVICE, {"Follow": follow}, self._access.authorize_pair)
 
+    async def run(self, bridge: GrpcBridge) -> None:
+        """Flush every ``REPORT_INTERVAL``, and run the follower, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick)
+            if self.follower is not None:
+                nursery.start_soon(self.follower.run, bridge)
+
     def flush(self) -> None:
         """Send what changed since the last flush to the follower, never waiting (module
         notes). Called by the signalling pump once per turn."""
         batch = self.log.flush(trio.current_time(), wall_time())
-        follower = self._follower
-        if batch is None or follower is None:
+        stream = self._stream
+        if batch is None or stream is None:
             return
         try:
-            follower.send.send_nowait(batch)
+            stream.send.send_nowait(batch)
         except trio.WouldBlock:
             self.overruns += 1
             log.warning("pair follower fell behind: its stream is dropped", batches=BATCH_BUFFER)
-            follower.drop(StatusCode.RESOURCE_EXHAUSTED, f"{BATCH_BUFFER} batches behind")
-            self._unfollow(follower)
+            stream.drop(StatusCode.RESOURCE_EXHAUSTED, f"{BATCH_BUFFER} batches behind")
+            self._unfollow(stream)
 
-    def _unfollow(self, follower: _Follower) -> None:
-        if self._follower is follower:
-            self._follower = None
+    def counters(self) -> dict[str, int]:
+        """By dotted name: the follower's own figures while this member is the standby, else
+        the active's (its follower's last report; ``lag_records`` only the active knows)."""
+        if self.follower is not None and self.follower.standby:
+            return self.follower.counters()
+        reported = self._reported
+        return {
+            "pair.replication.following": int(self._stream is not None),
+            "pair.replication.lag_ms": _ms(reported.lag_ms),
+            "pair.replication.lag_records": max(0, self.log.last_seq - reported.seq),
+            "pair.replication.calls": reported.calls,
+            "pair.replication.resyncs": self.snapshots_sent,
+            "pair.replication.overruns": self.overruns,
+            "pair.replication.split_brains": self.split_brains,
+        }
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(REPORT_INTERVAL)
+            self.flush()
+
+    def _unfollow(self, stream: _Stream) -> None:
+        if self._stream is stream:
+            self._stream = None
             self.log.unfollow()
 
     async def _serve_follow(self, stream: BridgedStream) -> None:
@@ -155,10 +188,10 @@ class PairReplication:
             hello = await self._hello(stream)
         except (trio.EndOfChannel, StreamBroken):
             return  # gone before it said anything
-        follower = _Follower()
-        if self._follower is not None:
-            self._follower.drop(StatusCode.ABORTED, "a newer stream of the follower replaced it")
-        self._follower = follower
+        follower = _Stream()
+        if self._stream is not None:
+            self._stream.drop(StatusCode.ABORTED, "a newer stream of the follower replaced it")
+        self._stream = follower
         batches = self.log.follow(hello.epoch, hello.applied_seq, trio.current_time(), wall_time())
         if batches:
             self.snapshots_sent += 1
@@ -183,7 +216,7 @@ class PairReplication:
             raise dropped
 
     async def _send_batches(
-        self, stream: BridgedStream, snapshot: list[pair_pb2.StateBatch], follower: _Follower
+        self, stream: BridgedStream, snapshot: list[pair_pb2.StateBatch], follower: _Stream
     ) -> None:
         """The snapshot, then every batch ``flush`` hands the follower, in order."""
         try:
@@ -239,46 +272,73 @@ class PairReplication:
         except (trio.EndOfChannel, StreamBroken):
             scope.cancel()
 
-    # -- the standby ----------------------------------------------------------------------
+
+class PairFollower:
+    """The standby's part (module notes): follows the active at ``target`` into ``store``.
+
+    Args:
+        node_id: the pair's node id, said in the Hello.
+        target: ``"host:port"`` of the other member's gRPC server.
+        store: applies the active's batches to this node's owners of call state.
+        holds: whether this member holds the pair's address now: it then stops following.
+        apply_media: hands the media edge's commands to the relay after each batch.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        target: str,
+        store: ReplicaStore,
+        *,
+        holds: Callable[[], bool],
+        apply_media: Callable[[], None] | None,
+    ) -> None:
+        self._node_id = node_id
+        self._target = target
+        self.store = store
+        self._holds = holds
+        self._apply_media = apply_media
+        #: This member follows, or tries to (it did not hold the address).
+        self.standby = False
+        #: A stream to the active is up and its state was taken whole.
+        self.following = False
+
+    def counters(self) -> dict[str, int]:
+        """What the standby knows, by dotted name (``PairReplication.counters``)."""
+        store = self.store
+        return {
+            "pair.replication.following": int(self.following),
+            "pair.replication.lag_ms": _ms(store.lag_ms),
+            "pair.replication.calls": store.calls,
+            "pair.replication.resyncs": store.snapshots,
+        }
 
     async def run(self, bridge: GrpcBridge) -> None:
-        """Flush every ``REPORT_INTERVAL``, and follow the active while this member does not
-        hold the address (with a ``peer``), until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._tick)
-            if self._target is not None:
-                nursery.start_soon(self._follow, bridge, self._target)
-
-    async def _tick(self) -> None:
-        while True:
-            await trio.sleep(REPORT_INTERVAL)
-            self.flush()
-
-    async def _follow(self, bridge: GrpcBridge, target: str) -> None:
+        """Follow the active until this member holds the pair's address (a member that holds
+        it from the start is the active: it follows no one)."""
         if self._holds():
-            return  # the active: nobody to follow (it stops when it loses the address)
-        self._standby = True
+            return
+        self.standby = True
+        target = self._target
         delay = RECONNECT_DELAY
         failures = 0  # dials in a row that never got a whole state: only the first is logged
         while not self._holds():
-            why = await self._follow_once(bridge, target)
-            if why is None:  # resynchronising: dial again at once
-                delay = RECONNECT_DELAY
-                continue
-            if self._following:
+            why, resync = await self._follow_once(bridge, target)
+            if self.following:  # it had the active's whole state: a resync dials at once
                 log.warning("pair follower: the stream to the active ended", why=why)
-                self._following, delay, failures = False, RECONNECT_DELAY, 0
+                self.following, delay, failures = False, RECONNECT_DELAY, 0
+                if resync:
+                    continue
             elif failures == 0:
                 log.warning("pair follower: no state from the active", target=target, why=why)
             failures += 1
             await trio.sleep(delay)
             delay = min(2 * delay, MAX_RECONNECT_DELAY)
-        self._standby = self._following = False
+        self.standby = self.following = False
         log.warning("pair address held: no longer following the other member")
 
-    async def _follow_once(self, bridge: GrpcBridge, target: str) -> str | None:
-        """One stream to the active; returns why it ended (``None``: a resync is needed, which
-        also ends ``_following``)."""
+    async def _follow_once(self, bridge: GrpcBridge, target: str) -> tuple[str, bool]:
+        """One stream to the active; returns why it ended, and whether for a resync."""
         store = self.store
         hello = pair_pb2.FollowerHello(
             node_id=self._node_id,
@@ -286,7 +346,7 @@ class PairReplication:
             applied_seq=store.applied_seq,
             holds_address=self._holds(),
         )
-        why: str | None = "this member holds the pair's address"  # unless said otherwise
+        why, resync = "this member holds the pair's address", False  # unless said otherwise
         async with bridge.open_stream(
             target,
             FOLLOW_METHOD,
@@ -296,17 +356,16 @@ class PairReplication:
             try:
                 stream.send_nowait(pair_pb2.FollowerReport(hello=hello))
             except StreamBroken as error:
-                return f"{error.code.name}: {error.details}"
+                return f"{error.code.name}: {error.details}", False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report, stream, nursery.cancel_scope)
-                why = await self._take_batches(stream)
+                why, resync = await self._take_batches(stream)
                 nursery.cancel_scope.cancel()
-        if why is None:
-            self._following = False
-        return why
+        return why, resync
 
-    async def _take_batches(self, stream: BridgedStream) -> str | None:
-        """Apply the active's batches until the stream ends; returns why (``None``: resync)."""
+    async def _take_batches(self, stream: BridgedStream) -> tuple[str, bool]:
+        """Apply the active's batches until the stream ends; returns why, and whether for a
+        resync."""
         store = self.store
         try:
             while True:
@@ -314,16 +373,15 @@ class PairReplication:
                 store.apply(batch, trio.current_time(), wall_time())
                 if self._apply_media is not None:
                     self._apply_media()
-                if not self._following and store.epoch:
-                    self._following = True
+                if not self.following and store.epoch:
+                    self.following = True
                     log.info("following the active", calls=store.calls, seq=store.applied_seq)
         except ResyncNeeded as error:
-            log.warning("pair follower: resync", reason=str(error))
-            return None
+            return f"resync: {error}", True
         except trio.EndOfChannel:
-            return "the active ended the stream"
+            return "the active ended the stream", False
         except StreamBroken as error:
-            return f"{error.code.name}: {error.details}"
+            return f"{error.code.name}: {error.details}", False
 
     async def _report(self, stream: BridgedStream, scope: trio.CancelScope) -> None:
         """Applied every ``REPORT_INTERVAL``; stop following once this member holds."""
@@ -342,30 +400,6 @@ class PairReplication:
                 continue  # the next report says the same, later
             except StreamBroken:
                 return  # _take_batches sees the end too
-
-    # -- reading --------------------------------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        """By dotted name: the standby's own figures while it follows, else the active's (the
-        follower's last report; ``lag_records`` only the active knows)."""
-        if self._standby:
-            store = self.store
-            return {
-                "pair.replication.following": int(self._following),
-                "pair.replication.lag_ms": _ms(store.lag_ms),
-                "pair.replication.calls": store.calls,
-                "pair.replication.resyncs": store.snapshots,
-            }
-        reported = self._reported
-        return {
-            "pair.replication.following": int(self._follower is not None),
-            "pair.replication.lag_ms": _ms(reported.lag_ms),
-            "pair.replication.lag_records": max(0, self.log.last_seq - reported.seq),
-            "pair.replication.calls": reported.calls,
-            "pair.replication.resyncs": self.snapshots_sent,
-            "pair.replication.overruns": self.overruns,
-            "pair.replication.split_brains": self.split_brains,
-        }
 
 
 def _ms(value: float) -> int:
