@@ -201,6 +201,9 @@ class LinkMonitor:
         self.neighbor = neighbor
         self.admin_cost = admin_cost
         self.grace = 0.0  # the peer's takeover grace, seconds (from its LSA; 0: no pair)
+        #: A new link comes UP on its first answer, not ``multiplier`` of them: this node is a
+        #: pair's standby that took over, and its active had the link up a moment ago.
+        self.up_on_first_answer = False
         self._config = config
         self.state = LinkState.INIT
         self.since = now
@@ -309,7 +312,8 @@ class LinkMonitor:
         elif self.state is LinkState.GRACE:
             new = LinkState.UP
         elif self.state is LinkState.INIT:
-            new = LinkState.UP if self._streak >= config.multiplier else LinkState.INIT
+            needed = 1 if self.up_on_first_answer else config.multiplier
+            new = LinkState.UP if self._streak >= needed else LinkState.INIT
         elif self.state is LinkState.DOWN:
             assert self._healthy_since is not None
             healthy_for = now - self._healthy_since

@@ -1,8 +1,8 @@
 """A call's state to and from its protobuf form (proto/overlay/v1/pair.proto).
 
 The owners' own records cross the wire: the call book's ``CallRecord``, the dialog book's
-``EdgeDialog`` and the media edge's ``CallMediaState`` (with its sessions). This is the one place
-that knows both forms.
+``EdgeDialog``, the media edge's ``CallMediaState`` (with its sessions) and the proxy core's
+``InviteHandover`` s. This is the one place that knows both forms.
 
 The call record's times are on the trio clock of the node that holds it, and the two members'
 clocks differ (trio starts each at a random offset), so they travel as ages: seconds before
@@ -29,7 +29,7 @@ from overlay.media import (
     Side,
 )
 from overlay.noc import CallRecord, CallRole, CallState
-from overlay.sip import EdgeDialog, LocalProtocolError, Peer
+from overlay.sip import EdgeDialog, InviteHandover, LocalProtocolError, Peer, Target
 from overlay.v1 import pair_pb2
 
 _ROLES = {
@@ -49,6 +49,7 @@ _ROLE_OF = {wire: role for role, wire in _ROLES.items()}
 _STATE_OF = {wire: state for state, wire in _STATES.items()}
 _SIDE_OF = {wire: side for side, wire in _SIDES.items()}
 _TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+_MEDIA_DIRECTIONS = frozenset({"", "entering", "leaving"})
 
 
 class BadRecord(Exception):
@@ -63,18 +64,25 @@ class CallReplica:
         record: for ``CallTracker.restore``, on the receiver's clock.
         dialog: for ``DialogBook.restore``; ``None``: the call has no dialog entry.
         media: for ``MediaEdge.restore_call``; ``None``: the sender has no media plane.
+        invites: for ``ProxyCore.restore_handovers``.
     """
 
     record: CallRecord
     dialog: EdgeDialog | None
     media: CallMediaState | None
+    invites: tuple[InviteHandover, ...] = ()
 
 
 # -- encoding (the active) ---------------------------------------------------------------------
 
 
 def call_state_message(
-    record: CallRecord, dialog: EdgeDialog | None, media: CallMediaState | None, *, at: float
+    record: CallRecord,
+    dialog: EdgeDialog | None,
+    media: CallMediaState | None,
+    *,
+    at: float,
+    invites: tuple[InviteHandover, ...] = (),
 ) -> pair_pb2.CallState:
     """A live call's state; ``at``: this node's clock when the batch is sent."""
     return pair_pb2.CallState(
@@ -82,7 +90,53 @@ def call_state_message(
         record=_record_message(record, at),
         dialog=None if dialog is None else _dialog_message(dialog),
         media=None if media is None else _media_message(media),
+        invites=[_invite_message(invite) for invite in invites],
     )
+
+
+def _peer_message(peer: Peer) -> pair_pb2.SipPeer:
+    return pair_pb2.SipPeer(transport=peer.transport, host=peer.host, port=peer.port)
+
+
+def _invite_message(invite: InviteHandover) -> pair_pb2.InviteContext:
+    message = pair_pb2.InviteContext(
+        server_key=invite.server_key,
+        server_peer=_peer_message(invite.server_peer),
+        request=invite.request,
+        last_status=invite.last_status,
+        forward=invite.forward,
+        media=invite.media or "",
+        from_overlay=invite.from_overlay,
+        far_node=invite.far_node,
+        alternates=[
+            pair_pb2.EgressTarget(
+                host=target.host,
+                port=target.port or 0,
+                transport=target.transport or "",
+                route=target.route or "",
+                egress=target.egress or "",
+            )
+            for target in invite.alternates
+        ],
+        next_hops=[_peer_message(peer) for peer in invite.next_hops],
+        attempts=invite.attempts,
+        egress_tries=invite.egress_tries,
+        provisional=invite.provisional,
+        replied=invite.replied,
+        cancelled=invite.cancelled,
+    )
+    if invite.last_response is not None:
+        message.last_response = invite.last_response
+    if invite.egress is not None:
+        message.egress = invite.egress
+    if invite.route is not None:
+        message.route = invite.route
+    if invite.branch is not None and invite.branch_peer is not None:
+        message.branch = invite.branch
+        message.branch_peer.CopyFrom(_peer_message(invite.branch_peer))
+    if invite.timer_c_left is not None:
+        message.timer_c_left = invite.timer_c_left
+    return message
 
 
 def call_gone_message(call_id: str, final: CallRecord | None, *, at: float) -> pair_pb2.CallGone:
@@ -117,14 +171,13 @@ def _record_message(record: CallRecord, at: float) -> pair_pb2.CallRecord:
 
 
 def _dialog_message(dialog: EdgeDialog) -> pair_pb2.EdgeDialog:
-    peer = dialog.peer
     return pair_pb2.EdgeDialog(
         far_node=dialog.far_node,
         party=dialog.party,
         far=dialog.far,
         target=dialog.target,
         route_set=dialog.route_set,
-        peer=pair_pb2.SipPeer(transport=peer.transport, host=peer.host, port=peer.port),
+        peer=_peer_message(dialog.peer),
         far_cseq=dialog.far_cseq,
     )
 
@@ -187,7 +240,8 @@ def call_state_from_message_untrusted(message: pair_pb2.CallState, *, at: float)
         raise BadRecord(f"call {call_id!r}: a live call's state with an over record")
     dialog = _dialog(call_id, message.dialog) if message.HasField("dialog") else None
     media = _media(call_id, message.media) if message.HasField("media") else None
-    return CallReplica(record, dialog, media)
+    invites = tuple(_invite(call_id, invite) for invite in message.invites)
+    return CallReplica(record, dialog, media, invites)
 
 
 def call_gone_from_message_untrusted(
@@ -246,10 +300,56 @@ def _seconds(call_id: str, value: float) -> float:
     return value
 
 
-def _dialog(call_id: str, message: pair_pb2.EdgeDialog) -> EdgeDialog:
-    peer = message.peer
+def _peer(call_id: str, what: str, peer: pair_pb2.SipPeer) -> Peer:
     if peer.transport not in _TRANSPORTS or not peer.host or not 0 < peer.port < 65536:
-        raise BadRecord(f"call {call_id!r}: dialog peer {peer.transport}:{peer.host}:{peer.port}")
+        raise BadRecord(f"call {call_id!r}: {what} {peer.transport}:{peer.host}:{peer.port}")
+    return Peer(peer.transport, peer.host, peer.port)
+
+
+def _invite(call_id: str, message: pair_pb2.InviteContext) -> InviteHandover:
+    if message.media not in _MEDIA_DIRECTIONS:
+        raise BadRecord(f"call {call_id!r}: INVITE media direction {message.media!r}")
+    timer_c = message.timer_c_left if message.HasField("timer_c_left") else None
+    if timer_c is not None and not (math.isfinite(timer_c) and timer_c >= 0):
+        raise BadRecord(f"call {call_id!r}: Timer C left {timer_c!r}")
+    branch = message.branch if message.HasField("branch") else None
+    return InviteHandover(
+        call_id=call_id,
+        server_key=tuple(message.server_key),
+        server_peer=_peer(call_id, "INVITE peer", message.server_peer),
+        request=message.request,
+        last_response=message.last_response if message.HasField("last_response") else None,
+        last_status=message.last_status,
+        forward=message.forward,
+        media=message.media or None,
+        from_overlay=message.from_overlay,
+        far_node=message.far_node,
+        egress=message.egress if message.HasField("egress") else None,
+        route=message.route if message.HasField("route") else None,
+        alternates=tuple(
+            Target(
+                target.host,
+                target.port or None,
+                target.transport or None,
+                route=target.route or None,
+                egress=target.egress or None,
+            )
+            for target in message.alternates
+        ),
+        next_hops=tuple(_peer(call_id, "next hop", peer) for peer in message.next_hops),
+        attempts=message.attempts,
+        egress_tries=message.egress_tries,
+        branch=branch,
+        branch_peer=None if branch is None else _peer(call_id, "branch", message.branch_peer),
+        provisional=message.provisional,
+        replied=message.replied,
+        cancelled=message.cancelled,
+        timer_c_left=timer_c,
+    )
+
+
+def _dialog(call_id: str, message: pair_pb2.EdgeDialog) -> EdgeDialog:
+    peer = _peer(call_id, "dialog peer", message.peer)
     return EdgeDialog(
         call_id=call_id,
         far_node=message.far_node,
@@ -257,7 +357,7 @@ def _dialog(call_id: str, message: pair_pb2.EdgeDialog) -> EdgeDialog:
         far=message.far,
         target=message.target,
         route_set=tuple(message.route_set),
-        peer=Peer(peer.transport, peer.host, peer.port),
+        peer=peer,
         far_cseq=message.far_cseq,
     )
 

@@ -19,7 +19,7 @@ import itertools
 
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
-from overlay.sip import DialogBook
+from overlay.sip import DialogBook, ProxyCore
 from overlay.v1 import pair_pb2
 
 from ._codec import call_gone_message, call_state_message
@@ -39,6 +39,7 @@ class ReplicaLog:
             needs a snapshot).
         calls, dialogs, edge: the owners of the calls' state; ``dialogs`` and ``edge`` are
             ``None`` when the node has no dialog book or no media plane.
+        core: the proxy core, whose INVITEs at the edge go with their call (``None``: none).
 
     Raises:
         ValueError: an epoch of another size.
@@ -50,6 +51,7 @@ class ReplicaLog:
         calls: CallTracker,
         dialogs: DialogBook | None,
         edge: MediaEdge | None,
+        core: ProxyCore | None = None,
     ) -> None:
         if len(epoch) != EPOCH_SIZE:
             raise ValueError(f"an epoch is {EPOCH_SIZE} bytes, not {len(epoch)}")
@@ -59,6 +61,7 @@ class ReplicaLog:
         self._calls = calls
         self._dialogs = dialogs
         self._edge = edge
+        self._core = core
         self._dirty: dict[str, None] = {}  # marked since the last flush, in order
         self._live: dict[str, None] = {}  # found live at their last read
         self._following = False
@@ -174,4 +177,6 @@ class ReplicaLog:
         self._live[call_id] = None
         dialog = None if self._dialogs is None else self._dialogs.get(call_id)
         media = None if self._edge is None else self._edge.call_state(call_id)
-        return pair_pb2.Record(seq=seq, call=call_state_message(record, dialog, media, at=now))
+        invites = () if self._core is None else tuple(self._core.invite_handovers(call_id, now))
+        message = call_state_message(record, dialog, media, at=now, invites=invites)
+        return pair_pb2.Record(seq=seq, call=message)

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from overlay.media import CallMediaState, MediaEdge, PortTaken
 from overlay.noc import CallRecord, CallState, CallTracker
-from overlay.sip import DialogBook, LocalProtocolError
+from overlay.sip import DialogBook, LocalProtocolError, ProxyCore
 from overlay.v1 import pair_pb2
 
 from ._codec import BadRecord, call_gone_from_message_untrusted, call_state_from_message_untrusted
@@ -44,14 +44,20 @@ class ReplicaStore:
     Args:
         calls, dialogs, edge: this node's owners of call state; ``dialogs`` and ``edge`` are
             ``None`` when the node has no dialog book or no media plane.
+        core: the proxy core, which keeps the INVITEs until a takeover (``None``: none).
     """
 
     def __init__(
-        self, calls: CallTracker, dialogs: DialogBook | None, edge: MediaEdge | None
+        self,
+        calls: CallTracker,
+        dialogs: DialogBook | None,
+        edge: MediaEdge | None,
+        core: ProxyCore | None = None,
     ) -> None:
         self._calls = calls
         self._dialogs = dialogs
         self._edge = edge
+        self._core = core
         #: The active's epoch of the state held (``b""``: none, a snapshot is needed).
         self.epoch = b""
         #: The seq of the last record applied.
@@ -143,6 +149,8 @@ class ReplicaStore:
                 self._dialogs.restore(replica.dialog)
         if self._edge is not None:
             self._edge.restore_call(replica.media or CallMediaState(call_id))
+        if self._core is not None:
+            self._core.restore_handovers(call_id, replica.invites)
         self._held[call_id] = None
         return call_id
 
@@ -152,6 +160,8 @@ class ReplicaStore:
             self._dialogs.forget(call_id)
         if self._edge is not None:
             self._edge.restore_call(CallMediaState(call_id))
+        if self._core is not None:
+            self._core.restore_handovers(call_id, ())
         live = self._calls.live(call_id)
         if final is not None:
             self._calls.restore(final)

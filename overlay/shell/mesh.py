@@ -286,6 +286,15 @@ class Mesh:
         links = self.overrides.apply(m.metrics(now) for m in self.monitors.values())
         self.flooder.set_links(links, now)
 
+    def take_over(self, epoch: bytes, now: float) -> None:
+        """This node is a pair's standby about to join in place of the active whose calls it
+        followed: its LSA keeps that active's call-state ``epoch``, and its links come up on
+        their first answer, as its active had them up a moment ago, so the peers do not lose
+        the node for a detection time."""
+        self.flooder.set_epoch(epoch, now)
+        for monitor in self.monitors.values():
+            monitor.up_on_first_answer = True
+
     # -- operators ----------------------------------------------------------------------------
 
     def set_draining(self, draining: bool, now: float) -> None:

@@ -53,6 +53,7 @@ from overlay.grpc import AccessPolicy, GrpcBridge, TlsCredentials, open_grpc_bri
 from overlay.ha import LIVENESS_SERVICE
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
+from overlay.pairstate import EPOCH_SIZE
 from overlay.routing import CallRouter, Dialplan, DrainState, RouteView, TrunkHealth
 from overlay.shell.clock import wall_datetime, wall_time
 from overlay.shell.control import ControlPlane, MediaPlaneView
@@ -242,7 +243,10 @@ async def open_node(
         admission=None if security is None else security.guard,
         next_hop_health=None if trunks is None else trunks.health,
     )
-    replication = _pair_replication(config, overlay, core, media)
+    # This start's call state: peers that see the epoch change end the calls they had here (a
+    # standby that takes over keeps its active's: PairReplication.take_over).
+    epoch = secrets.token_bytes(EPOCH_SIZE)
+    replication = _pair_replication(config, overlay, core, media, epoch)
     mesh = None
     if overlay is not None:
         local = next(item for item in listeners if item.transport == "udp")
@@ -259,8 +263,7 @@ async def open_node(
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=int(wall_time() * 1000),
             now=trio.current_time(),
-            # This start's call state: peers that see it change end the calls they had here.
-            state_epoch=secrets.token_bytes(16),
+            state_epoch=epoch,
             echo=media,
             events=events.publish,
             access=overlay.access,
@@ -357,7 +360,11 @@ async def open_node(
                     return len(sockets), 0 if media is None else media.release_relay()
 
             control = await nursery.start(
-                functools.partial(_serve_grpc, replication=replication),
+                functools.partial(
+                    _serve_grpc,
+                    replication=replication,
+                    take_over=functools.partial(_take_over, core, media, mesh, replication),
+                ),
                 config,
                 tls.grpc,
                 mesh,
@@ -437,11 +444,35 @@ class _OverlayParts:
         )
 
 
+def _take_over(
+    core: ProxyCore, media: MediaPlane | None, mesh: Mesh, replication: PairReplication | None
+) -> None:
+    """A pair member now holds the address: what it replicated of its active's calls becomes
+    its own (their INVITE transactions, their media sessions' inactivity clocks), and its LSA
+    keeps the active's call-state epoch, so the peers keep the calls (module notes)."""
+    now = trio.current_time()
+    epoch = None if replication is None else replication.take_over()
+    # What was replicated becomes this node's own, whole or not: it must time out here.
+    invites = core.promote(now)
+    sessions = 0 if media is None else len(media.edge.sessions.promote(now))
+    if epoch is None:
+        log.info("holding the pair's address with no whole state of an active to take over")
+        return
+    mesh.take_over(epoch, now)
+    log.warning(
+        "took over the pair's calls",
+        calls=0 if replication is None else replication.log.calls,
+        invites=invites,
+        media_sessions=sessions,
+    )
+
+
 def _pair_replication(
     config: NodeConfig,
     overlay: _OverlayParts | None,
     core: ProxyCore,
     media: MediaPlane | None,
+    epoch: bytes,
 ) -> PairReplication | None:
     """A pair member's replication, marked by the call book and the media edge whose calls it
     reads; ``None`` outside a pair."""
@@ -453,8 +484,9 @@ def _pair_replication(
         peer=pair.peer_grpc,
         holds=functools.partial(holds, pair),
         access=overlay.access,
+        epoch=epoch,
         calls=overlay.calls,
-        dialogs=core.dialogs,
+        core=core,
         edge=None if media is None else media.edge,
         apply_media=None if media is None else media.apply,
     )
@@ -503,6 +535,7 @@ async def _serve_grpc(
     take_address: Callable[[], Awaitable[tuple[int, int]]] | None,
     *,
     replication: PairReplication | None = None,
+    take_over: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[ControlPlane] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The gRPC server of an overlay node (link-state flooding, the Control service made on
@@ -537,7 +570,7 @@ async def _serve_grpc(
                 relay_sessions=sessions,
                 sweep_ms=round((trio.current_time() - start) * 1000, 2),
             )
-        await run_mesh(config.pair, mesh, bridge)
+        await run_mesh(config.pair, mesh, bridge, take_over)
 
 
 async def _bind_held(config: NodeConfig) -> list[BoundSocket]:

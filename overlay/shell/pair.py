@@ -18,6 +18,7 @@ pair's address before it holds it (``wait_held``; the node binds then, in one sw
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -66,9 +67,15 @@ async def wait_held(pair: PairSection) -> None:
             await trio.sleep(pair.check_interval)
 
 
-async def run_mesh(pair: PairSection | None, mesh: Mesh, bridge: GrpcBridge) -> None:
+async def run_mesh(
+    pair: PairSection | None,
+    mesh: Mesh,
+    bridge: GrpcBridge,
+    take_over: Callable[[], None] | None = None,
+) -> None:
     """Run ``mesh`` for as long as the node runs, or, for a pair member, from the moment it
-    holds the pair's address until it loses it.
+    holds the pair's address until it loses it; ``take_over`` runs once it holds, before it
+    joins (a standby promotes what it replicated of its active's calls).
 
     Raises:
         PairAddressLost: the address went away after the mesh had started.
@@ -78,6 +85,8 @@ async def run_mesh(pair: PairSection | None, mesh: Mesh, bridge: GrpcBridge) -> 
         await mesh.run(bridge)
         return
     await wait_held(pair)
+    if take_over is not None:
+        take_over()
     log.warning("pair address held: joining the mesh", address=pair.address)
     mesh.joined = True
     async with trio.open_nursery() as nursery:

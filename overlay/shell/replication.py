@@ -26,7 +26,6 @@ the address.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 
 import structlog
@@ -44,9 +43,9 @@ from overlay.grpc import (
 )
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
-from overlay.pairstate import EPOCH_SIZE, ReplicaLog, ReplicaStore, ResyncNeeded
+from overlay.pairstate import ReplicaLog, ReplicaStore, ResyncNeeded
 from overlay.shell.clock import wall_time
-from overlay.sip import DialogBook, host_reference
+from overlay.sip import ProxyCore, host_reference
 from overlay.v1 import pair_pb2
 
 log = structlog.get_logger("overlay.pair")
@@ -86,8 +85,11 @@ class PairReplication:
         peer: ``[pair] peer_grpc``, the other member's gRPC address; ``None``: never follow.
         holds: whether this member holds the pair's address now.
         access: who may follow (``AccessPolicy.authorize_pair``).
-        calls, dialogs, edge: this node's owners of call state (``dialogs``, ``edge``: ``None``
-            without a dialog book or a media plane).
+        epoch: this node's call-state epoch (the one its LSA advertises): the active's, which a
+            promoted standby keeps (``take_over``).
+        calls, core, edge: this node's owners of call state: the call book, the proxy core
+            (its dialog book and INVITEs at the edge; ``None``: none), the media edge
+            (``None``: no media plane).
         apply_media: hands the media edge's commands to the relay (``MediaPlane.apply``).
     """
 
@@ -98,24 +100,24 @@ class PairReplication:
         peer: tuple[str, int] | None,
         holds: Callable[[], bool],
         access: AccessPolicy,
+        epoch: bytes,
         calls: CallTracker,
-        dialogs: DialogBook | None,
+        core: ProxyCore | None,
         edge: MediaEdge | None,
         apply_media: Callable[[], None] | None,
     ) -> None:
         self._node_id = node_id
         self._holds = holds
         self._access = access
-        # A node starts without a replica of its own: a new epoch (a promoted standby, which
-        # would keep the one it followed, is a later step).
-        self.log = ReplicaLog(secrets.token_bytes(EPOCH_SIZE), calls, dialogs, edge)
+        dialogs = None if core is None else core.dialogs
+        self.log = ReplicaLog(epoch, calls, dialogs, edge, core)
         self.follower = (
             None
             if peer is None
             else PairFollower(
                 node_id,
                 f"{host_reference(peer[0])}:{peer[1]}",
-                ReplicaStore(calls, dialogs, edge),
+                ReplicaStore(calls, dialogs, edge, core),
                 holds=holds,
                 apply_media=apply_media,
             )
@@ -125,6 +127,17 @@ class PairReplication:
         self.snapshots_sent = 0
         self.overruns = 0
         self.split_brains = 0
+
+    def take_over(self) -> bytes | None:
+        """This member now holds the pair's address: the epoch of the active whose whole
+        state it followed, which it keeps (its log and its LSA say it, so the peers keep the
+        calls), or ``None`` when it holds no whole state (a new epoch: the peers end the
+        active's calls at once)."""
+        follower = self.follower
+        epoch = None if follower is None else follower.store.epoch
+        if epoch:
+            self.log.epoch = epoch
+        return epoch or None
 
     def service(self) -> Service:
         """``overlay.v1.PairState`` for the node's gRPC server."""

@@ -284,8 +284,9 @@ async def serving(
         peer=None,
         holds=lambda: holds,
         access=AccessPolicy("pa", [], secure=False),
+        epoch=bytes(16),
         calls=CallTracker() if calls is None else calls,
-        dialogs=None,
+        core=None,
         edge=None,
         apply_media=None,
     )
@@ -379,3 +380,101 @@ async def test_a_follower_that_stops_reading_is_dropped_and_signalling_never_wai
         replication.flush()
         assert replication.log.last_seq == seq + 1
         assert replication.counters()["pair.replication.overruns"] == 1
+
+
+def relayed(node: Node) -> int:
+    """Packets the node's relay took from the caller and sent to it, every session summed."""
+    media = node.media
+    assert media is not None
+    total = 0
+    for session in media.edge.sessions:
+        counters = media.session_counters(session.session_id)
+        total += counters["packets_in"] + counters["packets_out"]
+    return total
+
+
+@pytest.mark.trio
+async def test_the_standby_takes_the_calls_over_when_the_active_stops(
+    tmp_path: Path, loopback_host: Callable[[], str]
+) -> None:
+    """The active stops mid-call and its hold file names the standby (what its HA agent does
+    when it sees it dead): the standby binds the pair's address, promotes the calls it
+    followed, keeps the active's call-state epoch, and carries the calls' media and BYEs. Every
+    call ends with a BYE answered end to end."""
+    hosts = Hosts(
+        floating=loopback_host(),
+        own={member: loopback_host() for member in MEMBERS},
+        egress=loopback_host(),
+        caller=loopback_host(),
+        callee=loopback_host(),
+    )
+    pki = make_lab_pki(tmp_path, {"eg": hosts.egress})
+    now = datetime.datetime.now(datetime.UTC)
+    addresses = [hosts.floating, *hosts.own.values()]
+    issue_node(pki.ca, "pa", addresses, now=now).write(tmp_path / "pa.pem", tmp_path / "pa.key")
+    hold_file = tmp_path / "pa.hold"
+    hold_file.write_text("pa.1\n")
+    configs = {
+        member: parse_config(
+            pair_config(hosts, member, pki.grpc_lines("pa"), hold_file), source=f"{member}.toml"
+        )
+        for member in MEMBERS
+    }
+    egress = parse_config(egress_config(hosts, pki.grpc_lines("eg")), source="eg.toml")
+    result: SippResult | None = None
+    calls_done = trio.Event()
+    async with (
+        open_uas(hosts.callee, port=5060, scenario=SCENARIOS / "uas_media.xml"),
+        open_node(egress) as far,
+        open_node(configs["pa.2"]) as standby,
+        trio.open_nursery() as nursery,
+    ):
+        async with open_node(configs["pa.1"]) as active:
+            assert active.mesh is not None
+            mesh = active.mesh
+            await wait_for(lambda: mesh.joined and mesh.view.reachable("eg"), within=15)
+
+            async def place_calls() -> None:
+                nonlocal result
+                result = await run_uac(
+                    (hosts.floating, 5060),
+                    local_host=hosts.caller,
+                    scenario=SCENARIOS / "uac_media.xml",
+                    calls=CALLS,
+                    rate=RATE,
+                    max_seconds=60,
+                    extra_args=["-d", str(HOLD_MS)],
+                )
+                calls_done.set()
+
+            nursery.start_soon(place_calls)
+            await wait_for(lambda: answered_and_latched(active, CALLS), within=20)
+            await wait_for(lambda: not differences(active, standby), within=5)
+            assert active.mesh.flooder.state_epoch
+            epoch = active.mesh.flooder.state_epoch
+            hold_file.write_text("pa.2\n")  # the HA agent's move, as the active dies
+            stopped = trio.current_time()
+        assert standby.mesh is not None
+        taken = standby.mesh
+        await wait_for(lambda: taken.joined, within=5)
+        took_over = trio.current_time() - stopped
+        assert taken.flooder.state_epoch == epoch  # the peers keep the calls
+        assert standby.calls is not None
+        assert standby.calls.active(trio.current_time()) == CALLS
+        assert standby.media is not None
+        stats = standby.media.edge.sessions.statistics()
+        assert (stats.sessions, stats.foreign) == (CALLS, 0)  # promoted: the standby's own
+        before = relayed(standby)
+        await wait_for(lambda: relayed(standby) > before + 10 * CALLS, within=5)
+        media_back = trio.current_time() - stopped
+        with trio.fail_after(HOLD_MS / 1000 + 30):
+            await calls_done.wait()
+        assert far.calls is not None
+        assert far.calls.active(trio.current_time()) == 0
+        nursery.cancel_scope.cancel()
+    assert result is not None
+    assert (result.calls_successful, result.calls_failed) == (CALLS, 0), result
+    print(
+        f"takeover after the address moved: joined the mesh {took_over * 1000:.0f} ms, media "
+        f"relayed {media_back * 1000:.0f} ms"
+    )

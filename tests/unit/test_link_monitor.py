@@ -322,3 +322,10 @@ def test_without_grace_a_silent_link_goes_down_as_before():
     now, _ = run_probes(monitor, 0.0, 5)
     _, changes = run_probes(monitor, now, 5, lost=set(range(5)))
     assert changes == [LinkState.DOWN]
+
+
+def test_a_standby_that_took_over_has_its_links_up_on_their_first_answer():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    monitor.up_on_first_answer = True
+    _, changes = run_probes(monitor, 0.0, 1)
+    assert changes == [LinkState.UP]

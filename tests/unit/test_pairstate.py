@@ -36,7 +36,7 @@ from overlay.pairstate import (
     call_state_from_message_untrusted,
     call_state_message,
 )
-from overlay.sip import DialogBook, EdgeDialog, Peer
+from overlay.sip import DialogBook, EdgeDialog, InviteHandover, Peer, Target
 from overlay.v1 import pair_pb2
 from tests.unit.overlay_fabric import Fabric
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
@@ -467,3 +467,46 @@ def test_the_media_edge_marks_what_changes_without_a_message() -> None:
     active.edge.handle_timer(active.now + 10_000.0)
     assert marked == [call_id, call_id]
     assert active.edge.call_state(call_id) == CallMediaState(call_id)
+
+
+INVITE = InviteHandover(
+    call_id="c@h",
+    server_key=("z9hG4bK-1", "127.0.0.2", "5061", "INVITE"),
+    server_peer=Peer("udp", "127.0.0.2", 5061),
+    request=b"INVITE sip:a@x SIP/2.0\r\n\r\n",
+    last_response=b"SIP/2.0 180 Ringing\r\n\r\n",
+    last_status=180,
+    forward=b"INVITE sip:a@x SIP/2.0\r\n\r\n",
+    media="entering",
+    from_overlay=False,
+    far_node="",
+    egress="use1-a",
+    route="<sip:127.0.9.1:5060;lr;ovl=use1-a>",
+    alternates=(
+        Target("127.0.9.2", 5060, "udp", route="<sip:127.0.9.2:5060;lr;ovl=b>", egress="b"),
+    ),
+    next_hops=(),
+    attempts=1,
+    egress_tries=1,
+    branch=b"INVITE sip:a@x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK-x\r\n\r\n",
+    branch_peer=Peer("udp", "127.0.9.1", 5060),
+    provisional=True,
+    replied=False,
+    cancelled=False,
+    timer_c_left=170.5,
+)  # fmt: skip
+
+
+def test_invites_at_the_edge_go_with_their_call() -> None:
+    message = call_state_message(RECORD, None, None, at=100.0, invites=(INVITE,))
+    decoded = call_state_from_message_untrusted(
+        pair_pb2.CallState.FromString(message.SerializeToString()), at=10.0
+    )
+    assert decoded.invites == (INVITE,)
+    unanswered = dataclasses.replace(INVITE, last_response=None, branch=None, branch_peer=None,
+                                     timer_c_left=None, egress=None, route=None)  # fmt: skip
+    message = call_state_message(RECORD, None, None, at=1.0, invites=(unanswered,))
+    assert call_state_from_message_untrusted(message, at=1.0).invites == (unanswered,)
+    message.invites[0].media = "sideways"
+    with pytest.raises(BadRecord, match="media direction"):
+        call_state_from_message_untrusted(message, at=1.0)
