@@ -166,8 +166,15 @@ def node_toml(fleet: Fleet, member: Member, public_ip: str | None = None) -> str
         ("health", {"listen": f"0.0.0.0:{ports.health}"}),
         ("log", {"format": "json"}),
         ("cloudwatch", {"fleet": fleet.name}),
-        # In the mesh only while the HA agent has given this member the address.
-        ("pair", {"address": floating}),
+        # In the mesh only while the HA agent has given this member the address; the standby
+        # follows the active's calls at the other member's own address (pair replication).
+        (
+            "pair",
+            {
+                "address": floating,
+                "peer_grpc": f"{member.own_ip(member.peer_role)}:{ports.grpc}",
+            },
+        ),
     ]
     if overlay.linkstate:
         tables.append(("linkstate", overlay.linkstate))

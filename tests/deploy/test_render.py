@@ -89,7 +89,13 @@ def test_both_members_of_a_pair_run_the_same_node() -> None:
     active, standby = members(fleet)[:2]
     assert (active.id, standby.id) == ("us-west-2a-active", "us-west-2a-standby")
     body = [node_toml(fleet, m).split("\n", 1)[1] for m in (active, standby)]
-    assert body[0] == body[1]
+    # The same node but for whom each follows: the other member, at its own address.
+    peers = [line for text in body for line in text.splitlines() if line.startswith("peer_grpc")]
+    assert peers == [
+        f'peer_grpc = "{standby.own_ip()}:7000"',
+        f'peer_grpc = "{active.own_ip()}:7000"',
+    ]
+    assert [text.replace(peers[1], peers[0]) for text in body] == [body[0], body[0]]
     assert set(member_files(fleet, active)) == {
         NODE_TOML,
         NODE_UNIT,
