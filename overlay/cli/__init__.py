@@ -122,6 +122,14 @@ def lab(
     net: Annotated[str, typer.Option(help="first three octets of the lab's loopback /24")] = (
         "127.0.10"
     ),
+    pairs: Annotated[
+        bool,
+        typer.Option(
+            "--pairs",
+            help="every node an active/standby pair: two members, each with its HA agent, "
+            "arbitrated by moto's EC2 server (needs moto, a test dependency)",
+        ),
+    ] = False,
 ) -> None:
     """Start the four-region reference topology (one process per region) until Ctrl-C."""
     from overlay.lab.demo import run_lab
@@ -129,7 +137,7 @@ def lab(
     _check_loopback_net(net)
     configure_logging(json=False, level="WARNING")
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(run_lab, net)
+        trio.run(functools.partial(run_lab, net, pairs=pairs))
 
 
 def _check_loopback_net(net: str) -> None:

@@ -20,7 +20,7 @@ from rich.table import Table
 from overlay.grpc import Role
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.sipp import SippResult
-from overlay.lab.topology import REGIONS
+from overlay.lab.topology import REGIONS, lab_member_names
 
 NET = "127.0.10"
 DIRECT = [INGRESS, EGRESS]
@@ -34,6 +34,11 @@ def lab_hosts(net: str = NET) -> tuple[dict[str, str], str, str]:
     """Node id → address (net.1 …), and the UAS's and the UAC's addresses (net.11, net.12)."""
     nodes = {node_id: f"{net}.{index}" for index, (node_id, _) in enumerate(REGIONS, start=1)}
     return nodes, f"{net}.11", f"{net}.12"
+
+
+def member_hosts(net: str = NET) -> dict[str, str]:
+    """With pairs, each member's own address (net.21 …): its gRPC, metrics and health."""
+    return {name: f"{net}.{index}" for index, name in enumerate(lab_member_names(), start=21)}
 
 
 @dataclass
@@ -133,24 +138,21 @@ def _table(results: list[PhaseResult]) -> Table:
     return table
 
 
-async def run_lab(net: str = NET) -> None:
-    """Start the lab and keep it running until cancelled (Ctrl-C)."""
+async def run_lab(net: str = NET, *, pairs: bool = False) -> None:
+    """Start the lab (with ``pairs``, every node as an active/standby pair) and keep it running
+    until cancelled (Ctrl-C)."""
     console = Console()
     nodes, uas_host, uac_host = lab_hosts(net)
-    async with open_lab(nodes, uas_host=uas_host, uac_host=uac_host) as lab:
+    hosts = {**nodes, **(member_hosts(net) if pairs else {})}
+    async with open_lab(hosts, uas_host=uas_host, uac_host=uac_host, pairs=pairs) as lab:
         await lab.wait_all_links_up(within=REROUTE_WITHIN_S)
-        table = Table(title="overlay lab: the reference topology")
-        for column in ("node", "region", "SIP", "gRPC (Control)", "pid"):
-            table.add_column(column)
-        for node in lab.nodes.values():
-            table.add_row(
-                node.node_id,
-                node.region,
-                f"udp:{node.host}:5060",
-                node.grpc_target,
-                str(lab.processes[node.node_id].pid),
+        console.print(_pairs_table(lab) if pairs else _nodes_table(lab))
+        if pairs:
+            console.print(
+                "Each node is a pair: whichever member holds its address (the hold file its HA "
+                "agents keep, through moto's EC2 API) serves it; kill -9 the holder's node and "
+                "agent, and the other member takes over in about 1.5 s."
             )
-        console.print(table)
         assert lab.uas is not None
         console.print(
             f"SIPp callee: udp:{lab.uas.host}:{lab.uas.port} behind {EGRESS}; calls enter at "
@@ -164,3 +166,41 @@ async def run_lab(net: str = NET) -> None:
             soft_wrap=True,
         )
         await trio.sleep_forever()
+
+
+def _nodes_table(lab: Lab) -> Table:
+    table = Table(title="overlay lab: the reference topology")
+    for column in ("node", "region", "SIP", "gRPC (Control)", "pid"):
+        table.add_column(column)
+    for node in lab.nodes.values():
+        table.add_row(
+            node.node_id,
+            node.region,
+            f"udp:{node.host}:5060",
+            node.grpc_target,
+            str(lab.processes[node.node_id].pid),
+        )
+    return table
+
+
+def _pairs_table(lab: Lab) -> Table:
+    table = Table(title="overlay lab: the reference topology, every node a pair")
+    columns = ("node", "address", "member", "own address", "node pid", "agent pid")
+    for column in columns:
+        table.add_column(column)
+    for node in lab.nodes.values():
+        pair = lab.pairs[node.node_id]
+        for name, member in pair.members.items():
+            table.add_row(
+                node.node_id,
+                node.host,
+                name + (" (holds)" if name == pair.holder() else ""),
+                member.host,
+                str(pair.nodes[name].pid),
+                str(pair.agents[name].process.pid),
+            )
+    table.caption = (
+        "address: the node's (SIP :5060, gRPC :7000, media), served by the member that holds "
+        "it; own address: the member's gRPC :7000, metrics :9100, /ready :9101"
+    )
+    return table

@@ -8,6 +8,12 @@ lab does to the nodes goes through their gRPC Control service, as it would in th
 mutual TLS: the lab makes a CA and the nodes' certificates for the run (``overlay.lab.pki``)
 and calls as an operator. Faults the lab injects are remembered, so that a node it restarts
 after a kill gets its share of them again: a partition outlives the restart of one side.
+
+With ``pairs=True`` every node runs as an active/standby pair (``overlay.lab.pairs``): two
+member processes, each with its HA agent, arbitrated by moto's EC2 server. The lab reaches a
+pair at the node's address, as its peers do: whichever member holds it answers there.
+``kill_active`` kills the holder as its machine would die, and ``wait_taken_over`` times the
+takeover.
 """
 
 from __future__ import annotations
@@ -24,17 +30,27 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from overlay.grpc import BridgedStream, GrpcBridge, Role, RpcError, open_grpc_bridge
-from overlay.lab.node_process import READY_TIMEOUT_S, NodeProcess, open_node, set_niceness
+from overlay.lab.node_process import (
+    READY_TIMEOUT_S,
+    NodeProcess,
+    open_node,
+    set_niceness,
+    wait_answers_options,
+)
+from overlay.lab.pairs import LabPair, open_ec2, open_pair
 from overlay.lab.pki import LabPki, make_lab_pki
 from overlay.lab.sipp import SippResult, SippUas, open_uas, run_uac
 from overlay.lab.topology import (
     REFERENCE,
     SIP_PORT,
     LabNode,
+    PairMember,
     Topology,
+    lab_member_names,
     lab_node_ids,
     lab_nodes,
     node_config,
+    pair_member_names,
     site_node_ids,
 )
 from overlay.v1 import control_pb2
@@ -52,6 +68,17 @@ CALLEE_MAX_SECONDS = 24 * 3600.0
 T = TypeVar("T")
 
 _CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
+
+
+@dataclass(frozen=True)
+class PairTakeover:
+    """How a pair took over after ``Lab.kill_active``: seconds from the kill."""
+
+    node_id: str
+    killed: str  # the member killed
+    holder: str  # the member that took over
+    held_s: float  # until its agent held the address (the hold file named it)
+    serving_s: float  # until its node answered SIP at the address
 
 
 @dataclass
@@ -73,6 +100,10 @@ class Lab:
     configs: dict[str, str] = field(default_factory=dict, repr=False)
     workdirs: dict[str, Path | None] = field(default_factory=dict, repr=False)
     stack: contextlib.AsyncExitStack | None = field(default=None, repr=False)
+    #: With ``open_lab(pairs=True)``: every node's pair (``processes`` has none of them).
+    pairs: dict[str, LabPair] = field(default_factory=dict)
+    #: A pair's member killed by ``kill_active``, and when, until ``wait_taken_over``.
+    killed: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
 
     def live(self) -> list[str]:
         return [node_id for node_id in self.nodes if node_id not in self.dead]
@@ -161,20 +192,72 @@ class Lab:
             await self.control(node_id, "ClearFaults", control_pb2.ClearFaultsRequest())
 
     def kill(self, node_id: str) -> None:
-        """kill -9 the node's process (a region dying)."""
-        self.processes[node_id].process.kill()
+        """kill -9 the node's process (a region dying); of a pair, both members and agents."""
+        pair = self.pairs.get(node_id)
+        if pair is None:
+            self.processes[node_id].process.kill()
+        else:
+            for member in pair.members.keys() - pair.dead:
+                pair.kill(member)
         self.dead.add(node_id)
+
+    def active_member(self, node_id: str) -> str | None:
+        """The member of ``node_id``'s pair that holds the node's address now, if any."""
+        return self.pairs[node_id].holder()
+
+    def kill_active(self, node_id: str) -> str:
+        """SIGKILL the node and the HA agent of the member that holds ``node_id``'s address,
+        at once, as its machine would die; returns that member. The node is dead (not in
+        ``live``) until ``wait_taken_over``.
+
+        Raises:
+            ValueError: no live member holds the address.
+        """
+        pair = self.pairs[node_id]
+        member = pair.holder()
+        if member is None or member in pair.dead:
+            raise ValueError(f"no live member of {node_id} holds its address ({member})")
+        pair.kill(member)
+        self.killed[node_id] = (member, trio.current_time())
+        self.dead.add(node_id)
+        return member
+
+    async def wait_taken_over(self, node_id: str, *, within: float) -> PairTakeover:
+        """Until another member of ``node_id``'s pair holds the address (its agent declared
+        the killed one dead after 3 missed heartbeats and moved the address through the EC2
+        API) and its node answers SIP there (it bound its sockets in one sweep); the node is
+        live again.
+
+        Raises:
+            KeyError: no ``kill_active`` of that node to wait for.
+            trio.TooSlowError: not within ``within`` seconds of this call (with the pair's
+                logs).
+        """
+        killed, at = self.killed.pop(node_id)
+        pair = self.pairs[node_id]
+        try:
+            with trio.fail_after(within):
+                holder = await pair.wait_holder(lambda member: member != killed)
+                held = trio.current_time() - at
+                host = self.nodes[node_id].host
+                await wait_answers_options(host, SIP_PORT, within=within, every=POLL_S)
+        except trio.TooSlowError:
+            raise trio.TooSlowError(f"{node_id} not taken over; logs:\n{pair.logs()}") from None
+        self.dead.discard(node_id)
+        return PairTakeover(node_id, killed, holder, held, trio.current_time() - at)
 
     async def restart(self, node_id: str) -> None:
         """Start a killed node again with the same config (and log), once its gRPC server is
         up, give it back its share of the faults in force.
 
         Raises:
-            ValueError: the node is not dead.
+            ValueError: the node is not dead, or is a pair (its members are not restarted).
             RuntimeError: it did not come up (the message carries its log).
         """
         if node_id not in self.dead:
             raise ValueError(f"{node_id} is running")
+        if node_id in self.pairs:
+            raise ValueError(f"{node_id} is a pair: the lab does not restart its members")
         assert self.stack is not None, "a Lab from open_lab"
         await self.processes[node_id].process.wait()  # its ports are free once it is reaped
         node = self.nodes[node_id]
@@ -278,6 +361,7 @@ async def open_lab(
     topology: Topology = REFERENCE,
     routes: Mapping[str, tuple[str, int]] | None = None,
     workdir: Path | None = None,
+    pairs: bool = False,
 ) -> AsyncIterator[Lab]:
     """Start ``topology`` on ``hosts`` (node id → loopback address, see ``lab_node_ids``) with
     a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that address instead) behind
@@ -288,9 +372,20 @@ async def open_lab(
         workdir: keep every node's config and log (``<node id>/node.log``, JSON lines) and the
             UAS's files (``uas/``: its statistics, errors and aborted calls) there; by default
             they are in temporary directories removed on exit.
+        pairs: run every node as an active/standby pair (``overlay.lab.pairs``): ``hosts``
+            then also gives every member (``lab_member_names``) its own address, and moto's
+            server, the pairs' EC2 API, runs on ``uac_host``. Each member's files go in
+            ``<member>/`` (node.toml, node.log in JSON lines, ha.toml, agent.log), in
+            ``workdir`` or a temporary directory. Returns once the first member of every pair
+            holds its node's address.
+
+    Raises:
+        ValueError: an address is missing from ``hosts``.
+        RuntimeError: a node or pair did not come up, or moto is missing (with pairs).
 
     Resource handling: everything is stopped, by PID, when the block exits."""
-    missing = set(lab_node_ids(azs, topology)) - hosts.keys()
+    names = lab_node_ids(azs, topology) + (lab_member_names(azs, topology) if pairs else [])
+    missing = set(names) - hosts.keys()
     if missing:
         raise ValueError(f"no address for {', '.join(sorted(missing))}")
     nodes = lab_nodes(hosts, azs=azs, topology=topology)
@@ -311,9 +406,24 @@ async def open_lab(
         target = f"{callee[0]}:{callee[1]}"
         routed = [(prefix, f"{host}:{port}") for prefix, (host, port) in (routes or {}).items()]
         pki_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="overlay-lab-pki-"))
-        pki = make_lab_pki(Path(pki_dir), {node.node_id: node.host for node in nodes})
-        configs = {
-            node.node_id: node_config(
+        # Pairs' members (configs, logs), hold files and moto's log.
+        pair_dir = workdir or Path(pki_dir)
+        members = {
+            node.node_id: tuple(
+                PairMember(name, node.node_id, hosts[name], f"{pair_dir}/{node.node_id}.hold")
+                for name in pair_member_names(node.node_id)
+            )
+            for node in nodes
+            if pairs
+        }
+        pki = make_lab_pki(
+            Path(pki_dir),
+            {node.node_id: node.host for node in nodes},
+            also_at={node_id: [m.host for m in both] for node_id, both in members.items()},
+        )
+
+        def config(node: LabNode, member: PairMember | None = None) -> str:
+            return node_config(
                 node,
                 nodes,
                 egress=egress,
@@ -323,12 +433,18 @@ async def open_lab(
                 probe_interval=probe_interval,
                 inactivity_timeout=inactivity_timeout,
                 grpc_tls=pki.grpc_lines(node.node_id),
-                extra="" if workdir is None else '[log]\nformat = "json"\n',
+                extra="" if workdir is None and not pairs else '[log]\nformat = "json"\n',
+                member=member,
             )
-            for node in nodes
-        }
-        workdirs = {node.node_id: _node_dir(workdir, node.node_id) for node in nodes}
+
+        configs = {node.node_id: config(node) for node in nodes if not pairs}
+        workdirs = {node.node_id: _node_dir(workdir, node.node_id) for node in nodes if not pairs}
+        operator = pki.client("lab-operator", Role.OPERATOR).credentials()
+        bridge = await stack.enter_async_context(open_grpc_bridge(tls=operator))
         processes: dict[str, NodeProcess] = {}
+        running_pairs: dict[str, LabPair] = {}
+        if pairs:
+            ec2 = await stack.enter_async_context(open_ec2(uac_host, directory=pair_dir))
         async with trio.open_nursery() as nursery:
 
             async def start(node: LabNode) -> None:
@@ -341,10 +457,28 @@ async def open_lab(
                     )
                 )
 
-            for node in nodes:
-                nursery.start_soon(start, node)
-        operator = pki.client("lab-operator", Role.OPERATOR).credentials()
-        bridge = await stack.enter_async_context(open_grpc_bridge(tls=operator))
+            async def start_pair(node: LabNode, index: int) -> None:
+                both = members[node.node_id]
+                running_pairs[node.node_id] = await stack.enter_async_context(
+                    open_pair(
+                        node,
+                        (both[0], both[1]),
+                        configs={member.name: config(node, member) for member in both},
+                        tls=pki.grpc_lines(node.node_id),
+                        ec2=ec2,
+                        index=index,
+                        directory=pair_dir,
+                        member_ready=lambda member: _wait_serving(
+                            bridge, member.grpc_target, within=READY_TIMEOUT_S
+                        ),
+                    )
+                )
+
+            for index, node in enumerate(nodes):
+                if pairs:
+                    nursery.start_soon(start_pair, node, index)
+                else:
+                    nursery.start_soon(start, node)
         for node in nodes:  # a node answers SIP a moment before its gRPC server listens
             await _wait_serving(bridge, node.grpc_target, within=READY_TIMEOUT_S)
         yield Lab(
@@ -359,6 +493,7 @@ async def open_lab(
             configs=configs,
             workdirs=workdirs,
             stack=stack,
+            pairs=running_pairs,
         )
 
 

@@ -1,7 +1,8 @@
 """Run an overlay node as its own OS process, for the demo, the lab, tests and benchmarks.
 
 The node is started as ``python -m overlay node --config FILE`` and is ready once it answers a
-SIP OPTIONS sent to its own address (the same probe a SIP peer would use), so nothing waits on a
+SIP OPTIONS sent to its own address (the same probe a SIP peer would use), or, for a pair's
+standby that binds no SIP socket yet, once the caller's own test says so; nothing waits on a
 fixed sleep. It is stopped by PID: SIGTERM, then SIGKILL after a bound.
 """
 
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,9 @@ def options_probe(host: str, port: int, *, call_id: str = "overlay-probe") -> by
     return "\r\n".join(lines).encode()
 
 
-async def wait_answers_options(host: str, port: int, *, within: float) -> None:
-    """Return once a SIP element on UDP host:port answers OPTIONS; raise TimeoutError after
-    ``within`` seconds."""
+async def wait_answers_options(host: str, port: int, *, within: float, every: float = 0.2) -> None:
+    """Return once a SIP element on UDP host:port answers OPTIONS, sent ``every`` seconds until
+    one is answered; raise TimeoutError after ``within`` seconds."""
     sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     with sock, trio.fail_after(within):
         await sock.bind((host, 0))
@@ -71,7 +72,7 @@ async def wait_answers_options(host: str, port: int, *, within: float) -> None:
         while True:
             attempt += 1
             await sock.sendto(options_probe(host, port, call_id=f"probe{attempt}"), (host, port))
-            with trio.move_on_after(0.2):
+            with trio.move_on_after(every):
                 data = await sock.recv(65535)
                 if data.startswith(b"SIP/2.0 "):
                     return
@@ -102,15 +103,17 @@ async def open_node(
     port: int,
     workdir: Path | None = None,
     niceness: int = 0,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[NodeProcess]:
     """Start a node from ``config_text`` (TOML) whose UDP listener is host:port.
 
     Its config and log go in ``workdir``, kept afterwards and appended to by a node started
     there again (a restart keeps one log), or else in a temporary directory removed on exit.
-    It starts with ``niceness`` (see ``set_niceness``).
+    It starts with ``niceness`` (see ``set_niceness``). It is ready once it answers OPTIONS at
+    host:port, or, with ``ready``, once that returns (a pair's standby binds no SIP socket).
 
     Raises:
-        RuntimeError: the node exited or did not answer within READY_TIMEOUT_S; the message
+        RuntimeError: the node exited or was not ready within READY_TIMEOUT_S; the message
             carries its log.
     """
     with contextlib.ExitStack() as stack:
@@ -137,10 +140,14 @@ async def open_node(
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(exited)
-                    await wait_answers_options(host, port, within=READY_TIMEOUT_S)
+                    with trio.fail_after(READY_TIMEOUT_S):
+                        if ready is None:
+                            await wait_answers_options(host, port, within=READY_TIMEOUT_S)
+                        else:
+                            await ready()
                     nursery.cancel_scope.cancel()
-            except TimeoutError:
-                raise RuntimeError(f"node did not answer OPTIONS; log:\n{node.log()}") from None
+            except trio.TooSlowError:
+                raise RuntimeError(f"node was not ready; log:\n{node.log()}") from None
             if process.returncode is not None:
                 raise RuntimeError(f"node exited with {process.returncode}; log:\n{node.log()}")
             yield node

@@ -9,6 +9,7 @@ certificate (the lab's own admin calls are an operator's; tests ask for viewers 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,18 +62,26 @@ class LabPki:
         return ClientFiles(self.ca_file, cert, key)
 
 
-def make_lab_pki(directory: Path, nodes: dict[str, str]) -> LabPki:
+def make_lab_pki(
+    directory: Path,
+    nodes: Mapping[str, str],
+    *,
+    also_at: Mapping[str, Sequence[str]] | None = None,
+) -> LabPki:
     """Create a CA and a certificate for every node in ``directory`` (which must exist).
 
     Args:
         directory: where the PEM files go (the lab's own temporary directory).
         nodes: node id -> the address its gRPC server listens on (the certificate's SAN).
+        also_at: node id -> more addresses its gRPC is served at, in its SAN too: a lab pair's
+            two members share the node's certificate, each serving at its own address.
     """
     now = _now()
     ca = create_ca("overlay lab CA", now=now)
     ca.write(directory / "ca.pem", directory / "ca.key")
     for node_id, host in nodes.items():
-        issue_node(ca, node_id, [host], now=now).write(
+        hosts = [host, *(also_at or {}).get(node_id, ())]
+        issue_node(ca, node_id, hosts, now=now).write(
             directory / f"{node_id}.pem", directory / f"{node_id}.key"
         )
     return LabPki(directory, ca)

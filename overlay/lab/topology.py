@@ -8,6 +8,8 @@ sends to the other, so probes, calls and link-state messages all see the backbon
 
 A lab has one node per region (node id = the region's short name, ``use1``) or, with ``azs=2``,
 one per availability zone (``use1-a`` and ``use1-b`` in us-east-1a and us-east-1b, 1 ms apart).
+With pairs (``overlay.lab.pairs``) each node runs as two member processes, ``use1.1`` and
+``use1.2``, which share its node id and address (``PairMember``).
 """
 
 from __future__ import annotations
@@ -144,6 +146,11 @@ SIP_PORT = 5060
 GRPC_PORT = 7000
 MEDIA_OVERLAY_PORT = 7100  # the relays' overlay socket
 MEDIA_PORTS = (20000, 20999)  # endpoint-facing relay ports
+#: A pair member's own [metrics] and [health] ports, at its own address.
+MEMBER_METRICS_PORT = 9100
+MEMBER_HEALTH_PORT = 9101
+#: How often a lab pair's members read their hold file ([pair] check_interval).
+PAIR_CHECK_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,22 @@ class LabNode:
     host: str
     site: str = ""  # the region's short name ("use1"); the node id in a one-AZ lab
     az: str = ""  # "us-east-1a" in a two-AZ lab
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{GRPC_PORT}"
+
+
+@dataclass(frozen=True)
+class PairMember:
+    """One of the two processes a lab pair runs for node ``node_id``: its node serves SIP and
+    media at the node's address while ``hold_file`` names it (``[pair] hold = "file"``), and
+    gRPC, metrics and health at its own address ``host`` from the start."""
+
+    name: str  # "use1.1"
+    node_id: str
+    host: str
+    hold_file: str
 
     @property
     def grpc_target(self) -> str:
@@ -175,6 +198,17 @@ def lab_node_ids(azs: int = 1, topology: Topology = REFERENCE) -> list[str]:
     if azs not in (1, 2):
         raise ValueError(f"a lab has 1 or 2 AZs per region, not {azs}")
     return [node_id for site in topology.sites() for node_id in site_node_ids(site, azs)]
+
+
+def pair_member_names(node_id: str) -> tuple[str, str]:
+    """The names of the two members a lab pair runs for ``node_id``; the first holds the
+    node's address when the lab starts."""
+    return f"{node_id}.1", f"{node_id}.2"
+
+
+def lab_member_names(azs: int = 1, topology: Topology = REFERENCE) -> list[str]:
+    """Every pair member's name in a lab of pairs (``hosts`` gives each its own address)."""
+    return [name for node_id in lab_node_ids(azs, topology) for name in pair_member_names(node_id)]
 
 
 def lab_nodes(
@@ -201,11 +235,20 @@ def node_config(
     inactivity_timeout: float = 60.0,
     grpc_tls: Sequence[str] = ("insecure = true",),
     extra: str = "",
+    member: PairMember | None = None,
 ) -> str:
     """TOML for one lab node: full mesh of ``nodes`` (latencies from ``topology``), every call
     to ``target`` via one of the ``egress`` nodes, except those whose Request-URI user starts
     with the prefix of one of ``routes`` (``(user prefix, target)``), which go to that target;
-    ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``)."""
+    ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``).
+
+    With ``member``, the node is that member of a pair: gRPC, metrics and health at the
+    member's own address, SIP and media at the node's. Peers reach a pair at the node's
+    address for everything, its gRPC included: a member serves gRPC there too while it holds
+    the address (``overlay.shell.node``), so flooding follows the holder as SIP and media do,
+    and no peer needs to know the members. The members' own addresses are for what must reach
+    one member whichever holds: its peer's HA agent, pair replication, the lab's readiness.
+    """
     lines = [
         "[node]",
         f'node_id = "{node.node_id}"',
@@ -216,7 +259,7 @@ def node_config(
         f'listen = ["udp:{node.host}:{SIP_PORT}"]',
         "",
         "[grpc]",
-        f'listen = "{node.host}:{GRPC_PORT}"',
+        f'listen = "{node.host if member is None else member.host}:{GRPC_PORT}"',
         *grpc_tls,
         "",
         "[media]",
@@ -230,6 +273,22 @@ def node_config(
         f"probe_interval = {probe_interval}",
         "",
     ]
+    if member is not None:
+        lines += [
+            "[pair]",
+            f'address = "{node.host}"',
+            'hold = "file"',
+            f'hold_file = "{member.hold_file}"',
+            f'member = "{member.name}"',
+            f"check_interval = {PAIR_CHECK_INTERVAL}",
+            "",
+            "[metrics]",
+            f'listen = "{member.host}:{MEMBER_METRICS_PORT}"',
+            "",
+            "[health]",
+            f'listen = "{member.host}:{MEMBER_HEALTH_PORT}"',
+            "",
+        ]
     for peer in nodes:
         if peer.node_id == node.node_id:
             continue

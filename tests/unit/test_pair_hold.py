@@ -12,6 +12,7 @@ import trio.testing
 
 from overlay.config import ConfigError, PairSection, parse_config
 from overlay.ha import HaAgentConfig, HoldFile, parse_ha_config, read_holder
+from overlay.lab.topology import PairMember, Topology, lab_nodes, node_config
 from overlay.shell.pair import PairAddressLost, holds, run_mesh
 
 FLOATING = "127.0.10.1"
@@ -210,3 +211,35 @@ def test_agent_config_checks_the_hold_file_pairing() -> None:
         HaAgentConfig(**base, hold_file="/run/use1.hold")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="stands for interface"):
         HaAgentConfig(**base, hold_file="/run/use1.hold", member="a", interface="auto")  # type: ignore[arg-type]
+
+
+def test_a_lab_members_config_is_a_file_held_pair_member(tmp_path: Path) -> None:
+    """What ``open_lab(pairs=True)`` gives each member: the node's address for SIP and media,
+    its own for gRPC, metrics and health; peers reach the pair at the node's address."""
+    hosts = {"usw2": "127.0.10.1", "use1": "127.0.10.2"}
+    nodes = lab_nodes(hosts, topology=TWO_REGIONS)
+    member = PairMember("use1.2", "use1", "127.0.10.24", str(tmp_path / "use1.hold"))
+    text = node_config(nodes[1], nodes, egress=["use1"], target="127.0.10.9:5060", member=member)
+    config = parse_config(text, source="node.toml")
+    assert config.pair == PairSection(
+        "127.0.10.2", 0.05, hold="file", hold_file=member.hold_file, member="use1.2"
+    )
+    served = (config.grpc, config.metrics, config.health)
+    assert {None if section is None else section.host for section in served} == {"127.0.10.24"}
+    peer = parse_config(
+        node_config(nodes[0], nodes, egress=["use1"], target="127.0.10.9:5060"), source="node.toml"
+    )
+    [use1] = peer.peers
+    assert (use1.sip, use1.grpc, use1.media) == (
+        ("127.0.10.2", 5060),
+        ("127.0.10.2", 7000),
+        ("127.0.10.2", 7100),
+    )
+
+
+TWO_REGIONS = Topology(
+    (("usw2", "us-west-2"), ("use1", "us-east-1")),
+    {frozenset({"usw2", "use1"}): 68.0},
+    ("usw2",),
+    "use1",
+)
