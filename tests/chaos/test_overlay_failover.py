@@ -542,6 +542,7 @@ async def test_far_edge_dead_the_caller_gets_a_bye_and_every_port_is_freed(
         counters = await lab.counters(ingress)
         assert (counters["media.ports_in_use"], counters["media.sessions"]) == (0, 0)
         assert counters["media.ended.bye"] == calls
+        assert (counters["sip.calls_ended_far_edge"], counters["sip.dialogs"]) == (calls, 0)
         book = await _call_book(lab, ingress)
         for call_id in callee.calls:
             call = book[call_id]
