@@ -19,6 +19,7 @@ takeover.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -410,8 +411,14 @@ async def open_lab(
         pair_dir = workdir or Path(pki_dir)
         members = {
             node.node_id: tuple(
-                PairMember(name, node.node_id, hosts[name], f"{pair_dir}/{node.node_id}.hold")
-                for name in pair_member_names(node.node_id)
+                PairMember(
+                    name,
+                    node.node_id,
+                    hosts[name],
+                    f"{pair_dir}/{node.node_id}.hold",
+                    peer_host=hosts[peer],
+                )
+                for name, peer in itertools.permutations(pair_member_names(node.node_id))
             )
             for node in nodes
             if pairs

@@ -170,12 +170,15 @@ class LabNode:
 class PairMember:
     """One of the two processes a lab pair runs for node ``node_id``: its node serves SIP and
     media at the node's address while ``hold_file`` names it (``[pair] hold = "file"``), and
-    gRPC, metrics and health at its own address ``host`` from the start."""
+    gRPC, metrics and health at its own address ``host`` from the start. While the other
+    member holds the address, it follows that member's calls at ``peer_host`` (its own
+    address; pair replication)."""
 
     name: str  # "use1.1"
     node_id: str
     host: str
     hold_file: str
+    peer_host: str
 
     @property
     def grpc_target(self) -> str:
@@ -280,6 +283,7 @@ def node_config(
             'hold = "file"',
             f'hold_file = "{member.hold_file}"',
             f'member = "{member.name}"',
+            f'peer_grpc = "{member.peer_host}:{GRPC_PORT}"',
             f"check_interval = {PAIR_CHECK_INTERVAL}",
             "",
             "[metrics]",

@@ -218,11 +218,16 @@ def test_a_lab_members_config_is_a_file_held_pair_member(tmp_path: Path) -> None
     its own for gRPC, metrics and health; peers reach the pair at the node's address."""
     hosts = {"usw2": "127.0.10.1", "use1": "127.0.10.2"}
     nodes = lab_nodes(hosts, topology=TWO_REGIONS)
-    member = PairMember("use1.2", "use1", "127.0.10.24", str(tmp_path / "use1.hold"))
+    member = PairMember("use1.2", "use1", "127.0.10.24", str(tmp_path / "use1.hold"), "127.0.10.23")
     text = node_config(nodes[1], nodes, egress=["use1"], target="127.0.10.9:5060", member=member)
     config = parse_config(text, source="node.toml")
     assert config.pair == PairSection(
-        "127.0.10.2", 0.05, hold="file", hold_file=member.hold_file, member="use1.2"
+        "127.0.10.2",
+        0.05,
+        peer_grpc=("127.0.10.23", 7000),
+        hold="file",
+        hold_file=member.hold_file,
+        member="use1.2",
     )
     served = (config.grpc, config.metrics, config.health)
     assert {None if section is None else section.host for section in served} == {"127.0.10.24"}
