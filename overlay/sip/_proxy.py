@@ -409,9 +409,14 @@ class ProxyCore:
         self, nodes: Collection[str], now: float, *, restarted: bool = False
     ) -> None:
         """The mesh has no route left to ``nodes`` (or, ``restarted``, they came back without
-        their calls): calls whose egress is one of them and that have another egress, and no
-        final answer yet, fail over to it now. Established calls with them end after
-        ``far_edge_wait`` if they are still unreachable then, or at once when ``restarted``."""
+        their calls): calls whose egress is one of them and that have another egress fail
+        over to it now, if the egress had not answered at all. One that had (a 1xx: the callee
+        most likely has the INVITE) cannot: the callee would take the same request from another
+        egress for a merged one (RFC 3261 §8.2.2.2: 482) while it rings on the lost one, whose
+        answer nobody can take. Such a call is answered 503 after ``far_edge_wait`` if the
+        node is still unreachable then (a pair's standby may take it over meanwhile), so the
+        caller can try elsewhere at once. Established calls with them end then too, or at once
+        when ``restarted``."""
         relay = self._relay
         if relay is None:
             return
@@ -422,12 +427,15 @@ class ProxyCore:
                 isinstance(context, _Context)
                 and context.branch is txn
                 and txn.kind is Kind.INVITE_CLIENT
-                and txn.state in (State.CALLING, State.PROCEEDING)
+                and txn.state is State.CALLING
                 and context.alternates
                 and not (context.replied or context.cancelled)
             ):
                 self._abandon_branch(context, txn, now)
                 self._fail_over(context, "egress lost", now)
+        if restarted:
+            for peer in peers:
+                self._fail_unanswerable(peer, f"Egress {relay.node_at[peer]} Restarted", now)
         if self.dialogs is not None and restarted:
             for node in nodes:
                 for call_id in self.dialogs.toward(node):
@@ -595,11 +603,29 @@ class ProxyCore:
 
     def _far_edge_wait_over(self, node: str, now: float) -> None:
         """``far_edge_wait`` after ``node`` was lost: still unreachable, its calls end here."""
-        routes, dialogs = self._routes, self.dialogs
+        routes, dialogs, relay = self._routes, self.dialogs, self._relay
         if dialogs is None or (routes is not None and routes.path(node) is not None):
             return
+        if relay is not None and node in relay.peers:
+            self._fail_unanswerable(relay.peers[node], "Egress Lost", now)
         for call_id in dialogs.toward(node):
             self.end_call(call_id, f"far edge {node} lost", now)
+
+    def _fail_unanswerable(self, peer: Peer, reason: str, now: float) -> None:
+        """Answer 503 the INVITEs whose branch to ``peer``, a lost overlay node, had a 1xx:
+        nothing can answer them now (``overlay_nodes_lost``)."""
+        for txn in self.transactions.clients_to({peer}):
+            context = txn.owner
+            if (
+                isinstance(context, _Context)
+                and context.branch is txn
+                and txn.kind is Kind.INVITE_CLIENT
+                and txn.state is State.PROCEEDING
+                and not context.replied
+            ):
+                self._abandon_branch(context, txn, now)
+                self._drops["branch to a lost node"] += 1
+                self._reply(context, 503, reason, now)
 
     def statistics(self) -> ProxyStatistics:
         txn = self.transactions.statistics()

@@ -42,6 +42,14 @@ def two_egresses(**cores: Target) -> Fabric:
     return fabric
 
 
+def lose(fabric: Fabric, node: str, lost: str) -> None:
+    """``node``'s mesh loses every route to ``lost``."""
+    fabric.cut.add(frozenset((node, lost)))
+    fabric.next_hop.pop((node, lost), None)
+    fabric.dead.add(lost)
+    fabric.cores[node].proxy.overlay_nodes_lost({lost}, fabric.cores[node].now)
+
+
 def settled(h: ProxyHarness) -> None:
     """Every timer run out: nothing left behind."""
     h.advance(3600.0)
@@ -97,14 +105,12 @@ def test_when_every_egress_failed_the_caller_gets_one_error() -> None:
         settled(fabric.cores[node])
 
 
-def test_an_egress_lost_while_ringing_hands_the_call_on() -> None:
+def test_an_egress_lost_before_any_answer_hands_the_call_on() -> None:
     fabric = two_egresses()
     ing = fabric.cores["ing"]
-    out = fabric.inject("ing", UAC, request())
-    [invite] = requests(out, UAS)
-    assert statuses(fabric.inject("egr", UAS, response_to(serialize(invite), 180))) == [180]
-    fabric.dead.add("egr")
-    ing.proxy.overlay_nodes_lost({"egr", "mid"}, ing.now)
+    fabric.dead.add("egr")  # it dies with the INVITE: no 100 ever comes back
+    fabric.inject("ing", UAC, request())
+    lose(fabric, "ing", "egr")
     [moved] = requests(fabric.settle(), UAS2)
     assert [event.cause for event in failovers(ing)] == ["egress lost"]
     out = fabric.inject("alt", UAS2, response_to(serialize(moved), 200))
@@ -114,6 +120,34 @@ def test_an_egress_lost_while_ringing_hands_the_call_on() -> None:
     fabric.inject("ing", UAC, request())
     fabric.cores["ing"].proxy.overlay_nodes_lost({"alt"}, 0.0)
     assert not failovers(fabric.cores["ing"])
+
+
+def test_a_call_ringing_through_a_lost_egress_is_refused_not_merged() -> None:
+    """The callee has the INVITE from the lost egress: the same request from another egress
+    would be a merged request (RFC 3261 §8.2.2.2), and its answer has no way back. The caller
+    gets 503 once the node has stayed lost for far_edge_wait, to try elsewhere at once."""
+    fabric = two_egresses()
+    ing = fabric.cores["ing"]
+    [invite] = requests(fabric.inject("ing", UAC, request()), UAS)
+    assert statuses(fabric.inject("egr", UAS, response_to(serialize(invite), 180))) == [180]
+    lose(fabric, "ing", "egr")
+    assert not failovers(ing)
+    assert not fabric.advance("ing", 0.99).get(UAS2)
+    out = fabric.advance("ing", 0.01)
+    assert statuses(out) == [503]
+    assert parse(out[UAC][0]).reason == "Egress Lost"  # type: ignore[union-attr]
+    settled(ing)
+
+
+def test_a_call_ringing_through_an_egress_that_restarted_is_refused_at_once() -> None:
+    fabric = two_egresses()
+    ing = fabric.cores["ing"]
+    [invite] = requests(fabric.inject("ing", UAC, request()), UAS)
+    fabric.inject("egr", UAS, response_to(serialize(invite), 180))
+    ing.proxy.overlay_nodes_lost({"egr"}, ing.now, restarted=True)
+    out = fabric.settle()
+    assert statuses(out) == [503]
+    assert parse(out[UAC][0]).reason == "Egress egr Restarted"  # type: ignore[union-attr]
 
 
 def test_a_silent_trunk_costs_fr_not_timer_b() -> None:
