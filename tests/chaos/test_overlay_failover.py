@@ -43,7 +43,7 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -225,23 +225,16 @@ def _byes(log: Path) -> dict[str, tuple[float, str]]:
     return byes
 
 
-# --- egress death before answer --------------------------------------------------------------
-
-
-@pytest.mark.trio
-async def test_invites_toward_an_egress_that_died_complete_through_the_next(
-    chaos_seed: int,
-    loopback_host: Callable[[], str],
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-) -> None:
-    calls, rate, ring_ms = 16, 100.0, 500
-    rng = random.Random(chaos_seed)
-    print(_replay(request, chaos_seed))
+@contextlib.asynccontextmanager
+async def _two_az_lab(
+    loopback_host: Callable[[], str], tmp_path: Path, ring_ms: int
+) -> AsyncIterator[tuple[Lab, dict[str, str], str, Path]]:
+    """The reference lab with two AZs per region, its callee a SIPp UAS that rings ``ring_ms``
+    before it answers (its errors kept in ``tmp_path/uas``): the lab, its nodes' hosts, the
+    caller's host and the UAS's directory."""
     hosts = {node_id: loopback_host() for node_id in lab_node_ids(azs=2)}
     uac_host, uas_host = loopback_host(), loopback_host()
     uas_dir = tmp_path / "uas"
-    events: list[control_pb2.Event] = []
     async with (
         open_uas(
             uas_host,
@@ -258,6 +251,26 @@ async def test_invites_toward_an_egress_that_died_complete_through_the_next(
             probe_interval=PROBE_INTERVAL,
             workdir=tmp_path / "lab",
         ) as lab,
+    ):
+        yield lab, hosts, uac_host, uas_dir
+
+
+# --- egress death before answer --------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_invites_toward_an_egress_that_died_complete_through_the_next(
+    chaos_seed: int,
+    loopback_host: Callable[[], str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    calls, rate, ring_ms = 16, 100.0, 500
+    rng = random.Random(chaos_seed)
+    print(_replay(request, chaos_seed))
+    events: list[control_pb2.Event] = []
+    async with (
+        _two_az_lab(loopback_host, tmp_path, ring_ms) as (lab, hosts, uac_host, uas_dir),
         trio.open_nursery() as nursery,
     ):
         ingress = rng.choice(lab.site(INGRESS))
@@ -333,27 +346,10 @@ async def test_calls_ringing_when_their_egress_dies_are_refused_fast_not_merged(
     ring_s = ring_ms / 1000
     rng = random.Random(chaos_seed)
     print(_replay(request, chaos_seed))
-    hosts = {node_id: loopback_host() for node_id in lab_node_ids(azs=2)}
-    uac_host, uas_host = loopback_host(), loopback_host()
-    uas_dir = tmp_path / "uas"
     events: list[control_pb2.Event] = []
     results: list[SippResult] = []
     async with (
-        open_uas(
-            uas_host,
-            scenario="uas_ring_answer",
-            extra_args=["-d", str(ring_ms), "-trace_err"],
-            keep_in=uas_dir,
-        ) as uas,
-        open_lab(
-            hosts,
-            uas_host=uas_host,
-            uac_host=uac_host,
-            callee=uas.address,
-            azs=2,
-            probe_interval=PROBE_INTERVAL,
-            workdir=tmp_path / "lab",
-        ) as lab,
+        _two_az_lab(loopback_host, tmp_path, ring_ms) as (lab, hosts, uac_host, uas_dir),
         trio.open_nursery() as nursery,
     ):
         ingress = rng.choice(lab.site(INGRESS))

@@ -103,6 +103,34 @@ def egress_config(hosts: Hosts, pki_lines: tuple[str, ...]) -> str:
     )
 
 
+def the_pair(
+    tmp_path: Path, loopback_host: Callable[[], str]
+) -> tuple[Hosts, Path, dict[str, NodeConfig], NodeConfig]:
+    """The hosts, the hold file (naming pa.1), both members' configs and the egress's."""
+    hosts = Hosts(
+        floating=loopback_host(),
+        own={member: loopback_host() for member in MEMBERS},
+        egress=loopback_host(),
+        caller=loopback_host(),
+        callee=loopback_host(),
+    )
+    pki = make_lab_pki(tmp_path, {"eg": hosts.egress})
+    # Both members present the pair's one certificate, at either own address or the pair's.
+    now = datetime.datetime.now(datetime.UTC)
+    addresses = [hosts.floating, *hosts.own.values()]
+    issue_node(pki.ca, "pa", addresses, now=now).write(tmp_path / "pa.pem", tmp_path / "pa.key")
+    hold_file = tmp_path / "pa.hold"
+    hold_file.write_text("pa.1\n")
+    configs = {
+        member: parse_config(
+            pair_config(hosts, member, pki.grpc_lines("pa"), hold_file), source=f"{member}.toml"
+        )
+        for member in MEMBERS
+    }
+    egress = parse_config(egress_config(hosts, pki.grpc_lines("eg")), source="eg.toml")
+    return hosts, hold_file, configs, egress
+
+
 def differences(active: Node, standby: Node) -> list[str]:
     """What the standby holds differently from the active, call by call (empty: the same)."""
     assert active.calls is not None
@@ -159,27 +187,7 @@ def answered_and_latched(node: Node, calls: int) -> bool:
 async def test_the_standby_follows_every_call_of_its_active(
     tmp_path: Path, loopback_host: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    hosts = Hosts(
-        floating=loopback_host(),
-        own={member: loopback_host() for member in MEMBERS},
-        egress=loopback_host(),
-        caller=loopback_host(),
-        callee=loopback_host(),
-    )
-    pki = make_lab_pki(tmp_path, {"eg": hosts.egress})
-    # Both members present the pair's one certificate, at either own address or the pair's.
-    now = datetime.datetime.now(datetime.UTC)
-    addresses = [hosts.floating, *hosts.own.values()]
-    issue_node(pki.ca, "pa", addresses, now=now).write(tmp_path / "pa.pem", tmp_path / "pa.key")
-    hold_file = tmp_path / "pa.hold"
-    hold_file.write_text("pa.1\n")
-    configs: dict[str, NodeConfig] = {
-        member: parse_config(
-            pair_config(hosts, member, pki.grpc_lines("pa"), hold_file), source=f"{member}.toml"
-        )
-        for member in MEMBERS
-    }
-    egress = parse_config(egress_config(hosts, pki.grpc_lines("eg")), source="eg.toml")
+    hosts, _, configs, egress = the_pair(tmp_path, loopback_host)
 
     applied: list[tuple[bool, float]] = []  # (a snapshot's last batch, lag ms) per batch
     apply = ReplicaStore.apply
@@ -401,26 +409,7 @@ async def test_the_standby_takes_the_calls_over_when_the_active_stops(
     when it sees it dead): the standby binds the pair's address, promotes the calls it
     followed, keeps the active's call-state epoch, and carries the calls' media and BYEs. Every
     call ends with a BYE answered end to end."""
-    hosts = Hosts(
-        floating=loopback_host(),
-        own={member: loopback_host() for member in MEMBERS},
-        egress=loopback_host(),
-        caller=loopback_host(),
-        callee=loopback_host(),
-    )
-    pki = make_lab_pki(tmp_path, {"eg": hosts.egress})
-    now = datetime.datetime.now(datetime.UTC)
-    addresses = [hosts.floating, *hosts.own.values()]
-    issue_node(pki.ca, "pa", addresses, now=now).write(tmp_path / "pa.pem", tmp_path / "pa.key")
-    hold_file = tmp_path / "pa.hold"
-    hold_file.write_text("pa.1\n")
-    configs = {
-        member: parse_config(
-            pair_config(hosts, member, pki.grpc_lines("pa"), hold_file), source=f"{member}.toml"
-        )
-        for member in MEMBERS
-    }
-    egress = parse_config(egress_config(hosts, pki.grpc_lines("eg")), source="eg.toml")
+    hosts, hold_file, configs, egress = the_pair(tmp_path, loopback_host)
     result: SippResult | None = None
     calls_done = trio.Event()
     async with (

@@ -27,7 +27,7 @@ from overlay.sip import (
     Response,
     Target,
 )
-from tests.unit.sip_helpers import UAS, ProxyHarness
+from tests.unit.sip_helpers import UAS, ProxyHarness, request
 
 ADDRESSES = {
     "ing": Peer("udp", "127.0.1.1", 5060),
@@ -40,6 +40,18 @@ EGRESS_ROUTE = "<sip:127.0.1.3:5060;lr;ovl=egr>"
 TO_EGRESS = Target("127.0.1.3", 5060, "udp", route=EGRESS_ROUTE, egress="egr")
 #: Rounds of delivery a test's messages may take: a message still moving after this is looping.
 MAX_ROUNDS = 50
+
+
+def in_dialog(method: str, cseq: int, branch: str, routes: list[str]) -> bytes:
+    """A request of the caller's dialog with the callee at UAS, along the route set ``routes``."""
+    return request(
+        method,
+        uri="sip:alice@127.0.0.3:5062",
+        branch=branch,
+        cseq=cseq,
+        to_tag="callee-tag",
+        extra=tuple(f"Route: {route}" for route in routes),
+    )
 
 
 class RecordingMedia:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from overlay.sip import Peer, Request, Response, serialize
 from overlay.sip._dialogs import DialogBook
 from overlay.sip._media_hook import MediaDirection
-from tests.unit.overlay_fabric import Fabric, RecordingMedia
+from tests.unit.overlay_fabric import Fabric, RecordingMedia, in_dialog
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 ROUTES = ["<sip:127.0.1.1:5060;lr;ovl=ing>", "<sip:127.0.1.3:5060;lr;ovl=egr>"]
@@ -37,17 +37,6 @@ def lose(fabric: Fabric, node: str, lost: str) -> None:
     fabric.cores[node].proxy.overlay_nodes_lost({lost}, fabric.cores[node].now)
 
 
-def in_dialog(method: str, cseq: int, branch: str) -> bytes:
-    return request(
-        method,
-        uri="sip:alice@127.0.0.3:5062",
-        branch=branch,
-        cseq=cseq,
-        to_tag="callee-tag",
-        extra=tuple(f"Route: {route}" for route in ROUTES),
-    )
-
-
 def test_the_ingress_ends_a_call_whose_egress_is_lost_toward_the_caller() -> None:
     fabric = answered_call()
     ing = fabric.cores["ing"]
@@ -67,9 +56,9 @@ def test_the_ingress_ends_a_call_whose_egress_is_lost_toward_the_caller() -> Non
     assert fabric.settle() == {}
     assert not fabric.inject("ing", UAC, response_to(serialize(bye), 200))  # absorbed
     # The caller's own BYE, crossing ours, is answered here; anything else gets 481.
-    out = fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye"))
+    out = fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye", ROUTES))
     assert [parse(data).status for data in out[UAC]] == [200]  # type: ignore[union-attr]
-    out = fabric.inject("ing", UAC, in_dialog("INVITE", 3, "z9hG4bK-reinvite"))
+    out = fabric.inject("ing", UAC, in_dialog("INVITE", 3, "z9hG4bK-reinvite", ROUTES))
     assert [parse(data).status for data in out[UAC]] == [100, 481]  # type: ignore[union-attr]
     stats = ing.proxy.statistics()
     assert (stats.calls_ended, stats.dialogs) == (1, 0)
@@ -77,8 +66,8 @@ def test_the_ingress_ends_a_call_whose_egress_is_lost_toward_the_caller() -> Non
 
 def test_the_egress_ends_toward_the_callee_above_the_far_partys_last_cseq() -> None:
     fabric = answered_call()
-    fabric.inject("ing", UAC, in_dialog("ACK", 1, "z9hG4bK-ack"))
-    reinvite = only(fabric.inject("ing", UAC, in_dialog("INVITE", 5, "z9hG4bK-re")), UAS)
+    fabric.inject("ing", UAC, in_dialog("ACK", 1, "z9hG4bK-ack", ROUTES))
+    reinvite = only(fabric.inject("ing", UAC, in_dialog("INVITE", 5, "z9hG4bK-re", ROUTES)), UAS)
     assert isinstance(reinvite, Request)
     fabric.inject("egr", UAS, response_to(serialize(reinvite), 200))
     lose(fabric, "egr", "ing")
@@ -97,7 +86,7 @@ def test_a_far_edge_back_within_the_wait_keeps_its_calls() -> None:
     assert UAC not in fabric.advance("ing", 5.0)
     assert ing.proxy.statistics().dialogs == 1
     # A BYE ends the entry: nothing is left to end later.
-    fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye"))
+    fabric.inject("ing", UAC, in_dialog("BYE", 2, "z9hG4bK-bye", ROUTES))
     assert ing.proxy.statistics().dialogs == 0
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from overlay.sip import MediaRefused, Peer, Refusal, Request, Response, serialize
-from tests.unit.overlay_fabric import ADDRESSES, EGRESS_ROUTE, TO_EGRESS, Fabric, RecordingMedia
+from tests.unit.overlay_fabric import (
+    ADDRESSES,
+    EGRESS_ROUTE,
+    TO_EGRESS,
+    Fabric,
+    RecordingMedia,
+    in_dialog,
+)
 from tests.unit.sip_helpers import UAC, UAS, parse, request, response_to
 
 
@@ -27,17 +34,6 @@ def statuses(out: dict[Peer, list[bytes]], peer: Peer = UAC) -> list[int]:
 
 def relayed(fabric: Fabric, node: str) -> dict[str, int]:
     return fabric.cores[node].proxy.statistics().relayed
-
-
-def in_dialog(method: str, cseq: int, branch: str, routes: list[str]) -> bytes:
-    return request(
-        method,
-        uri="sip:alice@127.0.0.3:5062",
-        branch=branch,
-        cseq=cseq,
-        to_tag="callee-tag",
-        extra=tuple(f"Route: {route}" for route in routes),
-    )
 
 
 def test_call_crosses_a_transit_that_keeps_no_state() -> None:
