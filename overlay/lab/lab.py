@@ -295,6 +295,19 @@ class Lab:
         assert isinstance(response, control_pb2.GetCountersResponse)
         return dict(response.counters)
 
+    async def member_counters(self, node_id: str, member: str) -> dict[str, int]:
+        """The counters of one member of ``node_id``'s pair, at its own address (a standby's
+        ``pair.replication.*`` among them); ``counters`` reaches whichever holds."""
+        response = await self.bridge.unary(
+            self.pairs[node_id].members[member].grpc_target,
+            "/overlay.v1.Control/GetCounters",
+            control_pb2.GetCountersRequest(),
+            control_pb2.GetCountersRequest.SerializeToString,
+            control_pb2.GetCountersResponse.FromString,
+            timeout=ADMIN_TIMEOUT_S,
+        )
+        return dict(response.counters)
+
     async def calls_during(
         self, event: Callable[[], Awaitable[T]], *, calls: int, rate: float, hold_ms: int
     ) -> tuple[SippResult, T]:
@@ -363,6 +376,7 @@ async def open_lab(
     routes: Mapping[str, tuple[str, int]] | None = None,
     workdir: Path | None = None,
     pairs: bool = False,
+    replicate: bool = True,
 ) -> AsyncIterator[Lab]:
     """Start ``topology`` on ``hosts`` (node id → loopback address, see ``lab_node_ids``) with
     a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that address instead) behind
@@ -379,6 +393,8 @@ async def open_lab(
             ``<member>/`` (node.toml, node.log in JSON lines, ha.toml, agent.log), in
             ``workdir`` or a temporary directory. Returns once the first member of every pair
             holds its node's address.
+        replicate: with pairs, whether each member follows the other's calls (``[pair]
+            peer_grpc``); without, a standby takes over with no call state (a bench's baseline).
 
     Raises:
         ValueError: an address is missing from ``hosts``.
@@ -409,6 +425,7 @@ async def open_lab(
         pki_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="overlay-lab-pki-"))
         # Pairs' members (configs, logs), hold files and moto's log.
         pair_dir = workdir or Path(pki_dir)
+        pair_dir.mkdir(parents=True, exist_ok=True)
         members = {
             node.node_id: tuple(
                 PairMember(
@@ -442,6 +459,7 @@ async def open_lab(
                 grpc_tls=pki.grpc_lines(node.node_id),
                 extra="" if workdir is None and not pairs else '[log]\nformat = "json"\n',
                 member=member,
+                replicate=replicate,
             )
 
         configs = {node.node_id: config(node) for node in nodes if not pairs}

@@ -11,6 +11,7 @@ until answered, the callee's 2xx every T1, doubling up to T2, until the ACK (§1
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import socket
@@ -78,6 +79,22 @@ class RtpEndpoint:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(endpoint._receive)
                 yield endpoint
+                nursery.cancel_scope.cancel()
+
+    @classmethod
+    @asynccontextmanager
+    async def open_many(cls, host: str, count: int) -> AsyncIterator[list[RtpEndpoint]]:
+        """``count`` endpoints on ``host``, their receivers in one nursery: whatever the count,
+        an error in the block comes out wrapped once, not once per endpoint."""
+        async with contextlib.AsyncExitStack() as stack:
+            endpoints = []
+            for _ in range(count):
+                sock, port = await stack.enter_async_context(_udp_socket(host))
+                endpoints.append(cls(sock, host, port))
+            async with trio.open_nursery() as nursery:
+                for endpoint in endpoints:
+                    nursery.start_soon(endpoint._receive)
+                yield endpoints
                 nursery.cancel_scope.cancel()
 
     async def _receive(self) -> None:

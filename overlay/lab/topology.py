@@ -239,6 +239,7 @@ def node_config(
     grpc_tls: Sequence[str] = ("insecure = true",),
     extra: str = "",
     member: PairMember | None = None,
+    replicate: bool = True,
 ) -> str:
     """TOML for one lab node: full mesh of ``nodes`` (latencies from ``topology``), every call
     to ``target`` via one of the ``egress`` nodes, except those whose Request-URI user starts
@@ -251,6 +252,8 @@ def node_config(
     the address (``overlay.shell.node``), so flooding follows the holder as SIP and media do,
     and no peer needs to know the members. The members' own addresses are for what must reach
     one member whichever holds: its peer's HA agent, pair replication, the lab's readiness.
+    Without ``replicate`` the member follows none of its peer's calls (no ``peer_grpc``): a
+    takeover then starts with no call state, for comparison.
     """
     lines = [
         "[node]",
@@ -283,7 +286,7 @@ def node_config(
             'hold = "file"',
             f'hold_file = "{member.hold_file}"',
             f'member = "{member.name}"',
-            f'peer_grpc = "{member.peer_host}:{GRPC_PORT}"',
+            *([f'peer_grpc = "{member.peer_host}:{GRPC_PORT}"'] if replicate else []),
             f"check_interval = {PAIR_CHECK_INTERVAL}",
             "",
             "[metrics]",
