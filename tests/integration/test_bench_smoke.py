@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,20 @@ def test_soak_smoke() -> None:
     assert "calls   pass       120/120 succeeded, 0 failed" in done.stdout, done.stdout
     assert "memory  not judged" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith("verdict: "), done.stdout
+
+
+TAKEOVER = BENCH.parent / "takeover"
+
+
+def test_takeover_smoke() -> None:
+    done = subprocess.run(
+        [sys.executable, str(TAKEOVER), "--trials", "1", "--calls", "4", "--rate", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Replicated, the calls are kept; without, the standby has none of them.
+    assert re.search(r"^calls kept +4/4 +0/4$", done.stdout, re.MULTILINE), done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith("ratios replicated/not:"), done.stdout
