@@ -3,7 +3,7 @@ proxy core, that the mesh installs every new route table into."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from overlay.sip import NextHop, Peer
 
@@ -26,6 +26,8 @@ class RouteView:
 
     def __init__(self, node_id: str, peers: Mapping[str, Peer]) -> None:
         self.table = RouteTable(node_id, 0, 0.0, {})
+        #: Whether a node answers this node's probes now (the mesh installs its monitors' say).
+        self.heard: Callable[[str], bool] = lambda _node_id: False
         self.peers = peers  # node id -> configured SIP address
         self.node_at = {address: node for node, address in peers.items()}
         self.unroutable = 0  # SIP messages for a node this one has no route to

@@ -142,6 +142,7 @@ class Mesh:
         self.impairments = impairments
         self._peers = {peer.node_id: peer for peer in config.peers}
         self.view = view
+        view.heard = self._heard
         self._probe = ProbeConfig(
             interval=linkstate.probe_interval,
             multiplier=linkstate.probe_multiplier,
@@ -285,6 +286,12 @@ class Mesh:
                 self._events(OverrideCleared(override, expired=True))
         links = self.overrides.apply(m.metrics(now) for m in self.monitors.values())
         self.flooder.set_links(links, now)
+
+    def _heard(self, node_id: str) -> bool:
+        """Whether ``node_id`` answered a probe within the detection time (``RouteView.heard``)."""
+        monitor = self.monitors.get(node_id)
+        silent = None if monitor is None else monitor.silent_ms(trio.current_time())
+        return silent is not None and silent <= self._probe.detection_time * 1000
 
     def take_over(self, epoch: bytes, now: float) -> None:
         """This node is a pair's standby about to join in place of the active whose calls it

@@ -602,9 +602,14 @@ class ProxyCore:
         self._drain_transaction_events(now)
 
     def _far_edge_wait_over(self, node: str, now: float) -> None:
-        """``far_edge_wait`` after ``node`` was lost: still unreachable, its calls end here."""
+        """``far_edge_wait`` after ``node`` was lost: still unreachable, its calls end here.
+        Unreachable but answering probes (its links in hold-down after a blip: it is alive,
+        and its calls with it), it is looked at again ``far_edge_wait`` later."""
         routes, dialogs, relay = self._routes, self.dialogs, self._relay
         if dialogs is None or (routes is not None and routes.path(node) is not None):
+            return
+        if routes is not None and routes.heard(node):
+            self._lost_checks.append((now + self.config.far_edge_wait, node))
             return
         if relay is not None and node in relay.peers:
             self._fail_unanswerable(relay.peers[node], "Egress Lost", now)

@@ -53,6 +53,11 @@ class OverlayRoutes(Protocol):
         """The best path to ``node_id`` that crosses none of ``avoid``, or ``None``."""
         ...
 
+    def heard(self, node_id: str) -> bool:
+        """Whether ``node_id`` answers this node's probes now, route or not (a link in
+        hold-down after a blip has no route yet, but the node is alive)."""
+        ...
+
 
 class NextHop(Peer):
     """A neighbour's address the shell sends to as it is: the core chose this overlay hop

@@ -101,6 +101,10 @@ class FabricRoutes:
         path = self.path(node_id)
         return [] if path is None else [path]
 
+    def heard(self, node_id: str) -> bool:
+        """A node the fabric lost a route to answers probes unless it is ``dead``."""
+        return node_id not in self._fabric.dead and node_id not in self._fabric.silent
+
     def path_avoiding(self, node_id: str, avoid: Collection[str]) -> list[str] | None:
         """Breadth first over the uncut links (all links are alike here)."""
         previous: dict[str, str] = {}
@@ -151,6 +155,7 @@ class Fabric:
         self.next_hop: dict[tuple[str, str], str] = {}  # (node, destination) -> next hop
         self.cut: set[frozenset[str]] = set()  # links that are down (for path_avoiding)
         self.dead: set[str] = set()
+        self.silent: set[str] = set()  # alive, but no longer answering probes (a partition)
         # Every node-to-node hop: (sender, receiver, method or status of the message).
         self.hops: list[tuple[str, str, str]] = []
         unused = Target("127.0.0.99", 5060)  # transits only relay

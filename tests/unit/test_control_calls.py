@@ -219,6 +219,7 @@ def test_a_call_ended_by_its_surviving_edge_says_why_in_the_book():
     fabric = edges.fabric
     fabric.cut.add(frozenset(("ing", "egr")))
     fabric.next_hop.pop(("ing", "egr"))
+    fabric.dead.add("egr")
     fabric.cores["ing"].proxy.overlay_nodes_lost({"egr"}, 0.0)
     fabric.advance("ing", 1.0)
     (record,) = edges.calls("ing", ended=True)

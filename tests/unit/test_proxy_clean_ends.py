@@ -164,3 +164,19 @@ def test_a_far_edge_back_without_its_calls_ends_them_at_once() -> None:
     bye = only(fabric.settle(), UAC)
     assert isinstance(bye, Request)
     assert bye.headers.get("Reason") == 'Q.850;cause=41;text="far edge egr restarted"'
+
+
+def test_a_far_edge_that_still_answers_probes_keeps_its_calls_until_it_falls_silent() -> None:
+    """A blip (a stall of the far node) takes its links down, and the hold-down keeps its
+    route away for seconds: it is alive, so its calls are not ended, only looked at again."""
+    fabric = answered_call()
+    ing = fabric.cores["ing"]
+    fabric.cut.add(frozenset(("ing", "egr")))
+    fabric.next_hop.pop(("ing", "egr"))
+    ing.proxy.overlay_nodes_lost({"egr"}, ing.now)  # no route, but it answers probes
+    assert UAC not in fabric.advance("ing", 3.0)
+    assert ing.proxy.statistics().dialogs == 1
+    fabric.silent.add("egr")  # now it is gone
+    bye = only(fabric.advance("ing", 1.0), UAC)
+    assert isinstance(bye, Request)
+    assert bye.headers.get("Reason") == 'Q.850;cause=41;text="far edge egr lost"'
