@@ -120,6 +120,8 @@ class Flooder:
         self.node_id = node_id
         self._takeover_grace_s = takeover_grace_s
         self.state_epoch = state_epoch
+        #: A pair's standby: the last LSA its active advertised as this node (``adopt``).
+        self.followed: Lsa | None = None
         self._region = region
         self._az = az
         self._config = config
@@ -173,6 +175,17 @@ class Flooder:
                 self._originate(now)
             elif self._originate_due is None:
                 self._originate_due = due
+
+    def adopt(self, lsa: Lsa, now: float) -> None:
+        """An LSA of the active this node (a pair's standby) follows: another origin's goes in
+        the database as the active holds it, so a takeover starts with its routes; the
+        active's own (this node id's) is kept in ``followed``, and its number outnumbered
+        by this node's next LSA. Nothing is flooded: a standby has no sessions."""
+        if lsa.origin != self.node_id:
+            self.lsdb.install(lsa, now)
+            return
+        self.followed = lsa
+        self._seq = max(self._seq, lsa.seq)
 
     def set_epoch(self, epoch: bytes, now: float) -> None:
         """Advertise another call-state epoch: a pair's standby that took over keeps the one

@@ -237,6 +237,15 @@ class LinkMonitor:
         self._evaluate(now)
         return None if self.state is before else self.state
 
+    def assume_up(self, now: float) -> None:
+        """Start UP, as if healthy until ``now``: this node is a pair's standby taking over,
+        and its active had the link up a moment ago. Silence for the detection time takes it
+        down (or into grace) as any UP link."""
+        self.state = LinkState.UP
+        self.since = now
+        self._last_heard = self._healthy_since = now
+        self._streak = self._config.multiplier
+
     def next_echo(self, now: float) -> int:
         """Number the next media echo and remember when it left; the caller sends it."""
         return self._media.next(now)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 
+from overlay.linkstate import LinkStateDb, Lsa, lsa_to_message
 from overlay.media import MediaEdge
 from overlay.noc import CallTracker
 from overlay.sip import DialogBook, ProxyCore
@@ -62,6 +63,11 @@ class ReplicaLog:
         self._dialogs = dialogs
         self._edge = edge
         self._core = core
+        #: The mesh's link-state database, once there is one: its LSAs go to the follower as
+        #: they change, so a standby that takes over has the routes at once.
+        self.links: LinkStateDb | None = None
+        self._lsas_sent: dict[str, int] = {}  # origin -> seq the follower has
+        self._links_version = -1
         self._dirty: dict[str, None] = {}  # marked since the last flush, in order
         self._live: dict[str, None] = {}  # found live at their last read
         self._following = False
@@ -107,6 +113,11 @@ class ReplicaLog:
             for call_id in list(self._live)
             if (record := self._live_record(call_id, seq, now)) is not None
         ]
+        if self.links is not None:
+            self._lsas_sent.clear()
+            records += [
+                pair_pb2.Record(seq=seq, lsa=lsa_to_message(lsa)) for lsa in self._changed_lsas(now)
+            ]
         chunks = [
             records[start : start + MAX_BATCH_RECORDS]
             for start in range(0, len(records), MAX_BATCH_RECORDS)
@@ -136,7 +147,9 @@ class ReplicaLog:
             now: this node's clock; now_wall: the wall clock (the batch's ``sent_at``).
         """
         dirty = self._dirty
-        if not dirty:
+        links = self.links
+        lsas_changed = links is not None and links.version != self._links_version
+        if not dirty and not lsas_changed:
             return None
         if not self._following:
             for call_id in dirty:
@@ -150,9 +163,28 @@ class ReplicaLog:
         for call_id in taken:
             del dirty[call_id]
         self.last_seq += len(taken)
+        if lsas_changed:
+            for lsa in self._changed_lsas(now):
+                self.last_seq += 1
+                records.append(pair_pb2.Record(seq=self.last_seq, lsa=lsa_to_message(lsa)))
+        if not records:
+            return None
         return pair_pb2.StateBatch(
             epoch=self.epoch, first_seq=first_seq, sent_at=now_wall, records=records
         )
+
+    def _changed_lsas(self, now: float) -> list[Lsa]:
+        """The LSAs the follower does not have yet, with their ages brought up to ``now``."""
+        links = self.links
+        assert links is not None
+        self._links_version = links.version
+        changed = []
+        for origin in links.origins():
+            lsa = links.get(origin, now)
+            if lsa is not None and self._lsas_sent.get(origin) != lsa.seq:
+                self._lsas_sent[origin] = lsa.seq
+                changed.append(lsa)
+        return changed
 
     def _note(self, call_id: str) -> None:
         """Keep the set of live calls right without reading the rest of the call."""

@@ -20,8 +20,10 @@ applied, and only a snapshot makes them whole again.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import NoReturn
 
+from overlay.linkstate import BadLsa, Lsa, lsa_from_message_untrusted
 from overlay.media import CallMediaState, MediaEdge, PortTaken
 from overlay.noc import CallRecord, CallState, CallTracker
 from overlay.sip import DialogBook, LocalProtocolError, ProxyCore
@@ -58,6 +60,9 @@ class ReplicaStore:
         self._dialogs = dialogs
         self._edge = edge
         self._core = core
+        #: Takes the active's LSAs (its mesh's link-state database), with this node's clock
+        #: when they were sent; ``None``: not kept.
+        self.take_lsa: Callable[[Lsa, float], object] | None = None
         #: The active's epoch of the state held (``b""``: none, a snapshot is needed).
         self.epoch = b""
         #: The seq of the last record applied.
@@ -111,7 +116,7 @@ class ReplicaStore:
                 call_id = self._apply_record(record, at)
             except (BadRecord, LocalProtocolError, ValueError, PortTaken) as error:
                 self._resync(f"record {record.seq} not applied: {error}")
-            if self._named is not None:
+            if self._named is not None and call_id is not None:
                 self._named.add(call_id)
         if self._named is not None:
             if not batch.snapshot_end:
@@ -131,8 +136,16 @@ class ReplicaStore:
         self._named = None
         raise ResyncNeeded(why)
 
-    def _apply_record(self, record: pair_pb2.Record, at: float) -> str:
-        """Apply one record; returns its call id."""
+    def _apply_record(self, record: pair_pb2.Record, at: float) -> str | None:
+        """Apply one record; returns its call id (``None``: an LSA)."""
+        if record.HasField("lsa"):
+            try:
+                lsa = lsa_from_message_untrusted(record.lsa)
+            except BadLsa as error:
+                raise BadRecord(f"record {record.seq}: LSA: {error}") from None
+            if self.take_lsa is not None:
+                self.take_lsa(lsa, at)
+            return None
         if record.HasField("gone"):
             call_id, final = call_gone_from_message_untrusted(record.gone, at=at)
             self._end(call_id, final, at)

@@ -295,12 +295,19 @@ class Mesh:
 
     def take_over(self, epoch: bytes, now: float) -> None:
         """This node is a pair's standby about to join in place of the active whose calls it
-        followed: its LSA keeps that active's call-state ``epoch``, and its links come up on
-        their first answer, as its active had them up a moment ago, so the peers do not lose
-        the node for a detection time."""
-        self.flooder.set_epoch(epoch, now)
-        for monitor in self.monitors.values():
+        followed: its LSA keeps that active's call-state ``epoch``; the links its active had
+        up start UP (the others come up on their first answer), and routes are computed at
+        once from the link-state database replicated from the active, so neither the peers
+        nor the calls' media lose the node for a detection time."""
+        followed = self.flooder.followed
+        up = set() if followed is None else {link.neighbor for link in followed.links if link.up}
+        for neighbor, monitor in self.monitors.items():
+            if neighbor in up:
+                monitor.assume_up(now)
             monitor.up_on_first_answer = True
+        self.flooder.set_epoch(epoch, now)
+        self._update_links(now)
+        self._compute_routes(now)
 
     # -- operators ----------------------------------------------------------------------------
 

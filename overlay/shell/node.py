@@ -268,6 +268,11 @@ async def open_node(
             events=events.publish,
             access=overlay.access,
         )
+    if replication is not None and mesh is not None:
+        # The mesh's LSAs follow the calls to the standby, which keeps them for a takeover.
+        replication.log.links = mesh.flooder.lsdb
+        if replication.follower is not None:
+            replication.follower.store.take_lsa = mesh.flooder.adopt
     pump = SignallingPump(
         config,
         core,

@@ -52,19 +52,6 @@ HOLD_S = 8.0
 #: Beyond the measured takeover, how long a call's audio may stay silent: the standby seeing
 #: the hold file (check_interval, 50 ms), its bind sweep, the packets' way (the Done-when's).
 GAP_MARGIN_S = 0.2
-#: Measured on the 2-core machine (2026-12-07, seed 1): every call's audio comes back and every
-#: call ends with its BYE answered, but toward the other region only once the new holder has a
-#: route there, about 0.6 s after the takeover: it joins the mesh with an empty link-state
-#: database (the design's "replicated LSDB and routes already installed", §5, is not built) and
-#: learns the peer's LSA only when the peer's flooding client dials it again, after gRPC's
-#: reconnect backoff (overlay.grpc: up to 1 s). The direction that needs no route (to the
-#: endpoint behind the taken-over node) comes back within 30 to 80 ms of the takeover.
-#: Until that is built, the test reports that direction's excess as an expected failure, and
-#: passes once it is within the bound; every other assertion holds as it is.
-NO_ROUTE_AT_TAKEOVER = (
-    "the new holder has no route to the other region until that region's flooding client "
-    "dials it again (its LSDB is not replicated)"
-)
 
 
 def _replay(request: pytest.FixtureRequest, seed: int) -> str:
@@ -121,12 +108,6 @@ async def test_calls_keep_their_audio_through_a_pair_takeover(
     behind, routed = ("caller->callee", forward), ("callee->caller", back)
     if victim == INGRESS:
         behind, routed = routed, behind
-    over = {c: round(g, 3) for c, g in behind[1].items() if g > bound}
-    assert not over, f"{behind[0]}: {len(over)} gaps over {bound:.3f} s: {over}"
-    over = {c: round(g, 3) for c, g in routed[1].items() if g > bound}
-    if over:
-        worst = max(over.values()) - takeover.held_s
-        pytest.xfail(
-            f"{NO_ROUTE_AT_TAKEOVER}: {routed[0]}, {len(over)} gaps over {bound:.3f} s, "
-            f"the longest {worst * 1000:.0f} ms past the takeover"
-        )
+    for name, gaps in (behind, routed):
+        over = {c: round(g, 3) for c, g in gaps.items() if g > bound}
+        assert not over, f"{name}: {len(over)} gaps over {bound:.3f} s: {over}"

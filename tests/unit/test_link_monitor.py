@@ -329,3 +329,10 @@ def test_a_standby_that_took_over_has_its_links_up_on_their_first_answer():
     monitor.up_on_first_answer = True
     _, changes = run_probes(monitor, 0.0, 1)
     assert changes == [LinkState.UP]
+
+
+def test_a_link_assumed_up_at_a_takeover_goes_down_when_silent():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    monitor.assume_up(5.0)
+    assert monitor.state is LinkState.UP
+    assert monitor.handle_timer(5.0 + CONFIG.detection_time + 0.01) is LinkState.DOWN

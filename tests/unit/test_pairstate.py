@@ -13,6 +13,7 @@ import itertools
 
 import pytest
 
+from overlay.linkstate import FloodConfig, Flooder, LinkMetrics, Lsa
 from overlay.media import (
     AddSession,
     CallMediaState,
@@ -510,3 +511,29 @@ def test_invites_at_the_edge_go_with_their_call() -> None:
     message.invites[0].media = "sideways"
     with pytest.raises(BadRecord, match="media direction"):
         call_state_from_message_untrusted(message, at=1.0)
+
+
+def test_the_mesh_link_state_follows_the_calls_to_the_standby() -> None:
+    """The standby's flooder takes the active's LSAs: a takeover starts with its routes, and
+    its own next LSA outnumbers the one the active last flooded as this node."""
+    active, standby = Active(), Standby()
+    links = Flooder("ing", "r", "", FloodConfig(), initial_seq=50, now=0.0)
+    links.receive_lsa("egr", Lsa("egr", 7, 0.0, "r2", "", (LinkMetrics("ing", True, 9.0),)), 0.0)
+    active.log.links = links.lsdb
+    kept = Flooder("ing", "r", "", FloodConfig(), initial_seq=10, now=0.0)
+    standby.store.take_lsa = kept.adopt
+    standby.apply_all(active.follow(standby.store), active)  # a snapshot: every LSA
+    assert kept.lsdb.seq("egr") == 7
+    assert kept.followed is not None
+    assert kept.followed.seq == 51
+    links.receive_lsa("egr", Lsa("egr", 8, 0.0, "r2", "", ()), active.now)
+    batch = active.flush()
+    assert batch is not None
+    assert [record.WhichOneof("body") for record in batch.records] == ["lsa"]  # only what changed
+    standby.apply(batch, active)
+    assert kept.lsdb.seq("egr") == 8
+    assert active.flush() is None
+    kept.set_epoch(b"e", 2.0)  # the takeover's first LSA
+    own = kept.lsdb.peek("ing")
+    assert own is not None
+    assert own.seq == 52
