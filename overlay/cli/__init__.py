@@ -108,13 +108,21 @@ def demo(
     net: Annotated[str, typer.Option(help="first three octets of the lab's loopback /24")] = (
         "127.0.10"
     ),
+    pair: Annotated[
+        bool,
+        typer.Option(
+            help="end with the egress pair's active killed mid-call (needs moto, a test "
+            "dependency: skipped without it; about 20 s more)"
+        ),
+    ] = True,
 ) -> None:
-    """Four regions carrying SIPp calls through degradation, kill -9 and healing."""
+    """Four regions carrying SIPp calls through degradation, kill -9 and healing, then a
+    pair's takeover mid-call."""
     from overlay.lab.demo import run_demo
 
     _check_loopback_net(net)
     configure_logging(json=False, level="WARNING")
-    raise typer.Exit(trio.run(run_demo, calls, rate, hold_ms, net))
+    raise typer.Exit(trio.run(functools.partial(run_demo, calls, rate, hold_ms, net, pair=pair)))
 
 
 @app.command()

@@ -5,13 +5,25 @@ SIPp places calls from us-west-2 to a SIPp UAS behind us-east-1 in every phase: 
 direct link), the direct link degraded (delay and loss), the transit region then in use killed
 with kill -9, and every fault cleared. Each fault strikes while calls are being set up and torn
 down. The table shows, per phase, the calls, the path us-west-2 uses to us-east-1 at its end and
-how long after the fault that path changed; the exit status is non-zero when any call failed.
+how long after the fault that path changed.
+
+A last phase kills the active of an egress pair mid-call: the two-region lab with pairs
+(``overlay.lab.takeover``), a few calls carrying RTP both ways, and the table shows the
+takeover's time, each call's longest audio gap and the calls kept. It needs moto's server as the
+pairs' EC2 API; moto is a test dependency, so without it the phase is skipped with a line
+saying so. The exit status is non-zero when any call failed or was not kept.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import random
+import statistics
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 from rich.console import Console
@@ -20,6 +32,7 @@ from rich.table import Table
 from overlay.grpc import Role
 from overlay.lab.lab import EGRESS, INGRESS, Lab, open_lab
 from overlay.lab.sipp import SippResult
+from overlay.lab.takeover import TakeoverRun, kill_mid_call, open_takeover_lab
 from overlay.lab.topology import REGIONS, lab_member_names
 
 NET = "127.0.10"
@@ -28,6 +41,16 @@ DIRECT = [INGRESS, EGRESS]
 DEGRADE_DELAY_MS = 60.0
 DEGRADE_LOSS = 0.05
 REROUTE_WITHIN_S = 15.0
+# The pair phase: small, so that the demo stays quick. The hold covers placing the calls, the
+# standby following them, the kill (up to 0.5 s later) and the takeover (about 1.5 s), and
+# leaves a few seconds of audio after it.
+PAIR_CALLS = 20
+PAIR_RATE = 20.0
+PAIR_HOLD_S = 6.0
+PAIR_SEED = 0  # the kill's moment
+#: The pair lab's first address in the demo's /24 (net.31 …): clear of the nodes, SIPp and
+#: the members of ``overlay lab --pairs``.
+PAIR_FIRST_HOST = 31
 
 
 def lab_hosts(net: str = NET) -> tuple[dict[str, str], str, str]:
@@ -49,8 +72,12 @@ class PhaseResult:
     reroute_s: float | None
 
 
-async def run_demo(calls: int, rate: float, hold_ms: int, net: str = NET) -> int:
-    """Run the demo; returns the process exit code (0 when every call completed)."""
+async def run_demo(
+    calls: int, rate: float, hold_ms: int, net: str = NET, *, pair: bool = True
+) -> int:
+    """Run the demo, with ``pair`` the pair phase too (when moto is installed); returns the
+    process exit code (0 when every call completed and every call of the pair phase was
+    kept)."""
     console = Console()
     if not console.is_terminal:
         console.width = 110  # a log file or CI: no need to wrap the table at 80 columns
@@ -72,8 +99,10 @@ async def run_demo(calls: int, rate: float, hold_ms: int, net: str = NET) -> int
     )
     failed = sum(result.calls.calls_attempted - result.calls.calls_successful for result in results)
     failed += sum(calls - result.calls.calls_attempted for result in results)
+    if pair:
+        failed += await _pair_phase(console, net)
     if failed:
-        console.print(f"[red]{failed} calls did not complete[/]")
+        console.print(f"[red]{failed} calls did not complete or were not kept[/]")
         return 1
     console.print("[green]every call completed[/]")
     return 0
@@ -116,6 +145,68 @@ async def _phases(
 async def _reroute(lab: Lab, accept: Callable[[list[str]], bool]) -> float:
     _, took = await lab.wait_path(INGRESS, EGRESS, accept, within=REROUTE_WITHIN_S)
     return took
+
+
+async def _pair_phase(console: Console, net: str) -> int:
+    """The egress pair's active killed mid-call, its table printed; returns the calls not kept
+    (0 when the phase is skipped: moto is not installed)."""
+    if importlib.util.find_spec("moto") is None:
+        console.print(
+            "pair phase skipped: it needs moto's server as the pairs' EC2 API, and moto (a test "
+            "dependency) is not installed: pip install 'moto[server]'"
+        )
+        return 0
+    console.log(f"phase: egress pair's active killed mid-call ({PAIR_CALLS} calls with RTP)")
+    try:
+        run = await _kill_egress_active(net)
+    except trio.TooSlowError:
+        console.print(
+            "[red]pair phase: timed out (calls not answered, no audio, no takeover or the calls "
+            "not ended in time)[/]"
+        )
+        return PAIR_CALLS
+    console.print(_pair_table(run))
+    console.print(
+        f"the two-region lab with pairs: kill -9 of the active of {EGRESS}'s pair (node and HA "
+        "agent) mid-call; takeover: from the kill to the standby holding the address; audio "
+        "gap: each call's longest silence, the worse direction; kept: audio back both ways and "
+        "the BYE answered"
+    )
+    return PAIR_CALLS - len(run.kept())
+
+
+async def _kill_egress_active(net: str) -> TakeoverRun:
+    """``overlay.lab.takeover``'s lab and kill, on addresses of the demo's /24 from
+    ``PAIR_FIRST_HOST`` on."""
+    numbers = itertools.count(PAIR_FIRST_HOST)
+    with tempfile.TemporaryDirectory(prefix="overlay-demo-pair-") as workdir:
+        async with open_takeover_lab(
+            lambda: f"{net}.{next(numbers)}", calls=PAIR_CALLS, workdir=Path(workdir)
+        ) as lab:
+            return await kill_mid_call(
+                lab,
+                EGRESS,
+                calls=PAIR_CALLS,
+                rate=PAIR_RATE,
+                hold_s=PAIR_HOLD_S,
+                rng=random.Random(PAIR_SEED),
+            )
+
+
+def _pair_table(run: TakeoverRun) -> Table:
+    table = Table(title=f"calls {INGRESS} → {EGRESS} with RTP, every node a pair")
+    table.add_column("phase")
+    for column in ("calls", "takeover", "audio gap p50 / max", "calls kept"):
+        table.add_column(column, justify="right")
+    gaps = [max(media.gaps()) for media in run.calls.values()]
+    table.add_row(
+        "egress pair: active killed mid-call",
+        str(len(run.calls)),
+        f"{run.takeover.held_s:.2f} s",
+        f"{statistics.median(gaps) * 1000:.0f} / {max(gaps) * 1000:.0f} ms" if gaps else "-",
+        f"{len(run.kept())}/{PAIR_CALLS}",
+    )
+    return table
 
 
 def _table(results: list[PhaseResult]) -> Table:
