@@ -70,4 +70,7 @@ def test_convergence_overlay_smoke() -> None:
     )
     assert re.search(kill_line, out, re.M), out
     assert re.search(rf"^kill: to avoid, max +{_SECONDS} +n/a +n/a$", out, re.M), out
+    # A trial whose route never moved would be counted here, not shown as a 0 s one.
+    assert re.search(r"^kill: route never moved \(failed\) +0 +n/a +n/a$", out, re.M), out
+    assert re.search(r"^kill: trials dropped \(errors\) +0 +n/a +n/a$", out, re.M), out
     assert re.search(rf"^overlay degrade: 0% of the last 1 s .* rerouted: {_SECONDS}", out, re.M)
