@@ -406,7 +406,11 @@ async def test_calls_ringing_when_their_egress_dies_are_refused_fast_not_merged(
         print(f"{victim} lost at the ingress {lost * 1000:.0f} ms after the kill")
         print(f"503 Egress Lost after the kill: {_figures(delays)}")
         # far_edge_wait after the route went, plus the message's way back (measured: 30 ms).
-        assert all(lost + FAR_EDGE_WAIT_S <= d <= lost + FAR_EDGE_WAIT_S + 0.25 for d in delays)
+        # The node times the wait from the route's loss, a few ms before it publishes the
+        # ROUTE_CHANGE event that ``lost`` is read from (measured: 4 ms early, seed 1).
+        assert all(
+            lost + FAR_EDGE_WAIT_S - 0.02 <= d <= lost + FAR_EDGE_WAIT_S + 0.25 for d in delays
+        ), (lost, delays)
         assert counters.get("sip.drops.branch to a lost node", 0) == len(doomed)
         assert (result.calls_successful, result.calls_failed) == (calls - len(doomed), len(doomed))
         nursery.cancel_scope.cancel()
