@@ -383,8 +383,8 @@ RECORD = CallRecord(
     setup_extra=1.25,
 )
 DIALOG = EdgeDialog(
-    "c@h", "ing", "<sip:a@x>;tag=1", "<sip:b@y>;tag=2", "sip:a@10.0.0.1", ("<sip:r;lr>",),
-    Peer("tcp", "10.0.0.1", 5070), 7,
+    "c@h", "ing", "<sip:a@x>;tag=1", "<sip:b@y>;tag=2", "sip:a@127.0.9.11", ("<sip:r;lr>",),
+    Peer("tcp", "127.0.9.11", 5070), 7,
 )  # fmt: skip
 
 

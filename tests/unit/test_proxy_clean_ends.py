@@ -99,7 +99,7 @@ def test_the_route_set_toward_the_callee_is_the_record_route_above_ours_reversed
             request(),
             200,
             extra=(
-                "Record-Route: <sip:10.0.0.9;lr>, <sip:10.0.0.8;lr>",
+                "Record-Route: <sip:127.0.9.19;lr>, <sip:127.0.9.18;lr>",
                 "Record-Route: <sip:127.0.1.3:5060;lr;ovl=egr>",
                 "Record-Route: <sip:127.0.1.1:5060;lr;ovl=ing>",
             ),
@@ -112,12 +112,12 @@ def test_the_route_set_toward_the_callee_is_the_record_route_above_ours_reversed
         MediaDirection.LEAVING,
         far_node="ing",
         invite_peer=UAC,
-        answer_peer=Peer("udp", "10.0.0.8", 5060),
+        answer_peer=Peer("udp", "127.0.9.18", 5060),
     )
     dialog = book.get("call-1@127.0.0.2")
     assert dialog is not None
-    assert dialog.route_set == ("<sip:10.0.0.8;lr>", "<sip:10.0.0.9;lr>")
-    assert dialog.peer == Peer("udp", "10.0.0.8", 5060)
+    assert dialog.route_set == ("<sip:127.0.9.18;lr>", "<sip:127.0.9.19;lr>")
+    assert dialog.peer == Peer("udp", "127.0.9.18", 5060)
     assert book.toward("ing") == ["call-1@127.0.0.2"]
     assert book.end("call-1@127.0.0.2", 0.0) == dialog
     assert book.ended("call-1@127.0.0.2", 31.9)

@@ -269,7 +269,7 @@ def test_probe_is_an_rfc3261_options() -> None:
 
 
 def test_via_names_the_advertised_address() -> None:
-    listeners = [Listener("udp", "10.0.0.5", 5060, advertise="198.51.100.7")]
+    listeners = [Listener("udp", "127.0.0.5", 5060, advertise="198.51.100.7")]
     trunks = TrunkHealth(
         "usw2-a", CONFIG, listeners=listeners, user_agent="overlay", now=0.0, first_probe=1
     )
