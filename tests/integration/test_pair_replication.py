@@ -131,6 +131,23 @@ def the_pair(
     return hosts, hold_file, configs, egress
 
 
+async def place_calls(hosts: Hosts, results: list[SippResult], done: trio.Event) -> None:
+    """CALLS calls with G.711 RTP both ways into the pair's address, each held HOLD_MS;
+    SIPp's result goes in ``results``, then ``done`` is set."""
+    results.append(
+        await run_uac(
+            (hosts.floating, 5060),
+            local_host=hosts.caller,
+            scenario=SCENARIOS / "uac_media.xml",
+            calls=CALLS,
+            rate=RATE,
+            max_seconds=60,
+            extra_args=["-d", str(HOLD_MS)],
+        )
+    )
+    done.set()
+
+
 def differences(active: Node, standby: Node) -> list[str]:
     """What the standby holds differently from the active, call by call (empty: the same)."""
     assert active.calls is not None
@@ -199,7 +216,7 @@ async def test_the_standby_follows_every_call_of_its_active(
 
     monkeypatch.setattr(ReplicaStore, "apply", measured)
 
-    result: SippResult | None = None
+    results: list[SippResult] = []
     calls_done = trio.Event()
     async with (
         open_uas(hosts.callee, port=5060, scenario=SCENARIOS / "uas_media.xml"),
@@ -211,21 +228,8 @@ async def test_the_standby_follows_every_call_of_its_active(
         mesh = active.mesh
         await wait_for(lambda: mesh.joined and mesh.view.reachable("eg"), within=15)
 
-        async def place_calls() -> None:
-            nonlocal result
-            result = await run_uac(
-                (hosts.floating, 5060),
-                local_host=hosts.caller,
-                scenario=SCENARIOS / "uac_media.xml",
-                calls=CALLS,
-                rate=RATE,
-                max_seconds=60,
-                extra_args=["-d", str(HOLD_MS)],
-            )
-            calls_done.set()
-
         async with open_node(configs["pa.2"]) as standby:
-            nursery.start_soon(place_calls)
+            nursery.start_soon(place_calls, hosts, results, calls_done)
             # Every call answered, its RTP latched by the active's relay, the standby the same.
             await wait_for(lambda: answered_and_latched(active, CALLS), within=20)
             await wait_for(lambda: not differences(active, standby), within=5)
@@ -263,7 +267,7 @@ async def test_the_standby_follows_every_call_of_its_active(
             assert len(dialogs) == 0
         nursery.cancel_scope.cancel()
 
-    assert result is not None
+    [result] = results
     assert (result.calls_successful, result.calls_failed) == (CALLS, 0), result
     deltas = sorted(lag for snapshot, lag in applied if not snapshot)
     assert len(deltas) > CALLS
@@ -410,7 +414,7 @@ async def test_the_standby_takes_the_calls_over_when_the_active_stops(
     followed, keeps the active's call-state epoch, and carries the calls' media and BYEs. Every
     call ends with a BYE answered end to end."""
     hosts, hold_file, configs, egress = the_pair(tmp_path, loopback_host)
-    result: SippResult | None = None
+    results: list[SippResult] = []
     calls_done = trio.Event()
     async with (
         open_uas(hosts.callee, port=5060, scenario=SCENARIOS / "uas_media.xml"),
@@ -423,20 +427,7 @@ async def test_the_standby_takes_the_calls_over_when_the_active_stops(
             mesh = active.mesh
             await wait_for(lambda: mesh.joined and mesh.view.reachable("eg"), within=15)
 
-            async def place_calls() -> None:
-                nonlocal result
-                result = await run_uac(
-                    (hosts.floating, 5060),
-                    local_host=hosts.caller,
-                    scenario=SCENARIOS / "uac_media.xml",
-                    calls=CALLS,
-                    rate=RATE,
-                    max_seconds=60,
-                    extra_args=["-d", str(HOLD_MS)],
-                )
-                calls_done.set()
-
-            nursery.start_soon(place_calls)
+            nursery.start_soon(place_calls, hosts, results, calls_done)
             await wait_for(lambda: answered_and_latched(active, CALLS), within=20)
             await wait_for(lambda: not differences(active, standby), within=5)
             assert active.mesh.flooder.state_epoch
@@ -461,7 +452,7 @@ async def test_the_standby_takes_the_calls_over_when_the_active_stops(
         assert far.calls is not None
         assert far.calls.active(trio.current_time()) == 0
         nursery.cancel_scope.cancel()
-    assert result is not None
+    [result] = results
     assert (result.calls_successful, result.calls_failed) == (CALLS, 0), result
     print(
         f"takeover after the address moved: joined the mesh {took_over * 1000:.0f} ms, media "
