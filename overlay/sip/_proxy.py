@@ -421,16 +421,8 @@ class ProxyCore:
         if relay is None:
             return
         peers = {relay.peers[node] for node in nodes if node in relay.peers}
-        for txn in self.transactions.clients_to(peers):
-            context = txn.owner
-            if (
-                isinstance(context, _Context)
-                and context.branch is txn
-                and txn.kind is Kind.INVITE_CLIENT
-                and txn.state is State.CALLING
-                and context.alternates
-                and not (context.replied or context.cancelled)
-            ):
+        for context, txn in self._unanswered_invites_to(peers, State.CALLING):
+            if context.alternates and not context.cancelled:
                 self._abandon_branch(context, txn, now)
                 self._fail_over(context, "egress lost", now)
         if restarted:
@@ -619,18 +611,25 @@ class ProxyCore:
     def _fail_unanswerable(self, peer: Peer, reason: str, now: float) -> None:
         """Answer 503 the INVITEs whose branch to ``peer``, a lost overlay node, had a 1xx:
         nothing can answer them now (``overlay_nodes_lost``)."""
-        for txn in self.transactions.clients_to({peer}):
-            context = txn.owner
-            if (
-                isinstance(context, _Context)
-                and context.branch is txn
-                and txn.kind is Kind.INVITE_CLIENT
-                and txn.state is State.PROCEEDING
-                and not context.replied
-            ):
-                self._abandon_branch(context, txn, now)
-                self._drops["branch to a lost node"] += 1
-                self._reply(context, 503, reason, now)
+        for context, txn in self._unanswered_invites_to({peer}, State.PROCEEDING):
+            self._abandon_branch(context, txn, now)
+            self._drops["branch to a lost node"] += 1
+            self._reply(context, 503, reason, now)
+
+    def _unanswered_invites_to(
+        self, peers: Collection[Peer], state: State
+    ) -> list[tuple[_Context, Transaction]]:
+        """The INVITEs not answered upstream yet whose current branch goes to ``peers`` and
+        is in ``state`` (Calling: not even a 100 came back; Proceeding: a 1xx did)."""
+        return [
+            (context, txn)
+            for txn in self.transactions.clients_to(peers)
+            if isinstance(context := txn.owner, _Context)
+            and context.branch is txn
+            and txn.kind is Kind.INVITE_CLIENT
+            and txn.state is state
+            and not context.replied
+        ]
 
     def statistics(self) -> ProxyStatistics:
         txn = self.transactions.statistics()
