@@ -28,7 +28,7 @@ from fastpath._relay import (
     MAX_PAYLOAD,
     Relay,
 )
-from fastpath._types import RelayCounters, SessionCounters, TrafficCounters
+from fastpath._types import LivenessCounters, RelayCounters, SessionCounters, TrafficCounters
 from fastpath.errors import BadPacket
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "VERSION",
     "BadPacket",
     "Header",
+    "LivenessCounters",
     "Relay",
     "RelayCounters",
     "SessionCounters",

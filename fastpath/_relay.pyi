@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 
-from fastpath._types import RelayCounters, SessionCounters
+from fastpath._types import LivenessCounters, RelayCounters, SessionCounters
 
 DROP_REASONS: tuple[str, ...]
 """Names of the drop counters, in ``counters()["drops"]``:
@@ -202,6 +202,44 @@ class Relay:
             TypeError: an entry that is not ``(str, int): (float, bool)``.
             RuntimeError: the relay is stopped.
         """
+
+    @property
+    def liveness_fd(self) -> int:
+        """An eventfd that becomes readable when a liveness peer's silence starts or ends
+        (``set_liveness``): wait for it (``trio.lowlevel.wait_readable``), then
+        ``take_liveness_notice`` and read ``liveness``. -1 once the relay is stopped."""
+
+    def set_liveness(
+        self, peers: Mapping[int, tuple[str, int]], interval: float, detection_time: float
+    ) -> None:
+        """Replace the liveness peers: media id -> overlay address of that peer's relay.
+
+        Every ``interval`` seconds the forwarding loop sends each peer a liveness echo (an echo
+        request whose session field is a fixed mark: every relay reflects it) straight to that
+        address, and stamps each reply on the monotonic clock as it arrives. A peer is silent
+        once nothing came back for longer than ``detection_time`` (checked at each tick, after
+        the answers the loop had already received); a silence that starts or ends makes
+        ``liveness_fd`` readable. A tick later than two intervals (this thread could not run)
+        does not count its delay toward anyone's silence. A peer in the old and new tables keeps
+        its state; faults (``set_faults``) apply to the echoes. ``{}`` stops the echoes.
+
+        This is BFD's echo function (RFC 5880 §6.4) in the relay thread: answered by the peer's
+        relay in C, so neither node's Python event loop is on the liveness path.
+
+        Raises:
+            ValueError: an address that is not numeric or not of the overlay socket's family,
+                this node's own media id, an ``interval`` outside 0.001..60 s or a
+                ``detection_time`` shorter than it or over 600 s.
+            OverflowError: a media id or port out of range.
+            RuntimeError: the relay is stopped.
+            OSError: the timer cannot be set.
+        """
+
+    def liveness(self) -> dict[int, LivenessCounters]:
+        """The liveness peers' state (``LivenessCounters``), by media id."""
+
+    def take_liveness_notice(self) -> bool:
+        """Consume the pending notice on ``liveness_fd``; whether there was one."""
 
     def send_echo(
         self, destination: int, payload: bytes, via: tuple[str, int] | None = None

@@ -96,6 +96,7 @@ cdef enum:
     K_RTCP = 1
     K_OVERLAY = 2
     K_WAKE = 3
+    TAG_TIMER = K_WAKE | 4  # the liveness timer: a K_WAKE kind with a tag of its own
     A_NONE = 0
     A_INITIAL = 1
     A_LATCHED = 2
@@ -108,6 +109,7 @@ cdef enum:
     C_TAKE_ECHO
     C_PEERS
     C_FAULTS
+    C_LIVENESS
 
 cdef enum:
     E_STOPPED = -1001
@@ -154,6 +156,9 @@ ECHO_QUEUE_LEN = ECHO_RING
 ECHO_MAX_PAYLOAD = ECHO_MAX
 
 cdef uint64_t U64_MAX = 0xFFFFFFFFFFFFFFFF
+# The session field of a liveness echo ("ovllive!"); measurement echoes carry 0 there. A relay
+# reflects an echo request whatever that field holds, so every relay version answers both.
+cdef uint64_t LIVE_MARK = 0x6F766C6C69766521
 cdef uint32_t U32_MAX = 0xFFFFFFFF
 # A loss ratio is compared with the top 53 bits of a random number: 1.0 is 2**53, every one.
 _LOSS_ONE = 1 << 53
@@ -224,6 +229,24 @@ cdef struct echo_ring_t:
     uint8_t data[ECHO_RING][ECHO_MAX]
 
 
+cdef struct live_t:
+    uint32_t media_id
+    int silent  # as of the last tick (or the reply that ended the silence)
+    uint64_t heard_ns  # CLOCK_MONOTONIC of the last reply; 0: none yet
+    uint64_t since_ns  # when the peer was set: a peer never heard is silent from here
+    uint64_t sent
+    uint64_t answered
+    sockaddr_storage addr
+    uint8_t packet[HDR]
+
+
+cdef struct livetable_t:
+    uint32_t count
+    uint64_t interval_ns
+    uint64_t detect_ns
+    live_t* entries
+
+
 cdef struct tx_t:
     int fd
     uint8_t* base
@@ -253,6 +276,7 @@ cdef struct cmd_t:
     sockaddr_storage rtcp_latched
     nhtable_t* table  # C_NEXT_HOPS: the new table in, the old one out
     addrtable_t* addrs  # C_PEERS, C_FAULTS: the new table in, the old one out (NULL: none)
+    livetable_t* live  # C_LIVENESS: the new table in, the old one out (NULL: none)
     uint32_t n_echo  # C_TAKE_ECHO out: malloc'ed arrays the caller frees
     uint32_t* echo_source
     uint16_t* echo_length
@@ -301,6 +325,12 @@ cdef struct relay_t:
     uint64_t ovl_packets
     uint64_t ovl_bytes
     echo_ring_t echo
+    # liveness echoes (NULL: none): sent by the loop every interval, answers stamped here
+    livetable_t* live
+    int timerfd
+    int notifyfd  # written when a peer's silence starts or ends
+    uint64_t last_tick_ns
+    uint64_t live_stalls  # ticks that came late: the loop could not run (excused)
     # loop-private buffers
     epoll_event events[MAX_EVENTS]
     mmsghdr rxmsg[BATCH]
@@ -598,6 +628,80 @@ cdef void echo_push(relay_t* r, uint32_t source, uint8_t* payload, size_t length
     ring.count += 1
 
 
+cdef inline void live_notify(relay_t* r) noexcept nogil:
+    cdef uint64_t one = 1
+    write(r.notifyfd, &one, sizeof(one))
+
+
+cdef void live_heard(relay_t* r, uint32_t source, uint64_t now_ns) noexcept nogil:
+    """A liveness echo came back from ``source``: the peer's relay is alive."""
+    cdef livetable_t* t = r.live
+    cdef live_t* e
+    cdef uint32_t k
+    if t == NULL:
+        return  # a reply to a peer no longer probed
+    for k in range(t.count):  # a few dozen peers: a scan costs less than a hash here
+        e = &t.entries[k]
+        if e.media_id != source:
+            continue
+        fp_add_u64(&e.answered, 1)
+        fp_store_u64(&e.heard_ns, now_ns)
+        if e.silent:
+            fp_store(&e.silent, 0)
+            live_notify(r)
+        return
+
+
+cdef void live_tick(relay_t* r) noexcept nogil:
+    """The liveness timer fired: mark the peers silent for longer than the detection time,
+    then send every peer its next echo.
+
+    A tick that comes more than two intervals after the last one means this thread could not
+    run meanwhile (the machine was busy): answers may wait unread in the socket, so that time
+    does not count toward anyone's silence (the Python side excuses its own stalls the same
+    way)."""
+    cdef livetable_t* t = r.live
+    cdef uint64_t now_ns = fp_monotonic_ns()
+    cdef uint64_t expirations, stalled = 0, reference
+    cdef live_t* e
+    cdef uint32_t k
+    cdef int silent, changed = 0
+    read(r.timerfd, &expirations, sizeof(expirations))
+    if t == NULL:
+        return
+    if r.last_tick_ns != 0 and now_ns - r.last_tick_ns > 2 * t.interval_ns:
+        stalled = now_ns - r.last_tick_ns - t.interval_ns
+        fp_add_u64(&r.live_stalls, 1)
+    r.last_tick_ns = now_ns
+    for k in range(t.count):
+        e = &t.entries[k]
+        if stalled:
+            e.since_ns += stalled
+            if e.heard_ns != 0:
+                fp_store_u64(&e.heard_ns, e.heard_ns + stalled)
+        reference = e.heard_ns if e.heard_ns != 0 else e.since_ns
+        silent = now_ns > reference and now_ns - reference > t.detect_ns
+        if silent != e.silent:
+            fp_store(&e.silent, silent)
+            changed = 1
+        fp_add_u64(&e.sent, 1)
+        if r.faults != NULL and faulted(r.faults, &r.rng, &e.addr):
+            drop(r, D_FAULT, -1)
+            continue
+        tx_add(r, r.ovl_fd, e.packet, HDR, &e.addr, -1, -1, -1)
+        if r.ntx == BATCH:
+            flush(r)
+    flush(r)
+    if changed:
+        live_notify(r)
+
+
+cdef void live_table_free(livetable_t* t) noexcept nogil:
+    if t != NULL:
+        free(t.entries)
+        free(t)
+
+
 cdef inline void latch(session_t* s, int kind, sockaddr_storage* src) noexcept nogil:
     fp_seq_write_begin(&s.addr_seq)
     if kind == K_RTP:
@@ -718,7 +822,10 @@ cdef void on_overlay(relay_t* r) noexcept nogil:
         elif flags & F_ECHO_REPLY:
             if now_ns == 0:
                 now_ns = fp_monotonic_ns()
-            echo_push(r, fp_get_be32(p + 8), p + HDR, length - HDR, now_ns)
+            if fp_get_be64(p + 12) == LIVE_MARK:
+                live_heard(r, fp_get_be32(p + 8), now_ns)
+            else:
+                echo_push(r, fp_get_be32(p + 8), p + HDR, length - HDR, now_ns)
         else:
             deliver(r, p, length, flags, -1)
     flush(r)
@@ -854,6 +961,35 @@ cdef int exec_swap_addrs(relay_t* r, cmd_t* c) noexcept nogil:
     return 0
 
 
+cdef int exec_liveness(relay_t* r, cmd_t* c) noexcept nogil:
+    """Swap the liveness table; a peer in both keeps what was heard of it and its counters."""
+    cdef livetable_t* new = c.live
+    cdef livetable_t* old = r.live
+    cdef live_t* e
+    cdef uint32_t k, j
+    cdef uint64_t now_ns = fp_monotonic_ns()
+    if new != NULL:
+        for k in range(new.count):
+            e = &new.entries[k]
+            e.since_ns = now_ns
+            if old == NULL:
+                continue
+            for j in range(old.count):
+                if old.entries[j].media_id == e.media_id:
+                    e.silent = old.entries[j].silent
+                    e.heard_ns = old.entries[j].heard_ns
+                    e.since_ns = old.entries[j].since_ns
+                    e.sent = old.entries[j].sent
+                    e.answered = old.entries[j].answered
+                    break
+    r.live = new
+    r.last_tick_ns = 0
+    c.live = old
+    if fp_timer_every(r.timerfd, new.interval_ns if new != NULL else 0) < 0:
+        return errno
+    return 0
+
+
 cdef int exec_take_echo(relay_t* r, cmd_t* c) noexcept nogil:
     cdef echo_ring_t* ring = &r.echo
     cdef uint32_t count = ring.count
@@ -895,6 +1031,8 @@ cdef int execute(relay_t* r, cmd_t* c) noexcept nogil:
         return exec_next_hops(r, c)
     if c.op == C_PEERS or c.op == C_FAULTS:
         return exec_swap_addrs(r, c)
+    if c.op == C_LIVENESS:
+        return exec_liveness(r, c)
     return exec_take_echo(r, c)
 
 
@@ -990,6 +1128,7 @@ cdef void run_loop(relay_t* r) noexcept nogil:
     cdef int32_t slot
     cdef uint32_t gen
     cdef uint64_t now_ns
+    cdef int tick
     while True:
         # Both flags are set before the eventfd is written, and a wakeup may have been consumed
         # by reading the eventfd for an earlier one: test them before every wait.
@@ -1007,10 +1146,13 @@ cdef void run_loop(relay_t* r) noexcept nogil:
             if n == 0:
                 sched_yield()
         now_ns = fp_monotonic_ns()
+        tick = 0
         for i in range(n):
             tag = r.events[i].data.u64
             kind = <int>(tag & 3)
-            if kind == K_WAKE:
+            if tag == TAG_TIMER:
+                tick = 1  # after the batch: the answers it holds count before any silence
+            elif kind == K_WAKE:
                 read(r.wakefd, &wake_count, sizeof(wake_count))
             elif kind == K_OVERLAY:
                 on_overlay(r)
@@ -1022,6 +1164,8 @@ cdef void run_loop(relay_t* r) noexcept nogil:
                     on_endpoint(r, slot, kind, now_ns)
             if fp_load(&r.pending):
                 drain(r)
+        if tick:
+            live_tick(r)
 
 
 cdef void* thread_main(void* arg) noexcept nogil:
@@ -1187,6 +1331,8 @@ cdef class Relay:
         r.epfd = -1
         r.wakefd = -1
         r.ovl_fd = -1
+        r.timerfd = -1
+        r.notifyfd = -1
         r.free_head = -1
         pthread_mutex_init(&r.qlock, NULL)
         pthread_mutex_init(&r.table_lock, NULL)
@@ -1209,9 +1355,14 @@ cdef class Relay:
             err = errno
             raise OSError(err, f"epoll_create1: {os.strerror(err)}")
         r.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if r.wakefd < 0:
+        r.notifyfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if r.wakefd < 0 or r.notifyfd < 0:
             err = errno
             raise OSError(err, f"eventfd: {os.strerror(err)}")
+        r.timerfd = fp_timer_new()
+        if r.timerfd < 0:
+            err = errno
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
         r.ovl_fd = _bind_udp(&addr, overlay_host, port, OVERLAY_SOCKBUF)
         self._overlay_port = _bound_port(r.ovl_fd)
         ev.events = EPOLLIN
@@ -1221,6 +1372,10 @@ cdef class Relay:
             raise OSError(err, f"epoll_ctl: {os.strerror(err)}")
         ev.data.u64 = K_OVERLAY
         if epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.ovl_fd, &ev) < 0:
+            err = errno
+            raise OSError(err, f"epoll_ctl: {os.strerror(err)}")
+        ev.data.u64 = TAG_TIMER
+        if epoll_ctl(r.epfd, EPOLL_CTL_ADD, r.timerfd, &ev) < 0:
             err = errno
             raise OSError(err, f"epoll_ctl: {os.strerror(err)}")
 
@@ -1237,6 +1392,7 @@ cdef class Relay:
         nh_free(r.nh)
         addr_table_free(r.peers)
         addr_table_free(r.faults)
+        live_table_free(r.live)
         free(r.sessions)
         free(r.sess_index)
         free(r.links)
@@ -1246,6 +1402,10 @@ cdef class Relay:
     @property
     def overlay_port(self):
         return self._overlay_port
+
+    @property
+    def liveness_fd(self):
+        return self._r.notifyfd
 
     def __enter__(self):
         return self
@@ -1319,9 +1479,15 @@ cdef class Relay:
             close(r.wakefd)
         if r.epfd >= 0:
             close(r.epfd)
+        if r.timerfd >= 0:
+            close(r.timerfd)
+        if r.notifyfd >= 0:
+            close(r.notifyfd)
         r.ovl_fd = -1
         r.wakefd = -1
         r.epfd = -1
+        r.timerfd = -1
+        r.notifyfd = -1
         pthread_mutex_unlock(&r.table_lock)
 
     def stop(self):
@@ -1525,6 +1691,85 @@ cdef class Relay:
         self._run(&c)
         addr_table_free(c.addrs)  # the replaced table
 
+    def set_liveness(self, peers, interval, detection_time):
+        cdef relay_t* r = self._r
+        cdef cmd_t c
+        cdef livetable_t* table = NULL
+        cdef live_t* e
+        cdef uint32_t k = 0
+        cdef bytes packed
+        self._check_open()
+        items = []
+        for key, value in dict(peers).items():
+            media = _checked_int(key, "liveness peer media id", 0, U32_MAX)
+            if media == r.self_id:
+                raise ValueError(f"liveness peer with this node's own media id {media}")
+            items.append((media, _overlay_address(r, value, f"liveness peer {media}")))
+        if not isinstance(interval, (int, float)) or not 0.001 <= interval <= 60:
+            raise ValueError(f"interval must be between 0.001 and 60 seconds, got {interval!r}")
+        if not isinstance(detection_time, (int, float)) or not interval <= detection_time <= 600:
+            raise ValueError(f"detection_time must be between the interval and 600 seconds, "
+                             f"got {detection_time!r}")
+        if items:
+            table = <livetable_t*>calloc(1, sizeof(livetable_t))
+            if table == NULL:
+                raise MemoryError()
+            table.entries = <live_t*>calloc(len(items), sizeof(live_t))
+            if table.entries == NULL:
+                free(table)
+                raise MemoryError()
+            table.count = len(items)
+            table.interval_ns = <uint64_t>(interval * 1e9)
+            table.detect_ns = <uint64_t>(detection_time * 1e9)
+            for media, packed in items:
+                e = &table.entries[k]
+                k += 1
+                e.media_id = media
+                memcpy(&e.addr, <const char*>packed, sizeof(sockaddr_storage))
+                e.packet[0] = (VERSION << 4) | F_ECHO_REQUEST
+                e.packet[1] = INITIAL_TTL
+                fp_put_be32(e.packet + 4, e.media_id)
+                fp_put_be32(e.packet + 8, r.self_id)
+                fp_put_be64(e.packet + 12, LIVE_MARK)
+        memset(&c, 0, sizeof(cmd_t))
+        c.op = C_LIVENESS
+        c.live = table
+        rc = self._run(&c)
+        live_table_free(c.live)  # the replaced table
+        if rc != 0:
+            raise OSError(rc, f"timerfd_settime: {os.strerror(rc)}")
+
+    def liveness(self):
+        cdef relay_t* r = self._r
+        cdef livetable_t* t
+        cdef live_t* e
+        cdef uint32_t k
+        cdef uint64_t heard
+        result = {}
+        pthread_mutex_lock(&r.table_lock)
+        t = r.live
+        try:
+            if t != NULL:
+                for k in range(t.count):
+                    e = &t.entries[k]
+                    heard = fp_load_u64(&e.heard_ns)
+                    result[e.media_id] = {
+                        "silent": bool(fp_load(&e.silent)),
+                        "heard": heard / 1e9 if heard else None,
+                        "sent": fp_load_u64(&e.sent),
+                        "answered": fp_load_u64(&e.answered),
+                    }
+        finally:
+            pthread_mutex_unlock(&r.table_lock)
+        return result
+
+    def take_liveness_notice(self):
+        cdef uint64_t count = 0
+        cdef int fd = self._r.notifyfd
+        if fd >= 0 and read(fd, &count, sizeof(count)) < 0:
+            count = 0
+        return count != 0
+
     def send_echo(self, destination, payload, via=None):
         cdef relay_t* r = self._r
         cdef uint32_t dst = _checked_int(destination, "destination", 0, U32_MAX)
@@ -1686,6 +1931,7 @@ cdef class Relay:
                 },
                 "overlay_in": {"packets": ovl_packets, "bytes": ovl_bytes},
                 "sessions": sessions,
+                "liveness_stalls": fp_load_u64(&r.live_stalls),
             }
         finally:
             free(links)

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -156,6 +157,20 @@ static inline uint64_t fp_random64(uint64_t *state) {
     x ^= x >> 27;
     *state = x;
     return x * 0x2545f4914f6cdd1dULL;
+}
+
+/* A non-blocking, close-on-exec timer on the monotonic clock; -1 and errno on failure. */
+static inline int fp_timer_new(void) {
+    return timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+}
+
+/* Fire every interval_ns from now on; 0 stops the timer. */
+static inline int fp_timer_every(int fd, uint64_t interval_ns) {
+    struct itimerspec spec;
+    spec.it_interval.tv_sec = (time_t)(interval_ns / 1000000000ULL);
+    spec.it_interval.tv_nsec = (long)(interval_ns % 1000000000ULL);
+    spec.it_value = spec.it_interval;
+    return timerfd_settime(fd, 0, &spec, NULL);
 }
 
 /* Join the loop thread, writing the wakeup eventfd again every 100 ms while it runs: stop()

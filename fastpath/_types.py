@@ -44,10 +44,25 @@ class RelayCounters(TypedDict):
 
     ``drops`` has every name of ``DROP_REASONS``; ``links`` maps a destination media id of the
     next-hop table to what was sent toward it (kept across ``set_next_hops``); ``overlay_in``
-    counts datagrams received on the overlay socket; ``sessions`` is the number of sessions.
+    counts datagrams received on the overlay socket; ``sessions`` is the number of sessions;
+    ``liveness_stalls`` the liveness ticks that came late because the loop could not run (their
+    delay did not count toward any peer's silence).
     """
 
     drops: dict[str, int]
     links: dict[int, TrafficCounters]
     overlay_in: TrafficCounters
     sessions: int
+    liveness_stalls: int
+
+
+class LivenessCounters(TypedDict):
+    """``Relay.liveness()``, per peer: ``silent`` when no liveness echo came back for longer than
+    the detection time (as of the loop's last tick, or until the reply that ended it);
+    ``heard`` the CLOCK_MONOTONIC time in seconds of the last reply (``None``: none yet);
+    ``sent`` and ``answered`` echoes since the peer was first set."""
+
+    silent: bool
+    heard: float | None
+    sent: int
+    answered: int

@@ -171,6 +171,11 @@ class LinkstateSection:
 
     probe_interval: float = 0.1
     probe_multiplier: int = 3
+    #: Liveness echoes between the media relays (BFD's echo function, answered in C): one
+    #: every ``liveness_interval`` to every peer with ``media``; silence for
+    #: ``liveness_multiplier`` intervals takes the link down. 0: off (probes decide alone).
+    liveness_interval: float = 0.02
+    liveness_multiplier: int = 6
     hold_down: float = 2.0
     probe_timeout: float = 1.0
     refresh_interval: float = 10.0

@@ -485,6 +485,8 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
         (
             "probe_interval",
             "probe_multiplier",
+            "liveness_interval",
+            "liveness_multiplier",
             "hold_down",
             "probe_timeout",
             "refresh_interval",
@@ -499,6 +501,8 @@ def linkstate_section(value: object, path: Path) -> LinkstateSection:
     section = LinkstateSection(
         probe_interval=table.get("probe_interval", seconds, d.probe_interval),
         probe_multiplier=table.get("probe_multiplier", _multiplier, d.probe_multiplier),
+        liveness_interval=table.get("liveness_interval", _liveness_interval, d.liveness_interval),
+        liveness_multiplier=table.get("liveness_multiplier", _multiplier, d.liveness_multiplier),
         hold_down=table.get("hold_down", seconds, d.hold_down),
         probe_timeout=table.get("probe_timeout", seconds, d.probe_timeout),
         refresh_interval=table.get("refresh_interval", seconds, d.refresh_interval),
@@ -722,6 +726,14 @@ _cloudwatch_namespace = matching(r"[A-Za-z0-9._/#:-]{1,255}", "be a CloudWatch n
 _MAX_CLOUDWATCH_INTERVAL = 60.0
 _message_size = integer(1500, 65535)
 _multiplier = integer(1, 20)
+
+
+def _liveness_interval(value: object, path: Path) -> float:
+    """Seconds between liveness echoes, 0.001-60 (what the relay's timer takes), or 0: off."""
+    interval = seconds_or_off(value, path)
+    if interval and not 0.001 <= interval <= 60:
+        raise Invalid(path, f"must be 0 (off) or between 0.001 and 60 seconds, got {interval}")
+    return interval
 
 
 def _word(value: object, path: Path) -> str:

@@ -15,6 +15,15 @@ back, so answers that arrive late, out of order or after later probes still give
 * **Down.** As in BFD (RFC 5880 §6.8.4), the link goes DOWN when nothing has been heard for the
   detection time, ``multiplier * interval``: a dead peer or a blackholed path is noticed within
   a fixed, sub-second bound, independent of SIP transaction timers.
+* **Liveness echoes.** Where both nodes run a media relay, the relays also exchange BFD's echo
+  function (RFC 5880 §6.4) in C, far more often than probes (``[linkstate] liveness_interval``,
+  20 ms): the peer's relay reflects them without its Python event loop, and this node's relay
+  thread stamps the answers and says when a peer has been silent for ``liveness_multiplier``
+  intervals (``liveness_changed``). That silence takes the link down as the probes' would, in
+  a fraction of their detection time: a dead node or a blackholed path is detected in about
+  120-140 ms. The probes stay the SIP layer's check (a wedged peer event loop whose relay
+  thread still answers) and measure RTT, jitter and loss. The relay thread excuses its own
+  stalls (fastpath ``set_liveness``), so ``excuse`` leaves liveness alone.
 * **Up.** A new link (INIT) comes UP on its first ``multiplier`` consecutive answers. A link that
   went DOWN comes UP again only after it has been healthy (no gap longer than the detection time)
   for ``hold_down`` seconds, so a flapping path stays out of the routing graph.
@@ -210,6 +219,8 @@ class LinkMonitor:
         self._signalling = _ProbePath(config, now)
         self._media = _ProbePath(config, now)
         self._last_heard: float | None = None
+        #: The relay's verdict (``liveness_changed``); ``False`` where no liveness runs.
+        self._liveness_silent = False
         self._healthy_since: float | None = None  # start of the current run without a gap
         self._streak = 0  # consecutive answers (INIT -> UP)
         self._traffic: collections.deque[tuple[float, int, int]] = collections.deque()
@@ -229,9 +240,6 @@ class LinkMonitor:
         before = self.state
         self._evaluate(now)  # a gap longer than the detection time ends an UP link first
         self._signalling.answer(seq, now)
-        if self._last_heard is None or now - self._last_heard > self._config.detection_time:
-            self._healthy_since = now
-            self._streak = 0
         self._last_heard = now
         self._streak += 1
         self._evaluate(now)
@@ -245,6 +253,12 @@ class LinkMonitor:
         self.since = now
         self._last_heard = self._healthy_since = now
         self._streak = self._config.multiplier
+
+    def liveness_changed(self, silent: bool, now: float) -> LinkState | None:
+        """The relay says the peer's liveness echoes stopped (``silent``) or came back;
+        returns the new state when it changed."""
+        self._liveness_silent = silent
+        return self._evaluate(now)
 
     def next_echo(self, now: float) -> int:
         """Number the next media echo and remember when it left; the caller sends it."""
@@ -307,7 +321,13 @@ class LinkMonitor:
 
     def _evaluate(self, now: float) -> LinkState | None:
         config = self._config
-        silent = self._last_heard is None or now - self._last_heard > config.detection_time
+        silent = (
+            self._liveness_silent
+            or self._last_heard is None
+            or now - self._last_heard > config.detection_time
+        )
+        if not silent and self._healthy_since is None:
+            self._healthy_since = now
         new: LinkState
         if silent:
             self._healthy_since = None
@@ -341,6 +361,17 @@ class LinkMonitor:
         return new
 
     # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def liveness_silent(self) -> bool:
+        """Whether the relay last said the peer's liveness echoes stopped."""
+        return self._liveness_silent
+
+    @property
+    def cause(self) -> str:
+        """What took the link down (read as it goes down): ``"liveness"`` when the relay says
+        the echoes stopped, else ``"probes"``."""
+        return "liveness" if self._liveness_silent else "probes"
 
     def silent_ms(self, now: float) -> float | None:
         """How long nothing has been heard from the peer (stalls excused), or ``None``."""

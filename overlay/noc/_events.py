@@ -18,11 +18,14 @@ from ._overrides import LinkOverride
 
 @dataclass(frozen=True, slots=True)
 class LinkChanged:
-    """The probes' verdict on the link to ``neighbor`` changed (up or down)."""
+    """The verdict on the link to ``neighbor`` changed (up or down); a link goes down when
+    ``cause``, ``"liveness"`` (the relays' echoes stopped) or ``"probes"`` (no answer to the
+    SIP probes), says so (``overlay.linkstate.LinkMonitor``)."""
 
     neighbor: str
     up: bool
     metrics: LinkMetrics
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +209,16 @@ _KIND_OF: dict[type, str] = {
 }
 
 
+_DOWN_CAUSES = {"liveness": "liveness echoes stopped", "probes": "probes unanswered"}
+
+
 def summary(event: Event) -> str:
     """One line for people: ``"link to use1 down"``, ``"route to use1: usw2→use1 ⇒ ..."``."""
     if isinstance(event, LinkChanged):
         m = event.metrics
         if not event.up:
-            return f"link to {event.neighbor} down"
+            why = _DOWN_CAUSES.get(event.cause)
+            return f"link to {event.neighbor} down" + (f": {why}" if why else "")
         return (
             f"link to {event.neighbor} up (rtt {m.rtt_ms:.1f} ms, loss {m.loss_ratio:.1%}, "
             f"jitter {m.jitter_ms:.1f} ms)"

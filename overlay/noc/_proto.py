@@ -321,7 +321,11 @@ def event_message(item: Published) -> control_pb2.Event:
     )
     if isinstance(event, LinkChanged):
         message.link.CopyFrom(
-            control_pb2.LinkEvent(neighbor=event.neighbor, metrics=metrics_message(event.metrics))
+            control_pb2.LinkEvent(
+                neighbor=event.neighbor,
+                metrics=metrics_message(event.metrics),
+                cause=event.cause,
+            )
         )
     elif isinstance(event, RouteChanged):
         message.route.CopyFrom(

@@ -17,6 +17,10 @@ only code that calls it:
   pair takes over;
 * the mesh sends an echo to every neighbour's relay with each probe round (``send_echo``) and
   collects the answers (``take_echo_replies``), so link state measures the media path too;
+* liveness (``start_liveness``): the relay thread itself sends the neighbours' relays an echo
+  every ``[linkstate] liveness_interval`` and tells the mesh (``wait_liveness``, then
+  ``liveness``) when one falls silent or comes back: BFD-grade detection with no Python on the
+  packet path at either end;
 * the relay's overlay socket takes datagrams only from the ``[[peers]]`` media addresses
   (``set_peers`` at construction): anything else is dropped and counted
   (``media.drops.unknown_peer``), so nobody can inject media into a call or use the relay as a
@@ -40,7 +44,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 import trio
@@ -105,7 +109,7 @@ class MediaPlane:
 
     def stop(self) -> None:
         self._running = False
-        self.relay.stop()
+        _stop(self.relay)
 
     @property
     def relay_held(self) -> bool:
@@ -132,7 +136,7 @@ class MediaPlane:
         self.relay.set_faults(self._faults)
         if self._running:
             self.relay.start()
-        parked.stop()
+        _stop(parked)
         self._held = False
         added = 0
         for call_id in sorted({session.call_id for session in self.edge.sessions}):
@@ -230,6 +234,25 @@ class MediaPlane:
         address = self._node_media[neighbor]
         self.relay.send_echo(media_id(neighbor), _ECHO.pack(_ECHO_MARK, seq), via=address)
 
+    def start_liveness(
+        self, neighbors: Iterable[str], interval: float, detection_time: float
+    ) -> None:
+        """Have the relay send liveness echoes to ``neighbors`` (``[[peers]]`` with ``media``)
+        every ``interval`` seconds; silence longer than ``detection_time`` is reported."""
+        peers = {media_id(node): self._node_media[node] for node in neighbors}
+        self.relay.set_liveness(peers, interval, detection_time)
+
+    async def wait_liveness(self) -> None:
+        """Return once a neighbour's liveness silence started or ended (read ``liveness``)."""
+        relay = self.relay
+        while not relay.take_liveness_notice():
+            await trio.lowlevel.wait_readable(relay.liveness_fd)
+
+    def liveness(self) -> dict[str, bool]:
+        """Whether each liveness neighbour is silent, by node id."""
+        nodes = self._node_of_media_id
+        return {nodes[media]: state["silent"] for media, state in self.relay.liveness().items()}
+
     def take_echo_replies(self) -> list[tuple[str, int, float]]:
         """The echo answers received since the last call: ``(neighbor, seq, received at)``.
 
@@ -257,6 +280,7 @@ class MediaPlane:
             "media.ports_in_use": stats.ports_in_use,
             "media.relay_sessions": relay["sessions"],
             "media.overlay_in.packets": relay["overlay_in"]["packets"],
+            "media.liveness_stalls": relay["liveness_stalls"],
         }
         counters.update(
             {f"media.failures.{reason.replace(' ', '_')}": n for reason, n in self.failures.items()}
@@ -293,3 +317,10 @@ class MediaPlane:
                 )
         self.edge.handle_timer(now)
         self.apply()
+
+
+def _stop(relay: fastpath.Relay) -> None:
+    """Stop ``relay``, first waking whoever waits for its liveness notices (its fd closes)."""
+    if relay.liveness_fd >= 0 and trio.lowlevel.in_trio_run():  # outside, nobody waits
+        trio.lowlevel.notify_closing(relay.liveness_fd)
+    relay.stop()

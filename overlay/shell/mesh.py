@@ -8,6 +8,11 @@
   feeds that peer's ``LinkMonitor``. With a media relay, each round also sends an echo to every
   neighbour's relay (``MediaEcho``) and feeds the answers to the same monitors, so the links'
   loss and jitter include the media path's.
+* **Liveness.** With a media relay and ``[linkstate] liveness_interval``, the relay thread
+  exchanges liveness echoes with every neighbour's relay and wakes ``_follow_liveness`` when
+  one falls silent for ``liveness_multiplier`` intervals or comes back; the monitor takes the
+  link down (or into grace) at once. Detection then takes ~120-140 ms instead of the probes'
+  ``probe_multiplier * probe_interval``, with no Python at either end on the echoes' path.
 * **Flooding.** For every peer one task keeps a gRPC ``LinkState.Flood`` stream open to it (the
   *client* stream: our LSAs go out on it, the peer's acks come back); the peer's own stream to us
   arrives at ``_serve_flood`` (the *server* stream: its LSAs come in, our acks go out). A session
@@ -40,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import structlog
@@ -105,6 +110,14 @@ class MediaEcho(Protocol):
 
     def take_echo_replies(self) -> list[tuple[str, int, float]]: ...
 
+    def start_liveness(
+        self, neighbors: Iterable[str], interval: float, detection_time: float
+    ) -> None: ...
+
+    async def wait_liveness(self) -> None: ...
+
+    def liveness(self) -> dict[str, bool]: ...
+
 
 class Mesh:
     """Link state and routing of one node; see the module docstring."""
@@ -150,6 +163,7 @@ class Mesh:
             probe_timeout=linkstate.probe_timeout,
         )
         self._debounce = linkstate.route_debounce
+        self._liveness = (linkstate.liveness_interval, linkstate.liveness_multiplier)
         self.monitors = {
             peer.node_id: LinkMonitor(peer.node_id, self._probe, now, admin_cost=peer.admin_cost)
             for peer in config.peers
@@ -218,6 +232,10 @@ class Mesh:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._delay_line.run)
             nursery.start_soon(self._timer_loop)
+            interval, multiplier = self._liveness
+            if self._echo is not None and self._echo_peers and interval:
+                self._echo.start_liveness(self._echo_peers, interval, interval * multiplier)
+                nursery.start_soon(self._follow_liveness, self._echo)
             for peer in self._peers.values():
                 nursery.start_soon(self._dial, bridge, peer)
 
@@ -263,6 +281,20 @@ class Mesh:
             if echo is not None and node_id in self._echo_peers:
                 echo.send_echo(node_id, monitor.next_echo(now))
 
+    async def _follow_liveness(self, echo: MediaEcho) -> None:
+        """Apply the relay's liveness verdicts as they come (module notes)."""
+        while True:
+            await echo.wait_liveness()
+            now = trio.current_time()
+            changed = False
+            for node_id, silent in echo.liveness().items():
+                monitor = self.monitors[node_id]
+                if monitor.liveness_changed(silent, now) is not None:
+                    changed = True
+                    self._link_changed(monitor, now)
+            if changed:
+                self._after_input(now)
+
     def _link_changed(self, monitor: LinkMonitor, now: float) -> None:
         metrics = monitor.metrics(now)
         # A link going down reroutes calls and starts a hold-down: the NOC must see it at
@@ -274,9 +306,11 @@ class Mesh:
             rtt_ms=metrics.rtt_ms,
             loss_ratio=metrics.loss_ratio,
             silent_ms=monitor.silent_ms(now),
+            cause=None if monitor.state is LinkState.UP else monitor.cause,
         )
         if self._events is not None:
-            self._events(LinkChanged(monitor.neighbor, monitor.state is LinkState.UP, metrics))
+            up = monitor.state is LinkState.UP
+            self._events(LinkChanged(monitor.neighbor, up, metrics, "" if up else monitor.cause))
         self._update_links(now)
 
     def _update_links(self, now: float) -> None:

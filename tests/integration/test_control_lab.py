@@ -83,7 +83,9 @@ async def test_watch_events_shows_a_kill_as_it_happens(lab: Lab):
     route_at, route = next((at, e) for at, e in arrived if moved_off(e))
     assert down.node_id == route.node_id == INGRESS
     assert down.seq < route.seq
-    assert down.summary == f"link to {KILLED} down"
+    # The relays' liveness echoes saw it first, well before three probe intervals.
+    assert down.summary == f"link to {KILLED} down: liveness echoes stopped"
+    assert down.link.cause == "liveness"
     assert route.route.destination == KILLED
     latest = max(down_at, route_at) - killed_at
     assert latest < EVENT_BOUND_S, f"events {latest:.2f} s after the kill"

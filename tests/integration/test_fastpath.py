@@ -1191,3 +1191,115 @@ def test_every_drop_reason_has_a_counter(net: Net) -> None:
         "unknown_peer",
         "fault",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Liveness echoes
+# ---------------------------------------------------------------------------------------------
+
+LIVENESS_INTERVAL = 0.02
+LIVENESS_DETECTION = 0.12
+
+
+def wait_notice(relay: Relay, timeout: float = 2.0) -> float:
+    """Block until ``relay.liveness_fd`` is readable; returns when (monotonic)."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(relay.liveness_fd, selectors.EVENT_READ)
+        assert selector.select(timeout), "no liveness notice"
+    return time.monotonic()
+
+
+def heard_from(relay: Relay, peer: int, answers: int) -> bool:
+    state = relay.liveness()[peer]
+    return state["answered"] >= answers and not state["silent"]
+
+
+def test_liveness_detects_a_stopped_peer_in_the_detection_time_and_its_return(
+    net: Net,
+) -> None:
+    a, b = net.node(A_ID), net.node(B_ID)
+    a.relay.set_liveness({B_ID: b.overlay}, LIVENESS_INTERVAL, LIVENESS_DETECTION)
+    wait_until(partial(heard_from, a.relay, B_ID, 10), "ten liveness answers")
+    assert not a.relay.take_liveness_notice()  # nothing went silent
+
+    address = b.overlay
+    b.relay.stop()
+    stopped = time.monotonic()
+    detected = wait_notice(a.relay) - stopped
+    assert a.relay.take_liveness_notice()
+    state = a.relay.liveness()[B_ID]
+    assert state["silent"]
+    assert state["heard"] is not None
+    assert state["heard"] <= stopped
+    # Silence starts at the last answer, at most one interval before the stop (plus the
+    # loop's scheduling): never sooner than the detection time less that interval.
+    assert LIVENESS_DETECTION - LIVENESS_INTERVAL <= detected < 0.3, detected
+    assert state["sent"] > state["answered"]
+    # Liveness answers never reach the measurement echoes' queue.
+    assert a.relay.take_echo_replies() == []
+
+    # The peer comes back on the same address: its first answer ends the silence at once.
+    back = Node(Relay(B_ID, address[0], address[1]), address[0], B_ID)
+    net.nodes.append(back)
+    back.relay.start()
+    wait_notice(a.relay)
+    assert a.relay.take_liveness_notice()
+    assert not a.relay.liveness()[B_ID]["silent"]
+    assert drops(a.relay) == {}
+
+
+def test_liveness_echoes_obey_faults_and_measurement_echoes_still_flow(net: Net) -> None:
+    a, b, c = net.node(A_ID), net.node(B_ID), net.node(T_ID)
+    a.relay.set_liveness({B_ID: b.overlay, T_ID: c.overlay}, LIVENESS_INTERVAL, LIVENESS_DETECTION)
+    wait_until(partial(heard_from, a.relay, B_ID, 5), "B's answers")
+    wait_until(partial(heard_from, a.relay, T_ID, 5), "T's answers")
+
+    a.relay.set_faults({b.overlay: (0.0, True)})
+    wait_notice(a.relay)
+    a.relay.take_liveness_notice()
+    assert {peer: s["silent"] for peer, s in a.relay.liveness().items()} == {
+        B_ID: True,
+        T_ID: False,
+    }
+    assert drops(a.relay)["fault"] > 0
+    a.relay.send_echo(T_ID, b"measure", via=c.overlay)
+    assert sources_and_payloads(take_replies(a.relay, 1)) == [(T_ID, b"measure")]
+
+    a.relay.set_faults({})
+    wait_notice(a.relay)
+    a.relay.take_liveness_notice()
+    assert not a.relay.liveness()[B_ID]["silent"]
+
+
+def test_replacing_the_liveness_peers_keeps_the_state_of_those_kept(net: Net) -> None:
+    a, b, c = net.node(A_ID), net.node(B_ID), net.node(T_ID)
+    a.relay.set_liveness({B_ID: b.overlay}, LIVENESS_INTERVAL, LIVENESS_DETECTION)
+    wait_until(partial(heard_from, a.relay, B_ID, 5), "B's answers")
+    before = a.relay.liveness()[B_ID]["answered"]
+    a.relay.set_liveness({B_ID: b.overlay, T_ID: c.overlay}, LIVENESS_INTERVAL, LIVENESS_DETECTION)
+    assert a.relay.liveness()[B_ID]["answered"] >= before
+    assert a.relay.liveness()[T_ID]["answered"] == 0
+    wait_until(partial(heard_from, a.relay, T_ID, 3), "T's answers")
+
+    a.relay.set_liveness({}, LIVENESS_INTERVAL, LIVENESS_DETECTION)
+    assert a.relay.liveness() == {}
+    received = b.relay.counters()["overlay_in"]["packets"]
+    time.sleep(5 * LIVENESS_INTERVAL)  # no event exists for "nothing is sent"
+    assert b.relay.counters()["overlay_in"]["packets"] <= received + 1  # one in flight
+
+
+def test_liveness_refuses_bad_arguments(net: Net) -> None:
+    a, b = net.node(A_ID), net.node(B_ID)
+    with pytest.raises(ValueError, match="own media id"):
+        a.relay.set_liveness({A_ID: b.overlay}, 0.02, 0.1)
+    with pytest.raises(ValueError, match="interval must be between"):
+        a.relay.set_liveness({B_ID: b.overlay}, 0.0, 0.1)
+    with pytest.raises(ValueError, match="detection_time must be between"):
+        a.relay.set_liveness({B_ID: b.overlay}, 0.05, 0.01)
+    with pytest.raises(ValueError, match="not a numeric"):
+        a.relay.set_liveness({B_ID: ("localhost", 1)}, 0.02, 0.1)
+    assert a.relay.liveness() == {}
+    a.relay.stop()
+    assert a.relay.liveness_fd == -1
+    with pytest.raises(RuntimeError, match="stopped"):
+        a.relay.set_liveness({B_ID: b.overlay}, 0.02, 0.1)

@@ -432,6 +432,25 @@ def test_route_wait_is_seconds_or_off(text: str, expected: float) -> None:
     assert config.linkstate.route_wait == expected
 
 
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ("", (0.02, 6)),
+        ("liveness_interval = 0.05\nliveness_multiplier = 4", (0.05, 4)),
+        ("liveness_interval = 0", (0.0, 6)),
+    ],
+)
+def test_liveness_echoes_are_on_by_default_and_tunable(
+    lines: str, expected: tuple[float, int]
+) -> None:
+    config = parse_config(
+        OVERLAY.replace("probe_multiplier = 4", f"probe_multiplier = 4\n{lines}"),
+        source="node.toml",
+    )
+    linkstate = config.linkstate
+    assert (linkstate.liveness_interval, linkstate.liveness_multiplier) == expected
+
+
 def test_negative_route_wait_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"linkstate\.route_wait: must be a finite number"):
         parse_config(
@@ -460,6 +479,24 @@ def test_no_peers_means_no_overlay() -> None:
         ("probe_multiplier = 4", "probe_multiplier = 0", "linkstate.probe_multiplier", "1 and 20"),
         ("probe_interval = 0.15", "probe_timeout = 0.05", "linkstate.probe_timeout", ">= probe"),
         ("probe_interval = 0.15", "max_age = 5", "linkstate.max_age", "> refresh_interval"),
+        (
+            "probe_interval = 0.15",
+            "liveness_interval = 0.0005",
+            "linkstate.liveness_interval",
+            "between 0.001 and 60",
+        ),
+        (
+            "probe_interval = 0.15",
+            "liveness_interval = -1",
+            "linkstate.liveness_interval",
+            "finite number of seconds > 0",
+        ),
+        (
+            "probe_interval = 0.15",
+            "liveness_multiplier = 0",
+            "linkstate.liveness_multiplier",
+            "1 and 20",
+        ),
         ("base_delay_ms = 34", "base_delay_ms = -1", "peers[0].base_delay_ms", ">= 0"),
         ('sip = "127.0.0.14:5060"', 'sip = "127.0.0.14"', "peers[0].sip", "needs a port"),
         ('region = "us-east-1"', "", "peers[0].region", "required key is missing"),

@@ -336,3 +336,40 @@ def test_a_link_assumed_up_at_a_takeover_goes_down_when_silent():
     monitor.assume_up(5.0)
     assert monitor.state is LinkState.UP
     assert monitor.handle_timer(5.0 + CONFIG.detection_time + 0.01) is LinkState.DOWN
+
+
+def test_liveness_silence_takes_an_answering_link_down_at_once():
+    # The probes still answer (a relay blackholed, or the peer's relay thread dead while its
+    # SIP answers): the relay's verdict alone takes the link down, without waiting for them.
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    now, _ = run_probes(monitor, 0.0, 5)
+    assert monitor.liveness_changed(True, now + 0.01) is LinkState.DOWN
+    assert monitor.liveness_silent
+    assert not monitor.metrics(now).up
+    # Answers alone do not bring it back while the relay still says silent.
+    now, changes = run_probes(monitor, now, 30)
+    assert changes == []
+    assert monitor.state is LinkState.DOWN
+    # Once it says the echoes came back, the usual hold-down applies from then.
+    back = now
+    assert monitor.liveness_changed(False, back) is None
+    now, changes = run_probes(monitor, now, 19)
+    assert changes == []
+    now, changes = run_probes(monitor, now, 3)
+    assert changes == [LinkState.UP]
+    assert monitor.since - back >= CONFIG.hold_down
+
+
+def test_liveness_silence_of_a_pair_member_starts_its_grace_and_the_answer_ends_it():
+    monitor = LinkMonitor("pair", CONFIG, 0.0)
+    monitor.grace = 4.0
+    now, _ = run_probes(monitor, 0.0, 5)
+    assert monitor.liveness_changed(True, now) is LinkState.GRACE
+    assert monitor.liveness_changed(False, now + 0.05) is LinkState.UP  # no hold-down
+
+
+def test_liveness_that_never_stopped_changes_nothing():
+    monitor = LinkMonitor("b", CONFIG, 0.0)
+    assert monitor.liveness_changed(False, 0.05) is None
+    _, changes = run_probes(monitor, 0.0, 3)
+    assert changes == [LinkState.UP]
