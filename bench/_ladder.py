@@ -327,12 +327,14 @@ class HoldResult:
             text += "; no second with a retransmission or a failed call"
         else:
             text += (
-                f"; worst second (to {w.end_s:.0f} s): {w.retransmissions} retrans, "
+                f"; worst second ({w.end_s - 1:.0f}-{w.end_s:.0f} s): {w.retransmissions} retrans, "
                 f"{w.failed} failed, {w.completed} completed"
             )
         if self.slowest is not None:
             s = self.slowest
-            text += f"; fewest completed in a second: {s.completed} (to {s.end_s:.0f} s)"
+            text += (
+                f"; fewest completed in a second: {s.completed} ({s.end_s - 1:.0f}-{s.end_s:.0f} s)"
+            )
         return text
 
 
