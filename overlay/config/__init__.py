@@ -39,6 +39,7 @@ from ._model import (
     MetricsSection,
     NodeConfig,
     NodeSection,
+    OverloadSection,
     PairHold,
     PairSection,
     PeerConfig,
@@ -52,6 +53,7 @@ from ._model import (
     TrunkLimit,
     TrunksSection,
 )
+from ._overload import overload as overload_section
 from ._reader import (
     Invalid,
     Reader,
@@ -97,6 +99,7 @@ __all__ = [
     "MetricsSection",
     "NodeConfig",
     "NodeSection",
+    "OverloadSection",
     "PairHold",
     "PairSection",
     "PeerConfig",
@@ -121,6 +124,7 @@ __all__ = [
     "load_config",
     "matching",
     "network",
+    "overload_section",
     "parse_config",
     "parse_toml",
     "read_text",

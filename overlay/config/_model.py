@@ -170,7 +170,7 @@ class LinkstateSection:
     """``[linkstate]``: probe and flooding timers in seconds (see overlay.linkstate)."""
 
     probe_interval: float = 0.1
-    probe_multiplier: int = 3
+    probe_multiplier: int = 6
     #: Liveness echoes between the media relays (BFD's echo function, answered in C): one
     #: every ``liveness_interval`` to every peer with ``media``; silence for
     #: ``liveness_multiplier`` intervals takes the link down. 0: off (probes decide alone).
@@ -338,7 +338,8 @@ class SecuritySection:
     """``[security]``: SIP edge security (``overlay.security``); docs/security.md.
 
     Rates and counts are per source: an IPv4 address or an IPv6 /64. User-Agent fragments are
-    lower case. ``0`` turns a detector (or the overload check) off.
+    lower case. ``0`` turns a detector off. Overload control is ``[overload]``'s, not this
+    section's: every node has it.
     """
 
     allow: tuple[Network, ...] = (IPv4Network("0.0.0.0/0"), IPv6Network("::/0"))
@@ -346,15 +347,35 @@ class SecuritySection:
     rate: float = 20.0  # out-of-dialog requests per second
     burst: int = 40
     limit_action: LimitAction = "reject"
-    retry_after: int = 5  # seconds, in the 503s of the rate limit and of overload
+    retry_after: int = 5  # seconds, in the rate limit's 503s
     block_time: float = 600.0
     window: float = 60.0  # seconds over which the detectors count
     sweep_users: int = 20
     max_failures: int = 20
     max_limited: int = 100
     scanner_user_agents: tuple[str, ...] = SCANNER_USER_AGENTS
-    overload_backlog: float = 0.2  # seconds behind the UDP socket before INVITEs get 503
     trunks: tuple[TrunkLimit, ...] = ()
+
+
+@dataclass(frozen=True)
+class OverloadSection:
+    """``[overload]``: what a node past its capacity refuses (``overlay.security.Overload``).
+
+    The node is past its capacity when its UDP receive loop has been behind its socket for a
+    while: out-of-dialog requests from unknown sources (neither an overlay peer, a
+    ``[[security.trunks]]`` network nor a static dialplan target) get 503 past
+    ``unknown_backlog`` seconds, new INVITEs past ``backlog``; requests inside a dialog, ACKs,
+    CANCELs, retransmissions and responses never. On for every node unless ``enabled`` is false.
+    """
+
+    enabled: bool = True
+    #: Seconds behind before new INVITEs get 503: well under T1 (0.5 s), after which callers
+    #: retransmit and the queue grows faster.
+    backlog: float = 0.2
+    #: Seconds behind before unknown sources' OPTIONS, REGISTER and other out-of-dialog
+    #: requests get 503 (<= ``backlog``: they are shed first).
+    unknown_backlog: float = 0.1
+    retry_after: int = 5  # seconds, in the 503s' Retry-After (RFC 3261 §21.5.4)
 
 
 @dataclass(frozen=True)
@@ -392,6 +413,7 @@ class NodeConfig:
     log: LogSection = field(default_factory=LogSection)
     cloudwatch: CloudwatchSection | None = None
     security: SecuritySection | None = None  # None: no edge security at all
+    overload: OverloadSection = field(default_factory=OverloadSection)
     pair: PairSection | None = None  # None: not one of a pair, always in the mesh
     health: HealthSection | None = None
     trunks: TrunksSection = field(default_factory=TrunksSection)

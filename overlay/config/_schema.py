@@ -34,6 +34,7 @@ from ._model import (
     MetricsSection,
     NodeConfig,
     NodeSection,
+    OverloadSection,
     PairHold,
     PairSection,
     PeerConfig,
@@ -59,6 +60,7 @@ from ._reader import (
     seconds_or_off,
     string,
 )
+from ._overload import overload
 from ._security import security
 
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
@@ -120,6 +122,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             "log",
             "cloudwatch",
             "security",
+            "overload",
             "pair",
             "health",
             "trunks",
@@ -194,6 +197,7 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
         log=root.get("log", _log, LogSection()),
         cloudwatch=cloudwatch,
         security=root.get("security", security, None),
+        overload=root.get("overload", overload, OverloadSection()),
         pair=_pair_of(root, sip, peers, {"grpc": grpc, "metrics": metrics, "health": health}),
         health=health,
         trunks=root.get("trunks", trunks_section, TrunksSection()),

@@ -12,6 +12,7 @@ from ._model import (
     SecuritySection,
     TrunkLimit,
 )
+from ._overload import refuse_moved
 from ._reader import (
     Invalid,
     Reader,
@@ -21,7 +22,6 @@ from ._reader import (
     kind,
     network,
     seconds,
-    seconds_or_off,
     string,
 )
 
@@ -54,6 +54,7 @@ def security(value: object, path: Path) -> SecuritySection:
     """Read ``[security]``; every key is optional (an empty table turns the defaults on)."""
     table = Table(value, path, _KEYS)
     d = SecuritySection()
+    table.get("overload_backlog", refuse_moved, 0.0)  # moved to [overload]
     rate = table.get("rate", _rate, d.rate)
     burst = table.get("burst", _burst, d.burst)
     return SecuritySection(
@@ -69,7 +70,6 @@ def security(value: object, path: Path) -> SecuritySection:
         max_failures=table.get("max_failures", _threshold, d.max_failures),
         max_limited=table.get("max_limited", _threshold, d.max_limited),
         scanner_user_agents=table.get("scanner_user_agents", _user_agents, d.scanner_user_agents),
-        overload_backlog=table.get("overload_backlog", seconds_or_off, d.overload_backlog),
         trunks=table.get("trunks", _trunks(rate, burst), ()),
     )
 

@@ -1,7 +1,9 @@
-"""SIP edge security, sans-IO: per-source ACL, rate limits, scanner blocking, overload shedding.
+"""SIP edge security and overload control, sans-IO.
 
-``edge_guard(config)`` builds the ``EdgeGuard`` a node gives its proxy core as the core's
-``Admission`` (docs/security.md). No sockets and no clock: time comes in as ``now``.
+``edge_guard(config)`` builds the ``EdgeGuard`` of ``[security]`` (per-source ACL, rate limits,
+scanner blocking; docs/security.md); ``overload_control(config, inner)`` the ``Overload`` every
+node has (``[overload]``; docs/overload.md), in front of the guard if there is one: that is
+the proxy core's ``Admission``. No sockets and no clock: time comes in as ``now``.
 """
 
 from ._events import (
@@ -23,14 +25,31 @@ from ._guard import (
     edge_guard,
     source_key,
 )
-from ._overload import Overload
+from ._overload import (
+    COUNTED_METHODS,
+    EPISODE_QUIET,
+    NEVER_SHED,
+    SHARE_DOWN,
+    SHARE_UP,
+    TICK,
+    Overload,
+    OverloadStatistics,
+    overload_control,
+    shed_after,
+)
 from ._prefix import PrefixMap, parse_source
 
 __all__ = [
     "ALL_SOURCES",
+    "COUNTED_METHODS",
+    "EPISODE_QUIET",
     "FAILURE_STATUSES",
     "MAX_SOURCES",
+    "NEVER_SHED",
+    "SHARE_DOWN",
+    "SHARE_UP",
     "SWEEP_METHODS",
+    "TICK",
     "BlockReason",
     "BlockedSource",
     "EdgeGuard",
@@ -39,10 +58,13 @@ __all__ = [
     "Overload",
     "OverloadEnded",
     "OverloadStarted",
+    "OverloadStatistics",
     "PrefixMap",
     "SourceBlocked",
     "SourceUnblocked",
     "edge_guard",
+    "overload_control",
     "parse_source",
+    "shed_after",
     "source_key",
 ]

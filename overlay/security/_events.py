@@ -1,4 +1,5 @@
-"""What edge security tells the shell, one event per change (the shell logs each one)."""
+"""What edge security and overload control tell the shell, one event per change (the shell
+logs each one)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ class SourceUnblocked:
 
 @dataclass(frozen=True, slots=True)
 class OverloadStarted:
-    """The node began refusing new INVITEs, ``backlog`` seconds behind its socket."""
+    """The node began shedding new work (``Overload``), ``backlog`` seconds behind its socket."""
 
     backlog: float
 
 
 @dataclass(frozen=True, slots=True)
 class OverloadEnded:
-    """No INVITE was refused for a while; ``shed`` were refused in the episode."""
+    """Nothing was shed for a while; ``shed`` requests were refused in the episode."""
 
     shed: int
 

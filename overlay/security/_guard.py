@@ -15,7 +15,6 @@ address, or an IPv6 /64. Overlay peers are exempt from all of it, by address.
    - a known scanner's User-Agent blocks the source at once (and this request gets nothing);
    - requests inside a dialog (To tag) pass: they belong to calls already admitted;
    - OPTIONS and REGISTER to too many distinct users within ``window`` is a sweep: blocked;
-   - an INVITE while the node is overloaded gets 503 (``Overload``), without charging the source;
    - every other out-of-dialog request takes a token from the source's bucket (``rate`` per
      second, up to ``burst``). Without one it is refused (503 + Retry-After, or dropped), and a
      source refused ``max_limited`` times within ``window`` is blocked: from then on its flood
@@ -26,9 +25,12 @@ address, or an IPv6 /64. Overlay peers are exempt from all of it, by address.
 
 Trunks (``[[security.trunks]]``) and static dialplan targets are known parties: rate-limited with
 their own limits, but never blocked by detection. A block lasts ``block_time``, unless the NOC
-lifts it first (``unblock``; ``blocks`` lists them); the block, its end and each overload
-episode are one event each. ``handle_timer`` is called about once a second to end blocks and
-episodes and forget sources that went quiet; per-source state is capped.
+lifts it first (``unblock``; ``blocks`` lists them); the block and its end are one event each.
+``handle_timer`` is called about once a second to end blocks and forget sources that went
+quiet; per-source state is capped.
+
+Overload control is not the guard's: every node has it (``Overload``, ``[overload]``), and a
+node with ``[security]`` puts it in front of the guard, so what it sheds never reaches here.
 """
 
 from __future__ import annotations
@@ -53,12 +55,9 @@ from overlay.sip import (
 from ._events import (
     BlockReason,
     GuardEvent,
-    OverloadEnded,
-    OverloadStarted,
     SourceBlocked,
     SourceUnblocked,
 )
-from ._overload import Overload
 from ._prefix import IPV6_SOURCE_PREFIX, Address, PrefixMap, parse_source
 
 #: Sources tracked (and, separately, blocked) at most; past it the least recently seen source is
@@ -136,12 +135,10 @@ class GuardStatistics:
     blocked_drops: int  # messages dropped because their source was blocked
     unblocked: int  # blocks that ran out
     lifted: int  # blocks lifted before their end by ``unblock`` (an operator)
-    overload_shed: int  # INVITEs answered 503 because the node was overloaded
-    overload_episodes: int
 
 
 class EdgeGuard:
-    """Per-source ACL, rate limiting, scanner detection and overload shedding.
+    """Per-source ACL, rate limiting and scanner detection.
 
     Args:
         section: the ``[security]`` configuration.
@@ -175,11 +172,9 @@ class EdgeGuard:
             if section.limit_action == "reject"
             else _DROP
         )
-        self._overloaded = Reject(503, "Server Overloaded", section.retry_after)
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._blocked: dict[str, _Block] = {}  # in blocking order, so in expiry order
         self._events: deque[GuardEvent] = deque()
-        self._overload = Overload(section.overload_backlog)
         self._denied = 0
         self._rate_limited = 0
         self._blocks: Counter[str] = Counter()
@@ -247,8 +242,6 @@ class EdgeGuard:
                     detail = f"{len(users)} users in {section.window:g} s"
                     self._block(key, BlockReason.SWEEP, now, detail)
                     return _DROP
-        if request.method == "INVITE" and self._shed(now):
-            return self._overloaded
         if _take_token(source, now):
             return None
         self._rate_limited += 1
@@ -272,12 +265,8 @@ class EdgeGuard:
 
     # -- the shell ---------------------------------------------------------------------------
 
-    def backlog(self, since: float | None) -> None:
-        """The receive loop has been behind its socket since ``since``, or caught up (``None``)."""
-        self._overload.backlog(since)
-
     def handle_timer(self, now: float) -> None:
-        """End the blocks and the overload episode that are over, forget quiet sources.
+        """End the blocks that are over, forget quiet sources.
 
         Call it about once a second: ends are reported that late at most, and a source that
         comes back is judged on time whatever this lags.
@@ -294,9 +283,6 @@ class EdgeGuard:
             if now - source.seen < max(self._section.window, policy.burst / policy.rate):
                 break  # the bucket may not be full yet, or a window is still counting
             del sources[key]
-        shed = self._overload.end_episode(now)
-        if shed is not None:
-            self._events.append(OverloadEnded(shed))
 
     # -- the NOC -----------------------------------------------------------------------------
 
@@ -345,8 +331,6 @@ class EdgeGuard:
             blocked_drops=self._blocked_drops,
             unblocked=self._unblocked,
             lifted=self._lifted,
-            overload_shed=self._overload.shed,
-            overload_episodes=self._overload.episodes,
         )
 
     def counters(self) -> dict[str, int]:
@@ -360,8 +344,6 @@ class EdgeGuard:
             "security.blocked_drops": stats.blocked_drops,
             "security.unblocked": stats.unblocked,
             "security.lifted": stats.lifted,
-            "security.overload.shed": stats.overload_shed,
-            "security.overload.episodes": stats.overload_episodes,
         }
         for reason in BlockReason:
             counters[f"security.blocked.{reason}"] = stats.blocked.get(reason, 0)
@@ -404,16 +386,6 @@ class EdgeGuard:
         if source.failures >= limit:
             detail = f"{source.failures} failures in {self._section.window:g} s"
             self._block(key, BlockReason.FAILURES, now, detail)
-
-    def _shed(self, now: float) -> bool:
-        overload = self._overload
-        episodes = overload.episodes
-        if not overload.shedding(now):
-            return False
-        if overload.episodes != episodes:
-            assert overload.behind_since is not None
-            self._events.append(OverloadStarted(now - overload.behind_since))
-        return True
 
     def _block(self, key: str, reason: BlockReason, now: float, detail: str) -> None:
         until = now + self._section.block_time

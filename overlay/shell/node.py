@@ -9,9 +9,11 @@ This module is composition only. The parts and what they do:
   ``RouteView`` the core and the router read) and the NOC Control service (``ControlPlane``) on
   one gRPC server, mutual TLS unless the configuration says ``insecure = true``;
 * ``MediaPlane`` (``[media]``): the relay's sessions, driven by the media edge;
-* ``EdgeSecurity`` (``[security]``): the guard the core screens every message through, which the
-  transport tells when its receive loop falls behind the socket, and which screens every TCP
-  and TLS connection's source at accept, before any TLS handshake;
+* ``EdgeSecurity``: overload control (every node, ``[overload]``), which the transport tells
+  when its receive loop falls behind the socket and which sheds new work past the node's
+  capacity, in front of the guard of ``[security]`` (if any), which the core screens every
+  message through and which screens every TCP and TLS connection's source at accept, before
+  any TLS handshake;
 * ``TrunkProber`` (``[trunks]``, ``overlay.shell.trunks``): OPTIONS to the trunks this node
   sends calls to; its ``TrunkHealth`` is the core's ``next_hop_health``, which tries trunks
   that stopped answering after the others;
@@ -240,7 +242,7 @@ async def open_node(
         router.locate,
         view,
         edge if overlay is None else overlay.calls,
-        admission=None if security is None else security.guard,
+        admission=None if security is None else security.admission,
         next_hop_health=None if trunks is None else trunks.health,
     )
     # This start's call state: peers that see the epoch change end the calls they had here (a
@@ -322,7 +324,7 @@ async def open_node(
     counters.add(telemetry.counters)
     counters.add(stalls.counters)
     if security is not None:
-        counters.add(security.guard.counters)
+        counters.add(security.counters)
     async with trio.open_nursery() as nursery:
 
         async def serve_sip(sockets: list[BoundSocket]) -> None:

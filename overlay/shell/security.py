@@ -1,12 +1,16 @@
-"""The trio shell of edge security: the guard's clock and its log lines (docs/security.md).
+"""The trio shell of edge security and overload control: their clock and their log lines
+(docs/security.md, docs/overload.md).
 
-The guard itself (``overlay.security.EdgeGuard``) runs inside the proxy core, on the receive
-task, for every message. This task wakes once a second to end the blocks and overload episodes
-that are over, and writes one log line per event: a block, its end, an overload episode's start
-and end, never one per message.
+The guard (``overlay.security.EdgeGuard``, with ``[security]``) and overload control
+(``overlay.security.Overload``, every node unless ``[overload] enabled = false``, in front of
+the guard) run inside the proxy core, on the receive task, for every message. This task wakes
+once a second to end the blocks and overload episodes that are over, and writes one log line
+per event: a block, its end, an overload episode's start and end, never one per message.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -15,12 +19,15 @@ from overlay.config import NodeConfig
 from overlay.security import (
     EdgeGuard,
     GuardEvent,
+    Overload,
     OverloadEnded,
     OverloadStarted,
     SourceBlocked,
     SourceUnblocked,
     edge_guard,
+    overload_control,
 )
+from overlay.sip import Admission
 
 log = structlog.get_logger("overlay.security")
 
@@ -29,30 +36,54 @@ HOUSEKEEPING_INTERVAL = 1.0
 
 
 class EdgeSecurity:
-    """A node's edge security: ``guard`` for the proxy core and the transport, ``run`` for the
-    node's nursery."""
+    """A node's edge security and overload control: ``admission`` for the proxy core,
+    ``backlog`` and ``admit_connection`` for the transport, ``run`` for the node's nursery.
 
-    def __init__(self, guard: EdgeGuard) -> None:
+    Args:
+        guard: ``[security]``'s guard, or ``None`` without it.
+        overload: the node's overload control (in front of ``guard``), ``None`` when off.
+    """
+
+    def __init__(self, guard: EdgeGuard | None, overload: Overload | None = None) -> None:
         self.guard = guard
+        self.overload = overload
+        self.admission: Admission | None = overload if overload is not None else guard
+        #: What the transport tells when its receive loops fall behind or catch up.
+        self.backlog: Callable[[float | None], None] | None = (
+            None if overload is None else overload.backlog
+        )
 
     @classmethod
     def for_config(cls, config: NodeConfig) -> EdgeSecurity | None:
-        """The node's edge security, or ``None`` when its configuration has no ``[security]``."""
+        """The node's edge security and overload control, or ``None`` when it has neither
+        (no ``[security]`` and ``[overload] enabled = false``)."""
         guard = edge_guard(config)
-        return None if guard is None else cls(guard)
+        overload = overload_control(config, guard)
+        if guard is None and overload is None:
+            return None
+        return cls(guard, overload)
 
     def admit_connection(self, host: str) -> bool:
         """A blocked or denied source gets its TCP/TLS connection closed at accept."""
-        return self.guard.screen(host, trio.current_time())
+        return self.guard is None or self.guard.screen(host, trio.current_time())
+
+    def counters(self) -> dict[str, int]:
+        """The guard's ``security.*`` and overload control's ``overload.*`` counters."""
+        counters = {} if self.guard is None else self.guard.counters()
+        if self.overload is not None:
+            counters.update(self.overload.counters())
+        return counters
 
     async def run(self) -> None:
         """Housekeeping and logging, until cancelled."""
+        parts = [part for part in (self.guard, self.overload) if part is not None]
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
             now = trio.current_time()
-            self.guard.handle_timer(now)
-            while (event := self.guard.next_event()) is not None:
-                _log(event, now)
+            for part in parts:
+                part.handle_timer(now)
+                while (event := part.next_event()) is not None:
+                    _log(event, now)
 
 
 def _log(event: GuardEvent, now: float) -> None:

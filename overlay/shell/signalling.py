@@ -122,9 +122,11 @@ class SignallingPump:
             tcp_connect_timeout=sip.tcp_connect_timeout,
             steering=steering,
             impairments=impairments,
-            backlog=None if security is None else security.guard.backlog,
+            backlog=None if security is None else security.backlog,
             tls=tls,
-            admit_connection=None if security is None else security.admit_connection,
+            admit_connection=None
+            if security is None or security.guard is None
+            else security.admit_connection,
             # Link probes never wait behind SIP work: a busy node must not partition itself.
             urgent=_is_probe if mesh is not None else None,
         )

@@ -1,4 +1,5 @@
-"""Edge security under load: a SIPp flood and an overload, against a node on real sockets.
+"""Edge security under load: a SIPp flood against a node on real sockets (overload control,
+which every node has, is tests/integration/test_overload.py's).
 
 The node runs in this process (so that its counters can be read) on its own loopback address;
 SIPp callers, callee and flooder are processes of their own. On the 2-core development machine
@@ -136,51 +137,3 @@ async def test_flooder_is_blocked_while_legitimate_calls_complete(
     blocked = [entry for entry in logs if entry["event"] == "source blocked"]
     assert len(blocked) == 1, logs
     assert (blocked[0]["source"], blocked[0]["reason"]) == (flooder, "flood")
-
-
-@pytest.mark.trio
-async def test_overload_sheds_new_calls_instead_of_collapsing(
-    loopback_host: Callable[[], str],
-) -> None:
-    """Calls offered far past what the node completes: the excess gets 503 at once, every call
-    admitted completes without a retransmission, and the node stays responsive."""
-    node_host, uas_host, caller, prober = (loopback_host() for _ in range(4))
-    rate, seconds = 3000, 2.0
-    async with open_uas(uas_host) as uas:
-        # The caller is a trunk with limits it cannot reach: only overload protection acts.
-        security = f'[[security.trunks]]\ncidr = "{caller}/32"\nrate = 1000000\nburst = 1000000\n'
-        config = _config(node_host, uas.address, uas.address, security)
-        with structlog.testing.capture_logs() as logs:
-            async with serving(config) as (node, port):
-                target = (node_host, port)
-                latencies: list[float] = []
-                over = trio.Event()
-                async with trio.open_nursery() as load:
-                    load.start_soon(probe_until, over, prober, target, latencies)
-                    result = await run_uac(
-                        target,
-                        local_host=caller,
-                        scenario="uac_rr",
-                        calls=int(rate * seconds),
-                        rate=rate,
-                        max_seconds=seconds + 30,
-                    )
-                    over.set()
-                await trio.sleep(2.5)  # the episode ends after a quiet second
-                counters = node.counters()
-
-    shed = counters["security.overload.shed"]
-    assert shed > 0, "the node kept up: offer more calls"
-    assert result.calls_successful > 0
-    # Every failed call is one that was refused with 503 at once: none timed out.
-    assert result.calls_failed == result.unexpected_messages <= shed, result.stats
-    assert result.calls_successful + result.calls_failed == result.calls_attempted
-    # No collapse: without the shedding 3,000 calls/s drew retransmissions for most calls and
-    # took 37 s instead of 4 (see the module docstring).
-    assert result.retransmissions <= 0.1 * result.calls_attempted, result
-    assert result.elapsed_s < seconds + 5, result
-    assert max(latencies) < RESPONSIVE, sorted(latencies)[-5:]
-    assert counters["security.overload.episodes"] >= 1
-    events = [entry["event"] for entry in logs if "overload" in entry["event"]]
-    assert events[0] == "overload: refusing new calls"
-    assert events[-1] == "overload over"

@@ -246,7 +246,7 @@ def test_unknown_top_level_key() -> None:
     assert str(error) == (
         "node.toml:1: version: unknown key"
         " (expected one of: node, sip, dns, dialplan, grpc, media, linkstate, peers, metrics,"
-        " log, cloudwatch, security, pair, health, trunks)"
+        " log, cloudwatch, security, overload, pair, health, trunks)"
     )
 
 

@@ -32,7 +32,6 @@ sweep_users = 0
 max_failures = 7
 max_limited = 50
 scanner_user_agents = ["BadBot ", "evil"]
-overload_backlog = 0
 
 [[security.trunks]]
 cidr = "198.51.100.0/24"
@@ -80,7 +79,6 @@ def test_every_key() -> None:
         max_failures=7,
         max_limited=50,
         scanner_user_agents=("badbot", "evil"),
-        overload_backlog=0.0,
         trunks=(
             TrunkLimit(ip_network("198.51.100.0/24"), 500.0, 1000),
             # A trunk without its own limits takes the section's.
@@ -122,8 +120,8 @@ BAD = [
     ('scanner_user_agents = "sipvicious"', "security.scanner_user_agents", "array of strings"),
     ('scanner_user_agents = [""]', "security.scanner_user_agents[0]", "non-empty printable"),
     ('scanner_user_agents = ["a\\u0000"]', "security.scanner_user_agents[0]", "printable"),
-    ("overload_backlog = -0.1", "security.overload_backlog", "> 0"),
-    ("overload_backlog = false", "security.overload_backlog", "not a boolean"),
+    # Overload control moved to [overload]: the old key is refused, saying where it went.
+    ("overload_backlog = 0.2", "security.overload_backlog", "moved to [overload] backlog"),
     ("rat = 5", "security.rat", "unknown key (expected one of: allow, deny_action, rate"),
 ]
 

@@ -9,8 +9,8 @@ import structlog.testing
 import trio
 import trio.testing
 
-from overlay.config import SecuritySection
-from overlay.security import EdgeGuard
+from overlay.config import OverloadSection, SecuritySection
+from overlay.security import EdgeGuard, Overload
 from overlay.shell.security import EdgeSecurity
 from overlay.sip import Request
 from tests.unit.sip_helpers import parse, request
@@ -27,8 +27,8 @@ def _scan() -> Request:
 @pytest.mark.trio
 async def test_one_line_per_block_and_per_unblock(autojump_clock: trio.testing.MockClock) -> None:
     section = dataclasses.replace(SecuritySection(), block_time=30.0)
-    security = EdgeSecurity(EdgeGuard(section))
-    guard = security.guard
+    guard = EdgeGuard(section)
+    security = EdgeSecurity(guard)
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(security.run)
@@ -54,18 +54,21 @@ async def test_one_line_per_block_and_per_unblock(autojump_clock: trio.testing.M
 
 @pytest.mark.trio
 async def test_overload_episode_lines(autojump_clock: trio.testing.MockClock) -> None:
-    security = EdgeSecurity(EdgeGuard(SecuritySection()))
-    guard = security.guard
+    guard = EdgeGuard(SecuritySection())
+    overload = Overload(OverloadSection(), inner=guard)
+    security = EdgeSecurity(guard, overload)
+    assert security.admission is overload
+    assert security.backlog is not None
     invite = parse(request("INVITE"))
     assert isinstance(invite, Request)
     with structlog.testing.capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(security.run)
-            guard.backlog(trio.current_time())
+            security.backlog(trio.current_time())
             await trio.sleep(0.5)
             for _ in range(3):
-                assert guard.admit(invite, "192.0.2.1", trio.current_time()) is not None
-            guard.backlog(None)
+                assert overload.admit(invite, "127.0.0.9", trio.current_time()) is not None
+            security.backlog(None)
             await trio.sleep(5)
             nursery.cancel_scope.cancel()
     assert [(entry["event"], entry.get("backlog_ms", entry.get("refused"))) for entry in logs] == [

@@ -16,8 +16,6 @@ from overlay.security import (
     BlockReason,
     EdgeGuard,
     GuardEvent,
-    OverloadEnded,
-    OverloadStarted,
     SourceBlocked,
     SourceUnblocked,
     edge_guard,
@@ -31,7 +29,6 @@ TRUNK = "198.51.100.7"
 PEER = "203.0.113.1"
 
 RATE_LIMITED = Reject(503, "Rate Limit Exceeded", 5)
-OVERLOADED = Reject(503, "Server Overloaded", 5)
 DROP = Reject(None)
 
 
@@ -325,45 +322,6 @@ def test_trunks_and_targets_are_never_blocked() -> None:
             g.answered(host, 404, 0.0)
     assert g.statistics().blocked == {}
     assert g.statistics().rate_limited > 0  # but still rate-limited
-
-
-# -- overload -----------------------------------------------------------------------------------
-
-
-def test_overload_refuses_new_invites_only() -> None:
-    g = guard(overload_backlog=0.2, rate=1000.0, burst=1000)
-    g.backlog(10.0)  # the receive loop fell behind at t=10
-    assert offer(g, req(n=1), now=10.1) is None  # not yet
-    assert offer(g, req(n=2), now=10.25) == OVERLOADED
-    assert offer(g, req("MESSAGE", n=3), now=10.3) is None
-    assert offer(g, req("INVITE", n=4, to_tag="t"), now=10.3) is None  # a re-INVITE
-    assert offer(g, req("BYE", n=5, to_tag="t"), now=10.3) is None
-    [started] = events(g)
-    assert started == OverloadStarted(0.25)
-    g.backlog(None)  # caught up
-    assert offer(g, req(n=6), now=10.4) is None
-    g.handle_timer(10.5)
-    assert events(g) == []  # an episode outlasts a short catch-up
-    g.handle_timer(11.3)
-    assert events(g) == [OverloadEnded(shed=1)]
-    assert g.counters()["security.overload.shed"] == 1
-    assert g.counters()["security.overload.episodes"] == 1
-
-
-def test_overload_does_not_charge_the_source() -> None:
-    g = guard(overload_backlog=0.1, rate=1.0, burst=1)
-    g.backlog(0.0)
-    for i in range(10):
-        assert offer(g, req(n=i), now=1.0) == OVERLOADED
-    g.backlog(None)
-    assert offer(g, req(n=11), now=1.0) is None
-    assert g.statistics().rate_limited == 0
-
-
-def test_overload_check_off() -> None:
-    g = guard(overload_backlog=0.0)
-    g.backlog(0.0)
-    assert offer(g, req(), now=100.0) is None
 
 
 # -- bounded state ------------------------------------------------------------------------------

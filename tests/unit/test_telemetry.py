@@ -73,7 +73,12 @@ MAPPED = [
     ("security.blocked.user_agent", "overlay_security_blocks_total", {"reason": "user_agent"}),
     ("security.blocked_sources", "overlay_security_blocked_sources", {}),
     ("security.lifted", "overlay_security_lifts_total", {}),
-    ("security.overload.shed", "overlay_security_overload_shed_total", {}),
+    (
+        "overload.shed.unknown.OPTIONS",
+        "overlay_overload_shed_total",
+        {"source": "unknown", "method": "OPTIONS"},
+    ),
+    ("overload.episodes", "overlay_overload_episodes_total", {}),
     ("loop.stalls", "overlay_loop_stalls_total", {}),
     ("trunks.all_down_tried", "overlay_trunks_all_down_tried_total", {}),
     ("trunks.down", "overlay_trunks_down", {}),

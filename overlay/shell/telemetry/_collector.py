@@ -264,6 +264,21 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "Overlay datagrams the relay received from other relays",
     ),
     _counter(
+        "overlay_media_liveness_stalls",
+        r"media\.liveness_stalls",
+        "Liveness ticks the relay thread ran late (could not run): their delay was excused",
+    ),
+    _counter(
+        "overlay_liveness_echoes_sent",
+        r"media\.liveness\.(?P<neighbor>[^.]+)\.sent",
+        "Liveness echoes the relay sent to a neighbour's relay",
+    ),
+    _counter(
+        "overlay_liveness_echoes_answered",
+        r"media\.liveness\.(?P<neighbor>[^.]+)\.answered",
+        "Liveness echoes a neighbour's relay answered",
+    ),
+    _counter(
         "overlay_media_sent_packets",
         r"media\.sent_toward\.(?P<destination>[^.]+)\.packets",
         "Overlay datagrams the relay sent toward a destination node (via its next hop)",
@@ -329,14 +344,15 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "Blocks an operator lifted before they ran out (Unblock)",
     ),
     _counter(
-        "overlay_security_overload_shed",
-        r"security\.overload\.shed",
-        "INVITEs answered 503 because the node was overloaded",
+        "overlay_overload_shed",
+        r"overload\.shed\.(?P<source>[a-z]+)\.(?P<method>.+)",
+        "New requests answered 503 because the node was past its capacity, by source (known:"
+        " a trunk or dialplan target; unknown) and method",
     ),
     _counter(
-        "overlay_security_overload_episodes",
-        r"security\.overload\.episodes",
-        "Times the node went into overload",
+        "overlay_overload_episodes",
+        r"overload\.episodes",
+        "Times the node began shedding new requests",
     ),
     _counter(
         "overlay_trunks_all_down_tried",
