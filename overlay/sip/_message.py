@@ -88,21 +88,37 @@ class Headers:
 
     Values added by this side are checked: a CR or LF raises ``LocalProtocolError``, because it
     would let text be injected into the message.
+
+    The structured values the message accessors build (top Via, From, To, Call-ID, CSeq,
+    Max-Forwards) are remembered in ``_memo`` until the fields change: every method that changes
+    them drops it. A copy shares it, as its fields are the same; entries are only ever added to
+    a memo, never changed, so the sharing is safe.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_memo")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str]] = [
             (_checked_name(name), _checked_value(value)) for name, value in fields
         ]
+        self._memo: dict[str, object] | None = None
 
     @classmethod
-    def _trusted(cls, fields: list[tuple[str, str]]) -> Headers:
+    def _trusted(
+        cls, fields: list[tuple[str, str]], memo: dict[str, object] | None = None
+    ) -> Headers:
         """Wrap fields that are already canonical and clean (from the parser): no copy."""
         headers = cls.__new__(cls)
         headers._fields = fields
+        headers._memo = memo
         return headers
+
+    def _remember(self, key: str, value: object) -> None:
+        memo = self._memo
+        if memo is None:
+            self._memo = {key: value}
+        else:
+            memo[key] = value
 
     def _positions(self, name: str) -> list[int]:
         key = canonical_name(name)
@@ -143,7 +159,7 @@ class Headers:
         return f"Headers({self._fields!r})"
 
     def copy(self) -> Headers:
-        return Headers._trusted(list(self._fields))
+        return Headers._trusted(list(self._fields), self._memo)
 
     def get(self, name: str) -> str | None:
         """The first field's raw value, or None."""
@@ -188,12 +204,14 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a field at the end."""
+        self._memo = None
         self._fields.append((_checked_name(name), _checked_value(value)))
 
     def insert_first(self, name: str, value: str) -> None:
         """Put a new field before the first field of that name, or at the very top if none
         (RFC 3261 §16.6 step 8: a proxy's Via goes above the others)."""
         index = self._first_index(name)
+        self._memo = None
         self._fields.insert(max(index, 0), (_checked_name(name), _checked_value(value)))
 
     def pop_first_value(self, name: str) -> str | None:
@@ -207,6 +225,7 @@ class Headers:
             return None
         field, value = self._fields[index]
         items = split_list_untrusted(value, field=field)
+        self._memo = None
         if len(items) == 1:
             del self._fields[index]
         else:
@@ -225,6 +244,7 @@ class Headers:
         if index < 0:
             raise LocalProtocolError(f"No {canonical_name(name)} header to replace")
         field, old = self._fields[index]
+        self._memo = None
         if "," not in old and '"' not in old:
             self._fields[index] = (field, value)
             return
@@ -236,6 +256,7 @@ class Headers:
         """Replace all fields of the name with one, at the place of the first (or the end)."""
         new = (_checked_name(name), _checked_value(value))
         positions = self._positions(name)
+        self._memo = None
         if not positions:
             self._fields.append(new)
             return
@@ -246,6 +267,8 @@ class Headers:
     def remove(self, name: str) -> int:
         """Remove all fields of the name; returns how many were removed."""
         positions = self._positions(name)
+        if positions:
+            self._memo = None
         for index in reversed(positions):
             del self._fields[index]
         return len(positions)
@@ -261,8 +284,9 @@ def _require(headers: Headers, name: str, hint: int | None) -> str:
 class _MessageMixin:
     """The header accessors shared by Request and Response.
 
-    They parse on each access (headers may have been changed since), and raise
-    ``RemoteProtocolError`` with the class's status hint: 400 for a request, None for a response.
+    They parse on first access and remember the result in the headers' memo until the headers
+    change; they raise ``RemoteProtocolError`` with the class's status hint: 400 for a request,
+    None for a response (a failure is not remembered).
     """
 
     __slots__ = ()
@@ -271,27 +295,45 @@ class _MessageMixin:
 
     @property
     def call_id(self) -> str:
-        return _require(self.headers, "Call-ID", self._HINT)
+        headers = self.headers
+        memo = headers._memo
+        if memo is not None and (found := memo.get("Call-ID")) is not None:
+            return found  # type: ignore[return-value]
+        value = _require(headers, "Call-ID", self._HINT)
+        headers._remember("Call-ID", value)
+        return value
 
     @property
     def cseq(self) -> CSeq:
-        value = _require(self.headers, "CSeq", self._HINT)
+        headers = self.headers
+        memo = headers._memo
+        if memo is not None and (found := memo.get("CSeq")) is not None:
+            return found  # type: ignore[return-value]
+        value = _require(headers, "CSeq", self._HINT)
         try:
-            return CSeq.parse_untrusted(value)
+            cseq = CSeq.parse_untrusted(value)
         except RemoteProtocolError as exc:
             exc.status_hint = self._HINT
             raise
+        headers._remember("CSeq", cseq)
+        return cseq
 
     @property
     def top_via(self) -> Via:
+        headers = self.headers
+        memo = headers._memo
+        if memo is not None and (found := memo.get("Via")) is not None:
+            return found  # type: ignore[return-value]
         try:
-            value = self.headers.first_value("Via")
+            value = headers.first_value("Via")
             if value is None:
                 raise RemoteProtocolError("Missing Via header")
-            return Via.parse_untrusted(value)
+            via = Via.parse_untrusted(value)
         except RemoteProtocolError as exc:
             exc.status_hint = self._HINT
             raise
+        headers._remember("Via", via)
+        return via
 
     @property
     def vias(self) -> list[Via]:
@@ -301,21 +343,27 @@ class _MessageMixin:
             exc.status_hint = self._HINT
             raise
 
-    def _tag(self, name: str) -> str | None:
-        value = _require(self.headers, name, self._HINT)
+    def _name_addr(self, name: str) -> NameAddr:
+        headers = self.headers
+        memo = headers._memo
+        if memo is not None and (found := memo.get(name)) is not None:
+            return found  # type: ignore[return-value]
+        value = _require(headers, name, self._HINT)
         try:
-            return NameAddr.parse_untrusted(value, field=name).tag
+            parsed = NameAddr.parse_untrusted(value, field=name)
         except RemoteProtocolError as exc:
             exc.status_hint = self._HINT
             raise
+        headers._remember(name, parsed)
+        return parsed
 
     @property
     def from_tag(self) -> str | None:
-        return self._tag("From")
+        return self._name_addr("From").tag
 
     @property
     def to_tag(self) -> str | None:
-        return self._tag("To")
+        return self._name_addr("To").tag
 
 
 @dataclass(slots=True, eq=False)
@@ -332,8 +380,14 @@ class Request(_MessageMixin):
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (RFC 3261 §20.22), None when absent."""
-        value = self.headers.get("Max-Forwards")
-        return None if value is None else _parse_max_forwards(value)
+        headers = self.headers
+        memo = headers._memo
+        if memo is not None and "Max-Forwards" in memo:
+            return memo["Max-Forwards"]  # type: ignore[return-value]
+        value = headers.get("Max-Forwards")
+        number = None if value is None else _parse_max_forwards(value)
+        headers._remember("Max-Forwards", number)
+        return number
 
     def copy(self) -> Request:
         return Request(self.method, self.uri, self.headers.copy(), self.body)
@@ -641,22 +695,26 @@ def _parse(data: bytes, stream: bool, max_size: int, progress: _Progress) -> Mes
     for name in _MANDATORY:
         if name not in seen:
             raise RemoteProtocolError(f"Missing {name} header")
-    from_value, to_value, call_id, cseq_value = (seen[name] for name in _MANDATORY)
+    call_id = seen["Call-ID"]
+    # What the accessors would compute, remembered for them (``Headers._memo``).
+    memo: dict[str, object] = {"Call-ID": call_id}
     if '"' in top_via:
         Via.parse_untrusted(split_list_untrusted(top_via, field="Via")[0])
-    else:
+    elif "<" in top_via:
         Via.parse_untrusted(top_via.partition(",")[0].rstrip(" \t"))
-    NameAddr.parse_untrusted(from_value, field="From")
-    NameAddr.parse_untrusted(to_value, field="To")
+    else:
+        # Exactly what ``first_value("Via")`` yields for such a value.
+        memo["Via"] = Via.parse_untrusted(top_via.partition(",")[0].rstrip(" \t"))
+    memo["From"] = NameAddr.parse_untrusted(seen["From"], field="From")
+    memo["To"] = NameAddr.parse_untrusted(seen["To"], field="To")
     if not _abnf.CALL_ID.fullmatch(call_id):
         raise RemoteProtocolError("Bad Call-ID")
-    cseq = CSeq.parse_untrusted(cseq_value)
+    memo["CSeq"] = cseq = CSeq.parse_untrusted(seen["CSeq"])
     if request:
         if cseq.method != method:
             raise RemoteProtocolError("CSeq method does not match request method")
         max_forwards = seen.get("Max-Forwards")
-        if max_forwards is not None:
-            _parse_max_forwards(max_forwards)
+        memo["Max-Forwards"] = None if max_forwards is None else _parse_max_forwards(max_forwards)
 
     body_start = end + 4
     length_text = seen.get("Content-Length")
@@ -676,6 +734,7 @@ def _parse(data: bytes, stream: bool, max_size: int, progress: _Progress) -> Mes
             raise RemoteProtocolError("Content-Length does not match the framed message")
         body = data[body_start : body_start + length]
 
+    headers._memo = memo
     if request:
         return Request(method, uri, headers, body)
     return Response(status, reason, headers, body)

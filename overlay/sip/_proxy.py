@@ -1384,12 +1384,21 @@ class ProxyCore:
 
     def _is_loop(self, request: Request) -> bool:
         """§16.3 step 4: a Via of ours with the loop hash this request would get again."""
-        marker = MAGIC_COOKIE + self._loop_hash(request)
-        for value in request.headers.values("Via"):
-            if marker not in value:  # cheap text test first: most Vias are not ours
+        marker = None  # the loop hash, computed only for a Via that may be ours
+        addresses = self._own.addresses
+        for index, value in enumerate(request.headers.values("Via")):
+            if MAGIC_COOKIE not in value:  # cheap text test first: most Vias are not ours
+                continue
+            if index == 0:
+                top = request.top_via  # parsed already
+                if (host_bare(top.host), top.port or 5060) not in addresses:
+                    continue
+            if marker is None:
+                marker = MAGIC_COOKIE + self._loop_hash(request)
+            if marker not in value:
                 continue
             via = Via.parse_untrusted(value)
-            ours = (host_bare(via.host), via.port or 5060) in self._own.addresses
+            ours = (host_bare(via.host), via.port or 5060) in addresses
             if ours and (via.branch or "").startswith(marker):
                 return True
         return False

@@ -679,3 +679,37 @@ def test_serialize_parse_round_trip(message: Message, stream: bool) -> None:
     assert serialize(parsed) == data
     assert list(parsed.headers)[: len(message.headers)] == list(message.headers)
     assert parsed.body == message.body
+
+
+def test_accessors_follow_header_changes_after_parse() -> None:
+    """The parser remembers the values it validated; a change to the headers forgets them."""
+    data = _wire("INVITE sip:bob@biloxi.example.com SIP/2.0", [*MANDATORY, ("CSeq", "1 INVITE")])
+    request = parse_message_untrusted(data)
+    assert isinstance(request, Request)
+    assert request.top_via.branch == "z9hG4bK74bf9"
+    assert request.to_tag is None
+    assert request.max_forwards == 70
+    copy = request.copy()
+    copy.headers.replace_first_value("Via", "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKother")
+    copy.headers.set("To", "Bob <sip:bob@biloxi.example.com>;tag=b1")
+    copy.headers.set("Max-Forwards", "69")
+    copy.headers.set("CSeq", "2 INVITE")
+    copy.headers.set("Call-ID", "other@atlanta.example.com")
+    assert (copy.top_via.host, copy.top_via.branch) == ("192.0.2.9", "z9hG4bKother")
+    assert copy.to_tag == "b1"
+    assert copy.max_forwards == 69
+    assert copy.cseq == CSeq(2, "INVITE")
+    assert copy.call_id == "other@atlanta.example.com"
+    # The original keeps its own values.
+    assert request.top_via.branch == "z9hG4bK74bf9"
+    assert request.to_tag is None
+    assert request.max_forwards == 70
+    assert request.cseq == CSeq(1, "INVITE")
+    assert request.call_id == "3848276298220188511@atlanta.example.com"
+    request.headers.pop_first_value("Via")
+    with pytest.raises(RemoteProtocolError, match="Missing Via"):
+        _ = request.top_via
+    request.headers.remove("Max-Forwards")
+    assert request.copy().max_forwards is None
+    request.headers.add("Via", VIA)
+    assert request.top_via == Via.parse_untrusted(VIA)
