@@ -170,7 +170,7 @@ class LinkstateSection:
     """``[linkstate]``: probe and flooding timers in seconds (see overlay.linkstate)."""
 
     probe_interval: float = 0.1
-    probe_multiplier: int = 3
+    probe_multiplier: int = 6
     #: Liveness echoes between the media relays (BFD's echo function, answered in C): one
     #: every ``liveness_interval`` to every peer with ``media``; silence for
     #: ``liveness_multiplier`` intervals takes the link down. 0: off (probes decide alone).

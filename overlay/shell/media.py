@@ -288,6 +288,10 @@ class MediaPlane:
         counters.update({f"media.ended.{reason}": n for reason, n in stats.ended.items()})
         counters.update({f"media.drops.{reason}": n for reason, n in relay["drops"].items()})
         counters.update({f"media.edge.{name}": n for name, n in self.edge.counters.items()})
+        for media, state in self.relay.liveness().items():
+            node = names.get(media, str(media))
+            counters[f"media.liveness.{node}.sent"] = state["sent"]
+            counters[f"media.liveness.{node}.answered"] = state["answered"]
         for destination, traffic in relay["links"].items():
             node = names.get(destination, str(destination))
             counters[f"media.sent_toward.{node}.packets"] = traffic["packets"]

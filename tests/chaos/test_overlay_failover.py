@@ -30,7 +30,8 @@ whose median and max are printed.
 
 **Far edge dead, no standby.** Calls with RTP both ways (``overlay.lab.rtp`` endpoints named
 in SIPp's offer, and its minimal callee) go from the ingress to a one-node egress region,
-which is killed. Within detection (``probe_multiplier * probe_interval``) plus
+which is killed. Within detection (the relays' liveness echoes: ``liveness_multiplier *
+liveness_interval``) plus
 ``[linkstate] far_edge_wait`` and a margin, the ingress sends each caller (SIPp,
 ``uac_far_bye``) a BYE with ``Reason: Q.850;cause=41;text="far edge <node> lost"``, frees
 every relay port, and books the call ENDED with that reason. The BYE delays are printed.
@@ -65,8 +66,8 @@ EventType = control_pb2.EventType
 
 PROBE_INTERVAL = 0.1  # the lab's [linkstate] probe_interval; the rest are the defaults
 LINKSTATE = LinkstateSection()
-#: A node that stops answering probes is down after this long ([linkstate]).
-DETECTION_S = LINKSTATE.probe_multiplier * PROBE_INTERVAL
+#: A killed node is down after this long: its relay stops answering the liveness echoes.
+DETECTION_S = LINKSTATE.liveness_multiplier * LINKSTATE.liveness_interval
 FR_S = TimerConfig().fr
 FAR_EDGE_WAIT_S = LINKSTATE.far_edge_wait
 #: Beyond ``fr``, what a fail-over's extra set-up time may take: the fr timer firing and the

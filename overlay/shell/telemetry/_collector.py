@@ -264,6 +264,21 @@ COUNTER_FAMILIES: tuple[CounterFamily, ...] = (
         "Overlay datagrams the relay received from other relays",
     ),
     _counter(
+        "overlay_media_liveness_stalls",
+        r"media\.liveness_stalls",
+        "Liveness ticks the relay thread ran late (could not run): their delay was excused",
+    ),
+    _counter(
+        "overlay_liveness_echoes_sent",
+        r"media\.liveness\.(?P<neighbor>[^.]+)\.sent",
+        "Liveness echoes the relay sent to a neighbour's relay",
+    ),
+    _counter(
+        "overlay_liveness_echoes_answered",
+        r"media\.liveness\.(?P<neighbor>[^.]+)\.answered",
+        "Liveness echoes a neighbour's relay answered",
+    ),
+    _counter(
         "overlay_media_sent_packets",
         r"media\.sent_toward\.(?P<destination>[^.]+)\.packets",
         "Overlay datagrams the relay sent toward a destination node (via its next hop)",
