@@ -369,6 +369,7 @@ async def open_lab(
     uas_host: str,
     uac_host: str,
     probe_interval: float = 0.1,
+    linkstate: Sequence[str] = (),
     callee: tuple[str, int] | None = None,
     azs: int = 1,
     inactivity_timeout: float = 60.0,
@@ -384,6 +385,7 @@ async def open_lab(
 
     Args:
         routes: Request-URI user prefix → another callee's address, for the calls to it.
+        linkstate: more ``[linkstate]`` lines for every node (``"liveness_interval = 0"``).
         workdir: keep every node's config and log (``<node id>/node.log``, JSON lines) and the
             UAS's files (``uas/``: its statistics, errors and aborted calls) there; by default
             they are in temporary directories removed on exit.
@@ -455,6 +457,7 @@ async def open_lab(
                 topology=topology,
                 routes=routed,
                 probe_interval=probe_interval,
+                linkstate=linkstate,
                 inactivity_timeout=inactivity_timeout,
                 grpc_tls=pki.grpc_lines(node.node_id),
                 extra="" if workdir is None and not pairs else '[log]\nformat = "json"\n',

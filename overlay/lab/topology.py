@@ -235,6 +235,7 @@ def node_config(
     topology: Topology = REFERENCE,
     routes: Sequence[tuple[str, str]] = (),
     probe_interval: float = 0.1,
+    linkstate: Sequence[str] = (),
     inactivity_timeout: float = 60.0,
     grpc_tls: Sequence[str] = ("insecure = true",),
     extra: str = "",
@@ -244,7 +245,8 @@ def node_config(
     """TOML for one lab node: full mesh of ``nodes`` (latencies from ``topology``), every call
     to ``target`` via one of the ``egress`` nodes, except those whose Request-URI user starts
     with the prefix of one of ``routes`` (``(user prefix, target)``), which go to that target;
-    ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``).
+    ``grpc_tls`` are the ``[grpc]`` TLS keys (``overlay.lab.pki``); ``linkstate`` more lines of
+    ``[linkstate]`` (``"liveness_interval = 0"``).
 
     With ``member``, the node is that member of a pair: gRPC, metrics and health at the
     member's own address, SIP and media at the node's. Peers reach a pair at the node's
@@ -277,6 +279,7 @@ def node_config(
         "",
         "[linkstate]",
         f"probe_interval = {probe_interval}",
+        *linkstate,
         "",
     ]
     if member is not None:
