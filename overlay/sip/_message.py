@@ -214,6 +214,12 @@ class Headers:
         self._memo = None
         self._fields.insert(max(index, 0), (_checked_name(name), _checked_value(value)))
 
+    def insert_top_via(self, value: str, via: Via) -> None:
+        """Put this side's own Via on top; ``via`` is ``value`` parsed, remembered for
+        ``top_via`` (a Via built here need not be parsed back)."""
+        self.insert_first("Via", value)
+        self._memo = {"Via": via}
+
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first element; a comma-joined field keeps its other elements.
 

@@ -107,6 +107,7 @@ a usable Via and dropped otherwise; every drop is counted by reason in ``statist
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import itertools
@@ -982,7 +983,7 @@ class ProxyCore:
                 headers.insert_first("Record-Route", inbound.record_route(self._mark, sips=sips))
             headers.insert_first("Record-Route", listener.record_route(self._mark, sips=sips))
         branch = f"{MAGIC_COOKIE}{self._loop_hash(received)}.{self._branch_id(context)}"
-        headers.insert_first("Via", _via(peer, listener, branch + self._mark))
+        headers.insert_top_via(*_own_via(peer, listener, branch, self._mark))
         return out
 
     def _branch_id(self, context: _Context) -> str:
@@ -1090,9 +1091,9 @@ class ProxyCore:
         # Stateless branch (§16.11): derived from the incoming one so retransmissions match.
         incoming = request.top_via.branch or ""
         branch = f"{MAGIC_COOKIE}{self._loop_hash(request)}.s{zlib.crc32(incoming.encode()):x}"
-        out = request.copy()
-        out.headers.insert_first("Via", _via(peer, listener, branch + self._mark))
-        self._send(serialize(out), peer)
+        # The request is this core's own copy (``_forward_ack``): changed in place.
+        request.headers.insert_first("Via", _via(peer, listener, branch + self._mark))
+        self._send(serialize(request), peer)
 
     # -- responses ---------------------------------------------------------------------------
 
@@ -1466,6 +1467,20 @@ def _is_sips_request(request: Request) -> bool:
 def _via(peer: Peer, listener: Listener, branch: str) -> str:
     """Our Via for a request to ``peer``: the transport it really goes over (§18.1.1)."""
     return f"SIP/2.0/{peer.transport.upper()} {listener.hostport};branch={branch}"
+
+
+def _own_via(peer: Peer, listener: Listener, branch: str, mark: str) -> tuple[str, Via]:
+    """``_via`` with ``mark``'s parameters after the branch, and the Via it parses to: the
+    parse of its fixed parts is remembered (the branch, a token, is the only new part)."""
+    text = _via(peer, listener, branch + mark)
+    template = _via_template(peer.transport, listener, mark)
+    params = (("branch", branch), *template.params[1:])
+    return text, Via(template.transport, template.host, template.port, params)
+
+
+@functools.lru_cache(maxsize=64)
+def _via_template(transport: str, listener: Listener, mark: str) -> Via:
+    return Via.parse_untrusted(_via(Peer(transport, "", 0), listener, "z9hG4bK" + mark))
 
 
 def _safe_reason(text: str) -> str:
