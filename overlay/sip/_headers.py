@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import _abnf
 from ._errors import RemoteProtocolError
-from ._uri import Params, WithParams, find_param, parse_host_port_untrusted
+from ._uri import Params, WithParams, find_lower_param, parse_host_port_untrusted
 
 #: Parsed header values are memoised: within one call the same Via, From and To strings are read
 #: by every step of the proxy. Results are immutable, so sharing them is safe.
@@ -251,7 +251,7 @@ class Via(WithParams):
 
     @property
     def branch(self) -> str | None:
-        return find_param(self.params, "branch")
+        return find_lower_param(self.params, "branch")
 
     def with_param(self, name: str, value: str | None) -> Via:
         """A copy with the parameter set (replaced in place, or appended); ``None`` is a flag."""
@@ -308,7 +308,7 @@ class NameAddr(WithParams):
 
     @property
     def tag(self) -> str | None:
-        return find_param(self.params, "tag")
+        return find_lower_param(self.params, "tag")
 
     def with_param(self, name: str, value: str | None) -> NameAddr:
         """A copy with the parameter set (replaced in place, or appended); ``None`` is a flag."""

@@ -90,9 +90,9 @@ class Headers:
     would let text be injected into the message.
 
     The structured values the message accessors build (top Via, From, To, Call-ID, CSeq,
-    Max-Forwards) are remembered in ``_memo`` until the fields change: every method that changes
-    them drops it. A copy shares it, as its fields are the same; entries are only ever added to
-    a memo, never changed, so the sharing is safe.
+    Max-Forwards) are remembered in ``_memo``, by canonical header name, until a field of that
+    name changes: every method that changes fields forgets the name it changed. A copy gets a
+    copy of the memo, as its fields are the same.
     """
 
     __slots__ = ("_fields", "_memo")
@@ -119,6 +119,12 @@ class Headers:
             self._memo = {key: value}
         else:
             memo[key] = value
+
+    def _forget(self, key: str) -> None:
+        """A field named ``key`` (canonical) changed: what was built from it is stale."""
+        memo = self._memo
+        if memo is not None:
+            memo.pop(key, None)
 
     def _positions(self, name: str) -> list[int]:
         key = canonical_name(name)
@@ -159,7 +165,8 @@ class Headers:
         return f"Headers({self._fields!r})"
 
     def copy(self) -> Headers:
-        return Headers._trusted(list(self._fields), self._memo)
+        memo = self._memo
+        return Headers._trusted(list(self._fields), None if memo is None else memo.copy())
 
     def get(self, name: str) -> str | None:
         """The first field's raw value, or None."""
@@ -204,21 +211,23 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a field at the end."""
-        self._memo = None
-        self._fields.append((_checked_name(name), _checked_value(value)))
+        key = _checked_name(name)
+        self._forget(key)
+        self._fields.append((key, _checked_value(value)))
 
     def insert_first(self, name: str, value: str) -> None:
         """Put a new field before the first field of that name, or at the very top if none
         (RFC 3261 §16.6 step 8: a proxy's Via goes above the others)."""
         index = self._first_index(name)
-        self._memo = None
-        self._fields.insert(max(index, 0), (_checked_name(name), _checked_value(value)))
+        key = _checked_name(name)
+        self._forget(key)
+        self._fields.insert(max(index, 0), (key, _checked_value(value)))
 
     def insert_top_via(self, value: str, via: Via) -> None:
         """Put this side's own Via on top; ``via`` is ``value`` parsed, remembered for
         ``top_via`` (a Via built here need not be parsed back)."""
         self.insert_first("Via", value)
-        self._memo = {"Via": via}
+        self._remember("Via", via)
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first element; a comma-joined field keeps its other elements.
@@ -231,7 +240,7 @@ class Headers:
             return None
         field, value = self._fields[index]
         items = split_list_untrusted(value, field=field)
-        self._memo = None
+        self._forget(field)
         if len(items) == 1:
             del self._fields[index]
         else:
@@ -250,7 +259,7 @@ class Headers:
         if index < 0:
             raise LocalProtocolError(f"No {canonical_name(name)} header to replace")
         field, old = self._fields[index]
-        self._memo = None
+        self._forget(field)
         if "," not in old and '"' not in old:
             self._fields[index] = (field, value)
             return
@@ -262,7 +271,7 @@ class Headers:
         """Replace all fields of the name with one, at the place of the first (or the end)."""
         new = (_checked_name(name), _checked_value(value))
         positions = self._positions(name)
-        self._memo = None
+        self._forget(new[0])
         if not positions:
             self._fields.append(new)
             return
@@ -274,7 +283,7 @@ class Headers:
         """Remove all fields of the name; returns how many were removed."""
         positions = self._positions(name)
         if positions:
-            self._memo = None
+            self._forget(canonical_name(name))
         for index in reversed(positions):
             del self._fields[index]
         return len(positions)

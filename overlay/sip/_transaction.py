@@ -66,6 +66,10 @@ class Kind(enum.Enum):
     INVITE_SERVER = "INVITE server"
     NON_INVITE_SERVER = "non-INVITE server"
 
+    # Members are singletons compared by identity: the identity hash is C code, the default
+    # Enum.__hash__ a Python call, and these are dict keys on every transaction step.
+    __hash__ = object.__hash__
+
 
 class State(enum.Enum):
     CALLING = "Calling"
@@ -76,6 +80,10 @@ class State(enum.Enum):
     ACCEPTED = "Accepted"
     ABANDONED = "Abandoned"
     TERMINATED = "Terminated"
+
+    # Members are singletons compared by identity: the identity hash is C code, the default
+    # Enum.__hash__ a Python call, and these are dict keys on every transaction step.
+    __hash__ = object.__hash__
 
 
 class Input(enum.Enum):
@@ -98,6 +106,10 @@ class Input(enum.Enum):
     TIMER_K = "Timer K"
     TIMER_L = "Timer L"
     TIMER_M = "Timer M"
+
+    # Members are singletons compared by identity: the identity hash is C code, the default
+    # Enum.__hash__ a Python call, and these are dict keys on every transaction step.
+    __hash__ = object.__hash__
 
 
 S, I = State, Input  # noqa: E741 - short names keep the table readable

@@ -40,6 +40,14 @@ def find_param(params: Params, name: str) -> str | None:
     return None
 
 
+def find_lower_param(params: Params, name: str) -> str | None:
+    """``find_param`` for a ``name`` already in lower case (the parser lower-cases keys)."""
+    for key, value in params:
+        if key == name:
+            return "" if value is None else value
+    return None
+
+
 class WithParams:
     """``param`` and ``has_param`` for values that carry a ``params`` tuple."""
 
@@ -76,17 +84,17 @@ class SipUri(WithParams):
 
     @property
     def transport(self) -> str | None:
-        value = find_param(self.params, "transport")
+        value = find_lower_param(self.params, "transport")
         return None if value is None else value.upper()
 
     @property
     def lr(self) -> bool:
         """Loose routing flag (RFC 3261 §16.12): decides how a Route entry is processed."""
-        return find_param(self.params, "lr") is not None
+        return find_lower_param(self.params, "lr") is not None
 
     @property
     def maddr(self) -> str | None:
-        return find_param(self.params, "maddr")
+        return find_lower_param(self.params, "maddr")
 
     def __str__(self) -> str:
         out = self.scheme + ":"

@@ -713,3 +713,12 @@ def test_accessors_follow_header_changes_after_parse() -> None:
     assert request.copy().max_forwards is None
     request.headers.add("Via", VIA)
     assert request.top_via == Via.parse_untrusted(VIA)
+    # A copy's memo is its own: what one learns after a change never reaches the other.
+    other = request.copy()
+    request.headers.insert_first("v", "SIP/2.0/TCP 192.0.2.7;branch=z9hG4bKnew")
+    assert request.top_via.transport == "TCP"
+    assert other.top_via == Via.parse_untrusted(VIA)
+    other.headers.remove("t")
+    with pytest.raises(RemoteProtocolError, match="Missing To"):
+        _ = other.to_tag
+    assert request.to_tag is None
