@@ -1243,6 +1243,18 @@ cdef bytes _overlay_address(relay_t* r, object value, str what):
     return (<char*>&addr)[:sizeof(sockaddr_storage)]
 
 
+cdef list _media_addresses(relay_t* r, object mapping, str what):
+    """``{media id: (host, port)}`` checked, as ``[(media id, packed address)]``; ``what`` names
+    the entries in errors ("next hop")."""
+    items = []
+    for key, value in dict(mapping).items():
+        media = _checked_int(key, f"{what} media id", 0, U32_MAX)
+        if media == r.self_id:
+            raise ValueError(f"{what} for this node's own media id {media}")
+        items.append((media, _overlay_address(r, value, f"{what} for {media}")))
+    return items
+
+
 cdef addrtable_t* _new_addr_table(list entries) except NULL:
     """An address table of ``entries``, (packed address, loss, blackhole) each; a later entry for
     an address replaces an earlier one."""
@@ -1612,12 +1624,7 @@ cdef class Relay:
         cdef uint32_t size = 8, h, media_id
         cdef bytes packed
         self._check_open()
-        items = []
-        for key, value in dict(next_hops).items():
-            media = _checked_int(key, "next hop media id", 0, U32_MAX)
-            if media == r.self_id:
-                raise ValueError(f"next hop for this node's own media id {media}")
-            items.append((media, _overlay_address(r, value, f"next hop for {media}")))
+        items = _media_addresses(r, next_hops, "next hop")
         while size < 2 * len(items):
             size *= 2
         table = <nhtable_t*>calloc(1, sizeof(nhtable_t))
@@ -1699,12 +1706,7 @@ cdef class Relay:
         cdef uint32_t k = 0
         cdef bytes packed
         self._check_open()
-        items = []
-        for key, value in dict(peers).items():
-            media = _checked_int(key, "liveness peer media id", 0, U32_MAX)
-            if media == r.self_id:
-                raise ValueError(f"liveness peer with this node's own media id {media}")
-            items.append((media, _overlay_address(r, value, f"liveness peer {media}")))
+        items = _media_addresses(r, peers, "liveness peer")
         if not isinstance(interval, (int, float)) or not 0.001 <= interval <= 60:
             raise ValueError(f"interval must be between 0.001 and 60 seconds, got {interval!r}")
         if not isinstance(detection_time, (int, float)) or not interval <= detection_time <= 600:

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.slow]
+from tests.bench_runs import run_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sip_cps"
+pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.slow]
 
 
 def test_sip_cps_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--rates", "50", "--seconds", "2", "--runs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_bench("sip_cps", ["--rates", "50", "--seconds", "2", "--runs", "1"], timeout=300)
     last = done.stdout.strip().splitlines()[-1]
     # One rung, passed by both: each limit is at or above it, and the ratio is unknown.
     assert "overlay ≥ 50 calls/s" in last, done.stdout
@@ -30,21 +20,11 @@ def test_sip_cps_smoke() -> None:
     assert "ratio overlay/kamailio = n/a (both passed the top rung)" in last, done.stdout
 
 
-OVERLAY_CPS = BENCH.parent / "overlay_cps"
-
-
 def test_overlay_cps_smoke() -> None:
     """Both chains carry every call of one rung and of a short hold run at that rung's rate."""
     args = ["--rates", "20", "--seconds", "2", "--runs", "1", "--hold", "2"]
-    done = subprocess.run(
-        [sys.executable, str(OVERLAY_CPS), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
     # Pass or fail is the machine's; that both chains started and carried the calls is not.
-    assert done.returncode in (0, 1), done.stdout + done.stderr
+    done = run_bench("overlay_cps", args, timeout=300, exits=(0, 1))
     out = done.stdout
     for side in ("overlay", "kamailio"):
         assert re.search(rf"^ *{side} @ +20/s run 1: 40/40 ok, 0 failed", out, re.M), out
@@ -58,36 +38,21 @@ def test_overlay_cps_smoke() -> None:
         assert "overlay nodes refused workers=2: sip.workers" in out, out
 
 
-SOAK = BENCH.parent / "soak"
-
-
 def test_soak_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SOAK), "--rate", "20", "--minutes", "0.1", "--report-seconds", "3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
     # The verdict depends on the machine (stalls); that the chain carried the calls does not.
-    assert done.returncode in (0, 1), done.stdout + done.stderr
+    done = run_bench(
+        "soak",
+        ["--rate", "20", "--minutes", "0.1", "--report-seconds", "3"],
+        timeout=300,
+        exits=(0, 1),
+    )
     assert "calls   pass       120/120 succeeded, 0 failed" in done.stdout, done.stdout
     assert "memory  not judged" in done.stdout, done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith("verdict: "), done.stdout
 
 
-TAKEOVER = BENCH.parent / "takeover"
-
-
 def test_takeover_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(TAKEOVER), "--trials", "1", "--calls", "4", "--rate", "10"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_bench("takeover", ["--trials", "1", "--calls", "4", "--rate", "10"], timeout=300)
     # Replicated, the calls are kept; without, the standby has none of them.
     assert re.search(r"^calls kept +4/4 +0/4$", done.stdout, re.MULTILINE), done.stdout
     assert done.stdout.strip().splitlines()[-1].startswith("ratios replicated/not:"), done.stdout

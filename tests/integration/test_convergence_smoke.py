@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench_runs import run_bench
+
 pytestmark = [pytest.mark.integration, pytest.mark.sipp, pytest.mark.slow]
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "convergence"
-
 _SECONDS = r"\d+\.\d{3} s"
-
-
-def run_bench(args: list[str], *, timeout: float) -> str:
-    """Run bench/convergence; its stdout, once it exited 0."""
-    done = subprocess.run(
-        [sys.executable, str(BENCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def _kamailio_installed() -> bool:
@@ -49,7 +34,7 @@ def test_convergence_dispatcher_smoke() -> None:
         "--ds-train", "1",
         "--seed", "7",
     ]  # fmt: skip
-    out = run_bench(args, timeout=90)
+    out = run_bench("convergence", args, timeout=90).stdout
     # The kill trials at both fr_timers, in the same run.
     for fr in ("300 ms", "1 s"):
         kill_line = rf"^dispatcher {fr} kill  1: last new INVITE to it {_SECONDS} after the kill"
@@ -76,7 +61,7 @@ def test_convergence_overlay_smoke() -> None:
         "--degrade-seconds", "3",
         "--window", "1",
     ]  # fmt: skip
-    out = run_bench(args, timeout=90)
+    out = run_bench("convergence", args, timeout=90).stdout
     kill_line = (
         rf"^overlay kill  1: every survivor's routes avoid it {_SECONDS} after the kill, "
         rf"last new INVITE toward it {_SECONDS}; 0/\d+ calls failed"

@@ -4,27 +4,16 @@ taken down, and the figures the bench prints."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.bench_runs import run_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "false_alarm"
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_false_alarm_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--seconds", "3", "--seed", "7"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
+    out = run_bench("false_alarm", ["--seconds", "3", "--seed", "7"], timeout=120).stdout
     assert "loss 2.0% each way, SIP and media; seed 7; 3 s" in out
     for node, peer in (("fa-a", "fa-b"), ("fa-b", "fa-a")):
         line = re.search(rf"^{node}: link to {peer} UP; 0 link events.*$", out, re.MULTILINE)

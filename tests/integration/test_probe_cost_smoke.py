@@ -4,26 +4,18 @@ node's CPU read from /proc over a second."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sipp]
+from tests.bench_runs import run_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "probe_cost"
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.sipp]
 
 
 def test_probe_cost_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--sizes", "2", "--seconds", "1", "--settle", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    done = run_bench(
+        "probe_cost", ["--sizes", "2", "--seconds", "1", "--settle", "0.5"], timeout=180
     )
-    assert done.returncode == 0, done.stdout + done.stderr
     rows = re.findall(r"^\s+2\s+1\s+(on|off)\s+(\d+\.\d)$", done.stdout, re.MULTILINE)
     assert [mode for mode, _ in rows] == ["on", "off"], done.stdout
     # An idle node costs something, and less than a core.

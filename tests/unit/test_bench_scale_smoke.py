@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale"
+from tests.bench_runs import run_bench
 
 
 def test_bench_scale_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--sizes", "10", "--recomputes", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_bench("scale", ["--sizes", "10", "--recomputes", "2"], timeout=120)
     lines = done.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ["nodes", "edges"], done.stdout
     row = lines[1].split()
@@ -28,12 +17,5 @@ def test_bench_scale_smoke() -> None:
 
 
 def test_bench_scale_refuses_bad_sizes() -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--sizes", "ten"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
+    done = run_bench("scale", ["--sizes", "ten"], timeout=60, exits=(2,))
     assert "not a comma-separated list of sizes" in done.stderr
