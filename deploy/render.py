@@ -243,7 +243,9 @@ NODE_SERVICE = _unit(
     # Ready once every part serves; a node whose event loop stops feeding the watchdog for
     # 10 s is killed and restarted (overlay.shell.systemd).
     "Type=notify\nNotifyAccess=main\nWatchdogSec=10\nTimeoutStartSec=60\n"
-    "Restart=always\nRestartSec=1\nLimitNOFILE=65536\n",
+    "Restart=always\nRestartSec=1\nLimitNOFILE=65536\n"
+    # The media relay's thread runs ahead of the node's Python work ([media] thread_niceness).
+    "AmbientCapabilities=CAP_SYS_NICE\nCapabilityBoundingSet=CAP_SYS_NICE\n",
     needs="overlay-secrets.service",
 )
 HA_SERVICE = _unit(

@@ -74,12 +74,19 @@ class Relay:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
-    def start(self) -> None:
+    def start(self, niceness: int = 0) -> None:
         """Start the forwarding thread (GIL released inside; signals blocked in it).
+
+        ``niceness`` (-20..19, 0: the caller's) is the thread's nice value: a negative one keeps
+        forwarding and the liveness echoes on time while the node's Python work or the rest of
+        the machine is busy, as rtpengine's ``priority`` does for its threads. When the system
+        refuses it (no ``CAP_SYS_NICE``), the thread runs at the caller's priority and
+        ``niceness_error`` says why.
 
         Raises:
             RuntimeError: already started, or stopped.
             OSError: the thread could not be created.
+            OverflowError: ``niceness`` out of -20..19.
         """
 
     def stop(self) -> None:
@@ -202,6 +209,11 @@ class Relay:
             TypeError: an entry that is not ``(str, int): (float, bool)``.
             RuntimeError: the relay is stopped.
         """
+
+    @property
+    def niceness_error(self) -> int:
+        """Why ``start(niceness)`` left the thread at the caller's priority: an errno (``EPERM``
+        or ``EACCES``: a negative nice value needs ``CAP_SYS_NICE``), or 0."""
 
     @property
     def liveness_fd(self) -> int:

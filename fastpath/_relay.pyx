@@ -1322,6 +1322,7 @@ cdef class Relay:
     cdef relay_t* _r
     cdef int _state
     cdef int _overlay_port
+    cdef int _niceness_error
 
     def __cinit__(self, node_media_id, overlay_host, overlay_port):
         self._r = NULL
@@ -1416,6 +1417,10 @@ cdef class Relay:
         return self._overlay_port
 
     @property
+    def niceness_error(self):
+        return self._niceness_error
+
+    @property
     def liveness_fd(self):
         return self._r.notifyfd
 
@@ -1443,13 +1448,16 @@ cdef class Relay:
             pthread_mutex_unlock(&r.table_lock)
         return c.result
 
-    def start(self):
+    def start(self, niceness=0):
         cdef relay_t* r = self._r
         cdef sigset_t all_signals, previous
-        cdef int rc
+        cdef int rc, nice = _checked_int(niceness, "niceness", -20, 19), caller_nice = 0
         self._check_open()
         if self._state == S_RUNNING:
             raise RuntimeError("the relay is already started")
+        # The loop thread inherits the nice value of the thread that creates it: this one's,
+        # set for the moment of the creation (Linux keeps nice values per thread).
+        self._niceness_error = fp_thread_nice(nice, &caller_nice) if nice else 0
         pthread_mutex_lock(&r.qlock)
         r.loop_running = 1
         pthread_mutex_unlock(&r.qlock)
@@ -1459,6 +1467,8 @@ cdef class Relay:
         pthread_sigmask(SIG_BLOCK, &all_signals, &previous)
         rc = pthread_create(&r.thread, NULL, thread_main, r)
         pthread_sigmask(SIG_SETMASK, &previous, NULL)
+        if nice and self._niceness_error == 0:
+            fp_thread_nice(caller_nice, &nice)  # back: raising a nice value needs no privilege
         if rc != 0:
             r.loop_running = 0
             raise OSError(rc, f"cannot start the fastpath thread: {os.strerror(rc)}")

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -157,6 +158,20 @@ static inline uint64_t fp_random64(uint64_t *state) {
     x ^= x >> 27;
     *state = x;
     return x * 0x2545f4914f6cdd1dULL;
+}
+
+/* Set the calling thread's nice value (on Linux a per-thread attribute, which a thread it creates
+ * inherits); the previous one goes to *previous. 0, or the errno (EACCES/EPERM: lowering it
+ * needs CAP_SYS_NICE). */
+static inline int fp_thread_nice(int value, int *previous) {
+    errno = 0;
+    int old = getpriority(PRIO_PROCESS, 0);
+    if (old == -1 && errno != 0)
+        return errno;
+    *previous = old;
+    if (setpriority(PRIO_PROCESS, 0, value) < 0)
+        return errno;
+    return 0;
 }
 
 /* A non-blocking, close-on-exec timer on the monotonic clock; -1 and errno on failure. */

@@ -155,6 +155,8 @@ class MediaSection:
     unless ``advertise`` names the address they reach it at (a public address, 1:1 NAT to it);
     ``overlay`` is the relay's socket for the other nodes' relays (their ``[[peers]].media``);
     relay ports come from ``port_first``..``port_last`` (RTP even, RTCP next to it).
+    ``thread_niceness`` is the relay thread's nice value: ahead of the node's Python work, so
+    media and the liveness echoes keep their timing while the node or the machine is busy.
     """
 
     address: str
@@ -163,6 +165,7 @@ class MediaSection:
     port_last: int = 29999
     inactivity_timeout: float = 60.0
     advertise: str | None = None
+    thread_niceness: int = -10
 
 
 @dataclass(frozen=True)

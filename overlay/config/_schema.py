@@ -45,6 +45,7 @@ from ._model import (
     Transport,
     TrunksSection,
 )
+from ._overload import overload
 from ._reader import (
     Invalid,
     Reader,
@@ -60,7 +61,6 @@ from ._reader import (
     seconds_or_off,
     string,
 )
-from ._overload import overload
 from ._security import security
 
 _NODE_ID = re.compile(r"[a-z0-9-]{1,63}")
@@ -385,7 +385,15 @@ def _media(value: object, path: Path) -> MediaSection:
     table = Table(
         value,
         path,
-        ("address", "overlay", "port_first", "port_last", "inactivity_timeout", "advertise"),
+        (
+            "address",
+            "overlay",
+            "port_first",
+            "port_last",
+            "inactivity_timeout",
+            "advertise",
+            "thread_niceness",
+        ),
     )
     d = MediaSection("", ("", 0))
     address = table.require("address", ip_address)
@@ -397,6 +405,7 @@ def _media(value: object, path: Path) -> MediaSection:
         port_last=table.get("port_last", port, d.port_last),
         inactivity_timeout=table.get("inactivity_timeout", seconds, d.inactivity_timeout),
         advertise=table.get("advertise", ip_address, None),
+        thread_niceness=table.get("thread_niceness", integer(-20, 19), d.thread_niceness),
     )
     if section.port_first % 2:
         raise Invalid((*path, "port_first"), "must be even (RTP on even ports, RFC 3550)")

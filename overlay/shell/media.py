@@ -41,6 +41,7 @@ node: it is logged and counted in ``failures``.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from collections import Counter
@@ -84,6 +85,7 @@ class MediaPlane:
         self.edge = MediaEdge(node_id, media.advertise or media.address, sessions)
         self._address = media.address
         self._overlay = media.overlay
+        self._niceness = media.thread_niceness
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
         self._node_of_media_id = {media_id(node): node for node in self._node_media}
         pair = config.pair
@@ -104,8 +106,18 @@ class MediaPlane:
         return relay
 
     def start(self) -> None:
-        self.relay.start()
+        self._start(self.relay)
         self._running = True
+
+    def _start(self, relay: fastpath.Relay) -> None:
+        relay.start(niceness=self._niceness)
+        if relay.niceness_error:
+            self.failures["thread priority"] += 1
+            log.warning(
+                "relay thread at the node's priority: raising it needs CAP_SYS_NICE",
+                niceness=self._niceness,
+                error=os.strerror(relay.niceness_error),
+            )
 
     def stop(self) -> None:
         self._running = False
@@ -135,7 +147,7 @@ class MediaPlane:
         self.relay.set_next_hops(self._next_hops)
         self.relay.set_faults(self._faults)
         if self._running:
-            self.relay.start()
+            self._start(self.relay)
         _stop(parked)
         self._held = False
         added = 0

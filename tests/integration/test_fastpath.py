@@ -8,7 +8,9 @@ polls a bounded number of times, so a lost packet fails the test instead of hang
 from __future__ import annotations
 
 import collections
+import errno
 import gc
+import os
 import random
 import selectors
 import socket
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -1303,3 +1306,30 @@ def test_liveness_refuses_bad_arguments(net: Net) -> None:
     assert a.relay.liveness_fd == -1
     with pytest.raises(RuntimeError, match="stopped"):
         a.relay.set_liveness({B_ID: b.overlay}, 0.02, 0.1)
+
+
+def thread_nice(name: str) -> int:
+    """The nice value of this process's thread called ``name``."""
+    for tid in os.listdir("/proc/self/task"):
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        if stat[stat.index("(") + 1 : stat.rindex(")")] == name:
+            return int(stat.rpartition(")")[2].split()[16])
+    raise AssertionError(f"no thread {name}")
+
+
+def test_the_relay_thread_runs_at_its_own_priority(net: Net) -> None:
+    relay = Relay(A_ID, net.host(), 0)
+    caller = os.getpriority(os.PRIO_PROCESS, 0)
+    relay.start(niceness=-3)
+    try:
+        if relay.niceness_error:  # not privileged: the thread runs at the caller's priority
+            assert relay.niceness_error in (errno.EPERM, errno.EACCES)
+            assert thread_nice("fastpath") == caller
+        else:
+            assert thread_nice("fastpath") == -3
+        # The caller's own priority is as it was.
+        assert os.getpriority(os.PRIO_PROCESS, 0) == caller
+    finally:
+        relay.stop()
+    with pytest.raises(OverflowError, match="niceness"):
+        Relay(A_ID, net.host(), 0).start(niceness=-21)

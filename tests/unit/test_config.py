@@ -531,6 +531,7 @@ def test_media_section() -> None:
     assert config.media.overlay == ("127.0.0.11", 7100)
     assert (config.media.port_first, config.media.port_last) == (30000, 30999)
     assert config.media.inactivity_timeout == 60.0
+    assert config.media.thread_niceness == -10
     assert config.peers[0].media == ("127.0.0.14", 7100)
 
 
@@ -542,6 +543,12 @@ def test_media_section() -> None:
         ("port_last = 30999", "port_last = 29000", "media.port_last", "above port_first"),
         ('overlay = "127.0.0.11:7100"', 'overlay = "127.0.0.11:30500"', "media.overlay", "range"),
         ('address = "127.0.0.11"', 'address = "relay.example"', "media.address", "IPv4 or"),
+        (
+            "port_last = 30999",
+            "port_last = 30999\nthread_niceness = -21",
+            "media.thread_niceness",
+            "-20",
+        ),
     ],
 )
 def test_bad_media_config(old: str, new: str, key: str, reason: str) -> None:
