@@ -134,14 +134,17 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
     grpc = root.get("grpc", _grpc, None)
     if peers and grpc is None:
         raise Invalid(("grpc",), "required when [[peers]] are configured (link-state flooding)")
-    if peers and sip.workers > 1:
-        # Probes, flooding and the route table live in one process for now.
-        raise Invalid(("sip", "workers"), "must be 1 when [[peers]] are configured")
     if peers and not any(a.transport == "udp" for a in sip.listen):
         raise Invalid(("sip", "listen"), "needs a udp: address when [[peers]] are configured")
     media = root.get("media", _media, None)
     if media is not None and not peers:
         raise Invalid(("media",), "needs [[peers]]: media is relayed between overlay nodes")
+    if media is not None and sip.workers > 1:
+        # Worker 0 owns the mesh and the routes; the relay's sessions are not shared yet.
+        raise Invalid(
+            ("sip", "workers"),
+            "must be 1 with [media]: media anchored by several SIP workers is not supported yet",
+        )
     known = {node.node_id}
     media_ids = {media_id(node.node_id): node.node_id}
     for index, peer in enumerate(peers):
@@ -217,6 +220,11 @@ def _pair_of(
         return None
     if not peers:
         raise Invalid(("pair",), "needs [[peers]]: a pair member holds back only from the mesh")
+    if sip.workers > 1:
+        raise Invalid(
+            ("sip", "workers"),
+            "must be 1 with [pair]: a pair member with several SIP workers is not supported yet",
+        )
     if pair.address not in {listen.host for listen in sip.listen}:
         raise Invalid(
             ("pair", "address"),

@@ -17,12 +17,19 @@ who did them, and published as events with a ``by``.
 Draining: ``DrainState`` is read by the node for every new INVITE (``overlay.shell.node``);
 Drain sets it, advertises it in the LSA (so other nodes stop using this one as transit and stop
 anchoring new calls on it), and sets the gRPC health of the server (``""``) to NOT_SERVING.
+
+With several SIP workers (``sip.workers``) the service runs in worker 0, the owner, and
+``workers`` reaches the others (``overlay.shell.workerlink.OwnerLinks``): drain and fault
+changes are sent to them, and ListCalls, GetCall and GetCounters ask every worker and merge
+the answers (counters summed by name, with ``workers.<n>.sip.calls.*`` per worker).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -87,6 +94,7 @@ from overlay.shell.events import EventHub, WatcherFellBehind
 from overlay.shell.mesh import Mesh
 from overlay.shell.transport import ALL_PEERS, Fault
 from overlay.shell.trunks import TrunkProber
+from overlay.shell.workerlink import QUERY_TIMEOUT, merge_calls, sum_counters
 from overlay.sip import ProtocolError, Refusal, SipUri, TelUri, parse_uri_untrusted
 from overlay.v1 import control_pb2
 
@@ -123,6 +131,25 @@ class SourceBlocks(Protocol):
     def unblock(self, source: str, now: float) -> list[BlockedSource]: ...
 
 
+class OtherWorkers(Protocol):
+    """The node's SIP workers besides the owner, as its Control service tells and asks them
+    (``overlay.shell.workerlink.OwnerLinks``)."""
+
+    def drain_changed(self) -> None: ...
+
+    def faults_changed(self) -> None: ...
+
+    async def counters(self) -> list[Mapping[str, int]]: ...
+
+    async def calls(
+        self, *, include_ended: bool, call_id: str = ""
+    ) -> tuple[list[CallRecord], int]: ...
+
+
+#: Counters GetCounters also gives per worker (``workers.<n>.<name>``) with several workers.
+PER_WORKER_COUNTERS = ("sip.calls.offered", "sip.calls.answered")
+
+
 class ControlPlane:
     """The ``overlay.v1.Control`` service of one node; see the module docstring."""
 
@@ -141,8 +168,10 @@ class ControlPlane:
         media: CallMedia | None = None,
         blocks: SourceBlocks | None = None,
         trunks: TrunkProber | None = None,
+        workers: OtherWorkers | None = None,
     ) -> None:
         self.node_id = config.node.node_id
+        self._workers = workers
         self._config = config
         self._peers = {peer.node_id: peer for peer in config.peers}
         self._mesh = mesh
@@ -181,6 +210,10 @@ class ControlPlane:
             "ClearFaults": (self.clear_faults, c.ClearFaultsRequest),
             "Unblock": (self.unblock, c.UnblockRequest),
         }
+        if self._workers is not None:
+            unary["ListCalls"] = (self.list_every_workers_calls, c.ListCallsRequest)
+            unary["GetCall"] = (self.get_any_workers_call, c.GetCallRequest)
+            unary["GetCounters"] = (self.get_every_workers_counters, c.GetCountersRequest)
         methods = {
             name: unary_handler(self._counted(name, fn), request.FromString, serialize)
             for name, (fn, request) in unary.items()
@@ -208,6 +241,8 @@ class ControlPlane:
         self, method: str, fn: Callable[[RequestT], Message]
     ) -> Callable[[RequestT], Message]:
         """``fn``, counting its outcomes by status."""
+        if inspect.iscoroutinefunction(fn):
+            return self._counted_async(method, fn)
 
         def counted(request: RequestT) -> Message:
             try:
@@ -216,6 +251,25 @@ class ControlPlane:
                 self._rpcs[f"{method}.{error.code.name}"] += 1
                 raise
             except Exception:  # a bug: the bridge logs it and answers INTERNAL
+                self._rpcs[f"{method}.INTERNAL"] += 1
+                raise
+            self._rpcs[f"{method}.OK"] += 1
+            return response
+
+        return counted
+
+    def _counted_async(
+        self, method: str, fn: Callable[[RequestT], Awaitable[Message]]
+    ) -> Callable[[RequestT], Awaitable[Message]]:
+        """``_counted`` for an ``async def`` method (one that asks the other workers)."""
+
+        async def counted(request: RequestT) -> Message:
+            try:
+                response = await fn(request)
+            except RpcError as error:
+                self._rpcs[f"{method}.{error.code.name}"] += 1
+                raise
+            except Exception:
                 self._rpcs[f"{method}.INTERNAL"] += 1
                 raise
             self._rpcs[f"{method}.OK"] += 1
@@ -455,6 +509,46 @@ class ControlPlane:
             )
         return control_pb2.GetCallResponse(call=self._call_message(record, clocks))
 
+    async def list_every_workers_calls(
+        self, request: control_pb2.ListCallsRequest
+    ) -> control_pb2.ListCallsResponse:
+        """ListCalls with several workers: every worker's call book, merged."""
+        assert self._workers is not None
+        include_ended = request.include_ended
+        with _workers_answer():
+            others, active = await self._workers.calls(include_ended=include_ended)
+        clocks = _read_clocks()
+        own = self._calls.calls(clocks.now, include_ended=include_ended)
+        records = merge_calls([own, others])
+        limit = request.limit or DEFAULT_CALL_LIMIT
+        return control_pb2.ListCallsResponse(
+            node_id=self.node_id,
+            calls=[self._call_message(record, clocks) for record in records[:limit]],
+            active=self._calls.active(clocks.now) + active,
+        )
+
+    async def get_any_workers_call(
+        self, request: control_pb2.GetCallRequest
+    ) -> control_pb2.GetCallResponse:
+        """GetCall with several workers: the call is in the book of the worker it is steered
+        to, whichever that is."""
+        assert self._workers is not None
+        if not request.call_id:
+            raise RpcError(StatusCode.INVALID_ARGUMENT, "call_id: empty")
+        clocks = _read_clocks()
+        record = self._calls.get(request.call_id, clocks.now)
+        if record is None:
+            with _workers_answer():
+                found, _ = await self._workers.calls(include_ended=True, call_id=request.call_id)
+            record = found[0] if found else None
+            clocks = _read_clocks()
+        if record is None:
+            raise RpcError(
+                StatusCode.NOT_FOUND,
+                f"no call {request.call_id!r} anchored at {self.node_id} (live or recently ended)",
+            )
+        return control_pb2.GetCallResponse(call=self._call_message(record, clocks))
+
     def _call_message(self, record: CallRecord, clocks: Clocks) -> control_pb2.Call:
         """``record`` with the path to its far node and its media relays."""
         path = self._mesh.routes.paths.get(record.far_node)
@@ -475,6 +569,16 @@ class ControlPlane:
         self, request: control_pb2.GetCountersRequest
     ) -> control_pb2.GetCountersResponse:
         return control_pb2.GetCountersResponse(node_id=self.node_id, counters=self._counters())
+
+    async def get_every_workers_counters(
+        self, request: control_pb2.GetCountersRequest
+    ) -> control_pb2.GetCountersResponse:
+        """GetCounters with several workers: every worker's counters summed by name."""
+        assert self._workers is not None
+        with _workers_answer():
+            others = await self._workers.counters()
+        counters = sum_counters(self._counters(), others, per_worker=PER_WORKER_COUNTERS)
+        return control_pb2.GetCountersResponse(node_id=self.node_id, counters=counters)
 
     def counters(self) -> dict[str, int]:
         """The service's own counters (``control.*``), part of the node's (and its metrics)."""
@@ -539,6 +643,8 @@ class ControlPlane:
             self._mesh.set_draining(True, now)
             self._bridge.set_serving("", False)
         state.reason, state.retry_after_s = reason, retry_after
+        if self._workers is not None:
+            self._workers.drain_changed()
         log.warning(
             "draining: new calls refused",
             by=who,
@@ -558,6 +664,8 @@ class ControlPlane:
             state.draining, state.since, state.reason, state.by = False, 0.0, "", ""
             self._mesh.set_draining(False, now)
             self._bridge.set_serving("", True)
+            if self._workers is not None:
+                self._workers.drain_changed()
             log.warning("no longer draining: new calls accepted", by=who)
             self._events.publish(DrainChanged(False, ""), by=who)
         return control_pb2.UndrainResponse(was_draining=was)
@@ -663,7 +771,10 @@ class ControlPlane:
 
     def _faults_changed(self) -> None:
         """Faults hit media too: the relay drops what it sends to a faulted peer's relay (loss
-        and blackhole; it holds no packet, so delay and jitter stay with signalling)."""
+        and blackhole; it holds no packet, so delay and jitter stay with signalling). The
+        other SIP workers apply them to what they send, as this one does."""
+        if self._workers is not None:
+            self._workers.faults_changed()
         if self._media is not None:
             faults = self._mesh.impairments.faults()
             self._media.set_faults({p: (f.loss_ratio, f.blackhole) for p, f in faults.items()})
@@ -762,6 +873,17 @@ class MediaPlaneView:
 
 
 # --- clocks and request arguments ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _workers_answer() -> Iterator[None]:
+    """A query of the other workers that times out is answered UNAVAILABLE."""
+    try:
+        yield
+    except trio.TooSlowError:
+        raise RpcError(
+            StatusCode.UNAVAILABLE, f"a SIP worker did not answer within {QUERY_TIMEOUT:g} s"
+        ) from None
 
 
 def _read_clocks() -> Clocks:

@@ -20,7 +20,8 @@
 * **Routes.** When the LSDB changes, a route computation is scheduled ``route_debounce`` seconds
   later (a burst of LSAs costs one computation); the new ``RouteTable`` is installed in the
   node's ``RouteView`` in one assignment, so readers always see a whole table, and every change
-  is logged with its reason.
+  is logged with its reason. ``on_routes`` is told of every new table (the node's other SIP
+  workers install it in their own views: ``overlay.shell.workerlink``).
 * **Forwarding.** The proxy addresses every SIP message for another node to that node's own
   address; the view turns it into the current next hop's address (``forward_address``), and
   when the next hop toward some nodes changes, ``on_reroute`` tells the signalling pump so it
@@ -132,6 +133,7 @@ class Mesh:
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
         on_reroute: Callable[[list[Peer], list[str], list[str]], None],
         impairments: Impairments,
+        on_routes: Callable[[RouteTable], None] | None = None,
         initial_seq: int,
         now: float,
         state_epoch: bytes = b"",
@@ -147,6 +149,7 @@ class Mesh:
         self._send_sip = send_sip
         self._take_traffic = take_traffic
         self._on_reroute = on_reroute
+        self._on_routes = on_routes
         self._echo = echo
         self._echo_peers = {peer.node_id for peer in config.peers if peer.media is not None}
         self._events = events
@@ -577,6 +580,8 @@ class Mesh:
         before = self.routes.next_hops()
         graced_before = {node for node in before if self.view.in_grace(node)}
         self.view.table = table
+        if self._on_routes is not None:
+            self._on_routes(table)  # before on_reroute: the workers' pumps read the new table
         self._routes_changed.set()
         self._routes_changed = trio.Event()
         moved = [

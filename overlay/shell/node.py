@@ -21,7 +21,13 @@ This module is composition only. The parts and what they do:
   to the standby on the gRPC server (``PairState``), the standby follows them into its own call
   book, dialog book and media edge; the call book and the media edge mark the calls that
   changed, and the pump sends them at the end of each turn;
-* ``Telemetry`` (``[metrics]``, ``[cloudwatch]``), the stall watchdog, the event hub.
+* ``Telemetry`` (``[metrics]``, ``[cloudwatch]``), the stall watchdog, the event hub;
+* with ``[[peers]]`` and several SIP workers (``links``, ``overlay.shell.workerlink``): worker
+  0, the owner, has all of the above and ``OwnerLinks`` to the others, which its mesh tells of
+  every route table and reroute and its Control service asks for their calls and counters;
+  workers 1..N-1 have no mesh, no gRPC server and no Control service, but a ``WorkerLink``
+  that keeps their ``RouteView``, drain state and faults in step with the owner's, stands in
+  for the mesh to their pump, and sends the owner their traffic and events.
 
 Every part is made before any task starts; a part a section of the configuration does not ask
 for is ``None``. Files are checked before any socket is bound (``NodeTls.load``).
@@ -76,6 +82,7 @@ from overlay.shell.transport import (
     bind_listeners,
 )
 from overlay.shell.trunks import TrunkProber, trunk_targets
+from overlay.shell.workerlink import OwnerLinks, WorkerLink, WorkerSockets
 from overlay.sip import (
     Listener,
     OverlayNodes,
@@ -179,12 +186,14 @@ async def open_node(
     bound: list[BoundSocket] | None = None,
     steering: Steering | None = None,
     tls: NodeTls | None = None,
+    links: WorkerSockets | None = None,
 ) -> AsyncIterator[Node]:
     """Serve ``config`` on ``bound`` sockets (by default freshly bound ones) until the block
     ends; the node yielded is serving, its listeners' real ports known.
 
     A pair member that holds by file binds its SIP sockets once it holds the pair's address
     (module notes): ``bound`` must then be ``None``, and the listeners are the configured ones.
+    ``links``: this worker's channels, an overlay node with several workers (module notes).
 
     Raises:
         TlsError: a TLS file cannot work (checked before any socket is bound).
@@ -250,7 +259,37 @@ async def open_node(
     epoch = secrets.token_bytes(EPOCH_SIZE)
     replication = _pair_replication(config, overlay, core, media, epoch)
     mesh = None
-    if overlay is not None:
+    owner_links = worker_link = None
+    probe_interval = config.linkstate.probe_interval
+    if overlay is not None and links is not None and links.index > 0:
+        worker_link = WorkerLink(
+            links.sockets[0],
+            view=overlay.view,
+            drain=drain,
+            impairments=overlay.impairments,
+            events=events,
+            calls=overlay.calls,
+            counters=lambda: counters(),
+            take_traffic=core.transactions.take_peer_traffic,
+            rerouted=lambda peers, lost, restarted: pump.rerouted(peers, lost, restarted),
+            probe_interval=probe_interval,
+        )
+    elif overlay is not None:
+        if links is not None and links.sockets:
+            owner_links = OwnerLinks(
+                links.sockets,
+                view=overlay.view,
+                drain=drain,
+                impairments=overlay.impairments,
+                events=events,
+                probe_interval=probe_interval,
+            )
+
+        def rerouted(peers: list[Peer], lost: list[str], restarted: list[str]) -> None:
+            if owner_links is not None:  # first: the workers' pumps act while this one does
+                owner_links.rerouted(peers, lost, restarted)
+            pump.rerouted(peers, lost, restarted)
+
         local = next(item for item in listeners if item.transport == "udp")
         # The mesh and the pump call each other: the mesh, made first, reaches the pump
         # through these two closures, which run only once both serve.
@@ -259,9 +298,12 @@ async def open_node(
             view=overlay.view,
             local_sip=Peer("udp", local.host, local.port),
             send_sip=lambda data, peer: pump.transport.send(data, peer),
-            take_traffic=core.transactions.take_peer_traffic,
-            on_reroute=lambda peers, lost, restarted: pump.rerouted(peers, lost, restarted),
+            take_traffic=core.transactions.take_peer_traffic
+            if owner_links is None
+            else owner_links.take_traffic(core.transactions.take_peer_traffic),
+            on_reroute=rerouted,
             impairments=overlay.impairments,
+            on_routes=None if owner_links is None else owner_links.routes_installed,
             # Wall-clock milliseconds: a restarted node outnumbers its previous LSAs.
             initial_seq=int(wall_time() * 1000),
             now=trio.current_time(),
@@ -283,7 +325,7 @@ async def open_node(
         impairments=None if overlay is None else overlay.impairments,
         security=security,
         media=media,
-        mesh=mesh,
+        mesh=mesh if worker_link is None else worker_link,
         view=view,
         events=events.publish,
         resolver=resolver,
@@ -301,6 +343,8 @@ async def open_node(
         counters.add(mesh.counters)
     if replication is not None:
         counters.add(replication.counters)
+    if worker_link is not None:
+        counters.add(worker_link.counters)
     calls = None if overlay is None else overlay.calls
     collector = NodeCollector(
         config.node,
@@ -338,6 +382,10 @@ async def open_node(
             nursery.start_soon(security.run)
         if media is not None:
             await nursery.start(_run_media, media)
+        if worker_link is not None:
+            await nursery.start(worker_link.run)
+        if owner_links is not None:
+            await nursery.start(owner_links.run)
         control = None
         if overlay is not None and mesh is not None:  # both, with [[peers]]
             make_control = functools.partial(
@@ -353,10 +401,11 @@ async def open_node(
                 media=None
                 if media is None
                 else MediaPlaneView(media.edge.sessions.of_call, media, media.set_faults),
-                # One worker serves an overlay node (sip.workers must be 1 with [[peers]]):
-                # this guard holds all of its blocks.
+                # With several workers each has its own guard: this one lists and lifts the
+                # blocks of worker 0 only.
                 blocks=None if security is None else security.guard,
                 trunks=trunks,
+                workers=owner_links,
             )
             take_address = None
             if bound is None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 import trio
@@ -42,7 +43,6 @@ from overlay.linkstate import PROBE_MARK
 from overlay.noc import CallFailed, CallFailedOver, CallTracker, EventSink
 from overlay.routing import TRUNK_MARK, RouteView
 from overlay.shell.media import MediaPlane
-from overlay.shell.mesh import Mesh
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.transport import (
     BoundSocket,
@@ -80,6 +80,15 @@ class SignallingStatistics:
     transport: TransportStatistics
 
 
+class OverlayLinks(Protocol):
+    """The overlay's link state as the pump asks it: the node's ``Mesh``, or on an overlay
+    node's worker other than the owner, its ``WorkerLink`` (``overlay.shell.workerlink``)."""
+
+    def handle_probe(self, data: bytes, source: Peer) -> bool: ...
+
+    async def wait_reachable(self, node_id: str, *, until: float) -> bool: ...
+
+
 class SignallingPump:
     """The SIP side of one node: its transport and proxy core; see the module docstring."""
 
@@ -93,7 +102,7 @@ class SignallingPump:
         impairments: Impairments | None,
         security: EdgeSecurity | None,
         media: MediaPlane | None,
-        mesh: Mesh | None,
+        mesh: OverlayLinks | None,
         view: RouteView | None,
         events: EventSink,
         resolver: SipResolver | None = None,

@@ -8,6 +8,14 @@ SIGINT to the workers, and if one worker dies the others are stopped and the nod
 error, for the service manager to restart it whole. Each worker tells the service manager it is
 ready and feeds its watchdog (``overlay.shell.systemd``; with several workers the unit needs
 ``NotifyAccess=all``, and a wedged worker goes unnoticed while another still feeds it).
+
+An overlay node (``[[peers]]``) with several workers has one owner of its link state and
+routes, worker 0: its mesh probes and floods, its gRPC server serves LinkState and Control.
+Link probes and their answers are steered to worker 0 whichever worker reads them (their
+Call-ID prefix is ``pinned``); each other worker is joined to the owner by a stream socketpair
+made here before the fork (``overlay.shell.workerlink``), over which it receives the route
+tables, reroutes, drain state and faults, and sends its traffic, events and answers to the
+Control service. Media (``[media]``) and pairs (``[pair]``) still need one worker.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import structlog
 import trio
 
 from overlay.config import NodeConfig
+from overlay.linkstate import PROBE_MARK
 from overlay.shell.node import NodeTls, bind, open_node
 from overlay.shell.pair import PairAddressLost
 from overlay.shell.systemd import Notifier
 from overlay.shell.transport import BoundSocket, Steering
+from overlay.shell.workerlink import WorkerSockets, open_channels
 
 log = structlog.get_logger("overlay")
 
@@ -40,11 +50,12 @@ async def _serve_until_signal(
     tls: NodeTls | None,
     bound: list[BoundSocket] | None,
     steering: Steering | None = None,
+    links: WorkerSockets | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             nursery.start_soon(collect_young, YOUNG_COLLECTION_INTERVAL)
-            async with open_node(config, bound=bound, steering=steering, tls=tls):
+            async with open_node(config, bound=bound, steering=steering, tls=tls, links=links):
                 nursery.start_soon(Notifier(os.environ).serve)
                 async for signum in signals:
                     log.info("stopping", signal=signal.Signals(signum).name)
@@ -93,8 +104,8 @@ def run_node(config: NodeConfig) -> int:
     tune_garbage_collector()
     workers = config.sip.workers
     tls = NodeTls.load(config)
-    # A pair member that holds by file binds once it holds (overlay.shell.node); a pair is an
-    # overlay node, so it has one worker.
+    # A pair member that holds by file binds once it holds (overlay.shell.node); a pair member
+    # has one worker (the configuration checks).
     held_by_file = config.pair is not None and config.pair.hold == "file"
     bound = None if held_by_file else bind(config)
     if workers == 1:
@@ -107,6 +118,9 @@ def run_node(config: NodeConfig) -> int:
     assert bound is not None
     pipes = Steering.open_pipes(workers)
     outbound = tuple(write for _, write in pipes)
+    overlay = bool(config.peers)
+    # An overlay node's channels between worker 0 (the owner) and the others (module notes).
+    channels = open_channels(workers) if overlay else []
     # Signals that arrive between the forks and the children's own handlers must not kill the
     # parent before it can stop what it started.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -116,9 +130,12 @@ def run_node(config: NodeConfig) -> int:
         if pid == 0:  # the worker: never returns into the parent's code
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
-                steering = Steering(index, pipes[index][0], outbound)
+                steering = Steering(
+                    index, pipes[index][0], outbound, pinned=PROBE_MARK if overlay else b""
+                )
+                links = WorkerSockets.of(index, channels) if overlay else None
                 # Each worker loads its own TLS material (checked above, before the fork).
-                trio.run(_serve_until_signal, config, None, bound, steering)
+                trio.run(_serve_until_signal, config, None, bound, steering, links)
             except BaseException:
                 log.exception("worker failed", worker=index)
                 os._exit(1)
@@ -126,6 +143,9 @@ def run_node(config: NodeConfig) -> int:
         children[pid] = index
     for item in bound:
         item.sock.close()
+    for owner_end, worker_end in channels:
+        owner_end.close()
+        worker_end.close()
     log.info("workers started", workers=workers, pids=sorted(children))
     return _supervise(children)
 

@@ -4,6 +4,11 @@ A node with several worker processes shares its UDP sockets among them; every me
 (retransmissions, CANCEL, ACK, BYE, the responses) carries the same Call-ID, so hashing it sends
 the whole call to the worker that holds its transactions. The search is one regular expression
 over the header section, far cheaper than the parse the owner will do anyway.
+
+Call-IDs that start with a ``pinned`` prefix go to worker 0 instead: an overlay node's link
+probes and their answers (``ovlprobe.``), which its mesh, in worker 0 only, must see. The test
+is a ``startswith`` on the Call-ID found anyway, so it costs nothing more, and a message that
+merely carries the prefix elsewhere (in a body) is steered like any other.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ def call_id_untrusted(data: bytes) -> bytes | None:
     return match.group(1).rstrip(b" \t") if match else None
 
 
-def steering_owner(data: bytes, workers: int) -> int:
-    """The worker (0-based) that owns this message; messages without a Call-ID go to 0."""
+def steering_owner(data: bytes, workers: int, pinned: bytes = b"") -> int:
+    """The worker (0-based) that owns this message; messages without a Call-ID, or with one
+    that starts with ``pinned`` (when given), go to 0."""
     if workers == 1:
         return 0
     call_id = call_id_untrusted(data)
-    return zlib.crc32(call_id) % workers if call_id else 0
+    if not call_id or (pinned and call_id.startswith(pinned)):
+        return 0
+    return zlib.crc32(call_id) % workers

@@ -509,12 +509,14 @@ def test_bad_overlay_config(old: str, new: str, key: str, reason: str) -> None:
     assert reason in error.reason
 
 
-def test_overlay_needs_a_single_worker() -> None:
-    text = OVERLAY.replace(
-        'listen = ["udp:127.0.0.11:5060"]', 'listen = ["udp:127.0.0.11:5060"]\nworkers = 2'
-    )
-    error = _error(text)
-    assert (error.key, error.line) == ("sip.workers", 7)
+def with_workers(text: str, workers: int) -> str:
+    listen = 'listen = ["udp:127.0.0.11:5060"]'
+    assert listen in text
+    return text.replace(listen, f"{listen}\nworkers = {workers}", 1)
+
+
+def test_overlay_runs_on_several_workers() -> None:
+    assert parse_config(with_workers(OVERLAY, 2), source="node.toml").sip.workers == 2
 
 
 MEDIA = OVERLAY.replace(
@@ -522,6 +524,13 @@ MEDIA = OVERLAY.replace(
     '[media]\naddress = "127.0.0.11"\noverlay = "127.0.0.11:7100"\nport_first = 30000\n'
     "port_last = 30999\n\n[linkstate]",
 ).replace("base_delay_ms = 34", 'base_delay_ms = 34\nmedia = "127.0.0.14:7100"')
+
+
+def test_media_needs_a_single_worker_for_now() -> None:
+    error = _error(with_workers(MEDIA, 2))
+    assert (error.key, error.line) == ("sip.workers", 7)
+    assert "[media]" in error.reason
+    assert "not supported yet" in error.reason
 
 
 def test_media_section() -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay.sip import call_id_untrusted, steering_owner
+from overlay.linkstate import PROBE_MARK, probe_request
+from overlay.sip import Peer, call_id_untrusted, steering_owner
 from tests.unit.sip_helpers import request, response_to
+
+PEER = Peer("udp", "127.0.0.2", 5060)
 
 
 def test_call_id_found_in_long_and_compact_forms_any_case() -> None:
@@ -43,3 +46,21 @@ def test_every_message_of_a_call_has_one_owner(call_id: str) -> None:
 def test_single_worker_and_junk_go_to_worker_zero() -> None:
     assert steering_owner(request(), 1) == 0
     assert steering_owner(b"\x00\xffjunk", 4) == 0
+
+
+def test_pinned_call_ids_go_to_worker_zero_the_others_by_hash() -> None:
+    probe = probe_request("usw2", Peer("udp", "127.0.0.1", 5060), "usw1", PEER, 7)
+    answer = response_to(probe, 200)
+    for workers in (2, 3, 8):
+        assert steering_owner(probe, workers, PROBE_MARK) == 0
+        assert steering_owner(answer, workers, PROBE_MARK) == 0
+    # Without the pin a probe goes where its Call-ID hashes: worker 1 of 2 for this one.
+    assert steering_owner(probe, 2) == 1
+
+
+def test_the_pin_is_a_call_id_prefix_not_anywhere_in_the_message() -> None:
+    in_body = request(call_id="k@h", body=b"ovlprobe.usw2.use1\r\n")
+    in_id = request(call_id="x-ovlprobe.usw2.use1")
+    for data in (in_body, in_id):
+        assert steering_owner(data, 8, PROBE_MARK) == steering_owner(data, 8)
+    assert {steering_owner(request(call_id=f"c{n}"), 2, PROBE_MARK) for n in range(20)} == {0, 1}

@@ -1,10 +1,11 @@
 """A node's telemetry: the ``/metrics`` endpoint and the CloudWatch exporter, as configured.
 
-With several workers (``sip.workers``, only without ``[[peers]]``) every worker is a process
-with its own counters and serves them itself, worker ``i`` on ``[metrics]`` port ``+ i``: a
-scrape never mixes workers, and Prometheus sums them across targets (``sum without
-(instance, worker)``). The CloudWatch exporter needs ``[[peers]]``, so it runs in the node's
-only worker.
+With several workers (``sip.workers``) every worker is a process with its own counters and
+serves them itself, worker ``i`` on ``[metrics]`` port ``+ i``: a scrape never mixes workers,
+and Prometheus sums them across targets (``sum without (instance, worker)``). An overlay node's
+links and routes are worker 0's (its mesh), so only worker 0 reports them, and only it runs
+the CloudWatch exporter (which needs ``[[peers]]``). The Control service's GetCounters, in
+worker 0, sums every worker's counters (``overlay.shell.workerlink``).
 """
 
 from __future__ import annotations
@@ -88,12 +89,11 @@ class Telemetry:
                 host, port = await nursery.start(health.serve, listen.host, listen.port)
                 self.health_address = (host, port)
                 log.info("health listening", host=host, port=port, path=READY_PATH)
-            if config.cloudwatch is not None:
+            if config.cloudwatch is not None and self._mesh is not None:  # worker 0's
                 # Imported here: boto3 is loaded only by the nodes that export.
                 from ._exporter import CloudWatchExporter
 
                 mesh = self._mesh
-                assert mesh is not None  # [cloudwatch] needs [[peers]] (config)
                 monitors = mesh.monitors.values()
                 self.exporter = CloudWatchExporter(
                     config.cloudwatch,

@@ -154,14 +154,22 @@ class Steering:
         index: this worker's number, 0-based.
         inbound: this worker's end of its own datagram pipe.
         outbound: the writing ends of every worker's pipe, by worker number.
+        pinned: datagrams whose Call-ID starts with this go to worker 0 (an overlay node's
+            link probes, for its mesh; ``b""``: none).
     """
 
     def __init__(
-        self, index: int, inbound: socket.socket, outbound: tuple[socket.socket, ...]
+        self,
+        index: int,
+        inbound: socket.socket,
+        outbound: tuple[socket.socket, ...],
+        *,
+        pinned: bytes = b"",
     ) -> None:
         self.index = index
         self.inbound = inbound
         self.outbound = outbound
+        self.pinned = pinned
 
     @staticmethod
     def open_pipes(workers: int) -> list[tuple[socket.socket, socket.socket]]:
@@ -177,7 +185,7 @@ class Steering:
         return pipes
 
     def owner(self, data: bytes) -> int:
-        return steering_owner(data, len(self.outbound))
+        return steering_owner(data, len(self.outbound), self.pinned)
 
 
 class _Backlog:
