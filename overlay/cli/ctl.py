@@ -214,6 +214,7 @@ def links(ctx: typer.Context) -> None:
         "adv",
         "cost",
         "probes",
+        "echoes",
         "flood",
         "notes",
     )
@@ -224,6 +225,11 @@ def links(ctx: typer.Context) -> None:
             notes.append(f"override: {_override_text(link.override)}")
         if link.HasField("fault"):
             notes.append(f"fault: {fault_from_message(link.fault).describe()}")
+        echoes = ""
+        if link.HasField("liveness"):
+            echoes = f"{link.liveness.answered}/{link.liveness.sent}"
+            if link.liveness.silent:
+                notes.append("liveness echoes silent")
         table.add_row(
             link.neighbor,
             control_pb2.LinkStatus.State.Name(link.state),
@@ -234,6 +240,7 @@ def links(ctx: typer.Context) -> None:
             "up" if link.advertised_up else "DOWN",
             _ms(link.cost_ms) if link.advertised_up else "",
             f"{link.probes_answered}/{link.probes_sent}",
+            echoes,
             _yes(link.flooding),
             "; ".join(notes),
         )

@@ -363,6 +363,7 @@ class ControlPlane:
         faults = mesh.impairments.faults()
         sessions = set(mesh.flooder.sessions)
         own = mesh.flooder.lsdb.peek(self.node_id)
+        liveness = mesh.liveness()
         links = []
         for neighbor in sorted(mesh.monitors):
             stats = mesh.monitors[neighbor].statistics(now)
@@ -376,6 +377,13 @@ class ControlPlane:
                 probes_lost=stats.probes_lost,
                 flooding=neighbor in sessions,
             )
+            echoes = liveness.get(neighbor)
+            if echoes is not None:
+                link.liveness.CopyFrom(
+                    control_pb2.Liveness(
+                        silent=echoes["silent"], sent=echoes["sent"], answered=echoes["answered"]
+                    )
+                )
             advertised = None if own is None else own.link(neighbor)
             if advertised is not None:
                 link.advertised_up = advertised.up

@@ -51,7 +51,7 @@ import structlog
 import trio
 
 import fastpath
-from fastpath import SessionCounters
+from fastpath import LivenessCounters, SessionCounters
 from overlay.config import NodeConfig
 from overlay.media import (
     AddSession,
@@ -260,10 +260,10 @@ class MediaPlane:
         while not relay.take_liveness_notice():
             await trio.lowlevel.wait_readable(relay.liveness_fd)
 
-    def liveness(self) -> dict[str, bool]:
-        """Whether each liveness neighbour is silent, by node id."""
+    def liveness(self) -> dict[str, LivenessCounters]:
+        """Each liveness neighbour's echoes (silent, sent, answered), by node id."""
         nodes = self._node_of_media_id
-        return {nodes[media]: state["silent"] for media, state in self.relay.liveness().items()}
+        return {nodes[media]: state for media, state in self.relay.liveness().items()}
 
     def take_echo_replies(self) -> list[tuple[str, int, float]]:
         """The echo answers received since the last call: ``(neighbor, seq, received at)``.

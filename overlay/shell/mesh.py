@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import structlog
 import trio
 
+from fastpath import LivenessCounters
 from overlay.config import NodeConfig, PeerConfig
 from overlay.grpc import (
     AccessPolicy,
@@ -117,7 +118,7 @@ class MediaEcho(Protocol):
 
     async def wait_liveness(self) -> None: ...
 
-    def liveness(self) -> dict[str, bool]: ...
+    def liveness(self) -> Mapping[str, LivenessCounters]: ...
 
 
 class Mesh:
@@ -290,13 +291,20 @@ class Mesh:
             await echo.wait_liveness()
             now = trio.current_time()
             changed = False
-            for node_id, silent in echo.liveness().items():
+            for node_id, state in echo.liveness().items():
                 monitor = self.monitors[node_id]
-                if monitor.liveness_changed(silent, now) is not None:
+                if monitor.liveness_changed(state["silent"], now) is not None:
                     changed = True
                     self._link_changed(monitor, now)
             if changed:
                 self._after_input(now)
+
+    def liveness(self) -> Mapping[str, LivenessCounters]:
+        """Each neighbour's liveness echoes, where they run (``ListLinks``)."""
+        interval, _ = self._liveness
+        if self._echo is None or not interval or not self.joined:
+            return {}
+        return self._echo.liveness()
 
     def _link_changed(self, monitor: LinkMonitor, now: float) -> None:
         metrics = monitor.metrics(now)

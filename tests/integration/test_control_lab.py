@@ -99,6 +99,15 @@ async def test_watch_events_shows_a_kill_as_it_happens(lab: Lab):
     )
     # The route to the egress, direct, did not move.
     assert await lab.path(INGRESS, EGRESS) == DIRECT
+    # ListLinks shows the liveness echoes: the dead node's silent, the others' answered.
+    links = await lab.control(INGRESS, "ListLinks", c.ListLinksRequest())
+    assert isinstance(links, c.ListLinksResponse)
+    echoes = {link.neighbor: link.liveness for link in links.links if link.HasField("liveness")}
+    assert sorted(echoes) == sorted(node for node in lab.nodes if node != INGRESS)
+    assert echoes[KILLED].silent
+    assert echoes[KILLED].answered < echoes[KILLED].sent
+    alive = [echoes[node] for node in echoes if node != KILLED]
+    assert all(not e.silent and 0 < e.answered <= e.sent for e in alive), echoes
 
 
 async def overlayctl(lab: Lab, node: str, *args: str) -> dict[str, Any]:
