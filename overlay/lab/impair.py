@@ -22,17 +22,15 @@ fault injection uses), replaced at run time with ``impair``: a datagram gets the
 when it arrives, and one already held keeps its departure time. Loss and jitter are drawn from
 one ``random.Random(seed)``; without a seed one is drawn and kept in ``seed``, so a run can be
 repeated. Jitter is uniform in ``[0, jitter_ms]`` on top of the delay, and jittered datagrams
-may overtake each other, as on a real network. Datagrams are held in the relay's own trio task,
-on trio's clock; the relay itself adds a task switch and a loopback send (tens of µs) to every
-datagram, delayed or not.
+may overtake each other, as on a real network. Datagrams are held in a ``DelayLine`` (the one
+the node's own fault injection uses) per direction, on trio's clock; the relay itself adds a
+task switch and a loopback send (tens of µs) to every datagram, delayed or not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-import math
+import functools
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -40,7 +38,7 @@ from dataclasses import dataclass
 
 import trio
 
-from overlay.shell.transport import Fault
+from overlay.shell.transport import DelayLine, Fault
 
 __all__ = [
     "NO_FAULT",
@@ -79,17 +77,17 @@ class RelayStatistics:
 
 
 class _Direction:
-    """The datagrams of one direction: the fault's verdict on arrival, then a delay line."""
+    """The datagrams of one direction: the fault's verdict on arrival, then a delay line, then
+    a non-blocking send from ``sock`` (the side they leave by)."""
 
-    def __init__(self, rng: random.Random, fault: Fault) -> None:
+    def __init__(self, rng: random.Random, fault: Fault, sock: socket.socket) -> None:
         self.fault = fault
         self._rng = rng
-        self._heap: list[tuple[float, int, bytes, Address]] = []
-        self._order = itertools.count()
-        self._wake = trio.Event()
+        self._sock = sock
+        self.line = DelayLine()
         self.received = self.forwarded = self.dropped = self.send_errors = 0
 
-    def offer(self, data: bytes, destination: Address, now: float) -> None:
+    def offer(self, data: bytes, destination: Address) -> None:
         """Drop ``data`` or schedule it for ``destination`` (never blocks)."""
         self.received += 1
         fault = self.fault
@@ -99,29 +97,19 @@ class _Direction:
         delay_ms = fault.delay_ms
         if fault.jitter_ms:
             delay_ms += self._rng.uniform(0.0, fault.jitter_ms)
-        heapq.heappush(self._heap, (now + delay_ms / 1000.0, next(self._order), data, destination))
-        self._wake.set()
+        self.line.schedule(delay_ms / 1000.0, functools.partial(self._send, data, destination))
 
-    async def run(self, sock: trio.socket.SocketType) -> None:
-        """Send each held datagram from ``sock`` when its time comes."""
-        heap = self._heap
-        while True:
-            deadline = heap[0][0] if heap else math.inf
-            with trio.move_on_at(deadline):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            while heap and heap[0][0] <= trio.current_time():
-                _, _, data, destination = heapq.heappop(heap)
-                try:
-                    await sock.sendto(data, destination)
-                except OSError:
-                    self.send_errors += 1
-                else:
-                    self.forwarded += 1
+    def _send(self, data: bytes, destination: Address) -> None:
+        try:
+            self._sock.sendto(data, destination)
+        except OSError:  # a full buffer (the socket never blocks) or an ICMP error
+            self.send_errors += 1
+        else:
+            self.forwarded += 1
 
     def statistics(self) -> DirectionStatistics:
         return DirectionStatistics(
-            self.received, self.forwarded, self.dropped, len(self._heap), self.send_errors
+            self.received, self.forwarded, self.dropped, len(self.line), self.send_errors
         )
 
 
@@ -137,8 +125,8 @@ class ImpairmentRelay:
 
     def __init__(
         self,
-        x: trio.socket.SocketType,
-        y: trio.socket.SocketType,
+        x: socket.socket,
+        y: socket.socket,
         target: Address,
         *,
         seed: int,
@@ -151,8 +139,8 @@ class ImpairmentRelay:
         self.target = target
         self.seed = seed
         rng = random.Random(seed)
-        self._to_target = _Direction(rng, to_target)
-        self._to_client = _Direction(rng, to_client)
+        self._to_target = _Direction(rng, to_target, y)
+        self._to_client = _Direction(rng, to_client, x)
         self._client: Address | None = None
         self._foreign = 0
 
@@ -185,8 +173,8 @@ class ImpairmentRelay:
     async def serve(self) -> None:
         """Relay until cancelled (``open_impairment_relay`` runs it)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._to_target.run, self._y)
-            nursery.start_soon(self._to_client.run, self._x)
+            nursery.start_soon(self._to_target.line.run)
+            nursery.start_soon(self._to_client.line.run)
             nursery.start_soon(self._from_client)
             nursery.start_soon(self._from_target)
 
@@ -194,7 +182,7 @@ class ImpairmentRelay:
         while True:
             data, source = await _receive(self._x)
             self._client = source
-            self._to_target.offer(data, self.target, trio.current_time())
+            self._to_target.offer(data, self.target)
 
     async def _from_target(self) -> None:
         while True:
@@ -205,16 +193,20 @@ class ImpairmentRelay:
                 # The target spoke first: there is nobody to give it to yet.
                 self._foreign += 1
             else:
-                self._to_client.offer(data, self._client, trio.current_time())
+                self._to_client.offer(data, self._client)
 
 
-async def _receive(sock: trio.socket.SocketType) -> tuple[bytes, Address]:
+async def _receive(sock: socket.socket) -> tuple[bytes, Address]:
     """The next datagram; an ICMP error reported on the socket is not one (skipped)."""
     while True:
         try:
-            data, source = await sock.recvfrom(MAX_DATAGRAM)
+            data, source = sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
         except (ConnectionRefusedError, ConnectionResetError):
             continue
+        await trio.lowlevel.checkpoint()  # a flood on one side must not starve the other
         return data, (source[0], source[1])
 
 
@@ -245,15 +237,20 @@ async def open_impairment_relay(
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     with (
-        trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as x,
-        trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as y,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as x,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as y,
     ):
-        await x.bind(client_side)
-        await y.bind(target_side)
+        for sock, address in ((x, client_side), (y, target_side)):
+            sock.setblocking(False)
+            sock.bind(address)
         relay = ImpairmentRelay(x, y, target, seed=seed, to_target=to_target, to_client=to_client)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay.serve)
-            try:
-                yield relay
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(relay.serve)
+                try:
+                    yield relay
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            for sock in (x, y):
+                trio.lowlevel.notify_closing(sock)
