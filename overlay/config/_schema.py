@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 
-from overlay.media import media_id
+from overlay.media import media_id, port_slice
 
 from ._lines import Path
 from ._model import (
@@ -140,11 +140,17 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
     if media is not None and not peers:
         raise Invalid(("media",), "needs [[peers]]: media is relayed between overlay nodes")
     if media is not None and sip.workers > 1:
-        # Worker 0 owns the mesh and the routes; the relay's sessions are not shared yet.
-        raise Invalid(
-            ("sip", "workers"),
-            "must be 1 with [media]: media anchored by several SIP workers is not supported yet",
-        )
+        # Each worker's edge hands out ports from its own slice of the range (port_slice; the
+        # relay, worker 0's, binds them all): a worker with no pair could anchor no call.
+        try:
+            port_slice(media.port_first, media.port_last, sip.workers, 0)
+        except ValueError:
+            pairs = (media.port_last + 1 - media.port_first) // 2
+            raise Invalid(
+                ("media", "port_last"),
+                f"the range holds {pairs} RTP/RTCP pairs, fewer than sip.workers = {sip.workers}:"
+                " each worker anchors its calls on its own slice of the range",
+            ) from None
     known = {node.node_id}
     media_ids = {media_id(node.node_id): node.node_id}
     for index, peer in enumerate(peers):

@@ -15,7 +15,14 @@ from ._edge import (
     RemoveSession,
     media_id,
 )
-from ._ports import PortAllocator, PortPair, PortsExhausted, PortStatistics, PortTaken
+from ._ports import (
+    PortAllocator,
+    PortPair,
+    PortsExhausted,
+    PortStatistics,
+    PortTaken,
+    port_slice,
+)
 from ._sdp import (
     DIRECTIONS,
     MAX_MEDIA,
@@ -44,6 +51,7 @@ from ._sessions import (
     MediaStatistics,
     SessionState,
     Side,
+    worker_session_ids,
 )
 
 __all__ = [
@@ -79,8 +87,10 @@ __all__ = [
     "endpoint_of",
     "media_id",
     "parse_sdp_untrusted",
+    "port_slice",
     "rewrite",
     "serialize_sdp",
     "set_overlay_session",
     "strip_overlay_sessions",
+    "worker_session_ids",
 ]

@@ -18,6 +18,10 @@ taking from the middle is O(1) too, as ``allocate`` and ``release`` are per slot
 Ports are held by *owners*, any hashable key (the media sessions use session ids); an owner may
 hold several slots and ``release(owner)`` frees them all. Nothing here opens a socket: the shell
 binds the ports it is given and closes them before releasing.
+
+A node with several SIP workers (``sip.workers``) gives each worker's edge its own allocator over
+its own slice of the range (``port_slice``), so the workers hand out ports without asking each
+other: the node's one relay, in worker 0, binds them all.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["PortAllocator", "PortPair", "PortStatistics", "PortTaken", "PortsExhausted"]
+__all__ = [
+    "PortAllocator",
+    "PortPair",
+    "PortStatistics",
+    "PortTaken",
+    "PortsExhausted",
+    "port_slice",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +190,38 @@ class PortAllocator:
             free=len(self._free),
             exhausted=self._exhausted,
         )
+
+
+def port_slice(first: int, last: int, workers: int, index: int) -> tuple[int, int]:
+    """Worker ``index``'s share of the relay ports ``first``..``last``, of ``workers`` in all.
+
+    The range's RTP/RTCP pairs (from the first even port; see ``PortAllocator``) are cut into
+    ``workers`` runs of equal length, in worker order: worker 0 has the lowest ports. Every
+    boundary is even, so each slice is whole pairs. The pairs left over when the count does
+    not divide (fewer than ``workers``) are used by no one.
+
+    Returns:
+        ``(first, last)`` of the slice, both included: an even and an odd port.
+
+    Raises:
+        ValueError: ``index`` is not one of the workers, or the range holds fewer pairs than
+            there are workers.
+
+    Examples:
+        >>> port_slice(20000, 20999, 2, 1)
+        (20500, 20999)
+        >>> port_slice(20000, 20010, 4, 3)
+        (20006, 20007)
+    """
+    if not 0 <= index < workers:
+        raise ValueError(f"worker {index} is not one of {workers}")
+    start = first + first % 2
+    pairs = max(0, (last + 1 - start) // 2)
+    share = pairs // workers
+    if share == 0:
+        raise ValueError(
+            f"port range {first}..{last} holds {pairs} RTP/RTCP pairs: fewer than the {workers}"
+            " workers, which need one each at least"
+        )
+    low = start + 2 * share * index
+    return low, low + 2 * share - 1

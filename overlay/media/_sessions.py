@@ -6,7 +6,10 @@ A media session is one stream (one m= line) of one side of a call, on the edge t
 side's endpoint (docs/internal/media.md, "Sessions"). It is keyed three ways:
 
 - by its session id: 64 random bits, never 0, unique on this node; the id other relays put in
-  the overlay header, and the one advertised in ``a=x-overlay-session``;
+  the overlay header, and the one advertised in ``a=x-overlay-session``. A node with several SIP
+  workers has one edge per worker and one relay for all of them: worker ``i`` of ``n`` draws
+  only ids equal to ``i`` modulo ``n`` (``worker_session_ids``), so no two workers' ids meet in
+  the relay, with no coordination;
 - by its leg, ``(call_id, side, index)``: the SIP Call-ID, which endpoint it faces
   (``Side.CALLER``, the endpoint that sent the initial INVITE and owns the From tag of it, or
   ``Side.CALLEE``, the To-tag side), and the m= index. Sides are dialog roles, not header names:
@@ -60,6 +63,7 @@ __all__ = [
     "MediaStatistics",
     "SessionState",
     "Side",
+    "worker_session_ids",
 ]
 
 _MAX_SESSION_ID = (1 << 64) - 1
@@ -147,6 +151,25 @@ class MediaStatistics:
 
 def _random_session_id() -> int:
     return secrets.randbits(64)
+
+
+def worker_session_ids(index: int, workers: int) -> Callable[[], int]:
+    """``MediaSessions``' ``session_ids`` for worker ``index`` of a node with ``workers`` SIP
+    workers: 64 random bits, made equal to ``index`` modulo ``workers`` (module notes). A draw
+    that falls out of range (0, or past 2**64 - 1) is skipped by ``MediaSessions``.
+
+    Raises:
+        ValueError: ``index`` is not one of the workers.
+    """
+    if not 0 <= index < workers:
+        raise ValueError(f"worker {index} is not one of {workers}")
+    if workers == 1:
+        return _random_session_id
+
+    def draw() -> int:
+        return secrets.randbits(64) // workers * workers + index
+
+    return draw
 
 
 _Leg = tuple[str, Side, int]

@@ -21,7 +21,9 @@ anchoring new calls on it), and sets the gRPC health of the server (``""``) to N
 With several SIP workers (``sip.workers``) the service runs in worker 0, the owner, and
 ``workers`` reaches the others (``overlay.shell.workerlink.OwnerLinks``): drain and fault
 changes are sent to them, and ListCalls, GetCall and GetCounters ask every worker and merge
-the answers (counters summed by name, with ``workers.<n>.sip.calls.*`` per worker).
+the answers (counters summed by name, with ``workers.<n>.sip.calls.*`` per worker). A
+worker's call comes with its media sessions, as that worker's edge keeps them; their figures
+are the relay's, which is this worker's (``overlay.shell.media``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -143,7 +145,7 @@ class OtherWorkers(Protocol):
 
     async def calls(
         self, *, include_ended: bool, call_id: str = ""
-    ) -> tuple[list[CallRecord], int]: ...
+    ) -> tuple[list[CallRecord], int, dict[str, tuple[MediaSession, ...]]]: ...
 
 
 #: Counters GetCounters also gives per worker (``workers.<n>.<name>``) with several workers.
@@ -524,14 +526,17 @@ class ControlPlane:
         assert self._workers is not None
         include_ended = request.include_ended
         with _workers_answer():
-            others, active = await self._workers.calls(include_ended=include_ended)
+            others, active, media = await self._workers.calls(include_ended=include_ended)
         clocks = _read_clocks()
         own = self._calls.calls(clocks.now, include_ended=include_ended)
         records = merge_calls([own, others])
         limit = request.limit or DEFAULT_CALL_LIMIT
         return control_pb2.ListCallsResponse(
             node_id=self.node_id,
-            calls=[self._call_message(record, clocks) for record in records[:limit]],
+            calls=[
+                self._call_message(record, clocks, media.get(record.call_id))
+                for record in records[:limit]
+            ],
             active=self._calls.active(clocks.now) + active,
         )
 
@@ -545,28 +550,40 @@ class ControlPlane:
             raise RpcError(StatusCode.INVALID_ARGUMENT, "call_id: empty")
         clocks = _read_clocks()
         record = self._calls.get(request.call_id, clocks.now)
+        sessions = None
         if record is None:
             with _workers_answer():
-                found, _ = await self._workers.calls(include_ended=True, call_id=request.call_id)
+                found, _, media = await self._workers.calls(
+                    include_ended=True, call_id=request.call_id
+                )
             record = found[0] if found else None
+            sessions = media.get(request.call_id)
             clocks = _read_clocks()
         if record is None:
             raise RpcError(
                 StatusCode.NOT_FOUND,
                 f"no call {request.call_id!r} anchored at {self.node_id} (live or recently ended)",
             )
-        return control_pb2.GetCallResponse(call=self._call_message(record, clocks))
+        return control_pb2.GetCallResponse(call=self._call_message(record, clocks, sessions))
 
-    def _call_message(self, record: CallRecord, clocks: Clocks) -> control_pb2.Call:
-        """``record`` with the path to its far node and its media relays."""
+    def _call_message(
+        self,
+        record: CallRecord,
+        clocks: Clocks,
+        sessions: Sequence[MediaSession] | None = None,
+    ) -> control_pb2.Call:
+        """``record`` with the path to its far node and its media relays: ``sessions`` (those
+        another worker's edge reported), or this edge's, with the relay's figures of each."""
         path = self._mesh.routes.paths.get(record.far_node)
         media = self._media
+        if media is not None and sessions is None:
+            sessions = media.sessions_of(record.call_id)
         relays = (
             []
-            if media is None
+            if media is None or sessions is None
             else [
                 relay_message(session, media.session_counters(session.session_id))
-                for session in media.sessions_of(record.call_id)
+                for session in sessions
             ]
         )
         return call_message(record, clocks, path=() if path is None else path.nodes, media=relays)

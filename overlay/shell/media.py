@@ -37,6 +37,18 @@ only code that calls it:
 
 A command the relay refuses (a port taken by another program) costs that stream, not the
 node: it is logged and counted in ``failures``.
+
+Several SIP workers (``sip.workers`` > 1, an overlay node): the node still has one relay, in
+worker 0 (the owner), and only this ``MediaPlane`` there has it, with everything above. Every
+other worker has a ``WorkerMedia``: its own ``MediaEdge`` (the SDP of its calls, their session
+book), on its own slice of the relay ports (``port_slice``) and with session ids no other
+worker draws (``worker_session_ids``), but no relay. Its edge's commands go to the owner over
+the worker channel (``overlay.shell.workerlink``), which hands them to ``apply_from``: the relay
+takes them exactly as it takes the owner's own, a refused one counted and logged here. Each
+``poll`` reads every session's counters; the activity of a worker's sessions (which saw
+packets, what they latched) goes back to that worker in one message (``on_activity``), sent
+every poll, empty too: the worker's edge then runs its inactivity timers (``WorkerMedia.
+activity``), as this edge does here after its own.
 """
 
 from __future__ import annotations
@@ -45,7 +57,8 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import structlog
 import trio
@@ -55,12 +68,17 @@ from fastpath import LivenessCounters, SessionCounters
 from overlay.config import NodeConfig
 from overlay.media import (
     AddSession,
+    MediaCommand,
     MediaEdge,
+    MediaSession,
     MediaSessions,
     PortAllocator,
     media_id,
+    port_slice,
+    worker_session_ids,
 )
 from overlay.shell.transport import ALL_PEERS
+from overlay.sip import LocalProtocolError
 
 log = structlog.get_logger("overlay.media")
 
@@ -70,19 +88,58 @@ _ECHO = struct.Struct("!4sQ")
 _ECHO_MARK = b"OVLe"
 
 
-class MediaPlane:
-    """See the module docstring."""
+@dataclass(frozen=True, slots=True)
+class SessionActivity:
+    """A relay session that saw packets from its endpoint since the last poll, and the sources
+    it has latched (``None``: not yet), for the edge of the worker that owns it."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    session_id: int
+    rtp_latched: tuple[str, int] | None
+    rtcp_latched: tuple[str, int] | None
+
+
+def _edge(config: NodeConfig, worker: int, workers: int) -> MediaEdge:
+    """Worker ``worker``'s media edge: its slice of the relay ports, its own session ids."""
+    media = config.media
+    assert media is not None
+    first, last = media.port_first, media.port_last
+    if workers > 1:
+        first, last = port_slice(first, last, workers, worker)
+    sessions = MediaSessions(
+        PortAllocator(first, last),
+        timeout=media.inactivity_timeout,
+        session_ids=worker_session_ids(worker, workers),
+    )
+    # The SDP tells endpoints the address they reach the relay at.
+    return MediaEdge(config.node.node_id, media.advertise or media.address, sessions)
+
+
+def _edge_counters(edge: MediaEdge) -> dict[str, int]:
+    """An edge's own counters (each worker's are summed into the node's)."""
+    stats = edge.sessions.statistics()
+    counters = {"media.sessions": stats.sessions, "media.ports_in_use": stats.ports_in_use}
+    counters.update({f"media.ended.{reason}": n for reason, n in stats.ended.items()})
+    counters.update({f"media.edge.{name}": n for name, n in edge.counters.items()})
+    return counters
+
+
+class MediaPlane:
+    """See the module docstring.
+
+    Args:
+        config: the node's configuration (with ``[media]``).
+        workers: the node's SIP workers; this one is worker 0, the owner of the relay.
+    """
+
+    def __init__(self, config: NodeConfig, *, workers: int = 1) -> None:
         media = config.media
         assert media is not None
         node_id = config.node.node_id
         self._node_id = node_id
-        sessions = MediaSessions(
-            PortAllocator(media.port_first, media.port_last), timeout=media.inactivity_timeout
-        )
-        # The SDP tells endpoints the address they reach the relay at.
-        self.edge = MediaEdge(node_id, media.advertise or media.address, sessions)
+        self.edge = _edge(config, 0, workers)
+        self._workers = workers
+        #: Called every poll with each other worker's index and its sessions' activity.
+        self.on_activity: Callable[[int, tuple[SessionActivity, ...]], None] | None = None
         self._address = media.address
         self._overlay = media.overlay
         self._niceness = media.thread_niceness
@@ -97,6 +154,7 @@ class MediaPlane:
         self._next_hops: dict[int, tuple[str, int]] = {}
         self._faults: dict[tuple[str, int], tuple[float, bool]] = {}
         self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
+        self._worker_of: dict[int, int] = {}  # session id -> its worker, for other workers'
         self.failures: Counter[str] = Counter()
 
     def _new_relay(self, overlay_port: int) -> fastpath.Relay:
@@ -172,18 +230,26 @@ class MediaPlane:
         """Pass the edge's pending commands to the relay (dropped while the gate holds it:
         ``release_relay`` reads the sessions from the book instead)."""
         commands = self.edge.commands
+        self._apply(commands, 0)
+        commands.clear()
+
+    def apply_from(self, worker: int, commands: Sequence[MediaCommand]) -> None:
+        """Pass another worker's edge's commands to the relay, as ``apply`` passes this
+        edge's (module notes)."""
+        self._apply(commands, worker)
+
+    def _apply(self, commands: Iterable[MediaCommand], worker: int) -> None:
         if self._held:
-            commands.clear()
             return
         for command in commands:
             if isinstance(command, AddSession):
-                self._add(command)
+                self._add(command, worker)
             # Remove only what the relay took: an add it refused has nothing to remove.
             elif self._packets.pop(command.session_id, None) is not None:
+                self._worker_of.pop(command.session_id, None)
                 self.relay.remove_session(command.session_id)
-        commands.clear()
 
-    def _add(self, command: AddSession) -> None:
+    def _add(self, command: AddSession, worker: int = 0) -> None:
         session = command.session
         remote = session.remote
         assert remote is not None
@@ -202,9 +268,13 @@ class MediaPlane:
             )
         except (OSError, ValueError) as error:
             self.failures["add session"] += 1
-            log.error("relay refused a session", call_id=session.call_id, error=str(error))
+            log.error(
+                "relay refused a session", call_id=session.call_id, worker=worker, error=str(error)
+            )
             return
         self._packets[session.session_id] = 0
+        if worker:
+            self._worker_of[session.session_id] = worker
 
     def set_routes(self, next_hops: dict[str, str]) -> None:
         """``{destination node: next hop node}`` from the route table, for the relay."""
@@ -283,13 +353,13 @@ class MediaPlane:
         return replies
 
     def counters(self) -> dict[str, int]:
-        """The relay's and the media sessions' counters, by dotted name (admin GetCounters)."""
+        """The relay's and the media sessions' counters, by dotted name (admin GetCounters).
+        With several workers, the sessions' are this worker's edge's (the node's are the sum
+        of every worker's), the relay's are the node's."""
         relay = self.relay.counters()
         names = self._node_of_media_id
-        stats = self.edge.sessions.statistics()
         counters = {
-            "media.sessions": stats.sessions,
-            "media.ports_in_use": stats.ports_in_use,
+            **_edge_counters(self.edge),
             "media.relay_sessions": relay["sessions"],
             "media.overlay_in.packets": relay["overlay_in"]["packets"],
             "media.liveness_stalls": relay["liveness_stalls"],
@@ -297,9 +367,7 @@ class MediaPlane:
         counters.update(
             {f"media.failures.{reason.replace(' ', '_')}": n for reason, n in self.failures.items()}
         )
-        counters.update({f"media.ended.{reason}": n for reason, n in stats.ended.items()})
         counters.update({f"media.drops.{reason}": n for reason, n in relay["drops"].items()})
-        counters.update({f"media.edge.{name}": n for name, n in self.edge.counters.items()})
         for media, state in self.relay.liveness().items():
             node = names.get(media, str(media))
             counters[f"media.liveness.{node}.sent"] = state["sent"]
@@ -316,7 +384,9 @@ class MediaPlane:
             self.poll(trio.current_time())
 
     def poll(self, now: float) -> None:
-        """Read the sessions' activity and latched sources, and end the silent ones."""
+        """Read the sessions' activity and latched sources, and end the silent ones; tell each
+        other worker of its sessions' activity (module notes)."""
+        others: dict[int, list[SessionActivity]] = {n: [] for n in range(1, self._workers)}
         for session_id, seen in list(self._packets.items()):
             try:
                 counters = self.relay.session_counters(session_id)
@@ -325,14 +395,83 @@ class MediaPlane:
             packets = counters["packets_in"]
             if packets != seen:  # latching, too, happens only on a packet from the endpoint
                 self._packets[session_id] = packets
-                self.edge.activity(
+                activity = SessionActivity(
                     session_id,
-                    now,
-                    rtp_latched=counters["endpoint"] if counters["latched"] else None,
-                    rtcp_latched=counters["rtcp_endpoint"] if counters["rtcp_latched"] else None,
+                    counters["endpoint"] if counters["latched"] else None,
+                    counters["rtcp_endpoint"] if counters["rtcp_latched"] else None,
                 )
+                worker = self._worker_of.get(session_id)
+                if worker is None:
+                    self.edge.activity(
+                        session_id,
+                        now,
+                        rtp_latched=activity.rtp_latched,
+                        rtcp_latched=activity.rtcp_latched,
+                    )
+                else:
+                    others[worker].append(activity)
         self.edge.handle_timer(now)
         self.apply()
+        if self.on_activity is not None:
+            for worker, sessions in others.items():
+                self.on_activity(worker, tuple(sessions))
+
+
+class WorkerMedia:
+    """The media side of SIP worker ``worker`` (1..N-1) of an overlay node: its edge, and the
+    owner's relay behind the worker channel (module notes). To the pump it stands in for the
+    ``MediaPlane``.
+
+    Args:
+        config: the node's configuration (with ``[media]``).
+        worker: this worker's index, above 0.
+        workers: the node's SIP workers.
+    """
+
+    def __init__(self, config: NodeConfig, *, worker: int, workers: int) -> None:
+        if not 0 < worker < workers:
+            raise ValueError(f"worker {worker} of {workers} is not one without the relay")
+        self.edge = _edge(config, worker, workers)
+        #: Sends the edge's commands to the owner (``WorkerLink.media_commands``).
+        self.send: Callable[[tuple[MediaCommand, ...]], None] | None = None
+        self.stale_reports = 0
+
+    def apply(self) -> None:
+        """Send the edge's pending commands to the owner, in one message."""
+        commands = self.edge.commands
+        if commands and self.send is not None:
+            self.send(tuple(commands))
+            commands.clear()
+
+    def activity(self, sessions: Iterable[SessionActivity], now: float) -> None:
+        """The owner's poll: what its relay saw of this worker's sessions; then end the silent
+        ones, as ``MediaPlane.poll`` does for the owner's."""
+        edge = self.edge
+        for item in sessions:
+            try:
+                edge.activity(
+                    item.session_id,
+                    now,
+                    rtp_latched=item.rtp_latched,
+                    rtcp_latched=item.rtcp_latched,
+                )
+            except LocalProtocolError:
+                # An RTCP source of the relay session this edge has since replaced by one
+                # under rtcp-mux (the report crossed the commands): the touch stands.
+                self.stale_reports += 1
+        edge.handle_timer(now)
+        self.apply()
+
+    def sessions_of(self, call_id: str) -> list[MediaSession]:
+        """The edge's sessions of ``call_id`` (the owner's Control service shows them)."""
+        return self.edge.sessions.of_call(call_id)
+
+    def set_routes(self, next_hops: dict[str, str]) -> None:
+        """Nothing: the relay that follows the routes is the owner's."""
+
+    def counters(self) -> dict[str, int]:
+        """The edge's counters; the relay's are the owner's."""
+        return {**_edge_counters(self.edge), "media.stale_reports": self.stale_reports}
 
 
 def _stop(relay: fastpath.Relay) -> None:

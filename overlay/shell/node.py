@@ -27,7 +27,10 @@ This module is composition only. The parts and what they do:
   every route table and reroute and its Control service asks for their calls and counters;
   workers 1..N-1 have no mesh, no gRPC server and no Control service, but a ``WorkerLink``
   that keeps their ``RouteView``, drain state and faults in step with the owner's, stands in
-  for the mesh to their pump, and sends the owner their traffic and events.
+  for the mesh to their pump, and sends the owner their traffic and events. With ``[media]``
+  the node's one relay is the owner's ``MediaPlane``; each other worker has a ``WorkerMedia``,
+  its own media edge, whose commands its link sends to the owner's relay and which the
+  owner's relay polls report to (``overlay.shell.media``).
 
 Every part is made before any task starts; a part a section of the configuration does not ask
 for is ``None``. Files are checked before any socket is bound (``NodeTls.load``).
@@ -66,7 +69,7 @@ from overlay.routing import CallRouter, Dialplan, DrainState, RouteView, TrunkHe
 from overlay.shell.clock import wall_datetime, wall_time
 from overlay.shell.control import ControlPlane, MediaPlaneView
 from overlay.shell.events import EventHub
-from overlay.shell.media import MediaPlane
+from overlay.shell.media import MediaPlane, WorkerMedia
 from overlay.shell.mesh import Mesh
 from overlay.shell.pair import holds, run_mesh, wait_held
 from overlay.shell.replication import PairReplication
@@ -209,6 +212,7 @@ async def open_node(
         bound = bind(config)
     node_id = config.node.node_id
     worker = 0 if steering is None else steering.index
+    workers = 1 if steering is None else len(steering.outbound)
     listeners = (
         # Every port is given (the configuration checks): what bind() makes once held.
         [Listener(a.transport, a.host, a.port) for a in config.sip.listen]
@@ -219,8 +223,14 @@ async def open_node(
     drain = DrainState()
     security = EdgeSecurity.for_config(config)
     stalls = StallWatchdog()
-    media = None if config.media is None else MediaPlane(config)
-    edge = None if media is None else media.edge
+    # With several workers, the relay is worker 0's; the others' edges send it their commands.
+    media = worker_media = None
+    if config.media is not None and worker > 0:
+        worker_media = WorkerMedia(config, worker=worker, workers=workers)
+    elif config.media is not None:
+        media = MediaPlane(config, workers=workers)
+    edges = media or worker_media
+    edge = None if edges is None else edges.edge
     overlay = _OverlayParts.make(config, tls.grpc, edge, events) if config.peers else None
     view = None if overlay is None else overlay.view
     router = CallRouter(
@@ -273,7 +283,10 @@ async def open_node(
             take_traffic=core.transactions.take_peer_traffic,
             rerouted=lambda peers, lost, restarted: pump.rerouted(peers, lost, restarted),
             probe_interval=probe_interval,
+            media=worker_media,
         )
+        if worker_media is not None:
+            worker_media.send = worker_link.media_commands
     elif overlay is not None:
         if links is not None and links.sockets:
             owner_links = OwnerLinks(
@@ -283,7 +296,10 @@ async def open_node(
                 impairments=overlay.impairments,
                 events=events,
                 probe_interval=probe_interval,
+                media=media,
             )
+            if media is not None:
+                media.on_activity = owner_links.media_activity
 
         def rerouted(peers: list[Peer], lost: list[str], restarted: list[str]) -> None:
             if owner_links is not None:  # first: the workers' pumps act while this one does
@@ -324,7 +340,7 @@ async def open_node(
         steering=steering,
         impairments=None if overlay is None else overlay.impairments,
         security=security,
-        media=media,
+        media=media if worker_media is None else worker_media,
         mesh=mesh if worker_link is None else worker_link,
         view=view,
         events=events.publish,
@@ -339,6 +355,8 @@ async def open_node(
         counters.add(trunks.counters)
     if media is not None:
         counters.add(media.counters)
+    if worker_media is not None:
+        counters.add(worker_media.counters)
     if mesh is not None:
         counters.add(mesh.counters)
     if replication is not None:

@@ -42,7 +42,7 @@ from overlay.config import NodeConfig
 from overlay.linkstate import PROBE_MARK
 from overlay.noc import CallFailed, CallFailedOver, CallTracker, EventSink
 from overlay.routing import TRUNK_MARK, RouteView
-from overlay.shell.media import MediaPlane
+from overlay.shell.media import MediaPlane, WorkerMedia
 from overlay.shell.security import EdgeSecurity
 from overlay.shell.transport import (
     BoundSocket,
@@ -101,7 +101,7 @@ class SignallingPump:
         steering: Steering | None,
         impairments: Impairments | None,
         security: EdgeSecurity | None,
-        media: MediaPlane | None,
+        media: MediaPlane | WorkerMedia | None,
         mesh: OverlayLinks | None,
         view: RouteView | None,
         events: EventSink,

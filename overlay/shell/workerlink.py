@@ -14,12 +14,15 @@ owner. What crosses it:
   it into its view in one assignment, so its hot path takes no lock), the mesh's reroutes
   (``Rerouted``: the worker's pump resends, fails over and ends calls as the owner's does),
   which nodes answer probes (``HeardNodes``, for ``RouteView.heard``), the drain state and
-  the signalling faults the Control service sets (``DrainSet``, ``FaultsSet``), and the
-  Control service's questions (``Query``);
+  the signalling faults the Control service sets (``DrainSet``, ``FaultsSet``), the Control
+  service's questions (``Query``), and with ``[media]``, every poll of the relay, what it saw
+  of the worker's media sessions (``MediaActivity``);
 * worker → owner: the requests and retransmissions its core sent per next hop, every probe
   interval (``PeerTraffic``, for the links' retransmission ratio), the events its parts
-  publish (``EventRaised``, into the owner's hub), and its answers (``Answer``: its counters,
-  its call book's records).
+  publish (``EventRaised``, into the owner's hub), its answers (``Answer``: its counters,
+  its call book's records with their media sessions), and with ``[media]`` its media edge's
+  commands for the node's one relay, the owner's, as its pump makes them (``MediaCommands``,
+  fire-and-forget: ``overlay.shell.media``).
 
 The owner sends a snapshot (table, heard nodes, drain, faults) first, so a worker that starts
 before the owner's first computation serves with an empty table, as the owner does, until then.
@@ -44,15 +47,18 @@ import pickle
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import networkx as nx
 import structlog
 import trio
 
+from overlay.media import MediaCommand, MediaSession
 from overlay.noc import CallRecord, CallTracker, Event
 from overlay.routing import DrainState, Path, RouteTable, RouteView, RoutingPolicy
 from overlay.shell.clock import wall_time
 from overlay.shell.events import EventHub, WatcherFellBehind
+from overlay.shell.media import SessionActivity
 from overlay.shell.transport import Fault, Impairments
 from overlay.sip import Peer
 
@@ -171,11 +177,29 @@ class EventRaised:
 @dataclass(frozen=True, slots=True)
 class CallBook:
     """A worker's call records for a query, and its clocks' offset (wall minus trio clock)
-    at the moment it read them: record times are on the worker's clock (``shift_records``)."""
+    at the moment it read them: record times are on the worker's clock (``shift_records``).
+    ``media``: the media sessions of those calls that have any, by Call-ID (the owner reads
+    their figures from its relay)."""
 
     records: tuple[CallRecord, ...]
     active: int
     offset: float
+    media: Mapping[str, tuple[MediaSession, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaCommands:
+    """A worker's media edge's commands, in order, for the owner's relay."""
+
+    commands: tuple[MediaCommand, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaActivity:
+    """What one poll of the owner's relay saw of the worker's media sessions (those that had
+    packets since the last); sent every poll, empty too: the worker's inactivity tick."""
+
+    sessions: tuple[SessionActivity, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +218,8 @@ Message = (
     | PeerTraffic
     | EventRaised
     | Answer
+    | MediaCommands
+    | MediaActivity
 )
 _MESSAGES = (
     RoutesInstalled,
@@ -205,7 +231,24 @@ _MESSAGES = (
     PeerTraffic,
     EventRaised,
     Answer,
+    MediaCommands,
+    MediaActivity,
 )
+
+
+class RelayOwner(Protocol):
+    """The owner's media plane, as the channels hand it the workers' commands
+    (``overlay.shell.media.MediaPlane``)."""
+
+    def apply_from(self, worker: int, commands: Sequence[MediaCommand]) -> None: ...
+
+
+class WorkerEdge(Protocol):
+    """A worker's media side without a relay (``overlay.shell.media.WorkerMedia``)."""
+
+    def activity(self, sessions: Iterable[SessionActivity], now: float) -> None: ...
+
+    def sessions_of(self, call_id: str) -> list[MediaSession]: ...
 
 
 # -- codec (sans-IO) -------------------------------------------------------------------------
@@ -390,6 +433,8 @@ class OwnerLinks:
         impairments: the node's signalling faults (sent at start; then by ``faults_changed``).
         events: the owner's event hub, which workers' events are published into.
         probe_interval: how often the nodes heard are looked at again.
+        media: the owner's media plane, which the workers' media commands go to (with
+            ``[media]``).
     """
 
     def __init__(
@@ -401,6 +446,7 @@ class OwnerLinks:
         impairments: Impairments,
         events: EventHub,
         probe_interval: float,
+        media: RelayOwner | None = None,
     ) -> None:
         self._channels = [
             _Channel(sock, f"worker {index}") for index, sock in enumerate(sockets, start=1)
@@ -410,6 +456,7 @@ class OwnerLinks:
         self._impairments = impairments
         self._events = events
         self._interval = probe_interval
+        self._media = media
         self._heard: frozenset[str] | None = None
         self._traffic: dict[Peer, tuple[int, int]] = {}
         self._query_ids = itertools.count(1)
@@ -439,6 +486,10 @@ class OwnerLinks:
 
     def faults_changed(self) -> None:
         self._broadcast(FaultsSet(self._impairments.faults()))
+
+    def media_activity(self, worker: int, sessions: tuple[SessionActivity, ...]) -> None:
+        """The media plane's ``on_activity``: what its poll saw of ``worker``'s sessions."""
+        self._channels[worker - 1].send(MediaActivity(sessions))
 
     def _send_heard(self) -> None:
         view = self._view
@@ -472,6 +523,8 @@ class OwnerLinks:
                 traffic[peer] = (before[0] + requests, before[1] + retransmissions)
         elif isinstance(message, EventRaised):
             self._events.publish(message.event, by=message.by)
+        elif isinstance(message, MediaCommands) and self._media is not None:
+            self._media.apply_from(worker, message.commands)
         elif isinstance(message, Answer):
             pending = self._pending.get(message.query_id)
             if pending is not None:
@@ -513,19 +566,21 @@ class OwnerLinks:
 
     async def calls(
         self, *, include_ended: bool, call_id: str = ""
-    ) -> tuple[list[CallRecord], int]:
+    ) -> tuple[list[CallRecord], int, dict[str, tuple[MediaSession, ...]]]:
         """Every other worker's call records (or those of ``call_id``), on this process's
-        clock, and how many calls are active in them."""
+        clock, how many calls are active in them, and their media sessions by Call-ID."""
         kind = QueryKind.CALL if call_id else QueryKind.CALLS
         answers = await self._ask(kind, call_id=call_id, include_ended=include_ended)
         offset = wall_time() - trio.current_time()
         records: list[CallRecord] = []
         active = 0
+        media: dict[str, tuple[MediaSession, ...]] = {}
         for book in answers:
             if isinstance(book, CallBook):
                 records += shift_records(book.records, book.offset - offset)
                 active += book.active
-        return records, active
+                media.update(book.media)
+        return records, active, media
 
     # -- task ---------------------------------------------------------------------------------
 
@@ -568,6 +623,8 @@ class WorkerLink:
         take_traffic: its core's per-next-hop traffic (``take_peer_traffic``).
         rerouted: its pump's ``rerouted``.
         probe_interval: how often the traffic is sent.
+        media: this worker's media edge (with ``[media]``), which the owner's relay polls
+            report to and whose sessions answers carry.
     """
 
     def __init__(
@@ -583,8 +640,10 @@ class WorkerLink:
         take_traffic: Callable[[], dict[Peer, tuple[int, int]]],
         rerouted: Callable[[list[Peer], list[str], list[str]], None],
         probe_interval: float,
+        media: WorkerEdge | None = None,
     ) -> None:
         self._channel = _Channel(sock, "the owner")
+        self._media = media
         self._view = view
         self._drain = drain
         self._impairments = impairments
@@ -635,8 +694,14 @@ class WorkerLink:
                 self._impairments.inject(peer, fault)
         elif isinstance(message, Query):
             self._channel.send(Answer(message.query_id, self._answer(message)))
+        elif isinstance(message, MediaActivity) and self._media is not None:
+            self._media.activity(message.sessions, trio.current_time())
         else:
             raise LinkLost(f"the owner sent {type(message).__name__}")
+
+    def media_commands(self, commands: tuple[MediaCommand, ...]) -> None:
+        """The media edge's commands, to the owner's relay (``WorkerMedia.send``)."""
+        self._channel.send(MediaCommands(commands))
 
     def _answer(self, query: Query) -> Mapping[str, int] | CallBook:
         if query.kind is QueryKind.COUNTERS:
@@ -646,10 +711,15 @@ class WorkerLink:
         calls = self._calls
         if query.kind is QueryKind.CALL:
             record = calls.get(query.call_id, now)
-            found = () if record is None else (record,)
-            return CallBook(found, calls.active(now), offset)
-        records = calls.calls(now, include_ended=query.include_ended)
-        return CallBook(tuple(records), calls.active(now), offset)
+            found: Sequence[CallRecord] = () if record is None else (record,)
+        else:
+            found = calls.calls(now, include_ended=query.include_ended)
+        media = {}
+        if self._media is not None:
+            for item in found:
+                if sessions := self._media.sessions_of(item.call_id):
+                    media[item.call_id] = tuple(sessions)
+        return CallBook(tuple(found), calls.active(now), offset, media)
 
     # -- task ---------------------------------------------------------------------------------
 

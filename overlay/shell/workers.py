@@ -15,7 +15,9 @@ Link probes and their answers are steered to worker 0 whichever worker reads the
 Call-ID prefix is ``pinned``); each other worker is joined to the owner by a stream socketpair
 made here before the fork (``overlay.shell.workerlink``), over which it receives the route
 tables, reroutes, drain state and faults, and sends its traffic, events and answers to the
-Control service. Media (``[media]``) and pairs (``[pair]``) still need one worker.
+Control service. With ``[media]`` the node's one relay is worker 0's, and the other workers'
+media edges send it their sessions over the same channel (``overlay.shell.media``). Pairs
+(``[pair]``) still need one worker.
 """
 
 from __future__ import annotations

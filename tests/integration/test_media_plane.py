@@ -1,5 +1,6 @@
 """The node's media plane over real loopback UDP: who its relay takes from, what faults drop,
-and the sessions a standby restores from its active (pair replication).
+the sessions a standby restores from its active (pair replication), and another SIP worker's
+sessions in the owner's relay.
 
 The peers' relays are plain sockets bound at the ``[[peers]].media`` addresses of the node's
 config, so what the node's relay accepts from them and sends to them is what a real peer's relay
@@ -39,7 +40,7 @@ from overlay.media import (
     Side,
     media_id,
 )
-from overlay.shell.media import MediaPlane
+from overlay.shell.media import MediaPlane, SessionActivity, WorkerMedia
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +251,65 @@ def test_poll_notes_what_the_relay_latched(bed: Bed) -> None:
     plane.poll(1.0)
     [state] = plane.edge.call_state("call@h").sessions
     assert (state.rtp_latched, state.rtcp_latched) == (natted.getsockname(), None)
+
+
+def test_another_workers_sessions_go_through_the_owners_relay(
+    loopback_host: Callable[[], str],
+) -> None:
+    host = loopback_host()
+    peer_hosts = {peer: loopback_host() for peer in PEERS}
+    config = node_config(host, peer_hosts)  # ports 21000..21009: two pairs each, one spare
+    plane = MediaPlane(config, workers=2)
+    worker = WorkerMedia(config, worker=1, workers=2)
+    worker.send = lambda commands: plane.apply_from(1, commands)  # the channel, in process
+    reports: list[tuple[int, tuple[SessionActivity, ...]]] = []
+    plane.on_activity = lambda index, sessions: reports.append((index, sessions))
+    plane.set_routes({"plane-b": "plane-b"})
+    sockets = []
+
+    def udp(host: str, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.append(sock)
+        sock.bind((host, port))
+        sock.settimeout(RECV_TIMEOUT)
+        return sock
+
+    peer = udp(peer_hosts["plane-b"], 7100)
+    plane.start()
+    try:
+        # The worker's session (an odd id: worker 1 of 2) on its slice, in the owner's relay.
+        worker.edge.restore_call(restored_call("w1@h", 0x5E57, 21004, None))
+        worker.edge.sessions.promote(0.0)
+        worker.apply()
+        assert plane.relay.session_counters(0x5E57)["rtp_port"] == 21004
+        # A port another program holds: the owner's relay refuses it, counts and goes on.
+        udp(host, 21006)
+        worker.edge.restore_call(restored_call("w1-taken@h", 0x5E59, 21006, None))
+        worker.apply()
+        assert plane.counters()["media.failures.add_session"] == 1
+
+        endpoint = udp(loopback_host(), 0)
+        endpoint.sendto(b"\x80\x00" + bytes(170), (host, 21004))
+        peer.recv(65536)
+        plane.poll(1.0)
+        activity = SessionActivity(0x5E57, endpoint.getsockname(), None)
+        assert reports == [(1, (activity,))]
+        assert plane.edge.sessions.statistics().sessions == 0
+        worker.activity(reports[-1][1], 1.0)
+        [state] = worker.edge.call_state("w1@h").sessions
+        assert state.rtp_latched == endpoint.getsockname()
+        plane.poll(2.0)  # nothing new: an empty report, the worker's inactivity tick
+        assert reports[-1] == (1, ())
+
+        # Silent past the timeout on the worker's clock: it ends there and leaves the relay.
+        worker.edge.restore_call(CallMediaState("w1-taken@h"))
+        assert config.media is not None
+        worker.activity((), 1.0 + config.media.inactivity_timeout + 1)
+        assert worker.edge.sessions.statistics().sessions == 0
+        counters = plane.counters()
+        assert (counters["media.relay_sessions"], counters["media.ports_in_use"]) == (0, 0)
+        assert worker.counters()["media.ended.timeout"] == 1
+    finally:
+        plane.stop()
+        for sock in sockets:
+            sock.close()

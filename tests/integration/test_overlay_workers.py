@@ -1,13 +1,17 @@
 """Overlay nodes with two SIP workers each: worker 0 owns the mesh, worker 1 follows it.
 
 Three lab nodes, every one its own process tree: the ingress A and the egress B with
-``sip.workers = 2``, a transit C with one. SIPp calls enter at A and leave at B.
+``sip.workers = 2``, a transit C with one. SIPp calls enter at A and leave at B; with
+``[media]``, calls of ``overlay.lab.rtp``'s UAs whose SDP names RTP endpoints, each edge's one
+relay (its worker 0's) forwarding the media of both workers' calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,8 +22,9 @@ from google.protobuf.message import Message
 
 from overlay.grpc import GrpcBridge, RpcError, open_grpc_bridge
 from overlay.lab.node_process import open_node
+from overlay.lab.rtp import Callee, Caller, RtpEndpoint, SipSocket
 from overlay.lab.sipp import open_uas, run_uac
-from overlay.lab.topology import SIP_PORT, LabNode, Topology, node_config
+from overlay.lab.topology import MEDIA_PORTS, SIP_PORT, LabNode, Topology, node_config
 from overlay.v1 import control_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]
@@ -35,15 +40,16 @@ RPC_TIMEOUT_S = 5.0
 ReplyT = TypeVar("ReplyT", bound=Message)
 
 
-def configs(nodes: list[LabNode], target: str) -> dict[str, str]:
-    """The lab's configs, signalling only (no [media]), with WORKERS."""
+def configs(nodes: list[LabNode], target: str, *, media: bool) -> dict[str, str]:
+    """The lab's configs with WORKERS; without ``media``, signalling only (no [media])."""
     texts = {}
     for node in nodes:
         text = node_config(node, nodes, egress=["b"], target=target, topology=TOPOLOGY)
         listen = f'listen = ["udp:{node.host}:{SIP_PORT}"]\n'
         text = text.replace(listen, f"{listen}workers = {WORKERS[node.node_id]}\n", 1)
-        text, removed = re.subn(r"(?ms)^\[media\]\n.*?\n\n", "", text, count=1)
-        assert removed == 1
+        if not media:
+            text, removed = re.subn(r"(?ms)^\[media\]\n.*?\n\n", "", text, count=1)
+            assert removed == 1
         texts[node.node_id] = text
     return texts
 
@@ -91,12 +97,19 @@ class Noc:
 
 
 @contextlib.asynccontextmanager
-async def overlay(loopback_host: Callable[[], str], workdir: Path) -> AsyncIterator[Noc]:
+async def overlay(
+    loopback_host: Callable[[], str], workdir: Path, *, callee: str = ""
+) -> AsyncIterator[Noc]:
+    """The three nodes, calls to SIPp's UAS (signalling only), or with ``callee``
+    (``host:port``) to it, with ``[media]``."""
     nodes = [LabNode(site, region, loopback_host(), site) for site, region in TOPOLOGY.regions]
     by_id = {node.node_id: node for node in nodes}
     async with contextlib.AsyncExitStack() as stack:
-        uas = await stack.enter_async_context(open_uas(loopback_host(), scenario="uas_no180"))
-        texts = configs(nodes, f"{uas.host}:{uas.port}")
+        if callee:
+            texts = configs(nodes, callee, media=True)
+        else:
+            uas = await stack.enter_async_context(open_uas(loopback_host(), scenario="uas_no180"))
+            texts = configs(nodes, f"{uas.host}:{uas.port}", media=False)
         for node in nodes:
             (workdir / node.node_id).mkdir()
             await stack.enter_async_context(
@@ -189,3 +202,116 @@ async def test_calls_through_overlay_nodes_with_two_workers(
             log = (tmp_path / node_id / "node.log").read_text()
             assert "link down" not in log
             assert "worker failed" not in log
+
+
+MEDIA_CALLS = 8
+STREAM_S = 4.0
+
+
+def call_id_of_worker(worker: int, host: str) -> str:
+    """A Call-ID that a node with two workers steers to ``worker`` (``steering_owner``)."""
+    while True:
+        call_id = f"{secrets.token_hex(8)}@{host}"
+        if zlib.crc32(call_id.encode()) % 2 == worker:
+            return call_id
+
+
+async def wait_counters(
+    noc: Noc, node_id: str, wanted: dict[str, int], *, within: float
+) -> dict[str, int]:
+    """Polls another process: there is no event to wait on."""
+    counters: dict[str, int] = {}
+    with trio.move_on_after(within):
+        while {name: counters.get(name) for name in wanted} != wanted:
+            counters = await noc.counters(node_id)
+            await trio.sleep(0.1)
+    return counters
+
+
+@pytest.mark.trio
+async def test_media_through_overlay_nodes_with_two_workers(
+    loopback_host: Callable[[], str], tmp_path: Path
+) -> None:
+    caller_host, callee_host = loopback_host(), loopback_host()
+    async with (
+        RtpEndpoint.open_many(caller_host, MEDIA_CALLS) as caller_rtp,
+        RtpEndpoint.open_many(callee_host, MEDIA_CALLS) as callee_rtp,
+        SipSocket.open(callee_host) as callee_sip,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        callee = Callee(callee_sip, [endpoint.address for endpoint in callee_rtp])
+        noc = await stack.enter_async_context(
+            overlay(loopback_host, tmp_path, callee=f"{callee_sip.host}:{callee_sip.port}")
+        )
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        nursery.start_soon(callee.serve)
+        a, b = noc.nodes["a"], noc.nodes["b"]
+        callers = []
+        for index, rtp in enumerate(caller_rtp):
+            sip = await stack.enter_async_context(SipSocket.open(caller_host))
+            caller = Caller(sip, (a.host, SIP_PORT), rtp.address)
+            # Half the calls to each worker: the Call-ID steers a call alike at both edges.
+            caller.call_id = call_id_of_worker(index % 2, caller_host)
+            callers.append(caller)
+        async with trio.open_nursery() as calls:
+            for caller in callers:
+                calls.start_soon(caller.invite)
+        offers = [await callee.peer_media(caller.call_id) for caller in callers]
+        # Each endpoint was told to send to its own edge's relay.
+        assert all(c.answer_media is not None and c.answer_media[0] == a.host for c in callers)
+        assert all(offer[0] == b.host for offer in offers)
+
+        async with trio.open_nursery() as streams:
+            for caller, offer, ours, theirs in zip(
+                callers, offers, caller_rtp, callee_rtp, strict=True
+            ):
+                assert caller.answer_media is not None
+                streams.start_soon(ours.stream, caller.answer_media, STREAM_S)
+                streams.start_soon(theirs.stream, offer, STREAM_S)
+            await trio.sleep(STREAM_S / 2)
+            # Every call's stream is anchored at both edges, in the one relay of each: the
+            # owner's, whichever worker's edge anchored it, from that worker's slice of ports.
+            slices = {0: (MEDIA_PORTS[0], 20499), 1: (20500, MEDIA_PORTS[1])}
+            for node_id in ("a", "b"):
+                counters = await noc.counters(node_id)
+                assert counters["media.relay_sessions"] == MEDIA_CALLS, node_id
+                assert counters["media.sessions"] == MEDIA_CALLS, node_id
+                for index, caller in enumerate(callers):
+                    reply = await noc.call(
+                        node_id,
+                        "GetCall",
+                        control_pb2.GetCallRequest(call_id=caller.call_id),
+                        control_pb2.GetCallResponse,
+                    )
+                    (relay,) = reply.call.media
+                    low, high = slices[index % 2]
+                    assert low <= relay.rtp_port <= high, (node_id, index, relay)
+                    assert relay.remote_node == ("b" if node_id == "a" else "a")
+                    figures = (relay.packets_in, relay.packets_out, relay.latched)
+                    assert all(figures), (node_id, index, relay)
+
+        async with trio.open_nursery() as byes:
+            for caller in callers:
+                byes.start_soon(caller.bye)
+        # Every worker's sessions leave the relay and free their ports.
+        ended = {"media.relay_sessions": 0, "media.sessions": 0, "media.ports_in_use": 0}
+        for node_id in ("a", "b"):
+            counters = await wait_counters(noc, node_id, ended, within=10)
+            assert {name: counters.get(name) for name in ended} == ended, (node_id, counters)
+            per_worker = [counters[f"workers.{n}.sip.calls.answered"] for n in (0, 1)]
+            assert per_worker == [MEDIA_CALLS // 2] * 2, (node_id, per_worker)
+            assert counters.get("media.failures.add_session", 0) == 0
+
+        # RTP flowed end to end both ways for every call.
+        for index, (ours, theirs) in enumerate(zip(caller_rtp, callee_rtp, strict=True)):
+            for name, endpoint, sent in (
+                ("callee", theirs, ours.sent),
+                ("caller", ours, theirs.sent),
+            ):
+                got = len(endpoint.received.arrivals)
+                assert got > 0.8 * sent, f"call {index}: the {name} got {got} of {sent} packets"
+        for node_id in ("a", "b"):
+            log = (tmp_path / node_id / "node.log").read_text()
+            assert "worker failed" not in log
+            assert "relay refused" not in log
+        nursery.cancel_scope.cancel()

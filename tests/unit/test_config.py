@@ -526,11 +526,15 @@ MEDIA = OVERLAY.replace(
 ).replace("base_delay_ms = 34", 'base_delay_ms = 34\nmedia = "127.0.0.14:7100"')
 
 
-def test_media_needs_a_single_worker_for_now() -> None:
-    error = _error(with_workers(MEDIA, 2))
-    assert (error.key, error.line) == ("sip.workers", 7)
-    assert "[media]" in error.reason
-    assert "not supported yet" in error.reason
+def test_media_with_several_workers_needs_a_pair_of_ports_for_each() -> None:
+    config = parse_config(with_workers(MEDIA, 2), source="node.toml")
+    assert config.sip.workers == 2
+    assert config.media is not None
+    text = with_workers(MEDIA.replace("port_last = 30999", "port_last = 30003"), 3)
+    error = _error(text)
+    assert error.key == "media.port_last"
+    assert "holds 2 RTP/RTCP pairs, fewer than sip.workers = 3" in error.reason
+    assert parse_config(text.replace("workers = 3", "workers = 2"), source="node.toml").media
 
 
 def test_media_section() -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.media import PortAllocator, PortPair, PortsExhausted, PortStatistics, PortTaken
+from overlay.media import (
+    PortAllocator,
+    PortPair,
+    PortsExhausted,
+    PortStatistics,
+    PortTaken,
+    port_slice,
+)
 
 
 def test_pairs_are_even_and_odd():
@@ -47,6 +54,41 @@ def test_range_edges(first: int, last: int, expected: list[int]):
 def test_bad_ranges_refused(first: int, last: int):
     with pytest.raises(ValueError, match="port range"):
         PortAllocator(first, last)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "workers", "slices"),
+    [
+        (20000, 20999, 1, [(20000, 20999)]),
+        (20000, 20999, 2, [(20000, 20499), (20500, 20999)]),
+        # 6 pairs for 4 workers: one each, the two left over used by no one.
+        (20000, 20011, 4, [(20000, 20001), (20002, 20003), (20004, 20005), (20006, 20007)]),
+        # An odd first port is not used, as by the allocator.
+        (20001, 20012, 2, [(20002, 20005), (20006, 20009)]),
+    ],
+)
+def test_each_worker_has_its_own_slice_of_whole_pairs(
+    first: int, last: int, workers: int, slices: list[tuple[int, int]]
+) -> None:
+    got = [port_slice(first, last, workers, index) for index in range(workers)]
+    assert got == slices
+    assert all(low % 2 == 0 and high % 2 == 1 for low, high in got)
+    held: set[int] = set()
+    for low, high in got:
+        ports = PortAllocator(low, high)
+        pairs = [ports.allocate(owner) for owner in range(ports.capacity)]
+        numbers = {pair.rtp for pair in pairs} | {pair.rtp + 1 for pair in pairs}
+        assert numbers <= set(range(first, last + 1))
+        assert not numbers & held
+        held |= numbers
+
+
+def test_a_range_too_small_for_the_workers_is_refused() -> None:
+    assert port_slice(20000, 20003, 2, 1) == (20002, 20003)
+    with pytest.raises(ValueError, match="holds 2 RTP/RTCP pairs: fewer than the 3 workers"):
+        port_slice(20000, 20003, 3, 0)
+    with pytest.raises(ValueError, match="worker 2 is not one of 2"):
+        port_slice(20000, 20999, 2, 2)
 
 
 def test_exhaustion_is_clear_and_changes_nothing():

@@ -23,6 +23,7 @@ from overlay.media import (
     PortTaken,
     SessionState,
     Side,
+    worker_session_ids,
 )
 from overlay.sip import LocalProtocolError
 
@@ -78,6 +79,19 @@ def test_default_ids_are_random_64_bit():
     ids = {sessions.create("c", Side.CALLER, index, 0.0).session_id for index in range(20)}
     assert len(ids) == 20
     assert all(0 < value < 1 << 64 for value in ids)
+
+
+def test_workers_of_one_node_never_draw_the_same_id() -> None:
+    # One relay takes every worker's sessions: worker i of n draws ids equal to i modulo n.
+    books = [
+        MediaSessions(PortAllocator(20000, 20999), session_ids=worker_session_ids(index, 3))
+        for index in range(3)
+    ]
+    for index, book in enumerate(books):
+        ids = [book.create("c", Side.CALLER, stream, 0.0).session_id for stream in range(20)]
+        assert all(0 < value < 1 << 64 and value % 3 == index for value in ids)
+    with pytest.raises(ValueError, match="worker 3 is not one of 3"):
+        worker_session_ids(3, 3)
 
 
 def test_refusals():

@@ -7,15 +7,25 @@ import dataclasses
 import pickle
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 import trio
 import trio.testing
 
+from overlay.media import (
+    AddSession,
+    MediaCommand,
+    MediaSession,
+    OverlaySession,
+    PortPair,
+    RemoveSession,
+    Side,
+)
 from overlay.noc import CallFailed, CallRecord, CallRole, CallState, CallTracker
 from overlay.routing import DrainState, RouteTable, RouteView, RoutingPolicy, compute_routes
 from overlay.shell.events import EventHub
+from overlay.shell.media import SessionActivity
 from overlay.shell.transport import Fault, Impairments
 from overlay.shell.workerlink import (
     Answer,
@@ -26,6 +36,8 @@ from overlay.shell.workerlink import (
     FrameReader,
     HeardNodes,
     LinkLost,
+    MediaActivity,
+    MediaCommands,
     Message,
     OwnerLinks,
     PeerTraffic,
@@ -75,6 +87,19 @@ def record(call_id: str, started: float, *, ended: float | None = None) -> CallR
     )
 
 
+def session(session_id: int, call_id: str = "c@h") -> MediaSession:
+    return MediaSession(
+        session_id,
+        call_id,
+        Side.CALLER,
+        0,
+        PortPair(20500, 20501),
+        3.0,
+        ("127.0.0.2", 4000),
+        OverlaySession("use1", 77),
+    )
+
+
 # -- codec -----------------------------------------------------------------------------------
 
 
@@ -88,6 +113,10 @@ MESSAGES = [
     EventRaised(CallFailed("c@h", "use1", 503, "Service Unavailable"), by="noc"),
     Answer(4, {"sip.calls.offered": 7}),
     Answer(5, CallBook((record("c@h", 10.0),), 1, 1.7e9)),
+    Answer(6, CallBook((record("c@h", 10.0),), 1, 1.7e9, {"c@h": (session(3),)})),
+    MediaCommands((AddSession(session(3)), RemoveSession(3), AddSession(session(5)))),
+    MediaActivity((SessionActivity(3, ("127.0.0.2", 4000), None), SessionActivity(5, None, None))),
+    MediaActivity(()),
 ]
 
 
@@ -196,10 +225,35 @@ def test_each_worker_keeps_its_own_ends_of_the_channels() -> None:
 # -- the two ends ----------------------------------------------------------------------------
 
 
+class Edge:
+    """A worker's media side without a relay, recorded."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[SessionActivity, ...]] = []
+        self.sessions = {"c@h": [session(3)]}
+
+    def activity(self, sessions: Iterable[SessionActivity], now: float) -> None:
+        self.reports.append(tuple(sessions))
+
+    def sessions_of(self, call_id: str) -> list[MediaSession]:
+        return self.sessions.get(call_id, [])
+
+
+class Relay:
+    """The owner's media plane, recorded."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[int, MediaCommand]] = []
+
+    def apply_from(self, worker: int, commands: Sequence[MediaCommand]) -> None:
+        self.commands += [(worker, command) for command in commands]
+
+
 class Worker:
     """What a worker's link drives, recorded."""
 
     def __init__(self, sock: socket.socket) -> None:
+        self.media = Edge()
         self.view = RouteView("usw2", PEERS)
         self.drain = DrainState()
         self.impairments = Impairments(rng=random.Random(1))
@@ -218,6 +272,7 @@ class Worker:
             take_traffic=self.take_traffic,
             rerouted=lambda *args: self.reroutes.append(args),
             probe_interval=0.1,
+            media=self.media,
         )
 
     def take_traffic(self) -> dict[Peer, tuple[int, int]]:
@@ -248,6 +303,7 @@ async def test_the_owner_keeps_a_worker_in_step_and_hears_from_it() -> None:
     drain = DrainState()
     impairments = Impairments(rng=random.Random(1))
     hub = EventHub("usw2")
+    relay = Relay()
     owner = OwnerLinks(
         [owner_end],
         view=view,
@@ -255,6 +311,7 @@ async def test_the_owner_keeps_a_worker_in_step_and_hears_from_it() -> None:
         impairments=impairments,
         events=hub,
         probe_interval=0.1,
+        media=relay,
     )
     worker = Worker(worker_end)
     with hub.watch() as watcher:
@@ -296,12 +353,30 @@ async def test_the_owner_keeps_a_worker_in_step_and_hears_from_it() -> None:
             # Queries.
             assert await owner.counters() == [{"sip.calls.offered": 2}]
             worker.calls.restore(record("c@h", trio.current_time() - 5.0))
-            records, active = await owner.calls(include_ended=False)
+            records, active, media = await owner.calls(include_ended=False)
             assert [r.call_id for r in records] == ["c@h"]
             assert active == 1
             assert abs(records[0].started - (trio.current_time() - 5.0)) < 0.5
-            found, _ = await owner.calls(include_ended=True, call_id="nope")
-            assert found == []
+            # A call's media sessions come with it, for the owner to read the relay's figures.
+            assert media == {"c@h": (session(3),)}
+            found, _, media = await owner.calls(include_ended=True, call_id="c@h")
+            assert ([r.call_id for r in found], media) == (["c@h"], {"c@h": (session(3),)})
+            found, _, media = await owner.calls(include_ended=True, call_id="nope")
+            assert (found, media) == ([], {})
+            # The worker's media commands reach the owner's relay in order, and each poll's
+            # activity of its sessions comes back to its edge.
+            worker.link.media_commands((AddSession(session(3)), RemoveSession(3)))
+            worker.link.media_commands((AddSession(session(5)),))
+            await until(lambda: len(relay.commands) == 3)
+            assert relay.commands == [
+                (1, AddSession(session(3))),
+                (1, RemoveSession(3)),
+                (1, AddSession(session(5))),
+            ]
+            owner.media_activity(1, (SessionActivity(5, ("127.0.0.2", 4000), None),))
+            owner.media_activity(1, ())
+            await until(lambda: len(worker.media.reports) == 2)
+            assert worker.media.reports == [(SessionActivity(5, ("127.0.0.2", 4000), None),), ()]
             nursery.cancel_scope.cancel()
 
 
