@@ -9,6 +9,7 @@ would see.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -180,7 +181,9 @@ def test_a_fault_drops_the_echo_replies_to_that_peer(bed: Bed) -> None:
     assert_silent(bed.peers["plane-b"])
 
 
-def restored_call(call_id: str, session_id: int, port: int, latched: tuple[str, int] | None):
+def restored_call(
+    call_id: str, session_id: int, port: int, latched: tuple[str, int] | None
+) -> CallMediaState:
     """The media state of a call as a standby receives it: one answered caller stream on relay
     port ``port``, forwarded toward session 0xB0B0 of plane-b, latched on ``latched``."""
     session = MediaSession(
@@ -313,3 +316,29 @@ def test_another_workers_sessions_go_through_the_owners_relay(
         plane.stop()
         for sock in sockets:
             sock.close()
+
+
+def test_a_report_that_crossed_a_re_add_under_rtcp_mux_only_touches(
+    loopback_host: Callable[[], str],
+) -> None:
+    config = node_config(loopback_host(), {peer: loopback_host() for peer in PEERS})
+    worker = WorkerMedia(config, worker=1, workers=2)
+    sent: list[tuple[object, ...]] = []
+    worker.send = sent.append
+    state = restored_call("w1@h", 0x5E57, 21004, None)
+    muxed = dataclasses.replace(state.sessions[0].session, ports=PortPair(21004, None))
+    worker.edge.restore_call(
+        dataclasses.replace(
+            state, sessions=(SessionState(muxed, confirmed=True),), forwarding=(muxed,)
+        )
+    )
+    worker.edge.sessions.promote(0.0)
+    worker.apply()
+    assert len(sent) == 1
+    # The owner's relay still had the session with its RTCP port when it polled.
+    source = ("127.0.0.2", 4000)
+    worker.activity((SessionActivity(0x5E57, source, ("127.0.0.2", 4001)),), 50.0)
+    assert worker.counters()["media.stale_reports"] == 1
+    assert config.media is not None
+    worker.activity((), config.media.inactivity_timeout + 1.0)  # touched at 50: still live
+    assert worker.counters()["media.sessions"] == 1
