@@ -29,13 +29,14 @@ from ._overload import (
     COUNTED_METHODS,
     EPISODE_QUIET,
     NEVER_SHED,
-    SHARE_DOWN,
-    SHARE_UP,
+    SHARE_STEP,
+    START_TICKS,
+    TARGET,
     TICK,
     Overload,
     OverloadStatistics,
     overload_control,
-    shed_after,
+    shed_class,
 )
 from ._prefix import PrefixMap, parse_source
 
@@ -46,9 +47,10 @@ __all__ = [
     "FAILURE_STATUSES",
     "MAX_SOURCES",
     "NEVER_SHED",
-    "SHARE_DOWN",
-    "SHARE_UP",
+    "SHARE_STEP",
+    "START_TICKS",
     "SWEEP_METHODS",
+    "TARGET",
     "TICK",
     "BlockReason",
     "BlockedSource",
@@ -65,6 +67,6 @@ __all__ = [
     "edge_guard",
     "overload_control",
     "parse_source",
-    "shed_after",
+    "shed_class",
     "source_key",
 ]

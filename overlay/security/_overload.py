@@ -3,20 +3,47 @@
 Theory of operation
 -------------------
 Every node has it (``[overload]``, on by default), with or without ``[security]``. The node is
-judged by how long it has been behind its UDP socket. The shell's receive loop drains a socket
-in batches: while the node keeps up, a batch ends with the socket empty; past capacity every
-batch finds more waiting, and the time since the loop last emptied the socket grows with the
-queue. That time bounds how long a new request waits in the kernel before the node even sees
-it. Past a level, new work is refused with a stateless 503 and ``Retry-After`` (RFC 3261
-§21.5.4), cheapest to refuse and least valuable first, while everything already admitted keeps
-flowing:
+judged by how long requests wait behind its UDP socket. Before each batch it handles behind
+its socket, the shell's receive loop reports how long the batch's oldest datagram waited there
+(from the kernel's receive timestamp), and it reports zero once it has emptied the socket: the
+*wait*, held until the next report, is how long a new request waits before the node even sees
+it (a queue's sojourn time). Past capacity the wait grows steadily; below it the wait stays
+short, and when the node stalls for a moment (a busy machine takes its CPU, a collector pass)
+it jumps and then drains. The time since the loop last emptied its socket would not tell the
+two apart: at high load it grows for as long as the node stays busy, however little anything
+waits.
+
+So what counts is the wait's *floor* over each ``TICK`` (its lowest value during the tick: a
+queue that drained at any moment of the tick has a low floor). An episode of shedding starts
+when the floor has risen for ``START_TICKS`` ticks in a row from at least ``TARGET`` times
+``backlog`` to ``backlog`` or more (a queue that builds up, not one that drains after a stall),
+or stood at twice ``backlog`` for a tick (a stall that long already costs retransmissions, T1
+being 500 ms). Until then nothing is shed, however high the load: a node that keeps up never
+refuses a call.
+
+Within an episode, a share of new INVITEs from outside is refused (RFC 7339's loss-based idea,
+applied at the node itself), and all of them while the wait is at ``backlog`` or more. The
+share aims at a wait of ``TARGET`` times ``backlog`` (0.1 s by default, well under T1): it
+starts at ``SHARE_STEP``, and each tick it grows by ``SHARE_STEP`` if the floor stood at the
+target or more and did not fall, shrinks by as much if it was under the target and did not
+rise, and holds otherwise (the wait is on its way back to the target).
+Under a steady overload it settles near the excess, the node stays busy all the time (the
+calls it completes are as many as its capacity allows once refusing the rest is paid for), and
+calls let in do not arrive in bursts whose later messages (answers, ACKs, BYEs) put it behind
+again. Once the load is gone the share is back to zero within a second or two, and the episode
+ends ``EPISODE_QUIET`` after the last refusal. The share is applied deterministically (every
+n-th INVITE).
+
+Which requests are refused, cheapest to refuse and least valuable first, with a stateless 503
+and ``Retry-After`` (RFC 3261 §21.5.4), while everything already admitted keeps flowing:
 
 ====================================================  ===================================
-request                                               shed once behind for
+request                                               refused
 ====================================================  ===================================
-out-of-dialog, not INVITE, from an unknown source     ``unknown_backlog`` (0.1 s)
-(OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, ...)
-new INVITE (no To tag), from anyone outside           ``backlog`` (0.2 s, under T1)
+out-of-dialog, not INVITE, from an unknown source     when the wait's floor stood at
+(OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, ...)          ``unknown_backlog`` (0.1 s) for the
+                                                      last tick, and within an episode
+new INVITE (no To tag), from anyone outside           within an episode (above)
 out-of-dialog, not INVITE, from a known source        never (a trunk's keepalive OPTIONS)
 inside a dialog (To tag: ACK, BYE, re-INVITE, ...)    never: the call was admitted
 CANCEL                                                never: it ends work
@@ -25,25 +52,15 @@ retransmission, response, ACK, CANCEL of a known      never: the core does not a
 transaction
 ====================================================  ===================================
 
-Shedding by the backlog alone oscillates: once the loop catches up, every new INVITE is let in
-again until it has been behind for ``backlog`` once more, and at twice the node's capacity that
-is a burst of calls whose later messages (answers, ACKs, BYEs) put it further behind than T1.
-So within an episode the node also sheds a share of new INVITEs while it keeps up (RFC 7339's
-loss-based idea, applied at the node itself): every ``TICK`` the share grows by ``SHARE_UP``
-if the backlog passed ``backlog`` during the tick, and shrinks by ``SHARE_DOWN`` otherwise.
-Under a steady overload it settles around the excess (half, at twice the capacity), and the
-backlog stays near ``backlog``; the share is applied deterministically (every n-th INVITE),
-and while it is above zero unknown sources' requests are shed too.
-
 A *known* source is an overlay peer, a ``[[security.trunks]]`` network or a static dialplan
 target's address; every other address is unknown. The proxy core asks ``admit`` only for new
 requests from outside the overlay (``overlay.sip.Admission``), so the last row costs nothing.
 
 ``Overload`` wraps the node's edge guard (``EdgeGuard``, with ``[security]``) when it has one:
 a shed request is refused before the guard sees it, so the shedding charges no source's rate
-limit, and when the node keeps up the check is one comparison. Each episode of shedding (from
-the first refusal until none for ``EPISODE_QUIET``) is one ``OverloadStarted`` and one
-``OverloadEnded`` event; refusals are counted by method and by known or unknown source.
+limit, and when the node keeps up the check is a few comparisons. Each episode is one
+``OverloadStarted`` and one ``OverloadEnded`` event; refusals are counted by method and by
+known or unknown source.
 
 RFC 7339's feedback (the ``oc`` Via parameters that ask each upstream server to cut its rate)
 is left out: trunks rarely implement it, and the peers that would (overlay nodes) are never
@@ -74,10 +91,16 @@ COUNTED_METHODS = ("INVITE", "OPTIONS", "REGISTER", "SUBSCRIBE", "NOTIFY", "MESS
 NEVER_SHED = frozenset({"ACK", "CANCEL"})
 KNOWN = "known"
 UNKNOWN = "unknown"
-#: How often the share of new INVITEs shed while the node keeps up is adjusted (module notes).
+CALL = "call"
+#: The wait's floor is taken over this long (module notes).
 TICK = 0.1
-SHARE_UP = 0.1
-SHARE_DOWN = 0.02
+#: Ticks in a row with the floor rising, from ``TARGET`` times ``backlog`` to ``backlog`` or
+#: more, that start an episode.
+START_TICKS = 2
+#: Within an episode, the share of new INVITEs refused aims at this wait, times ``backlog``.
+TARGET = 0.5
+#: The share of new INVITEs refused within an episode starts at this and moves by it each tick.
+SHARE_STEP = 0.05
 MAX_SHARE = 0.95
 
 
@@ -85,21 +108,19 @@ MAX_SHARE = 0.95
 class OverloadStatistics:
     shed: dict[str, int]  # requests answered 503, by "known.INVITE", "unknown.OPTIONS", ...
     episodes: int  # times the node began shedding
-    behind_since: float | None  # when the receive loop fell behind, None while it keeps up
-    share: float  # of new INVITEs shed even while the node keeps up, in an episode
+    wait: float  # seconds the last batch's oldest request waited behind the socket, 0: none
+    share: float  # of new INVITEs shed even below the target wait, in an episode
 
 
-def shed_after(
-    request: Request, *, known: bool, backlog: float, unknown_backlog: float
-) -> float | None:
-    """How long the node may be behind before ``request`` (a new request from outside the
-    overlay) is shed, or ``None`` if it never is; the table in the module notes."""
-    method = request.method
-    if request.to_tag is not None or method in NEVER_SHED:
+def shed_class(request: Request, *, known: bool) -> str | None:
+    """Which refusals ``request`` (a new request from outside the overlay) is subject to:
+    ``"call"`` (a new INVITE, within an episode), ``"unknown"`` (an unknown source's
+    out-of-dialog request), or ``None`` (never shed); the table in the module notes."""
+    if request.to_tag is not None or request.method in NEVER_SHED:
         return None
-    if method == "INVITE":
-        return backlog
-    return None if known else unknown_backlog
+    if request.method == "INVITE":
+        return CALL
+    return None if known else UNKNOWN
 
 
 class Overload:
@@ -129,12 +150,14 @@ class Overload:
         self._known = frozenset(ipaddress.ip_address(host) for host in known)
         self._trunks = PrefixMap((network, True) for network in trunks)
         self._refusal = Reject(503, "Server Overloaded", section.retry_after)
-        self._first = min(section.backlog, section.unknown_backlog)
-        self.behind_since: float | None = None
+        self._target = TARGET * section.backlog
+        self.wait = 0.0
         self.share = 0.0
         self._quota = 0.0  # shares accrued: an INVITE is shed each time it reaches 1
-        self._next_tick = math.inf  # set at an episode's start
-        self._hard = False  # the backlog passed ``backlog`` during this tick
+        self._tick_end = -math.inf  # the current tick's end, on the first report's grid
+        self._floor = math.inf  # the wait's lowest value in the current tick
+        self._last_floor = 0.0  # the last whole tick's
+        self._rising = 0  # ticks in a row with the floor rising, from the target up
         self._shed: Counter[str] = Counter()
         self._events: deque[GuardEvent] = deque()
         self._episodes = 0
@@ -150,20 +173,13 @@ class Overload:
 
     def admit(self, request: Request, host: str, now: float) -> Reject | None:
         """503 + ``Retry-After`` for a request shed at ``now``, else ``inner``'s verdict."""
-        since = self.behind_since
-        behind = 0.0 if since is None else now - since
-        if self._in_episode:
-            self._tick(now)
-        if (behind >= self._first or self.share) and host not in self._exempt:
+        if now >= self._tick_end:
+            self._advance(now)
+        if (
+            self._in_episode or self._last_floor >= self.section.unknown_backlog
+        ) and host not in self._exempt:
             known = self._is_known(host)
-            section = self.section
-            after = shed_after(
-                request,
-                known=known,
-                backlog=section.backlog,
-                unknown_backlog=section.unknown_backlog,
-            )
-            if after is not None and self._sheds(after, behind):
+            if self._sheds(request, known, now):
                 self._count(request.method, known, now)
                 return self._refusal
         inner = self.inner
@@ -175,15 +191,19 @@ class Overload:
 
     # -- the shell ---------------------------------------------------------------------------
 
-    def backlog(self, since: float | None) -> None:
-        """The receive loop is behind its socket since ``since``, or caught up (``None``)."""
-        self.behind_since = since
+    def backlog(self, wait: float, now: float) -> None:
+        """At ``now``, the oldest request of the batch the receive loop is about to handle
+        waited ``wait`` seconds behind its socket (``0.0``: the loop caught up)."""
+        if now >= self._tick_end:
+            self._advance(now)
+        self.wait = wait
+        if wait < self._floor:
+            self._floor = wait
 
     def handle_timer(self, now: float) -> None:
         """End the episode once nothing was shed for ``EPISODE_QUIET``; call it about once a
         second (the end is reported that late at most)."""
-        if self._in_episode:
-            self._tick(now)
+        self._advance(now)
         if self._in_episode and now - self._last_shed >= EPISODE_QUIET:
             self._events.append(OverloadEnded(self._episode_shed))
             self._episode_shed = 0
@@ -194,7 +214,7 @@ class Overload:
         return self._events.popleft() if self._events else None
 
     def statistics(self) -> OverloadStatistics:
-        return OverloadStatistics(dict(self._shed), self._episodes, self.behind_since, self.share)
+        return OverloadStatistics(dict(self._shed), self._episodes, self.wait, self.share)
 
     def counters(self) -> dict[str, int]:
         """``statistics()`` by dotted name, as ``Node.counters()`` reports them: every class
@@ -209,27 +229,58 @@ class Overload:
 
     # -- inside ------------------------------------------------------------------------------
 
-    def _sheds(self, after: float, behind: float) -> bool:
-        """Whether a request shed once ``after`` seconds behind is shed now."""
-        if after < self.section.backlog:
-            return True  # an unknown source's: in an episode with a share, or far enough behind
-        if behind >= after:
-            self._hard = True
+    def _sheds(self, request: Request, known: bool, now: float) -> bool:
+        """Whether ``request`` (a new request from outside, from a source not exempt) is shed
+        at ``now``, the node being in an episode or short of one (module notes)."""
+        kind = shed_class(request, known=known)
+        if kind != CALL:
+            return kind == UNKNOWN
+        if not self._in_episode:
+            return False
+        if self.wait >= self.section.backlog:
             return True
         self._quota += self.share
-        if self._quota >= 1.0:
+        if self._quota >= 0.999999:  # not 1.0: twenty times 0.05 may fall short of it
             self._quota -= 1.0
             return True
         return False
 
-    def _tick(self, now: float) -> None:
-        while now >= self._next_tick:
-            if self._hard:
-                self.share = min(MAX_SHARE, self.share + SHARE_UP)
-            else:
-                self.share = max(0.0, self.share - SHARE_DOWN)
-            self._hard = False
-            self._next_tick += TICK
+    def _advance(self, now: float) -> None:
+        """Close the ticks that ended by ``now``: judge each one's floor (module notes), the
+        lowest of the wait at its start and at each report in it."""
+        if self._tick_end == -math.inf:
+            self._tick_end = now + TICK
+            self._floor = self.wait
+            return
+        backlog = self.section.backlog
+        while now >= self._tick_end:
+            floor, last = self._floor, self._last_floor
+            target = self._target
+            self._rising = self._rising + 1 if floor > last >= target else 0
+            if self._in_episode:
+                if floor >= target and floor >= last:
+                    self.share = min(MAX_SHARE, self.share + SHARE_STEP)
+                elif floor < target and floor <= last:
+                    self.share = max(0.0, self.share - SHARE_STEP)
+            elif (self._rising >= START_TICKS and floor >= backlog) or floor >= 2 * backlog:
+                self._start(self._tick_end, floor)
+            self._last_floor = floor
+            self._tick_end += TICK
+            self._floor = self.wait
+            if not self.wait and now >= self._tick_end + TICK:
+                # Idle ticks (nothing waiting, no request): each one's floor is zero.
+                idle = (now - self._tick_end) // TICK
+                self._tick_end += idle * TICK
+                self.share = max(0.0, self.share - idle * SHARE_STEP)
+                self._rising = 0
+                self._last_floor = 0.0
+
+    def _start(self, now: float, wait: float) -> None:
+        self._in_episode = True
+        self._episodes += 1
+        self._last_shed = now  # the episode lasts at least EPISODE_QUIET
+        self.share = SHARE_STEP
+        self._events.append(OverloadStarted(wait))
 
     def _is_known(self, host: str) -> bool:
         parsed = parse_source(host)
@@ -243,13 +294,6 @@ class Overload:
         self._shed[f"{KNOWN if known else UNKNOWN}.{name}"] += 1
         self._episode_shed += 1
         self._last_shed = now
-        if not self._in_episode:
-            self._in_episode = True
-            self._episodes += 1
-            self._next_tick = now + TICK
-            self._hard = True
-            assert self.behind_since is not None
-            self._events.append(OverloadStarted(now - self.behind_since))
 
 
 def overload_control(config: NodeConfig, inner: Admission | None = None) -> Overload | None:

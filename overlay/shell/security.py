@@ -49,7 +49,7 @@ class EdgeSecurity:
         self.overload = overload
         self.admission: Admission | None = overload if overload is not None else guard
         #: What the transport tells when its receive loops fall behind or catch up.
-        self.backlog: Callable[[float | None], None] | None = (
+        self.backlog: Callable[[float, float], None] | None = (
             None if overload is None else overload.backlog
         )
 

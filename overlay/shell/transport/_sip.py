@@ -30,9 +30,14 @@ reused only for the name it was checked against, so the table key holds that nam
 ``admit_connection(host)`` may refuse a TCP or TLS connection at accept (edge security), before
 any handshake is spent on it.
 
-A receive loop whose batch ends with data still waiting is behind its socket; ``backlog(since)``
-is told when the node falls behind (the time it did) and when it catches up (``None``), so
-edge security can refuse new calls past the node's capacity (overlay.security.Overload).
+A receive loop that leaves datagrams in its socket is behind it. Before such a batch is
+handled, ``backlog(wait, now)`` is told how long the oldest datagram of the batch waited, and
+``0.0`` once the loop has emptied its socket, so that overload control can refuse new calls
+past the node's capacity (overlay.security.Overload). The wait is measured from the kernel's
+receive timestamp (``SO_TIMESTAMPNS``), read with the first datagram of each batch only: it is
+what a new request waits before the node even sees it (a queue's sojourn time), whereas the
+time since the loop last emptied its socket (a busy period) grows without bound at full load
+even when nothing waits long.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from __future__ import annotations
 import errno
 import functools
 import socket
+import struct
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +53,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from overlay.shell.clock import wall_time_ns
 from overlay.sip import Listener, Peer, RemoteProtocolError, StreamFramer, steering_owner
 from overlay.tls import TlsContexts
 
@@ -70,6 +77,11 @@ UDP_BATCH = 64
 #: kernel buffer's worth of SIP messages.
 READ_AHEAD = 4096
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Linux's receive timestamp option and its control message (not named by the socket module):
+#: a ``struct timespec`` on the wall clock, for UDP and AF_UNIX datagram sockets alike.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 TCP_QUEUE_SIZE = 1024
 #: Names the shell asked TLS connections to be checked against, one per (host, port): bounded,
 #: as the hosts come from Request-URIs and Route headers, through DNS.
@@ -189,20 +201,44 @@ class Steering:
 
 
 class _Backlog:
-    """Since when the receive loops have been behind their sockets (the earliest of them)."""
+    """How long the oldest datagram of the batch a receive loop is about to handle waited
+    (the longest over the sockets still behind), reported for every batch the loop starts
+    behind its socket, and when it catches up (module notes)."""
 
-    def __init__(self, report: Callable[[float | None], None]) -> None:
+    def __init__(self, report: Callable[[float, float], None]) -> None:
         self._report = report
-        self._since: dict[socket.socket, float] = {}
+        self._waits: dict[socket.socket, float] = {}
 
-    def behind(self, sock: socket.socket) -> None:
-        if sock not in self._since:
-            self._since[sock] = trio.current_time()
-            self._report(min(self._since.values()))
+    def behind(self, sock: socket.socket, arrived: float) -> None:
+        now = trio.current_time()
+        waits = self._waits
+        waits[sock] = now - arrived
+        self._report(max(waits.values()), now)
 
     def caught_up(self, sock: socket.socket) -> None:
-        if self._since.pop(sock, None) is not None:
-            self._report(min(self._since.values(), default=None))
+        waits = self._waits
+        if waits.pop(sock, None) is not None:
+            self._report(max(waits.values(), default=0.0), trio.current_time())
+
+    @staticmethod
+    def watch(sock: socket.socket) -> None:
+        """Have the kernel stamp ``sock``'s datagrams with their arrival (those already queued
+        are stamped when read: at start they look fresh)."""
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    @staticmethod
+    def arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+        """A datagram's arrival on the trio clock, from its receive timestamp (now without
+        one). A wall clock stepped back makes it now, never later."""
+        now = trio.current_time()
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds: int
+                nanoseconds: int
+                seconds, nanoseconds = _TIMESPEC.unpack(data)
+                age = wall_time_ns() - seconds * 1_000_000_000 - nanoseconds
+                return now - max(age, 0) / 1e9
+        return now
 
 
 class SipTransport:
@@ -217,7 +253,8 @@ class SipTransport:
             (``transport_error``: the next RFC 3263 target is tried at once).
         steering: set when several workers share the sockets.
         impairments: faults applied to what is sent to overlay peers (fault injection).
-        backlog: told when the UDP receive loops fall behind (the time) or catch up (``None``).
+        backlog: told, with the time, how long the oldest datagram of the batch a UDP receive
+            loop is about to handle waited, or ``0.0`` once they caught up (module notes).
         tls: contexts for ``tls`` listeners and peers; without them a TLS peer cannot be
             reached (a transport error) and binding a ``tls`` listener is an error.
         admit_connection: asked with the remote host of every accepted TCP or TLS connection;
@@ -236,7 +273,7 @@ class SipTransport:
         tcp_connect_timeout: float = 2.0,
         steering: Steering | None = None,
         impairments: Impairments | None = None,
-        backlog: Callable[[float | None], None] | None = None,
+        backlog: Callable[[float, float], None] | None = None,
         tls: TlsContexts | None = None,
         admit_connection: Callable[[str], bool] | None = None,
         urgent: Callable[[bytes], bool] | None = None,
@@ -375,15 +412,28 @@ class SipTransport:
         urgent = self._urgent
         read_ahead = UDP_BATCH if urgent is None else READ_AHEAD
         pending: deque[tuple[bytes, Peer]] = deque()  # read, not yet delivered
+        # With a backlog to report, each batch's first datagram is read with its arrival, kept
+        # with the number of datagrams delivered before it: (that number, when it arrived).
+        if backlog is not None:
+            backlog.watch(sock)
+        recvmsg_into, buffers = sock.recvmsg_into, [buffer]
+        arrivals: deque[tuple[int, float]] = deque()
+        delivered = 0
         while True:
             if pending:
                 await trio.lowlevel.checkpoint()  # timers and other sockets between batches
             else:
                 await trio.lowlevel.wait_readable(sock)
             drained = False
+            stamped = backlog is None
             while len(pending) < read_ahead:
                 try:
-                    size, address = recvfrom_into(buffer)
+                    if stamped:
+                        size, address = recvfrom_into(buffer)
+                    else:
+                        size, ancillary, _, address = recvmsg_into(buffers, _ANCILLARY_SIZE)
+                        stamped = True
+                        arrivals.append((delivered + len(pending), _Backlog.arrival(ancillary)))
                 except BlockingIOError:
                     drained = True
                     break
@@ -402,13 +452,20 @@ class SipTransport:
                 else:
                     pending.append((data, peer))
             # A bounded batch per turn: a flood on one socket must not starve the timers.
-            for _ in range(min(UDP_BATCH, len(pending))):
+            batch = min(UDP_BATCH, len(pending))
+            if backlog is not None and arrivals and not (drained and len(pending) == batch):
+                # Behind: more waits than this batch. The first datagram of the oldest read
+                # batch not fully handled arrived no later than the next one to be handled.
+                while len(arrivals) > 1 and arrivals[1][0] <= delivered:
+                    arrivals.popleft()
+                backlog.behind(sock, arrivals[0][1])
+            for _ in range(batch):
                 deliver(*pending.popleft())
             if backlog is not None:
+                delivered += batch
                 if drained and not pending:
+                    arrivals.clear()
                     backlog.caught_up(sock)
-                else:
-                    backlog.behind(sock)
 
     def _hand_over(self, pipe: socket.socket, data: bytes, address: tuple[str, int]) -> None:
         host = address[0].encode()
@@ -422,12 +479,25 @@ class SipTransport:
         deliver = self._deliver
         backlog = self._backlog
         buffer = memoryview(bytearray(UDP_RECEIVE_SIZE + 64))  # see UDP_RECEIVE_SIZE
+        buffers = [buffer]
+        if backlog is not None:
+            backlog.watch(pipe)
+        behind = False  # the last batch left datagrams in the pipe
         while True:
             await trio.lowlevel.wait_readable(pipe)
+            stamp = backlog is not None
             for _ in range(UDP_BATCH):
                 try:
-                    frame = buffer[: pipe.recv_into(buffer)]
+                    if stamp:
+                        size, ancillary, _, _ = pipe.recvmsg_into(buffers, _ANCILLARY_SIZE)
+                        stamp = False
+                        if behind and backlog is not None:
+                            backlog.behind(pipe, _Backlog.arrival(ancillary))
+                    else:
+                        size = pipe.recv_into(buffer)
+                    frame = buffer[:size]
                 except BlockingIOError:
+                    behind = False
                     if backlog is not None:
                         backlog.caught_up(pipe)
                     break
@@ -436,8 +506,7 @@ class SipTransport:
                 port = int.from_bytes(frame[end : end + 2], "big")
                 deliver(frame[end + 2 :].tobytes(), Peer("udp", host, port))
             else:
-                if backlog is not None:
-                    backlog.behind(pipe)
+                behind = True
 
     # -- TCP ---------------------------------------------------------------------------------
 
