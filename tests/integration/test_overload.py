@@ -1,15 +1,27 @@
 """Overload control on real sockets: a node offered twice its clean rate sheds the excess new
 calls with 503 + Retry-After and completes the rest, with its defaults (no [security]).
 
-The node runs in this process, slowed down by a fixed factor (``Throttle``): after each message
-it sleeps for ``SLOWDOWN - 1`` times the CPU time its thread spent on it. Its capacity is then
-a few hundred calls/s at most, set by its own CPU cost per call, not by what else the machine
-runs: CPU time excludes the time other processes take the core, and a node asleep most of
-the time is scheduled promptly when it wakes. SIPp (caller and callee) has ample headroom at
-that rate. The test measures the node's cost per call first, runs it clean at 80% of the
-capacity that gives, then offers twice that clean rate, and asserts the shape: the node kept
-completing calls near its clean rate (SERVED_SHARE), the rest were refused 503 with
-Retry-After at once, and no call that got 100 Trying failed.
+The node runs in this process with a known capacity that the test enforces (``Capacity``):
+every datagram it handles, read or sent, takes ``1 / (CAPACITY * DATAGRAMS_PER_CALL)`` seconds
+of its one thread, which sleeps off what its real work did not take. A completed call is 11
+datagrams (INVITE, 200, ACK, BYE, 200 in; 100 and those five out: the callee answers without
+ringing, as in bench/sip_cps), a refused one 3 (INVITE and its ACK in, the 503 out). So the node
+completes at most ``CAPACITY`` calls/s whatever the machine's speed or load, as long as its real
+work per datagram stays well under the budget (0.1-0.3 ms of the 1.5 ms); time the machine
+keeps it off the CPU is made up from a burst allowance. Its receive loop reads ``UDP_BATCH``
+datagrams per turn instead of 64, so that a batch lasts about as long as on a node at full speed
+(8 x 1.5 ms here, 64 x 0.1-0.2 ms there): overload control reads the wait once per batch. SIPp
+(caller and callee) has ample headroom at this rate.
+
+The test runs the node clean at 80% of its capacity (nothing may be shed), then offers twice
+that clean rate for 10 s and asserts the issue's shape: the node completed at least 90% of its
+clean rate, refused the rest 503 with Retry-After at once, and no call that got 100 Trying
+failed. Refusing the excess (48 calls/s, 3 datagrams each) costs 144 of the 660 datagrams/s,
+which leaves 516: 46.9 calls/s, 0.98 of the clean rate, is the most it can complete. Measured:
+0.95 to 1.02 of the clean rate (the burst allowance lets it make up time it lost), with 1 to
+5% retransmissions, all in the first second and a half: the wait peaks near 0.35 s before the
+episode has drained the queue that built up, and a 200 or BYE whose answer crosses the queue
+twice is retransmitted after T1.
 """
 
 from __future__ import annotations
@@ -23,51 +35,70 @@ import trio
 
 from overlay.config import parse_config
 from overlay.lab.sipp import SippResult, open_uas, run_uac
+from overlay.security import EPISODE_QUIET
 from overlay.shell.node import open_node
 from overlay.shell.signalling import SignallingPump
+from overlay.shell.transport import SipTransport, _sip
 from overlay.sip import Peer
 
 pytestmark = [pytest.mark.integration, pytest.mark.sipp]
 
-#: The node runs this many times slower than it would: at most a tenth of a core.
-SLOWDOWN = 10
-CALIBRATION_CALLS = 60
-CALIBRATION_RATE = 30.0
-CLEAN_SHARE = 0.8  # of the capacity the calibration gives: the clean rate
+#: Calls per second the node completes at most (``Capacity``).
+CAPACITY = 60.0
+DATAGRAMS_PER_CALL = 11
+UDP_BATCH = 8
+CLEAN_RATE = 0.8 * CAPACITY
 CLEAN_SECONDS = 4.0
-OVERLOAD_FACTOR = 2.0  # times the clean rate
-OVERLOAD_SECONDS = 6.0
-#: Measured on the busy 2-core machine (load 3-5 from other work): 0.76 to 1.25 times the clean
-#: rate completed under twice the clean rate. The issue asks 0.9; this asserts what holds in
-#: every run seen, with a margin: no collapse.
-SERVED_SHARE = 0.6
-#: SIPp's INVITE retransmissions (T1 = 500 ms) while the node caught up; measured 0-1%.
-RETRANSMISSIONS = 0.15
+OVERLOAD_RATE = 2 * CLEAN_RATE
+OVERLOAD_SECONDS = 10.0
+#: The issue's figure: at twice its clean rate a node completes this share of its clean rate.
+SERVED_SHARE = 0.9
+#: SIPp's retransmissions (T1 = 500 ms) in the overload phase, per call offered (module notes).
+RETRANSMISSIONS = 0.08
 
 
-class Throttle:
-    """Makes ``SignallingPump._deliver`` ``slowdown`` times slower, by the thread's CPU time."""
+class Capacity:
+    """Makes the node's thread take ``1 / per_second`` seconds per datagram it handles.
 
-    def __init__(self, slowdown: float) -> None:
-        self.extra = slowdown - 1
-        self.cpu = 0.0  # the thread's CPU seconds in the pump's deliver, all told
-        self._debt = 0.0
+    A token bucket on the thread: each datagram read (``SignallingPump._deliver``) or sent
+    (``SipTransport.send``) is due ``unit`` seconds after the one before; the thread sleeps
+    until then, so nothing else of the node runs meanwhile, as with real work. Time the thread
+    was kept off the CPU is made up, up to ``BURST``, so a busy machine does not lower the
+    capacity; beyond that the node has simply fallen behind.
+    """
 
-    def wrap(
+    BURST = 0.25
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.unit = 1.0 / per_second
+        self.datagrams = 0
+        self._due = 0.0
+
+    def charge(self) -> None:
+        self.datagrams += 1
+        now = time.perf_counter()
+        self._due = max(self._due, now - self.BURST) + self.unit
+        if self._due - now > 0.001:  # sleep in slices of a millisecond or more
+            time.sleep(self._due - now)
+
+    def wrap_deliver(
         self, deliver: Callable[[SignallingPump, bytes, Peer], None]
     ) -> Callable[[SignallingPump, bytes, Peer], None]:
-        def slowed(pump: SignallingPump, data: bytes, peer: Peer) -> None:
-            start = time.thread_time()
+        def limited(pump: SignallingPump, data: bytes, peer: Peer) -> None:
+            self.charge()
             deliver(pump, data, peer)
-            spent = time.thread_time() - start
-            self.cpu += spent
-            self._debt += self.extra * spent
-            if self._debt >= 0.001:  # sleep in slices of a millisecond or more
-                asleep = time.perf_counter()
-                time.sleep(self._debt)  # the node is busy: nothing else of it runs
-                self._debt -= time.perf_counter() - asleep
 
-        return slowed
+        return limited
+
+    def wrap_send(
+        self, send: Callable[[SipTransport, bytes, Peer], None]
+    ) -> Callable[[SipTransport, bytes, Peer], None]:
+        def limited(transport: SipTransport, data: bytes, peer: Peer) -> None:
+            self.charge()
+            send(transport, data, peer)
+
+        return limited
 
 
 def _config(node_host: str, uas: tuple[str, int]) -> str:
@@ -88,11 +119,14 @@ def _shed_invites(counters: Mapping[str, int]) -> int:
 async def test_overload_sheds_new_calls_instead_of_collapsing(
     loopback_host: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    throttle = Throttle(SLOWDOWN)
-    monkeypatch.setattr(SignallingPump, "_deliver", throttle.wrap(SignallingPump._deliver))
+    capacity = Capacity(CAPACITY * DATAGRAMS_PER_CALL)
+    monkeypatch.setattr(SignallingPump, "_deliver", capacity.wrap_deliver(SignallingPump._deliver))
+    monkeypatch.setattr(SipTransport, "send", capacity.wrap_send(SipTransport.send))
+    monkeypatch.setattr(_sip, "UDP_BATCH", UDP_BATCH)
     node_host, uas_host, caller = (loopback_host() for _ in range(3))
     phases: dict[str, tuple[SippResult, dict[str, int]]] = {}
-    async with open_uas(uas_host) as uas:
+    handled: dict[str, float] = {}  # datagrams/s the node handled while SIPp ran
+    async with open_uas(uas_host, scenario="uas_no180") as uas:
         config = parse_config(_config(node_host, uas.address), source="node.toml")
         with structlog.testing.capture_logs() as logs:
             async with open_node(config) as node:
@@ -101,6 +135,7 @@ async def test_overload_sheds_new_calls_instead_of_collapsing(
 
                 async def phase(name: str, rate: float, seconds: float) -> None:
                     nonlocal before
+                    start, datagrams = trio.current_time(), capacity.datagrams
                     result = await run_uac(
                         target,
                         local_host=caller,
@@ -109,29 +144,29 @@ async def test_overload_sheds_new_calls_instead_of_collapsing(
                         rate=rate,
                         max_seconds=seconds + 30,
                     )
-                    await trio.sleep(1.5)  # the episode ends after a quiet second
+                    handled[name] = (capacity.datagrams - datagrams) / (trio.current_time() - start)
+                    await trio.sleep(EPISODE_QUIET + 1.5)  # the episode ends after a quiet second
                     after = node.counters()
                     phases[name] = result, {k: n - before.get(k, 0) for k, n in after.items()}
                     before = after
 
-                cpu = throttle.cpu
-                await phase("calibration", CALIBRATION_RATE, CALIBRATION_CALLS / CALIBRATION_RATE)
-                per_call = (throttle.cpu - cpu) / CALIBRATION_CALLS
-                clean_rate = CLEAN_SHARE / (SLOWDOWN * per_call)
-                await phase("clean", clean_rate, CLEAN_SECONDS)
-                await phase("overload", OVERLOAD_FACTOR * clean_rate, OVERLOAD_SECONDS)
+                await phase("clean", CLEAN_RATE, CLEAN_SECONDS)
+                await phase("overload", OVERLOAD_RATE, OVERLOAD_SECONDS)
 
-    for name in ("calibration", "clean"):
-        result, counters = phases[name]
-        assert (result.calls_failed, result.retransmissions) == (0, 0), (name, result)
-        assert _shed_invites(counters) == 0, (name, clean_rate, counters)
+    result, counters = phases["clean"]
+    assert (result.calls_failed, result.retransmissions) == (0, 0), result
+    assert _shed_invites(counters) == 0, counters
+    assert counters["overload.episodes"] == 0, counters
     result, counters = phases["overload"]
     shed = _shed_invites(counters)
     admitted = counters["sip.calls.offered"]  # each got 100 Trying
     shape = (
-        f"clean {clean_rate:.0f}/s, offered {result.calls_attempted} in {OVERLOAD_SECONDS:g} s:"
-        f" {admitted} completed ({admitted / OVERLOAD_SECONDS:.0f}/s), {shed} 503s,"
-        f" {result.calls_failed} failed, {result.retransmissions} retransmissions"
+        f"capacity {CAPACITY:g}/s, clean {CLEAN_RATE:g}/s, offered {result.calls_attempted} in"
+        f" {OVERLOAD_SECONDS:g} s: {admitted} completed ({admitted / OVERLOAD_SECONDS:.1f}/s,"
+        f" {admitted / (CLEAN_RATE * OVERLOAD_SECONDS):.2f} of clean), {shed} 503s,"
+        f" {result.calls_failed} failed, {result.retransmissions} retransmissions,"
+        f" {counters['overload.episodes']} episode(s); the node handled"
+        f" {handled['overload']:.0f} datagrams/s of {capacity.per_second:.0f}"
     )
     print(shape)
     # Every call either completed or was refused 503 with Retry-After (the scenario checks
@@ -140,12 +175,11 @@ async def test_overload_sheds_new_calls_instead_of_collapsing(
     assert result.calls_successful == result.calls_attempted, shape
     # Each 503 was a refusal before any transaction: the admitted calls got none.
     assert counters.get("sip.generated.503", 0) == shed, shape
-    assert shed >= result.calls_attempted - admitted > 0, shape
-    # The node kept completing calls at its clean rate or better: it did not collapse.
-    assert admitted >= SERVED_SHARE * clean_rate * OVERLOAD_SECONDS, shape
+    assert shed >= result.calls_attempted - admitted > 0, shape  # a retransmission: one more
+    assert admitted >= SERVED_SHARE * CLEAN_RATE * OVERLOAD_SECONDS, shape
     assert result.retransmissions <= RETRANSMISSIONS * result.calls_attempted, shape
     assert result.elapsed_s < OVERLOAD_SECONDS + 5, shape
-    assert counters["overload.episodes"] >= 1
+    assert counters["overload.episodes"] >= 1, shape
     events = [entry["event"] for entry in logs if "overload" in entry["event"]]
     assert events[0] == "overload: refusing new calls", events
     assert events[-1] == "overload over", events
