@@ -1,9 +1,11 @@
 """Media echo probes between two in-process nodes with real relays, sockets and gRPC.
 
-The link-state plane must see the media path: where relays stop hearing each other while the
-signalling is healthy (here A's relay drops everything it sends to B's, by fault injection, as a
-firewall that drops the media ports would), the link is still UP but advertises the media path's
-loss, so the cost function steers calls' audio away from it.
+The link-state plane must see the media path: the measurement echoes give it the media path's
+RTT and loss, and where the relays stop hearing each other while the signalling is healthy (here
+A's relay drops everything it sends to B's, by fault injection, as a firewall that drops the
+media ports would), the relays' liveness echoes go silent and take the link down at both ends,
+so no call's audio is sent into it; the measurement echoes show the loss meanwhile. Healed, the
+link comes back after its hold-down.
 """
 
 from __future__ import annotations
@@ -31,16 +33,26 @@ def media_lossy(node: Node, neighbor: str) -> bool:
     return link(node, neighbor).metrics.loss_ratio >= 0.5
 
 
-def advertised_loss(reader: Node, origin: str, neighbor: str) -> float:
-    """The loss ``origin`` advertises for its link to ``neighbor``, as ``reader`` knows it."""
+def link_up(node: Node, neighbor: str) -> bool:
+    return link(node, neighbor).state is LinkState.UP
+
+
+def down_by_liveness(node: Node, neighbor: str) -> bool:
+    assert node.mesh is not None
+    monitor = node.mesh.monitors[neighbor]
+    return monitor.state is LinkState.DOWN and monitor.cause == "liveness"
+
+
+def advertised_up(reader: Node, origin: str, neighbor: str) -> bool:
+    """Whether ``origin`` advertises its link to ``neighbor`` up, as ``reader`` knows it."""
     assert reader.mesh is not None
     lsa = reader.mesh.flooder.lsdb.snapshot().get(origin)
     metrics = None if lsa is None else lsa.link(neighbor)
-    return 0.0 if metrics is None else metrics.loss_ratio
+    return metrics is not None and metrics.up
 
 
 @pytest.mark.trio
-async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
+async def test_echoes_measure_the_media_path_and_a_dead_relay_takes_the_link_down(
     loopback_host: Callable[[], str],
 ) -> None:
     hosts = {"echo-a": loopback_host(), "echo-b": loopback_host()}
@@ -65,16 +77,18 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
         assert 0.0 < stats.media.rtt_ms < 50.0
         assert stats.metrics.loss_ratio == 0.0
 
-        # A's relay sends nothing to B's any more: A's echoes and its answers to B's are lost,
-        # so both ends see the media path lossy while the link stays UP.
+        # A's relay sends nothing to B's any more: A's echoes and its answers to B's are lost.
+        # Both ends' liveness echoes go silent and take the link down, though the probes (SIP)
+        # still answer; the measurement echoes show the media path lossy.
         assert a.media is not None
         a.media.set_faults({"echo-b": (0.0, True)})
         for node, neighbor in ((a, "echo-b"), (b, "echo-a")):
+            await wait_for(partial(down_by_liveness, node, neighbor), within=5.0)
             await wait_for(partial(media_lossy, node, neighbor), within=10.0)
-            assert link(node, neighbor).state is LinkState.UP
+            assert link(node, neighbor).probes_answered > 0
         assert a.counters()["media.drops.fault"] > 0
-        # The loss is flooded: B routes on what A advertises about the link.
-        await wait_for(lambda: advertised_loss(b, "echo-a", "echo-b") >= 0.5, within=10.0)
+        # Flooded: B knows A advertises the link down.
+        await wait_for(lambda: not advertised_up(b, "echo-a", "echo-b"), within=5.0)
 
         # The Control service's InjectFault / ClearFaults reach the relay too.
         a.media.set_faults({})
@@ -99,6 +113,9 @@ async def test_echoes_measure_the_media_path_and_a_dead_relay_shows_as_loss(
             answered = media_answered(a, "echo-b")
             await wait_for(lambda: media_answered(a, "echo-b") > answered + 5, within=5.0)
             assert a.counters()["media.drops.fault"] == dropped
+        # Healed: the link is UP again at both ends once healthy for its hold-down.
+        for node, neighbor in ((a, "echo-b"), (b, "echo-a")):
+            await wait_for(partial(link_up, node, neighbor), within=10.0)
 
 
 def serialize(message: Message) -> bytes:
