@@ -183,6 +183,18 @@ def _node_config(data: dict[str, object]) -> NodeConfig:
             )
         cloudwatch = dataclasses.replace(cloudwatch, region=node.region)
     health = root.get("health", _health, None)
+    if (
+        health is not None
+        and metrics is not None
+        and metrics.port
+        and health.host == metrics.host
+        and metrics.port <= health.port < metrics.port + sip.workers
+    ):
+        raise Invalid(
+            ("health", "listen"),
+            f"port {health.port} is a worker's [metrics] port (port + i for worker i of "
+            f"{sip.workers}): choose another",
+        )
     dialplan: tuple[DialplanRule, ...] = root.get("dialplan", _dialplan, ())
     for index, rule in enumerate(dialplan):
         for position, egress in enumerate(rule.egress):
@@ -226,11 +238,6 @@ def _pair_of(
         return None
     if not peers:
         raise Invalid(("pair",), "needs [[peers]]: a pair member holds back only from the mesh")
-    if sip.workers > 1:
-        raise Invalid(
-            ("sip", "workers"),
-            "must be 1 with [pair]: a pair member with several SIP workers is not supported yet",
-        )
     if pair.address not in {listen.host for listen in sip.listen}:
         raise Invalid(
             ("pair", "address"),

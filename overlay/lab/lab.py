@@ -196,7 +196,7 @@ class Lab:
         """kill -9 the node's process (a region dying); of a pair, both members and agents."""
         pair = self.pairs.get(node_id)
         if pair is None:
-            self.processes[node_id].process.kill()
+            self.processes[node_id].kill()
         else:
             for member in pair.members.keys() - pair.dead:
                 pair.kill(member)
@@ -378,6 +378,7 @@ async def open_lab(
     workdir: Path | None = None,
     pairs: bool = False,
     replicate: bool = True,
+    workers: Mapping[str, int] | None = None,
 ) -> AsyncIterator[Lab]:
     """Start ``topology`` on ``hosts`` (node id → loopback address, see ``lab_node_ids``) with
     a SIPp UAS on ``uas_host`` (or, with ``callee``, calls go to that address instead) behind
@@ -397,6 +398,7 @@ async def open_lab(
             holds its node's address.
         replicate: with pairs, whether each member follows the other's calls (``[pair]
             peer_grpc``); without, a standby takes over with no call state (a bench's baseline).
+        workers: node id -> its ``sip.workers`` (both members of a pair), 1 if not named.
 
     Raises:
         ValueError: an address is missing from ``hosts``.
@@ -463,6 +465,7 @@ async def open_lab(
                 extra="" if workdir is None and not pairs else '[log]\nformat = "json"\n',
                 member=member,
                 replicate=replicate,
+                workers=(workers or {}).get(node.node_id, 1),
             )
 
         configs = {node.node_id: config(node) for node in nodes if not pairs}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +44,12 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the node's process and the SIP workers it forked (its process group, its
+        own since it started), as its machine dying would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def options_probe(host: str, port: int, *, call_id: str = "overlay-probe") -> bytes:
@@ -129,6 +136,7 @@ async def open_node(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a group of its own: kill() takes its workers too
             )
         node = NodeProcess(host, port, process, log_path)
         try:

@@ -250,7 +250,7 @@ class LabPair:
 
     def kill(self, member: str) -> None:
         """SIGKILL ``member``'s node and agent at once, as its machine would die."""
-        self.nodes[member].process.kill()
+        self.nodes[member].kill()
         self.agents[member].process.kill()
         self.dead.add(member)
 

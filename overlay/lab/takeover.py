@@ -62,11 +62,16 @@ class TakeoverLab:
 
 @contextlib.asynccontextmanager
 async def open_takeover_lab(
-    hosts: Callable[[], str], *, calls: int, workdir: Path, replicate: bool = True
+    hosts: Callable[[], str],
+    *,
+    calls: int,
+    workdir: Path,
+    replicate: bool = True,
+    workers: int = 1,
 ) -> AsyncIterator[TakeoverLab]:
     """The lab, every name on an address from ``hosts``, with room for ``calls`` calls; logs
     and SIPp's files in ``workdir`` (``lab/<member>/node.log``, ``uac/``). Yields once every
-    link is up. ``replicate``: ``open_lab``'s.
+    link is up. ``replicate``: ``open_lab``'s; ``workers``: every node's ``sip.workers``.
 
     Resource handling: everything is stopped by PID when the block exits."""
     addresses = {name: hosts() for name in NAMES}
@@ -91,6 +96,7 @@ async def open_takeover_lab(
                 pairs=True,
                 replicate=replicate,
                 workdir=workdir / "lab",
+                workers=dict.fromkeys((*TWO_REGIONS.ingresses, TWO_REGIONS.egress), workers),
             )
         )
         nursery = await enter(trio.open_nursery())
@@ -273,13 +279,21 @@ async def _wait_following(lab: Lab, node: str, standby: str, calls: int) -> None
 
 
 def _took_over(lab: Lab, node: str, member: str) -> dict[str, object] | None:
-    """The member's log line of its takeover of the calls (JSON lines), if any."""
-    for line in lab.pairs[node].nodes[member].log().splitlines():
-        if line.startswith("{") and (parsed := json.loads(line)).get("event") == (
-            "took over the pair's calls"
-        ):
-            return dict(parsed)
-    return None
+    """The member's log line of its takeover of the calls (JSON lines), if any; with several
+    SIP workers, each logs its own: their figures summed, ``workers`` how many lines."""
+    lines = [
+        parsed
+        for line in lab.pairs[node].nodes[member].log().splitlines()
+        if line.startswith("{")
+        and (parsed := json.loads(line)).get("event") == "took over the pair's calls"
+    ]
+    if not lines:
+        return None
+    took: dict[str, object] = dict(lines[0])
+    for name in ("calls", "invites", "media_sessions"):
+        took[name] = sum(int(line.get(name, 0)) for line in lines)
+    took["workers"] = len(lines)
+    return took
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -149,6 +149,16 @@ MEDIA_PORTS = (20000, 20999)  # endpoint-facing relay ports
 #: A pair member's own [metrics] and [health] ports, at its own address.
 MEMBER_METRICS_PORT = 9100
 MEMBER_HEALTH_PORT = 9101
+#: A member's first metrics port when its node runs several SIP workers (worker i: + i).
+MEMBER_WORKERS_METRICS_PORT = 9110
+
+
+def member_metrics_port(workers: int) -> int:
+    """A pair member's ``[metrics]`` port: worker i serves on it + i, clear of the health
+    port."""
+    return MEMBER_METRICS_PORT if workers == 1 else MEMBER_WORKERS_METRICS_PORT
+
+
 #: How often a lab pair's members read their hold file ([pair] check_interval).
 PAIR_CHECK_INTERVAL = 0.05
 
@@ -241,6 +251,7 @@ def node_config(
     extra: str = "",
     member: PairMember | None = None,
     replicate: bool = True,
+    workers: int = 1,
 ) -> str:
     """TOML for one lab node: full mesh of ``nodes`` (latencies from ``topology``), every call
     to ``target`` via one of the ``egress`` nodes, except those whose Request-URI user starts
@@ -255,7 +266,7 @@ def node_config(
     and no peer needs to know the members. The members' own addresses are for what must reach
     one member whichever holds: its peer's HA agent, pair replication, the lab's readiness.
     Without ``replicate`` the member follows none of its peer's calls (no ``peer_grpc``): a
-    takeover then starts with no call state, for comparison.
+    takeover then starts with no call state, for comparison. ``workers``: ``sip.workers``.
     """
     lines = [
         "[node]",
@@ -265,6 +276,7 @@ def node_config(
         "",
         "[sip]",
         f'listen = ["udp:{node.host}:{SIP_PORT}"]',
+        *([f"workers = {workers}"] if workers > 1 else []),
         "",
         "[grpc]",
         f'listen = "{node.host if member is None else member.host}:{GRPC_PORT}"',
@@ -293,7 +305,8 @@ def node_config(
             f"check_interval = {PAIR_CHECK_INTERVAL}",
             "",
             "[metrics]",
-            f'listen = "{member.host}:{MEMBER_METRICS_PORT}"',
+            # Worker i serves on the port + i: past the health port with several.
+            f'listen = "{member.host}:{member_metrics_port(workers)}"',
             "",
             "[health]",
             f'listen = "{member.host}:{MEMBER_HEALTH_PORT}"',

@@ -33,7 +33,10 @@ only code that calls it:
   there: its overlay socket waits on a spare port, and no command reaches it. The edge's book
   keeps every session meanwhile, a standby's restored ones (pair replication) included.
   ``release_relay`` then binds the overlay address and adds the sessions the book has now, in
-  one sweep: what they are, not the history of commands that made them.
+  one sweep: what they are, not the history of commands that made them. With several workers
+  the other workers' books are in their processes: while the gate holds, their commands are
+  folded into what they leave (``_parked``: each session's last add, dropped by its remove),
+  which the sweep adds too.
 
 A command the relay refuses (a port taken by another program) costs that stream, not the
 node: it is logged and counted in ``failures``.
@@ -155,6 +158,8 @@ class MediaPlane:
         self._faults: dict[tuple[str, int], tuple[float, bool]] = {}
         self._packets: dict[int, int] = {}  # session id -> packets_in at the last look
         self._worker_of: dict[int, int] = {}  # session id -> its worker, for other workers'
+        #: While the gate holds: other workers' sessions, as their commands leave them.
+        self._parked: dict[int, tuple[AddSession, int]] = {}
         self.failures: Counter[str] = Counter()
 
     def _new_relay(self, overlay_port: int) -> fastpath.Relay:
@@ -216,7 +221,10 @@ class MediaPlane:
                 entry = book[session.session_id]
                 self._add(AddSession(session, entry.rtp_latched, entry.rtcp_latched))
                 added += 1
-        return added
+        others, self._parked = self._parked, {}
+        for command, worker in others.values():
+            self._add(command, worker)
+        return added + len(others)
 
     def session_counters(self, session_id: int) -> SessionCounters:
         """The relay session's counters (of the relay in use: ``release_relay`` replaces it).
@@ -240,6 +248,12 @@ class MediaPlane:
 
     def _apply(self, commands: Iterable[MediaCommand], worker: int) -> None:
         if self._held:
+            if worker:  # its book is in its process: keep what the commands leave
+                for command in commands:
+                    if isinstance(command, AddSession):
+                        self._parked[command.session.session_id] = (command, worker)
+                    else:
+                        self._parked.pop(command.session_id, None)
             return
         for command in commands:
             if isinstance(command, AddSession):

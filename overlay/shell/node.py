@@ -30,7 +30,12 @@ This module is composition only. The parts and what they do:
   for the mesh to their pump, and sends the owner their traffic and events. With ``[media]``
   the node's one relay is the owner's ``MediaPlane``; each other worker has a ``WorkerMedia``,
   its own media edge, whose commands its link sends to the owner's relay and which the
-  owner's relay polls report to (``overlay.shell.media``).
+  owner's relay polls report to (``overlay.shell.media``). With ``[pair]`` each worker
+  replicates its own calls: worker i of the standby follows worker i of the active, through
+  the active's worker 0, which relays the stream over its channel to worker i
+  (``overlay.shell.replication``); when the member comes to hold the address, worker 0 takes
+  the mesh over and tells the others to promote what they followed (their restored media
+  sessions are in worker 0's relay already, or parked at its gate until the sweep).
 
 Every part is made before any task starts; a part a section of the configuration does not ask
 for is ``None``. Files are checked before any socket is bound (``NodeTls.load``).
@@ -40,7 +45,9 @@ one machine, the lab) binds nothing of that address until it holds it: then, in 
 (``_serve_grpc``), its SIP sockets (the pump and the trunk prober start on them), its relay
 (``MediaPlane.release_relay``) and a second gRPC server at the pair's address, which its peers
 dial for flooding and the NOC for control. Its own gRPC address serves from the start: the HA
-agent's heartbeats and pair replication reach each member there, whichever holds.
+agent's heartbeats and pair replication reach each member there, whichever holds. With several
+workers the sweep is worker 0's: it passes the SIP sockets it bound to the other workers over
+their channels (``SCM_RIGHTS``), and each starts its pump on them as it gets them.
 """
 
 from __future__ import annotations
@@ -267,7 +274,7 @@ async def open_node(
     # This start's call state: peers that see the epoch change end the calls they had here (a
     # standby that takes over keeps its active's: PairReplication.take_over).
     epoch = secrets.token_bytes(EPOCH_SIZE)
-    replication = _pair_replication(config, overlay, core, media, epoch)
+    replication = _pair_replication(config, overlay, core, edges, epoch, worker)
     mesh = None
     owner_links = worker_link = None
     probe_interval = config.linkstate.probe_interval
@@ -284,9 +291,12 @@ async def open_node(
             rerouted=lambda peers, lost, restarted: pump.rerouted(peers, lost, restarted),
             probe_interval=probe_interval,
             media=worker_media,
+            pair=replication,
         )
         if worker_media is not None:
             worker_media.send = worker_link.media_commands
+        if replication is not None:
+            replication.forward = worker_link.pair_batches
     elif overlay is not None:
         if links is not None and links.sockets:
             owner_links = OwnerLinks(
@@ -297,9 +307,12 @@ async def open_node(
                 events=events,
                 probe_interval=probe_interval,
                 media=media,
+                pair=replication,
             )
             if media is not None:
                 media.on_activity = owner_links.media_activity
+            if replication is not None:
+                replication.workers = owner_links
 
         def rerouted(peers: list[Peer], lost: list[str], restarted: list[str]) -> None:
             if owner_links is not None:  # first: the workers' pumps act while this one does
@@ -394,8 +407,25 @@ async def open_node(
             if trunks is not None:  # its probes leave through the pump's sockets
                 await nursery.start(trunks.run, pump.transport)
 
+        sip_serving = trio.Event()
         if bound is not None:
             await serve_sip(bound)
+            sip_serving.set()
+        if worker_link is not None and replication is not None:
+            assert worker_media is None or isinstance(worker_media, WorkerMedia)
+
+            async def serve_passed(sockets: list[BoundSocket]) -> None:
+                await serve_sip(sockets)
+                sip_serving.set()
+                log.info("serving the SIP sockets passed by worker 0", sockets=len(sockets))
+
+            async def take_over_when_serving() -> None:
+                await sip_serving.wait()  # its pump sends what promote makes
+                _take_over_worker(core, worker_media, replication, pump, worker)
+
+            worker_link.sip_sockets = lambda sockets: nursery.start_soon(serve_passed, sockets)
+            worker_link.take_over = lambda: nursery.start_soon(take_over_when_serving)
+            nursery.start_soon(_run_worker_replication, replication, tls.grpc)
         if security is not None:
             nursery.start_soon(security.run)
         if media is not None:
@@ -431,13 +461,17 @@ async def open_node(
                 async def take_address() -> tuple[int, int]:
                     sockets = await _bind_held(config)
                     await serve_sip(sockets)
+                    if owner_links is not None:  # the other workers serve them too
+                        owner_links.send_sockets(sockets)
                     return len(sockets), 0 if media is None else media.release_relay()
 
             control = await nursery.start(
                 functools.partial(
                     _serve_grpc,
                     replication=replication,
-                    take_over=functools.partial(_take_over, core, media, mesh, replication),
+                    take_over=functools.partial(
+                        _take_over, core, media, mesh, replication, owner_links
+                    ),
                 ),
                 config,
                 tls.grpc,
@@ -519,12 +553,19 @@ class _OverlayParts:
 
 
 def _take_over(
-    core: ProxyCore, media: MediaPlane | None, mesh: Mesh, replication: PairReplication | None
+    core: ProxyCore,
+    media: MediaPlane | None,
+    mesh: Mesh,
+    replication: PairReplication | None,
+    owner_links: OwnerLinks | None = None,
 ) -> None:
     """A pair member now holds the address: what it replicated of its active's calls becomes
     its own (their INVITE transactions, their media sessions' inactivity clocks), and its LSA
-    keeps the active's call-state epoch, so the peers keep the calls (module notes)."""
+    keeps the active's call-state epoch, so the peers keep the calls (module notes). With
+    several workers, each other worker promotes its own (``_take_over_worker``)."""
     now = trio.current_time()
+    if owner_links is not None and replication is not None:
+        owner_links.take_over()
     epoch = None if replication is None else replication.take_over()
     # What was replicated becomes this node's own, whole or not: it must time out here.
     invites = core.promote(now)
@@ -541,15 +582,51 @@ def _take_over(
     )
 
 
+def _take_over_worker(
+    core: ProxyCore,
+    media: WorkerMedia | None,
+    replication: PairReplication,
+    pump: SignallingPump,
+    worker: int,
+) -> None:
+    """``_take_over`` for a worker above 0, told by worker 0: what it followed of the same
+    worker of the active becomes its own; the mesh is worker 0's."""
+    now = trio.current_time()
+    whole = replication.take_over() is not None
+    invites = core.promote(now)
+    sessions = 0 if media is None else len(media.edge.sessions.promote(now))
+    pump.rerouted([], [], [])  # a flush: what promote queued leaves now, timers re-armed
+    log.warning(
+        "took over the pair's calls",
+        worker=worker,
+        whole=whole,
+        calls=replication.log.calls,
+        invites=invites,
+        media_sessions=sessions,
+    )
+
+
+async def _run_worker_replication(replication: PairReplication, tls: TlsCredentials | None) -> None:
+    """A worker above 0's replication: its flushes, and its follower on a gRPC bridge of its
+    own (only worker 0 serves gRPC; a client needs no server)."""
+    if replication.follower is None:
+        await replication.run(None)
+        return
+    async with open_grpc_bridge(tls=tls) as bridge:
+        await replication.run(bridge)
+
+
 def _pair_replication(
     config: NodeConfig,
     overlay: _OverlayParts | None,
     core: ProxyCore,
-    media: MediaPlane | None,
+    media: MediaPlane | WorkerMedia | None,
     epoch: bytes,
+    worker: int = 0,
 ) -> PairReplication | None:
     """A pair member's replication, marked by the call book and the media edge whose calls it
-    reads; ``None`` outside a pair."""
+    reads; ``None`` outside a pair. ``worker``: which SIP worker (with several, each
+    replicates its own calls)."""
     pair = config.pair
     if pair is None or overlay is None:  # [pair] needs [[peers]] (the configuration checks)
         return None
@@ -563,6 +640,7 @@ def _pair_replication(
         core=core,
         edge=None if media is None else media.edge,
         apply_media=None if media is None else media.apply,
+        worker=worker,
     )
     overlay.calls.on_change = replication.log.mark
     if media is not None:

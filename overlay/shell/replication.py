@@ -21,12 +21,26 @@ and reports what it applied every ``REPORT_INTERVAL``. A broken stream or a batc
 follow (``ResyncNeeded``) makes it dial again, at once after a resync, else after a backoff from
 ``RECONNECT_DELAY`` doubling to ``MAX_RECONNECT_DELAY``. It stops following the moment it holds
 the address.
+
+**Several SIP workers** (``sip.workers`` > 1; both members run the same count, so Call-ID
+steering puts a call in the same worker on both): worker i of the standby follows worker i of
+the active, each over its own Follow stream (the Hello names the worker), each with its own
+epoch and seqs, since each worker's calls have one owner, its replica log. Only the active's
+worker 0 serves gRPC: for a worker above 0 it opens the stream, tells that worker
+(``WorkerStreams.pair_follow``; the worker's log answers with a snapshot if one is needed, then
+its batches) and puts the batches that come back over the worker channel on it, in order
+(``take_worker_batches``), the same bound of ``BATCH_BUFFER`` batches (a snapshot's excepted)
+dropping a stream that falls behind; the follower's reports go to the worker. Each worker of
+the standby dials for itself, with a gRPC bridge of its own (``overlay.shell.workerlink``).
+The epoch a promoted member advertises is worker 0's (``take_over``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 import trio
@@ -66,14 +80,30 @@ class _Stream:
     """One follower's stream, at the active: the channel ``flush`` feeds, and why the active
     dropped it (``None``: it was not dropped)."""
 
-    def __init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel[pair_pb2.StateBatch](BATCH_BUFFER)
+    def __init__(self, stream_id: int = 0, buffer: float = BATCH_BUFFER) -> None:
+        self.send, self.receive = trio.open_memory_channel[pair_pb2.StateBatch](buffer)
         self.scope = trio.CancelScope()
         self.dropped: RpcError | None = None
+        #: Which stream, for a worker's batches that come back tagged with it.
+        self.stream_id = stream_id
 
     def drop(self, code: StatusCode, why: str) -> None:
         self.dropped = RpcError(code, why)
         self.scope.cancel()
+
+
+class WorkerStreams(Protocol):
+    """The owner's channels to the other workers, as its replication relays their followers'
+    streams (``overlay.shell.workerlink.OwnerLinks``)."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def pair_follow(self, worker: int, stream: int, epoch: bytes, applied_seq: int) -> None: ...
+
+    def pair_unfollow(self, worker: int, stream: int) -> None: ...
+
+    def pair_applied(self, worker: int, applied: bytes) -> None: ...
 
 
 class PairReplication:
@@ -91,6 +121,9 @@ class PairReplication:
             (its dialog book and INVITEs at the edge; ``None``: none), the media edge
             (``None``: no media plane).
         apply_media: hands the media edge's commands to the relay (``MediaPlane.apply``).
+        worker: this SIP worker's index (module notes): above 0, its batches go to the owner
+            through ``forward`` (``WorkerLink.pair_batches``), which this member's worker 0
+            relays; its follower follows the active's worker of the same index.
     """
 
     def __init__(
@@ -105,8 +138,17 @@ class PairReplication:
         core: ProxyCore | None,
         edge: MediaEdge | None,
         apply_media: Callable[[], None] | None,
+        worker: int = 0,
     ) -> None:
         self._node_id = node_id
+        self._worker = worker
+        #: Worker 0 of several: the channels to the others, whose followers' streams it relays.
+        self.workers: WorkerStreams | None = None
+        #: A worker above 0: sends its batches to the owner, tagged with the stream.
+        self.forward: Callable[[int, tuple[bytes, ...]], None] | None = None
+        self._owner_stream: int | None = None  # the follower's stream at the owner
+        self._worker_streams: dict[int, _Stream] = {}  # at the owner: worker -> its follower's
+        self._stream_ids = itertools.count(1)
         self._holds = holds
         self._access = access
         dialogs = None if core is None else core.dialogs
@@ -120,6 +162,7 @@ class PairReplication:
                 ReplicaStore(calls, dialogs, edge, core),
                 holds=holds,
                 apply_media=apply_media,
+                worker=worker,
             )
         )
         self._stream: _Stream | None = None
@@ -148,17 +191,23 @@ class PairReplication:
         )
         return Service(SERVICE, {"Follow": follow}, self._access.authorize_pair)
 
-    async def run(self, bridge: GrpcBridge) -> None:
-        """Flush every ``REPORT_INTERVAL``, and run the follower, until cancelled."""
+    async def run(self, bridge: GrpcBridge | None) -> None:
+        """Flush every ``REPORT_INTERVAL``, and run the follower (on ``bridge``: it needs one),
+        until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tick)
             if self.follower is not None:
+                assert bridge is not None
                 nursery.start_soon(self.follower.run, bridge)
 
     def flush(self) -> None:
         """Send what changed since the last flush to the follower, never waiting (module
         notes). Called by the signalling pump once per turn."""
         batch = self.log.flush(trio.current_time(), wall_time())
+        if self.forward is not None:  # a worker above 0: the owner has the stream
+            if batch is not None and self._owner_stream is not None:
+                self.forward(self._owner_stream, (batch.SerializeToString(),))
+            return
         stream = self._stream
         if batch is None or stream is None:
             return
@@ -174,17 +223,109 @@ class PairReplication:
         """By dotted name: the follower's own figures while this member is the standby, else
         the active's (its follower's last report; ``lag_records`` only the active knows)."""
         if self.follower is not None and self.follower.standby:
-            return self.follower.counters()
+            return self._per_worker(self.follower.counters())
         reported = self._reported
-        return {
-            "pair.replication.following": int(self._stream is not None),
-            "pair.replication.lag_ms": _ms(reported.lag_ms),
-            "pair.replication.lag_records": max(0, self.log.last_seq - reported.seq),
-            "pair.replication.calls": reported.calls,
-            "pair.replication.resyncs": self.snapshots_sent,
-            "pair.replication.overruns": self.overruns,
-            "pair.replication.split_brains": self.split_brains,
-        }
+        following = self._stream if self.forward is None else self._owner_stream
+        return self._per_worker(
+            {
+                "pair.replication.following": int(following is not None),
+                "pair.replication.lag_ms": _ms(reported.lag_ms),
+                "pair.replication.lag_records": max(0, self.log.last_seq - reported.seq),
+                "pair.replication.calls": reported.calls,
+                "pair.replication.resyncs": self.snapshots_sent,
+                "pair.replication.overruns": self.overruns,
+                "pair.replication.split_brains": self.split_brains,
+            }
+        )
+
+    def _per_worker(self, counters: dict[str, int]) -> dict[str, int]:
+        """Every worker's counters are summed by name into the node's (``GetCounters``):
+        ``following`` then counts the workers following, ``calls`` all of them; a lag is
+        worker 0's, the others' are under ``pair.replication.workers.<n>.lag_ms``."""
+        if self._worker:
+            lag = counters.pop("pair.replication.lag_ms", 0)
+            counters[f"pair.replication.workers.{self._worker}.lag_ms"] = lag
+        return counters
+
+    # -- a worker above 0, its follower's stream at the owner (module notes) -----------------
+
+    def follow_through_owner(self, stream: int, epoch: bytes, applied_seq: int) -> None:
+        """A follower of this worker's calls connected at the owner with this state: send it
+        what ``ReplicaLog.follow`` says, then the batches of the next flushes."""
+        assert self.forward is not None
+        self._owner_stream = stream
+        batches = self.log.follow(epoch, applied_seq, trio.current_time(), wall_time())
+        if batches:
+            self.snapshots_sent += 1
+            self.forward(stream, tuple(batch.SerializeToString() for batch in batches))
+
+    def unfollow_through_owner(self, stream: int) -> None:
+        """The follower's stream ended at the owner (a newer one may have replaced it)."""
+        if self._owner_stream == stream:
+            self._owner_stream = None
+            self.log.unfollow()
+
+    def applied_through_owner(self, applied: bytes) -> None:
+        """The follower's last report, relayed by the owner."""
+        self._reported = pair_pb2.Applied.FromString(applied)
+
+    # -- the owner, relaying the other workers' streams ---------------------------------------
+
+    def take_worker_batches(self, worker: int, stream: int, batches: Sequence[bytes]) -> None:
+        """Worker ``worker``'s batches for its follower's stream ``stream``, in order (a stream
+        that is no longer drops them); a follower ``BATCH_BUFFER`` batches behind is dropped,
+        as ``flush`` drops one, except while a snapshot is queued."""
+        follower = self._worker_streams.get(worker)
+        if follower is None or follower.stream_id != stream:
+            return
+        for data in batches:
+            batch = pair_pb2.StateBatch.FromString(data)
+            snapshot = batch.snapshot_begin or batch.snapshot_end
+            queued = follower.send.statistics().current_buffer_used
+            if not snapshot and queued >= BATCH_BUFFER:
+                self.overruns += 1
+                log.warning(
+                    "pair follower fell behind: its stream is dropped",
+                    batches=BATCH_BUFFER,
+                    worker=worker,
+                )
+                follower.drop(StatusCode.RESOURCE_EXHAUSTED, f"{BATCH_BUFFER} batches behind")
+                del self._worker_streams[worker]
+                return
+            follower.send.send_nowait(batch)
+
+    async def _relay_worker(self, stream: BridgedStream, hello: pair_pb2.FollowerHello) -> None:
+        """A follower of worker ``hello.worker``'s calls: its batches come through the worker
+        channel (module notes)."""
+        workers, worker = self.workers, hello.worker
+        assert workers is not None
+        follower = _Stream(next(self._stream_ids), math.inf)
+        previous = self._worker_streams.get(worker)
+        if previous is not None:
+            previous.drop(StatusCode.ABORTED, "a newer stream of the follower replaced it")
+        self._worker_streams[worker] = follower
+        workers.pair_follow(worker, follower.stream_id, hello.epoch, hello.applied_seq)
+        log.info("pair follower connected", peer=stream.peer, worker=worker)
+        try:
+            with follower.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._take_reports, stream, nursery.cancel_scope, worker)
+                    await self._send_batches(stream, [], follower)
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._worker_streams.get(worker) is follower:
+                del self._worker_streams[worker]
+            workers.pair_unfollow(worker, follower.stream_id)
+            follower.receive.close()
+        dropped = follower.dropped
+        log.info(
+            "pair follower gone",
+            peer=stream.peer,
+            worker=worker,
+            dropped=dropped and dropped.message,
+        )
+        if dropped is not None:
+            raise dropped
 
     async def _tick(self) -> None:
         while True:
@@ -201,6 +342,9 @@ class PairReplication:
             hello = await self._hello(stream)
         except (trio.EndOfChannel, StreamBroken):
             return  # gone before it said anything
+        if hello.worker:
+            await self._relay_worker(stream, hello)
+            return
         follower = _Stream()
         if self._stream is not None:
             self._stream.drop(StatusCode.ABORTED, "a newer stream of the follower replaced it")
@@ -259,6 +403,13 @@ class PairReplication:
                 StatusCode.PERMISSION_DENIED,
                 f"{hello.node_id!r} is not this pair's node ({self._node_id!r})",
             )
+        workers = 0 if self.workers is None else self.workers.workers
+        if hello.worker > workers:
+            raise RpcError(
+                StatusCode.INVALID_ARGUMENT,
+                f"no SIP worker {hello.worker} here: the members of a pair run the same "
+                f"sip.workers ({workers + 1} here)",
+            )
         if not self._holds():
             raise RpcError(
                 StatusCode.UNAVAILABLE, "this member does not hold the pair's address: no active"
@@ -275,12 +426,19 @@ class PairReplication:
             )
         return hello
 
-    async def _take_reports(self, stream: BridgedStream, scope: trio.CancelScope) -> None:
-        """Read the follower's Applied reports; end the stream when it goes."""
+    async def _take_reports(
+        self, stream: BridgedStream, scope: trio.CancelScope, worker: int = 0
+    ) -> None:
+        """Read the follower's Applied reports (of another worker's calls: for that worker);
+        end the stream when it goes."""
         try:
             while True:
                 report = await stream.receive()
-                if report.HasField("applied"):
+                if not report.HasField("applied"):
+                    continue
+                if worker and self.workers is not None:
+                    self.workers.pair_applied(worker, report.applied.SerializeToString())
+                elif not worker:
                     self._reported = report.applied
         except (trio.EndOfChannel, StreamBroken):
             scope.cancel()
@@ -295,6 +453,7 @@ class PairFollower:
         store: applies the active's batches to this node's owners of call state.
         holds: whether this member holds the pair's address now: it then stops following.
         apply_media: hands the media edge's commands to the relay after each batch.
+        worker: the SIP worker whose calls it follows (the same worker of the active).
     """
 
     def __init__(
@@ -305,8 +464,10 @@ class PairFollower:
         *,
         holds: Callable[[], bool],
         apply_media: Callable[[], None] | None,
+        worker: int = 0,
     ) -> None:
         self._node_id = node_id
+        self._worker = worker
         self._target = target
         self.store = store
         self._holds = holds
@@ -358,6 +519,7 @@ class PairFollower:
             epoch=store.epoch,
             applied_seq=store.applied_seq,
             holds_address=self._holds(),
+            worker=self._worker,
         )
         why, resync = "this member holds the pair's address", False  # unless said otherwise
         async with bridge.open_stream(

@@ -24,6 +24,18 @@ owner. What crosses it:
   commands for the node's one relay, the owner's, as its pump makes them (``MediaCommands``,
   fire-and-forget: ``overlay.shell.media``).
 
+A pair member (``[pair]``) with several workers replicates per worker: worker i of the standby
+follows worker i of the active (both members run the same worker count, so Call-ID steering
+puts a call in the same worker on both), over a Follow stream of its own to the active's gRPC
+server, which is worker 0's (``overlay.shell.replication``). For worker i > 0 the active's
+worker 0 relays: it tells worker i of the stream (``PairFollow``, and ``PairUnfollow`` when it
+ends), hands it the follower's reports (``PairApplied``), and puts worker i's batches
+(``PairBatches``, tagged with the stream they were made for) on the stream. When a member
+comes to hold the pair's address, its worker 0 tells the others to promote what they followed
+(``PairTakeOver``), and a member that holds by file, whose SIP sockets are bound only then,
+by worker 0, passes them to the others (``SipSockets``: the descriptors travel beside the frame
+as ``SCM_RIGHTS`` ancillary data).
+
 The owner sends a snapshot (table, heard nodes, drain, faults) first, so a worker that starts
 before the owner's first computation serves with an empty table, as the owner does, until then.
 A channel that breaks stops the node: the worker or owner that sees it raises ``LinkLost``,
@@ -38,6 +50,7 @@ ever unpickled. ``encode`` and ``FrameReader`` are the sans-IO part; ``OwnerLink
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import enum
 import functools
@@ -59,8 +72,8 @@ from overlay.routing import DrainState, Path, RouteTable, RouteView, RoutingPoli
 from overlay.shell.clock import wall_time
 from overlay.shell.events import EventHub, WatcherFellBehind
 from overlay.shell.media import SessionActivity
-from overlay.shell.transport import Fault, Impairments
-from overlay.sip import Peer
+from overlay.shell.transport import BoundSocket, Fault, Impairments
+from overlay.sip import Listener, Peer
 
 log = structlog.get_logger("overlay.workers")
 
@@ -73,6 +86,9 @@ QUERY_TIMEOUT = 2.0
 #: that exits first must not make this one exit with an error before its own SIGTERM lands.
 LOST_GRACE = 0.5
 _RECEIVE_SIZE = 256 * 1024
+#: Descriptors one read of a channel takes at most (``SipSockets``: one per SIP listener).
+_MAX_FDS = 64
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 
 
 class LinkLost(Exception):
@@ -208,6 +224,52 @@ class Answer:
     value: Mapping[str, int] | CallBook
 
 
+@dataclass(frozen=True, slots=True)
+class PairFollow:
+    """A follower's stream for this worker's calls opened at the owner (its Hello's state):
+    the worker's replica log answers with a snapshot if it needs one, then its batches."""
+
+    stream: int
+    epoch: bytes
+    applied_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairUnfollow:
+    """The follower's stream ``stream`` ended (or the owner dropped it)."""
+
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairApplied:
+    """The follower's last ``Applied`` report, serialized."""
+
+    applied: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PairBatches:
+    """A worker's ``StateBatch``es (serialized), in order, for the follower's stream
+    ``stream``: the owner drops those of a stream that is no longer."""
+
+    stream: int
+    batches: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PairTakeOver:
+    """The member now holds the pair's address: the worker promotes what it followed."""
+
+
+@dataclass(frozen=True, slots=True)
+class SipSockets:
+    """The SIP sockets worker 0 bound once the member held the pair's address by file, one
+    descriptor per listener, in order, carried as ancillary data beside this frame."""
+
+    listeners: tuple[Listener, ...]
+
+
 Message = (
     RoutesInstalled
     | Rerouted
@@ -220,6 +282,12 @@ Message = (
     | Answer
     | MediaCommands
     | MediaActivity
+    | PairFollow
+    | PairUnfollow
+    | PairApplied
+    | PairBatches
+    | PairTakeOver
+    | SipSockets
 )
 _MESSAGES = (
     RoutesInstalled,
@@ -233,6 +301,12 @@ _MESSAGES = (
     Answer,
     MediaCommands,
     MediaActivity,
+    PairFollow,
+    PairUnfollow,
+    PairApplied,
+    PairBatches,
+    PairTakeOver,
+    SipSockets,
 )
 
 
@@ -249,6 +323,24 @@ class WorkerEdge(Protocol):
     def activity(self, sessions: Iterable[SessionActivity], now: float) -> None: ...
 
     def sessions_of(self, call_id: str) -> list[MediaSession]: ...
+
+
+class OwnerReplication(Protocol):
+    """The owner's pair replication, as the channels hand it the workers' batches
+    (``overlay.shell.replication.PairReplication``)."""
+
+    def take_worker_batches(self, worker: int, stream: int, batches: Sequence[bytes]) -> None: ...
+
+
+class WorkerReplication(Protocol):
+    """A worker's pair replication, as the owner relays its follower's stream to it
+    (``overlay.shell.replication.PairReplication``)."""
+
+    def follow_through_owner(self, stream: int, epoch: bytes, applied_seq: int) -> None: ...
+
+    def unfollow_through_owner(self, stream: int) -> None: ...
+
+    def applied_through_owner(self, applied: bytes) -> None: ...
 
 
 # -- codec (sans-IO) -------------------------------------------------------------------------
@@ -349,10 +441,25 @@ class _Channel:
         sock.setblocking(False)
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self._peer = peer
-        self._out, self._queue = trio.open_memory_channel[bytes](math.inf)
+        self._out, self._queue = trio.open_memory_channel[tuple[bytes, tuple[int, ...]]](math.inf)
+        #: Descriptors received and not yet taken by a ``SipSockets`` (``take_fds``).
+        self._fds: list[int] = []
 
-    def send(self, message: Message) -> None:
-        self._out.send_nowait(encode(message))
+    def send(self, message: Message, fds: Sequence[int] = ()) -> None:
+        """Queue ``message``; ``fds``: descriptors to pass with it (duplicated by the kernel
+        as the frame is written; the caller keeps its own)."""
+        self._out.send_nowait((encode(message), tuple(fds)))
+
+    def take_fds(self, count: int) -> list[int]:
+        """The first ``count`` descriptors received.
+
+        Raises:
+            LinkLost: fewer came.
+        """
+        if len(self._fds) < count:
+            raise LinkLost(f"{self._peer} sent {count} sockets, {len(self._fds)} came")
+        taken, self._fds = self._fds[:count], self._fds[count:]
+        return taken
 
     async def run(self, handle: Callable[[Message], None]) -> None:
         """Carry messages both ways until cancelled.
@@ -364,11 +471,15 @@ class _Channel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write)
                 reader = FrameReader()
+                sock = self._stream.socket
                 while True:
                     try:
-                        data = await self._stream.receive_some(_RECEIVE_SIZE)
-                    except trio.BrokenResourceError:
-                        data = b""
+                        data, ancillary, flags, _ = await sock.recvmsg(
+                            _RECEIVE_SIZE, _ANCILLARY_SIZE
+                        )
+                    except OSError:
+                        data, ancillary, flags = b"", [], 0
+                    self._take_ancillary(ancillary, flags)
                     if not data:
                         await trio.sleep(LOST_GRACE)  # module notes: the node may be stopping
                         raise LinkLost(f"the channel to {self._peer} closed")
@@ -377,12 +488,31 @@ class _Channel:
                         handle(message)
         finally:
             self._stream.socket.close()
+            for fd in self._fds:
+                socket.close(fd)
+            self._fds.clear()
+
+    def _take_ancillary(self, ancillary: list[tuple[int, int, bytes]], flags: int) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self._fds += fds
+        if flags & socket.MSG_CTRUNC:
+            raise LinkLost(f"{self._peer} passed more than {_MAX_FDS} descriptors at once")
 
     async def _write(self) -> None:
-        async for data in self._queue:
+        async for data, fds in self._queue:
             try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if fds:  # the descriptors ride on the frame's first bytes
+                    sent = await self._stream.socket.sendmsg(
+                        [data],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())],
+                    )
+                    data = data[sent:]
+                if data:
+                    await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await trio.sleep(LOST_GRACE)
                 raise LinkLost(f"the channel to {self._peer} broke") from None
 
@@ -435,6 +565,8 @@ class OwnerLinks:
         probe_interval: how often the nodes heard are looked at again.
         media: the owner's media plane, which the workers' media commands go to (with
             ``[media]``).
+        pair: the owner's pair replication, which the workers' batches go to (with
+            ``[pair]``).
     """
 
     def __init__(
@@ -447,6 +579,7 @@ class OwnerLinks:
         events: EventHub,
         probe_interval: float,
         media: RelayOwner | None = None,
+        pair: OwnerReplication | None = None,
     ) -> None:
         self._channels = [
             _Channel(sock, f"worker {index}") for index, sock in enumerate(sockets, start=1)
@@ -457,6 +590,7 @@ class OwnerLinks:
         self._events = events
         self._interval = probe_interval
         self._media = media
+        self._pair = pair
         self._heard: frozenset[str] | None = None
         self._traffic: dict[Peer, tuple[int, int]] = {}
         self._query_ids = itertools.count(1)
@@ -490,6 +624,31 @@ class OwnerLinks:
     def media_activity(self, worker: int, sessions: tuple[SessionActivity, ...]) -> None:
         """The media plane's ``on_activity``: what its poll saw of ``worker``'s sessions."""
         self._channels[worker - 1].send(MediaActivity(sessions))
+
+    def pair_follow(self, worker: int, stream: int, epoch: bytes, applied_seq: int) -> None:
+        """A follower of ``worker``'s calls connected (``PairFollow``)."""
+        self._channels[worker - 1].send(PairFollow(stream, epoch, applied_seq))
+
+    def pair_unfollow(self, worker: int, stream: int) -> None:
+        self._channels[worker - 1].send(PairUnfollow(stream))
+
+    def pair_applied(self, worker: int, applied: bytes) -> None:
+        self._channels[worker - 1].send(PairApplied(applied))
+
+    def take_over(self) -> None:
+        """The member holds the pair's address: every worker promotes what it followed."""
+        self._broadcast(PairTakeOver())
+
+    def send_sockets(self, sockets: Sequence[BoundSocket]) -> None:
+        """Pass the SIP sockets bound once the address was held to every worker (module
+        notes); each gets its own descriptors, the owner keeps its own."""
+        listeners = tuple(item.listener for item in sockets)
+        fds = [item.sock.fileno() for item in sockets]
+        self._broadcast_with(SipSockets(listeners), fds)
+
+    def _broadcast_with(self, message: Message, fds: Sequence[int]) -> None:
+        for channel in self._channels:
+            channel.send(message, fds)
 
     def _send_heard(self) -> None:
         view = self._view
@@ -525,6 +684,8 @@ class OwnerLinks:
             self._events.publish(message.event, by=message.by)
         elif isinstance(message, MediaCommands) and self._media is not None:
             self._media.apply_from(worker, message.commands)
+        elif isinstance(message, PairBatches) and self._pair is not None:
+            self._pair.take_worker_batches(worker, message.stream, message.batches)
         elif isinstance(message, Answer):
             pending = self._pending.get(message.query_id)
             if pending is not None:
@@ -625,6 +786,11 @@ class WorkerLink:
         probe_interval: how often the traffic is sent.
         media: this worker's media edge (with ``[media]``), which the owner's relay polls
             report to and whose sessions answers carry.
+        pair: this worker's pair replication (with ``[pair]``), whose follower's stream the
+            owner relays.
+        take_over: called when the member comes to hold the pair's address (``PairTakeOver``).
+        sip_sockets: called with the SIP sockets the owner bound once the member held the
+            pair's address by file (``SipSockets``).
     """
 
     def __init__(
@@ -641,9 +807,15 @@ class WorkerLink:
         rerouted: Callable[[list[Peer], list[str], list[str]], None],
         probe_interval: float,
         media: WorkerEdge | None = None,
+        pair: WorkerReplication | None = None,
+        take_over: Callable[[], None] | None = None,
+        sip_sockets: Callable[[list[BoundSocket]], None] | None = None,
     ) -> None:
         self._channel = _Channel(sock, "the owner")
         self._media = media
+        self._pair = pair
+        self.take_over = take_over
+        self.sip_sockets = sip_sockets
         self._view = view
         self._drain = drain
         self._impairments = impairments
@@ -696,8 +868,28 @@ class WorkerLink:
             self._channel.send(Answer(message.query_id, self._answer(message)))
         elif isinstance(message, MediaActivity) and self._media is not None:
             self._media.activity(message.sessions, trio.current_time())
+        elif isinstance(message, PairFollow) and self._pair is not None:
+            self._pair.follow_through_owner(message.stream, message.epoch, message.applied_seq)
+        elif isinstance(message, PairUnfollow) and self._pair is not None:
+            self._pair.unfollow_through_owner(message.stream)
+        elif isinstance(message, PairApplied) and self._pair is not None:
+            self._pair.applied_through_owner(message.applied)
+        elif isinstance(message, PairTakeOver) and self.take_over is not None:
+            self.take_over()
+        elif isinstance(message, SipSockets) and self.sip_sockets is not None:
+            fds = self._channel.take_fds(len(message.listeners))
+            self.sip_sockets(
+                [
+                    BoundSocket(listener, socket.socket(fileno=fd))
+                    for listener, fd in zip(message.listeners, fds, strict=True)
+                ]
+            )
         else:
             raise LinkLost(f"the owner sent {type(message).__name__}")
+
+    def pair_batches(self, stream: int, batches: tuple[bytes, ...]) -> None:
+        """This worker's replica batches, for the follower's stream ``stream`` at the owner."""
+        self._channel.send(PairBatches(stream, batches))
 
     def media_commands(self, commands: tuple[MediaCommand, ...]) -> None:
         """The media edge's commands, to the owner's relay (``WorkerMedia.send``)."""

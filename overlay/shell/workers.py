@@ -16,8 +16,10 @@ Call-ID prefix is ``pinned``); each other worker is joined to the owner by a str
 made here before the fork (``overlay.shell.workerlink``), over which it receives the route
 tables, reroutes, drain state and faults, and sends its traffic, events and answers to the
 Control service. With ``[media]`` the node's one relay is worker 0's, and the other workers'
-media edges send it their sessions over the same channel (``overlay.shell.media``). Pairs
-(``[pair]``) still need one worker.
+media edges send it their sessions over the same channel (``overlay.shell.media``). A pair
+member (``[pair]``) replicates per worker over the same channels (``overlay.shell.replication``);
+one that holds the pair's address by file binds nothing here: its worker 0 binds the SIP
+sockets once it holds the address and passes them to the others (``overlay.shell.node``).
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ def run_node(config: NodeConfig) -> int:
     tune_garbage_collector()
     workers = config.sip.workers
     tls = NodeTls.load(config)
-    # A pair member that holds by file binds once it holds (overlay.shell.node); a pair member
-    # has one worker (the configuration checks).
+    # A pair member that holds by file binds once it holds (overlay.shell.node): with several
+    # workers, its worker 0 binds and passes the sockets to the others.
     held_by_file = config.pair is not None and config.pair.hold == "file"
     bound = None if held_by_file else bind(config)
     if workers == 1:
@@ -117,7 +119,6 @@ def run_node(config: NodeConfig) -> int:
         except* PairAddressLost:  # logged where seen; the service manager restarts a standby
             taken_over = True
         return EXIT_PAIR_ADDRESS_LOST if taken_over else 0
-    assert bound is not None
     pipes = Steering.open_pipes(workers)
     outbound = tuple(write for _, write in pipes)
     overlay = bool(config.peers)
@@ -143,7 +144,7 @@ def run_node(config: NodeConfig) -> int:
                 os._exit(1)
             os._exit(0)
         children[pid] = index
-    for item in bound:
+    for item in bound or ():
         item.sock.close()
     for owner_end, worker_end in channels:
         owner_end.close()

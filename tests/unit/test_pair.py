@@ -51,11 +51,10 @@ def test_bad_pair_section_refused(section: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-def test_a_pair_member_needs_a_single_worker_for_now() -> None:
+def test_a_pair_member_may_run_several_workers() -> None:
     text = BASE.replace('"tcp:10.20.1.10:5060"]', '"tcp:10.20.1.10:5060"]\nworkers = 2')
-    assert parse_config(text, source="node.toml").sip.workers == 2
-    with pytest.raises(ConfigError, match=r"node\.toml:6: sip\.workers: must be 1 with \[pair\]"):
-        parse_config(text + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
+    config = parse_config(text + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
+    assert (config.sip.workers, config.pair is not None) == (2, True)
 
 
 def test_peer_grpc_is_where_a_standby_follows_its_active() -> None:

@@ -26,7 +26,7 @@ from overlay.noc import CallFailed, CallRecord, CallRole, CallState, CallTracker
 from overlay.routing import DrainState, RouteTable, RouteView, RoutingPolicy, compute_routes
 from overlay.shell.events import EventHub
 from overlay.shell.media import SessionActivity
-from overlay.shell.transport import Fault, Impairments
+from overlay.shell.transport import BoundSocket, Fault, Impairments
 from overlay.shell.workerlink import (
     Answer,
     CallBook,
@@ -40,11 +40,17 @@ from overlay.shell.workerlink import (
     MediaCommands,
     Message,
     OwnerLinks,
+    PairApplied,
+    PairBatches,
+    PairFollow,
+    PairTakeOver,
+    PairUnfollow,
     PeerTraffic,
     Query,
     QueryKind,
     Rerouted,
     RoutesInstalled,
+    SipSockets,
     WorkerLink,
     WorkerSockets,
     encode,
@@ -53,7 +59,7 @@ from overlay.shell.workerlink import (
     shift_records,
     sum_counters,
 )
-from overlay.sip import Peer
+from overlay.sip import Listener, Peer
 from tests.unit.test_routing import Net
 
 PEERS = {
@@ -117,6 +123,12 @@ MESSAGES = [
     MediaCommands((AddSession(session(3)), RemoveSession(3), AddSession(session(5)))),
     MediaActivity((SessionActivity(3, ("127.0.0.2", 4000), None), SessionActivity(5, None, None))),
     MediaActivity(()),
+    PairFollow(2, b"e" * 16, 41),
+    PairUnfollow(2),
+    PairApplied(b"\x08\x29"),
+    PairBatches(2, (b"\x0a\x10" + b"e" * 16, b"")),
+    PairTakeOver(),
+    SipSockets((Listener("udp", "127.0.0.1", 5060), Listener("tcp", "127.0.0.1", 5060))),
 ]
 
 
@@ -378,6 +390,101 @@ async def test_the_owner_keeps_a_worker_in_step_and_hears_from_it() -> None:
             await until(lambda: len(worker.media.reports) == 2)
             assert worker.media.reports == [(SessionActivity(5, ("127.0.0.2", 4000), None),), ()]
             nursery.cancel_scope.cancel()
+
+
+class Replication:
+    """Both ends' pair replication, recorded: the owner's takes batches, a worker's is told of
+    its follower's stream."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int, tuple[bytes, ...]]] = []
+        self.told: list[tuple[object, ...]] = []
+
+    def take_worker_batches(self, worker: int, stream: int, batches: Sequence[bytes]) -> None:
+        self.batches.append((worker, stream, tuple(batches)))
+
+    def follow_through_owner(self, stream: int, epoch: bytes, applied_seq: int) -> None:
+        self.told.append(("follow", stream, epoch, applied_seq))
+
+    def unfollow_through_owner(self, stream: int) -> None:
+        self.told.append(("unfollow", stream))
+
+    def applied_through_owner(self, applied: bytes) -> None:
+        self.told.append(("applied", applied))
+
+
+@pytest.mark.trio
+async def test_a_pair_member_relays_streams_promotes_and_passes_its_sip_sockets() -> None:
+    owner_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    owner_pair, worker_pair = Replication(), Replication()
+    owner = OwnerLinks(
+        [owner_end],
+        view=RouteView("usw2", PEERS),
+        drain=DrainState(),
+        impairments=Impairments(rng=random.Random(1)),
+        events=EventHub("usw2"),
+        probe_interval=0.1,
+        pair=owner_pair,
+    )
+    worker = Worker(worker_end)
+    worker.link = WorkerLink(
+        worker_end,
+        view=worker.view,
+        drain=worker.drain,
+        impairments=worker.impairments,
+        events=worker.events,
+        calls=worker.calls,
+        counters=dict,
+        take_traffic=worker.take_traffic,
+        rerouted=lambda *args: None,
+        probe_interval=0.1,
+        pair=worker_pair,
+    )
+    took_over: list[bool] = []
+    passed: list[list[BoundSocket]] = []
+    worker.link.take_over = lambda: took_over.append(True)
+    worker.link.sip_sockets = passed.append
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    bound = [
+        BoundSocket(Listener("udp", *udp.getsockname()), udp),
+        BoundSocket(Listener("tcp", *tcp.getsockname()), tcp),
+    ]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(owner.run)
+        await nursery.start(worker.link.run)
+        # The owner relays the follower's stream to the worker, in order ...
+        owner.pair_follow(1, 7, b"e" * 16, 41)
+        owner.pair_applied(1, b"\x08\x29")
+        owner.pair_unfollow(1, 7)
+        await until(lambda: len(worker_pair.told) == 3)
+        assert worker_pair.told == [
+            ("follow", 7, b"e" * 16, 41),
+            ("applied", b"\x08\x29"),
+            ("unfollow", 7),
+        ]
+        # ... and takes its batches, tagged with the stream.
+        worker.link.pair_batches(7, (b"one", b"two"))
+        await until(lambda: owner_pair.batches)
+        assert owner_pair.batches == [(1, 7, (b"one", b"two"))]
+        # Held: the sockets the owner bound reach the worker as descriptors of its own, on
+        # the same addresses; then it promotes.
+        owner.send_sockets(bound)
+        owner.take_over()
+        await until(lambda: took_over and passed)
+        [received] = passed
+        assert [item.listener for item in received] == [item.listener for item in bound]
+        for mine, theirs in zip(bound, received, strict=True):
+            assert theirs.sock.fileno() != mine.sock.fileno()
+            assert theirs.sock.getsockname() == mine.sock.getsockname()
+            assert theirs.sock.type == mine.sock.type
+            theirs.sock.close()
+        nursery.cancel_scope.cancel()
+    udp.close()
+    tcp.close()
 
 
 @pytest.mark.trio
