@@ -537,6 +537,18 @@ def test_media_with_several_workers_needs_a_pair_of_ports_for_each() -> None:
     assert parse_config(text.replace("workers = 3", "workers = 2"), source="node.toml").media
 
 
+def test_health_port_is_none_of_the_workers_metrics_ports() -> None:
+    sections = '\n[metrics]\nlisten = "127.0.0.11:9100"\n\n[health]\nlisten = "127.0.0.11:{}"\n'
+    two = MINIMAL.replace(
+        'listen = ["udp:127.0.0.1:0"]', 'listen = ["udp:127.0.0.1:0"]\nworkers = 2'
+    )
+    assert parse_config(two + sections.format(9102), source="node.toml").health is not None
+    assert parse_config(MINIMAL + sections.format(9101), source="node.toml").health is not None
+    error = _error(two + sections.format(9101))
+    assert error.key == "health.listen"
+    assert "port 9101 is a worker's [metrics] port" in error.reason
+
+
 def test_media_section() -> None:
     config = parse_config(MEDIA, source="node.toml")
     assert config.media is not None
