@@ -15,11 +15,11 @@ waits.
 
 So what counts is the wait's *floor* over each ``TICK`` (its lowest value during the tick: a
 queue that drained at any moment of the tick has a low floor). An episode of shedding starts
-when the floor has risen for ``START_TICKS`` ticks in a row from at least ``TARGET`` times
-``backlog`` to ``backlog`` or more (a queue that builds up, not one that drains after a stall),
-or stood at twice ``backlog`` for a tick (a stall that long already costs retransmissions, T1
-being 500 ms). Until then nothing is shed, however high the load: a node that keeps up never
-refuses a call.
+when the floor has stayed at ``TARGET`` times ``backlog`` or more for the last ``START_TICKS``
++ 1 ticks and risen from the first of them to ``backlog`` or more in the last (a queue that
+builds up, if unevenly, not one that drains after a stall), or stood at twice ``backlog`` for a
+tick (a stall that long already costs retransmissions, T1 being 500 ms). Until then nothing is
+shed, however high the load: a node that keeps up never refuses a call.
 
 Within an episode, a share of new INVITEs from outside is refused (RFC 7339's loss-based idea,
 applied at the node itself), and all of them while the wait is at ``backlog`` or more. The
@@ -94,8 +94,8 @@ UNKNOWN = "unknown"
 CALL = "call"
 #: The wait's floor is taken over this long (module notes).
 TICK = 0.1
-#: Ticks in a row with the floor rising, from ``TARGET`` times ``backlog`` to ``backlog`` or
-#: more, that start an episode.
+#: Ticks over which the floor, at ``TARGET`` times ``backlog`` or more, rose to ``backlog`` or
+#: more: an episode starts (module notes).
 START_TICKS = 2
 #: Within an episode, the share of new INVITEs refused aims at this wait, times ``backlog``.
 TARGET = 0.5
@@ -157,7 +157,7 @@ class Overload:
         self._tick_end = -math.inf  # the current tick's end, on the first report's grid
         self._floor = math.inf  # the wait's lowest value in the current tick
         self._last_floor = 0.0  # the last whole tick's
-        self._rising = 0  # ticks in a row with the floor rising, from the target up
+        self._floors: deque[float] = deque(maxlen=START_TICKS + 1)  # the last ticks' floors
         self._shed: Counter[str] = Counter()
         self._events: deque[GuardEvent] = deque()
         self._episodes = 0
@@ -256,13 +256,19 @@ class Overload:
         while now >= self._tick_end:
             floor, last = self._floor, self._last_floor
             target = self._target
-            self._rising = self._rising + 1 if floor > last >= target else 0
+            floors = self._floors
+            floors.append(floor)
             if self._in_episode:
                 if floor >= target and floor >= last:
                     self.share = min(MAX_SHARE, self.share + SHARE_STEP)
                 elif floor < target and floor <= last:
                     self.share = max(0.0, self.share - SHARE_STEP)
-            elif (self._rising >= START_TICKS and floor >= backlog) or floor >= 2 * backlog:
+            elif floor >= 2 * backlog or (
+                floor >= backlog
+                and len(floors) > START_TICKS
+                and floor > floors[0]
+                and min(floors) >= target
+            ):
                 self._start(self._tick_end, floor)
             self._last_floor = floor
             self._tick_end += TICK
@@ -272,7 +278,7 @@ class Overload:
                 idle = (now - self._tick_end) // TICK
                 self._tick_end += idle * TICK
                 self.share = max(0.0, self.share - idle * SHARE_STEP)
-                self._rising = 0
+                floors.append(0.0)
                 self._last_floor = 0.0
 
     def _start(self, now: float, wait: float) -> None:

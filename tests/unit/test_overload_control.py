@@ -166,6 +166,14 @@ def test_a_building_queue_starts_an_episode() -> None:
     assert o.admit(req(n=2), TRUNK, now) == OVERLOADED  # the wait is past the backlog
 
 
+def test_an_uneven_build_up_starts_an_episode() -> None:
+    """The floor need not rise every tick: over three ticks at the target or more, from the
+    first to the last, up to the backlog."""
+    o = control()
+    waits(o, (0.0, 0.15, 0.15, 0.3, 0.22, 0.22))  # floors 0, 0.15, 0.15, 0.22, closed by the last
+    assert events(o) == [OverloadStarted(0.22)]
+
+
 @pytest.mark.parametrize(
     "message",
     [
