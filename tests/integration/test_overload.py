@@ -8,17 +8,21 @@ datagrams (INVITE, 200, ACK, BYE, 200 in; 100 and those five out: the callee ans
 ringing, as in bench/sip_cps), a refused one 3 (INVITE and its ACK in, the 503 out). So the node
 completes at most ``CAPACITY`` calls/s whatever the machine's speed or load, as long as its real
 work per datagram stays well under the budget (0.1-0.3 ms of the 1.5 ms); time the machine
-keeps it off the CPU is made up from a burst allowance. Its receive loop reads ``UDP_BATCH``
-datagrams per turn instead of 64, so that a batch lasts about as long as on a node at full speed
-(8 x 1.5 ms here, 64 x 0.1-0.2 ms there): overload control reads the wait once per batch. SIPp
-(caller and callee) has ample headroom at this rate.
+keeps it off the CPU is made up from a burst allowance. A phase during which the machine kept
+the node's thread off the CPU for longer than that (its own stall watchdog logs how late its
+loop woke; the node's own work never holds it more than about 30 ms here) says nothing about
+overload control: it is run again, up to ``ATTEMPTS`` times in all, and the runs are printed.
+Its receive loop reads ``UDP_BATCH`` datagrams per turn instead of 64, so that a batch lasts
+about as long as on a node at full speed (8 x 1.5 ms here, 64 x 0.1-0.2 ms there): overload
+control reads the wait once per batch. SIPp (caller and callee) has ample headroom at this
+rate.
 
 The test runs the node clean at 80% of its capacity (nothing may be shed), then offers twice
 that clean rate for 10 s and asserts the issue's shape: the node completed at least 90% of its
 clean rate, refused the rest 503 with Retry-After at once, and no call that got 100 Trying
 failed. Refusing the excess (48 calls/s, 3 datagrams each) costs 144 of the 660 datagrams/s,
 which leaves 516: 46.9 calls/s, 0.98 of the clean rate, is the most it can complete. Measured:
-0.95 to 1.02 of the clean rate (the burst allowance lets it make up time it lost), with 1 to
+0.92 to 1.04 of the clean rate (the burst allowance lets it make up time it lost), with 0 to
 5% retransmissions, all in the first second and a half: the wait peaks near 0.35 s before the
 episode has drained the queue that built up, and a 200 or BYE whose answer crosses the queue
 twice is retransmitted after T1.
@@ -55,6 +59,9 @@ OVERLOAD_SECONDS = 10.0
 SERVED_SHARE = 0.9
 #: SIPp's retransmissions (T1 = 500 ms) in the overload phase, per call offered (module notes).
 RETRANSMISSIONS = 0.08
+#: A stall of the node's loop this long is the machine's doing (module notes).
+STARVED = 0.25
+ATTEMPTS = 3
 
 
 class Capacity:
@@ -135,20 +142,32 @@ async def test_overload_sheds_new_calls_instead_of_collapsing(
 
                 async def phase(name: str, rate: float, seconds: float) -> None:
                     nonlocal before
-                    start, datagrams = trio.current_time(), capacity.datagrams
-                    result = await run_uac(
-                        target,
-                        local_host=caller,
-                        scenario="uac_rr_503",
-                        calls=round(rate * seconds),
-                        rate=rate,
-                        max_seconds=seconds + 30,
-                    )
-                    handled[name] = (capacity.datagrams - datagrams) / (trio.current_time() - start)
-                    await trio.sleep(EPISODE_QUIET + 1.5)  # the episode ends after a quiet second
-                    after = node.counters()
-                    phases[name] = result, {k: n - before.get(k, 0) for k, n in after.items()}
-                    before = after
+                    for attempt in range(1, ATTEMPTS + 1):
+                        start, datagrams, seen = trio.current_time(), capacity.datagrams, len(logs)
+                        result = await run_uac(
+                            target,
+                            local_host=caller,
+                            scenario="uac_rr_503",
+                            calls=round(rate * seconds),
+                            rate=rate,
+                            max_seconds=seconds + 30,
+                        )
+                        elapsed = trio.current_time() - start
+                        handled[name] = (capacity.datagrams - datagrams) / elapsed
+                        await trio.sleep(EPISODE_QUIET + 1.5)  # an episode ends after a quiet s
+                        after = node.counters()
+                        phases[name] = result, {k: n - before.get(k, 0) for k, n in after.items()}
+                        before = after
+                        stalls = [
+                            entry["stall_ms"]
+                            for entry in logs[seen:]
+                            if entry["event"] == "event loop stalled"
+                        ]
+                        if max(stalls, default=0.0) < STARVED * 1000:
+                            return
+                        print(
+                            f"{name}, attempt {attempt}: the machine stalled the node {stalls} ms"
+                        )
 
                 await phase("clean", CLEAN_RATE, CLEAN_SECONDS)
                 await phase("overload", OVERLOAD_RATE, OVERLOAD_SECONDS)
