@@ -244,7 +244,7 @@ NODE_SERVICE = _unit(
     # 10 s is killed and restarted (overlay.shell.systemd).
     "Type=notify\nNotifyAccess=main\nWatchdogSec=10\nTimeoutStartSec=60\n"
     "Restart=always\nRestartSec=1\nLimitNOFILE=65536\n"
-    # The media relay's thread runs ahead of the node's Python work ([media] thread_niceness).
+    # The media relay's thread runs real-time, ahead of the rest ([media] thread_realtime).
     "AmbientCapabilities=CAP_SYS_NICE\nCapabilityBoundingSet=CAP_SYS_NICE\n",
     needs="overlay-secrets.service",
 )

@@ -74,19 +74,23 @@ class Relay:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None: ...
-    def start(self, niceness: int = 0) -> None:
+    def start(self, niceness: int = 0, realtime: int = 0) -> None:
         """Start the forwarding thread (GIL released inside; signals blocked in it).
 
         ``niceness`` (-20..19, 0: the caller's) is the thread's nice value: a negative one keeps
         forwarding and the liveness echoes on time while the node's Python work or the rest of
         the machine is busy, as rtpengine's ``priority`` does for its threads. When the system
         refuses it (no ``CAP_SYS_NICE``), the thread runs at the caller's priority and
-        ``niceness_error`` says why.
+        ``niceness_error`` says why. ``realtime`` (1..99, 0: no) runs the thread under
+        ``SCHED_FIFO`` at that priority, ahead of every ordinary thread of the machine, as
+        rtpengine's ``scheduling=fifo``; refused (no ``CAP_SYS_NICE``), it keeps its nice value
+        and ``realtime_error`` says why. The kernel's real-time throttling (95% of a CPU by
+        default) keeps a flood of packets from locking a CPU.
 
         Raises:
             RuntimeError: already started, or stopped.
             OSError: the thread could not be created.
-            OverflowError: ``niceness`` out of -20..19.
+            OverflowError: ``niceness`` out of -20..19 or ``realtime`` out of 0..99.
         """
 
     def stop(self) -> None:
@@ -216,6 +220,11 @@ class Relay:
         or ``EACCES``: a negative nice value needs ``CAP_SYS_NICE``), or 0."""
 
     @property
+    def realtime_error(self) -> int:
+        """Why ``start(realtime=...)`` left the thread under the ordinary scheduler: an errno
+        (``EPERM``: it needs ``CAP_SYS_NICE``), or 0."""
+
+    @property
     def liveness_fd(self) -> int:
         """An eventfd that becomes readable when a liveness peer's silence starts or ends
         (``set_liveness``): wait for it (``trio.lowlevel.wait_readable``), then
@@ -229,11 +238,15 @@ class Relay:
         Every ``interval`` seconds the forwarding loop sends each peer a liveness echo (an echo
         request whose session field is a fixed mark: every relay reflects it) straight to that
         address, and stamps each reply on the monotonic clock as it arrives. A peer is silent
-        once nothing came back for longer than ``detection_time`` (checked at each tick, after
+        once nothing came back for longer than its detection time (checked at each tick, after
         the answers the loop had already received); a silence that starts or ends makes
-        ``liveness_fd`` readable. A tick later than two intervals (this thread could not run)
-        does not count its delay toward anyone's silence. A peer in the old and new tables keeps
-        its state; faults (``set_faults``) apply to the echoes. ``{}`` stops the echoes.
+        ``liveness_fd`` readable. The detection time is ``detection_time`` where the peer's
+        answers come evenly; where their spacing varies (its machine busy, a jittery path) it is
+        the smoothed gap between answers plus four deviations, as a retransmission timeout
+        follows its RTT (RFC 6298), at most four times ``detection_time`` (``liveness`` shows
+        it). A tick later than two intervals (this thread could not run) does not count its
+        delay toward anyone's silence. A peer in the old and new tables keeps its state;
+        faults (``set_faults``) apply to the echoes. ``{}`` stops the echoes.
 
         This is BFD's echo function (RFC 5880 §6.4) in the relay thread: answered by the peer's
         relay in C, so neither node's Python event loop is on the liveness path.

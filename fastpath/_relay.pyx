@@ -236,6 +236,9 @@ cdef struct live_t:
     uint64_t since_ns  # when the peer was set: a peer never heard is silent from here
     uint64_t sent
     uint64_t answered
+    uint64_t gap_ns  # smoothed time between two replies (0: not measured yet)
+    uint64_t gap_dev_ns  # its smoothed deviation
+    uint64_t detect_ns  # the detection time in force for this peer (see live_detection)
     sockaddr_storage addr
     uint8_t packet[HDR]
 
@@ -633,11 +636,26 @@ cdef inline void live_notify(relay_t* r) noexcept nogil:
     write(r.notifyfd, &one, sizeof(one))
 
 
+cdef inline uint64_t live_detection(livetable_t* t, live_t* e) noexcept nogil:
+    """The detection time for ``e``: the configured one, stretched where the replies' spacing
+    varies (as a retransmission timeout follows its RTT's variance, RFC 6298: the smoothed gap
+    plus four deviations), up to four times the configured one. On a path that answers on time
+    it is the configured one; a peer whose answers come late and unevenly (its machine busy,
+    a path with jitter) is given the time its own spacing says it needs."""
+    cdef uint64_t stretched = e.gap_ns + 4 * e.gap_dev_ns
+    if stretched <= t.detect_ns:
+        return t.detect_ns
+    if stretched >= 4 * t.detect_ns:
+        return 4 * t.detect_ns
+    return stretched
+
+
 cdef void live_heard(relay_t* r, uint32_t source, uint64_t now_ns) noexcept nogil:
     """A liveness echo came back from ``source``: the peer's relay is alive."""
     cdef livetable_t* t = r.live
     cdef live_t* e
     cdef uint32_t k
+    cdef uint64_t gap, error
     if t == NULL:
         return  # a reply to a peer no longer probed
     for k in range(t.count):  # a few dozen peers: a scan costs less than a hash here
@@ -645,6 +663,16 @@ cdef void live_heard(relay_t* r, uint32_t source, uint64_t now_ns) noexcept nogi
         if e.media_id != source:
             continue
         fp_add_u64(&e.answered, 1)
+        if e.heard_ns != 0 and now_ns > e.heard_ns and not e.silent:
+            gap = now_ns - e.heard_ns
+            if e.gap_ns == 0:
+                e.gap_ns = gap
+                e.gap_dev_ns = gap // 2
+            else:
+                error = gap - e.gap_ns if gap > e.gap_ns else e.gap_ns - gap
+                e.gap_dev_ns = e.gap_dev_ns - e.gap_dev_ns // 4 + error // 4
+                e.gap_ns = e.gap_ns - e.gap_ns // 8 + gap // 8
+            fp_store_u64(&e.detect_ns, live_detection(t, e))
         fp_store_u64(&e.heard_ns, now_ns)
         if e.silent:
             fp_store(&e.silent, 0)
@@ -680,7 +708,7 @@ cdef void live_tick(relay_t* r) noexcept nogil:
             if e.heard_ns != 0:
                 fp_store_u64(&e.heard_ns, e.heard_ns + stalled)
         reference = e.heard_ns if e.heard_ns != 0 else e.since_ns
-        silent = now_ns > reference and now_ns - reference > t.detect_ns
+        silent = now_ns > reference and now_ns - reference > live_detection(t, e)
         if silent != e.silent:
             fp_store(&e.silent, silent)
             changed = 1
@@ -981,7 +1009,10 @@ cdef int exec_liveness(relay_t* r, cmd_t* c) noexcept nogil:
                     e.since_ns = old.entries[j].since_ns
                     e.sent = old.entries[j].sent
                     e.answered = old.entries[j].answered
+                    e.gap_ns = old.entries[j].gap_ns
+                    e.gap_dev_ns = old.entries[j].gap_dev_ns
                     break
+            e.detect_ns = live_detection(new, e)
     r.live = new
     r.last_tick_ns = 0
     c.live = old
@@ -1323,6 +1354,7 @@ cdef class Relay:
     cdef int _state
     cdef int _overlay_port
     cdef int _niceness_error
+    cdef int _realtime_error
 
     def __cinit__(self, node_media_id, overlay_host, overlay_port):
         self._r = NULL
@@ -1421,6 +1453,10 @@ cdef class Relay:
         return self._niceness_error
 
     @property
+    def realtime_error(self):
+        return self._realtime_error
+
+    @property
     def liveness_fd(self):
         return self._r.notifyfd
 
@@ -1448,10 +1484,11 @@ cdef class Relay:
             pthread_mutex_unlock(&r.table_lock)
         return c.result
 
-    def start(self, niceness=0):
+    def start(self, niceness=0, realtime=0):
         cdef relay_t* r = self._r
         cdef sigset_t all_signals, previous
         cdef int rc, nice = _checked_int(niceness, "niceness", -20, 19), caller_nice = 0
+        cdef int rt = _checked_int(realtime, "realtime", 0, 99)
         self._check_open()
         if self._state == S_RUNNING:
             raise RuntimeError("the relay is already started")
@@ -1473,6 +1510,7 @@ cdef class Relay:
             r.loop_running = 0
             raise OSError(rc, f"cannot start the fastpath thread: {os.strerror(rc)}")
         pthread_setname_np(r.thread, b"fastpath")
+        self._realtime_error = fp_thread_realtime(r.thread, rt) if rt else 0
         self._state = S_RUNNING
 
     cdef void _join(self) noexcept:
@@ -1770,6 +1808,7 @@ cdef class Relay:
                         "heard": heard / 1e9 if heard else None,
                         "sent": fp_load_u64(&e.sent),
                         "answered": fp_load_u64(&e.answered),
+                        "detection": fp_load_u64(&e.detect_ns) / 1e9,
                     }
         finally:
             pthread_mutex_unlock(&r.table_lock)

@@ -197,5 +197,6 @@ cdef extern from "_relay_helpers.h" nogil:
     uint32_t fp_addr_hash(const sockaddr_storage* a)
     uint64_t fp_random64(uint64_t* state)
     int fp_thread_nice(int value, int* previous)
+    int fp_thread_realtime(pthread_t thread, int priority)
     int fp_timer_new()
     int fp_timer_every(int fd, uint64_t interval_ns)

@@ -60,9 +60,12 @@ class LivenessCounters(TypedDict):
     """``Relay.liveness()``, per peer: ``silent`` when no liveness echo came back for longer than
     the detection time (as of the loop's last tick, or until the reply that ended it);
     ``heard`` the CLOCK_MONOTONIC time in seconds of the last reply (``None``: none yet);
-    ``sent`` and ``answered`` echoes since the peer was first set."""
+    ``sent`` and ``answered`` echoes since the peer was first set; ``detection`` the detection
+    time in force for this peer, in seconds (the configured one, or longer where its answers'
+    spacing varies: ``Relay.set_liveness``)."""
 
     silent: bool
     heard: float | None
     sent: int
     answered: int
+    detection: float

@@ -228,6 +228,7 @@ def links(ctx: typer.Context) -> None:
         echoes = ""
         if link.HasField("liveness"):
             echoes = f"{link.liveness.answered}/{link.liveness.sent}"
+            echoes += f" ({link.liveness.detection_ms:.0f} ms)"
             if link.liveness.silent:
                 notes.append("liveness echoes silent")
         table.add_row(

@@ -155,8 +155,10 @@ class MediaSection:
     unless ``advertise`` names the address they reach it at (a public address, 1:1 NAT to it);
     ``overlay`` is the relay's socket for the other nodes' relays (their ``[[peers]].media``);
     relay ports come from ``port_first``..``port_last`` (RTP even, RTCP next to it).
-    ``thread_niceness`` is the relay thread's nice value: ahead of the node's Python work, so
-    media and the liveness echoes keep their timing while the node or the machine is busy.
+    ``thread_realtime`` (1-99, 0: off) runs the relay thread under SCHED_FIFO at that priority,
+    ahead of every ordinary thread of the machine, so that media and the liveness echoes keep
+    their timing however busy the node or the machine is; refused (no CAP_SYS_NICE), or 0, the
+    thread runs at ``thread_niceness``, ahead of the node's own Python work at least.
     """
 
     address: str
@@ -166,6 +168,7 @@ class MediaSection:
     inactivity_timeout: float = 60.0
     advertise: str | None = None
     thread_niceness: int = -10
+    thread_realtime: int = 1
 
 
 @dataclass(frozen=True)

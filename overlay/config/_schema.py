@@ -414,6 +414,7 @@ def _media(value: object, path: Path) -> MediaSection:
             "inactivity_timeout",
             "advertise",
             "thread_niceness",
+            "thread_realtime",
         ),
     )
     d = MediaSection("", ("", 0))
@@ -427,6 +428,7 @@ def _media(value: object, path: Path) -> MediaSection:
         inactivity_timeout=table.get("inactivity_timeout", seconds, d.inactivity_timeout),
         advertise=table.get("advertise", ip_address, None),
         thread_niceness=table.get("thread_niceness", integer(-20, 19), d.thread_niceness),
+        thread_realtime=table.get("thread_realtime", integer(0, 99), d.thread_realtime),
     )
     if section.port_first % 2:
         raise Invalid((*path, "port_first"), "must be even (RTP on even ports, RFC 3550)")

@@ -383,7 +383,10 @@ class ControlPlane:
             if echoes is not None:
                 link.liveness.CopyFrom(
                     control_pb2.Liveness(
-                        silent=echoes["silent"], sent=echoes["sent"], answered=echoes["answered"]
+                        silent=echoes["silent"],
+                        sent=echoes["sent"],
+                        answered=echoes["answered"],
+                        detection_ms=round(echoes["detection"] * 1000, 1),
                     )
                 )
             advertised = None if own is None else own.link(neighbor)

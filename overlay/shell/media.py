@@ -146,6 +146,7 @@ class MediaPlane:
         self._address = media.address
         self._overlay = media.overlay
         self._niceness = media.thread_niceness
+        self._realtime = media.thread_realtime
         self._node_media = {peer.node_id: peer.media for peer in config.peers if peer.media}
         self._node_of_media_id = {media_id(node): node for node in self._node_media}
         pair = config.pair
@@ -173,7 +174,14 @@ class MediaPlane:
         self._running = True
 
     def _start(self, relay: fastpath.Relay) -> None:
-        relay.start(niceness=self._niceness)
+        relay.start(niceness=self._niceness, realtime=self._realtime)
+        if relay.realtime_error:
+            self.failures["thread realtime"] += 1
+            log.warning(
+                "relay thread not real-time: SCHED_FIFO needs CAP_SYS_NICE",
+                priority=self._realtime,
+                error=os.strerror(relay.realtime_error),
+            )
         if relay.niceness_error:
             self.failures["thread priority"] += 1
             log.warning(

@@ -1308,13 +1308,24 @@ def test_liveness_refuses_bad_arguments(net: Net) -> None:
         a.relay.set_liveness({B_ID: b.overlay}, 0.02, 0.1)
 
 
-def thread_nice(name: str) -> int:
-    """The nice value of this process's thread called ``name``."""
+def thread_stat(name: str) -> list[str]:
+    """The fields of /proc/<tid>/stat after the name (field 3 first) of this process's thread
+    called ``name``."""
     for tid in os.listdir("/proc/self/task"):
         stat = Path(f"/proc/self/task/{tid}/stat").read_text()
         if stat[stat.index("(") + 1 : stat.rindex(")")] == name:
-            return int(stat.rpartition(")")[2].split()[16])
+            return stat.rpartition(")")[2].split()
     raise AssertionError(f"no thread {name}")
+
+
+def thread_nice(name: str) -> int:
+    return int(thread_stat(name)[19 - 3])
+
+
+def thread_realtime(name: str) -> tuple[int, int]:
+    """(scheduling policy, real-time priority) of the thread: fields 41 and 40."""
+    fields = thread_stat(name)
+    return int(fields[41 - 3]), int(fields[40 - 3])
 
 
 def test_the_relay_thread_runs_at_its_own_priority(net: Net) -> None:
@@ -1333,3 +1344,20 @@ def test_the_relay_thread_runs_at_its_own_priority(net: Net) -> None:
         relay.stop()
     with pytest.raises(OverflowError, match="niceness"):
         Relay(A_ID, net.host(), 0).start(niceness=-21)
+
+
+def test_the_relay_thread_runs_real_time_when_asked(net: Net) -> None:
+    relay = Relay(A_ID, net.host(), 0)
+    relay.start(realtime=1)
+    try:
+        if relay.realtime_error:  # not privileged: the ordinary scheduler
+            assert relay.realtime_error == errno.EPERM
+            assert thread_realtime("fastpath") == (os.SCHED_OTHER, 0)
+        else:
+            assert thread_realtime("fastpath") == (os.SCHED_FIFO, 1)
+        # The caller's thread keeps the ordinary scheduler.
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        relay.stop()
+    with pytest.raises(OverflowError, match="realtime"):
+        Relay(A_ID, net.host(), 0).start(realtime=100)

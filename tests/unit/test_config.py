@@ -557,6 +557,7 @@ def test_media_section() -> None:
     assert (config.media.port_first, config.media.port_last) == (30000, 30999)
     assert config.media.inactivity_timeout == 60.0
     assert config.media.thread_niceness == -10
+    assert config.media.thread_realtime == 1
     assert config.peers[0].media == ("127.0.0.14", 7100)
 
 
@@ -573,6 +574,12 @@ def test_media_section() -> None:
             "port_last = 30999\nthread_niceness = -21",
             "media.thread_niceness",
             "-20",
+        ),
+        (
+            "port_last = 30999",
+            "port_last = 30999\nthread_realtime = 100",
+            "media.thread_realtime",
+            "99",
         ),
     ],
 )
