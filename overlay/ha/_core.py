@@ -283,6 +283,8 @@ class HaCore:
         self.state = HaState.WATCHING
         self._events: collections.deque[HaEvent] = collections.deque()
         self._holder: Holder | None = None
+        #: The last member seen holding it (NOBODY, between two holders, is skipped).
+        self._last_owner: Holder | None = None
         self._misses = 0
         self._last_miss = ""  # why the last heartbeat failed, for reasons
         self._last_answer: float | None = None  # when the peer last answered a heartbeat
@@ -361,11 +363,14 @@ class HaCore:
         self._holder = holder
         if holder is not before:
             self._emit(HolderChanged(before, holder, f"the API shows {holder.name}"))
-            if before is Holder.OURS and holder is Holder.PEER:
-                # The peer was alive enough to move it: do not snatch it back at once (a
-                # partition makes both members see the other dead).
+            if self._last_owner is Holder.OURS and holder is Holder.PEER:
+                # The peer was alive enough to move it (seen at once, or through NOBODY while
+                # the move was half done): do not snatch it back at once (a partition makes
+                # both members see the other dead).
                 self._stats["taken_by_peer"] += 1
                 self._hold(now)
+        if holder is not Holder.NOBODY:
+            self._last_owner = holder
         if self.state is HaState.WATCHING:
             self._set_state(_Input.HOLDER, HaState.WATCHING)
         else:
@@ -389,7 +394,7 @@ class HaCore:
         """The address is on our ENI; the EC2 calls took ``duration`` seconds."""
         self._expect(_Input.MOVED)
         self._stats["takeovers"] += 1
-        self._holder = Holder.OURS
+        self._holder = self._last_owner = Holder.OURS
         self._last_takeover_duration = duration
         if self._last_answer is not None:
             self._last_failover_time = now - self._last_answer

@@ -291,6 +291,22 @@ def test_peer_back_during_the_reading_starts_a_hold_down():
     assert checks == ["the peer is still dead: who holds the address?"]
 
 
+def test_address_taken_by_the_peer_through_nobody_is_not_snatched_back_at_once():
+    """The move seen half done (the EIP between the ENIs), then done: taken all the same."""
+    pair = Pair(Holder.OURS)
+    pair.beats("+")
+    pair.holder = Holder.NOBODY
+    pair.advance(API_CHECK)
+    pair.holder = Holder.PEER
+    pair.advance(API_CHECK)
+    stats = pair.core.statistics()
+    assert stats.taken_by_peer == 1
+    assert stats.hold_down_until is not None
+    pair.beats("---")
+    assert pair.api_moves == 0
+    assert pair.core.statistics().takeovers_held_down == 1
+
+
 def test_address_taken_by_the_peer_is_not_snatched_back_at_once():
     """A partition: the peer cannot hear us, takes the address; we cannot hear it either."""
     pair = Pair(Holder.OURS)
