@@ -5,7 +5,9 @@ worker reads the same UDP and TCP sockets. UDP datagrams are steered by Call-ID
 (``overlay.shell.transport.Steering``) so a call's state lives in one worker; a TCP connection stays
 with the worker that accepted or opened it. The parent only supervises: it forwards SIGTERM and
 SIGINT to the workers, and if one worker dies the others are stopped and the node exits with an
-error, for the service manager to restart it whole. Each worker tells the service manager it is
+error, for the service manager to restart it whole; a supervisor that dies itself takes its workers
+with it (the kernel signals them: ``PR_SET_PDEATHSIG``), so no orphan keeps the sockets from the
+restart. Each worker tells the service manager it is
 ready and feeds its watchdog (``overlay.shell.systemd``; with several workers the unit needs
 ``NotifyAccess=all``, and a wedged worker goes unnoticed while another still feeds it).
 
@@ -25,6 +27,7 @@ sockets once it holds the address and passes them to the others (``overlay.shell
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import os
 import signal
@@ -44,6 +47,9 @@ log = structlog.get_logger("overlay")
 
 #: The exit code of a pair member's node taken over (``overlay.shell.pair``).
 EXIT_PAIR_ADDRESS_LOST = 3
+
+#: prctl(2)'s option that signals a child when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 #: Seconds between two young collections (``collect_young``).
 YOUNG_COLLECTION_INTERVAL = 0.1
@@ -128,9 +134,11 @@ def run_node(config: NodeConfig) -> int:
     # parent before it can stop what it started.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     children: dict[int, int] = {}
+    parent = os.getpid()
     for index in range(workers):
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
+            _die_with(parent)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 steering = Steering(
@@ -151,6 +159,17 @@ def run_node(config: NodeConfig) -> int:
         worker_end.close()
     log.info("workers started", workers=workers, pids=sorted(children))
     return _supervise(children)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``),
+    however it dies: workers left serving the shared sockets would keep the service manager's
+    restart from binding them. A supervisor already gone before the call: stop at once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("workers will outlive a dead supervisor", error=os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _supervise(children: dict[int, int]) -> int:

@@ -34,7 +34,12 @@ def worker_pids(parent: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Whether ``pid`` still runs (a zombie that nobody reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.trio
@@ -87,3 +92,23 @@ async def test_sigterm_stops_every_worker(loopback_host: Callable[[], str]) -> N
             await node.process.wait()
         assert node.process.returncode == 0, node.log()
         assert not any(alive(pid) for pid in workers)
+
+
+@pytest.mark.trio
+async def test_a_dead_supervisor_takes_its_workers_with_it(
+    loopback_host: Callable[[], str],
+) -> None:
+    # The supervisor killed outright (an OOM kill): no orphan keeps serving the shared sockets,
+    # which a restarted node must bind again.
+    node_host = loopback_host()
+    config = node_config(host=node_host, port=NODE_PORT, target="127.0.0.9:5060", workers=2)
+    async with open_node(config, host=node_host, port=NODE_PORT) as node:
+        workers = worker_pids(node.pid)
+        assert len(workers) == 2
+        node.process.kill()
+        with trio.fail_after(10):
+            await node.process.wait()
+            while any(alive(pid) for pid in workers):  # noqa: ASYNC110 - other processes
+                await trio.sleep(0.05)
+    async with open_node(config, host=node_host, port=NODE_PORT) as again:
+        assert len(worker_pids(again.pid)) == 2
