@@ -43,9 +43,10 @@ sys.path.insert(0, str(REPO))
 
 from overlay.config import NodeConfig, load_config  # noqa: E402
 from overlay.routing import CallRouter, Dialplan, DrainState  # noqa: E402
+from overlay.shell.node import proxy_config  # noqa: E402
 from overlay.shell.signalling import SignallingPump  # noqa: E402
 from overlay.shell.workers import tune_garbage_collector  # noqa: E402
-from overlay.sip import Listener, Peer, ProxyConfig, ProxyCore, TimerConfig  # noqa: E402
+from overlay.sip import Listener, Peer, ProxyCore  # noqa: E402
 
 #: A node makes a young pass every 0.1 s (``YOUNG_COLLECTION_INTERVAL``): about this many
 #: calls at the rates bench/sip_cps offers one worker.
@@ -81,21 +82,8 @@ def make_core(config: NodeConfig) -> ProxyCore:
         DrainState(),
         route_wait=bool(config.linkstate.route_wait),
     )
-    timers = config.sip.timers
     listeners = tuple(Listener(a.transport, a.host, a.port) for a in config.sip.listen)
-    return ProxyCore(
-        ProxyConfig(
-            listeners=listeners,
-            timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
-            timer_c=timers.timer_c,
-            fr=timers.fr,
-            far_edge_wait=config.linkstate.far_edge_wait,
-            record_route=config.sip.record_route,
-            user_agent=config.sip.user_agent,
-            max_message_size=config.sip.max_message_size,
-        ),
-        router.locate,
-    )
+    return ProxyCore(proxy_config(config, listeners), router.locate)
 
 
 # -- the peers' messages, shaped as SIPp's uac_rr and uas_no180 send them ----------------------

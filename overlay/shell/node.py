@@ -180,6 +180,24 @@ class Node:
     trunks: TrunkProber | None = None
 
 
+def proxy_config(
+    config: NodeConfig, listeners: tuple[Listener, ...], overlay: OverlayNodes | None = None
+) -> ProxyConfig:
+    """The proxy core's settings from the node's (``[sip]`` and its timers, ``[linkstate]``)."""
+    timers = config.sip.timers
+    return ProxyConfig(
+        listeners=listeners,
+        timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
+        timer_c=timers.timer_c,
+        fr=timers.fr,
+        far_edge_wait=config.linkstate.far_edge_wait,
+        record_route=config.sip.record_route,
+        user_agent=config.sip.user_agent,
+        max_message_size=config.sip.max_message_size,
+        overlay=overlay,
+    )
+
+
 def bind(config: NodeConfig) -> list[BoundSocket]:
     """Bind the configured addresses (before forking workers, when there are several).
 
@@ -247,24 +265,13 @@ async def open_node(
         drain,
         route_wait=bool(config.linkstate.route_wait),
     )
-    timers = config.sip.timers
     public = tuple(
         dataclasses.replace(listener, advertise=config.sip.advertise) for listener in listeners
     )
     resolver = SipResolver(config.dns)  # one cache for calls and trunk probes
     trunks = _trunk_prober(config, public, steering, resolver, events)
     core = ProxyCore(
-        ProxyConfig(
-            listeners=public,
-            timers=TimerConfig(t1=timers.t1, t2=timers.t2, t4=timers.t4),
-            timer_c=timers.timer_c,
-            fr=timers.fr,
-            far_edge_wait=config.linkstate.far_edge_wait,
-            record_route=config.sip.record_route,
-            user_agent=config.sip.user_agent,
-            max_message_size=config.sip.max_message_size,
-            overlay=None if view is None else OverlayNodes(node_id, view.peers),
-        ),
+        proxy_config(config, public, None if view is None else OverlayNodes(node_id, view.peers)),
         router.locate,
         view,
         edge if overlay is None else overlay.calls,
