@@ -18,7 +18,7 @@ BASE = """\
 node_id = "usw2-a"
 region = "us-west-2"
 [sip]
-listen = ["udp:10.20.1.10:5060", "tcp:10.20.1.10:5060"]
+listen = ["udp:127.20.1.10:5060", "tcp:127.20.1.10:5060"]
 [grpc]
 listen = "0.0.0.0:7000"
 insecure = true
@@ -31,18 +31,18 @@ grpc = "10.30.1.10:7000"
 
 
 def test_pair_section_read() -> None:
-    config = parse_config(BASE + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
-    assert config.pair == PairSection("10.20.1.10", 0.1)
+    config = parse_config(BASE + '[pair]\naddress = "127.20.1.10"\n', source="node.toml")
+    assert config.pair == PairSection("127.20.1.10", 0.1)
     assert parse_config(BASE, source="node.toml").pair is None
 
 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ('[pair]\naddress = "10.20.1.99"\n', "pair.address: 10.20.1.99 must be a sip.listen"),
-        ('[pair]\naddress = "10.20.1.10"\ncheck_interval = 2\n', "pair.check_interval: must be"),
+        ('[pair]\naddress = "127.20.1.99"\n', "pair.address: 127.20.1.99 must be a sip.listen"),
+        ('[pair]\naddress = "127.20.1.10"\ncheck_interval = 2\n', "pair.check_interval: must be"),
         ("[pair]\ncheck_interval = 0.5\n", "pair.address: required key is missing"),
-        ('[pair]\naddress = "10.20.1.10"\nfloat = 1\n', "pair.float"),
+        ('[pair]\naddress = "127.20.1.10"\nfloat = 1\n', "pair.float"),
     ],
 )
 def test_bad_pair_section_refused(section: str, message: str) -> None:
@@ -52,24 +52,24 @@ def test_bad_pair_section_refused(section: str, message: str) -> None:
 
 
 def test_a_pair_member_may_run_several_workers() -> None:
-    text = BASE.replace('"tcp:10.20.1.10:5060"]', '"tcp:10.20.1.10:5060"]\nworkers = 2')
-    config = parse_config(text + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
+    text = BASE.replace('"tcp:127.20.1.10:5060"]', '"tcp:127.20.1.10:5060"]\nworkers = 2')
+    config = parse_config(text + '[pair]\naddress = "127.20.1.10"\n', source="node.toml")
     assert (config.sip.workers, config.pair is not None) == (2, True)
 
 
 def test_peer_grpc_is_where_a_standby_follows_its_active() -> None:
-    section = '[pair]\naddress = "10.20.1.10"\npeer_grpc = "{}"\n'
-    config = parse_config(BASE + section.format("10.20.1.12:7000"), source="node.toml")
+    section = '[pair]\naddress = "127.20.1.10"\npeer_grpc = "{}"\n'
+    config = parse_config(BASE + section.format("127.20.1.12:7000"), source="node.toml")
     assert config.pair is not None
-    assert config.pair.peer_grpc == ("10.20.1.12", 7000)
+    assert config.pair.peer_grpc == ("127.20.1.12", 7000)
     with pytest.raises(ConfigError, match=r"node\.toml:\d+: pair\.peer_grpc: needs a port"):
-        parse_config(BASE + section.format("10.20.1.12"), source="node.toml")
+        parse_config(BASE + section.format("127.20.1.12"), source="node.toml")
 
 
 def test_pair_needs_peers() -> None:
     alone = BASE.split("[[peers]]")[0].replace("[grpc]\nlisten", "[grpc]\nlisten", 1)
     with pytest.raises(ConfigError, match=r"pair: needs \[\[peers\]\]"):
-        parse_config(alone + '[pair]\naddress = "10.20.1.10"\n', source="node.toml")
+        parse_config(alone + '[pair]\naddress = "127.20.1.10"\n', source="node.toml")
 
 
 def test_holds_address_follows_the_kernel() -> None:
@@ -120,7 +120,7 @@ async def test_standby_joins_when_it_gets_the_address_and_stops_when_it_loses_it
         async def member() -> None:
             nonlocal lost_at
             with pytest.RaisesGroup(PairAddressLost, flatten_subgroups=True):
-                await run_mesh(PairSection("10.20.1.10", 0.1), mesh, bridge=None)  # type: ignore[arg-type]
+                await run_mesh(PairSection("127.20.1.10", 0.1), mesh, bridge=None)  # type: ignore[arg-type]
             lost_at = trio.current_time()
 
         nursery.start_soon(member)
