@@ -67,6 +67,7 @@ POLL_S = 0.02
 CALLEE_MAX_SECONDS = 24 * 3600.0
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 _CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"]
 
@@ -83,35 +84,11 @@ class PairTakeover:
 
 
 @dataclass
-class Lab:
-    """A running lab; see ``open_lab``."""
+class LabControl:
+    """Lab nodes as the NOC reaches them: each one's Control service, over ``bridge``."""
 
     nodes: dict[str, LabNode]
-    processes: dict[str, NodeProcess]
     bridge: GrpcBridge
-    uas: SippUas | None  # None when the calls go to a callee of the test's own
-    uac_host: str
-    azs: int = 1
-    dead: set[str] = field(default_factory=set)
-    pki: LabPki | None = None  # the lab's CA and certificates (mutual TLS)
-    topology: Topology = REFERENCE
-    #: The faults in force, by the node that applies them and its peer.
-    faults: dict[str, dict[str, control_pb2.Fault]] = field(default_factory=dict)
-    #: What ``restart`` needs: each node's config and directory, and where its process lives.
-    configs: dict[str, str] = field(default_factory=dict, repr=False)
-    workdirs: dict[str, Path | None] = field(default_factory=dict, repr=False)
-    stack: contextlib.AsyncExitStack | None = field(default=None, repr=False)
-    #: With ``open_lab(pairs=True)``: every node's pair (``processes`` has none of them).
-    pairs: dict[str, LabPair] = field(default_factory=dict)
-    #: A pair's member killed by ``kill_active``, and when, until ``wait_taken_over``.
-    killed: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
-
-    def live(self) -> list[str]:
-        return [node_id for node_id in self.nodes if node_id not in self.dead]
-
-    def site(self, site: str) -> list[str]:
-        """The node ids of a region (by short name, e.g. ``EGRESS``): one per AZ."""
-        return site_node_ids(site, self.azs)
 
     async def control(self, node_id: str, method: str, request: Message) -> Message:
         """One unary call of ``node_id``'s Control service."""
@@ -156,6 +133,51 @@ class Lab:
                 if accept(path):
                     return path, trio.current_time() - start
                 await trio.sleep(POLL_S)
+
+    async def call(self, node_id: str, method: str, request: Message, reply: type[M]) -> M:
+        """``control``, its response checked to be a ``reply``."""
+        response = await self.control(node_id, method, request)
+        assert isinstance(response, reply), response
+        return response
+
+    async def counters(self, node_id: str) -> dict[str, int]:
+        response = await self.control(node_id, "GetCounters", control_pb2.GetCountersRequest())
+        assert isinstance(response, control_pb2.GetCountersResponse)
+        return dict(response.counters)
+
+    async def wait_serving(self, node_id: str, *, within: float = READY_TIMEOUT_S) -> None:
+        """Until ``node_id``'s gRPC server says SERVING."""
+        await _wait_serving(self.bridge, self.nodes[node_id].grpc_target, within=within)
+
+
+@dataclass
+class Lab(LabControl):
+    """A running lab; see ``open_lab``."""
+
+    processes: dict[str, NodeProcess]
+    uas: SippUas | None  # None when the calls go to a callee of the test's own
+    uac_host: str
+    azs: int = 1
+    dead: set[str] = field(default_factory=set)
+    pki: LabPki | None = None  # the lab's CA and certificates (mutual TLS)
+    topology: Topology = REFERENCE
+    #: The faults in force, by the node that applies them and its peer.
+    faults: dict[str, dict[str, control_pb2.Fault]] = field(default_factory=dict)
+    #: What ``restart`` needs: each node's config and directory, and where its process lives.
+    configs: dict[str, str] = field(default_factory=dict, repr=False)
+    workdirs: dict[str, Path | None] = field(default_factory=dict, repr=False)
+    stack: contextlib.AsyncExitStack | None = field(default=None, repr=False)
+    #: With ``open_lab(pairs=True)``: every node's pair (``processes`` has none of them).
+    pairs: dict[str, LabPair] = field(default_factory=dict)
+    #: A pair's member killed by ``kill_active``, and when, until ``wait_taken_over``.
+    killed: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
+
+    def live(self) -> list[str]:
+        return [node_id for node_id in self.nodes if node_id not in self.dead]
+
+    def site(self, site: str) -> list[str]:
+        """The node ids of a region (by short name, e.g. ``EGRESS``): one per AZ."""
+        return site_node_ids(site, self.azs)
 
     async def wait_all_links_up(self, *, within: float) -> None:
         """Until every live node sees every link to a live node up."""
@@ -271,7 +293,7 @@ class Lab:
                 niceness=RESTART_NICENESS,
             )
         )
-        await _wait_serving(self.bridge, node.grpc_target, within=READY_TIMEOUT_S)
+        await self.wait_serving(node.node_id)
         set_niceness(self.processes[node_id].pid, 0)
         self.dead.discard(node_id)
         for fault in self.faults.get(node_id, {}).values():
@@ -289,11 +311,6 @@ class Lab:
             control_pb2.Event.FromString,
         ) as stream:
             yield stream
-
-    async def counters(self, node_id: str) -> dict[str, int]:
-        response = await self.control(node_id, "GetCounters", control_pb2.GetCountersRequest())
-        assert isinstance(response, control_pb2.GetCountersResponse)
-        return dict(response.counters)
 
     async def member_counters(self, node_id: str, member: str) -> dict[str, int]:
         """The counters of one member of ``node_id``'s pair, at its own address (a standby's
@@ -514,8 +531,8 @@ async def open_lab(
             await _wait_serving(bridge, node.grpc_target, within=READY_TIMEOUT_S)
         yield Lab(
             {node.node_id: node for node in nodes},
-            processes,
             bridge,
+            processes,
             uas,
             uac_host,
             azs,

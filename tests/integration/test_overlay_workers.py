@@ -14,13 +14,12 @@ import secrets
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import trio
-from google.protobuf.message import Message
 
-from overlay.grpc import GrpcBridge, RpcError, open_grpc_bridge
+from overlay.grpc import open_grpc_bridge
+from overlay.lab.lab import LabControl
 from overlay.lab.node_process import open_node
 from overlay.lab.rtp import Callee, Caller, RtpEndpoint, SipSocket
 from overlay.lab.sipp import open_uas, run_uac
@@ -36,8 +35,7 @@ TOPOLOGY = Topology(
     egress="b",
 )
 WORKERS = {"a": 2, "b": 2, "c": 1}
-RPC_TIMEOUT_S = 5.0
-ReplyT = TypeVar("ReplyT", bound=Message)
+PATH_WITHIN_S = 30.0
 
 
 def configs(nodes: list[LabNode], target: str, *, media: bool) -> dict[str, str]:
@@ -54,52 +52,14 @@ def configs(nodes: list[LabNode], target: str, *, media: bool) -> dict[str, str]
     return texts
 
 
-class Noc:
-    def __init__(self, bridge: GrpcBridge, nodes: dict[str, LabNode]) -> None:
-        self.bridge = bridge
-        self.nodes = nodes
-
-    async def call(
-        self, node_id: str, method: str, request: Message, reply: type[ReplyT]
-    ) -> ReplyT:
-        return await self.bridge.unary(
-            self.nodes[node_id].grpc_target,
-            f"/overlay.v1.Control/{method}",
-            request,
-            lambda message: message.SerializeToString(),
-            reply.FromString,
-            timeout=RPC_TIMEOUT_S,
-        )
-
-    async def counters(self, node_id: str) -> dict[str, int]:
-        reply = await self.call(
-            node_id,
-            "GetCounters",
-            control_pb2.GetCountersRequest(),
-            control_pb2.GetCountersResponse,
-        )
-        return dict(reply.counters)
-
-    async def path(self, node_id: str, destination: str) -> list[str]:
-        try:
-            reply = await self.call(
-                node_id, "GetRoutes", control_pb2.GetRoutesRequest(), control_pb2.GetRoutesResponse
-            )
-        except RpcError:
-            return []
-        return next((list(r.path) for r in reply.routes if r.destination == destination), [])
-
-    async def wait_path(self, node_id: str, destination: str, path: list[str]) -> None:
-        """Polls another process: there is no event to wait on."""
-        with trio.fail_after(30):
-            while await self.path(node_id, destination) != path:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+async def wait_path(noc: LabControl, node_id: str, destination: str, path: list[str]) -> None:
+    await noc.wait_path(node_id, destination, lambda now: now == path, within=PATH_WITHIN_S)
 
 
 @contextlib.asynccontextmanager
 async def overlay(
     loopback_host: Callable[[], str], workdir: Path, *, callee: str = ""
-) -> AsyncIterator[Noc]:
+) -> AsyncIterator[LabControl]:
     """The three nodes, calls to SIPp's UAS (signalling only), or with ``callee``
     (``host:port``) to it, with ``[media]``."""
     nodes = [LabNode(site, region, loopback_host(), site) for site, region in TOPOLOGY.regions]
@@ -120,8 +80,10 @@ async def overlay(
                     workdir=workdir / node.node_id,
                 )
             )
-        noc = Noc(await stack.enter_async_context(open_grpc_bridge()), by_id)
-        await noc.wait_path("a", "b", ["a", "b"])
+        noc = LabControl(by_id, await stack.enter_async_context(open_grpc_bridge()))
+        for node_id in by_id:
+            await noc.wait_serving(node_id)
+        await wait_path(noc, "a", "b", ["a", "b"])
         yield noc
 
 
@@ -176,7 +138,7 @@ async def test_calls_through_overlay_nodes_with_two_workers(
             control_pb2.SetLinkOverrideRequest(peer="b", force_down=True, ttl_s=600),
             control_pb2.SetLinkOverrideResponse,
         )
-        await noc.wait_path("a", "b", ["a", "c", "b"])
+        await wait_path(noc, "a", "b", ["a", "c", "b"])
         before = (await noc.counters("c")).get("sip.requests.INVITE", 0)
         result = await run_uac(
             (a.host, SIP_PORT),
@@ -217,7 +179,7 @@ def call_id_of_worker(worker: int, host: str) -> str:
 
 
 async def wait_counters(
-    noc: Noc, node_id: str, wanted: dict[str, int], *, within: float
+    noc: LabControl, node_id: str, wanted: dict[str, int], *, within: float
 ) -> dict[str, int]:
     """Polls another process: there is no event to wait on."""
     counters: dict[str, int] = {}
