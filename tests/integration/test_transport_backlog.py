@@ -10,10 +10,28 @@ import pytest
 import trio
 
 from overlay.shell.transport import SipTransport, bind_listeners
-from overlay.shell.transport._sip import SO_TIMESTAMPNS, UDP_BATCH
+from overlay.shell.transport._sip import SO_TIMESTAMPNS, UDP_BATCH, _Backlog
 from overlay.sip import Peer
 
 pytestmark = pytest.mark.integration
+
+
+async def stamped_on_arrival(
+    sender: socket.socket, receiver: socket.socket, address: tuple[str, int]
+) -> None:
+    """Until the kernel stamps datagrams as they arrive. Turning SO_TIMESTAMPNS on enables
+    the kernel's timestamping through deferred work: until it has run, with no other socket of
+    the machine asking for stamps, a datagram is stamped when it is read."""
+    receiver.setblocking(False)
+    with trio.fail_after(5):
+        while True:
+            sender.sendto(b"stamp", address)
+            await trio.sleep(0.05)  # the datagram waits in the socket this long
+            await trio.lowlevel.wait_readable(receiver)
+            _, ancillary, _, _ = receiver.recvmsg(64, 64)
+            age = trio.current_time() - _Backlog.arrival(ancillary)
+            if age >= 0.04:
+                return
 
 
 @pytest.mark.trio
@@ -44,6 +62,7 @@ async def test_backlog_reported_for_each_batch_behind_and_once_caught_up(
     bound[0].sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.bind((loopback_host(), 0))
+        await stamped_on_arrival(sender, bound[0].sock, address)
         # Waiting in the socket before the loop first reads it: more than one batch.
         for n in range(queued):
             sender.sendto(b"x%d" % n, address)
